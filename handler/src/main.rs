@@ -1,0 +1,36 @@
+//! vmpod-handler: the node daemon and controller. `controller` turns VMIs into launcher
+//! pods, `node` reports launcher status into VMI status, `local` runs VMIs from a
+//! directory on this machine with no cluster.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "vmpod-handler", version, about = "vmpod node daemon and controller")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Watch VirtualMachineInstances and create a launcher pod for each.
+    Controller,
+    /// Report the status of launchers on this node into their VMIs.
+    Node,
+    /// No cluster: keep the VMIs in a directory running on this machine.
+    Local,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMPOD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _cli = Cli::parse();
+    eprintln!("vmpod-handler: not implemented yet");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,60 @@
+//! vmpod-launcher: the pod entrypoint. Discovers the pod interface, rewires it into a
+//! bridge and a tap, serves DHCP to the VM, boots the VM as a libvirt domain and owns its
+//! lifecycle. `net` and `dhcp` run one phase alone (e.g. as a privileged init container).
+
+mod dhcp_cmd;
+mod net_cmd;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "vmpod-launcher",
+    version,
+    about = "Pod entrypoint: turn the pod network into the VM's and boot the VM",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: run::RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pod: network, DHCP, libvirt, the VM and the control API (default).
+    Run(run::RunArgs),
+    /// Run the network phase alone.
+    #[command(subcommand)]
+    Net(net_cmd::NetCommand),
+    /// Serve DHCP for the cached interfaces in the foreground.
+    #[command(subcommand)]
+    Dhcp(dhcp_cmd::DhcpCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMPOD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run::run(cli.run),
+        Some(Command::Run(a)) => run::run(a),
+        Some(Command::Net(c)) => net_cmd::run(c),
+        Some(Command::Dhcp(c)) => dhcp_cmd::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmpod-launcher: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

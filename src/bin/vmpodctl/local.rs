@@ -1,0 +1,14 @@
+//! `vmpodctl run | get | status | console | stop`: local VMIs, no cluster.
+
+use clap::Subcommand;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum LocalCommand {
+    /// Boot a VMI in a local pod in the foreground; Ctrl-C stops it gracefully.
+    Run,
+}
+
+pub fn run(_cmd: LocalCommand) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not implemented yet")
+}

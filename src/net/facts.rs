@@ -1,0 +1,241 @@
+//! Plain data: what discovery finds and the cache stores. No I/O here.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// An Ethernet MAC address, written `02:00:00:aa:bb:cc`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// A MAC address string that is not six colon-separated hex bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a MAC address (want six hex bytes like 02:00:00:aa:bb:cc)")]
+pub struct ParseMacError(String);
+
+impl MacAddr {
+    /// True for a locally administered address (bit 1 of the first byte).
+    pub fn is_local(&self) -> bool {
+        self.0[0] & 0x02 != 0
+    }
+
+    /// A random unicast, locally administered address.
+    pub fn random_local() -> Self {
+        let mut b: [u8; 6] = rand::random();
+        b[0] = (b[0] & 0xfe) | 0x02;
+        MacAddr(b)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = ParseMacError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in &mut out {
+            let p = parts.next().ok_or_else(|| ParseMacError(s.into()))?;
+            if p.len() != 2 {
+                return Err(ParseMacError(s.into()));
+            }
+            *byte = u8::from_str_radix(p, 16).map_err(|_| ParseMacError(s.into()))?;
+        }
+        if parts.next().is_some() {
+            return Err(ParseMacError(s.into()));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An address with its prefix length, written `10.0.0.5/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IpCidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpCidr {
+    pub fn new(addr: IpAddr, prefix: u8) -> Self {
+        IpCidr { addr, prefix }
+    }
+
+    /// The network address: `addr` with the host bits cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        }
+    }
+
+    /// True when `ip` lies inside this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        IpCidr::new(ip, self.prefix).network() == self.network()
+            && ip.is_ipv4() == self.addr.is_ipv4()
+    }
+
+    /// True for a default route destination (`0.0.0.0/0` or `::/0`).
+    pub fn is_default(&self) -> bool {
+        self.prefix == 0
+    }
+}
+
+impl fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A route through the pod interface. A default route has destination prefix 0.
+/// `gateway` is `None` for an on-link (scope link) route.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: IpCidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+/// Everything the pod's CNI configured on one pod interface, captured before the
+/// launcher changes anything. After a rewire the interface no longer shows most of this,
+/// so it is cached and never discovered again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceFacts {
+    /// The pod interface, e.g. `eth0`.
+    pub interface: String,
+    /// The pod's original MAC. With the bridge binding the VM takes it over.
+    pub mac: MacAddr,
+    pub mtu: u32,
+    /// IPv4 and IPv6 addresses (global and unique-local; link-local left out).
+    pub addresses: Vec<IpCidr>,
+    /// Every route through the interface, both families, default routes included.
+    pub routes: Vec<Route>,
+    /// Nameservers from the pod's resolv.conf.
+    pub dns: Vec<IpAddr>,
+    /// Search domains from the pod's resolv.conf, as written there.
+    pub search: Vec<String>,
+    /// The pod's hostname.
+    pub hostname: String,
+}
+
+impl InterfaceFacts {
+    /// The first IPv4 address: the one the VM gets with the bridge binding.
+    pub fn ipv4(&self) -> Option<IpCidr> {
+        self.addresses.iter().copied().find(|a| a.addr.is_ipv4())
+    }
+
+    /// Global IPv6 addresses, kept for the bindings that will use them.
+    pub fn ipv6(&self) -> impl Iterator<Item = IpCidr> + '_ {
+        self.addresses.iter().copied().filter(|a| a.addr.is_ipv6())
+    }
+
+    /// The IPv4 default gateway, if the pod has one.
+    pub fn gateway4(&self) -> Option<Ipv4Addr> {
+        self.routes.iter().find_map(|r| match (r.destination, r.gateway) {
+            (d, Some(IpAddr::V4(g))) if d.is_default() && d.addr.is_ipv4() => Some(g),
+            _ => None,
+        })
+    }
+
+    /// The IPv6 default gateway, if the pod has one.
+    pub fn gateway6(&self) -> Option<Ipv6Addr> {
+        self.routes.iter().find_map(|r| match (r.destination, r.gateway) {
+            (d, Some(IpAddr::V6(g))) if d.is_default() && d.addr.is_ipv6() => Some(g),
+            _ => None,
+        })
+    }
+}
+
+/// How a VMI interface is wired to the pod network. Matches KubeVirt's binding names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Binding {
+    /// The VM takes over the pod's IP and MAC through a bridge and a tap.
+    #[default]
+    Bridge,
+}
+
+impl FromStr for Binding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bridge" => Ok(Binding::Bridge),
+            other => Err(format!("unknown binding {other:?} (supported: bridge)")),
+        }
+    }
+}
+
+impl fmt::Display for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Binding::Bridge => "bridge",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trips_and_rejects_garbage() {
+        let m: MacAddr = "02:AB:00:00:00:01".parse().unwrap();
+        assert_eq!(m.to_string(), "02:ab:00:00:00:01");
+        assert!(m.is_local());
+        for bad in ["", "02:ab", "02:ab:00:00:00:01:02", "zz:00:00:00:00:00", "2:ab:0:0:0:1"] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        let r = MacAddr::random_local();
+        assert!(r.is_local() && r.0[0] & 1 == 0);
+    }
+
+    #[test]
+    fn cidr_network_and_contains() {
+        let c = IpCidr::new("10.1.2.3".parse().unwrap(), 24);
+        assert_eq!(c.network().to_string(), "10.1.2.0");
+        assert!(c.contains("10.1.2.200".parse().unwrap()));
+        assert!(!c.contains("10.1.3.1".parse().unwrap()));
+        let host = IpCidr::new("10.1.2.3".parse().unwrap(), 32);
+        assert!(!host.contains("10.1.2.4".parse().unwrap()));
+        let v6 = IpCidr::new("fd00::1".parse().unwrap(), 64);
+        assert_eq!(v6.network().to_string(), "fd00::");
+        assert!(!v6.contains("10.1.2.3".parse().unwrap()));
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, everything vmpod needs on a fresh Debian 12 machine.
+# Idempotent: a second run installs nothing new. Run as root.
+set -euo pipefail
+
+packages=(
+  # build: the virt crate links libvirt; pkg-config finds it
+  build-essential pkg-config libvirt-dev
+  # runtime: the launcher starts its own libvirtd + virtlogd and QEMU
+  libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 iproute2 nftables
+  # tests: real DHCP clients and peers for the benchmarks
+  busybox-static isc-dhcp-client dhcpcd-base dnsmasq-base
+  # test guest builder: kernel and busybox come from .deb files unpacked under target/
+  cpio gzip xz-utils zstd kmod dpkg-dev
+  # benchmarks
+  hyperfine procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing packages (${missing[*]}); run as root" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  # vmpod runs its own libvirtd per pod; keep the package scripts from starting the host's.
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0; [ -e "$policy" ] && had_policy=1
+  if [ "$had_policy" = 0 ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  if [ "$had_policy" = 0 ]; then rm -f "$policy"; fi
+fi
+
+# The virt crate and the tests need these on PATH.
+for cmd in cargo qemu-system-x86_64 libvirtd virtlogd busybox dhclient dhcpcd dnsmasq ip; do
+  command -v "$cmd" >/dev/null || { echo "setup: $cmd not found after install" >&2; exit 1; }
+done
+echo "setup: ok"
