@@ -342,6 +342,27 @@ fn restart_reads_the_cache_and_never_discovers_again() {
 }
 
 #[test]
+fn a_cache_from_another_network_namespace_is_stale() {
+    if !support::privileged("a_cache_from_another_network_namespace_is_stale") {
+        return;
+    }
+    // Pod sandbox recreated (e.g. after a node reboot) with the state directory kept:
+    // the old facts must not be served; the new namespace is discovered afresh.
+    let old = Fixture::new(calico_pod());
+    net::setup(&old.opts()).unwrap();
+    let new = Fixture::new(dual_stack_pod());
+    let mut opts = new.opts();
+    opts.state_dir = old.state.path().to_path_buf();
+    let out = net::setup(&opts).unwrap();
+    assert!(!out.from_cache);
+    assert_eq!(
+        out.cached.facts.addresses,
+        vec![cidr("10.77.0.5/24"), cidr("fd77::5/64")]
+    );
+    assert_rewired(&new, &out.cached.facts);
+}
+
+#[test]
 fn teardown_restores_the_dual_stack_pod_exactly() {
     if !support::privileged("teardown_restores_the_dual_stack_pod_exactly") {
         return;
