@@ -6,6 +6,8 @@
 //! - [`quantity`]: Kubernetes quantities to bytes.
 //! - [`crd`]: the CRD generated from the types (`manifests/crd.yaml`).
 //! - [`defaults`]: defaults and accessors (guest memory, vCPUs, binding, acceleration).
+//! - [`load`]: YAML/JSON text -> VMI, every schema problem with its path.
+//! - [`validate`]: semantic checks, every problem with its path.
 //!
 //! vmpod-specific knobs that KubeVirt has no field for are annotations, so a KubeVirt
 //! manifest stays valid: [`ACCELERATION_ANNOTATION`] (`vmpod.io/acceleration`: `auto`, the
@@ -13,15 +15,19 @@
 
 pub mod crd;
 pub mod defaults;
+pub mod load;
 pub mod quantity;
 pub mod types;
+pub mod validate;
 
 pub use defaults::{
     Acceleration, BindingError, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_GUEST_MEMORY, apply_defaults,
     resolve_relative_paths,
 };
+pub use load::{LoadError, load_valid_vmi, load_vmi};
 pub use quantity::{ParsedQuantity, QuantityError, parse_quantity, quantity_bytes};
 pub use types::*;
+pub use validate::{FieldError, validate};
 
 /// The API group.
 pub const GROUP: &str = "vmpod.io";
