@@ -59,11 +59,15 @@ impl FakeBackend {
 
     /// Set the phase directly, as a domain event would.
     pub fn set_phase(&self, phase: Phase, reason: Option<&str>) {
-        self.lock().status.set_phase(phase, reason.map(str::to_string));
+        self.lock()
+            .status
+            .set_phase(phase, reason.map(str::to_string));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn read<T>(&self, f: impl FnOnce(&FakeState) -> T) -> Result<T, BackendError> {
@@ -128,11 +132,22 @@ mod tests {
 
     #[test]
     fn phase_transitions() {
-        let shutdown = LifecycleAction::Shutdown { grace_period_seconds: None };
-        assert_eq!(next_phase(Phase::Running, LifecycleAction::Pause), Ok(Phase::Paused));
-        assert_eq!(next_phase(Phase::Paused, LifecycleAction::Resume), Ok(Phase::Running));
+        let shutdown = LifecycleAction::Shutdown {
+            grace_period_seconds: None,
+        };
+        assert_eq!(
+            next_phase(Phase::Running, LifecycleAction::Pause),
+            Ok(Phase::Paused)
+        );
+        assert_eq!(
+            next_phase(Phase::Paused, LifecycleAction::Resume),
+            Ok(Phase::Running)
+        );
         assert_eq!(next_phase(Phase::Paused, shutdown), Ok(Phase::Succeeded));
-        assert_eq!(next_phase(Phase::Pending, LifecycleAction::Kill), Ok(Phase::Failed));
+        assert_eq!(
+            next_phase(Phase::Pending, LifecycleAction::Kill),
+            Ok(Phase::Failed)
+        );
         let e = next_phase(Phase::Running, LifecycleAction::Resume).unwrap_err();
         assert_eq!(e, "cannot resume a VM that is Running");
         assert!(next_phase(Phase::Succeeded, LifecycleAction::Kill).is_err());
