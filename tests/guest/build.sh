@@ -49,7 +49,7 @@ for applet in $("$stage/bin/busybox" --list-full); do
 done
 
 # The listed modules and everything they depend on, then a modules.dep for the guest.
-mods=$(sed -e 's/#.*//' -e '/^ *$/d' "$here/modules")
+mods=$(sed -e 's/#.*//' -e '/^ *$/d' "$here/modules" | awk '{print $2}')
 for m in $mods; do
     if grep -qE "/$m\.ko\$" "$unpacked/lib/modules/$release/modules.builtin"; then
         echo "guest: $m is built in"; continue
