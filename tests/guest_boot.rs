@@ -8,7 +8,9 @@ use std::io::{Seek, Write};
 use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
-use support::guest::{GuestDisk, GuestOptions, GuestReport, QemuGuest};
+use support::guest::{GuestDisk, GuestNet, GuestOptions, GuestReport, QemuGuest};
+use vmpod::net::IpCidr;
+use vmpod::sandbox::{Node, NodeSpec, command_in};
 
 /// Generous: the lease itself comes in under 5 s, but tests run in parallel on 2 cores.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -207,5 +209,92 @@ fn guest_reaches_its_lease_in_under_5s_under_tcg() {
     assert!(
         best.as_secs_f64() < 5.0,
         "lease took {walls:?} (best {best:?}), want < 5 s"
+    );
+}
+
+/// Kills a child process on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every option the guest reports, from a DHCP server that sends them all: dnsmasq on a
+/// node bridge in a namespace of its own, the guest on a tap enslaved to that bridge.
+#[test]
+fn guest_reports_every_option_from_a_full_dhcp_server() {
+    if !support::privileged("guest_reports_every_option_from_a_full_dhcp_server") {
+        return;
+    }
+    let _cpu = shared_cpu();
+    let gw: IpCidr = IpCidr::new("10.99.0.1".parse().unwrap(), 24);
+    let node = Node::create(&NodeSpec::isolated(vec![gw])).unwrap();
+    let node_ns = node.netns_path().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mac = "02:00:0a:63:00:32";
+    let dnsmasq = command_in(node_ns, "dnsmasq")
+        .unwrap()
+        .args(["--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces"])
+        .arg(format!("--interface={}", node.bridge()))
+        .arg(format!("--dhcp-leasefile={}", dir.path().join("leases").display()))
+        .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+        .args([
+            "--dhcp-range=10.99.0.50,10.99.0.50,255.255.255.0,1h",
+            &format!("--dhcp-host={mac},10.99.0.50,vmguest"),
+            "--domain=pod.example",
+            "--dhcp-option=option:router,10.99.0.1",
+            "--dhcp-option=option:dns-server,10.99.0.53,10.99.0.54",
+            "--dhcp-option=option:mtu,1400",
+            "--dhcp-option=option:domain-search,ns.svc.example,svc.example",
+            "--dhcp-option=option:classless-static-route,192.168.7.0/24,10.99.0.1,0.0.0.0/0,10.99.0.1",
+        ])
+        .spawn()
+        .expect("start dnsmasq");
+    let _dnsmasq = Killed(dnsmasq);
+
+    let opts = GuestOptions {
+        net: GuestNet::Bridge {
+            bridge: node.bridge().to_string(),
+        },
+        mac: Some(mac.into()),
+        netns: Some(node_ns.to_path_buf()),
+        ..GuestOptions::default()
+    };
+    let vm = QemuGuest::boot(&opts);
+    let report = vm
+        .wait_for(BOOT_TIMEOUT, |r| r.ping.is_some() || r.lease_failed)
+        .unwrap();
+    let console = vm.console();
+    let lease = report
+        .lease
+        .unwrap_or_else(|| panic!("no lease:\n{console}"));
+    assert_eq!(
+        (lease.ip.to_string(), lease.prefix),
+        ("10.99.0.50".to_string(), 24)
+    );
+    assert_eq!(lease.mac, mac);
+    assert_eq!(lease.router().unwrap().to_string(), "10.99.0.1");
+    let dns: Vec<String> = lease.dns.iter().map(ToString::to_string).collect();
+    assert_eq!(dns, ["10.99.0.53", "10.99.0.54"]);
+    assert_eq!((lease.mtu, lease.link_mtu), (Some(1400), 1400));
+    assert_eq!(lease.hostname.as_deref(), Some("vmguest"));
+    assert_eq!(lease.domain.as_deref(), Some("pod.example"));
+    assert_eq!(lease.search, ["ns.svc.example", "svc.example"]);
+    let routes: Vec<(String, String)> = lease
+        .routes
+        .iter()
+        .map(|r| (r.dst.clone(), r.via.to_string()))
+        .collect();
+    let want = [("192.168.7.0/24", "10.99.0.1"), ("0.0.0.0/0", "10.99.0.1")]
+        .map(|(d, v)| (d.to_string(), v.to_string()));
+    assert_eq!(routes, want);
+    assert_eq!(lease.server.unwrap().to_string(), "10.99.0.1");
+    let ping = report.ping.unwrap();
+    assert!(
+        ping.ok && ping.target.to_string() == "10.99.0.1",
+        "ping {ping:?}:\n{console}"
     );
 }

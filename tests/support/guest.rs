@@ -202,6 +202,9 @@ pub enum GuestNet {
     User,
     /// An existing tap device (in the namespace QEMU runs in).
     Tap { ifname: String },
+    /// A new tap that QEMU creates and enslaves to `bridge` (in the namespace QEMU runs
+    /// in) through an ifup script, before the guest starts.
+    Bridge { bridge: String },
 }
 
 /// A disk attached to the guest.
@@ -238,8 +241,10 @@ impl Default for GuestOptions {
     }
 }
 
-/// The QEMU command line for `opts` (TCG, no defaults, serial console on stdio).
-pub fn qemu_args(kernel: &Path, initrd: &Path, qmp: &Path, opts: &GuestOptions) -> Vec<String> {
+/// The QEMU command line for `opts` (TCG, no defaults, serial console on stdio). `dir`
+/// holds the QMP socket (`qmp.sock`) and, for [`GuestNet::Bridge`], the ifup script.
+pub fn qemu_args(kernel: &Path, initrd: &Path, dir: &Path, opts: &GuestOptions) -> Vec<String> {
+    let qmp = dir.join("qmp.sock");
     let mut append = String::from("console=ttyS0 quiet panic=-1");
     if opts.hold {
         append.push_str(" vmpod.hold=1");
@@ -247,6 +252,10 @@ pub fn qemu_args(kernel: &Path, initrd: &Path, qmp: &Path, opts: &GuestOptions) 
     let netdev = match &opts.net {
         GuestNet::User => "user,id=n0".to_string(),
         GuestNet::Tap { ifname } => format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
+        GuestNet::Bridge { .. } => format!(
+            "tap,id=n0,script={},downscript=no",
+            dir.join("ifup").display()
+        ),
     };
     let mut nic = "virtio-net-pci,netdev=n0,romfile=".to_string();
     if let Some(mac) = &opts.mac {
@@ -323,7 +332,10 @@ impl QemuGuest {
         let (kernel, initrd) = guest_artifacts();
         let dir = tempfile::tempdir().unwrap();
         let qmp = dir.path().join("qmp.sock");
-        let args = qemu_args(&kernel, &initrd, &qmp, opts);
+        if let GuestNet::Bridge { bridge } = &opts.net {
+            write_ifup(&dir.path().join("ifup"), bridge);
+        }
+        let args = qemu_args(&kernel, &initrd, dir.path(), opts);
         let mut cmd = match &opts.netns {
             Some(ns) => vmpod::sandbox::command_in(ns, "qemu-system-x86_64").unwrap(),
             None => Command::new("qemu-system-x86_64"),
@@ -447,6 +459,14 @@ impl Drop for QemuGuest {
     }
 }
 
+/// QEMU's tap ifup script: enslave the new tap (`$1`) to `bridge` and bring it up.
+fn write_ifup(path: &Path, bridge: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!("#!/bin/sh\nexec ip link set dev \"$1\" master {bridge} up\n");
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 fn pump(stream: Box<dyn Read + Send>, console: &(Mutex<Console>, Condvar), started: Instant) {
     let mut r = BufReader::new(stream);
     let mut buf = Vec::new();
@@ -541,7 +561,7 @@ VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
             ],
             ..GuestOptions::default()
         };
-        let a = qemu_args(Path::new("/k"), Path::new("/i"), Path::new("/q"), &opts).join(" ");
+        let a = qemu_args(Path::new("/k"), Path::new("/i"), Path::new("/d"), &opts).join(" ");
         assert!(
             a.contains("-accel tcg") && a.contains("vmpod.hold=1"),
             "{a}"
