@@ -84,19 +84,22 @@ impl Node {
             owns_bridge: false,
             bridge_index: 0,
         };
-        let (bridge, addresses, in_own_ns) = (&spec.bridge, &spec.addresses, node.netns.is_some());
+        let (bridge, in_own_ns) = (&spec.bridge, node.netns.is_some());
         let (index, created) = in_netns(node.netns.as_deref(), async |h| {
             if in_own_ns {
                 nl::set_up(h, "lo").await?;
             }
-            let (index, created) = nl::ensure_bridge(h, bridge).await?;
-            for a in addresses {
-                nl::add_address(h, index, bridge, *a, !created).await?;
-            }
-            Ok((index, created))
+            nl::ensure_bridge(h, bridge).await
         })?;
         node.owns_bridge = created;
         node.bridge_index = index;
+        in_netns(node.netns.as_deref(), async |h| {
+            nl::set_up(h, bridge).await?;
+            for a in &spec.addresses {
+                nl::add_address(h, index, bridge, *a, !created).await?;
+            }
+            Ok(())
+        })?;
         Ok(Arc::new(node))
     }
 
