@@ -83,6 +83,12 @@ pub enum SandboxError {
     },
 }
 
+/// True when `ip` lies in `net` and both are of one family. (`IpCidr::contains` is not
+/// safe across families: it builds a CIDR of `ip` with `net`'s prefix.)
+fn within(net: &crate::net::IpCidr, ip: std::net::IpAddr) -> bool {
+    net.addr.is_ipv4() == ip.is_ipv4() && net.contains(ip)
+}
+
 /// `"10.0.0.1/24"` as an [`IpCidr`](crate::net::IpCidr), for unit tests.
 #[cfg(test)]
 fn test_cidr(s: &str) -> crate::net::IpCidr {
