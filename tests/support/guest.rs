@@ -313,8 +313,9 @@ pub fn qemu_args(kernel: &Path, initrd: &Path, dir: &Path, opts: &GuestOptions) 
 #[derive(Default)]
 struct Console {
     text: String,
-    /// When each `VMPOD-` kind first appeared, measured from QEMU's start.
-    seen: BTreeMap<String, Duration>,
+    /// When each `VMPOD-` kind first appeared, measured from QEMU's start, and the CPU
+    /// time QEMU had used by then.
+    seen: BTreeMap<String, (Duration, Option<Duration>)>,
     closed: bool,
 }
 
@@ -346,13 +347,14 @@ impl QemuGuest {
             .stderr(Stdio::piped());
         let started = Instant::now();
         let mut child = cmd.spawn().expect("start qemu-system-x86_64");
+        let pid = child.id();
         let console: Arc<(Mutex<Console>, Condvar)> = Arc::default();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let console = Arc::clone(&console);
-            std::thread::spawn(move || pump(stream, &console, started));
+            std::thread::spawn(move || pump(stream, &console, started, pid));
         }
         QemuGuest {
             child,
@@ -370,7 +372,19 @@ impl QemuGuest {
 
     /// When the guest first printed `VMPOD-<kind>`, from QEMU's start.
     pub fn seen_at(&self, kind: &str) -> Option<Duration> {
-        self.console.0.lock().unwrap().seen.get(kind).copied()
+        self.console.0.lock().unwrap().seen.get(kind).map(|s| s.0)
+    }
+
+    /// The CPU time (user + system, all threads) QEMU had used when the guest first
+    /// printed `VMPOD-<kind>`: what the boot costs, independent of other load on the host.
+    pub fn cpu_at(&self, kind: &str) -> Option<Duration> {
+        self.console
+            .0
+            .lock()
+            .unwrap()
+            .seen
+            .get(kind)
+            .and_then(|s| s.1)
     }
 
     /// Wait until `done` holds for the parsed console, QEMU's output ends, or `timeout`.
@@ -467,7 +481,23 @@ fn write_ifup(path: &Path, bridge: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn pump(stream: Box<dyn Read + Send>, console: &(Mutex<Console>, Condvar), started: Instant) {
+/// User + system CPU time of process `pid` (all its threads), from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+fn pump(
+    stream: Box<dyn Read + Send>,
+    console: &(Mutex<Console>, Condvar),
+    started: Instant,
+    pid: u32,
+) {
     let mut r = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -487,7 +517,9 @@ fn pump(stream: Box<dyn Read + Send>, console: &(Mutex<Console>, Condvar), start
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            c.seen.entry(kind).or_insert_with(|| started.elapsed());
+            c.seen
+                .entry(kind)
+                .or_insert_with(|| (started.elapsed(), cpu_time(pid)));
         }
         c.text.push_str(&line);
         cv.notify_all();
