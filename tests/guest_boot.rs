@@ -162,7 +162,11 @@ fn held_guest_powers_off_on_acpi_system_powerdown() {
         ..GuestOptions::default()
     });
     let report = vm.wait_for(BOOT_TIMEOUT, |r| r.holding).unwrap();
-    assert!(report.lease.is_some() && !report.powered_off);
+    assert!(!report.powered_off);
+    assert_eq!(
+        report.lease.as_ref().map(|l| l.event.as_str()),
+        Some("bound")
+    );
     // Held: still running well after the checks.
     assert!(
         vm.wait_exit(Duration::from_secs(2)).is_err(),

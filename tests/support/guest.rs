@@ -34,6 +34,8 @@ pub struct GuestRoute {
 /// `VMPOD-LEASE`: what udhcpc leased on the first NIC, as applied.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct GuestLease {
+    /// `bound` for the first lease, `renew` for a renewal (held guests keep udhcpc).
+    pub event: String,
     pub iface: String,
     pub mac: String,
     pub ip: Ipv4Addr,
@@ -79,7 +81,10 @@ pub struct GuestPing {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GuestReport {
     pub boot: Option<GuestBoot>,
+    /// The first lease.
     pub lease: Option<GuestLease>,
+    /// Every lease line in order: the first, then renewals.
+    pub leases: Vec<GuestLease>,
     /// `VMPOD-LEASE-FAILED` seen: udhcpc gave up.
     pub lease_failed: bool,
     pub ping: Option<GuestPing>,
@@ -147,7 +152,10 @@ impl GuestReport {
                 self.boot = Some(serde_json::from_value(value).map_err(|e| bad(e.to_string()))?)
             }
             "VMPOD-LEASE" => {
-                self.lease = Some(serde_json::from_value(value).map_err(|e| bad(e.to_string()))?)
+                let lease: GuestLease =
+                    serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+                self.lease.get_or_insert_with(|| lease.clone());
+                self.leases.push(lease);
             }
             "VMPOD-LEASE-FAILED" => self.lease_failed = true,
             "VMPOD-PING" => {
@@ -532,7 +540,7 @@ mod tests {
 
     const CONSOLE: &str = "\x1bc\x1b[?7l\x1b[2JVMPOD-BOOT {\"kernel\":\"6.1.0-56-cloud-amd64\",\"uptime\":1.63}\r\n\
 udhcpc: started, v1.35.0\r\n\
-VMPOD-LEASE {\"iface\":\"eth0\",\"mac\":\"52:54:00:12:34:56\",\"ip\":\"10.0.2.15\",\"prefix\":24,\"routers\":[\"10.0.2.2\"],\"dns\":[\"10.0.2.3\"],\"mtu\":1450,\"link_mtu\":1450,\"hostname\":\"vm1\",\"domain\":null,\"search\":[\"a.example\",\"b.example\"],\"routes\":[{\"dst\":\"192.168.9.0/24\",\"via\":\"10.0.2.2\"}],\"server\":\"10.0.2.2\",\"lease_s\":86400,\"uptime\":2.86}\r\n\
+VMPOD-LEASE {\"event\":\"bound\",\"iface\":\"eth0\",\"mac\":\"52:54:00:12:34:56\",\"ip\":\"10.0.2.15\",\"prefix\":24,\"routers\":[\"10.0.2.2\"],\"dns\":[\"10.0.2.3\"],\"mtu\":1450,\"link_mtu\":1450,\"hostname\":\"vm1\",\"domain\":null,\"search\":[\"a.example\",\"b.example\"],\"routes\":[{\"dst\":\"192.168.9.0/24\",\"via\":\"10.0.2.2\"}],\"server\":\"10.0.2.2\",\"lease_s\":86400,\"uptime\":2.86}\r\n\
 VMPOD-PING {\"target\":\"10.0.2.2\",\"ok\":true,\"rtt_ms\":6.094}\r\n\
 VMPOD-CIDATA-BEGIN {\"file\":\"user-data\",\"device\":\"/dev/vda\",\"fs\":\"vfat\"}\r\n\
 #cloud-config\r\n\
