@@ -31,6 +31,11 @@
 //!   a /32 route back to the pod;
 //! - dual stack: an IPv6 address (no DAD) and an IPv6 default route.
 //!
+//! [`PodSandbox::command`] runs a program in the pod's network namespace;
+//! [`PodSandbox::pod_command`] runs it as a container would see the pod: also with the
+//! pod's resolv.conf on /etc/resolv.conf and its hostname, in private mount and UTS
+//! namespaces (how the local runtime starts `vmpod-launcher`).
+//!
 //! [`Ipam`] hands out pod addresses from the node subnet for local mode.
 //!
 //! Cleanup is on drop (also during a panic): the pod's node-side veth and /32 routes, the
