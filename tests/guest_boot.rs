@@ -238,8 +238,49 @@ fn guest_reaches_its_lease_in_under_5s_under_tcg() {
     }
 }
 
-/// Kills a child process on drop.
-struct Killed(std::process::Child);
+fn cidr(s: &str) -> IpCidr {
+    let (a, p) = s.split_once('/').unwrap();
+    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
+}
+
+/// dnsmasq on `node`'s bridge (DHCP for 10.99.0.50 in 10.99.0.0/24 plus `args`), and the
+/// guest (MAC `mac`) booted on a tap on that bridge.
+fn guest_behind_dnsmasq(node: &Node, mac: &str, args: &[&str], ipv6: bool) -> (Killed, QemuGuest) {
+    let node_ns = node.netns_path().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dnsmasq = command_in(node_ns, "dnsmasq")
+        .unwrap()
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--bind-interfaces",
+        ])
+        .arg(format!("--interface={}", node.bridge()))
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.path().join("leases").display()
+        ))
+        .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+        .args(["--no-ping", "--dhcp-range=10.99.0.50,10.99.0.50,255.255.255.0,1h"])
+        .args(args)
+        .spawn()
+        .expect("start dnsmasq");
+    let dnsmasq = Killed(dnsmasq, dir);
+    let opts = GuestOptions {
+        net: GuestNet::Bridge {
+            bridge: node.bridge().to_string(),
+        },
+        mac: Some(mac.into()),
+        netns: Some(node_ns.to_path_buf()),
+        ipv6,
+        ..GuestOptions::default()
+    };
+    (dnsmasq, QemuGuest::boot(&opts))
+}
+
+/// Kills a child process on drop, then removes its working directory.
+struct Killed(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -256,19 +297,12 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
         return;
     }
     let _cpu = shared_cpu();
-    let gw: IpCidr = IpCidr::new("10.99.0.1".parse().unwrap(), 24);
-    let node = Node::create(&NodeSpec::isolated(vec![gw])).unwrap();
-    let node_ns = node.netns_path().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let node = Node::create(&NodeSpec::isolated(vec![cidr("10.99.0.1/24")])).unwrap();
     let mac = "02:00:0a:63:00:32";
-    let dnsmasq = command_in(node_ns, "dnsmasq")
-        .unwrap()
-        .args(["--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces"])
-        .arg(format!("--interface={}", node.bridge()))
-        .arg(format!("--dhcp-leasefile={}", dir.path().join("leases").display()))
-        .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-        .args([
-            "--dhcp-range=10.99.0.50,10.99.0.50,255.255.255.0,1h",
+    let (_dnsmasq, vm) = guest_behind_dnsmasq(
+        &node,
+        mac,
+        &[
             &format!("--dhcp-host={mac},10.99.0.50,vmguest"),
             "--domain=pod.example",
             "--dhcp-option=option:router,10.99.0.1",
@@ -276,20 +310,9 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
             "--dhcp-option=option:mtu,1400",
             "--dhcp-option=option:domain-search,ns.svc.example,svc.example",
             "--dhcp-option=option:classless-static-route,192.168.7.0/24,10.99.0.1,0.0.0.0/0,10.99.0.1",
-        ])
-        .spawn()
-        .expect("start dnsmasq");
-    let _dnsmasq = Killed(dnsmasq);
-
-    let opts = GuestOptions {
-        net: GuestNet::Bridge {
-            bridge: node.bridge().to_string(),
-        },
-        mac: Some(mac.into()),
-        netns: Some(node_ns.to_path_buf()),
-        ..GuestOptions::default()
-    };
-    let vm = QemuGuest::boot(&opts);
+        ],
+        false,
+    );
     let report = vm
         .wait_for(BOOT_TIMEOUT, |r| r.ping.is_some() || r.lease_failed)
         .unwrap();
@@ -323,4 +346,36 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
         ping.ok && ping.target.to_string() == "10.99.0.1",
         "ping {ping:?}:\n{console}"
     );
+}
+
+/// With `vmpod.ipv6=1` the guest reports the address it configured by SLAAC from router
+/// advertisements (dnsmasq `ra-only`) and pings the advertising router.
+#[test]
+fn guest_reports_slaac_ipv6_from_router_advertisements() {
+    if !support::privileged("guest_reports_slaac_ipv6_from_router_advertisements") {
+        return;
+    }
+    let _cpu = shared_cpu();
+    let spec = NodeSpec::isolated(vec![cidr("10.99.0.1/24"), cidr("fd99::1/64")]);
+    let node = Node::create(&spec).unwrap();
+    let mac = "02:00:0a:63:00:33";
+    let ra = [
+        "--enable-ra",
+        "--dhcp-range=fd99::,ra-only,64",
+        "--ra-param=*,1,600",
+    ];
+    let (_dnsmasq, vm) = guest_behind_dnsmasq(&node, mac, &ra, true);
+    let report = vm
+        .wait_for(BOOT_TIMEOUT, |r| r.ping6.is_some() || r.powered_off)
+        .unwrap();
+    let console = vm.console();
+    let v6 = report
+        .ipv6
+        .unwrap_or_else(|| panic!("no IPv6 report:\n{console}"));
+    // EUI-64 from the MAC: 02:00:0a:63:00:33 -> 0000:0aff:fe63:0033.
+    assert_eq!(v6.addresses, ["fd99::aff:fe63:33/64"], "{console}");
+    assert_eq!(v6.routers.len(), 1, "{console}");
+    assert!(v6.routers[0].is_unicast_link_local(), "{:?}", v6.routers);
+    let ping6 = report.ping6.unwrap();
+    assert!(ping6.ok, "ping6 {ping6:?}:\n{console}");
 }

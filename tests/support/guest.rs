@@ -69,12 +69,22 @@ impl GuestLease {
     }
 }
 
-/// `VMPOD-PING`: one echo request to the router.
+/// `VMPOD-PING` / `VMPOD-PING6`: one echo request to the (first) router.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct GuestPing {
-    pub target: Ipv4Addr,
+    pub target: IpAddr,
     pub ok: bool,
     pub rtt_ms: Option<f64>,
+}
+
+/// `VMPOD-IPV6` (kernel argument `vmpod.ipv6=1`): global IPv6 addresses the NIC got
+/// (SLAAC from router advertisements) and the default routers.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GuestIpv6 {
+    pub iface: String,
+    /// `addr/prefix`.
+    pub addresses: Vec<String>,
+    pub routers: Vec<std::net::Ipv6Addr>,
 }
 
 /// Everything the guest reported so far, in console order.
@@ -88,6 +98,8 @@ pub struct GuestReport {
     /// `VMPOD-LEASE-FAILED` seen: udhcpc gave up.
     pub lease_failed: bool,
     pub ping: Option<GuestPing>,
+    pub ipv6: Option<GuestIpv6>,
+    pub ping6: Option<GuestPing>,
     /// Files of a cidata disk (`user-data`, `meta-data`, `network-config`) by name.
     pub cidata: BTreeMap<String, String>,
     /// The device and filesystem the cidata disk was found on.
@@ -109,6 +121,14 @@ impl std::fmt::Display for ReportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "bad guest report line {:?}: {}", self.line, self.why)
     }
+}
+
+/// One report's JSON as its type, or an error naming the line.
+fn typed<T: serde::de::DeserializeOwned>(v: Value, line: &str) -> Result<T, ReportError> {
+    serde_json::from_value(v).map_err(|e| ReportError {
+        line: line.to_string(),
+        why: e.to_string(),
+    })
 }
 
 impl GuestReport {
@@ -148,19 +168,16 @@ impl GuestReport {
         };
         let value: Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
         match kind {
-            "VMPOD-BOOT" => {
-                self.boot = Some(serde_json::from_value(value).map_err(|e| bad(e.to_string()))?)
-            }
+            "VMPOD-BOOT" => self.boot = Some(typed(value, tagged)?),
             "VMPOD-LEASE" => {
-                let lease: GuestLease =
-                    serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+                let lease: GuestLease = typed(value, tagged)?;
                 self.lease.get_or_insert_with(|| lease.clone());
                 self.leases.push(lease);
             }
             "VMPOD-LEASE-FAILED" => self.lease_failed = true,
-            "VMPOD-PING" => {
-                self.ping = Some(serde_json::from_value(value).map_err(|e| bad(e.to_string()))?)
-            }
+            "VMPOD-PING" => self.ping = Some(typed(value, tagged)?),
+            "VMPOD-IPV6" => self.ipv6 = Some(typed(value, tagged)?),
+            "VMPOD-PING6" => self.ping6 = Some(typed(value, tagged)?),
             "VMPOD-CIDATA-BEGIN" => {
                 let field = |k: &str| {
                     value[k]
@@ -233,6 +250,8 @@ pub struct GuestOptions {
     pub disks: Vec<GuestDisk>,
     /// Add `vmpod.hold=1`: stay up until the ACPI power button.
     pub hold: bool,
+    /// Add `vmpod.ipv6=1`: wait for SLAAC and report IPv6 (`VMPOD-IPV6`, `VMPOD-PING6`).
+    pub ipv6: bool,
     /// Run QEMU inside this network namespace (e.g. a pod's).
     pub netns: Option<PathBuf>,
 }
@@ -244,6 +263,7 @@ impl Default for GuestOptions {
             mac: None,
             disks: Vec::new(),
             hold: false,
+            ipv6: false,
             netns: None,
         }
     }
@@ -256,6 +276,9 @@ pub fn qemu_args(kernel: &Path, initrd: &Path, dir: &Path, opts: &GuestOptions) 
     let mut append = String::from("console=ttyS0 quiet panic=-1");
     if opts.hold {
         append.push_str(" vmpod.hold=1");
+    }
+    if opts.ipv6 {
+        append.push_str(" vmpod.ipv6=1");
     }
     let netdev = match &opts.net {
         GuestNet::User => "user,id=n0".to_string(),
