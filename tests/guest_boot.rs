@@ -262,7 +262,10 @@ fn guest_behind_dnsmasq(node: &Node, mac: &str, args: &[&str], ipv6: bool) -> (K
             dir.path().join("leases").display()
         ))
         .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-        .args(["--no-ping", "--dhcp-range=10.99.0.50,10.99.0.50,255.255.255.0,1h"])
+        .args([
+            "--no-ping",
+            "--dhcp-range=10.99.0.50,10.99.0.50,255.255.255.0,1h",
+        ])
         .args(args)
         .spawn()
         .expect("start dnsmasq");

@@ -30,15 +30,12 @@ fn in_netns<T: Send>(
     ns: Option<&Path>,
     job: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T> + Send,
 ) -> Result<T> {
-    let where_ = ns.map_or_else(|| PathBuf::from("/proc/self/ns/net"), Path::to_path_buf);
+    let where_ = ns.unwrap_or(Path::new("/proc/thread-self/ns/net"));
     netns::block_on_in(ns, async move || {
-        let h = nl::connect().map_err(io_err("open netlink socket in", &where_))?;
+        let h = nl::connect().map_err(io_err("open netlink socket in", where_))?;
         job(&h).await
     })
-    .map_err(io_err(
-        "run netlink job in",
-        ns.unwrap_or(Path::new("/proc/self/ns/net")),
-    ))?
+    .map_err(io_err("run netlink job in", where_))?
 }
 
 /// `program` as a command whose process enters the network namespace at `netns` (e.g.
@@ -58,7 +55,8 @@ pub fn command_in(netns: &Path, program: impl AsRef<std::ffi::OsStr>) -> std::io
 }
 
 /// The node side: a bridge holding the gateway addresses, in its own namespace or the
-/// host. Shared by its pods through an `Arc`; dropped after the last pod.
+/// host. Shared by its pods through an `Arc`; dropped after the last pod. Keep one per
+/// bridge: the one that created a host bridge deletes it, even if another adopted it.
 #[derive(Debug)]
 pub struct Node {
     spec: NodeSpec,
