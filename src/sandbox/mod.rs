@@ -31,16 +31,20 @@
 //!   a /32 route back to the pod;
 //! - dual stack: an IPv6 address (no DAD) and an IPv6 default route.
 //!
+//! [`Ipam`] hands out pod addresses from the node subnet for local mode.
+//!
 //! Cleanup is on drop (also during a panic): the pod's node-side veth and /32 routes, the
 //! pod namespace, its private state directory; a [`Node`] deletes its namespace, or in
 //! host mode the bridge if it created it. Gateway addresses added to a host bridge for
 //! Calico-shaped pods stay, since other pods share them.
 
+mod ipam;
 mod nl;
 mod pod;
 mod spec;
 
-pub use pod::{Node, POD_INTERFACE, PodSandbox};
+pub use ipam::Ipam;
+pub use pod::{Node, POD_INTERFACE, PodSandbox, command_in};
 pub use spec::{
     CALICO_GATEWAY, NodeAdditions, NodeSide, NodeSpec, PodSpec, node_additions, unique_id,
     unique_link_name,
@@ -55,6 +59,12 @@ pub enum SandboxError {
     /// The spec is inconsistent; nothing was created.
     #[error("pod {pod}: invalid spec: {why}")]
     Invalid { pod: String, why: String },
+    /// The local IPAM cannot do what was asked.
+    #[error("IPAM for {subnet}: {why}")]
+    Ipam {
+        subnet: crate::net::IpCidr,
+        why: String,
+    },
     /// A netlink request failed.
     #[error("{what} {object}: {source}")]
     Netlink {
@@ -71,4 +81,11 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+}
+
+/// `"10.0.0.1/24"` as an [`IpCidr`](crate::net::IpCidr), for unit tests.
+#[cfg(test)]
+fn test_cidr(s: &str) -> crate::net::IpCidr {
+    let (a, p) = s.split_once('/').expect("address/prefix");
+    crate::net::IpCidr::new(a.parse().expect("address"), p.parse().expect("prefix"))
 }

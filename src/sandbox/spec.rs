@@ -224,11 +224,7 @@ pub fn unique_link_name(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cidr(s: &str) -> IpCidr {
-        let (a, p) = s.split_once('/').unwrap();
-        IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-    }
+    use crate::sandbox::test_cidr as cidr;
 
     #[test]
     fn bridge_cni_pod_gets_only_a_default_route() {
