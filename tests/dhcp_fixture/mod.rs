@@ -226,6 +226,22 @@ impl Topology {
             .collect()
     }
 
+    /// The MTU metric of each IPv4 route, e.g. `default via 10.0.0.1 mtu 1400`
+    /// (dhcpcd 9 applies option 26 to its routes, not to the link).
+    pub fn vm_route_mtus(&self) -> Vec<(String, Option<u64>)> {
+        let v = self.ip_json(&["-4", "-d", "route", "show", "table", "main"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mtu = r["metrics"]
+                    .as_array()
+                    .and_then(|m| m.iter().find_map(|x| x["mtu"].as_u64()));
+                (r["dst"].as_str().unwrap().to_owned(), mtu)
+            })
+            .collect()
+    }
+
     pub fn vm_mtu(&self) -> u64 {
         self.ip_json(&["link", "show", "dev", VM_IF])[0]["mtu"]
             .as_u64()
