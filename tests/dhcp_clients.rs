@@ -112,6 +112,21 @@ enum MtuOn {
 }
 
 fn assert_kernel(t: &Topology, e: &Expect, who: &str, mtu_on: MtuOn) {
+    // The default route must work, not just exist: the pod side answers as the
+    // gateway, and a ping from the VM side goes out through it.
+    let gateway = e.routes[0]
+        .strip_prefix("default via ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    t.act_as_gateway(
+        gateway,
+        e.address.split_once('/').unwrap().0.parse().unwrap(),
+    );
+    assert!(
+        t.vm_pings(BEYOND_GATEWAY),
+        "{who}: no answer through the default route via {gateway}"
+    );
     assert_eq!(t.vm_addresses(), [e.address], "{who}: address");
     let mut routes = t.vm_routes();
     routes.sort();
