@@ -137,7 +137,9 @@ async fn status_domain_and_network() {
     let net = ok(&vmpodctl(root.path(), &["network", "vm1"], b"").await);
     assert_eq!(
         serde_json::from_str::<vmpod::control::NetworkReport>(&net).unwrap(),
-        sample_network()
+        vmpod::control::Backend::network(&*fake.backend)
+            .await
+            .unwrap()
     );
 
     let err = failed(&vmpodctl(root.path(), &["status", "nope"], b"").await);
