@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "vmpod-handler", version, about = "vmpod node daemon and controller")]
+#[command(
+    name = "vmpod-handler",
+    version,
+    about = "vmpod node daemon and controller"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

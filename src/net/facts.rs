@@ -93,11 +93,15 @@ impl IpCidr {
     pub fn network(&self) -> IpAddr {
         match self.addr {
             IpAddr::V4(a) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         }
@@ -168,18 +172,22 @@ impl InterfaceFacts {
 
     /// The IPv4 default gateway, if the pod has one.
     pub fn gateway4(&self) -> Option<Ipv4Addr> {
-        self.routes.iter().find_map(|r| match (r.destination, r.gateway) {
-            (d, Some(IpAddr::V4(g))) if d.is_default() && d.addr.is_ipv4() => Some(g),
-            _ => None,
-        })
+        self.routes
+            .iter()
+            .find_map(|r| match (r.destination, r.gateway) {
+                (d, Some(IpAddr::V4(g))) if d.is_default() && d.addr.is_ipv4() => Some(g),
+                _ => None,
+            })
     }
 
     /// The IPv6 default gateway, if the pod has one.
     pub fn gateway6(&self) -> Option<Ipv6Addr> {
-        self.routes.iter().find_map(|r| match (r.destination, r.gateway) {
-            (d, Some(IpAddr::V6(g))) if d.is_default() && d.addr.is_ipv6() => Some(g),
-            _ => None,
-        })
+        self.routes
+            .iter()
+            .find_map(|r| match (r.destination, r.gateway) {
+                (d, Some(IpAddr::V6(g))) if d.is_default() && d.addr.is_ipv6() => Some(g),
+                _ => None,
+            })
     }
 }
 
@@ -219,7 +227,13 @@ mod tests {
         let m: MacAddr = "02:AB:00:00:00:01".parse().unwrap();
         assert_eq!(m.to_string(), "02:ab:00:00:00:01");
         assert!(m.is_local());
-        for bad in ["", "02:ab", "02:ab:00:00:00:01:02", "zz:00:00:00:00:00", "2:ab:0:0:0:1"] {
+        for bad in [
+            "",
+            "02:ab",
+            "02:ab:00:00:00:01:02",
+            "zz:00:00:00:00:00",
+            "2:ab:0:0:0:1",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
         let r = MacAddr::random_local();

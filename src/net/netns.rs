@@ -74,7 +74,9 @@ where
     Fut: Future<Output = T>,
 {
     run_in(ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         Ok(rt.block_on(f()))
     })?
 }

@@ -10,7 +10,10 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(!ci, "{test}: needs root, and under CI=true a privileged test must not skip");
+    assert!(
+        !ci,
+        "{test}: needs root, and under CI=true a privileged test must not skip"
+    );
     eprintln!("SKIPPED {test}: needs root (run as root, or under CI=true to make this fail)");
     false
 }

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "vmpodctl", version, about = "Run and debug vmpod virtual machines")]
+#[command(
+    name = "vmpodctl",
+    version,
+    about = "Run and debug vmpod virtual machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
