@@ -1,64 +1,20 @@
-//! Acceleration: KVM when it really works, otherwise TCG (QEMU's emulation). Probes
-//! `/dev/kvm` with ioctls only; it never starts QEMU and never changes the system.
+//! Acceleration: from what the VMI asks for ([`crate::api::Acceleration`]) and a probe of
+//! `/dev/kvm` to what the domain runs with ([`crate::control::Acceleration`]): KVM only when
+//! it really works, otherwise TCG. Probes with ioctls only; never starts QEMU and never
+//! changes the system.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
+use crate::api::Acceleration as AccelRequest;
+use crate::control::Acceleration;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// What the user asked for (`--accel`, or the VMI).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccelRequest {
-    /// KVM when the probe passes, TCG otherwise.
-    #[default]
-    Auto,
-    /// KVM or fail.
-    Kvm,
-    /// TCG even when KVM works.
-    Emulation,
-}
-
-/// What the domain runs with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    /// The libvirt `<domain type=...>` value.
-    pub fn domain_type(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "qemu",
-        }
-    }
-}
-
-impl fmt::Display for Accel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        })
-    }
-}
-
-impl std::str::FromStr for AccelRequest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(AccelRequest::Auto),
-            "kvm" => Ok(AccelRequest::Kvm),
-            "emulation" | "tcg" | "qemu" => Ok(AccelRequest::Emulation),
-            _ => Err(format!(
-                "unknown acceleration {s:?} (want auto, kvm or emulation)"
-            )),
-        }
+/// The libvirt `<domain type=...>` for an acceleration.
+pub fn domain_type(accel: Acceleration) -> &'static str {
+    match accel {
+        Acceleration::Kvm => "kvm",
+        Acceleration::Tcg => "qemu",
     }
 }
 
@@ -71,13 +27,13 @@ pub const KVM_DEVICE: &str = "/dev/kvm";
 pub struct KvmUnusable(pub String);
 
 /// Decide the acceleration from the request and the probe result (pure).
-pub fn choose(request: AccelRequest, kvm: Result<(), String>) -> Result<Accel, KvmUnusable> {
+pub fn choose(request: AccelRequest, kvm: Result<(), String>) -> Result<Acceleration, KvmUnusable> {
     match (request, kvm) {
-        (AccelRequest::Emulation, _) => Ok(Accel::Tcg),
-        (AccelRequest::Auto | AccelRequest::Kvm, Ok(())) => Ok(Accel::Kvm),
+        (AccelRequest::Emulation, _) => Ok(Acceleration::Tcg),
+        (AccelRequest::Auto | AccelRequest::Kvm, Ok(())) => Ok(Acceleration::Kvm),
         (AccelRequest::Auto, Err(why)) => {
             tracing::info!(%why, "KVM not usable, using TCG");
-            Ok(Accel::Tcg)
+            Ok(Acceleration::Tcg)
         }
         (AccelRequest::Kvm, Err(why)) => Err(KvmUnusable(why)),
     }
@@ -152,10 +108,22 @@ mod tests {
     #[test]
     fn choose_follows_request_and_probe() {
         let bad = || Err("nope".to_string());
-        assert_eq!(choose(AccelRequest::Auto, Ok(())).unwrap(), Accel::Kvm);
-        assert_eq!(choose(AccelRequest::Auto, bad()).unwrap(), Accel::Tcg);
-        assert_eq!(choose(AccelRequest::Emulation, Ok(())).unwrap(), Accel::Tcg);
-        assert_eq!(choose(AccelRequest::Kvm, Ok(())).unwrap(), Accel::Kvm);
+        assert_eq!(
+            choose(AccelRequest::Auto, Ok(())).unwrap(),
+            Acceleration::Kvm
+        );
+        assert_eq!(
+            choose(AccelRequest::Auto, bad()).unwrap(),
+            Acceleration::Tcg
+        );
+        assert_eq!(
+            choose(AccelRequest::Emulation, Ok(())).unwrap(),
+            Acceleration::Tcg
+        );
+        assert_eq!(
+            choose(AccelRequest::Kvm, Ok(())).unwrap(),
+            Acceleration::Kvm
+        );
         let e = choose(AccelRequest::Kvm, bad()).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
     }
@@ -174,11 +142,7 @@ mod tests {
 
     #[test]
     fn domain_types() {
-        assert_eq!(Accel::Kvm.domain_type(), "kvm");
-        assert_eq!(Accel::Tcg.domain_type(), "qemu");
-        assert_eq!(
-            "emulation".parse::<AccelRequest>().unwrap(),
-            AccelRequest::Emulation
-        );
+        assert_eq!(domain_type(Acceleration::Kvm), "kvm");
+        assert_eq!(domain_type(Acceleration::Tcg), "qemu");
     }
 }
