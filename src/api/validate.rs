@@ -344,28 +344,6 @@ impl Validator {
         let interfaces = &spec.domain.devices.interfaces;
         let iface_names: BTreeSet<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
         let mut seen = BTreeSet::new();
-        let mut pod_networks = 0;
-        for (i, net) in spec.networks.iter().enumerate() {
-            let path = index_path("spec.networks", i);
-            self.unique_name(&path, &net.name, &mut seen);
-            match net.pod {
-                None => self.push(&path, "needs a source: pod"),
-                Some(_) => pod_networks += 1,
-            }
-            if pod_networks > 1 && net.pod.is_some() {
-                self.push(format!("{path}.pod"), "only one pod network is allowed");
-            }
-            if !iface_names.contains(net.name.as_str()) {
-                self.push(
-                    &path,
-                    format!(
-                        "no interface named {:?} in spec.domain.devices.interfaces",
-                        net.name
-                    ),
-                );
-            }
-        }
-        let mut seen = BTreeSet::new();
         let mut macs = BTreeMap::new();
         for (i, iface) in interfaces.iter().enumerate() {
             let path = index_path("spec.domain.devices.interfaces", i);
@@ -399,6 +377,28 @@ impl Validator {
             }
             if let Some(d) = &iface.dhcp_options {
                 self.dhcp_options(&format!("{path}.dhcpOptions"), d);
+            }
+        }
+        let mut seen = BTreeSet::new();
+        let mut pod_networks = 0;
+        for (i, net) in spec.networks.iter().enumerate() {
+            let path = index_path("spec.networks", i);
+            self.unique_name(&path, &net.name, &mut seen);
+            match net.pod {
+                None => self.push(&path, "needs a source: pod"),
+                Some(_) => pod_networks += 1,
+            }
+            if pod_networks > 1 && net.pod.is_some() {
+                self.push(format!("{path}.pod"), "only one pod network is allowed");
+            }
+            if !iface_names.contains(net.name.as_str()) {
+                self.push(
+                    &path,
+                    format!(
+                        "no interface named {:?} in spec.domain.devices.interfaces",
+                        net.name
+                    ),
+                );
             }
         }
     }

@@ -28,7 +28,9 @@ pub enum Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LifecycleAction {
     /// ACPI power-off, then destroy after the grace period (the VMI's when `None`).
-    Shutdown { grace_period_seconds: Option<u32> },
+    Shutdown {
+        grace_period_seconds: Option<u32>,
+    },
     Pause,
     Resume,
     /// Destroy the domain at once.
@@ -66,14 +68,38 @@ pub struct Route {
 
 /// Every route the server answers; the OpenAPI file must document exactly these.
 pub const ROUTES: &[Route] = &[
-    Route { method: "GET", path: "/v1/status" },
-    Route { method: "GET", path: "/v1/network" },
-    Route { method: "GET", path: "/v1/domain" },
-    Route { method: "GET", path: "/v1/console" },
-    Route { method: "POST", path: "/v1/shutdown" },
-    Route { method: "POST", path: "/v1/pause" },
-    Route { method: "POST", path: "/v1/resume" },
-    Route { method: "POST", path: "/v1/kill" },
+    Route {
+        method: "GET",
+        path: "/v1/status",
+    },
+    Route {
+        method: "GET",
+        path: "/v1/network",
+    },
+    Route {
+        method: "GET",
+        path: "/v1/domain",
+    },
+    Route {
+        method: "GET",
+        path: "/v1/console",
+    },
+    Route {
+        method: "POST",
+        path: "/v1/shutdown",
+    },
+    Route {
+        method: "POST",
+        path: "/v1/pause",
+    },
+    Route {
+        method: "POST",
+        path: "/v1/resume",
+    },
+    Route {
+        method: "POST",
+        path: "/v1/kill",
+    },
 ];
 
 /// A request the API refuses, or a backend failure, with the status code it maps to.
@@ -82,7 +108,11 @@ pub enum ApiError {
     #[error("no such endpoint: {path}")]
     NotFound { path: String },
     #[error("method {method} not allowed on {path} (allowed: {allowed})")]
-    MethodNotAllowed { method: String, path: String, allowed: &'static str },
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
     #[error("bad request to {path}: {reason}")]
     BadRequest { path: String, reason: String },
     #[error("{0}")]
@@ -117,11 +147,16 @@ pub struct RequestParts<'a> {
 /// Parse a request into its [`Action`], or say why it is refused.
 pub fn parse(req: RequestParts<'_>) -> Result<Action, ApiError> {
     let path = req.path;
-    let bad = |reason: String| ApiError::BadRequest { path: path.to_string(), reason };
+    let bad = |reason: String| ApiError::BadRequest {
+        path: path.to_string(),
+        reason,
+    };
     let route = ROUTES
         .iter()
         .find(|r| r.path == path)
-        .ok_or_else(|| ApiError::NotFound { path: path.to_string() })?;
+        .ok_or_else(|| ApiError::NotFound {
+            path: path.to_string(),
+        })?;
     if req.method.as_str() != route.method {
         return Err(ApiError::MethodNotAllowed {
             method: req.method.to_string(),
@@ -180,9 +215,9 @@ fn parse_console(query: Option<&str>, upgrade: Option<&str>) -> Result<Action, S
     }
     match upgrade {
         None => Ok(Action::GetConsole { follow }),
-        Some(u) if !u.eq_ignore_ascii_case(CONSOLE_UPGRADE) => {
-            Err(format!("cannot upgrade to {u:?}; the console speaks {CONSOLE_UPGRADE:?}"))
-        }
+        Some(u) if !u.eq_ignore_ascii_case(CONSOLE_UPGRADE) => Err(format!(
+            "cannot upgrade to {u:?}; the console speaks {CONSOLE_UPGRADE:?}"
+        )),
         Some(_) if follow => Err("follow and upgrade exclude each other".into()),
         Some(_) => Ok(Action::AttachConsole),
     }
@@ -193,7 +228,13 @@ mod tests {
     use super::*;
 
     fn req<'a>(method: &'a Method, path: &'a str) -> RequestParts<'a> {
-        RequestParts { method, path, query: None, upgrade: None, body: b"" }
+        RequestParts {
+            method,
+            path,
+            query: None,
+            upgrade: None,
+            body: b"",
+        }
     }
 
     #[test]
@@ -220,12 +261,16 @@ mod tests {
         let mut r = req(&Method::POST, "/v1/shutdown");
         assert_eq!(
             parse(r).unwrap(),
-            Action::Lifecycle(LifecycleAction::Shutdown { grace_period_seconds: None })
+            Action::Lifecycle(LifecycleAction::Shutdown {
+                grace_period_seconds: None
+            })
         );
         r.body = br#"{"gracePeriodSeconds": 7}"#;
         assert_eq!(
             parse(r).unwrap(),
-            Action::Lifecycle(LifecycleAction::Shutdown { grace_period_seconds: Some(7) })
+            Action::Lifecycle(LifecycleAction::Shutdown {
+                grace_period_seconds: Some(7)
+            })
         );
         r.body = b"{not json";
         assert_eq!(parse(r).unwrap_err().status(), StatusCode::BAD_REQUEST);

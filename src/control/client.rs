@@ -16,13 +16,30 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("connecting to control socket {socket}: {source}")]
-    Connect { socket: PathBuf, source: std::io::Error },
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{method} {path} on {socket}: {source}")]
-    Http { method: Method, path: &'static str, socket: PathBuf, source: hyper::Error },
+    Http {
+        method: Method,
+        path: &'static str,
+        socket: PathBuf,
+        source: hyper::Error,
+    },
     #[error("{method} {path}: {status}: {message}")]
-    Api { method: Method, path: &'static str, status: StatusCode, message: String },
+    Api {
+        method: Method,
+        path: &'static str,
+        status: StatusCode,
+        message: String,
+    },
     #[error("{method} {path}: decoding the response: {source}")]
-    Decode { method: Method, path: &'static str, source: serde_json::Error },
+    Decode {
+        method: Method,
+        path: &'static str,
+        source: serde_json::Error,
+    },
 }
 
 impl ClientError {
@@ -85,7 +102,9 @@ impl ConsoleFollow {
 
 impl ControlClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        ControlClient { socket: socket.into() }
+        ControlClient {
+            socket: socket.into(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -110,7 +129,10 @@ impl ControlClient {
 
     /// `POST /v1/shutdown`: ACPI power-off, destroy after the grace period.
     pub async fn shutdown(&self, grace_period_seconds: Option<u32>) -> Result<(), ClientError> {
-        self.lifecycle(LifecycleAction::Shutdown { grace_period_seconds }).await
+        self.lifecycle(LifecycleAction::Shutdown {
+            grace_period_seconds,
+        })
+        .await
     }
 
     /// `POST /v1/pause`
@@ -131,8 +153,12 @@ impl ControlClient {
     /// Any lifecycle endpoint.
     pub async fn lifecycle(&self, action: LifecycleAction) -> Result<(), ClientError> {
         let body = match action {
-            LifecycleAction::Shutdown { grace_period_seconds: Some(s) } => {
-                let req = ShutdownRequest { grace_period_seconds: Some(s) };
+            LifecycleAction::Shutdown {
+                grace_period_seconds: Some(s),
+            } => {
+                let req = ShutdownRequest {
+                    grace_period_seconds: Some(s),
+                };
                 Bytes::from(serde_json::to_vec(&req).expect("a u32 field encodes"))
             }
             _ => Bytes::new(),
@@ -142,7 +168,9 @@ impl ControlClient {
 
     /// `GET /v1/console`: the console log so far.
     pub async fn console_log(&self) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, "/v1/console", Bytes::new()).await.map(|(_, b)| b)
+        self.call(Method::GET, "/v1/console", Bytes::new())
+            .await
+            .map(|(_, b)| b)
     }
 
     /// `GET /v1/console?follow=true`: the log so far, then new output until the VM ends.
@@ -150,11 +178,10 @@ impl ControlClient {
         let ctx = self.ctx(Method::GET, "/v1/console");
         let req = request(&ctx.method, "/v1/console?follow=true", Bytes::new());
         let resp = self.send(&ctx, req, false).await?;
-        let (parts, body) = resp.into_parts();
-        if !parts.status.is_success() {
-            let body = body.collect().await.map_err(|e| ctx.http(e))?.to_bytes();
-            return Err(api_error(&ctx, parts.status, &body));
+        if !resp.status().is_success() {
+            return Err(rejected(&ctx, resp).await);
         }
+        let body = resp.into_body();
         Ok(ConsoleFollow { body, ctx })
     }
 
@@ -163,13 +190,17 @@ impl ControlClient {
         let ctx = self.ctx(Method::GET, "/v1/console");
         let mut req = request(&ctx.method, "/v1/console", Bytes::new());
         let h = req.headers_mut();
-        h.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
-        h.insert(header::UPGRADE, header::HeaderValue::from_static(CONSOLE_UPGRADE));
+        h.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("upgrade"),
+        );
+        h.insert(
+            header::UPGRADE,
+            header::HeaderValue::from_static(CONSOLE_UPGRADE),
+        );
         let resp = self.send(&ctx, req, true).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = resp.status();
-            let body = resp.into_body().collect().await.map_err(|e| ctx.http(e))?.to_bytes();
-            return Err(api_error(&ctx, status, &body));
+            return Err(rejected(&ctx, resp).await);
         }
         let upgraded = hyper::upgrade::on(resp).await.map_err(|e| ctx.http(e))?;
         Ok(TokioIo::new(upgraded))
@@ -197,11 +228,15 @@ impl ControlClient {
         let ctx = self.ctx(method, path);
         let req = request(&ctx.method, path, body);
         let resp = self.send(&ctx, req, false).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| ctx.http(e))?.to_bytes();
-        if !status.is_success() {
-            return Err(api_error(&ctx, status, &body));
+        if !resp.status().is_success() {
+            return Err(rejected(&ctx, resp).await);
         }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ctx.http(e))?
+            .to_bytes();
         Ok((ctx, body))
     }
 
@@ -211,9 +246,13 @@ impl ControlClient {
         req: Request<Full<Bytes>>,
         upgrades: bool,
     ) -> Result<http::Response<Incoming>, ClientError> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
-            ClientError::Connect { socket: self.socket.clone(), source }
-        })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ctx.http(e))?;
@@ -234,20 +273,38 @@ impl ControlClient {
     }
 
     fn ctx(&self, method: Method, path: &'static str) -> Ctx {
-        Ctx { method, path, socket: self.socket.clone() }
+        Ctx {
+            method,
+            path,
+            socket: self.socket.clone(),
+        }
     }
 }
 
 fn request(method: &Method, uri: &str, body: Bytes) -> Request<Full<Bytes>> {
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = method.clone();
-    *req.uri_mut() = uri.parse().expect("static control API paths are valid URIs");
+    *req.uri_mut() = uri
+        .parse()
+        .expect("static control API paths are valid URIs");
     let h = req.headers_mut();
     h.insert(header::HOST, header::HeaderValue::from_static("localhost"));
     if method == Method::POST {
-        h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
     }
     req
+}
+
+/// An unsuccessful response as [`ClientError::Api`], with the server's message.
+async fn rejected(ctx: &Ctx, resp: http::Response<Incoming>) -> ClientError {
+    let status = resp.status();
+    match resp.into_body().collect().await {
+        Ok(body) => api_error(ctx, status, &body.to_bytes()),
+        Err(e) => ctx.http(e),
+    }
 }
 
 /// The server's `{"error": ...}` message, or the raw body when it is not that shape.
@@ -255,5 +312,10 @@ fn api_error(ctx: &Ctx, status: StatusCode, body: &[u8]) -> ClientError {
     let message = serde_json::from_slice::<ErrorBody>(body)
         .map(|e| e.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_string());
-    ClientError::Api { method: ctx.method.clone(), path: ctx.path, status, message }
+    ClientError::Api {
+        method: ctx.method.clone(),
+        path: ctx.path,
+        status,
+        message,
+    }
 }

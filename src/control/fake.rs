@@ -4,10 +4,17 @@
 //! No VM, no libvirt; the console files are whatever paths the test gives it.
 
 use super::action::LifecycleAction;
-use super::server::{Backend, BackendError};
-use super::types::{LauncherStatus, NetworkReport, Phase};
-use std::path::PathBuf;
-use std::sync::Mutex;
+use super::server::{Backend, BackendError, ControlServer, ServerError};
+use super::state::{CONSOLE_LOG, CONSOLE_SOCKET, control_socket};
+use super::types::{
+    Acceleration, InterfaceReport, InterfaceStatus, LauncherStatus, NetworkReport, Phase,
+};
+use crate::net::{InterfaceFacts, IpCidr, MacAddr, Route};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// See the module doc.
 #[derive(Debug)]
@@ -59,11 +66,15 @@ impl FakeBackend {
 
     /// Set the phase directly, as a domain event would.
     pub fn set_phase(&self, phase: Phase, reason: Option<&str>) {
-        self.lock().status.set_phase(phase, reason.map(str::to_string));
+        self.lock()
+            .status
+            .set_phase(phase, reason.map(str::to_string));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn read<T>(&self, f: impl FnOnce(&FakeState) -> T) -> Result<T, BackendError> {
@@ -72,6 +83,98 @@ impl FakeBackend {
             Some(m) => Err(BackendError::Failed(m.clone())),
             None => Ok(f(&state)),
         }
+    }
+}
+
+/// A [`FakeBackend`] served on `<state-dir>/control.sock` by the real [`ControlServer`]:
+/// a launcher stand-in for tests of the client, the handler and vmpodctl.
+pub struct FakeLauncher {
+    pub backend: Arc<FakeBackend>,
+    pub socket: PathBuf,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl FakeLauncher {
+    /// Serve a fake with `status` and `network` from `state_dir`; its console files are
+    /// `<state-dir>/console.log` and `<state-dir>/console.sock`. Needs a tokio runtime.
+    pub fn start(
+        state_dir: &Path,
+        status: LauncherStatus,
+        network: NetworkReport,
+    ) -> Result<Self, ServerError> {
+        let xml = format!("<domain type='qemu'><name>{}</name></domain>", status.name);
+        let backend = Arc::new(FakeBackend::new(
+            status,
+            network,
+            xml,
+            state_dir.join(CONSOLE_LOG),
+            state_dir.join(CONSOLE_SOCKET),
+        ));
+        let server = ControlServer::bind(&control_socket(state_dir))?;
+        let socket = server.path().to_path_buf();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(backend.clone(), async {
+            let _ = stopped.await;
+        }));
+        Ok(FakeLauncher {
+            backend,
+            socket,
+            stop,
+            task,
+        })
+    }
+
+    /// Stop serving and wait until the server has closed its connections.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+/// A running VM `name` with one bridged interface holding 10.22.0.5, as tests expect it.
+pub fn sample_status(name: &str) -> LauncherStatus {
+    let mut s = LauncherStatus::pending(name);
+    s.namespace = Some("default".into());
+    s.acceleration = Some(Acceleration::Tcg);
+    s.domain = Some(format!("default_{name}"));
+    s.qemu_pid = Some(4242);
+    s.interfaces.push(InterfaceStatus {
+        name: "default".into(),
+        mac: MacAddr([0x02, 0, 0, 0x0a, 0x16, 0x05]),
+        interface_name: Some("eth0".into()),
+        ip_address: Some(IpAddr::from([10, 22, 0, 5])),
+        ip_addresses: vec![IpAddr::from([10, 22, 0, 5])],
+    });
+    s.set_phase(Phase::Running, None);
+    s
+}
+
+/// The network report matching [`sample_status`].
+pub fn sample_network() -> NetworkReport {
+    let gateway = IpAddr::from([10, 22, 0, 1]);
+    NetworkReport {
+        interfaces: vec![InterfaceReport {
+            name: "default".into(),
+            facts: InterfaceFacts {
+                interface: "eth0".into(),
+                mac: MacAddr([0x02, 0, 0, 0x0a, 0x16, 0x05]),
+                mtu: 1450,
+                addresses: vec![IpCidr::new(IpAddr::from([10, 22, 0, 5]), 24)],
+                routes: vec![Route {
+                    destination: IpCidr::new(IpAddr::from([0, 0, 0, 0]), 0),
+                    gateway: Some(gateway),
+                    metric: None,
+                }],
+                dns: vec![gateway],
+                search: vec!["default.svc.cluster.local".into()],
+                hostname: "vm1".into(),
+            },
+            plan: serde_json::json!([{"op": "createBridge", "name": "k6t-eth0"}]),
+            dhcp: serde_json::json!({"acks": 1, "lease": {"ip": "10.22.0.5"}}),
+        }],
     }
 }
 
@@ -128,11 +231,22 @@ mod tests {
 
     #[test]
     fn phase_transitions() {
-        let shutdown = LifecycleAction::Shutdown { grace_period_seconds: None };
-        assert_eq!(next_phase(Phase::Running, LifecycleAction::Pause), Ok(Phase::Paused));
-        assert_eq!(next_phase(Phase::Paused, LifecycleAction::Resume), Ok(Phase::Running));
+        let shutdown = LifecycleAction::Shutdown {
+            grace_period_seconds: None,
+        };
+        assert_eq!(
+            next_phase(Phase::Running, LifecycleAction::Pause),
+            Ok(Phase::Paused)
+        );
+        assert_eq!(
+            next_phase(Phase::Paused, LifecycleAction::Resume),
+            Ok(Phase::Running)
+        );
         assert_eq!(next_phase(Phase::Paused, shutdown), Ok(Phase::Succeeded));
-        assert_eq!(next_phase(Phase::Pending, LifecycleAction::Kill), Ok(Phase::Failed));
+        assert_eq!(
+            next_phase(Phase::Pending, LifecycleAction::Kill),
+            Ok(Phase::Failed)
+        );
         let e = next_phase(Phase::Running, LifecycleAction::Resume).unwrap_err();
         assert_eq!(e, "cannot resume a VM that is Running");
         assert!(next_phase(Phase::Succeeded, LifecycleAction::Kill).is_err());

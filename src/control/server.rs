@@ -87,7 +87,10 @@ impl ControlServer {
     /// and renamed into place, so no client ever sees it with looser permissions. A stale
     /// socket at `path` is replaced. Must be called inside a tokio runtime.
     pub fn bind(path: &Path) -> Result<Self, ServerError> {
-        let err = |source| ServerError::Bind { path: path.to_path_buf(), source };
+        let err = |source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
         let file_name = path
             .file_name()
             .ok_or_else(|| err(io::Error::other("not a file path")))?;
@@ -104,7 +107,10 @@ impl ControlServer {
             let _ = std::fs::remove_file(&tmp);
             return Err(err(e));
         }
-        Ok(ControlServer { listener, path: path.to_path_buf() })
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -135,8 +141,8 @@ impl ControlServer {
             }
         };
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} })
-            .await;
+        let _ =
+            tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
         conns.shutdown().await;
         let _ = std::fs::remove_file(&self.path);
         result
@@ -217,7 +223,11 @@ async fn act<B: Backend>(
         )),
         Action::Lifecycle(l) => {
             backend.lifecycle(l).await?;
-            Ok(bytes_response(StatusCode::NO_CONTENT, "application/json", Bytes::new()))
+            Ok(bytes_response(
+                StatusCode::NO_CONTENT,
+                "application/json",
+                Bytes::new(),
+            ))
         }
         Action::GetConsole { follow: false } => {
             let log = backend.console_log();
@@ -225,10 +235,17 @@ async fn act<B: Backend>(
                 Ok(c) => c,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => {
-                    return Err(ApiError::Internal(format!("reading {}: {e}", log.display())));
+                    return Err(ApiError::Internal(format!(
+                        "reading {}: {e}",
+                        log.display()
+                    )));
                 }
             };
-            Ok(bytes_response(StatusCode::OK, "application/octet-stream", content.into()))
+            Ok(bytes_response(
+                StatusCode::OK,
+                "application/octet-stream",
+                content.into(),
+            ))
         }
         Action::GetConsole { follow: true } => Ok(follow_console(backend, stop)),
         Action::AttachConsole => attach_console(req, backend.console_socket(), stop).await,
@@ -245,8 +262,10 @@ fn follow_console<B: Backend>(backend: Arc<B>, stop: watch::Receiver<bool>) -> R
         }
     });
     let mut resp = Response::new(ChannelBody(rx).boxed());
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     resp
 }
 
@@ -261,7 +280,9 @@ impl hyper::body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data)))
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(Frame::data)))
     }
 }
 
@@ -277,8 +298,8 @@ async fn tail<B: Backend>(
     let mut pos: u64 = 0;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let last_pass = *stop.borrow()
-            || backend.status().await.is_ok_and(|s| s.phase.is_terminal());
+        let last_pass =
+            *stop.borrow() || backend.status().await.is_ok_and(|s| s.phase.is_terminal());
         match tokio::fs::File::open(&log).await {
             Ok(mut file) => {
                 if file.metadata().await?.len() < pos {
@@ -291,7 +312,11 @@ async fn tail<B: Backend>(
                         break;
                     }
                     pos += n as u64;
-                    if tx.send(Ok(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    if tx
+                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         return Ok(()); // the client went away
                     }
                 }
@@ -314,7 +339,10 @@ async fn attach_console(
     mut stop: watch::Receiver<bool>,
 ) -> Result<Response<Body>, ApiError> {
     let mut serial = UnixStream::connect(&socket).await.map_err(|e| {
-        ApiError::Internal(format!("connecting to serial console {}: {e}", socket.display()))
+        ApiError::Internal(format!(
+            "connecting to serial console {}: {e}",
+            socket.display()
+        ))
     })?;
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -339,7 +367,10 @@ async fn attach_console(
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static(action::CONSOLE_UPGRADE));
+    h.insert(
+        header::UPGRADE,
+        HeaderValue::from_static(action::CONSOLE_UPGRADE),
+    );
     Ok(resp)
 }
 
@@ -359,24 +390,35 @@ fn upgrade_protocol(headers: &http::HeaderMap) -> Option<&str> {
 
 async fn read_body(body: Incoming, path: &str) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_BODY);
-    limited.collect().await.map(|c| c.to_bytes()).map_err(|e| ApiError::BadRequest {
-        path: path.to_string(),
-        reason: format!("reading body: {e}"),
-    })
+    limited
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ApiError::BadRequest {
+            path: path.to_string(),
+            reason: format!("reading body: {e}"),
+        })
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Response<Body>, ApiError> {
     let body = serde_json::to_vec(value)
         .map_err(|e| ApiError::Internal(format!("encoding response: {e}")))?;
-    Ok(bytes_response(StatusCode::OK, "application/json", body.into()))
+    Ok(bytes_response(
+        StatusCode::OK,
+        "application/json",
+        body.into(),
+    ))
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
-    let body = serde_json::to_vec(&ErrorBody { error: e.to_string() })
-        .unwrap_or_else(|_| b"{\"error\":\"unencodable error\"}".to_vec());
+    let body = serde_json::to_vec(&ErrorBody {
+        error: e.to_string(),
+    })
+    .unwrap_or_else(|_| b"{\"error\":\"unencodable error\"}".to_vec());
     let mut resp = bytes_response(e.status(), "application/json", body.into());
     if let ApiError::MethodNotAllowed { allowed, .. } = e {
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
     resp
 }

@@ -60,7 +60,10 @@ pub enum StateError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Write `<state-dir>/status.json` atomically: a temp file in the same dir, fsync'ed,
@@ -68,8 +71,10 @@ pub enum StateError {
 pub fn write_status(state_dir: &Path, status: &LauncherStatus) -> Result<(), StateError> {
     let path = state_dir.join(STATUS_FILE);
     let tmp = state_dir.join(format!(".{STATUS_FILE}.{}.tmp", std::process::id()));
-    let json = serde_json::to_vec_pretty(status)
-        .map_err(|source| StateError::Json { path: path.clone(), source })?;
+    let json = serde_json::to_vec_pretty(status).map_err(|source| StateError::Json {
+        path: path.clone(),
+        source,
+    })?;
     let written = std::fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(&json)?;
@@ -86,8 +91,10 @@ pub fn write_status(state_dir: &Path, status: &LauncherStatus) -> Result<(), Sta
 /// Read `<state-dir>/status.json`.
 pub fn read_status(state_dir: &Path) -> Result<LauncherStatus, StateError> {
     let path = state_dir.join(STATUS_FILE);
-    let bytes =
-        std::fs::read(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
+    let bytes = std::fs::read(&path).map_err(|source| StateError::Io {
+        path: path.clone(),
+        source,
+    })?;
     serde_json::from_slice(&bytes).map_err(|source| StateError::Json { path, source })
 }
 
@@ -119,13 +126,18 @@ pub async fn status_of(
     let socket_err = match tokio::time::timeout(timeout, client.status()).await {
         Ok(Ok(s)) => return Ok((s, StatusSource::Socket)),
         Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("{} did not answer within {timeout:?}", client.socket().display()),
+        Err(_) => format!(
+            "{} did not answer within {timeout:?}",
+            client.socket().display()
+        ),
     };
-    read_status(state_dir).map(|s| (s, StatusSource::File)).map_err(|file| NoStatus {
-        state_dir: state_dir.to_path_buf(),
-        socket: socket_err,
-        file,
-    })
+    read_status(state_dir)
+        .map(|s| (s, StatusSource::File))
+        .map_err(|file| NoStatus {
+            state_dir: state_dir.to_path_buf(),
+            socket: socket_err,
+            file,
+        })
 }
 
 /// The local VMIs: every directory under `root`, sorted by name. A missing root is an
@@ -134,11 +146,19 @@ pub fn list_local(root: &Path) -> Result<Vec<(String, PathBuf)>, StateError> {
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StateError::Io { path: root.to_path_buf(), source }),
+        Err(source) => {
+            return Err(StateError::Io {
+                path: root.to_path_buf(),
+                source,
+            });
+        }
     };
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| StateError::Io { path: root.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| StateError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
             out.push((name.to_string(), entry.path()));
@@ -156,14 +176,23 @@ mod tests {
     #[test]
     fn local_root_env_override() {
         assert_eq!(local_root_from(None), PathBuf::from("/run/vmpod/vms"));
-        assert_eq!(local_root_from(Some("".as_ref())), PathBuf::from("/run/vmpod/vms"));
-        assert_eq!(local_root_from(Some("/tmp/x".as_ref())), PathBuf::from("/tmp/x"));
+        assert_eq!(
+            local_root_from(Some("".as_ref())),
+            PathBuf::from("/run/vmpod/vms")
+        );
+        assert_eq!(
+            local_root_from(Some("/tmp/x".as_ref())),
+            PathBuf::from("/tmp/x")
+        );
     }
 
     #[test]
     fn local_state_dir_refuses_escapes() {
         let root = Path::new("/r");
-        assert_eq!(local_state_dir(root, "vm1").unwrap(), PathBuf::from("/r/vm1"));
+        assert_eq!(
+            local_state_dir(root, "vm1").unwrap(),
+            PathBuf::from("/r/vm1")
+        );
         for bad in ["", ".", "..", "a/b", "../x"] {
             assert!(local_state_dir(root, bad).is_err(), "{bad:?} accepted");
         }
@@ -184,7 +213,9 @@ mod tests {
         std::fs::write(dir.path().join(STATUS_FILE), b"{").unwrap();
         let e = read_status(dir.path()).unwrap_err().to_string();
         assert!(e.contains("status.json"), "{e}");
-        let e = write_status(&dir.path().join("missing"), &s).unwrap_err().to_string();
+        let e = write_status(&dir.path().join("missing"), &s)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing/status.json"), "{e}");
     }
 
@@ -195,7 +226,11 @@ mod tests {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         std::fs::write(dir.path().join("file"), b"").unwrap();
-        let names: Vec<_> = list_local(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<_> = list_local(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(names, ["a", "b"]);
         assert!(list_local(&dir.path().join("none")).unwrap().is_empty());
     }

@@ -40,7 +40,7 @@ mod nl;
 mod pod;
 mod spec;
 
-pub use pod::{Node, POD_INTERFACE, PodSandbox};
+pub use pod::{Node, POD_INTERFACE, PodSandbox, command_in};
 pub use spec::{
     CALICO_GATEWAY, NodeAdditions, NodeSide, NodeSpec, PodSpec, node_additions, unique_id,
     unique_link_name,

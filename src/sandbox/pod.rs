@@ -40,6 +40,22 @@ fn in_netns<T: Send>(
     ))?
 }
 
+/// `program` as a command whose process enters the network namespace at `netns` (e.g.
+/// `/run/netns/NAME`) before it executes.
+pub fn command_in(netns: &Path, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
+    let ns = File::open(netns)?;
+    let mut cmd = Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
+    // which is async-signal-safe; the fd was opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
+    }
+    Ok(cmd)
+}
+
 /// The node side: a bridge holding the gateway addresses, in its own namespace or the
 /// host. Shared by its pods through an `Arc`; dropped after the last pod.
 #[derive(Debug)]
@@ -263,17 +279,7 @@ impl PodSandbox {
 
     /// `program` as a command that runs inside the pod's network namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
-        let ns = File::open(&self.netns)?;
-        let mut cmd = Command::new(program);
-        // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
-        // which is async-signal-safe; the fd was opened before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        Ok(cmd)
+        command_in(&self.netns, program)
     }
 
     /// Run an async job on a thread inside the pod's namespace (netlink and packet
