@@ -162,7 +162,11 @@ fn held_guest_powers_off_on_acpi_system_powerdown() {
         ..GuestOptions::default()
     });
     let report = vm.wait_for(BOOT_TIMEOUT, |r| r.holding).unwrap();
-    assert!(report.lease.is_some() && !report.powered_off);
+    assert!(!report.powered_off);
+    assert_eq!(
+        report.lease.as_ref().map(|l| l.event.as_str()),
+        Some("bound")
+    );
     // Held: still running well after the checks.
     assert!(
         vm.wait_exit(Duration::from_secs(2)).is_err(),
@@ -182,34 +186,56 @@ fn held_guest_powers_off_on_acpi_system_powerdown() {
 
 /// The figure: the lease arrives in under 5 s under TCG, measured from QEMU's
 /// start to the `VMPOD-LEASE` line on the console. Best of three boots, run alone among
-/// the boot tests; every boot is printed.
+/// the boot tests; every boot is printed. Other processes on the host stretch wall time
+/// (TCG is CPU-bound), so the bound always holds for QEMU's CPU time until the lease,
+/// and for wall time too when the host is not overloaded (1-minute load below the CPU
+/// count at the start).
 #[test]
 fn guest_reaches_its_lease_in_under_5s_under_tcg() {
     if !support::privileged("guest_reaches_its_lease_in_under_5s_under_tcg") {
         return;
     }
     let _cpu = CPU.write().unwrap_or_else(|p| p.into_inner());
-    let mut walls = Vec::new();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let load: f64 = load.split_whitespace().next().unwrap().parse().unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let (mut walls, mut cpu_times) = (Vec::new(), Vec::new());
     for run in 1..=3 {
         let vm = QemuGuest::boot(&GuestOptions::default());
         let report = vm
             .wait_for(BOOT_TIMEOUT, |r| r.lease.is_some() || r.lease_failed)
             .unwrap();
-        let lease = report.lease.unwrap();
+        assert!(report.lease.is_some(), "no lease:\n{}", vm.console());
         let wall = vm.seen_at("VMPOD-LEASE").unwrap();
-        let boot = report.boot.map_or(f64::NAN, |b| b.uptime);
+        let cpu = vm
+            .cpu_at("VMPOD-LEASE")
+            .expect("QEMU CPU time at the lease");
         eprintln!(
-            "boot {run}: lease {:.2} s after QEMU start; guest uptime {boot:.2} s at init, {:.2} s at lease",
+            "boot {run}: lease {:.2} s after QEMU start, QEMU CPU time {:.2} s",
             wall.as_secs_f64(),
-            lease.uptime
+            cpu.as_secs_f64()
         );
         walls.push(wall);
+        cpu_times.push(cpu);
     }
-    let best = walls.iter().min().unwrap();
-    assert!(
-        best.as_secs_f64() < 5.0,
-        "lease took {walls:?} (best {best:?}), want < 5 s"
+    let (wall, cpu) = (
+        *walls.iter().min().unwrap(),
+        *cpu_times.iter().min().unwrap(),
     );
+    let limit = Duration::from_secs(5);
+    assert!(
+        cpu < limit,
+        "QEMU needed {cpu_times:?} of CPU for the lease, want < 5 s"
+    );
+    let overloaded = load >= cpus as f64;
+    if overloaded {
+        eprintln!("host load {load} on {cpus} CPUs: wall-clock bound not asserted (best {wall:?})");
+    } else {
+        assert!(
+            wall < limit,
+            "lease took {walls:?} (best {wall:?}), want < 5 s"
+        );
+    }
 }
 
 /// Kills a child process on drop.

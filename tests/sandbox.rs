@@ -149,6 +149,32 @@ fn bridge_cni_pod_has_address_mac_mtu_routes_and_reaches_its_gateway() {
         "web-0\n"
     );
 
+    // A pod process sees the pod's resolv.conf and hostname; the host keeps its own.
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap();
+    let host_name = nix::unistd::gethostname().unwrap();
+    let out = sb
+        .pod_command("sh")
+        .unwrap()
+        .args([
+            "-c",
+            "cat /etc/resolv.conf; hostname; ip -o link show | wc -l",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = String::from_utf8(out.stdout).unwrap();
+    let want = format!("{}web-0\n2\n", pod.resolv_conf());
+    assert_eq!(seen, want, "pod process view");
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").unwrap(),
+        host_resolv
+    );
+    assert_eq!(nix::unistd::gethostname().unwrap(), host_name);
+
     assert!(
         ping(&sb, "10.77.0.1".parse().unwrap()),
         "IPv4 gateway unreachable"

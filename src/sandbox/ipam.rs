@@ -2,7 +2,7 @@
 //! plugin does for a bridge CNI. Pure bookkeeping; whoever owns the node persists it (or
 //! rebuilds it with [`Ipam::reserve`] from the pods that exist).
 
-use super::SandboxError;
+use super::{SandboxError, within};
 use crate::net::IpCidr;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -37,7 +37,7 @@ impl Ipam {
         if subnet.prefix > bits - 2 {
             return Err(invalid("fewer than two host addresses".into()));
         }
-        if !subnet.contains(gateway) {
+        if !within(&subnet, gateway) {
             return Err(invalid(format!("gateway {gateway} is outside the subnet")));
         }
         let mut used = BTreeSet::from([subnet.network(), gateway]);
@@ -81,7 +81,7 @@ impl Ipam {
             subnet: self.subnet,
             why,
         };
-        if !self.subnet.contains(ip) {
+        if !within(&self.subnet, ip) {
             return Err(invalid(format!("{ip} is outside the subnet")));
         }
         if !self.used.insert(ip) {
@@ -131,5 +131,7 @@ mod tests {
         assert_eq!(ipam.allocate().unwrap(), cidr("fd77::2/64"));
         assert!(Ipam::new(cidr("10.77.0.0/31"), "10.77.0.1".parse().unwrap()).is_err());
         assert!(Ipam::new(cidr("10.77.0.0/24"), "10.78.0.1".parse().unwrap()).is_err());
+        assert!(Ipam::new(cidr("fd77::/64"), "10.77.0.1".parse().unwrap()).is_err());
+        assert!(ipam.reserve("10.77.0.1".parse().unwrap()).is_err());
     }
 }

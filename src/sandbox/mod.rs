@@ -31,6 +31,11 @@
 //!   a /32 route back to the pod;
 //! - dual stack: an IPv6 address (no DAD) and an IPv6 default route.
 //!
+//! [`PodSandbox::command`] runs a program in the pod's network namespace;
+//! [`PodSandbox::pod_command`] runs it as a container would see the pod: also with the
+//! pod's resolv.conf on /etc/resolv.conf and its hostname, in private mount and UTS
+//! namespaces (how the local runtime starts `vmpod-launcher`).
+//!
 //! [`Ipam`] hands out pod addresses from the node subnet for local mode.
 //!
 //! Cleanup is on drop (also during a panic): the pod's node-side veth and /32 routes, the
@@ -81,6 +86,12 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+}
+
+/// True when `ip` lies in `net` and both are of one family. (`IpCidr::contains` is not
+/// safe across families: it builds a CIDR of `ip` with `net`'s prefix.)
+fn within(net: &crate::net::IpCidr, ip: std::net::IpAddr) -> bool {
+    net.addr.is_ipv4() == ip.is_ipv4() && net.contains(ip)
 }
 
 /// `"10.0.0.1/24"` as an [`IpCidr`](crate::net::IpCidr), for unit tests.

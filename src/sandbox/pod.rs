@@ -4,6 +4,7 @@ use super::SandboxError;
 use super::nl;
 use super::spec::{NodeSide, NodeSpec, PodSpec, node_additions, unique_link_name};
 use crate::net::{IpCidr, Route, netns};
+use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -84,19 +85,22 @@ impl Node {
             owns_bridge: false,
             bridge_index: 0,
         };
-        let (bridge, addresses, in_own_ns) = (&spec.bridge, &spec.addresses, node.netns.is_some());
+        let (bridge, in_own_ns) = (&spec.bridge, node.netns.is_some());
         let (index, created) = in_netns(node.netns.as_deref(), async |h| {
             if in_own_ns {
                 nl::set_up(h, "lo").await?;
             }
-            let (index, created) = nl::ensure_bridge(h, bridge).await?;
-            for a in addresses {
-                nl::add_address(h, index, bridge, *a, !created).await?;
-            }
-            Ok((index, created))
+            nl::ensure_bridge(h, bridge).await
         })?;
         node.owns_bridge = created;
         node.bridge_index = index;
+        in_netns(node.netns.as_deref(), async |h| {
+            nl::set_up(h, bridge).await?;
+            for a in &spec.addresses {
+                nl::add_address(h, index, bridge, *a, !created).await?;
+            }
+            Ok(())
+        })?;
         Ok(Arc::new(node))
     }
 
@@ -280,6 +284,39 @@ impl PodSandbox {
     /// `program` as a command that runs inside the pod's network namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
         command_in(&self.netns, program)
+    }
+
+    /// `program` as one of the pod's processes, the way a container sees the pod: inside
+    /// the pod's network namespace, with a private mount namespace where the pod's
+    /// resolv.conf is bind-mounted on /etc/resolv.conf (which must exist) and a UTS
+    /// namespace holding the pod's hostname. Nothing propagates back to the host.
+    pub fn pod_command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
+        use nix::mount::{MsFlags, mount};
+        use nix::sched::{CloneFlags, unshare};
+        use std::os::unix::ffi::OsStrExt;
+        let mut cmd = self.command(program)?;
+        let resolv = CString::new(self.resolv_conf_path().as_os_str().as_bytes())?;
+        let hostname = self.spec.hostname.clone();
+        let none = None::<&CStr>;
+        // SAFETY: runs in the forked child before exec, after the setns of `command`; it
+        // only makes syscalls (unshare, mount, sethostname) on data prepared before the
+        // fork, without allocating.
+        unsafe {
+            cmd.pre_exec(move || {
+                unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
+                mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)?;
+                mount(
+                    Some(resolv.as_c_str()),
+                    c"/etc/resolv.conf",
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )?;
+                nix::unistd::sethostname(&hostname)?;
+                Ok(())
+            });
+        }
+        Ok(cmd)
     }
 
     /// Run an async job on a thread inside the pod's namespace (netlink and packet
