@@ -290,9 +290,10 @@ pub fn launcher_pod(
         );
         mounts.push(json!({"name": volume, "mountPath": format!("{IMAGE_MOUNT_ROOT}/{volume}"), "readOnly": true}));
     }
-    let owner = vmi
+    let mut owner = vmi
         .controller_owner_ref(&())
         .ok_or(LauncherPodError::MissingMetadata("name"))?;
+    owner.block_owner_deletion = Some(true);
     let handed = serde_json::to_string(&launcher_vmi(vmi)).expect("a VMI serialises to JSON");
     let grace = vmi.spec.grace_period_seconds() + LAUNCHER_TEARDOWN_SECONDS;
     let pod = json!({
@@ -384,6 +385,7 @@ mod tests {
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
             ("VirtualMachineInstance", "uid-1", Some(true))
         );
+        assert_eq!(owner.block_owner_deletion, Some(true));
         assert_eq!(owner.api_version, "vmpod.io/v1alpha1");
         let c = container(&pod);
         let res = c.resources.as_ref().unwrap();

@@ -16,6 +16,8 @@ pub mod status;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod tests;
 
 use clap::Args;
 use launcher_pod::{DEFAULT_STATE_ROOT, LauncherPodConfig};
