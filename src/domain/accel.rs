@@ -101,6 +101,71 @@ pub fn probe_kvm(device: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// How long the QEMU probe may take before KVM counts as unusable.
+pub const QEMU_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ask QEMU itself: create a stopped `pc` machine with `-accel kvm -cpu host` (what the
+/// domain XML asks for) and quit at once. The ioctls can all pass while QEMU still fails
+/// (e.g. a nested hypervisor refusing an MSR), so `auto` runs this after [`probe_kvm`].
+/// Bounded by `timeout`; a QEMU that does not answer is killed and KVM counts as unusable.
+pub fn probe_kvm_qemu(emulator: &Path, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(emulator)
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-machine",
+            "pc",
+            "-nodefaults",
+        ])
+        .args(["-display", "none", "-S", "-monitor", "stdio", "-m", "16"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run {}: {e}", emulator.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"quit\n");
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("QEMU with KVM did not answer within {timeout:?}"));
+            }
+            Err(e) => return Err(format!("wait for QEMU: {e}")),
+        }
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let err = err.trim();
+    if status.success() && !err.contains("error") {
+        Ok(())
+    } else {
+        Err(format!(
+            "QEMU with KVM failed ({status}): {}",
+            err.lines().next().unwrap_or("")
+        ))
+    }
+}
+
+/// Both probes: ioctls first (cheap), then QEMU.
+pub fn kvm_usable(device: &Path, emulator: &Path) -> Result<(), String> {
+    probe_kvm(device)?;
+    probe_kvm_qemu(emulator, QEMU_PROBE_TIMEOUT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +209,11 @@ mod tests {
     fn domain_types() {
         assert_eq!(domain_type(Acceleration::Kvm), "kvm");
         assert_eq!(domain_type(Acceleration::Tcg), "qemu");
+    }
+
+    #[test]
+    fn qemu_probe_reports_a_missing_emulator() {
+        let e = probe_kvm_qemu(Path::new("/nonexistent/qemu"), QEMU_PROBE_TIMEOUT).unwrap_err();
+        assert!(e.contains("/nonexistent/qemu"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ pub mod libvirt;
 pub mod volumes;
 pub mod xml;
 
-pub use accel::{KvmUnusable, choose, domain_type, probe_kvm};
+pub use accel::{KvmUnusable, choose, domain_type, kvm_usable, probe_kvm};
 pub use cloudinit::{NoCloudData, write_nocloud_disk};
 pub use libvirt::{DomainEvent, DomainState, Libvirt, RunningDomain, StopReason};
 pub use volumes::{VolumeError, prepare_volumes};
