@@ -114,8 +114,8 @@ async fn status_domain_and_network() {
     assert_eq!(status, sample_status_as_served(&fake).await);
 
     let text = ok(&vmpodctl(root.path(), &["status", "vm1"], b"").await);
-    assert!(text.contains("Phase:        Running"), "{text}");
-    assert!(text.contains("Acceleration: tcg"), "{text}");
+    assert!(text.contains("Phase:          Running"), "{text}");
+    assert!(text.contains("Acceleration:   tcg"), "{text}");
     assert!(text.contains("control socket"), "{text}");
 
     // --state-dir reaches the same launcher without the local root.
