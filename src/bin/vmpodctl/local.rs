@@ -6,9 +6,11 @@ use std::process::ExitCode;
 #[derive(Subcommand)]
 pub enum LocalCommand {
     /// Boot a VMI in a local pod in the foreground; Ctrl-C stops it gracefully.
-    Run,
+    Run(crate::run::RunArgs),
 }
 
-pub fn run(_cmd: LocalCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub fn run(cmd: LocalCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LocalCommand::Run(args) => crate::run::run(args),
+    }
 }

@@ -4,6 +4,7 @@
 mod dhcp;
 mod local;
 mod net;
+mod run;
 mod validate;
 
 use clap::{Parser, Subcommand};
