@@ -2,6 +2,8 @@
 //! pods, `node` reports launcher status into VMI status, `local` runs VMIs from a
 //! directory on this machine with no cluster.
 
+mod local;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -23,7 +25,7 @@ enum Command {
     /// Report the status of launchers on this node into their VMIs.
     Node,
     /// No cluster: keep the VMIs in a directory running on this machine.
-    Local,
+    Local(local::LocalArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,7 +36,16 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let _cli = Cli::parse();
-    eprintln!("vmpod-handler: not implemented yet");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Local(args) => local::run(args),
+        Command::Controller | Command::Node => Err(anyhow::anyhow!("not implemented yet")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmpod-handler: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
