@@ -58,8 +58,8 @@ async fn foreground(
     say(
         &name,
         &format!(
-            "pod IP {} gateway {} on bridge {} (netns {})",
-            r.ip, r.gateway, r.bridge, r.netns
+            "pod IP {} gateway {} on bridge {} (netns {}, veth {})",
+            r.ip, r.gateway, r.bridge, r.netns, r.node_veth
         ),
     );
     let child = match pod.spawn_launcher(launcher, true) {
