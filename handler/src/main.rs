@@ -52,9 +52,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+fn block_on(
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(fut)?;
     Ok(ExitCode::SUCCESS)
+}
