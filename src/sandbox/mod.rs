@@ -46,10 +46,15 @@
 mod ipam;
 mod nl;
 mod pod;
+pub mod runtime;
 mod spec;
 
 pub use ipam::Ipam;
-pub use pod::{Node, POD_INTERFACE, PodSandbox, command_in};
+pub use pod::{Node, POD_INTERFACE, PodSandbox, command_in, remove_host_pod};
+pub use runtime::{
+    LauncherExit, LocalConfig, LocalPod, LocalRuntime, PodRecord, RuntimeError, StopLevel,
+    load_manifest, supervise,
+};
 pub use spec::{
     CALICO_GATEWAY, NodeAdditions, NodeSide, NodeSpec, PodSpec, node_additions, unique_id,
     unique_link_name,

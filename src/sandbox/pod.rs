@@ -125,9 +125,20 @@ impl Drop for Node {
                 tracing::warn!(netns = %name, error = %e, "cannot delete node netns");
             }
         } else if self.owns_bridge {
+            // Another process may have put its pods on the host bridge meanwhile: only an
+            // empty bridge is deleted.
             let bridge = self.spec.bridge.clone();
-            if let Err(e) = in_netns(None, async |h| nl::del_link(h, &bridge).await) {
-                tracing::warn!(%bridge, error = %e, "cannot delete node bridge");
+            let index = self.bridge_index;
+            let deleted = in_netns(None, async |h| {
+                if nl::has_ports(h, index).await? {
+                    return Ok(false);
+                }
+                nl::del_link(h, &bridge).await.map(|()| true)
+            });
+            match deleted {
+                Ok(true) => {}
+                Ok(false) => tracing::info!(%bridge, "node bridge still has ports: left in place"),
+                Err(e) => tracing::warn!(%bridge, error = %e, "cannot delete node bridge"),
             }
         }
     }
@@ -144,6 +155,8 @@ pub struct PodSandbox {
     node_routes: Vec<Route>,
     state_dir: PathBuf,
     owns_state_dir: bool,
+    /// False once [`PodSandbox::leave_in_place`] handed the cleanup to someone else.
+    armed: bool,
 }
 
 impl PodSandbox {
@@ -174,6 +187,7 @@ impl PodSandbox {
             node_routes: Vec::new(),
             state_dir,
             owns_state_dir,
+            armed: true,
         };
         sb.write_files()?;
         sb.wire_node()?;
@@ -334,8 +348,28 @@ impl PodSandbox {
     }
 }
 
+impl PodSandbox {
+    /// Keep the pod's namespace, veth and files after this value is gone: whoever calls
+    /// this takes over the cleanup (e.g. the local runtime, which records the names and
+    /// removes them with [`remove_host_pod`] even after a restart of its own).
+    pub fn leave_in_place(mut self) {
+        self.armed = false;
+    }
+}
+
+/// Remove a pod whose node side is the host and whose addresses lie inside the node
+/// bridge's subnet (no node routes): its node-side veth and its namespace. What is gone
+/// already is fine.
+pub fn remove_host_pod(node_veth: &str, netns_name: &str) -> Result<()> {
+    in_netns(None, async |h| nl::del_link(h, node_veth).await)?;
+    netns::delete(netns_name).map_err(io_err("delete pod netns", netns::path(netns_name)))
+}
+
 impl Drop for PodSandbox {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let (veth, routes, bridge) = (&self.node_veth, &self.node_routes, self.node.bridge());
         let index = self.node.bridge_index;
         let node_side = in_netns(self.node.netns_path(), async |h| {
