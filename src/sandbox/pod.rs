@@ -55,8 +55,8 @@ pub fn command_in(netns: &Path, program: impl AsRef<std::ffi::OsStr>) -> std::io
 }
 
 /// The node side: a bridge holding the gateway addresses, in its own namespace or the
-/// host. Shared by its pods through an `Arc`; dropped after the last pod. Keep one per
-/// bridge: the one that created a host bridge deletes it, even if another adopted it.
+/// host. Shared by its pods through an `Arc`; dropped after the last pod. A host bridge
+/// is deleted by the node that created it, and only once no ports are left on it.
 #[derive(Debug)]
 pub struct Node {
     spec: NodeSpec,
