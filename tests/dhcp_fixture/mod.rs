@@ -228,6 +228,24 @@ impl Topology {
         c
     }
 
+    /// Run a command inside the pod's namespace (where the bridge is).
+    pub fn in_pod(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.pod_ns, program]);
+        c
+    }
+
+    /// One more address on the bridge (peer DHCP servers want one in the VM's subnet).
+    pub fn add_bridge_address(&self, addr: IpAddr, prefix: u8) {
+        netns::block_on_in(Some(&self.pod_path()), || async move {
+            let (conn, h, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            let br = index(&h, BRIDGE).await;
+            h.address().add(br, addr, prefix).execute().await.unwrap();
+        })
+        .unwrap();
+    }
+
     /// `ip -j ... ` in the VM namespace, parsed.
     pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.in_vm("ip").arg("-j").args(args).output().unwrap();
