@@ -1,0 +1,269 @@
+//! The pod fixture for real: namespaces, veth, bridge, addresses and routes as the kernel
+//! reports them (read with `ip -j` from inside the pod's namespace), pings to the
+//! gateway, and nothing left behind after drop.
+
+mod support;
+
+use serde_json::Value;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use vmpod::net::{IpCidr, MacAddr, Route};
+use vmpod::sandbox::{CALICO_GATEWAY, Node, NodeSpec, PodSandbox, PodSpec};
+
+fn cidr(s: &str) -> IpCidr {
+    let (a, p) = s.split_once('/').unwrap();
+    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
+}
+
+/// `ip -j ARGS` inside namespace `ns` (by its /run/netns name), parsed.
+fn ip_json(ns: &Path, args: &[&str]) -> Value {
+    let name = ns.file_name().unwrap().to_str().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", name, "-j"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?} in {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn link_exists(ns: Option<&Path>, link: &str) -> bool {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns.file_name().unwrap().to_str().unwrap()]);
+    }
+    cmd.args(["link", "show", "dev", link])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn ping(sb: &PodSandbox, target: IpAddr) -> bool {
+    let out = sb
+        .command("busybox")
+        .unwrap()
+        .args(["ping", "-c", "1", "-W", "3", &target.to_string()])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "ping {target}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.success()
+}
+
+fn dual_stack_spec() -> (NodeSpec, PodSpec) {
+    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24"), cidr("fd77::1/64")]);
+    let mut pod = PodSpec::new("ds", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    pod.mac = "02:00:0a:4d:00:05".parse().unwrap();
+    pod.mtu = 1450;
+    pod.routes.push(Route {
+        destination: cidr("192.168.50.0/24"),
+        gateway: Some("10.77.0.1".parse().unwrap()),
+        metric: None,
+    });
+    pod.ipv6 = Some(cidr("fd77::5/64"));
+    pod.gateway6 = Some("fd77::1".parse().unwrap());
+    pod.dns = vec!["10.96.0.10".parse().unwrap()];
+    pod.search = vec!["default.svc.cluster.local".into(), "cluster.local".into()];
+    pod.hostname = "web-0".into();
+    (node, pod)
+}
+
+#[test]
+fn bridge_cni_pod_has_address_mac_mtu_routes_and_reaches_its_gateway() {
+    if !support::privileged("bridge_cni_pod_has_address_mac_mtu_routes_and_reaches_its_gateway") {
+        return;
+    }
+    let (node, pod) = dual_stack_spec();
+    let sb = PodSandbox::create(&node, &pod).unwrap();
+    let ns = sb.netns_path().to_path_buf();
+    let node_ns = sb.node_netns_path().unwrap().to_path_buf();
+    let veth = sb.node_veth().to_string();
+
+    let link = &ip_json(&ns, &["link", "show", "dev", "eth0"])[0];
+    assert_eq!(link["address"], "02:00:0a:4d:00:05");
+    assert_eq!(link["mtu"], 1450);
+    assert!(
+        link["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{link}"
+    );
+    let lo = &ip_json(&ns, &["link", "show", "dev", "lo"])[0];
+    assert!(
+        lo["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{lo}"
+    );
+
+    let addrs = &ip_json(&ns, &["addr", "show", "dev", "eth0"])[0]["addr_info"];
+    let has = |ip: &str, len: u64| {
+        addrs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["local"] == ip && a["prefixlen"] == len)
+    };
+    assert!(has("10.77.0.5", 24) && has("fd77::5", 64), "{addrs}");
+
+    let routes = ip_json(&ns, &["-4", "route", "show"]);
+    let route = |dst: &str| {
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dst"] == dst)
+            .cloned()
+    };
+    let default = route("default").expect("IPv4 default route");
+    assert_eq!(
+        (default["gateway"].as_str(), default["dev"].as_str()),
+        (Some("10.77.0.1"), Some("eth0"))
+    );
+    assert_eq!(
+        route("192.168.50.0/24").expect("extra route")["gateway"],
+        "10.77.0.1"
+    );
+    let routes6 = ip_json(&ns, &["-6", "route", "show", "default"]);
+    assert_eq!(routes6[0]["gateway"], "fd77::1", "{routes6}");
+
+    // The node side: the veth is a port of the bridge, with the pod's MTU.
+    let port = &ip_json(&node_ns, &["link", "show", "dev", &veth])[0];
+    assert_eq!(port["master"].as_str(), Some(node.bridge.as_str()));
+    assert_eq!(port["mtu"], 1450);
+
+    assert_eq!(
+        std::fs::read_to_string(sb.resolv_conf_path()).unwrap(),
+        "nameserver 10.96.0.10\nsearch default.svc.cluster.local cluster.local\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.hostname_path()).unwrap(),
+        "web-0\n"
+    );
+
+    assert!(
+        ping(&sb, "10.77.0.1".parse().unwrap()),
+        "IPv4 gateway unreachable"
+    );
+    assert!(
+        ping(&sb, "fd77::1".parse().unwrap()),
+        "IPv6 gateway unreachable"
+    );
+
+    let resolv = sb.resolv_conf_path();
+    drop(sb);
+    assert!(!ns.exists(), "pod netns {} left behind", ns.display());
+    assert!(
+        !node_ns.exists(),
+        "node netns {} left behind",
+        node_ns.display()
+    );
+    assert!(!resolv.exists(), "{} left behind", resolv.display());
+}
+
+#[test]
+fn calico_shaped_pod_reaches_169_254_1_1_through_an_onlink_route() {
+    if !support::privileged("calico_shaped_pod_reaches_169_254_1_1_through_an_onlink_route") {
+        return;
+    }
+    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
+    let pod = PodSpec::new("cal", cidr("10.88.1.7/32"), CALICO_GATEWAY);
+    let sb = PodSandbox::create(&node, &pod).unwrap();
+    let routes = ip_json(sb.netns_path(), &["-4", "route", "show"]);
+    let onlink = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dst"] == "169.254.1.1")
+        .expect("on-link route");
+    assert_eq!(onlink["scope"], "link", "{onlink}");
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1")
+    );
+    assert!(
+        ping(&sb, CALICO_GATEWAY.into()),
+        "calico gateway unreachable"
+    );
+}
+
+#[test]
+fn two_pods_share_a_node_and_each_cleans_only_its_own_part() {
+    if !support::privileged("two_pods_share_a_node_and_each_cleans_only_its_own_part") {
+        return;
+    }
+    let node: Arc<Node> = Node::create(&NodeSpec::isolated(vec![cidr("10.77.0.1/24")])).unwrap();
+    let gw = "10.77.0.1".parse().unwrap();
+    let a = PodSandbox::create_on(&node, &PodSpec::new("a", cidr("10.77.0.10/24"), gw)).unwrap();
+    let b = PodSandbox::create_on(&node, &PodSpec::new("b", cidr("10.77.0.11/24"), gw)).unwrap();
+    assert_ne!(a.spec().mac, b.spec().mac);
+    assert!(
+        ping(&a, "10.77.0.11".parse().unwrap()),
+        "pod a cannot reach pod b over the bridge"
+    );
+
+    let node_ns = node.netns_path().unwrap().to_path_buf();
+    let (a_veth, a_ns) = (a.node_veth().to_string(), a.netns_path().to_path_buf());
+    drop(a);
+    assert!(!a_ns.exists());
+    assert!(
+        !link_exists(Some(&node_ns), &a_veth),
+        "veth {a_veth} left on the node"
+    );
+    assert!(link_exists(Some(&node_ns), b.node_veth()));
+    assert!(
+        ping(&b, gw.into()),
+        "pod b lost its gateway when pod a went"
+    );
+    drop(b);
+    drop(node);
+    assert!(!node_ns.exists());
+}
+
+#[test]
+fn a_panicking_test_leaves_nothing_behind() {
+    if !support::privileged("a_panicking_test_leaves_nothing_behind") {
+        return;
+    }
+    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
+    let pod = PodSpec::new("boom", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    let ns = vmpod::net::netns::path(&pod.netns_name());
+    let node_ns = match &node.side {
+        vmpod::sandbox::NodeSide::Netns(n) => vmpod::net::netns::path(n),
+        vmpod::sandbox::NodeSide::Host => unreachable!(),
+    };
+    let r = std::panic::catch_unwind(|| {
+        let _sb = PodSandbox::create(&node, &pod).unwrap();
+        assert!(ns.exists());
+        panic!("test body failed");
+    });
+    assert!(r.is_err());
+    assert!(
+        !ns.exists() && !node_ns.exists(),
+        "namespaces left after a panic"
+    );
+}
+
+#[test]
+fn an_invalid_spec_creates_nothing() {
+    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
+    let mut pod = PodSpec::new("bad", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    pod.mac = MacAddr([0x01, 0, 0x5e, 0, 0, 1]);
+    let err = PodSandbox::create(&node, &pod).unwrap_err().to_string();
+    assert!(
+        err.contains("multicast") && err.contains(&pod.name),
+        "{err}"
+    );
+    assert!(!vmpod::net::netns::path(&pod.netns_name()).exists());
+}
