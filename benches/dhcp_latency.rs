@@ -1,7 +1,7 @@
 //! DHCP latency, ours against dnsmasq and busybox udhcpd, in one run.
 //!
 //! `cargo bench --bench dhcp_latency` (root; builds network namespaces). One client
-//! (the `vmpodctl dhcp probe` code) on a veth behind the VM bridge times
+//! (the `vmpodctl dhcp probe` code) on a veth on the bridge `net setup` built times
 //! DISCOVER->OFFER and REQUEST->ACK against each server in turn, each serving the same
 //! single static lease with the same options, and prints median and p99.
 //! Our server runs on a thread of this process, the others as their own processes;
@@ -37,16 +37,24 @@ struct Figures {
     ack: Vec<u64>,
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+/// The nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[u64], pct: usize) -> u64 {
+    let rank = (pct * sorted.len()).div_ceil(100);
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// `rounds` probes from the VM side (after `warmup` unrecorded ones).
 fn measure(t: &Topology, rounds: usize, warmup: usize) -> Figures {
-    let opts = ProbeOptions { interface: VM_IF.into(), mac: t.vm_mac, timeout: Duration::from_secs(3) };
+    let opts = ProbeOptions {
+        interface: VM_IF.into(),
+        mac: t.vm_mac,
+        timeout: Duration::from_secs(3),
+    };
     netns::block_on_in(Some(&t.vm_path()), || async {
-        let mut f = Figures { offer: Vec::new(), ack: Vec::new() };
+        let mut f = Figures {
+            offer: Vec::new(),
+            ack: Vec::new(),
+        };
         for i in 0..rounds + warmup {
             let r = probe(&opts).await.expect("probe");
             assert_eq!(r.ack.yiaddr.to_string(), VM_IP, "wrong lease");
@@ -62,7 +70,11 @@ fn measure(t: &Topology, rounds: usize, warmup: usize) -> Figures {
 
 /// Wait for a peer to answer before timing it.
 fn wait_ready(t: &Topology) {
-    let opts = ProbeOptions { interface: VM_IF.into(), mac: t.vm_mac, timeout: Duration::from_millis(500) };
+    let opts = ProbeOptions {
+        interface: VM_IF.into(),
+        mac: t.vm_mac,
+        timeout: Duration::from_millis(500),
+    };
     let ok = netns::block_on_in(Some(&t.vm_path()), || async {
         for _ in 0..20 {
             if probe(&opts).await.is_ok() {
@@ -79,8 +91,15 @@ fn dnsmasq(t: &Topology, dir: &Path) -> Peer {
     let mac = t.vm_mac.to_string();
     let child = t
         .in_pod("dnsmasq")
-        .args(["--no-daemon", "--port=0", "--no-resolv", "--no-hosts", "--bind-interfaces", "--user=root"])
-        .arg(format!("--interface={BRIDGE}"))
+        .args([
+            "--no-daemon",
+            "--port=0",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+        ])
+        .arg(format!("--interface={}", t.bridge()))
         .arg(format!("--dhcp-range={VM_IP},static,255.255.255.0,30d"))
         .arg(format!("--dhcp-host={mac},{VM_IP}"))
         .arg(format!("--dhcp-leasefile={}/dnsmasq.leases", dir.display()))
@@ -105,11 +124,12 @@ fn udhcpd(t: &Topology, dir: &Path) -> Peer {
     std::fs::write(
         &conf,
         format!(
-            "start {VM_IP}\nend {VM_IP}\ninterface {BRIDGE}\nstatic_lease {} {VM_IP}\n\
+            "start {VM_IP}\nend {VM_IP}\ninterface {}\nstatic_lease {} {VM_IP}\n\
              lease_file {}/udhcpd.leases\npidfile {}/udhcpd.pid\n\
              option subnet 255.255.255.0\noption router 10.244.7.1\noption dns 10.96.0.10 10.96.0.11\n\
              option domain default.svc.cluster.local\noption search default.svc.cluster.local svc.cluster.local cluster.local\n\
              option mtu 1400\noption staticroutes 10.96.0.0/12 10.244.7.254 0.0.0.0/0 10.244.7.1\noption lease 2592000\n",
+            t.bridge(),
             t.vm_mac,
             dir.display(),
             dir.display()
@@ -132,10 +152,10 @@ fn row(name: &str, f: &mut Figures) {
     f.ack.sort_unstable();
     println!(
         "{name:<16} {:>8} {:>8}   {:>8} {:>8}   {:>6}",
-        percentile(&f.offer, 50.0),
-        percentile(&f.offer, 99.0),
-        percentile(&f.ack, 50.0),
-        percentile(&f.ack, 99.0),
+        percentile(&f.offer, 50),
+        percentile(&f.offer, 99),
+        percentile(&f.ack, 50),
+        percentile(&f.ack, 99),
         f.offer.len()
     );
 }
@@ -148,16 +168,25 @@ fn main() {
         eprintln!("SKIPPED dhcp_latency: needs root (network namespaces)");
         return;
     }
-    let rounds: usize = std::env::var("DHCP_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let rounds: usize = std::env::var("DHCP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     let warmup = 50;
-    let t = Topology::new("bench", unique_mac());
+    let t = Topology::new("bench", Shape::Subnet);
     t.add_bridge_address(IpAddr::V4(BRIDGE_IN_SUBNET), 24);
     let dir = tempfile::tempdir().unwrap();
 
-    println!("DHCP latency in µs, one client, {rounds} rounds per server ({} for udhcpd)", rounds / 10);
-    println!("{:<16} {:>8} {:>8}   {:>8} {:>8}   {:>6}", "server", "OFFER p50", "p99", "ACK p50", "p99", "rounds");
+    println!(
+        "DHCP latency in µs, one client, {rounds} rounds per server ({} for udhcpd)",
+        rounds / 10
+    );
+    println!(
+        "{:<16} {:>8} {:>8}   {:>8} {:>8}   {:>6}",
+        "server", "OFFER p50", "p99", "ACK p50", "p99", "rounds"
+    );
     let mut ours = {
-        let _server = start_server(&t, config(&subnet_facts(t.vm_mac)));
+        let _server = start_server(&t, t.config());
         measure(&t, rounds, warmup)
     };
     row("vmpod", &mut ours);

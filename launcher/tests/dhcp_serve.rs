@@ -1,5 +1,5 @@
-//! `vmpod-launcher dhcp serve` for real: cached facts in a state directory, the server
-//! process in the pod namespace, a probe from the VM side, SIGTERM to stop.
+//! `vmpod-launcher dhcp serve` for real: after `net setup` cached a pod's facts, the
+//! server process in the pod namespace, a probe from the VM side, SIGTERM to stop.
 
 #[path = "../../tests/dhcp_fixture/mod.rs"]
 mod dhcp_fixture;
@@ -19,21 +19,22 @@ fn dhcp_serve_answers_from_the_cached_facts_and_stops_on_sigterm() {
     if !support::privileged("dhcp_serve_answers_from_the_cached_facts_and_stops_on_sigterm") {
         return;
     }
-    let mac = unique_mac();
-    let t = Topology::new("serve", mac);
-    let state = tempfile::tempdir().unwrap();
-    std::fs::create_dir(state.path().join("net")).unwrap();
-    let facts = subnet_facts(mac);
-    std::fs::write(state.path().join("net/eth0.json"), serde_json::to_string(&facts).unwrap()).unwrap();
+    // `net setup` has rewired the pod and cached its facts in the state directory.
+    let t = Topology::new("serve", Shape::Subnet);
+    let mac = t.vm_mac;
 
-    let mut child = t
+    let child = t
         .in_pod(LAUNCHER)
         .args(["dhcp", "serve", "--state-dir"])
-        .arg(state.path())
+        .arg(t.state_dir())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let opts = ProbeOptions { interface: VM_IF.into(), mac, timeout: Duration::from_millis(500) };
+    let opts = ProbeOptions {
+        interface: VM_IF.into(),
+        mac,
+        timeout: Duration::from_millis(500),
+    };
     let report = netns::block_on_in(Some(&t.vm_path()), || async {
         for _ in 0..20 {
             if let Ok(r) = probe(&opts).await {
@@ -47,19 +48,32 @@ fn dhcp_serve_answers_from_the_cached_facts_and_stops_on_sigterm() {
     assert_eq!(report.ack.message_type, "ACK");
     assert_eq!(report.ack.yiaddr.to_string(), "10.244.7.23");
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let out = child.wait_with_output().unwrap();
     let log = text(&out);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("DHCP server listening") && log.contains("search domain left out"), "{log}");
+    assert!(
+        log.contains("DHCP server listening") && log.contains("search domain left out"),
+        "{log}"
+    );
 }
 
 #[test]
 fn dhcp_serve_without_cached_facts_says_what_is_missing() {
     let state = tempfile::tempdir().unwrap();
-    let out = Command::new(LAUNCHER).args(["dhcp", "serve", "--state-dir"]).arg(state.path()).output().unwrap();
+    let out = Command::new(LAUNCHER)
+        .args(["dhcp", "serve", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no cached interfaces in") && err.contains("net setup"), "{err}");
+    assert!(
+        err.contains("no cached interfaces in") && err.contains("net setup"),
+        "{err}"
+    );
 }
