@@ -1,5 +1,5 @@
-//! The DHCP server on a real bridge in network namespaces, probed by `vmpodctl dhcp
-//! probe` and by busybox udhcpc: exact answers for the VM's MAC, silence for others.
+//! The DHCP server on the bridge `net setup` built in a pod, probed by `vmpodctl dhcp
+//! probe` from the VM's side: exact answers for the VM's MAC, silence for others.
 
 mod dhcp_fixture;
 mod support;
@@ -16,9 +16,8 @@ fn probe_sees_every_option_and_another_mac_gets_no_answer() {
     if !support::privileged("probe_sees_every_option_and_another_mac_gets_no_answer") {
         return;
     }
-    let mac = unique_mac();
-    let t = Topology::new("probe", mac);
-    let server = start_server(&t, config(&subnet_facts(mac)));
+    let t = Topology::new("probe", Shape::Subnet);
+    let server = start_server(&t, t.config());
 
     let out = vmpodctl()
         .args([

@@ -1,157 +1,161 @@
-//! Namespace fixture for the DHCP tests: a "pod" namespace holding the bridge the
-//! launcher would build (`k6t-eth0` with the server's link-local address) and a veth
-//! port in place of the VM's tap, whose far end (`eth0`, with the VM's MAC) sits in a
-//! "vm" namespace where the real DHCP clients run. Built with rtnetlink; both
-//! namespaces are deleted on drop. The DHCP server runs on a thread of its own.
-//!
-//! When the `net` phase and the `guest` pod fixture land, the bridge comes from
-//! `net setup` instead; the VM side stays a veth in its own namespace.
+//! Pod fixture for the DHCP tests, after the real network phase: a pod from
+//! [`vmpod::sandbox`] (node bridge as the gateway, pod `eth0` with the pod's address,
+//! MAC, MTU, routes and resolv.conf), then `net::setup` rewires it (bridge `k6t-eth0`,
+//! tap, link-local address, cache). A veth port on that bridge stands in for the tap;
+//! its far end is `eth0` with the VM's MAC in a "vm" namespace, where the real DHCP
+//! clients run. The DHCP configuration comes from the cache the net phase wrote.
 #![allow(dead_code)]
 
 use futures::TryStreamExt;
-use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
+use rtnetlink::{LinkUnspec, LinkVeth};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
-use vmpod::net::{InterfaceFacts, IpCidr, MacAddr, Route, netns};
+use vmpod::net::{self, CachedInterface, IpCidr, MacAddr, Route, SetupOptions, netns};
+use vmpod::sandbox::{CALICO_GATEWAY, NodeSpec, PodSandbox, PodSpec};
 
-pub const BRIDGE: &str = "k6t-eth0";
 pub const VM_IF: &str = "eth0";
-pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
-/// An address beyond the gateway (TEST-NET-2), reachable only through a default route.
+/// An address beyond the gateway (TEST-NET-2) on the node, reachable from the VM only
+/// through its default route.
 pub const BEYOND_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
-fn route(dest: &str, prefix: u8, gw: Option<&str>) -> Route {
-    Route {
-        destination: IpCidr::new(dest.parse().unwrap(), prefix),
-        gateway: gw.map(|g| g.parse().unwrap()),
-        metric: None,
+fn cidr(s: &str) -> IpCidr {
+    let (a, p) = s.split_once('/').unwrap();
+    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
+}
+
+/// The pod shapes the DHCP tests serve.
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    /// Bridge CNI: 10.244.7.23/24 via 10.244.7.1, a route to 10.96.0.0/12 via
+    /// 10.244.7.254, MTU 1400, two nameservers, and a resolv.conf search line with one
+    /// domain no DHCP option can carry (an IP address).
+    Subnet,
+    /// Calico: 10.88.3.4/32 with the link-local gateway 169.254.1.1, MTU 1450.
+    Calico,
+}
+
+fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
+    let beyond = IpCidr::new(IpAddr::V4(BEYOND_GATEWAY), 32);
+    match shape {
+        Shape::Subnet => {
+            let node = NodeSpec::isolated(vec![cidr("10.244.7.1/24"), beyond]);
+            let mut pod = PodSpec::new(
+                "dhcp",
+                cidr("10.244.7.23/24"),
+                "10.244.7.1".parse().unwrap(),
+            );
+            pod.mtu = 1400;
+            pod.routes.push(Route {
+                destination: cidr("10.96.0.0/12"),
+                gateway: Some("10.244.7.254".parse().unwrap()),
+                metric: None,
+            });
+            pod.dns = vec!["10.96.0.10".parse().unwrap(), "10.96.0.11".parse().unwrap()];
+            pod.search = [
+                "default.svc.cluster.local",
+                "svc.cluster.local",
+                "192.168.1.1",
+                "Cluster.Local",
+            ]
+            .map(String::from)
+            .to_vec();
+            pod.hostname = "vm-a".into();
+            (node, pod)
+        }
+        Shape::Calico => {
+            let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24"), beyond]);
+            let mut pod = PodSpec::new("dhcpcal", cidr("10.88.3.4/32"), CALICO_GATEWAY);
+            pod.mtu = 1450;
+            pod.dns = vec!["10.96.0.10".parse().unwrap()];
+            pod.search = vec!["ns1.svc.cluster.local".into()];
+            pod.hostname = "vm-b".into();
+            (node, pod)
+        }
     }
 }
 
-/// A pod on a /24 with a gateway inside it, a non-default route, and a resolv.conf
-/// with one search domain no DHCP option can carry (an IP address).
-pub fn subnet_facts(mac: MacAddr) -> InterfaceFacts {
-    InterfaceFacts {
-        interface: "eth0".into(),
-        mac,
-        mtu: 1400,
-        addresses: vec![IpCidr::new("10.244.7.23".parse().unwrap(), 24)],
-        routes: vec![
-            route("10.244.7.0", 24, None),
-            route("10.96.0.0", 12, Some("10.244.7.254")),
-            route("0.0.0.0", 0, Some("10.244.7.1")),
-        ],
-        dns: vec!["10.96.0.10".parse().unwrap(), "10.96.0.11".parse().unwrap()],
-        search: vec![
-            "default.svc.cluster.local".into(),
-            "svc.cluster.local".into(),
-            "192.168.1.1".into(),
-            "Cluster.Local".into(),
-        ],
-        hostname: "vm-a".into(),
-    }
-}
-
-/// Calico's shape: a /32 pod address and the link-local gateway 169.254.1.1.
-pub fn calico_facts(mac: MacAddr) -> InterfaceFacts {
-    InterfaceFacts {
-        interface: "eth0".into(),
-        mac,
-        mtu: 1450,
-        addresses: vec![IpCidr::new("10.88.3.4".parse().unwrap(), 32)],
-        routes: vec![
-            route("169.254.1.1", 32, None),
-            route("0.0.0.0", 0, Some("169.254.1.1")),
-        ],
-        dns: vec!["10.96.0.10".parse().unwrap()],
-        search: vec!["ns1.svc.cluster.local".into()],
-        hostname: "vm-b".into(),
-    }
-}
-
-pub fn config(facts: &InterfaceFacts) -> DhcpConfig {
-    DhcpConfig::from_facts(facts, BRIDGE, SERVER_IP, &DhcpExtras::default()).unwrap()
-}
-
-/// A locally administered MAC unique to this process and call.
-pub fn unique_mac() -> MacAddr {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-    let pid = std::process::id().to_be_bytes();
-    MacAddr([0x02, pid[2], pid[3], n[1], n[2], n[3]])
-}
-
-/// The two namespaces and their links.
+/// The pod after `net setup`, and the VM's namespace on its bridge.
 pub struct Topology {
-    pub pod_ns: String,
+    pub pod: PodSandbox,
+    pub state: tempfile::TempDir,
+    pub cached: CachedInterface,
     pub vm_ns: String,
     pub vm_mac: MacAddr,
 }
 
 impl Topology {
-    /// Build the namespaces and links; `tag` goes into their names (keep it short).
-    pub fn new(tag: &str, vm_mac: MacAddr) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let base = format!("vd-{tag}-{}-{n}", std::process::id());
-        let t = Topology {
-            pod_ns: format!("{base}-pod"),
-            vm_ns: format!("{base}-vm"),
-            vm_mac,
-        };
-        netns::create(&t.pod_ns).expect("create pod netns");
-        netns::create(&t.vm_ns).expect("create vm netns");
-        let vm_path = t.vm_path();
-        netns::block_on_in(Some(&t.pod_path()), || async move {
-            let (conn, h, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            h.link()
-                .add(LinkBridge::new(BRIDGE).up().build())
-                .execute()
-                .await
-                .unwrap();
-            h.link()
-                .add(LinkVeth::new("tap0", "vmside").build())
-                .execute()
-                .await
-                .unwrap();
-            let br = index(&h, BRIDGE).await;
-            let tap = index(&h, "tap0").await;
-            let peer = index(&h, "vmside").await;
-            h.link()
-                .set(LinkUnspec::new_with_index(tap).controller(br).up().build())
-                .execute()
-                .await
-                .unwrap();
-            h.address()
-                .add(br, IpAddr::V4(SERVER_IP), 32)
-                .execute()
-                .await
-                .unwrap();
-            let lo = index(&h, "lo").await;
-            h.link()
-                .set(LinkUnspec::new_with_index(lo).up().build())
-                .execute()
-                .await
-                .unwrap();
-            let fd = std::fs::File::open(&vm_path).unwrap();
-            use std::os::fd::AsRawFd;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(peer)
-                        .setns_by_fd(fd.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .unwrap();
+    pub fn new(tag: &str, shape: Shape) -> Self {
+        let (node, spec) = pod_spec(shape);
+        let pod = PodSandbox::create(&node, &spec).expect("pod sandbox");
+        let state = tempfile::tempdir().unwrap();
+        let setup = net::setup(&SetupOptions {
+            netns: Some(pod.netns_path().to_path_buf()),
+            state_dir: state.path().to_path_buf(),
+            resolv_conf: pod.resolv_conf_path(),
+            hostname: Some(pod.hostname().to_owned()),
+            ..SetupOptions::new("eth0")
         })
-        .unwrap();
-        netns::block_on_in(Some(&t.vm_path()), || async move {
+        .expect("net setup");
+        let cached = setup.cached;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let vm_ns = format!(
+            "vd-{tag}-{}-{}-vm",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        netns::create(&vm_ns).expect("create vm netns");
+        let t = Topology {
+            vm_mac: cached.facts.mac,
+            pod,
+            state,
+            cached,
+            vm_ns,
+        };
+        t.attach_vm();
+        t
+    }
+
+    /// A veth `vmport` on the bridge in place of the tap; its peer becomes `eth0` with
+    /// the VM's MAC in the VM namespace.
+    fn attach_vm(&self) {
+        let bridge = net::bridge_name("eth0");
+        let vm_path = self.vm_path();
+        self.pod
+            .block_on(|| async move {
+                let (conn, h, _) = rtnetlink::new_connection().unwrap();
+                tokio::spawn(conn);
+                h.link()
+                    .add(LinkVeth::new("vmport", "vmside").build())
+                    .execute()
+                    .await
+                    .unwrap();
+                let br = index(&h, &bridge).await;
+                let port = index(&h, "vmport").await;
+                let peer = index(&h, "vmside").await;
+                h.link()
+                    .set(LinkUnspec::new_with_index(port).controller(br).up().build())
+                    .execute()
+                    .await
+                    .unwrap();
+                let fd = std::fs::File::open(&vm_path).unwrap();
+                use std::os::fd::AsRawFd;
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(peer)
+                            .setns_by_fd(fd.as_raw_fd())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .unwrap();
+            })
+            .unwrap();
+        let mac = self.vm_mac;
+        netns::block_on_in(Some(&self.vm_path()), || async move {
             let (conn, h, _) = rtnetlink::new_connection().unwrap();
             tokio::spawn(conn);
             let peer = index(&h, "vmside").await;
@@ -159,7 +163,7 @@ impl Topology {
                 .set(
                     LinkUnspec::new_with_index(peer)
                         .name(VM_IF)
-                        .address(vm_mac.0.to_vec())
+                        .address(mac.0.to_vec())
                         .up()
                         .build(),
                 )
@@ -174,46 +178,32 @@ impl Topology {
                 .unwrap();
         })
         .unwrap();
-        t
     }
 
-    /// Make the pod side answer as the VM's gateway: `gateway` and [`BEYOND_GATEWAY`]
-    /// on the bridge and a route back to the VM's address, so that a ping from the VM
-    /// to [`BEYOND_GATEWAY`] proves its default route works.
-    pub fn act_as_gateway(&self, gateway: Ipv4Addr, vm_ip: Ipv4Addr) {
-        netns::block_on_in(Some(&self.pod_path()), || async move {
-            let (conn, h, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            let br = index(&h, BRIDGE).await;
-            for a in [gateway, BEYOND_GATEWAY] {
-                h.address()
-                    .add(br, IpAddr::V4(a), 32)
-                    .execute()
-                    .await
-                    .unwrap();
-            }
-            let back = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(vm_ip, 32)
-                .output_interface(br)
-                .scope(netlink_packet_route::route::RouteScope::Link)
-                .build();
-            h.route().add(back).execute().await.unwrap();
-        })
-        .unwrap();
+    /// The DHCP configuration the launcher would serve, from the net phase's cache.
+    pub fn config(&self) -> DhcpConfig {
+        DhcpConfig::for_cached(&self.cached, &DhcpExtras::default()).unwrap()
     }
 
-    /// One ping from the VM's namespace.
-    pub fn vm_pings(&self, ip: Ipv4Addr) -> bool {
-        let out = self
-            .in_vm("busybox")
-            .args(["ping", "-c", "1", "-W", "2", &ip.to_string()])
-            .output()
-            .unwrap();
-        out.status.success()
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    pub fn bridge(&self) -> String {
+        net::bridge_name("eth0")
     }
 
     pub fn pod_path(&self) -> PathBuf {
-        netns::path(&self.pod_ns)
+        self.pod.netns_path().to_path_buf()
+    }
+
+    pub fn pod_ns(&self) -> String {
+        self.pod
+            .netns_path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 
     pub fn vm_path(&self) -> PathBuf {
@@ -221,14 +211,35 @@ impl Topology {
     }
 
     /// Run a command inside the VM's namespace through `ip netns exec`, which also
-    /// bind-mounts `/etc/netns/<vm_ns>/*` over `/etc` so clients' scripts stay off the host's files.
+    /// bind-mounts `/etc/netns/<vm_ns>/*` over `/etc` in a mount namespace of its own,
+    /// so clients' scripts stay off the host's files.
     pub fn in_vm(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.vm_ns, program]);
         c
     }
 
-    /// `ip -j ... ` in the VM namespace, parsed.
+    /// Run a command inside the pod's namespace (where the bridge is).
+    pub fn in_pod(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.pod_ns(), program]);
+        c
+    }
+
+    /// One more address on the VM bridge (peer DHCP servers want one in the VM's subnet).
+    pub fn add_bridge_address(&self, addr: IpAddr, prefix: u8) {
+        let bridge = self.bridge();
+        self.pod
+            .block_on(|| async move {
+                let (conn, h, _) = rtnetlink::new_connection().unwrap();
+                tokio::spawn(conn);
+                let br = index(&h, &bridge).await;
+                h.address().add(br, addr, prefix).execute().await.unwrap();
+            })
+            .unwrap();
+    }
+
+    /// `ip -j ...` in the VM namespace, parsed.
     pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.in_vm("ip").arg("-j").args(args).output().unwrap();
         assert!(
@@ -263,8 +274,8 @@ impl Topology {
             .collect()
     }
 
-    /// The MTU metric of each IPv4 route, e.g. `default via 10.0.0.1 mtu 1400`
-    /// (dhcpcd 9 applies option 26 to its routes, not to the link).
+    /// The MTU metric of each IPv4 route (dhcpcd 9 applies option 26 to its routes,
+    /// not to the link).
     pub fn vm_route_mtus(&self) -> Vec<(String, Option<u64>)> {
         let v = self.ip_json(&["-4", "-d", "route", "show", "table", "main"]);
         v.as_array()
@@ -284,13 +295,22 @@ impl Topology {
             .as_u64()
             .unwrap()
     }
+
+    /// One ping from the VM's namespace.
+    pub fn vm_pings(&self, ip: Ipv4Addr) -> bool {
+        let out = self
+            .in_vm("busybox")
+            .args(["ping", "-c", "1", "-W", "2", &ip.to_string()])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.vm_ns));
         let _ = netns::delete(&self.vm_ns);
-        let _ = netns::delete(&self.pod_ns);
     }
 }
 
