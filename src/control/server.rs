@@ -223,11 +223,7 @@ async fn act<B: Backend>(
         )),
         Action::Lifecycle(l) => {
             backend.lifecycle(l).await?;
-            Ok(bytes_response(
-                StatusCode::NO_CONTENT,
-                "application/json",
-                Bytes::new(),
-            ))
+            Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Action::GetConsole { follow: false } => {
             let log = backend.console_log();
@@ -363,8 +359,7 @@ async fn attach_console(
             _ = stop.wait_for(|s| *s) => {}
         }
     });
-    let mut resp = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut resp = empty_response(StatusCode::SWITCHING_PROTOCOLS);
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(
@@ -420,6 +415,12 @@ fn error_response(e: &ApiError) -> Response<Body> {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
+    resp
+}
+
+fn empty_response(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
     resp
 }
 

@@ -118,7 +118,7 @@ pub struct DhcpStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_client: Option<LastClient>,
     /// Search domains left out of option 119, with the reason.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped_search: Vec<crate::dhcp::config::DroppedSearchDomain>,
 }
 

@@ -297,7 +297,7 @@ fn describe(s: &LauncherStatus, source: StatusSource) -> String {
         opt(t.as_ref().map(|t| t.0.to_string()))
     };
     let mut out = String::new();
-    let mut field = |k: &str, v: String| out.push_str(&format!("{k:<14}{v}\n"));
+    let mut field = |k: &str, v: String| out.push_str(&format!("{k:<16}{v}\n"));
     field("Name:", s.name.clone());
     field("Namespace:", opt(s.namespace.clone()));
     field("Phase:", s.phase.to_string());
@@ -529,7 +529,7 @@ mod tests {
     fn describe_names_the_source() {
         let s = sample_status("vm1");
         let d = describe(&s, StatusSource::File);
-        assert!(d.contains("Phase:        Running"), "{d}");
+        assert!(d.contains("Phase:          Running"), "{d}");
         assert!(d.contains("status.json"), "{d}");
         assert!(
             d.contains("02:00:00:0a:16:05") && d.contains("10.22.0.5"),
