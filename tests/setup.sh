@@ -12,6 +12,8 @@ packages=(
   busybox-static isc-dhcp-client dhcpcd-base dnsmasq-base
   # test guest builder: kernel and busybox come from .deb files unpacked under target/
   cpio gzip xz-utils zstd kmod dpkg-dev
+  # tests: an ISO 9660 cidata image for the guest's CD-ROM path
+  genisoimage
   # benchmarks
   hyperfine procps
 )

@@ -21,6 +21,8 @@ use vmpod::net::{InterfaceFacts, IpCidr, MacAddr, Route, netns};
 pub const BRIDGE: &str = "k6t-eth0";
 pub const VM_IF: &str = "eth0";
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
+/// An address beyond the gateway (TEST-NET-2), reachable only through a default route.
+pub const BEYOND_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
 fn route(dest: &str, prefix: u8, gw: Option<&str>) -> Route {
     Route {
@@ -175,6 +177,41 @@ impl Topology {
         t
     }
 
+    /// Make the pod side answer as the VM's gateway: `gateway` and [`BEYOND_GATEWAY`]
+    /// on the bridge and a route back to the VM's address, so that a ping from the VM
+    /// to [`BEYOND_GATEWAY`] proves its default route works.
+    pub fn act_as_gateway(&self, gateway: Ipv4Addr, vm_ip: Ipv4Addr) {
+        netns::block_on_in(Some(&self.pod_path()), || async move {
+            let (conn, h, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            let br = index(&h, BRIDGE).await;
+            for a in [gateway, BEYOND_GATEWAY] {
+                h.address()
+                    .add(br, IpAddr::V4(a), 32)
+                    .execute()
+                    .await
+                    .unwrap();
+            }
+            let back = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(vm_ip, 32)
+                .output_interface(br)
+                .scope(netlink_packet_route::route::RouteScope::Link)
+                .build();
+            h.route().add(back).execute().await.unwrap();
+        })
+        .unwrap();
+    }
+
+    /// One ping from the VM's namespace.
+    pub fn vm_pings(&self, ip: Ipv4Addr) -> bool {
+        let out = self
+            .in_vm("busybox")
+            .args(["ping", "-c", "1", "-W", "2", &ip.to_string()])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
+
     pub fn pod_path(&self) -> PathBuf {
         netns::path(&self.pod_ns)
     }
@@ -222,6 +259,22 @@ impl Topology {
             .map(|r| match r["gateway"].as_str() {
                 Some(g) => format!("{} via {g}", r["dst"].as_str().unwrap()),
                 None => r["dst"].as_str().unwrap().to_owned(),
+            })
+            .collect()
+    }
+
+    /// The MTU metric of each IPv4 route, e.g. `default via 10.0.0.1 mtu 1400`
+    /// (dhcpcd 9 applies option 26 to its routes, not to the link).
+    pub fn vm_route_mtus(&self) -> Vec<(String, Option<u64>)> {
+        let v = self.ip_json(&["-4", "-d", "route", "show", "table", "main"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mtu = r["metrics"]
+                    .as_array()
+                    .and_then(|m| m.iter().find_map(|x| x["mtu"].as_u64()));
+                (r["dst"].as_str().unwrap().to_owned(), mtu)
             })
             .collect()
     }
