@@ -135,6 +135,10 @@ impl ControlServer {
                     Ok((stream, _)) => {
                         conns.spawn(serve_connection(stream, backend.clone(), stop_rx.clone()));
                     }
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!("accepting on {}: {e}; retrying", self.path.display());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     Err(source) => break Err(ServerError::Accept { path: self.path.clone(), source }),
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -147,6 +151,21 @@ impl ControlServer {
         let _ = std::fs::remove_file(&self.path);
         result
     }
+}
+
+/// Accept errors that pass: out of file descriptors, a client that gave up, a signal.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+        )
+    )
 }
 
 async fn serve_connection<B: Backend>(

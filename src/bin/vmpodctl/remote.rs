@@ -172,7 +172,8 @@ async fn run_async(cmd: RemoteCommand) -> anyhow::Result<ExitCode> {
             grace_period,
             wait,
         } => {
-            let client = target.client()?;
+            let dir = target.state_dir()?;
+            let client = ControlClient::new(control_socket(&dir));
             if force {
                 client.kill().await?;
                 eprintln!("{}: killed", target.label());
@@ -181,8 +182,10 @@ async fn run_async(cmd: RemoteCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: shutdown requested", target.label());
             }
             if wait {
-                let status = wait_stopped(&target.state_dir()?).await?;
-                eprintln!("{}: {}", target.label(), status.phase);
+                match wait_stopped(&dir).await {
+                    Some(status) => eprintln!("{}: {}", target.label(), status.phase),
+                    None => eprintln!("{}: gone", target.label()),
+                }
             }
         }
         RemoteCommand::Pause { target } => {
@@ -344,14 +347,17 @@ async fn follow_console(client: &ControlClient) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Poll the launcher until the VM is down or the launcher is gone.
-async fn wait_stopped(state_dir: &std::path::Path) -> anyhow::Result<LauncherStatus> {
+/// Poll the launcher until the VM is down or the launcher is gone. `None`: it left no
+/// status behind (its state dir was cleaned up).
+async fn wait_stopped(state_dir: &std::path::Path) -> Option<LauncherStatus> {
     loop {
-        let (status, source) = status_of(state_dir, ANSWER_TIMEOUT).await?;
-        if status.phase.is_terminal() || source == StatusSource::File {
-            return Ok(status);
+        match status_of(state_dir, ANSWER_TIMEOUT).await {
+            Ok((status, source)) if status.phase.is_terminal() || source == StatusSource::File => {
+                return Some(status);
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => return None,
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
