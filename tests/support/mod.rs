@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod launcher;
 
 /// True when the test may go on. Not root: prints why and returns false, or panics in CI.
 pub fn privileged(test: &str) -> bool {

@@ -4,6 +4,7 @@
 mod dhcp;
 mod local;
 mod net;
+mod remote;
 mod run;
 mod validate;
 
@@ -33,6 +34,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     #[command(flatten)]
     Local(local::LocalCommand),
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Dhcp(c) => dhcp::run(c),
         Command::Validate(a) => validate::run(a),
         Command::Local(c) => local::run(c),
+        Command::Remote(c) => remote::run(c),
     };
     match result {
         Ok(code) => code,
