@@ -3,6 +3,7 @@
 //! directory on this machine with no cluster.
 
 mod cluster;
+mod local;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,7 +26,7 @@ enum Command {
     /// Report the status of launchers on this node into their VMIs.
     Node(cluster::NodeArgs),
     /// No cluster: keep the VMIs in a directory running on this machine.
-    Local,
+    Local(local::LocalArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,10 +41,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Controller(args) => block_on(cluster::run_controller(args)),
         Command::Node(args) => block_on(cluster::run_node(args)),
-        Command::Local => Err(anyhow::anyhow!("not implemented yet")),
+        Command::Local(args) => local::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("vmpod-handler: {e:#}");
             ExitCode::FAILURE
@@ -51,9 +52,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn block_on(
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(fut)
+        .block_on(fut)?;
+    Ok(ExitCode::SUCCESS)
 }

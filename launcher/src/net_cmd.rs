@@ -1,16 +1,103 @@
-//! `vmpod-launcher net setup | teardown`
+//! `vmpod-launcher net setup | teardown`: the network phase alone, e.g. as a privileged
+//! init container so the main launcher needs no NET_ADMIN.
 
-use clap::Subcommand;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use vmpod::net::{self, Binding, PlanOptions, SetupOptions};
 
 #[derive(Subcommand)]
 pub enum NetCommand {
     /// Discover the pod interface, cache its facts and rewire it for the VM.
-    Setup,
+    Setup(SetupArgs),
     /// Restore the pod interfaces from the cache and remove bridges and taps.
-    Teardown,
+    Teardown(CommonArgs),
 }
 
-pub fn run(_cmd: NetCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+#[derive(Args)]
+pub struct CommonArgs {
+    /// Where the per-pod state (net/<iface>.json) lives.
+    #[arg(long, default_value = net::cache::DEFAULT_STATE_DIR, env = "VMPOD_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Work in this network namespace (a name under /run/netns or a path) instead of
+    /// the current one.
+    #[arg(long)]
+    netns: Option<String>,
+}
+
+#[derive(Args)]
+pub struct SetupArgs {
+    /// The pod interface to hand to the VM.
+    #[arg(long, default_value = "eth0")]
+    interface: String,
+    /// How the VM is wired to it.
+    #[arg(long, default_value_t = Binding::Bridge)]
+    binding: Binding,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The pod's resolv.conf (nameservers and search domains for the VM).
+    #[arg(long, default_value = net::discover::DEFAULT_RESOLV_CONF)]
+    resolv_conf: PathBuf,
+    /// The pod's hostname; default: the hostname of this UTS namespace.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// The uid QEMU runs as (owner of the tap).
+    #[arg(long, default_value_t = 0)]
+    tap_owner: u32,
+    /// The gid allowed to use the tap.
+    #[arg(long)]
+    tap_group: Option<u32>,
+    /// Create a multiqueue tap.
+    #[arg(long)]
+    multiqueue: bool,
+    /// Print the cached facts and applied ops as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A namespace argument: a name under /run/netns, or a path.
+pub fn netns_path(arg: Option<&str>) -> Option<PathBuf> {
+    arg.map(|a| {
+        if a.contains('/') {
+            PathBuf::from(a)
+        } else {
+            net::netns::path(a)
+        }
+    })
+}
+
+pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        NetCommand::Setup(a) => {
+            let opts = SetupOptions {
+                netns: netns_path(a.common.netns.as_deref()),
+                interface: a.interface,
+                binding: a.binding,
+                state_dir: a.common.state_dir,
+                resolv_conf: a.resolv_conf,
+                hostname: a.hostname,
+                plan: PlanOptions {
+                    tap_owner: a.tap_owner,
+                    tap_group: a.tap_group,
+                    multiqueue: a.multiqueue,
+                    ..PlanOptions::default()
+                },
+            };
+            let out = net::setup(&opts)
+                .with_context(|| format!("net setup of pod interface {}", opts.interface))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NetCommand::Teardown(a) => {
+            let ns = netns_path(a.netns.as_deref());
+            let done = net::teardown(ns.as_deref(), &a.state_dir).context("net teardown")?;
+            if done.is_empty() {
+                tracing::info!(state_dir = %a.state_dir.display(), "nothing cached; nothing to restore");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

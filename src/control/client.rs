@@ -178,11 +178,10 @@ impl ControlClient {
         let ctx = self.ctx(Method::GET, "/v1/console");
         let req = request(&ctx.method, "/v1/console?follow=true", Bytes::new());
         let resp = self.send(&ctx, req, false).await?;
-        let (parts, body) = resp.into_parts();
-        if !parts.status.is_success() {
-            let body = body.collect().await.map_err(|e| ctx.http(e))?.to_bytes();
-            return Err(api_error(&ctx, parts.status, &body));
+        if !resp.status().is_success() {
+            return Err(rejected(&ctx, resp).await);
         }
+        let body = resp.into_body();
         Ok(ConsoleFollow { body, ctx })
     }
 
@@ -201,14 +200,7 @@ impl ControlClient {
         );
         let resp = self.send(&ctx, req, true).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ctx.http(e))?
-                .to_bytes();
-            return Err(api_error(&ctx, status, &body));
+            return Err(rejected(&ctx, resp).await);
         }
         let upgraded = hyper::upgrade::on(resp).await.map_err(|e| ctx.http(e))?;
         Ok(TokioIo::new(upgraded))
@@ -236,16 +228,15 @@ impl ControlClient {
         let ctx = self.ctx(method, path);
         let req = request(&ctx.method, path, body);
         let resp = self.send(&ctx, req, false).await?;
-        let status = resp.status();
+        if !resp.status().is_success() {
+            return Err(rejected(&ctx, resp).await);
+        }
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| ctx.http(e))?
             .to_bytes();
-        if !status.is_success() {
-            return Err(api_error(&ctx, status, &body));
-        }
         Ok((ctx, body))
     }
 
@@ -305,6 +296,15 @@ fn request(method: &Method, uri: &str, body: Bytes) -> Request<Full<Bytes>> {
         );
     }
     req
+}
+
+/// An unsuccessful response as [`ClientError::Api`], with the server's message.
+async fn rejected(ctx: &Ctx, resp: http::Response<Incoming>) -> ClientError {
+    let status = resp.status();
+    match resp.into_body().collect().await {
+        Ok(body) => api_error(ctx, status, &body.to_bytes()),
+        Err(e) => ctx.http(e),
+    }
 }
 
 /// The server's `{"error": ...}` message, or the raw body when it is not that shape.

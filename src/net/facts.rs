@@ -78,7 +78,7 @@ impl<'de> Deserialize<'de> for MacAddr {
 }
 
 /// An address with its prefix length, written `10.0.0.5/24`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IpCidr {
     pub addr: IpAddr,
     pub prefix: u8,
@@ -94,13 +94,13 @@ impl IpCidr {
         match self.addr {
             IpAddr::V4(a) => {
                 let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
+                    .checked_shl(32u32.saturating_sub(u32::from(self.prefix)))
                     .unwrap_or(0);
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
                 let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
+                    .checked_shl(128u32.saturating_sub(u32::from(self.prefix)))
                     .unwrap_or(0);
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
@@ -109,8 +109,8 @@ impl IpCidr {
 
     /// True when `ip` lies inside this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        IpCidr::new(ip, self.prefix).network() == self.network()
-            && ip.is_ipv4() == self.addr.is_ipv4()
+        ip.is_ipv4() == self.addr.is_ipv4()
+            && IpCidr::new(ip, self.prefix).network() == self.network()
     }
 
     /// True for a default route destination (`0.0.0.0/0` or `::/0`).

@@ -3,9 +3,71 @@
 //! [`InterfaceFacts`] is what the pod's CNI gave us, captured once before anything is
 //! changed; it is the single source of truth for DHCP and the domain XML afterwards.
 //! This module owns links, addresses, routes and sysctls inside the pod's network
-//! namespace. It must not start processes or talk to libvirt.
+//! namespace, and the `<state-dir>/net/` cache. It must not start processes (never
+//! `ip`: everything goes through netlink, `/proc/sys` and `/dev/net/tun`) and must not
+//! talk to libvirt.
+//!
+//! - [`discover`] reads one interface into [`InterfaceFacts`] ([`state`] decodes the
+//!   netlink dumps, also used by `vmpodctl net inspect`).
+//! - [`plan`] is pure: facts + [`Binding`] + [`PlanOptions`] -> `Vec<`[`NetOp`]`>`;
+//!   [`plan_teardown`] is its inverse.
+//! - [`apply`] executes ops idempotently.
+//! - [`cache`] stores the facts atomically before the first destructive op.
+//! - [`setup`] / [`teardown`] tie them together for `vmpod-launcher net`.
+//!
+//! # Bridge binding
+//!
+//! The pod interface loses its addresses (both families: the VM takes over the pod's
+//! identity; the IPv6 facts stay cached for DHCPv6/RA later) and gets a derived, locally
+//! administered MAC; bridge `k6t-<iface>` and tap `tap-<iface>` (vnet_hdr, owned by
+//! QEMU's uid) are created with the pod MTU and enslaved; the bridge gets
+//! `169.254.75.10/32` for the DHCP server, keeps its IPv6 link-local address but does
+//! no autoconf and accepts no RAs, and answers ARP only for its own address
+//! (`arp_ignore=1`). IPv6 is disabled on the pod interface while it is a bridge port:
+//! its link-local address derives from the MAC the VM now uses and would collide.
+//! Routes through the pod interface disappear with its addresses; the VM gets them by
+//! DHCP, and teardown restores them (on-link routes first, so a Calico-style
+//! `/32` with gateway `169.254.1.1` comes back).
+//!
+//! # No dummy `eth0`
+//!
+//! KubeVirt renames the pod NIC and leaves a dummy `eth0` holding the pod's MAC and
+//! addresses so that a later CNI `CHECK` finds them. We keep the real NIC named `eth0`
+//! and give the addresses to the VM only. Why: (1) a dummy holding the pod IP makes the
+//! pod itself own the VM's address: packets from pod processes (the DHCP server, a
+//! debugging shell, probes run in the pod) to the VM's IP would be delivered locally
+//! instead of to the VM, and the pod would answer ARP/NDP for it; (2) kubelet does not
+//! call `CHECK` through the CRI runtimes (containerd, CRI-O) during a pod's life, and
+//! `DEL` works by interface name and container id, which still match; (3) teardown puts
+//! `eth0` back exactly (MAC, addresses, routes), so a `CHECK` after the VM is gone
+//! passes. The cost: a `CHECK` issued while the VM runs would fail; if a runtime starts
+//! doing that, a dummy can be added as one more `NetOp` in the bridge plan.
+//!
+//! # Next bindings
+//!
+//! Masquerade (NAT + port forwarding) will be a new [`Binding`] variant, a
+//! `plan_masquerade` beside `plan_bridge`, and `NetOp` variants for nftables rules and
+//! forwarding sysctls; IPv6 for the VM reads the cached IPv6 facts and the bridge's
+//! link-local address. `discover`, `apply` and the cache do not change.
 
+pub mod apply;
+pub mod cache;
+pub mod discover;
+mod error;
 mod facts;
+pub mod inspect;
+mod lifecycle;
 pub mod netns;
+pub mod plan;
+pub mod state;
+mod tap;
 
+pub use apply::apply;
+pub use cache::CachedInterface;
+pub use discover::{discover, parse_resolv_conf};
+pub use error::NetError;
 pub use facts::{Binding, InterfaceFacts, IpCidr, MacAddr, ParseMacError, Route};
+pub use lifecycle::{SetupOptions, SetupOutcome, dry_run, setup, teardown};
+pub use plan::{
+    NetOp, OriginalSettings, PlanError, PlanOptions, bridge_name, plan, plan_teardown, tap_name,
+};

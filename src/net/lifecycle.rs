@@ -1,0 +1,153 @@
+//! The network phase end to end: facts (from the cache, else discovered and cached
+//! before anything is changed) -> plan -> apply -> record; and teardown from the cache.
+//! Everything for one interface runs on one thread inside the pod's namespace with one
+//! netlink socket.
+
+use super::apply::{apply_with, read_sysctl};
+use super::cache::{self, CachedInterface};
+use super::discover::{discover_with, with_handle};
+use super::error::NetError;
+use super::facts::Binding;
+use super::plan::{NetOp, OriginalSettings, PlanOptions, plan, plan_teardown};
+use std::path::{Path, PathBuf};
+
+/// What `net setup` works on.
+#[derive(Clone, Debug)]
+pub struct SetupOptions {
+    /// The pod's namespace; `None` for the one we run in (the launcher inside the pod).
+    pub netns: Option<PathBuf>,
+    pub interface: String,
+    pub binding: Binding,
+    pub state_dir: PathBuf,
+    pub resolv_conf: PathBuf,
+    /// The pod's hostname; `None` reads the one of our UTS namespace.
+    pub hostname: Option<String>,
+    pub plan: PlanOptions,
+}
+
+impl SetupOptions {
+    /// Defaults for the launcher inside a pod: current namespace, bridge binding,
+    /// `/var/run/vmpod`, `/etc/resolv.conf`.
+    pub fn new(interface: impl Into<String>) -> Self {
+        SetupOptions {
+            netns: None,
+            interface: interface.into(),
+            binding: Binding::default(),
+            state_dir: PathBuf::from(cache::DEFAULT_STATE_DIR),
+            resolv_conf: PathBuf::from(super::discover::DEFAULT_RESOLV_CONF),
+            hostname: None,
+            plan: PlanOptions::default(),
+        }
+    }
+}
+
+/// What setup (or a dry run) found and did.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetupOutcome {
+    /// The facts, the binding and (after setup) the applied ops, as cached.
+    pub cached: CachedInterface,
+    /// The plan.
+    pub ops: Vec<NetOp>,
+    /// The facts came from the cache, not from discovery.
+    pub from_cache: bool,
+    pub cache_path: PathBuf,
+}
+
+/// Rewire the pod interface for the VM. Idempotent: run it again on a rewired or
+/// half-rewired pod and it converges, reading the facts from the cache.
+pub fn setup(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
+    with_handle(o.netns.as_deref(), |h| async move {
+        let (mut entry, from_cache) = facts_for(&h, o).await?;
+        let ops = entry_plan(&entry)?;
+        let cache_path = cache::path(&o.state_dir, &o.interface);
+        if !from_cache {
+            // Before the first destructive op: after it the pod IP is gone from the link.
+            cache::store(&o.state_dir, &entry)?;
+        }
+        apply_with(&h, &ops).await?;
+        entry.applied.clone_from(&ops);
+        cache::store(&o.state_dir, &entry)?;
+        tracing::info!(interface = %o.interface, ops = ops.len(), from_cache, "pod network rewired");
+        Ok(SetupOutcome {
+            cached: entry,
+            ops,
+            from_cache,
+            cache_path,
+        })
+    })
+}
+
+/// What [`setup`] would do, changing nothing (no cache written either).
+pub fn dry_run(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
+    with_handle(o.netns.as_deref(), |h| async move {
+        let (entry, from_cache) = facts_for(&h, o).await?;
+        let ops = entry_plan(&entry)?;
+        let cache_path = cache::path(&o.state_dir, &o.interface);
+        Ok(SetupOutcome {
+            cached: entry,
+            ops,
+            from_cache,
+            cache_path,
+        })
+    })
+}
+
+fn entry_plan(e: &CachedInterface) -> Result<Vec<NetOp>, NetError> {
+    Ok(plan(&e.facts, e.binding, &e.options, e.original)?)
+}
+
+/// The cached entry, or a fresh one from discovery. A cache made for another binding or
+/// other options is an error: tear down first.
+async fn facts_for(
+    h: &rtnetlink::Handle,
+    o: &SetupOptions,
+) -> Result<(CachedInterface, bool), NetError> {
+    if let Some(entry) = cache::load(&o.state_dir, &o.interface)? {
+        if entry.binding != o.binding || entry.options != o.plan {
+            return Err(NetError::CacheMismatch {
+                path: cache::path(&o.state_dir, &o.interface),
+                cached: format!("{} {:?}", entry.binding, entry.options),
+                asked: format!("{} {:?}", o.binding, o.plan),
+            });
+        }
+        return Ok((entry, true));
+    }
+    let facts = discover_with(
+        h,
+        o.netns.as_deref(),
+        &o.interface,
+        &o.resolv_conf,
+        o.hostname.as_deref(),
+    )
+    .await?;
+    let disable = read_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", o.interface))?;
+    let original = OriginalSettings {
+        ipv6_disabled: disable.as_deref() != Some("0"),
+    };
+    let entry = CachedInterface {
+        facts,
+        binding: o.binding,
+        options: o.plan.clone(),
+        original,
+        applied: Vec::new(),
+    };
+    Ok((entry, false))
+}
+
+/// Restore every cached pod interface in `netns` and forget it. Returns the interfaces
+/// restored. With nothing cached there is nothing to do.
+pub fn teardown(netns: Option<&Path>, state_dir: &Path) -> Result<Vec<String>, NetError> {
+    let entries = cache::load_all(state_dir)?;
+    with_handle(netns, |h| async move {
+        let mut done = Vec::new();
+        for e in &entries {
+            let ops = plan_teardown(&e.facts, e.binding, e.original)?;
+            apply_with(&h, &ops).await?;
+            cache::remove(state_dir, &e.facts.interface)?;
+            tracing::info!(interface = %e.facts.interface, "pod interface restored");
+            done.push(e.facts.interface.clone());
+        }
+        Ok(done)
+    })
+}

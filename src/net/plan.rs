@@ -1,0 +1,692 @@
+//! Planning: from cached facts to the list of operations that rewire (or restore) a pod
+//! interface. Pure: no I/O, no randomness, no clock. Same input, same plan, so a rerun
+//! after a crash or a restart converges on the same state.
+//!
+//! A binding is one function from facts to [`NetOp`]s; new bindings (masquerade: NAT and
+//! port forwarding) add their own function and, where netlink has no verb for it, their
+//! own `NetOp` variants, and reuse the rest.
+
+use super::facts::{Binding, InterfaceFacts, IpCidr, MacAddr, Route};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Longest Linux interface name (IFNAMSIZ - 1).
+pub const MAX_IFNAME: usize = 15;
+
+/// The address the bridge gets for the DHCP server to speak from.
+pub const DEFAULT_BRIDGE_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
+
+/// The bridge of a bridge-bound pod interface: `k6t-<iface>`.
+pub fn bridge_name(interface: &str) -> String {
+    format!("k6t-{interface}")
+}
+
+/// The VM's tap behind a pod interface: `tap-<iface>`. The domain XML names it too.
+pub fn tap_name(interface: &str) -> String {
+    format!("tap-{interface}")
+}
+
+/// One idempotent step. Serializable, so `vmpodctl net plan --json` and the control API
+/// can show it, and the cache can record what was applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum NetOp {
+    /// Write `value` to `/proc/sys/<key>` inside the namespace. Keys under `net/ipv6/`
+    /// are skipped when the kernel has IPv6 off.
+    Sysctl { key: String, value: String },
+    /// Create a bridge (down), or make an existing one have this MTU and MAC.
+    CreateBridge {
+        name: String,
+        mtu: u32,
+        mac: MacAddr,
+    },
+    /// Create a persistent tap with vnet headers owned by `owner` (and `group`), or set
+    /// the MTU of an existing one.
+    CreateTap {
+        name: String,
+        mtu: u32,
+        owner: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<u32>,
+        multiqueue: bool,
+    },
+    /// Remove an address from a link; absent already is fine.
+    DelAddress { link: String, address: IpCidr },
+    /// Add an address to a link (IPv6 without duplicate address detection); present
+    /// already is fine.
+    AddAddress { link: String, address: IpCidr },
+    /// Set a link's MAC address.
+    SetMac { link: String, mac: MacAddr },
+    /// Enslave `link` to the bridge `master`.
+    SetMaster { link: String, master: String },
+    /// Bring a link up.
+    SetUp { link: String },
+    /// Add a route through `link` (on-link when it has no gateway); present is fine.
+    AddRoute { link: String, route: Route },
+    /// Delete a link; absent already is fine.
+    DelLink { name: String },
+}
+
+impl fmt::Display for NetOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetOp::Sysctl { key, value } => write!(f, "sysctl {key} = {value}"),
+            NetOp::CreateBridge { name, mtu, mac } => {
+                write!(f, "create bridge {name} (mtu {mtu}, mac {mac})")
+            }
+            NetOp::CreateTap {
+                name,
+                mtu,
+                owner,
+                group,
+                multiqueue,
+            } => {
+                write!(f, "create tap {name} (mtu {mtu}, owner uid {owner}")?;
+                if let Some(g) = group {
+                    write!(f, ", gid {g}")?;
+                }
+                if *multiqueue {
+                    write!(f, ", multiqueue")?;
+                }
+                write!(f, ", vnet_hdr)")
+            }
+            NetOp::DelAddress { link, address } => write!(f, "remove {address} from {link}"),
+            NetOp::AddAddress { link, address } => write!(f, "add {address} to {link}"),
+            NetOp::SetMac { link, mac } => write!(f, "set mac of {link} to {mac}"),
+            NetOp::SetMaster { link, master } => write!(f, "enslave {link} to {master}"),
+            NetOp::SetUp { link } => write!(f, "set {link} up"),
+            NetOp::AddRoute { link, route } => {
+                write!(f, "add route {} ", route.destination)?;
+                match route.gateway {
+                    Some(gw) => write!(f, "via {gw} dev {link}")?,
+                    None => write!(f, "dev {link} scope link")?,
+                }
+                match route.metric {
+                    Some(m) => write!(f, " metric {m}"),
+                    None => Ok(()),
+                }
+            }
+            NetOp::DelLink { name } => write!(f, "delete link {name}"),
+        }
+    }
+}
+
+/// Knobs of a plan that do not come from the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanOptions {
+    /// The link-local address the bridge gets (as /32) for the DHCP server.
+    pub bridge_address: Ipv4Addr,
+    /// The uid QEMU runs as; it must be able to open the tap. Our launcher runs QEMU as
+    /// root by default.
+    pub tap_owner: u32,
+    /// The gid allowed to open the tap, if any.
+    pub tap_group: Option<u32>,
+    /// Create the tap with IFF_MULTI_QUEUE (for virtio-net queues > 1).
+    pub multiqueue: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            bridge_address: DEFAULT_BRIDGE_ADDRESS,
+            tap_owner: 0,
+            tap_group: None,
+            multiqueue: false,
+        }
+    }
+}
+
+/// What the pod interface looked like before setup, beyond the facts the VM needs;
+/// teardown puts it back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalSettings {
+    /// `net/ipv6/conf/<iface>/disable_ipv6` was 1 (or the kernel has no IPv6).
+    pub ipv6_disabled: bool,
+}
+
+/// Why no plan can be made for these facts.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// The bridge binding hands the pod's IPv4 address to the VM; there must be one.
+    #[error("pod interface {interface} has no IPv4 address for the VM to take over")]
+    NoIpv4 { interface: String },
+    /// Linux link names are at most 15 bytes.
+    #[error(
+        "link name {name:?} derived from pod interface {interface} is longer than {MAX_IFNAME} bytes"
+    )]
+    NameTooLong { interface: String, name: String },
+}
+
+/// The ops that wire `facts.interface` for `binding`.
+pub fn plan(
+    facts: &InterfaceFacts,
+    binding: Binding,
+    opts: &PlanOptions,
+    original: OriginalSettings,
+) -> Result<Vec<NetOp>, PlanError> {
+    match binding {
+        Binding::Bridge => plan_bridge(facts, opts, original),
+    }
+}
+
+/// The ops that undo [`plan`]: remove what it created and give the pod interface back
+/// its MAC, addresses and routes.
+pub fn plan_teardown(
+    facts: &InterfaceFacts,
+    binding: Binding,
+    original: OriginalSettings,
+) -> Result<Vec<NetOp>, PlanError> {
+    match binding {
+        Binding::Bridge => teardown_bridge(facts, original),
+    }
+}
+
+fn link_names(facts: &InterfaceFacts) -> Result<(String, String), PlanError> {
+    let names = (bridge_name(&facts.interface), tap_name(&facts.interface));
+    for name in [&names.0, &names.1] {
+        if name.len() > MAX_IFNAME {
+            return Err(PlanError::NameTooLong {
+                interface: facts.interface.clone(),
+                name: name.clone(),
+            });
+        }
+    }
+    Ok(names)
+}
+
+fn sysctl(family: &str, link: &str, name: &str, value: &str) -> NetOp {
+    NetOp::Sysctl {
+        key: format!("net/{family}/conf/{link}/{name}"),
+        value: value.to_owned(),
+    }
+}
+
+fn plan_bridge(
+    facts: &InterfaceFacts,
+    opts: &PlanOptions,
+    original: OriginalSettings,
+) -> Result<Vec<NetOp>, PlanError> {
+    if facts.ipv4().is_none() {
+        return Err(PlanError::NoIpv4 {
+            interface: facts.interface.clone(),
+        });
+    }
+    let (bridge, tap) = link_names(facts)?;
+    let pod = facts.interface.as_str();
+    let mut ops = vec![
+        NetOp::CreateBridge {
+            name: bridge.clone(),
+            mtu: facts.mtu,
+            mac: derived_mac(facts.mac, "bridge"),
+        },
+        // Before the bridge goes up: it keeps its link-local IPv6 address (DHCPv6 and
+        // router advertisements will speak from it) but takes no global address and no
+        // default route from the pod network's routers.
+        sysctl("ipv6", &bridge, "autoconf", "0"),
+        sysctl("ipv6", &bridge, "accept_ra", "0"),
+        // Answer ARP only for addresses on the bridge itself (the DHCP server's), never
+        // for the VM's.
+        sysctl("ipv4", &bridge, "arp_ignore", "1"),
+        sysctl("ipv4", &bridge, "arp_announce", "2"),
+        NetOp::CreateTap {
+            name: tap.clone(),
+            mtu: facts.mtu,
+            owner: opts.tap_owner,
+            group: opts.tap_group,
+            multiqueue: opts.multiqueue,
+        },
+        sysctl("ipv6", &tap, "disable_ipv6", "1"),
+    ];
+    ops.extend(facts.addresses.iter().map(|&address| NetOp::DelAddress {
+        link: pod.to_owned(),
+        address,
+    }));
+    if !original.ipv6_disabled {
+        // Drops the pod interface's remaining IPv6 addresses, its link-local one too:
+        // that one derives from the original MAC, which the VM now uses.
+        ops.push(sysctl("ipv6", pod, "disable_ipv6", "1"));
+    }
+    ops.extend([
+        NetOp::SetMac {
+            link: pod.to_owned(),
+            mac: derived_mac(facts.mac, "pod"),
+        },
+        NetOp::SetMaster {
+            link: pod.to_owned(),
+            master: bridge.clone(),
+        },
+        NetOp::SetMaster {
+            link: tap.clone(),
+            master: bridge.clone(),
+        },
+        NetOp::AddAddress {
+            link: bridge.clone(),
+            address: IpCidr::new(IpAddr::V4(opts.bridge_address), 32),
+        },
+        NetOp::SetUp { link: bridge },
+        NetOp::SetUp { link: tap },
+        NetOp::SetUp {
+            link: pod.to_owned(),
+        },
+    ]);
+    Ok(ops)
+}
+
+fn teardown_bridge(
+    facts: &InterfaceFacts,
+    original: OriginalSettings,
+) -> Result<Vec<NetOp>, PlanError> {
+    let (bridge, tap) = link_names(facts)?;
+    let pod = facts.interface.as_str();
+    let mut ops = vec![
+        NetOp::DelLink { name: tap },
+        // Deleting the bridge releases the pod interface.
+        NetOp::DelLink { name: bridge },
+        NetOp::SetMac {
+            link: pod.to_owned(),
+            mac: facts.mac,
+        },
+        sysctl(
+            "ipv6",
+            pod,
+            "disable_ipv6",
+            if original.ipv6_disabled { "1" } else { "0" },
+        ),
+        NetOp::SetUp {
+            link: pod.to_owned(),
+        },
+    ];
+    ops.extend(facts.addresses.iter().map(|&address| NetOp::AddAddress {
+        link: pod.to_owned(),
+        address,
+    }));
+    ops.extend(
+        restore_order(&facts.routes)
+            .into_iter()
+            .map(|route| NetOp::AddRoute {
+                link: pod.to_owned(),
+                route: route.clone(),
+            }),
+    );
+    Ok(ops)
+}
+
+/// Routes in an order the kernel accepts: on-link routes (e.g. Calico's
+/// `169.254.1.1 dev eth0 scope link`) before routes through a gateway they make
+/// reachable; within each group, as discovered.
+pub fn restore_order(routes: &[Route]) -> Vec<&Route> {
+    let (onlink, via): (Vec<&Route>, Vec<&Route>) =
+        routes.iter().partition(|r| r.gateway.is_none());
+    onlink.into_iter().chain(via).collect()
+}
+
+/// A locally administered unicast MAC derived from the pod's MAC and a purpose: looks
+/// random, never equals the original, and is the same on every run (FNV-1a), so a rerun
+/// does not churn the MAC.
+pub fn derived_mac(original: MacAddr, purpose: &str) -> MacAddr {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in original.0.iter().chain(purpose.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let bytes = h.to_be_bytes();
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&bytes[2..]);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    if mac == original.0 {
+        mac[5] ^= 0x01;
+    }
+    MacAddr(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> IpCidr {
+        let (a, p) = s.split_once('/').unwrap();
+        IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
+    }
+
+    fn route(dst: &str, gw: Option<&str>, metric: Option<u32>) -> Route {
+        Route {
+            destination: cidr(dst),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            metric,
+        }
+    }
+
+    fn ipv4_only() -> InterfaceFacts {
+        InterfaceFacts {
+            interface: "eth0".into(),
+            mac: "0a:58:0a:f4:00:05".parse().unwrap(),
+            mtu: 1500,
+            addresses: vec![cidr("10.244.0.5/24")],
+            routes: vec![route("0.0.0.0/0", Some("10.244.0.1"), None)],
+            dns: vec!["10.96.0.10".parse().unwrap()],
+            search: vec!["default.svc.cluster.local".into()],
+            hostname: "vm-a".into(),
+        }
+    }
+
+    fn ops_of(facts: &InterfaceFacts) -> Vec<NetOp> {
+        plan(
+            facts,
+            Binding::Bridge,
+            &PlanOptions::default(),
+            OriginalSettings::default(),
+        )
+        .unwrap()
+    }
+
+    fn position(ops: &[NetOp], want: impl Fn(&NetOp) -> bool) -> usize {
+        ops.iter().position(want).expect("op missing from plan")
+    }
+
+    #[test]
+    fn ipv4_only_bridge_plan() {
+        let f = ipv4_only();
+        let ops = ops_of(&f);
+        let bridge_mac = derived_mac(f.mac, "bridge");
+        let pod_mac = derived_mac(f.mac, "pod");
+        assert_eq!(
+            ops,
+            vec![
+                NetOp::CreateBridge {
+                    name: "k6t-eth0".into(),
+                    mtu: 1500,
+                    mac: bridge_mac
+                },
+                sysctl("ipv6", "k6t-eth0", "autoconf", "0"),
+                sysctl("ipv6", "k6t-eth0", "accept_ra", "0"),
+                sysctl("ipv4", "k6t-eth0", "arp_ignore", "1"),
+                sysctl("ipv4", "k6t-eth0", "arp_announce", "2"),
+                NetOp::CreateTap {
+                    name: "tap-eth0".into(),
+                    mtu: 1500,
+                    owner: 0,
+                    group: None,
+                    multiqueue: false
+                },
+                sysctl("ipv6", "tap-eth0", "disable_ipv6", "1"),
+                NetOp::DelAddress {
+                    link: "eth0".into(),
+                    address: cidr("10.244.0.5/24")
+                },
+                sysctl("ipv6", "eth0", "disable_ipv6", "1"),
+                NetOp::SetMac {
+                    link: "eth0".into(),
+                    mac: pod_mac
+                },
+                NetOp::SetMaster {
+                    link: "eth0".into(),
+                    master: "k6t-eth0".into()
+                },
+                NetOp::SetMaster {
+                    link: "tap-eth0".into(),
+                    master: "k6t-eth0".into()
+                },
+                NetOp::AddAddress {
+                    link: "k6t-eth0".into(),
+                    address: cidr("169.254.75.10/32")
+                },
+                NetOp::SetUp {
+                    link: "k6t-eth0".into()
+                },
+                NetOp::SetUp {
+                    link: "tap-eth0".into()
+                },
+                NetOp::SetUp {
+                    link: "eth0".into()
+                },
+            ]
+        );
+        // The pod interface's new MAC is local, not the VM's, and not the bridge's.
+        assert!(pod_mac.is_local() && pod_mac != f.mac && pod_mac != bridge_mac);
+        assert_eq!(pod_mac.0[0] & 1, 0, "unicast");
+        // Pure: the same input gives the same plan.
+        assert_eq!(ops, ops_of(&f));
+    }
+
+    #[test]
+    fn dual_stack_removes_both_families_and_restores_them() {
+        let mut f = ipv4_only();
+        f.addresses.push(cidr("fd00:10:244::5/64"));
+        f.routes.push(route("::/0", Some("fe80::1"), Some(1024)));
+        let ops = ops_of(&f);
+        for a in &f.addresses {
+            assert!(ops.contains(&NetOp::DelAddress {
+                link: "eth0".into(),
+                address: *a
+            }));
+        }
+        // The pod keeps the IPv6 facts; teardown gives them back, IPv6 re-enabled first.
+        let down = plan_teardown(&f, Binding::Bridge, OriginalSettings::default()).unwrap();
+        let enable = position(&down, |o| *o == sysctl("ipv6", "eth0", "disable_ipv6", "0"));
+        let add6 = position(
+            &down,
+            |o| matches!(o, NetOp::AddAddress { address, .. } if address.addr.is_ipv6()),
+        );
+        let route6 = position(
+            &down,
+            |o| matches!(o, NetOp::AddRoute { route, .. } if route.destination.addr.is_ipv6()),
+        );
+        assert!(enable < add6 && add6 < route6);
+        assert_eq!(f.gateway6(), Some("fe80::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_already_disabled_is_left_alone() {
+        let f = ipv4_only();
+        let orig = OriginalSettings {
+            ipv6_disabled: true,
+        };
+        let ops = plan(&f, Binding::Bridge, &PlanOptions::default(), orig).unwrap();
+        assert!(!ops.iter().any(
+            |o| matches!(o, NetOp::Sysctl { key, .. } if key == "net/ipv6/conf/eth0/disable_ipv6")
+        ));
+        let down = plan_teardown(&f, Binding::Bridge, orig).unwrap();
+        assert!(down.contains(&sysctl("ipv6", "eth0", "disable_ipv6", "1")));
+    }
+
+    #[test]
+    fn extra_routes_are_restored_after_addresses() {
+        let mut f = ipv4_only();
+        f.routes
+            .push(route("10.96.0.0/12", Some("10.244.0.1"), Some(100)));
+        f.routes.push(route("192.168.50.0/24", None, None));
+        // Setup does not touch routes: they vanish with the addresses and the VM gets
+        // them by DHCP.
+        assert!(
+            !ops_of(&f)
+                .iter()
+                .any(|o| matches!(o, NetOp::AddRoute { .. }))
+        );
+        let down = plan_teardown(&f, Binding::Bridge, OriginalSettings::default()).unwrap();
+        let routes: Vec<&Route> = down
+            .iter()
+            .filter_map(|o| match o {
+                NetOp::AddRoute { route, .. } => Some(route),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(routes, vec![&f.routes[2], &f.routes[0], &f.routes[1]]);
+        let last_addr = down
+            .iter()
+            .rposition(|o| matches!(o, NetOp::AddAddress { .. }))
+            .unwrap();
+        let first_route = position(&down, |o| matches!(o, NetOp::AddRoute { .. }));
+        assert!(last_addr < first_route);
+    }
+
+    #[test]
+    fn slash32_with_link_local_gateway_restores_onlink_route_first() {
+        let mut f = ipv4_only();
+        f.addresses = vec![cidr("10.10.3.7/32")];
+        f.routes = vec![
+            route("0.0.0.0/0", Some("169.254.1.1"), None),
+            route("169.254.1.1/32", None, None),
+        ];
+        let ops = ops_of(&f);
+        assert!(ops.contains(&NetOp::DelAddress {
+            link: "eth0".into(),
+            address: cidr("10.10.3.7/32")
+        }));
+        let down = plan_teardown(&f, Binding::Bridge, OriginalSettings::default()).unwrap();
+        let onlink = position(
+            &down,
+            |o| matches!(o, NetOp::AddRoute { route, .. } if route.gateway.is_none()),
+        );
+        let default = position(
+            &down,
+            |o| matches!(o, NetOp::AddRoute { route, .. } if route.destination.is_default()),
+        );
+        assert!(
+            onlink < default,
+            "the gateway must be reachable before the default route"
+        );
+        assert_eq!(f.gateway4(), Some(Ipv4Addr::new(169, 254, 1, 1)));
+    }
+
+    #[test]
+    fn mtu_is_carried_to_bridge_and_tap() {
+        for mtu in [1450, 9000] {
+            let mut f = ipv4_only();
+            f.mtu = mtu;
+            let ops = ops_of(&f);
+            let mtus: Vec<u32> = ops
+                .iter()
+                .filter_map(|o| match o {
+                    NetOp::CreateBridge { mtu, .. } | NetOp::CreateTap { mtu, .. } => Some(*mtu),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(mtus, vec![mtu, mtu]);
+        }
+    }
+
+    #[test]
+    fn no_default_gateway_still_plans() {
+        let mut f = ipv4_only();
+        f.routes.clear();
+        assert_eq!(f.gateway4(), None);
+        let ops = ops_of(&f);
+        assert!(ops.contains(&NetOp::SetMaster {
+            link: "eth0".into(),
+            master: "k6t-eth0".into()
+        }));
+        let down = plan_teardown(&f, Binding::Bridge, OriginalSettings::default()).unwrap();
+        assert!(!down.iter().any(|o| matches!(o, NetOp::AddRoute { .. })));
+    }
+
+    #[test]
+    fn options_reach_the_tap_and_bridge_address() {
+        let opts = PlanOptions {
+            bridge_address: Ipv4Addr::new(169, 254, 99, 1),
+            tap_owner: 107,
+            tap_group: Some(107),
+            multiqueue: true,
+        };
+        let ops = plan(
+            &ipv4_only(),
+            Binding::Bridge,
+            &opts,
+            OriginalSettings::default(),
+        )
+        .unwrap();
+        assert!(ops.contains(&NetOp::CreateTap {
+            name: "tap-eth0".into(),
+            mtu: 1500,
+            owner: 107,
+            group: Some(107),
+            multiqueue: true
+        }));
+        assert!(ops.contains(&NetOp::AddAddress {
+            link: "k6t-eth0".into(),
+            address: cidr("169.254.99.1/32")
+        }));
+    }
+
+    #[test]
+    fn refuses_without_ipv4_or_with_long_names() {
+        let mut f = ipv4_only();
+        f.addresses = vec![cidr("fd00::5/64")];
+        assert_eq!(
+            plan(
+                &f,
+                Binding::Bridge,
+                &PlanOptions::default(),
+                OriginalSettings::default()
+            ),
+            Err(PlanError::NoIpv4 {
+                interface: "eth0".into()
+            })
+        );
+        let mut f = ipv4_only();
+        f.interface = "averylongname".into();
+        let err = plan(
+            &f,
+            Binding::Bridge,
+            &PlanOptions::default(),
+            OriginalSettings::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, PlanError::NameTooLong { ref name, .. } if name == "k6t-averylongname")
+        );
+    }
+
+    #[test]
+    fn teardown_undoes_setup() {
+        let f = ipv4_only();
+        let down = plan_teardown(&f, Binding::Bridge, OriginalSettings::default()).unwrap();
+        assert_eq!(
+            &down[..3],
+            &[
+                NetOp::DelLink {
+                    name: "tap-eth0".into()
+                },
+                NetOp::DelLink {
+                    name: "k6t-eth0".into()
+                },
+                NetOp::SetMac {
+                    link: "eth0".into(),
+                    mac: f.mac
+                },
+            ]
+        );
+        assert!(down.contains(&NetOp::AddAddress {
+            link: "eth0".into(),
+            address: cidr("10.244.0.5/24")
+        }));
+    }
+
+    #[test]
+    fn ops_serialize_as_tagged_json() {
+        let op = NetOp::SetMaster {
+            link: "eth0".into(),
+            master: "k6t-eth0".into(),
+        };
+        let j = serde_json::to_value(&op).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"op": "setMaster", "link": "eth0", "master": "k6t-eth0"})
+        );
+        let all = ops_of(&ipv4_only());
+        let back: Vec<NetOp> = serde_json::from_str(&serde_json::to_string(&all).unwrap()).unwrap();
+        assert_eq!(back, all);
+        assert_eq!(op.to_string(), "enslave eth0 to k6t-eth0");
+    }
+
+    #[test]
+    fn derived_macs_are_stable_local_unicast() {
+        let m: MacAddr = "02:00:00:00:00:01".parse().unwrap();
+        let a = derived_mac(m, "pod");
+        assert_eq!(a, derived_mac(m, "pod"));
+        assert_ne!(a, derived_mac(m, "bridge"));
+        assert!(a.is_local() && a.0[0] & 1 == 0 && a != m);
+    }
+}
