@@ -312,8 +312,9 @@ fn sigint_stops_a_holding_guest_gracefully() {
     site.assert_nothing_left(&parse_pod_line(&log));
 }
 
-/// A stand-in launcher: records what it sees of the pod, then exits 7, or with `hold`
-/// waits for SIGTERM and exits 0.
+/// A stand-in launcher: records what it sees of the pod in `$FAKE_OUT` and `start PID` in
+/// `$FAKE_OUT.events`, then exits 7, or with `$FAKE_HOLD` waits for SIGTERM, records
+/// `term PID` and exits 0.
 fn fake_launcher(dir: &Path) -> PathBuf {
     let path = dir.join("fake-launcher.sh");
     std::fs::write(
@@ -323,7 +324,10 @@ fn fake_launcher(dir: &Path) -> PathBuf {
          echo \"resolv $(cat /etc/resolv.conf | tr '\\n' ' ')\"; \
          ip -o -4 addr show dev eth0 | awk '{print \"addr \" $4}'; \
          ip route show default | awk '{print \"gw \" $3}'; } > \"$out.tmp\"\nmv \"$out.tmp\" \"$out\"\n\
-         [ -n \"$FAKE_HOLD\" ] || exit 7\ntrap 'echo term >> \"$out\"; exit 0' TERM\nwhile :; do sleep 0.1; done\n",
+         echo \"start $$\" >> \"$out.events\"\n\
+         [ -n \"$FAKE_HOLD\" ] || exit 7\n\
+         trap 'echo term >> \"$out\"; echo \"term $$\" >> \"$out.events\"; exit 0' TERM\n\
+         while :; do sleep 0.1; done\n",
     )
     .unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -535,4 +539,91 @@ fn drain_now(rx: &mpsc::Receiver<String>, into: &mut String) {
         into.push_str(&l);
         into.push('\n');
     }
+}
+
+#[test]
+fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
+    if !support::privileged("handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm") {
+        return;
+    }
+    let site = Site::new("lchg");
+    let dir = site.dir.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let seen = site.dir.path().join("seen");
+    let events_file = site.dir.path().join("seen.events");
+    let events = || std::fs::read_to_string(&events_file).unwrap_or_default();
+    let mut cmd = Command::new(bin("vmpod-handler"));
+    site.env(&mut cmd);
+    let mut handler = cmd
+        .env("VMPOD_LAUNCHER", fake_launcher(site.dir.path()))
+        .env("FAKE_OUT", &seen)
+        .env("FAKE_HOLD", "1")
+        .args(["local", "--poll-ms", "100", "--manifests"])
+        .arg(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = lines_of(handler.stderr.take().unwrap());
+    let manifest = dir.join("vm.yaml");
+    site.manifest(&manifest, &site.name, false);
+    eventually(Duration::from_secs(20), "the first launcher", || {
+        events().lines().count() == 1
+    });
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("vm.status.json")).unwrap()).unwrap();
+    assert_eq!(status["phase"], "Pending", "{status}");
+    assert_eq!(status["name"], site.name.as_str());
+
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("guest: 256Mi", "guest: 192Mi")).unwrap();
+    eventually(Duration::from_secs(20), "the restart", || {
+        events().lines().count() == 3
+    });
+    let ev = events();
+    let lines: Vec<&str> = ev.lines().collect();
+    let first = lines[0].strip_prefix("start ").unwrap();
+    assert_eq!(
+        lines[1],
+        format!("term {first}"),
+        "the old launcher stops first: {ev}"
+    );
+    assert!(
+        lines[2].starts_with("start ") && lines[2] != lines[0],
+        "{ev}"
+    );
+    let vmi: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(site.root().join(&site.name).join("pod/vmi.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        vmi["spec"]["domain"]["memory"]["guest"], "192Mi",
+        "the new spec runs"
+    );
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(site.root().join(&site.name).join("pod/pod.json")).unwrap(),
+    )
+    .unwrap();
+    let pod = PodLine {
+        ip: String::new(),
+        gateway: site.gateway(),
+        netns: record["netns"].as_str().unwrap().into(),
+        veth: record["nodeVeth"].as_str().unwrap().into(),
+    };
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(handler.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let code = wait_or_kill(&mut handler, Duration::from_secs(30));
+    let mut log = String::new();
+    drain(&err, &mut log);
+    assert!(code.success(), "{code}\n{log}");
+    let second = lines[2].strip_prefix("start ").unwrap();
+    assert!(
+        events().ends_with(&format!("term {second}\n")),
+        "SIGTERM stops the VM: {}",
+        events()
+    );
+    site.assert_nothing_left(&pod);
 }
