@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
 use vmpod::control::{
-    ClientError, ControlClient, ControlServer, ErrorBody, LifecycleAction, Phase, StatusSource,
-    status_of, write_status,
+    Backend, ClientError, ControlClient, ControlServer, ErrorBody, LifecycleAction, Phase,
+    StatusSource, status_of, write_status,
 };
 
 /// Send raw HTTP/1.1 text and return (status, headers+body text).
@@ -44,7 +44,11 @@ async fn every_endpoint_through_the_client() {
     assert!(status.running_at.is_some());
 
     let net = client.network().await.unwrap();
-    assert_eq!(net, sample_network());
+    assert_eq!(net, fake.backend.network().await.unwrap());
+    assert_eq!(
+        net.interfaces[0].facts,
+        sample_network().interfaces[0].facts
+    );
 
     let xml = client.domain_xml().await.unwrap();
     assert!(xml.contains("<name>vm1</name>"), "{xml}");

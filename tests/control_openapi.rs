@@ -82,6 +82,9 @@ fn validate(spec: &Value, schema: &Value, value: &Value, at: &str, errors: &mut 
     if let Some(Value::String(r)) = schema.get("$ref") {
         return validate(spec, resolve(spec, r), value, at, errors);
     }
+    if let Some(Value::Array(variants)) = schema.get("oneOf") {
+        return validate_one_of(spec, schema, variants, value, at, errors);
+    }
     if value.is_null() {
         if schema.get("type").is_some() && schema["nullable"] != Value::Bool(true) {
             errors.push(format!("{at}: null but not nullable"));
@@ -138,6 +141,38 @@ fn validate(spec: &Value, schema: &Value, value: &Value, at: &str, errors: &mut 
     }
 }
 
+/// `oneOf`: with a discriminator, the mapped variant must match; without, exactly one.
+fn validate_one_of(
+    spec: &Value,
+    schema: &Value,
+    variants: &[Value],
+    value: &Value,
+    at: &str,
+    errors: &mut Vec<String>,
+) {
+    if let Some(prop) = schema["discriminator"]["propertyName"].as_str() {
+        let tag = value[prop].as_str().unwrap_or_default();
+        match schema["discriminator"]["mapping"][tag].as_str() {
+            Some(r) => validate(spec, resolve(spec, r), value, at, errors),
+            None => errors.push(format!("{at}.{prop}: {tag:?} is not a documented variant")),
+        }
+        return;
+    }
+    let matching = variants
+        .iter()
+        .filter(|v| {
+            let mut e = Vec::new();
+            validate(spec, v, value, at, &mut e);
+            e.is_empty()
+        })
+        .count();
+    if matching != 1 {
+        errors.push(format!(
+            "{at}: matches {matching} of the oneOf variants, want 1"
+        ));
+    }
+}
+
 fn response_schema<'a>(spec: &'a Value, path: &str, method: &str, code: &str) -> &'a Value {
     let mut resp = &spec["paths"][path][method]["responses"][code];
     if let Some(Value::String(r)) = resp.get("$ref") {
@@ -166,14 +201,26 @@ fn the_validator_catches_mismatches() {
     bad.as_object_mut().unwrap().remove("pid");
     bad["interfaces"][0]["ipAddresses"] = "10.0.0.1".into();
     bad["surprise"] = 1.into();
+    let mut bad_net = serde_json::to_value(sample_network()).unwrap();
+    bad_net["interfaces"][0]["plan"][0]["op"] = "frobnicate".into();
+    bad_net["interfaces"][0]["plan"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("value");
+    bad_net["interfaces"][0]["dhcp"]["replies"]["sendErrors"] = 0.into();
+    let net_schema = response_schema(&spec, "/v1/network", "get", "200");
     let mut errors = Vec::new();
     validate(&spec, schema, &bad, "$", &mut errors);
+    validate(&spec, net_schema, &bad_net, "$", &mut errors);
     let all = errors.join("\n");
     for expect in [
         "$.phase",
         "required property pid",
         "$.interfaces[0].ipAddresses",
         "surprise",
+        "$.interfaces[0].plan[0].op: \"frobnicate\" is not a documented variant",
+        "$.interfaces[0].plan[1]: missing required property value",
+        "$.interfaces[0].dhcp.replies: undocumented property sendErrors",
     ] {
         assert!(all.contains(expect), "validator missed {expect}: {all}");
     }

@@ -42,4 +42,8 @@ fi
 for cmd in cargo qemu-system-x86_64 libvirtd virtlogd busybox dhclient dhcpcd dnsmasq ip; do
   command -v "$cmd" >/dev/null || { echo "setup: $cmd not found after install" >&2; exit 1; }
 done
+# The fuzz run (tests/fuzz/run.sh) needs cargo-fuzz (and uses nightly when present).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
 echo "setup: ok"

@@ -2,6 +2,7 @@
 //! pods, `node` reports launcher status into VMI status, `local` runs VMIs from a
 //! directory on this machine with no cluster.
 
+mod cluster;
 mod local;
 
 use clap::{Parser, Subcommand};
@@ -21,9 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Watch VirtualMachineInstances and create a launcher pod for each.
-    Controller,
+    Controller(cluster::ControllerArgs),
     /// Report the status of launchers on this node into their VMIs.
-    Node,
+    Node(cluster::NodeArgs),
     /// No cluster: keep the VMIs in a directory running on this machine.
     Local(local::LocalArgs),
 }
@@ -38,8 +39,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Controller(args) => block_on(cluster::run_controller(args)),
+        Command::Node(args) => block_on(cluster::run_node(args)),
         Command::Local(args) => local::run(args),
-        Command::Controller | Command::Node => Err(anyhow::anyhow!("not implemented yet")),
     };
     match result {
         Ok(code) => code,
@@ -48,4 +50,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn block_on(
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)?;
+    Ok(ExitCode::SUCCESS)
 }

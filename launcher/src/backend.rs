@@ -59,7 +59,7 @@ impl Backend for LauncherBackend {
         let mut report = s.network.clone();
         for (iface, stats) in report.interfaces.iter_mut().zip(&s.dhcp) {
             if let Some(h) = stats {
-                iface.dhcp = serde_json::to_value(h.snapshot()).unwrap_or_default();
+                iface.dhcp = Some(h.snapshot());
             }
         }
         Ok(report)

@@ -323,12 +323,11 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
             ip_address: facts.ipv4().map(|a| a.addr),
             ip_addresses: ips,
         });
-        s.network.interfaces.push(InterfaceReport {
-            name: iface.name.clone(),
-            facts: facts.clone(),
-            plan: serde_json::json!({ "fromCache": outcome.from_cache, "ops": outcome.ops }),
-            dhcp: serde_json::Value::Null,
-        });
+        s.network.interfaces.push(InterfaceReport::new(
+            iface.name.clone(),
+            &outcome.cached,
+            None,
+        ));
         s.dhcp.push(Some(stats));
     }
     attachments.insert(

@@ -9,7 +9,11 @@ use super::state::{CONSOLE_LOG, CONSOLE_SOCKET, control_socket};
 use super::types::{
     Acceleration, InterfaceReport, InterfaceStatus, LauncherStatus, NetworkReport, Phase,
 };
-use crate::net::{InterfaceFacts, IpCidr, MacAddr, Route};
+use crate::dhcp::config::DroppedSearchDomain;
+use crate::dhcp::stats::{LastClient, LeaseState};
+use crate::dhcp::v4::{ClientSeen, RequestKind};
+use crate::dhcp::{DEFAULT_SERVER_IP, DhcpConfig, DhcpExtras, DhcpStats};
+use crate::net::{Binding, InterfaceFacts, IpCidr, MacAddr, OriginalSettings, PlanOptions, Route};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -152,28 +156,66 @@ pub fn sample_status(name: &str) -> LauncherStatus {
     s
 }
 
-/// The network report matching [`sample_status`].
+/// The network report matching [`sample_status`], with the plan and DHCP stats the net
+/// and dhcp modules compute for its facts.
 pub fn sample_network() -> NetworkReport {
     let gateway = IpAddr::from([10, 22, 0, 1]);
+    let facts = InterfaceFacts {
+        interface: "eth0".into(),
+        mac: MacAddr([0x02, 0, 0, 0x0a, 0x16, 0x05]),
+        mtu: 1450,
+        addresses: vec![IpCidr::new(IpAddr::from([10, 22, 0, 5]), 24)],
+        routes: vec![Route {
+            destination: IpCidr::new(IpAddr::from([0, 0, 0, 0]), 0),
+            gateway: Some(gateway),
+            metric: None,
+        }],
+        dns: vec![gateway],
+        search: vec!["default.svc.cluster.local".into()],
+        hostname: "vm1".into(),
+    };
+    let plan = crate::net::plan(
+        &facts,
+        Binding::Bridge,
+        &PlanOptions::default(),
+        OriginalSettings {
+            ipv6_disabled: false,
+        },
+    )
+    .expect("the sample facts have an IPv4 address");
+    let bridge = crate::net::bridge_name(&facts.interface);
+    let config = DhcpConfig::from_facts(&facts, &bridge, DEFAULT_SERVER_IP, &DhcpExtras::default())
+        .expect("the sample facts make a DHCP config");
+    // A VM that got its lease, with every optional field of the stats present.
+    let mut dhcp = DhcpStats::new(&config);
+    dhcp.requests.discover = 1;
+    dhcp.requests.request = 1;
+    dhcp.replies.offer = 1;
+    dhcp.replies.ack = 1;
+    dhcp.lease.state = LeaseState::Bound;
+    dhcp.lease.bound_at = Some(1_800_000_000);
+    dhcp.lease.expires_at = Some(1_800_000_000 + u64::from(dhcp.lease.lease_secs));
+    dhcp.last_client = Some(LastClient {
+        seen: ClientSeen {
+            chaddr: facts.mac.to_string(),
+            kind: RequestKind::Request,
+            xid: 0x1234_5678,
+            hostname: Some("vm1".into()),
+        },
+        at: 1_800_000_000,
+        answered: true,
+    });
+    dhcp.dropped_search.push(DroppedSearchDomain {
+        domain: "bad..domain".into(),
+        reason: "empty label".into(),
+    });
     NetworkReport {
         interfaces: vec![InterfaceReport {
             name: "default".into(),
-            facts: InterfaceFacts {
-                interface: "eth0".into(),
-                mac: MacAddr([0x02, 0, 0, 0x0a, 0x16, 0x05]),
-                mtu: 1450,
-                addresses: vec![IpCidr::new(IpAddr::from([10, 22, 0, 5]), 24)],
-                routes: vec![Route {
-                    destination: IpCidr::new(IpAddr::from([0, 0, 0, 0]), 0),
-                    gateway: Some(gateway),
-                    metric: None,
-                }],
-                dns: vec![gateway],
-                search: vec!["default.svc.cluster.local".into()],
-                hostname: "vm1".into(),
-            },
-            plan: serde_json::json!([{"op": "createBridge", "name": "k6t-eth0"}]),
-            dhcp: serde_json::json!({"acks": 1, "lease": {"ip": "10.22.0.5"}}),
+            binding: Binding::Bridge,
+            facts,
+            plan,
+            dhcp: Some(dhcp),
         }],
     }
 }

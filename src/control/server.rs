@@ -135,6 +135,10 @@ impl ControlServer {
                     Ok((stream, _)) => {
                         conns.spawn(serve_connection(stream, backend.clone(), stop_rx.clone()));
                     }
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!("accepting on {}: {e}; retrying", self.path.display());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     Err(source) => break Err(ServerError::Accept { path: self.path.clone(), source }),
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -147,6 +151,21 @@ impl ControlServer {
         let _ = std::fs::remove_file(&self.path);
         result
     }
+}
+
+/// Accept errors that pass: out of file descriptors, a client that gave up, a signal.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+        )
+    )
 }
 
 async fn serve_connection<B: Backend>(
@@ -223,11 +242,7 @@ async fn act<B: Backend>(
         )),
         Action::Lifecycle(l) => {
             backend.lifecycle(l).await?;
-            Ok(bytes_response(
-                StatusCode::NO_CONTENT,
-                "application/json",
-                Bytes::new(),
-            ))
+            Ok(empty_response(StatusCode::NO_CONTENT))
         }
         Action::GetConsole { follow: false } => {
             let log = backend.console_log();
@@ -363,8 +378,7 @@ async fn attach_console(
             _ = stop.wait_for(|s| *s) => {}
         }
     });
-    let mut resp = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut resp = empty_response(StatusCode::SWITCHING_PROTOCOLS);
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(
@@ -420,6 +434,12 @@ fn error_response(e: &ApiError) -> Response<Body> {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
+    resp
+}
+
+fn empty_response(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
     resp
 }
 

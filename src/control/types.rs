@@ -1,7 +1,8 @@
 //! The JSON bodies of the control API. Plain data, no I/O. Field names are camelCase and
 //! follow KubeVirt's VMI status where it has the same field (`interfaces[].ipAddress`).
 
-use crate::net::{InterfaceFacts, MacAddr};
+use crate::dhcp::DhcpStats;
+use crate::net::{Binding, CachedInterface, InterfaceFacts, MacAddr, NetOp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -175,24 +176,35 @@ pub struct NetworkReport {
     pub interfaces: Vec<InterfaceReport>,
 }
 
-/// One pod interface in [`NetworkReport`].
-///
-/// `plan` and `dhcp` are JSON values the net and dhcp modules produce (the applied
-/// operations, the lease and counters); the control API passes them through unchanged
-/// so it does not pin their shape.
+/// One pod interface in [`NetworkReport`]: the net module's cache entry as the report
+/// sees it, plus the DHCP server's view.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InterfaceReport {
     /// The VMI network name (`spec.networks[].name`).
     pub name: String,
+    pub binding: Binding,
     /// What discovery found on the pod interface before the rewire (the cached facts).
     pub facts: InterfaceFacts,
-    /// The operations applied to the pod interface, in order.
-    #[serde(default)]
-    pub plan: serde_json::Value,
-    /// The DHCP server's lease and counters for this interface; `null` without a server.
-    #[serde(default)]
-    pub dhcp: serde_json::Value,
+    /// The operations applied to the pod interface, in order; empty until an apply
+    /// completed.
+    pub plan: Vec<NetOp>,
+    /// The DHCP server's lease and counters; absent when no server runs for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpStats>,
+}
+
+impl InterfaceReport {
+    /// The report for VMI network `name` from its cache entry and DHCP stats.
+    pub fn new(name: impl Into<String>, cached: &CachedInterface, dhcp: Option<DhcpStats>) -> Self {
+        InterfaceReport {
+            name: name.into(),
+            binding: cached.binding,
+            facts: cached.facts.clone(),
+            plan: cached.applied.clone(),
+            dhcp,
+        }
+    }
 }
 
 /// The body of every error response: `{"error": "..."}`.

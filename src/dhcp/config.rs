@@ -2,13 +2,14 @@
 //! [`InterfaceFacts`] by a pure constructor. Invalid search domains are left out with a
 //! warning here, so nothing later can fail on them.
 
-use crate::net::{InterfaceFacts, IpCidr};
+use crate::net::{CachedInterface, InterfaceFacts, IpCidr};
 use dhcproto::Name;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 
-/// The bridge's link-local address the server speaks from, unless told otherwise.
-pub const DEFAULT_SERVER_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
+/// The bridge's link-local address the server speaks from, unless told otherwise: the
+/// one the net phase puts on the bridge.
+pub const DEFAULT_SERVER_IP: Ipv4Addr = crate::net::plan::DEFAULT_BRIDGE_ADDRESS;
 
 /// The lease the VM gets: 30 days. The address never changes (it is the pod's), so a
 /// renewal carries no news; a finite lease (not "infinite", 0xffffffff) still makes the
@@ -189,6 +190,16 @@ impl DhcpConfig {
             dropped_search,
             interface: facts.interface.clone(),
         })
+    }
+
+    /// The configuration for an interface the net phase rewired: its cached facts, the
+    /// bridge it built and the address it gave that bridge.
+    pub fn for_cached(
+        entry: &CachedInterface,
+        extras: &DhcpExtras,
+    ) -> Result<Self, DhcpConfigError> {
+        let bridge = crate::net::bridge_name(&entry.facts.interface);
+        Self::from_facts(&entry.facts, &bridge, entry.options.bridge_address, extras)
     }
 
     /// The subnet mask for option 1.

@@ -118,7 +118,7 @@ pub struct DhcpStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_client: Option<LastClient>,
     /// Search domains left out of option 119, with the reason.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped_search: Vec<crate::dhcp::config::DroppedSearchDomain>,
 }
 
@@ -211,5 +211,109 @@ impl StatsHandle {
     /// Apply `f` to the stats (short: the server holds the lock per packet).
     pub fn update(&self, f: impl FnOnce(&mut DhcpStats)) {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::v4::{Destination, Reply};
+
+    fn reply(kind: ReplyKind, yiaddr: [u8; 4]) -> Decision {
+        let mut bytes = vec![0u8; 300];
+        bytes[16..20].copy_from_slice(&yiaddr);
+        Decision::Reply(Reply {
+            kind,
+            to: Destination::Broadcast,
+            bytes,
+        })
+    }
+
+    fn seen(kind: RequestKind) -> Option<ClientSeen> {
+        Some(ClientSeen {
+            chaddr: "02:00:00:aa:bb:cc".into(),
+            kind,
+            xid: 1,
+            hostname: None,
+        })
+    }
+
+    #[test]
+    fn counts_requests_replies_drops_and_tracks_the_lease() {
+        let cfg = crate::dhcp::DhcpConfig::from_facts(
+            &crate::dhcp::v4::tests::facts(),
+            "k6t-eth0",
+            crate::dhcp::DEFAULT_SERVER_IP,
+            &Default::default(),
+        )
+        .unwrap();
+        let mut s = DhcpStats::new(&cfg);
+        s.record(
+            &Handled {
+                client: seen(RequestKind::Discover),
+                decision: reply(ReplyKind::Offer, [10, 244, 1, 5]),
+            },
+            100,
+        );
+        assert_eq!(s.lease.state, LeaseState::Offered);
+        s.record(
+            &Handled {
+                client: seen(RequestKind::Request),
+                decision: reply(ReplyKind::Ack, [10, 244, 1, 5]),
+            },
+            101,
+        );
+        assert_eq!(
+            (s.lease.state, s.lease.bound_at, s.lease.expires_at),
+            (
+                LeaseState::Bound,
+                Some(101),
+                Some(101 + u64::from(cfg.lease_secs))
+            )
+        );
+        s.record(
+            &Handled {
+                client: seen(RequestKind::Inform),
+                decision: reply(ReplyKind::Ack, [0; 4]),
+            },
+            150,
+        );
+        assert_eq!(s.lease.bound_at, Some(101), "an INFORM ACK is no new lease");
+        s.record(
+            &Handled {
+                client: None,
+                decision: Decision::Drop(DropReason::Malformed),
+            },
+            160,
+        );
+        s.record(
+            &Handled {
+                client: seen(RequestKind::Release),
+                decision: Decision::Event(LeaseEvent::Released),
+            },
+            170,
+        );
+        assert_eq!(s.lease.state, LeaseState::Released);
+        assert_eq!(
+            (
+                s.requests.discover,
+                s.requests.request,
+                s.requests.inform,
+                s.requests.release
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(
+            (s.replies.offer, s.replies.ack, s.drops.malformed),
+            (1, 2, 1)
+        );
+        assert_eq!(
+            s.last_client.as_ref().map(|l| (l.at, l.answered)),
+            Some((170, true))
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["lease"]["state"], "released");
+        assert_eq!(json["drops"]["foreignClient"], 0);
+        assert_eq!(json["lastClient"]["chaddr"], "02:00:00:aa:bb:cc");
     }
 }

@@ -212,6 +212,7 @@ mod tests {
             mtu: 1450,
             up: true,
             master: None,
+            tun: None,
         };
         let addr = |index, a: &str| AddressState {
             index,

@@ -78,7 +78,7 @@ impl<'de> Deserialize<'de> for MacAddr {
 }
 
 /// An address with its prefix length, written `10.0.0.5/24`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IpCidr {
     pub addr: IpAddr,
     pub prefix: u8,

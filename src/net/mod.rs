@@ -55,6 +55,7 @@ pub mod cache;
 pub mod discover;
 mod error;
 mod facts;
+pub mod inspect;
 mod lifecycle;
 pub mod netns;
 pub mod plan;

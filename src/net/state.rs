@@ -6,10 +6,13 @@ use super::error::NetError;
 use super::facts::{IpCidr, MacAddr};
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType, RouteVia,
 };
+use rtnetlink::packet_core::Nla;
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -28,6 +31,22 @@ pub struct LinkState {
     pub up: bool,
     /// The bridge this link is a port of.
     pub master: Option<u32>,
+    /// For a tun/tap device: how it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun: Option<TunState>,
+}
+
+/// The tun/tap attributes the kernel reports (`IFLA_TUN_*`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunState {
+    /// A tap (Ethernet frames), not a tun.
+    pub tap: bool,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub vnet_hdr: bool,
+    pub persist: bool,
+    pub multi_queue: bool,
 }
 
 /// One address as the kernel reports it.
@@ -135,6 +154,7 @@ fn decode_link(m: &LinkMessage) -> LinkState {
         mtu: 0,
         up: m.header.flags.contains(LinkFlags::Up),
         master: None,
+        tun: None,
     };
     for a in &m.attributes {
         match a {
@@ -145,15 +165,46 @@ fn decode_link(m: &LinkMessage) -> LinkState {
                 l.mac = <[u8; 6]>::try_from(b.as_slice()).ok().map(MacAddr);
             }
             LinkAttribute::LinkInfo(infos) => {
-                l.kind = infos.iter().find_map(|i| match i {
-                    LinkInfo::Kind(k) => Some(kind_name(k)),
-                    _ => None,
-                });
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(kind_name(k)),
+                        LinkInfo::Data(InfoData::Tun(nlas)) => l.tun = Some(decode_tun(nlas)),
+                        _ => {}
+                    }
+                }
             }
             _ => {}
         }
     }
     l
+}
+
+/// `IFLA_TUN_*` from linux/if_link.h: OWNER=1, GROUP=2, TYPE=3, PI=4, VNET_HDR=5,
+/// PERSIST=6, MULTI_QUEUE=7. Owner/group are u32 (-1: none), the rest u8.
+fn decode_tun(nlas: &[InfoTun]) -> TunState {
+    let mut t = TunState::default();
+    for nla in nlas.iter().filter_map(|n| match n {
+        InfoTun::Other(nla) => Some(nla),
+        _ => None,
+    }) {
+        let mut v = vec![0u8; nla.value_len()];
+        nla.emit_value(&mut v);
+        let id = <[u8; 4]>::try_from(v.as_slice())
+            .ok()
+            .map(u32::from_ne_bytes)
+            .filter(|&id| id != u32::MAX);
+        let flag = v.first().is_some_and(|b| *b != 0);
+        match nla.kind() {
+            1 => t.owner = id,
+            2 => t.group = id,
+            3 => t.tap = v.first() == Some(&2),
+            5 => t.vnet_hdr = flag,
+            6 => t.persist = flag,
+            7 => t.multi_queue = flag,
+            _ => {}
+        }
+    }
+    t
 }
 
 fn kind_name(k: &InfoKind) -> String {

@@ -4,6 +4,7 @@ use super::SandboxError;
 use super::nl;
 use super::spec::{NodeSide, NodeSpec, PodSpec, node_additions, unique_link_name};
 use crate::net::{IpCidr, Route, netns};
+use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -29,15 +30,12 @@ fn in_netns<T: Send>(
     ns: Option<&Path>,
     job: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T> + Send,
 ) -> Result<T> {
-    let where_ = ns.map_or_else(|| PathBuf::from("/proc/self/ns/net"), Path::to_path_buf);
+    let where_ = ns.unwrap_or(Path::new("/proc/thread-self/ns/net"));
     netns::block_on_in(ns, async move || {
-        let h = nl::connect().map_err(io_err("open netlink socket in", &where_))?;
+        let h = nl::connect().map_err(io_err("open netlink socket in", where_))?;
         job(&h).await
     })
-    .map_err(io_err(
-        "run netlink job in",
-        ns.unwrap_or(Path::new("/proc/self/ns/net")),
-    ))?
+    .map_err(io_err("run netlink job in", where_))?
 }
 
 /// `program` as a command whose process enters the network namespace at `netns` (e.g.
@@ -57,7 +55,8 @@ pub fn command_in(netns: &Path, program: impl AsRef<std::ffi::OsStr>) -> std::io
 }
 
 /// The node side: a bridge holding the gateway addresses, in its own namespace or the
-/// host. Shared by its pods through an `Arc`; dropped after the last pod.
+/// host. Shared by its pods through an `Arc`; dropped after the last pod. A host bridge
+/// is deleted by the node that created it, and only once no ports are left on it.
 #[derive(Debug)]
 pub struct Node {
     spec: NodeSpec,
@@ -84,19 +83,22 @@ impl Node {
             owns_bridge: false,
             bridge_index: 0,
         };
-        let (bridge, addresses, in_own_ns) = (&spec.bridge, &spec.addresses, node.netns.is_some());
+        let (bridge, in_own_ns) = (&spec.bridge, node.netns.is_some());
         let (index, created) = in_netns(node.netns.as_deref(), async |h| {
             if in_own_ns {
                 nl::set_up(h, "lo").await?;
             }
-            let (index, created) = nl::ensure_bridge(h, bridge).await?;
-            for a in addresses {
-                nl::add_address(h, index, bridge, *a, !created).await?;
-            }
-            Ok((index, created))
+            nl::ensure_bridge(h, bridge).await
         })?;
         node.owns_bridge = created;
         node.bridge_index = index;
+        in_netns(node.netns.as_deref(), async |h| {
+            nl::set_up(h, bridge).await?;
+            for a in &spec.addresses {
+                nl::add_address(h, index, bridge, *a, !created).await?;
+            }
+            Ok(())
+        })?;
         Ok(Arc::new(node))
     }
 
@@ -294,6 +296,39 @@ impl PodSandbox {
     /// `program` as a command that runs inside the pod's network namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
         command_in(&self.netns, program)
+    }
+
+    /// `program` as one of the pod's processes, the way a container sees the pod: inside
+    /// the pod's network namespace, with a private mount namespace where the pod's
+    /// resolv.conf is bind-mounted on /etc/resolv.conf (which must exist) and a UTS
+    /// namespace holding the pod's hostname. Nothing propagates back to the host.
+    pub fn pod_command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
+        use nix::mount::{MsFlags, mount};
+        use nix::sched::{CloneFlags, unshare};
+        use std::os::unix::ffi::OsStrExt;
+        let mut cmd = self.command(program)?;
+        let resolv = CString::new(self.resolv_conf_path().as_os_str().as_bytes())?;
+        let hostname = self.spec.hostname.clone();
+        let none = None::<&CStr>;
+        // SAFETY: runs in the forked child before exec, after the setns of `command`; it
+        // only makes syscalls (unshare, mount, sethostname) on data prepared before the
+        // fork, without allocating.
+        unsafe {
+            cmd.pre_exec(move || {
+                unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
+                mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)?;
+                mount(
+                    Some(resolv.as_c_str()),
+                    c"/etc/resolv.conf",
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )?;
+                nix::unistd::sethostname(&hostname)?;
+                Ok(())
+            });
+        }
+        Ok(cmd)
     }
 
     /// Run an async job on a thread inside the pod's namespace (netlink and packet

@@ -33,7 +33,16 @@ fi
 echo "guest: building from $kpkg $kver and busybox-static $bver"
 
 debs=$out/debs; mkdir -p "$debs"
-(cd "$debs" && rm -f ./*.deb && apt-get download -q -o APT::Sandbox::User=root "$kpkg=$kver" "busybox-static=$bver" >/dev/null)
+download() {
+    (cd "$debs" && rm -f ./*.deb && apt-get download -q -o APT::Sandbox::User=root "$kpkg=$kver" "busybox-static=$bver" >/dev/null)
+}
+if ! download; then
+    # Stale package lists name versions the mirror no longer has: refresh and resolve again.
+    apt-get update -qq
+    kver=$(candidate "$kpkg"); bver=$(candidate busybox-static)
+    inputs="$kpkg=$kver busybox-static=$bver ${inputs##* }"
+    download
+fi
 unpacked=$out/unpacked; rm -rf "$unpacked"; mkdir -p "$unpacked"
 for d in "$debs"/*.deb; do dpkg-deb -x "$d" "$unpacked"; done
 
@@ -49,7 +58,7 @@ for applet in $("$stage/bin/busybox" --list-full); do
 done
 
 # The listed modules and everything they depend on, then a modules.dep for the guest.
-mods=$(sed -e 's/#.*//' -e '/^ *$/d' "$here/modules")
+mods=$(sed -e 's/#.*//' -e '/^ *$/d' "$here/modules" | awk '{print $2}')
 for m in $mods; do
     if grep -qE "/$m\.ko\$" "$unpacked/lib/modules/$release/modules.builtin"; then
         echo "guest: $m is built in"; continue

@@ -34,6 +34,8 @@ pub struct GuestRoute {
 /// `VMPOD-LEASE`: what udhcpc leased on the first NIC, as applied.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct GuestLease {
+    /// `bound` for the first lease, `renew` for a renewal (held guests keep udhcpc).
+    pub event: String,
     pub iface: String,
     pub mac: String,
     pub ip: Ipv4Addr,
@@ -67,22 +69,37 @@ impl GuestLease {
     }
 }
 
-/// `VMPOD-PING`: one echo request to the router.
+/// `VMPOD-PING` / `VMPOD-PING6`: one echo request to the (first) router.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct GuestPing {
-    pub target: Ipv4Addr,
+    pub target: IpAddr,
     pub ok: bool,
     pub rtt_ms: Option<f64>,
+}
+
+/// `VMPOD-IPV6` (kernel argument `vmpod.ipv6=1`): global IPv6 addresses the NIC got
+/// (SLAAC from router advertisements) and the default routers.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GuestIpv6 {
+    pub iface: String,
+    /// `addr/prefix`.
+    pub addresses: Vec<String>,
+    pub routers: Vec<std::net::Ipv6Addr>,
 }
 
 /// Everything the guest reported so far, in console order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GuestReport {
     pub boot: Option<GuestBoot>,
+    /// The first lease.
     pub lease: Option<GuestLease>,
+    /// Every lease line in order: the first, then renewals.
+    pub leases: Vec<GuestLease>,
     /// `VMPOD-LEASE-FAILED` seen: udhcpc gave up.
     pub lease_failed: bool,
     pub ping: Option<GuestPing>,
+    pub ipv6: Option<GuestIpv6>,
+    pub ping6: Option<GuestPing>,
     /// Files of a cidata disk (`user-data`, `meta-data`, `network-config`) by name.
     pub cidata: BTreeMap<String, String>,
     /// The device and filesystem the cidata disk was found on.
@@ -104,6 +121,14 @@ impl std::fmt::Display for ReportError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "bad guest report line {:?}: {}", self.line, self.why)
     }
+}
+
+/// One report's JSON as its type, or an error naming the line.
+fn typed<T: serde::de::DeserializeOwned>(v: Value, line: &str) -> Result<T, ReportError> {
+    serde_json::from_value(v).map_err(|e| ReportError {
+        line: line.to_string(),
+        why: e.to_string(),
+    })
 }
 
 impl GuestReport {
@@ -143,16 +168,16 @@ impl GuestReport {
         };
         let value: Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
         match kind {
-            "VMPOD-BOOT" => {
-                self.boot = Some(serde_json::from_value(value).map_err(|e| bad(e.to_string()))?)
-            }
+            "VMPOD-BOOT" => self.boot = Some(typed(value, tagged)?),
             "VMPOD-LEASE" => {
-                self.lease = Some(serde_json::from_value(value).map_err(|e| bad(e.to_string()))?)
+                let lease: GuestLease = typed(value, tagged)?;
+                self.lease.get_or_insert_with(|| lease.clone());
+                self.leases.push(lease);
             }
             "VMPOD-LEASE-FAILED" => self.lease_failed = true,
-            "VMPOD-PING" => {
-                self.ping = Some(serde_json::from_value(value).map_err(|e| bad(e.to_string()))?)
-            }
+            "VMPOD-PING" => self.ping = Some(typed(value, tagged)?),
+            "VMPOD-IPV6" => self.ipv6 = Some(typed(value, tagged)?),
+            "VMPOD-PING6" => self.ping6 = Some(typed(value, tagged)?),
             "VMPOD-CIDATA-BEGIN" => {
                 let field = |k: &str| {
                     value[k]
@@ -202,6 +227,9 @@ pub enum GuestNet {
     User,
     /// An existing tap device (in the namespace QEMU runs in).
     Tap { ifname: String },
+    /// A new tap that QEMU creates and enslaves to `bridge` (in the namespace QEMU runs
+    /// in) through an ifup script, before the guest starts.
+    Bridge { bridge: String },
 }
 
 /// A disk attached to the guest.
@@ -222,6 +250,8 @@ pub struct GuestOptions {
     pub disks: Vec<GuestDisk>,
     /// Add `vmpod.hold=1`: stay up until the ACPI power button.
     pub hold: bool,
+    /// Add `vmpod.ipv6=1`: wait for SLAAC and report IPv6 (`VMPOD-IPV6`, `VMPOD-PING6`).
+    pub ipv6: bool,
     /// Run QEMU inside this network namespace (e.g. a pod's).
     pub netns: Option<PathBuf>,
 }
@@ -233,20 +263,30 @@ impl Default for GuestOptions {
             mac: None,
             disks: Vec::new(),
             hold: false,
+            ipv6: false,
             netns: None,
         }
     }
 }
 
-/// The QEMU command line for `opts` (TCG, no defaults, serial console on stdio).
-pub fn qemu_args(kernel: &Path, initrd: &Path, qmp: &Path, opts: &GuestOptions) -> Vec<String> {
+/// The QEMU command line for `opts` (TCG, no defaults, serial console on stdio). `dir`
+/// holds the QMP socket (`qmp.sock`) and, for [`GuestNet::Bridge`], the ifup script.
+pub fn qemu_args(kernel: &Path, initrd: &Path, dir: &Path, opts: &GuestOptions) -> Vec<String> {
+    let qmp = dir.join("qmp.sock");
     let mut append = String::from("console=ttyS0 quiet panic=-1");
     if opts.hold {
         append.push_str(" vmpod.hold=1");
     }
+    if opts.ipv6 {
+        append.push_str(" vmpod.ipv6=1");
+    }
     let netdev = match &opts.net {
         GuestNet::User => "user,id=n0".to_string(),
         GuestNet::Tap { ifname } => format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
+        GuestNet::Bridge { .. } => format!(
+            "tap,id=n0,script={},downscript=no",
+            dir.join("ifup").display()
+        ),
     };
     let mut nic = "virtio-net-pci,netdev=n0,romfile=".to_string();
     if let Some(mac) = &opts.mac {
@@ -304,8 +344,9 @@ pub fn qemu_args(kernel: &Path, initrd: &Path, qmp: &Path, opts: &GuestOptions) 
 #[derive(Default)]
 struct Console {
     text: String,
-    /// When each `VMPOD-` kind first appeared, measured from QEMU's start.
-    seen: BTreeMap<String, Duration>,
+    /// When each `VMPOD-` kind first appeared, measured from QEMU's start, and the CPU
+    /// time QEMU had used by then.
+    seen: BTreeMap<String, (Duration, Option<Duration>)>,
     closed: bool,
 }
 
@@ -323,7 +364,10 @@ impl QemuGuest {
         let (kernel, initrd) = guest_artifacts();
         let dir = tempfile::tempdir().unwrap();
         let qmp = dir.path().join("qmp.sock");
-        let args = qemu_args(&kernel, &initrd, &qmp, opts);
+        if let GuestNet::Bridge { bridge } = &opts.net {
+            write_ifup(&dir.path().join("ifup"), bridge);
+        }
+        let args = qemu_args(&kernel, &initrd, dir.path(), opts);
         let mut cmd = match &opts.netns {
             Some(ns) => vmpod::sandbox::command_in(ns, "qemu-system-x86_64").unwrap(),
             None => Command::new("qemu-system-x86_64"),
@@ -334,13 +378,14 @@ impl QemuGuest {
             .stderr(Stdio::piped());
         let started = Instant::now();
         let mut child = cmd.spawn().expect("start qemu-system-x86_64");
+        let pid = child.id();
         let console: Arc<(Mutex<Console>, Condvar)> = Arc::default();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let console = Arc::clone(&console);
-            std::thread::spawn(move || pump(stream, &console, started));
+            std::thread::spawn(move || pump(stream, &console, started, pid));
         }
         QemuGuest {
             child,
@@ -358,7 +403,19 @@ impl QemuGuest {
 
     /// When the guest first printed `VMPOD-<kind>`, from QEMU's start.
     pub fn seen_at(&self, kind: &str) -> Option<Duration> {
-        self.console.0.lock().unwrap().seen.get(kind).copied()
+        self.console.0.lock().unwrap().seen.get(kind).map(|s| s.0)
+    }
+
+    /// The CPU time (user + system, all threads) QEMU had used when the guest first
+    /// printed `VMPOD-<kind>`: what the boot costs, independent of other load on the host.
+    pub fn cpu_at(&self, kind: &str) -> Option<Duration> {
+        self.console
+            .0
+            .lock()
+            .unwrap()
+            .seen
+            .get(kind)
+            .and_then(|s| s.1)
     }
 
     /// Wait until `done` holds for the parsed console, QEMU's output ends, or `timeout`.
@@ -447,7 +504,31 @@ impl Drop for QemuGuest {
     }
 }
 
-fn pump(stream: Box<dyn Read + Send>, console: &(Mutex<Console>, Condvar), started: Instant) {
+/// QEMU's tap ifup script: enslave the new tap (`$1`) to `bridge` and bring it up.
+fn write_ifup(path: &Path, bridge: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!("#!/bin/sh\nexec ip link set dev \"$1\" master {bridge} up\n");
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// User + system CPU time of process `pid` (all its threads), from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+fn pump(
+    stream: Box<dyn Read + Send>,
+    console: &(Mutex<Console>, Condvar),
+    started: Instant,
+    pid: u32,
+) {
     let mut r = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -467,7 +548,9 @@ fn pump(stream: Box<dyn Read + Send>, console: &(Mutex<Console>, Condvar), start
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            c.seen.entry(kind).or_insert_with(|| started.elapsed());
+            c.seen
+                .entry(kind)
+                .or_insert_with(|| (started.elapsed(), cpu_time(pid)));
         }
         c.text.push_str(&line);
         cv.notify_all();
@@ -480,7 +563,7 @@ mod tests {
 
     const CONSOLE: &str = "\x1bc\x1b[?7l\x1b[2JVMPOD-BOOT {\"kernel\":\"6.1.0-56-cloud-amd64\",\"uptime\":1.63}\r\n\
 udhcpc: started, v1.35.0\r\n\
-VMPOD-LEASE {\"iface\":\"eth0\",\"mac\":\"52:54:00:12:34:56\",\"ip\":\"10.0.2.15\",\"prefix\":24,\"routers\":[\"10.0.2.2\"],\"dns\":[\"10.0.2.3\"],\"mtu\":1450,\"link_mtu\":1450,\"hostname\":\"vm1\",\"domain\":null,\"search\":[\"a.example\",\"b.example\"],\"routes\":[{\"dst\":\"192.168.9.0/24\",\"via\":\"10.0.2.2\"}],\"server\":\"10.0.2.2\",\"lease_s\":86400,\"uptime\":2.86}\r\n\
+VMPOD-LEASE {\"event\":\"bound\",\"iface\":\"eth0\",\"mac\":\"52:54:00:12:34:56\",\"ip\":\"10.0.2.15\",\"prefix\":24,\"routers\":[\"10.0.2.2\"],\"dns\":[\"10.0.2.3\"],\"mtu\":1450,\"link_mtu\":1450,\"hostname\":\"vm1\",\"domain\":null,\"search\":[\"a.example\",\"b.example\"],\"routes\":[{\"dst\":\"192.168.9.0/24\",\"via\":\"10.0.2.2\"}],\"server\":\"10.0.2.2\",\"lease_s\":86400,\"uptime\":2.86}\r\n\
 VMPOD-PING {\"target\":\"10.0.2.2\",\"ok\":true,\"rtt_ms\":6.094}\r\n\
 VMPOD-CIDATA-BEGIN {\"file\":\"user-data\",\"device\":\"/dev/vda\",\"fs\":\"vfat\"}\r\n\
 #cloud-config\r\n\
@@ -541,7 +624,7 @@ VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
             ],
             ..GuestOptions::default()
         };
-        let a = qemu_args(Path::new("/k"), Path::new("/i"), Path::new("/q"), &opts).join(" ");
+        let a = qemu_args(Path::new("/k"), Path::new("/i"), Path::new("/d"), &opts).join(" ");
         assert!(
             a.contains("-accel tcg") && a.contains("vmpod.hold=1"),
             "{a}"

@@ -135,8 +135,9 @@ impl Launcher {
         std::fs::read_to_string(self.state_dir.join("console.log")).unwrap_or_default()
     }
 
+    /// The launcher's stderr, ANSI colour codes removed.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        strip_ansi(&std::fs::read_to_string(&self.stderr).unwrap_or_default())
     }
 
     fn diagnostics(&self) -> String {
@@ -214,6 +215,24 @@ impl Drop for Launcher {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Remove `ESC [ ... m` colour sequences.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Processes whose command line mentions `needle` (e.g. a state dir): leftovers.

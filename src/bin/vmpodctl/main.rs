@@ -2,7 +2,6 @@
 //! its DHCP server, read a VM's status and console. Every control-API endpoint has a verb.
 
 mod dhcp;
-mod local;
 mod net;
 mod remote;
 mod run;
@@ -32,8 +31,8 @@ enum Command {
     Dhcp(dhcp::DhcpCommand),
     /// Check a VirtualMachineInstance manifest; errors name the field path.
     Validate(validate::ValidateArgs),
-    #[command(flatten)]
-    Local(local::LocalCommand),
+    /// Boot a VMI in a local pod in the foreground; Ctrl-C stops it gracefully.
+    Run(run::RunArgs),
     #[command(flatten)]
     Remote(remote::RemoteCommand),
 }
@@ -51,7 +50,7 @@ fn main() -> ExitCode {
         Command::Net(c) => net::run(c),
         Command::Dhcp(c) => dhcp::run(c),
         Command::Validate(a) => validate::run(a),
-        Command::Local(c) => local::run(c),
+        Command::Run(a) => run::run(a),
         Command::Remote(c) => remote::run(c),
     };
     match result {

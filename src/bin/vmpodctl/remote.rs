@@ -172,7 +172,8 @@ async fn run_async(cmd: RemoteCommand) -> anyhow::Result<ExitCode> {
             grace_period,
             wait,
         } => {
-            let client = target.client()?;
+            let dir = target.state_dir()?;
+            let client = ControlClient::new(control_socket(&dir));
             if force {
                 client.kill().await?;
                 eprintln!("{}: killed", target.label());
@@ -181,8 +182,10 @@ async fn run_async(cmd: RemoteCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: shutdown requested", target.label());
             }
             if wait {
-                let status = wait_stopped(&target.state_dir()?).await?;
-                eprintln!("{}: {}", target.label(), status.phase);
+                match wait_stopped(&dir).await {
+                    Some(status) => eprintln!("{}: {}", target.label(), status.phase),
+                    None => eprintln!("{}: gone", target.label()),
+                }
             }
         }
         RemoteCommand::Pause { target } => {
@@ -297,7 +300,7 @@ fn describe(s: &LauncherStatus, source: StatusSource) -> String {
         opt(t.as_ref().map(|t| t.0.to_string()))
     };
     let mut out = String::new();
-    let mut field = |k: &str, v: String| out.push_str(&format!("{k:<14}{v}\n"));
+    let mut field = |k: &str, v: String| out.push_str(&format!("{k:<16}{v}\n"));
     field("Name:", s.name.clone());
     field("Namespace:", opt(s.namespace.clone()));
     field("Phase:", s.phase.to_string());
@@ -344,14 +347,17 @@ async fn follow_console(client: &ControlClient) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Poll the launcher until the VM is down or the launcher is gone.
-async fn wait_stopped(state_dir: &std::path::Path) -> anyhow::Result<LauncherStatus> {
+/// Poll the launcher until the VM is down or the launcher is gone. `None`: it left no
+/// status behind (its state dir was cleaned up).
+async fn wait_stopped(state_dir: &std::path::Path) -> Option<LauncherStatus> {
     loop {
-        let (status, source) = status_of(state_dir, ANSWER_TIMEOUT).await?;
-        if status.phase.is_terminal() || source == StatusSource::File {
-            return Ok(status);
+        match status_of(state_dir, ANSWER_TIMEOUT).await {
+            Ok((status, source)) if status.phase.is_terminal() || source == StatusSource::File => {
+                return Some(status);
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => return None,
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -529,7 +535,7 @@ mod tests {
     fn describe_names_the_source() {
         let s = sample_status("vm1");
         let d = describe(&s, StatusSource::File);
-        assert!(d.contains("Phase:        Running"), "{d}");
+        assert!(d.contains("Phase:          Running"), "{d}");
         assert!(d.contains("status.json"), "{d}");
         assert!(
             d.contains("02:00:00:0a:16:05") && d.contains("10.22.0.5"),
