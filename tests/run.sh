@@ -10,3 +10,6 @@ bash tests/guest/build.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-fail-fast
+
+# A bounded fuzz run of the DHCP packet handler (nightly + cargo-fuzz, from setup.sh).
+bash tests/fuzz/run.sh

@@ -149,6 +149,32 @@ fn bridge_cni_pod_has_address_mac_mtu_routes_and_reaches_its_gateway() {
         "web-0\n"
     );
 
+    // A pod process sees the pod's resolv.conf and hostname; the host keeps its own.
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap();
+    let host_name = nix::unistd::gethostname().unwrap();
+    let out = sb
+        .pod_command("sh")
+        .unwrap()
+        .args([
+            "-c",
+            "cat /etc/resolv.conf; hostname; ip -o link show | wc -l",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = String::from_utf8(out.stdout).unwrap();
+    let want = format!("{}web-0\n2\n", pod.resolv_conf());
+    assert_eq!(seen, want, "pod process view");
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").unwrap(),
+        host_resolv
+    );
+    assert_eq!(nix::unistd::gethostname().unwrap(), host_name);
+
     assert!(
         ping(&sb, "10.77.0.1".parse().unwrap()),
         "IPv4 gateway unreachable"
@@ -266,4 +292,71 @@ fn an_invalid_spec_creates_nothing() {
         "{err}"
     );
     assert!(!vmpod::net::netns::path(&pod.netns_name()).exists());
+}
+
+/// Host mode (local runtime), tested without touching the real host: the test body runs
+/// on a thread inside a fresh namespace that plays the host.
+fn in_fake_host<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let host = format!("vmpod-fakehost-{}", vmpod::sandbox::unique_id());
+    let path = vmpod::net::netns::create(&host).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        vmpod::net::netns::run_in(Some(&path), f).unwrap()
+    }));
+    vmpod::net::netns::delete(&host).unwrap();
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+const HOST_BRIDGE: &str = "vmpod0";
+
+/// A pod on a host-mode node `vmpod0` (10.77.0.1/24) that can ping its gateway.
+fn host_mode_pod(ip: &str) -> (Arc<Node>, PodSandbox) {
+    let spec = NodeSpec {
+        side: vmpod::sandbox::NodeSide::Host,
+        bridge: HOST_BRIDGE.into(),
+        addresses: vec![cidr("10.77.0.1/24")],
+    };
+    let node = Node::create(&spec).unwrap();
+    assert!(node.netns_path().is_none());
+    let gw = "10.77.0.1".parse().unwrap();
+    let sb = PodSandbox::create_on(&node, &PodSpec::new("h", cidr(ip), gw)).unwrap();
+    assert!(link_exists(None, HOST_BRIDGE) && link_exists(None, sb.node_veth()));
+    assert!(
+        ping(&sb, gw.into()),
+        "host-mode pod cannot reach its gateway"
+    );
+    (node, sb)
+}
+
+#[test]
+fn host_mode_creates_the_bridge_and_deletes_it_with_the_node() {
+    if !support::privileged("host_mode_creates_the_bridge_and_deletes_it_with_the_node") {
+        return;
+    }
+    in_fake_host(|| {
+        let (node, sb) = host_mode_pod("10.77.0.8/24");
+        drop(sb);
+        drop(node);
+        let left = link_exists(None, HOST_BRIDGE);
+        assert!(!left, "bridge created by the node was left behind");
+    });
+}
+
+#[test]
+fn host_mode_adopts_an_existing_bridge_and_leaves_it_in_place() {
+    if !support::privileged("host_mode_adopts_an_existing_bridge_and_leaves_it_in_place") {
+        return;
+    }
+    in_fake_host(|| {
+        let (first, first_pod) = host_mode_pod("10.77.0.8/24");
+        // A second node on the same bridge (e.g. a restarted runtime) adopts it.
+        let (second, second_pod) = host_mode_pod("10.77.0.9/24");
+        drop((second_pod, second));
+        assert!(
+            link_exists(None, HOST_BRIDGE),
+            "an adopted bridge was deleted"
+        );
+        assert!(ping(&first_pod, "10.77.0.1".parse().unwrap()));
+        drop((first_pod, first));
+        assert!(!link_exists(None, HOST_BRIDGE));
+    });
 }

@@ -12,6 +12,8 @@ packages=(
   busybox-static isc-dhcp-client dhcpcd-base dnsmasq-base
   # test guest builder: kernel and busybox come from .deb files unpacked under target/
   cpio gzip xz-utils zstd kmod dpkg-dev
+  # tests: an ISO 9660 cidata image for the guest's CD-ROM path
+  genisoimage
   # benchmarks
   hyperfine procps
 )
@@ -40,4 +42,8 @@ fi
 for cmd in cargo qemu-system-x86_64 libvirtd virtlogd busybox dhclient dhcpcd dnsmasq ip; do
   command -v "$cmd" >/dev/null || { echo "setup: $cmd not found after install" >&2; exit 1; }
 done
+# The fuzz run (tests/fuzz/run.sh) needs cargo-fuzz (and uses nightly when present).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
 echo "setup: ok"

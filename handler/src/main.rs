@@ -2,6 +2,9 @@
 //! pods, `node` reports launcher status into VMI status, `local` runs VMIs from a
 //! directory on this machine with no cluster.
 
+mod cluster;
+mod local;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -19,11 +22,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Watch VirtualMachineInstances and create a launcher pod for each.
-    Controller,
+    Controller(cluster::ControllerArgs),
     /// Report the status of launchers on this node into their VMIs.
-    Node,
+    Node(cluster::NodeArgs),
     /// No cluster: keep the VMIs in a directory running on this machine.
-    Local,
+    Local(local::LocalArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,7 +37,27 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let _cli = Cli::parse();
-    eprintln!("vmpod-handler: not implemented yet");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Controller(args) => block_on(cluster::run_controller(args)),
+        Command::Node(args) => block_on(cluster::run_node(args)),
+        Command::Local(args) => local::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmpod-handler: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)?;
+    Ok(ExitCode::SUCCESS)
 }

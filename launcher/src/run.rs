@@ -1,19 +1,528 @@
-//! `vmpod-launcher [run]`: the whole pod.
+//! `vmpod-launcher [run]`: the whole pod. Load and validate the VMI, rewire the pod
+//! network (or reuse the cached rewire), serve DHCP to the VM, start the pod's own
+//! virtlogd + libvirtd, define and start the domain, serve the control API, and own the
+//! lifecycle: SIGTERM -> ACPI shutdown -> grace period -> destroy; when the domain is
+//! gone, tear everything down in reverse and exit (0 for a clean stop, 1 with the reason
+//! otherwise). Every process started here is a child of the launcher.
 
+use crate::backend::{ActionRequest, LauncherBackend, Shared, lock};
+use crate::lifecycle::{outcome, phase_of, reason_of};
+use anyhow::{Context, bail};
 use clap::Args;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use vmpod::api::{self, Acceleration as AccelRequest, VirtualMachineInstance};
+use vmpod::control::{
+    self, Acceleration, BackendError, ControlServer, InterfaceReport, InterfaceStatus,
+    LauncherStatus, LifecycleAction, NetworkReport, Phase,
+};
+use vmpod::dhcp::{DEFAULT_SERVER_IP, DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
+use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, MountPlan};
+use vmpod::domain::{
+    Attachment, DomainEnv, DomainEvent, DomainState, Libvirt, RunningDomain, domain_name,
+    domain_xml, prepare_volumes,
+};
+use vmpod::net::{self, SetupOptions};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The VirtualMachineInstance (YAML or JSON file, `-` for standard input).
+    /// The VirtualMachineInstance: a YAML or JSON file, `-` for standard input. VMPOD_VMI
+    /// may hold a path or the manifest itself.
     #[arg(long, env = "VMPOD_VMI")]
     pub vmi: Option<String>,
     /// Per-pod state directory: control socket, cached facts, libvirt sockets, console log.
-    #[arg(long, default_value = "/var/run/vmpod")]
+    #[arg(long, env = "VMPOD_STATE_DIR", default_value = "/var/run/vmpod")]
     pub state_dir: PathBuf,
+    /// Force the accelerator (auto, kvm, emulation); default: the VMI's
+    /// `vmpod.io/acceleration` annotation, else auto.
+    #[arg(long, value_parser = parse_accel)]
+    pub accel: Option<AccelRequest>,
+    /// The pod interface the VMI's pod network is on.
+    #[arg(long, default_value = "eth0")]
+    pub pod_interface: String,
+    /// The pod's resolv.conf (DNS servers and search domains served to the VM).
+    #[arg(long, default_value = net::discover::DEFAULT_RESOLV_CONF)]
+    pub resolv_conf: PathBuf,
+    /// Per-node seed of libvirt's QEMU capabilities cache (copied in at start, refreshed
+    /// after the domain runs): saves libvirtd seconds of probing QEMU.
+    #[arg(long, env = "VMPOD_CAPS_SEED", default_value = daemons::DEFAULT_CAPS_SEED)]
+    pub caps_seed: PathBuf,
 }
 
-pub fn run(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+fn parse_accel(s: &str) -> Result<AccelRequest, String> {
+    AccelRequest::parse(s).ok_or_else(|| format!("{s:?}: want auto, kvm or emulation"))
+}
+
+/// The manifest text: `-` is stdin, something that looks like a manifest is taken as is
+/// (VMPOD_VMI may carry the manifest), anything else is a path.
+fn read_vmi_text(arg: &str) -> anyhow::Result<String> {
+    if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("read the VMI from stdin")?;
+        return Ok(s);
+    }
+    if arg.contains('\n') || arg.trim_start().starts_with('{') {
+        return Ok(arg.to_string());
+    }
+    std::fs::read_to_string(arg).with_context(|| format!("read the VMI from {arg}"))
+}
+
+/// Load, validate and default the VMI; relative file paths resolve against the cwd.
+pub fn load(arg: &str) -> anyhow::Result<VirtualMachineInstance> {
+    let text = read_vmi_text(arg)?;
+    let mut vmi = api::load_valid_vmi(&text).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid VMI: {}", list.join("; "))
+    })?;
+    let cwd = std::env::current_dir().context("current directory")?;
+    api::resolve_relative_paths(&mut vmi.spec, &cwd);
+    Ok(vmi)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let arg = args
+        .vmi
+        .clone()
+        .context("no VMI: pass --vmi FILE|- or set VMPOD_VMI")?;
+    let vmi = load(&arg)?;
+    let request = match args.accel {
+        Some(a) => a,
+        None => vmi
+            .acceleration()
+            .context("invalid vmpod.io/acceleration annotation")?,
+    };
+    let probe = match request {
+        AccelRequest::Emulation => Err("not probed: emulation requested".to_string()),
+        _ => vmpod::domain::kvm_usable(
+            Path::new(vmpod::domain::accel::KVM_DEVICE),
+            Path::new(vmpod::domain::xml::EMULATOR),
+        ),
+    };
+    let accel = vmpod::domain::choose(request, probe)?;
+    tracing::info!(vmi = %domain_name(&vmi), %accel, "starting");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(run_pod(args, vmi, accel, started))
+}
+
+/// What boot acquired and teardown must give back, in reverse order.
+#[derive(Default)]
+struct Pod {
+    net_rewired: bool,
+    dhcp_tasks: Vec<JoinHandle<()>>,
+    daemons: Option<Daemons>,
+    libvirt: Option<Libvirt>,
+    domain: Option<Arc<RunningDomain>>,
+    events: Option<mpsc::UnboundedReceiver<(String, DomainEvent)>>,
+}
+
+struct Ctx {
+    args: RunArgs,
+    vmi: VirtualMachineInstance,
+    accel: Acceleration,
+    shared: Arc<Mutex<Shared>>,
+    started: Instant,
+}
+
+impl Ctx {
+    fn state_dir(&self) -> &Path {
+        &self.args.state_dir
+    }
+
+    /// Update the status and write status.json.
+    fn publish(&self, f: impl FnOnce(&mut LauncherStatus)) {
+        let status = {
+            let mut s = lock(&self.shared);
+            f(&mut s.status);
+            s.status.clone()
+        };
+        if let Err(e) = control::write_status(self.state_dir(), &status) {
+            tracing::warn!("status.json: {e}");
+        }
+    }
+}
+
+async fn run_pod(
+    args: RunArgs,
+    vmi: VirtualMachineInstance,
+    accel: Acceleration,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    // Signals first: a SIGTERM during boot must still lead to an orderly teardown.
+    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("create state dir {}", args.state_dir.display()))?;
+
+    let mut status = LauncherStatus::pending(vmi.metadata.name.clone().unwrap_or_default());
+    status.namespace.clone_from(&vmi.metadata.namespace);
+    status.acceleration = Some(accel);
+    let shared = Arc::new(Mutex::new(Shared {
+        status,
+        network: NetworkReport {
+            interfaces: Vec::new(),
+        },
+        dhcp: Vec::new(),
+        domain_xml: String::new(),
+    }));
+    let ctx = Ctx {
+        args,
+        vmi,
+        accel,
+        shared,
+        started,
+    };
+    ctx.publish(|_| {});
+
+    // The control API answers from the start (status while booting).
+    let (act_tx, mut act_rx) = mpsc::channel::<ActionRequest>(8);
+    let socket = control::control_socket(ctx.state_dir());
+    let backend = Arc::new(LauncherBackend {
+        shared: ctx.shared.clone(),
+        actions: act_tx,
+        console_log: ctx.state_dir().join(control::state::CONSOLE_LOG),
+        console_socket: ctx.state_dir().join(control::state::CONSOLE_SOCKET),
+    });
+    let server = ControlServer::bind(&socket)?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server_task = tokio::spawn(server.serve(backend, async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut pod = Pod::default();
+    let result = match boot(&ctx, &mut pod).await {
+        Ok(()) => supervise(&ctx, &mut pod, &mut sigterm, &mut sigint, &mut act_rx).await,
+        Err(e) => Err(e),
+    };
+    teardown(&ctx, &mut pod).await;
+
+    let code = match &result {
+        Ok(state) => match outcome(*state) {
+            Ok(()) => {
+                ctx.publish(|s| s.set_phase(Phase::Succeeded, reason_of(*state)));
+                ExitCode::SUCCESS
+            }
+            Err(reason) => {
+                ctx.publish(|s| s.set_phase(Phase::Failed, Some(reason.clone())));
+                eprintln!("vmpod-launcher: {reason}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            let reason = format!("{e:#}");
+            ctx.publish(|s| s.set_phase(Phase::Failed, Some(reason.clone())));
+            eprintln!("vmpod-launcher: {reason}");
+            ExitCode::FAILURE
+        }
+    };
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(3), server_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!("control server: {e}"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("control server did not stop within 3 s"),
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(code)
+}
+
+/// The DHCP extras of a VMI interface (KubeVirt's `dhcpOptions`).
+fn dhcp_extras(iface: &api::Interface) -> DhcpExtras {
+    let Some(o) = &iface.dhcp_options else {
+        return DhcpExtras::default();
+    };
+    DhcpExtras {
+        boot_file_name: o.boot_file_name.clone(),
+        tftp_server_name: o.tftp_server_name.clone(),
+        ntp_servers: o.ntp_servers.clone(),
+        private_options: o
+            .private_options
+            .iter()
+            .filter_map(|p| {
+                u8::try_from(p.option)
+                    .ok()
+                    .map(|option| vmpod::dhcp::config::PrivateOption {
+                        option,
+                        value: p.value.clone(),
+                    })
+            })
+            .collect(),
+    }
+}
+
+/// The network phase for the VMI's pod interface: rewire (or reuse the cache), start its
+/// DHCP server, and return the attachments for the domain XML.
+async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<String, Attachment>> {
+    let spec = &ctx.vmi.spec;
+    let pod_ifaces: Vec<&api::Interface> = spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .filter(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
+        .collect();
+    if pod_ifaces.len() > 1 {
+        bail!("spec.domain.devices.interfaces: only one interface can use the pod network");
+    }
+    let mut attachments = BTreeMap::new();
+    let Some(iface) = pod_ifaces.first() else {
+        return Ok(attachments);
+    };
+    let binding = iface
+        .binding()
+        .with_context(|| format!("interface {}", iface.name))?;
+    let mut opts = SetupOptions::new(ctx.args.pod_interface.clone());
+    opts.binding = binding;
+    opts.state_dir = ctx.state_dir().to_path_buf();
+    opts.resolv_conf.clone_from(&ctx.args.resolv_conf);
+    pod.net_rewired = true;
+    let outcome = tokio::task::spawn_blocking(move || net::setup(&opts))
+        .await
+        .context("network phase task")?
+        .with_context(|| format!("network phase on pod interface {}", ctx.args.pod_interface))?;
+    let facts = outcome.cached.facts.clone();
+    tracing::info!(
+        interface = %facts.interface, from_cache = outcome.from_cache,
+        elapsed_ms = ctx.started.elapsed().as_millis(), "network ready"
+    );
+
+    let bridge = net::bridge_name(&facts.interface);
+    let config = DhcpConfig::from_facts(&facts, &bridge, DEFAULT_SERVER_IP, &dhcp_extras(iface))?;
+    let server = DhcpServer::bind(config)?;
+    let stats: StatsHandle = server.stats();
+    pod.dhcp_tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.run().await {
+            tracing::error!("DHCP server: {e}");
+        }
+    }));
+
+    let mac = match &iface.mac_address {
+        Some(m) => m
+            .parse()
+            .with_context(|| format!("interface {} macAddress", iface.name))?,
+        None => facts.mac,
+    };
+    let ips: Vec<std::net::IpAddr> = facts.addresses.iter().map(|a| a.addr).collect();
+    {
+        let mut s = lock(&ctx.shared);
+        s.status.interfaces.push(InterfaceStatus {
+            name: iface.name.clone(),
+            mac,
+            interface_name: Some(facts.interface.clone()),
+            ip_address: facts.ipv4().map(|a| a.addr),
+            ip_addresses: ips,
+        });
+        s.network.interfaces.push(InterfaceReport::new(
+            iface.name.clone(),
+            &outcome.cached,
+            None,
+        ));
+        s.dhcp.push(Some(stats));
+    }
+    attachments.insert(
+        iface.name.clone(),
+        Attachment {
+            tap: net::tap_name(&facts.interface),
+            facts,
+        },
+    );
+    Ok(attachments)
+}
+
+async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
+    let interfaces = network_phase(ctx, pod).await?;
+    let volumes = prepare_volumes(&ctx.vmi, ctx.state_dir())?;
+    let env = DomainEnv {
+        accel: ctx.accel,
+        state_dir: ctx.state_dir().to_path_buf(),
+        volumes,
+        interfaces,
+        kernel_boot_root: ctx.state_dir().join("kernel-boot"),
+    };
+    let xml = domain_xml(&ctx.vmi, &env)?;
+    lock(&ctx.shared).domain_xml.clone_from(&xml.0);
+    // The console log belongs to this boot.
+    let _ = std::fs::remove_file(ctx.state_dir().join(control::state::CONSOLE_LOG));
+
+    let layout = LibvirtLayout::new(ctx.state_dir());
+    daemons::prepare(&layout)?;
+    match daemons::seed_caps(&layout, &ctx.args.caps_seed) {
+        Ok(n) => tracing::debug!(files = n, "QEMU capabilities cache seeded"),
+        Err(e) => tracing::warn!("seeding the QEMU capabilities cache: {e}"),
+    }
+    let plan = MountPlan::new(&layout, ctx.accel == Acceleration::Tcg)?;
+    // Spawned from this (the main) thread: the daemons' parent-death signal follows it.
+    let daemons = Daemons::start(&layout, plan).await?;
+    tracing::info!(
+        elapsed_ms = ctx.started.elapsed().as_millis(),
+        "libvirtd ready"
+    );
+    pod.daemons = Some(daemons);
+
+    let socket = layout.socket();
+    let (libvirt, events, domain) = tokio::task::spawn_blocking(move || {
+        let mut lv = Libvirt::connect(&socket)?;
+        let events = lv.subscribe()?;
+        let domain = lv.define_and_start(&xml.0)?;
+        anyhow::Ok((lv, events, domain))
+    })
+    .await
+    .context("libvirt task")??;
+    let qemu_pid = std::fs::read_to_string(
+        layout
+            .dir("run")
+            .join("qemu")
+            .join(format!("{}.pid", domain.name)),
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok());
+    tracing::info!(
+        domain = %domain.name, ?qemu_pid,
+        elapsed_ms = ctx.started.elapsed().as_millis(), "domain started"
+    );
+    ctx.publish(|s| {
+        s.domain = Some(domain.name.clone());
+        s.qemu_pid = qemu_pid;
+    });
+    pod.libvirt = Some(libvirt);
+    pod.domain = Some(Arc::new(domain));
+    pod.events = Some(events);
+
+    let seed = ctx.args.caps_seed.clone();
+    tokio::task::spawn_blocking(move || match daemons::refresh_caps_seed(&layout, &seed) {
+        Ok(n) => tracing::debug!(files = n, seed = %seed.display(), "capabilities seed refreshed"),
+        Err(e) => tracing::warn!("refreshing the capabilities seed: {e}"),
+    });
+    Ok(())
+}
+
+/// Ask the guest to power off; a guest that cannot be asked (no ACPI) is destroyed.
+fn request_shutdown(domain: &RunningDomain, grace: Duration) -> Instant {
+    if let Err(e) = domain.shutdown() {
+        tracing::warn!("ACPI shutdown failed ({e}); destroying");
+        let _ = domain.destroy();
+    }
+    Instant::now() + grace
+}
+
+fn lifecycle(
+    domain: &RunningDomain,
+    action: LifecycleAction,
+    default_grace: Duration,
+    deadline: &mut Option<Instant>,
+) -> Result<(), BackendError> {
+    let failed = |e: vmpod::domain::libvirt::LibvirtError| BackendError::Failed(e.to_string());
+    match action {
+        LifecycleAction::Shutdown {
+            grace_period_seconds,
+        } => {
+            let grace =
+                grace_period_seconds.map_or(default_grace, |s| Duration::from_secs(s.into()));
+            let until = request_shutdown(domain, grace);
+            *deadline = Some(deadline.map_or(until, |d| d.min(until)));
+            Ok(())
+        }
+        LifecycleAction::Pause => domain.pause().map_err(failed),
+        LifecycleAction::Resume => domain.resume().map_err(failed),
+        LifecycleAction::Kill => domain.destroy().map_err(failed),
+    }
+}
+
+/// Follow the domain until it is gone; returns its final state.
+async fn supervise(
+    ctx: &Ctx,
+    pod: &mut Pod,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+    actions: &mut mpsc::Receiver<ActionRequest>,
+) -> anyhow::Result<DomainState> {
+    let domain = pod.domain.clone().context("no domain")?;
+    let mut events = pod.events.take().context("no event stream")?;
+    let daemons = pod.daemons.as_mut().context("no daemons")?;
+    let grace =
+        Duration::from_secs(u64::try_from(ctx.vmi.spec.grace_period_seconds()).unwrap_or(0));
+    let mut state = DomainState::Pending;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let sleep = deadline.map(|d| tokio::time::sleep_until(d.into()));
+        tokio::select! {
+            ev = events.recv() => {
+                let Some((_, ev)) = ev else { bail!("the libvirt event stream ended") };
+                let next = state.after(ev);
+                if next != state {
+                    tracing::info!(event = ?ev, state = ?next, "domain");
+                    if state == DomainState::Pending && next == DomainState::Running {
+                        tracing::info!(elapsed_ms = ctx.started.elapsed().as_millis(), "domain running");
+                    }
+                    state = next;
+                    ctx.publish(|s| s.set_phase(phase_of(state), reason_of(state)));
+                }
+                if state.is_final() {
+                    return Ok(state);
+                }
+            }
+            _ = sigterm.recv() => {
+                tracing::info!(?grace, "SIGTERM: ACPI shutdown");
+                deadline.get_or_insert_with(|| request_shutdown(&domain, grace));
+            }
+            _ = sigint.recv() => {
+                tracing::info!(?grace, "SIGINT: ACPI shutdown");
+                deadline.get_or_insert_with(|| request_shutdown(&domain, grace));
+            }
+            Some((action, reply)) = actions.recv() => {
+                tracing::info!(action = action.name(), "control API");
+                let _ = reply.send(lifecycle(&domain, action, grace, &mut deadline));
+            }
+            () = async { if let Some(s) = sleep { s.await } }, if deadline.is_some() => {
+                tracing::warn!("grace period over: destroying the domain");
+                if let Err(e) = domain.destroy() {
+                    tracing::warn!("{e}");
+                }
+                deadline = None;
+            }
+            st = daemons.libvirtd.child.wait() => {
+                bail!("libvirtd exited while the domain ran ({}); see {}",
+                    st.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    daemons.layout.log("libvirtd").display());
+            }
+        }
+    }
+}
+
+/// Give back everything boot acquired; never fails, logs what it cannot do.
+async fn teardown(ctx: &Ctx, pod: &mut Pod) {
+    if let Some(domain) = pod.domain.take() {
+        if domain.is_active().unwrap_or(false) {
+            let _ = domain.destroy();
+        }
+        if let Err(e) = domain.undefine() {
+            tracing::debug!("{e}");
+        }
+    }
+    pod.libvirt = None;
+    for t in pod.dhcp_tasks.drain(..) {
+        t.abort();
+    }
+    if let Some(mut d) = pod.daemons.take() {
+        d.stop().await;
+    }
+    if pod.net_rewired {
+        let state_dir = ctx.state_dir().to_path_buf();
+        match tokio::task::spawn_blocking(move || net::teardown(None, &state_dir)).await {
+            Ok(Ok(done)) => tracing::info!(?done, "pod network restored"),
+            Ok(Err(e)) => tracing::error!("network teardown: {e}"),
+            Err(e) => tracing::error!("network teardown task: {e}"),
+        }
+    }
 }

@@ -1,3 +1,33 @@
-//! The launcher's control API: HTTP/1.1 + JSON over `<state-dir>/control.sock`.
-//! Request/response types, the one `Action` enum requests parse into, server routes and
-//! the typed client used by the handler and vmpodctl. Owns no VM or network state itself.
+//! The launcher's control API: HTTP/1.1 + JSON over `<state-dir>/control.sock` (mode
+//! 0600), in the style of Firecracker and Cloud Hypervisor, documented in
+//! `src/control/openapi.yaml` (a test keeps it equal to [`ROUTES`]).
+//!
+//! Every request parses into one [`Action`] ([`action::parse`], pure); the
+//! [`ControlServer`] maps actions onto a [`Backend`] the launcher implements; the
+//! [`ControlClient`] is the one typed client the handler and vmpodctl use. [`state`] holds
+//! the state-dir file names, the atomic `status.json` writer and the local runtime root.
+//!
+//! This module owns the socket, the HTTP framing and the response types. It owns no VM or
+//! network state: it must not talk to libvirt, netlink or DHCP itself.
+
+pub mod action;
+pub mod client;
+pub mod fake;
+pub mod server;
+pub mod state;
+pub mod types;
+
+pub use action::{Action, ApiError, LifecycleAction, ROUTES, Route};
+pub use client::{ClientError, ConsoleFollow, ConsoleStream, ControlClient};
+pub use server::{Backend, BackendError, ControlServer, ServerError};
+pub use state::{
+    StatusSource, control_socket, list_local, local_root, local_state_dir, read_status, status_of,
+    write_status,
+};
+pub use types::{
+    Acceleration, ErrorBody, InterfaceReport, InterfaceStatus, LauncherStatus, NetworkReport,
+    Phase, ShutdownRequest,
+};
+
+/// The OpenAPI 3 description of this API, as shipped in the repository.
+pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");

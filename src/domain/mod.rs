@@ -1,2 +1,15 @@
 //! VMI -> libvirt domain XML (pure), the libvirt connection (virt crate) and the
 //! cloud-init NoCloud disk. Does not touch the network: it reads facts and tap names.
+
+pub mod accel;
+pub mod cloudinit;
+pub mod daemons;
+pub mod libvirt;
+pub mod volumes;
+pub mod xml;
+
+pub use accel::{KvmUnusable, choose, domain_type, kvm_usable, probe_kvm};
+pub use cloudinit::{NoCloudData, write_nocloud_disk};
+pub use libvirt::{DomainEvent, DomainState, Libvirt, RunningDomain, StopReason};
+pub use volumes::{VolumeError, prepare_volumes};
+pub use xml::{Attachment, DomainEnv, DomainXml, XmlError, domain_name, domain_xml};

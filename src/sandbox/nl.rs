@@ -231,3 +231,22 @@ pub(crate) async fn del_link(h: &Handle, name: &str) -> Result<()> {
         r => r.map_err(nl_err("delete link", name)),
     }
 }
+
+/// True when some link is enslaved to the bridge with index `bridge`.
+pub(crate) async fn has_ports(h: &Handle, bridge: u32) -> Result<bool> {
+    use netlink_packet_route::link::LinkAttribute;
+    let mut links = h.link().get().execute();
+    while let Some(m) = links
+        .try_next()
+        .await
+        .map_err(nl_err("list links for ports of bridge", bridge.to_string()))?
+    {
+        if m.attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == bridge))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -4,6 +4,7 @@ use super::SandboxError;
 use super::nl;
 use super::spec::{NodeSide, NodeSpec, PodSpec, node_additions, unique_link_name};
 use crate::net::{IpCidr, Route, netns};
+use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -29,19 +30,33 @@ fn in_netns<T: Send>(
     ns: Option<&Path>,
     job: impl AsyncFnOnce(&rtnetlink::Handle) -> Result<T> + Send,
 ) -> Result<T> {
-    let where_ = ns.map_or_else(|| PathBuf::from("/proc/self/ns/net"), Path::to_path_buf);
+    let where_ = ns.unwrap_or(Path::new("/proc/thread-self/ns/net"));
     netns::block_on_in(ns, async move || {
-        let h = nl::connect().map_err(io_err("open netlink socket in", &where_))?;
+        let h = nl::connect().map_err(io_err("open netlink socket in", where_))?;
         job(&h).await
     })
-    .map_err(io_err(
-        "run netlink job in",
-        ns.unwrap_or(Path::new("/proc/self/ns/net")),
-    ))?
+    .map_err(io_err("run netlink job in", where_))?
+}
+
+/// `program` as a command whose process enters the network namespace at `netns` (e.g.
+/// `/run/netns/NAME`) before it executes.
+pub fn command_in(netns: &Path, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
+    let ns = File::open(netns)?;
+    let mut cmd = Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
+    // which is async-signal-safe; the fd was opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
+    }
+    Ok(cmd)
 }
 
 /// The node side: a bridge holding the gateway addresses, in its own namespace or the
-/// host. Shared by its pods through an `Arc`; dropped after the last pod.
+/// host. Shared by its pods through an `Arc`; dropped after the last pod. A host bridge
+/// is deleted by the node that created it, and only once no ports are left on it.
 #[derive(Debug)]
 pub struct Node {
     spec: NodeSpec,
@@ -68,19 +83,22 @@ impl Node {
             owns_bridge: false,
             bridge_index: 0,
         };
-        let (bridge, addresses, in_own_ns) = (&spec.bridge, &spec.addresses, node.netns.is_some());
+        let (bridge, in_own_ns) = (&spec.bridge, node.netns.is_some());
         let (index, created) = in_netns(node.netns.as_deref(), async |h| {
             if in_own_ns {
                 nl::set_up(h, "lo").await?;
             }
-            let (index, created) = nl::ensure_bridge(h, bridge).await?;
-            for a in addresses {
-                nl::add_address(h, index, bridge, *a, !created).await?;
-            }
-            Ok((index, created))
+            nl::ensure_bridge(h, bridge).await
         })?;
         node.owns_bridge = created;
         node.bridge_index = index;
+        in_netns(node.netns.as_deref(), async |h| {
+            nl::set_up(h, bridge).await?;
+            for a in &spec.addresses {
+                nl::add_address(h, index, bridge, *a, !created).await?;
+            }
+            Ok(())
+        })?;
         Ok(Arc::new(node))
     }
 
@@ -107,9 +125,20 @@ impl Drop for Node {
                 tracing::warn!(netns = %name, error = %e, "cannot delete node netns");
             }
         } else if self.owns_bridge {
+            // Another process may have put its pods on the host bridge meanwhile: only an
+            // empty bridge is deleted.
             let bridge = self.spec.bridge.clone();
-            if let Err(e) = in_netns(None, async |h| nl::del_link(h, &bridge).await) {
-                tracing::warn!(%bridge, error = %e, "cannot delete node bridge");
+            let index = self.bridge_index;
+            let deleted = in_netns(None, async |h| {
+                if nl::has_ports(h, index).await? {
+                    return Ok(false);
+                }
+                nl::del_link(h, &bridge).await.map(|()| true)
+            });
+            match deleted {
+                Ok(true) => {}
+                Ok(false) => tracing::info!(%bridge, "node bridge still has ports: left in place"),
+                Err(e) => tracing::warn!(%bridge, error = %e, "cannot delete node bridge"),
             }
         }
     }
@@ -126,6 +155,8 @@ pub struct PodSandbox {
     node_routes: Vec<Route>,
     state_dir: PathBuf,
     owns_state_dir: bool,
+    /// False once [`PodSandbox::leave_in_place`] handed the cleanup to someone else.
+    armed: bool,
 }
 
 impl PodSandbox {
@@ -156,6 +187,7 @@ impl PodSandbox {
             node_routes: Vec::new(),
             state_dir,
             owns_state_dir,
+            armed: true,
         };
         sb.write_files()?;
         sb.wire_node()?;
@@ -263,14 +295,37 @@ impl PodSandbox {
 
     /// `program` as a command that runs inside the pod's network namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
-        let ns = File::open(&self.netns)?;
-        let mut cmd = Command::new(program);
-        // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
-        // which is async-signal-safe; the fd was opened before the fork.
+        command_in(&self.netns, program)
+    }
+
+    /// `program` as one of the pod's processes, the way a container sees the pod: inside
+    /// the pod's network namespace, with a private mount namespace where the pod's
+    /// resolv.conf is bind-mounted on /etc/resolv.conf (which must exist) and a UTS
+    /// namespace holding the pod's hostname. Nothing propagates back to the host.
+    pub fn pod_command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::io::Result<Command> {
+        use nix::mount::{MsFlags, mount};
+        use nix::sched::{CloneFlags, unshare};
+        use std::os::unix::ffi::OsStrExt;
+        let mut cmd = self.command(program)?;
+        let resolv = CString::new(self.resolv_conf_path().as_os_str().as_bytes())?;
+        let hostname = self.spec.hostname.clone();
+        let none = None::<&CStr>;
+        // SAFETY: runs in the forked child before exec, after the setns of `command`; it
+        // only makes syscalls (unshare, mount, sethostname) on data prepared before the
+        // fork, without allocating.
         unsafe {
             cmd.pre_exec(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
+                unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
+                mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)?;
+                mount(
+                    Some(resolv.as_c_str()),
+                    c"/etc/resolv.conf",
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )?;
+                nix::unistd::sethostname(&hostname)?;
+                Ok(())
             });
         }
         Ok(cmd)
@@ -293,8 +348,28 @@ impl PodSandbox {
     }
 }
 
+impl PodSandbox {
+    /// Keep the pod's namespace, veth and files after this value is gone: whoever calls
+    /// this takes over the cleanup (e.g. the local runtime, which records the names and
+    /// removes them with [`remove_host_pod`] even after a restart of its own).
+    pub fn leave_in_place(mut self) {
+        self.armed = false;
+    }
+}
+
+/// Remove a pod whose node side is the host and whose addresses lie inside the node
+/// bridge's subnet (no node routes): its node-side veth and its namespace. What is gone
+/// already is fine.
+pub fn remove_host_pod(node_veth: &str, netns_name: &str) -> Result<()> {
+    in_netns(None, async |h| nl::del_link(h, node_veth).await)?;
+    netns::delete(netns_name).map_err(io_err("delete pod netns", netns::path(netns_name)))
+}
+
 impl Drop for PodSandbox {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let (veth, routes, bridge) = (&self.node_veth, &self.node_routes, self.node.bridge());
         let index = self.node.bridge_index;
         let node_side = in_netns(self.node.netns_path(), async |h| {

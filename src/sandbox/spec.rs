@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::SandboxError;
+use super::{SandboxError, within};
 
 /// The link-local gateway Calico gives every pod (reached through an on-link route).
 pub const CALICO_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -182,11 +182,7 @@ pub struct NodeAdditions {
 pub fn node_additions(node: &NodeSpec, pod: &PodSpec) -> NodeAdditions {
     let mut add = NodeAdditions::default();
     let holds = |ip: IpAddr| node.addresses.iter().any(|a| a.addr == ip);
-    let covered = |ip: IpAddr| {
-        node.addresses
-            .iter()
-            .any(|a| a.prefix > 0 && a.contains(ip))
-    };
+    let covered = |ip: IpAddr| node.addresses.iter().any(|a| a.prefix > 0 && within(a, ip));
     let gateways = [pod.gateway4.map(IpAddr::V4), pod.gateway6.map(IpAddr::V6)];
     for gw in gateways.into_iter().flatten() {
         if !holds(gw) {
@@ -224,11 +220,7 @@ pub fn unique_link_name(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cidr(s: &str) -> IpCidr {
-        let (a, p) = s.split_once('/').unwrap();
-        IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-    }
+    use crate::sandbox::test_cidr as cidr;
 
     #[test]
     fn bridge_cni_pod_gets_only_a_default_route() {
@@ -284,6 +276,8 @@ mod tests {
         );
         let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24"), cidr("fd77::1/64")]);
         assert_eq!(node_additions(&node, &pod), NodeAdditions::default());
+        let v6_first = NodeSpec::isolated(vec![cidr("fd77::1/64"), cidr("10.77.0.1/24")]);
+        assert_eq!(node_additions(&v6_first, &pod), NodeAdditions::default());
     }
 
     #[test]

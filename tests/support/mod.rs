@@ -4,6 +4,9 @@
 //! they skip loudly, but under `CI=true` a skip is a failure.
 #![allow(dead_code)]
 
+pub mod guest;
+pub mod launcher;
+
 /// True when the test may go on. Not root: prints why and returns false, or panics in CI.
 pub fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {

@@ -2,8 +2,9 @@
 //! its DHCP server, read a VM's status and console. Every control-API endpoint has a verb.
 
 mod dhcp;
-mod local;
 mod net;
+mod remote;
+mod run;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -30,8 +31,10 @@ enum Command {
     Dhcp(dhcp::DhcpCommand),
     /// Check a VirtualMachineInstance manifest; errors name the field path.
     Validate(validate::ValidateArgs),
+    /// Boot a VMI in a local pod in the foreground; Ctrl-C stops it gracefully.
+    Run(run::RunArgs),
     #[command(flatten)]
-    Local(local::LocalCommand),
+    Remote(remote::RemoteCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,7 +50,8 @@ fn main() -> ExitCode {
         Command::Net(c) => net::run(c),
         Command::Dhcp(c) => dhcp::run(c),
         Command::Validate(a) => validate::run(a),
-        Command::Local(c) => local::run(c),
+        Command::Run(a) => run::run(a),
+        Command::Remote(c) => remote::run(c),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,143 @@
+//! `vmpod-handler controller`: for every VMI, one launcher pod; the VMI's phase follows the
+//! pod (Pending -> Scheduling -> Scheduled, and the pod's final phase). Deleting the VMI
+//! deletes the pod through its owner reference (garbage collection), so there is no
+//! finalizer. A VMI that does not validate is marked Failed with every error and gets no
+//! pod.
+
+use super::ReconcileError;
+use super::kube_ops::update_status;
+use super::launcher_pod::{LAUNCHER_SELECTOR, LauncherPodConfig, launcher_pod, launcher_pod_name};
+use super::status::{at_least, controller_status, invalid_status};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+use vmpod::api::{VirtualMachineInstance, VmiPhase, validate};
+
+/// How long before an unchanged VMI is looked at again anyway.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Back-off after a failed reconcile.
+pub const RETRY: Duration = Duration::from_secs(5);
+
+/// What every reconcile needs.
+pub struct ControllerContext {
+    /// The API client.
+    pub client: Client,
+    /// How launcher pods are built.
+    pub config: LauncherPodConfig,
+}
+
+fn kube_err(action: &'static str, object: String) -> impl FnOnce(kube::Error) -> ReconcileError {
+    move |source| ReconcileError::Kube {
+        action,
+        object,
+        source,
+    }
+}
+
+/// Bring one VMI's launcher pod and status in line.
+pub async fn reconcile(
+    vmi: Arc<VirtualMachineInstance>,
+    ctx: Arc<ControllerContext>,
+) -> Result<Action, ReconcileError> {
+    let (Some(ns), Some(name)) = (vmi.metadata.namespace.clone(), vmi.metadata.name.clone()) else {
+        return Err(ReconcileError::Unaddressable("VirtualMachineInstance"));
+    };
+    let final_phase = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_final());
+    if vmi.metadata.deletion_timestamp.is_some() || final_phase {
+        return Ok(Action::await_change());
+    }
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod_name = launcher_pod_name(&name);
+    let pod_ref = format!("Pod {ns}/{pod_name}");
+    let mut pod = pods
+        .get_opt(&pod_name)
+        .await
+        .map_err(kube_err("get", pod_ref.clone()))?;
+    if let Some(p) = &pod
+        && !owned_by(p, &vmi)
+    {
+        // A previous VMI of the same name still has its pod terminating.
+        tracing::info!(pod = %pod_ref, "launcher pod belongs to an older VMI; waiting");
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let started = at_least(
+        vmi.status.as_ref().and_then(|s| s.phase),
+        VmiPhase::Scheduled,
+    );
+    if pod.is_none() && !started {
+        let errors = validate(&vmi);
+        if !errors.is_empty() {
+            tracing::warn!(vmi = %format!("{ns}/{name}"), errors = errors.len(), "invalid VMI");
+            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            update_status(&vmis, &vmi, |v| invalid_status(v, &errors, &now)).await?;
+            return Ok(Action::await_change());
+        }
+        let desired = launcher_pod(&vmi, &ctx.config)?;
+        pod = Some(match pods.create(&PostParams::default(), &desired).await {
+            Ok(p) => {
+                tracing::info!(pod = %pod_ref, "created launcher pod");
+                p
+            }
+            Err(kube::Error::Api(s)) if s.is_already_exists() => pods
+                .get(&pod_name)
+                .await
+                .map_err(kube_err("get", pod_ref.clone()))?,
+            Err(e) => return Err(kube_err("create", pod_ref)(e)),
+        });
+    }
+    update_status(&vmis, &vmi, |v| {
+        controller_status(v, &pod_name, pod.as_ref())
+    })
+    .await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// True when `pod`'s controller owner is this VMI (same UID).
+fn owned_by(pod: &Pod, vmi: &VirtualMachineInstance) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == vmi.metadata.uid.as_ref())
+}
+
+/// Log and retry later.
+pub fn error_policy(
+    vmi: Arc<VirtualMachineInstance>,
+    error: &ReconcileError,
+    _ctx: Arc<ControllerContext>,
+) -> Action {
+    tracing::warn!(
+        vmi = %format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any()),
+        label = error.metric_label(),
+        "reconcile failed: {error}"
+    );
+    Action::requeue(RETRY)
+}
+
+/// Run the controller until SIGTERM/SIGINT.
+pub async fn run(client: Client, config: LauncherPodConfig) {
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let ctx = Arc::new(ControllerContext { client, config });
+    Controller::new(vmis, watcher::Config::default())
+        .owns(pods, watcher::Config::default().labels(LAUNCHER_SELECTOR))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(vmi = %obj, "reconciled"),
+                Err(e) => tracing::debug!("controller: {e}"),
+            }
+        })
+        .await;
+}

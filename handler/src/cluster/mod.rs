@@ -1,0 +1,121 @@
+//! Cluster mode (kube-rs): the `controller` turns VirtualMachineInstances into launcher pods
+//! and mirrors the pods' phase into VMI status; the `node` daemon reads each local
+//! launcher's status through its control socket and writes it into VMI status.
+//!
+//! Pure parts: [`launcher_pod`] (VMI -> Pod) and [`status`] ((pod, launcher status) -> VMI
+//! status). Effects are thin: [`kube_ops`] (status patches with optimistic concurrency),
+//! [`controller`] and [`node`] (kube-rs runtime Controllers). This module owns the API
+//! objects; it must not touch network namespaces, libvirt or local processes (that is the
+//! launcher's and the local runtime's job).
+
+pub mod controller;
+pub mod kube_ops;
+pub mod launcher_pod;
+pub mod node;
+pub mod status;
+
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
+
+use clap::Args;
+use launcher_pod::{DEFAULT_STATE_ROOT, LauncherPodConfig};
+use std::time::Duration;
+
+/// `vmpod-handler controller` options.
+#[derive(Args)]
+pub struct ControllerArgs {
+    /// The image launcher pods run.
+    #[arg(long, env = "VMPOD_LAUNCHER_IMAGE", default_value = "vmpod:dev")]
+    pub launcher_image: String,
+    /// Node directory holding per-pod state directories (a hostPath in launcher pods).
+    #[arg(long, default_value = DEFAULT_STATE_ROOT)]
+    pub state_root: String,
+    /// Extended resource for /dev/kvm from a device plugin (default: hostPath).
+    #[arg(long, env = "VMPOD_KVM_RESOURCE")]
+    pub kvm_resource: Option<String>,
+    /// Extended resource for /dev/net/tun from a device plugin (default: hostPath).
+    #[arg(long, env = "VMPOD_TUN_RESOURCE")]
+    pub tun_resource: Option<String>,
+}
+
+/// `vmpod-handler node` options.
+#[derive(Args)]
+pub struct NodeArgs {
+    /// This node's name (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Node directory holding per-pod state directories.
+    #[arg(long, default_value = DEFAULT_STATE_ROOT)]
+    pub state_root: String,
+    /// Seconds between polls of a running launcher.
+    #[arg(long, default_value_t = 5)]
+    pub poll_seconds: u64,
+}
+
+/// Run the controller against the cluster in the environment (in-cluster or kubeconfig).
+pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let config = LauncherPodConfig {
+        image: args.launcher_image,
+        state_root: args.state_root,
+        kvm_resource: args.kvm_resource,
+        tun_resource: args.tun_resource,
+    };
+    tracing::info!(image = %config.image, "controller starting");
+    controller::run(client, config).await;
+    Ok(())
+}
+
+/// Run the node daemon against the cluster in the environment.
+pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let ctx = node::NodeContext {
+        client: client.clone(),
+        state_root: args.state_root,
+        source: node::ControlSocketSource {
+            timeout: Duration::from_secs(2),
+        },
+        poll: Duration::from_secs(args.poll_seconds.max(1)),
+    };
+    tracing::info!(node = %args.node_name, "node daemon starting");
+    node::run(client, &args.node_name, ctx).await;
+    Ok(())
+}
+
+/// Why a reconcile failed. Each variant has a short label for logs and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A call to the API server failed.
+    #[error("{action} {object}: {source}")]
+    Kube {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The VMI cannot be turned into a pod.
+    #[error(transparent)]
+    Pod(#[from] launcher_pod::LauncherPodError),
+    /// The status kept changing under us.
+    #[error("{object}: status patch conflicted {attempts} times in a row")]
+    Conflict { object: String, attempts: u32 },
+    /// The object lacks a namespace or name (not read from the API server).
+    #[error("{0} has no namespace or name")]
+    Unaddressable(&'static str),
+}
+
+impl ReconcileError {
+    /// The label for metrics and structured logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube { .. } => "kube",
+            ReconcileError::Pod(_) => "pod_build",
+            ReconcileError::Conflict { .. } => "conflict",
+            ReconcileError::Unaddressable(_) => "unaddressable",
+        }
+    }
+}

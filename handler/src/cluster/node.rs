@@ -1,0 +1,141 @@
+//! `vmpod-handler node`: for the launcher pods on this node, read each launcher's status
+//! through its control socket (`<state root>/<namespace>_<name>/control.sock`, falling back
+//! to the `status.json` it last wrote) and patch the VMI's status: phase, interfaces with
+//! IPs, conditions. Launcher status changes produce no API events, so each running pod is
+//! polled. A restart re-lists the node's pods and recomputes everything from the launchers,
+//! so nothing is lost.
+
+use super::ReconcileError;
+use super::kube_ops::update_status;
+use super::launcher_pod::{LAUNCHER_SELECTOR, VMI_LABEL, state_dir_on_host};
+use super::status::node_status;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use vmpod::api::VirtualMachineInstance;
+use vmpod::control::LauncherStatus;
+
+/// Where the node daemon gets a launcher's status: the seam between kube and control.sock.
+pub trait LauncherStatusSource: Send + Sync + 'static {
+    /// The status of the launcher whose state directory is `state_dir`, or why not.
+    fn status(
+        &self,
+        state_dir: &Path,
+    ) -> impl Future<Output = Result<LauncherStatus, String>> + Send;
+}
+
+/// The real source: the control socket, else `status.json`.
+pub struct ControlSocketSource {
+    /// How long the socket gets to answer.
+    pub timeout: Duration,
+}
+
+impl LauncherStatusSource for ControlSocketSource {
+    async fn status(&self, state_dir: &Path) -> Result<LauncherStatus, String> {
+        vmpod::control::status_of(state_dir, self.timeout)
+            .await
+            .map(|(status, _)| status)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// What every reconcile needs.
+pub struct NodeContext<S> {
+    /// The API client.
+    pub client: Client,
+    /// Node directory holding the per-pod state directories.
+    pub state_root: String,
+    /// Where launcher status comes from.
+    pub source: S,
+    /// How often a running launcher is polled.
+    pub poll: Duration,
+}
+
+/// Report one launcher pod's status into its VMI.
+pub async fn reconcile<S: LauncherStatusSource>(
+    pod: Arc<Pod>,
+    ctx: Arc<NodeContext<S>>,
+) -> Result<Action, ReconcileError> {
+    let ns = pod
+        .namespace()
+        .ok_or(ReconcileError::Unaddressable("Pod"))?;
+    let Some(vmi_name) = pod.labels().get(VMI_LABEL).cloned() else {
+        return Ok(Action::await_change());
+    };
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let object = format!("VirtualMachineInstance {ns}/{vmi_name}");
+    let vmi = vmis
+        .get_opt(&vmi_name)
+        .await
+        .map_err(|source| ReconcileError::Kube {
+            action: "get",
+            object,
+            source,
+        })?;
+    let Some(vmi) = vmi else {
+        return Ok(Action::await_change()); // deleted; garbage collection takes the pod
+    };
+    let ours = pod
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == vmi.metadata.uid.as_ref());
+    let final_phase = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p.is_final());
+    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if !ours || final_phase || pod.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if !running {
+        return Ok(Action::requeue(ctx.poll)); // the controller reports pending pods
+    }
+    let state_dir = state_dir_on_host(&ctx.state_root, &ns, &vmi_name);
+    let launcher = ctx.source.status(Path::new(&state_dir)).await;
+    if let Err(why) = &launcher {
+        tracing::debug!(%state_dir, "launcher status unavailable: {why}");
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    update_status(&vmis, &vmi, |v| {
+        node_status(v, &pod, launcher.as_ref().map_err(String::as_str), &now)
+    })
+    .await?;
+    Ok(Action::requeue(ctx.poll))
+}
+
+/// Log and retry later.
+pub fn error_policy<S>(pod: Arc<Pod>, error: &ReconcileError, ctx: Arc<NodeContext<S>>) -> Action {
+    tracing::warn!(
+        pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+        label = error.metric_label(),
+        "reconcile failed: {error}"
+    );
+    Action::requeue(ctx.poll)
+}
+
+/// Run the node daemon for `node_name` until SIGTERM/SIGINT.
+pub async fn run<S: LauncherStatusSource>(client: Client, node_name: &str, ctx: NodeContext<S>) {
+    let pods: Api<Pod> = Api::all(client);
+    let config = watcher::Config::default()
+        .labels(LAUNCHER_SELECTOR)
+        .fields(&format!("spec.nodeName={node_name}"));
+    Controller::new(pods, config)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, Arc::new(ctx))
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(pod = %obj, "reported"),
+                Err(e) => tracing::debug!("node: {e}"),
+            }
+        })
+        .await;
+}

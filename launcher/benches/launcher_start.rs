@@ -1,0 +1,322 @@
+//! Launcher start-up and footprint, measured from outside on the real binary in a pod
+//! sandbox with the test guest (not a timed test; needs root):
+//!
+//! - launcher start -> domain running (`status.json` says Running), and
+//! - launcher start -> the guest's DHCP ACK (the control API's DHCP counters),
+//!
+//! median of N runs, with the QEMU capabilities cache seeded (every pod after the first on
+//! a node) and unseeded (an empty seed: libvirtd probes QEMU); then the launcher's RSS and
+//! the pod's RSS without QEMU (launcher + libvirtd + virtlogd), beside KubeVirt's budgets.
+//!
+//!     cargo bench -p vmpod-launcher --bench launcher_start
+//!     VMPOD_BENCH_RUNS=9 cargo bench -p vmpod-launcher --bench launcher_start
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use vmpod::control::{ControlClient, Phase, read_status};
+use vmpod::net::IpCidr;
+use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
+
+/// KubeVirt's resource budgets for the same roles (virt-launcher pod overhead), MiB.
+const KUBEVIRT_BUDGET: [(&str, u32); 4] = [
+    ("virt-launcher", 100),
+    ("virt-launcher-monitor", 25),
+    ("virtlogd", 25),
+    ("virtqemud", 40),
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn build() -> (PathBuf, PathBuf, PathBuf) {
+    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "vmpod-launcher",
+            "--bin",
+            "vmpod-launcher",
+        ])
+        .current_dir(root())
+        .status()
+        .unwrap();
+    assert!(st.success(), "cargo build --release -p vmpod-launcher");
+    let st = Command::new("bash")
+        .arg(root().join("tests/guest/build.sh"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "tests/guest/build.sh");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    (
+        target.join("release/vmpod-launcher"),
+        target.join("guest/vmlinuz"),
+        target.join("guest/initramfs.img"),
+    )
+}
+
+fn vmi(kernel: &Path, initrd: &Path) -> String {
+    format!(
+        "apiVersion: vmpod.io/v1alpha1
+kind: VirtualMachineInstance
+metadata:
+  name: bench
+spec:
+  terminationGracePeriodSeconds: 30
+  domain:
+    memory: {{guest: 128Mi}}
+    machine: {{type: pc}}
+    firmware:
+      kernelBoot:
+        kernelArgs: console=ttyS0 panic=-1 vmpod.hold=1
+        kernelPath: {}
+        initrdPath: {}
+    devices:
+      interfaces: [{{name: default, bridge: {{}}}}]
+  networks: [{{name: default, pod: {{}}}}]
+",
+        kernel.display(),
+        initrd.display()
+    )
+}
+
+/// `VmRSS` of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (pid, comm) of the direct children of `parent`.
+fn children(parent: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let comm = stat[stat.find('(').map_or(0, |i| i + 1)..close].to_string();
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok());
+        if ppid == Some(parent) {
+            out.push((pid, comm));
+        }
+    }
+    out
+}
+
+struct Sample {
+    running: Duration,
+    ack: Duration,
+    launcher_kib: u64,
+    daemons: Vec<(String, u64)>,
+    qemu_kib: u64,
+}
+
+fn one_run(
+    bin: &Path,
+    vmi_text: &str,
+    seed: &Path,
+    sb: &PodSandbox,
+    rt: &tokio::runtime::Runtime,
+) -> Sample {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let vmi_path = dir.path().join("vmi.yaml");
+    std::fs::write(&vmi_path, vmi_text).unwrap();
+    let log = std::fs::File::create(dir.path().join("launcher.log")).unwrap();
+    let t0 = Instant::now();
+    let mut child = sb
+        .command(bin)
+        .unwrap()
+        .args(["run", "--vmi"])
+        .arg(&vmi_path)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--resolv-conf")
+        .arg(sb.resolv_conf_path())
+        .arg("--caps-seed")
+        .arg(seed)
+        .env("VMPOD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = t0 + Duration::from_secs(180);
+    let fail = |what: &str| -> ! {
+        let log = std::fs::read_to_string(dir.path().join("launcher.log")).unwrap_or_default();
+        panic!("{what}\n{log}");
+    };
+    let running = loop {
+        if read_status(&state).is_ok_and(|s| s.phase == Phase::Running) {
+            break t0.elapsed();
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            fail("no Running phase");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let client = ControlClient::new(state.join("control.sock"));
+    let ack = loop {
+        let acked = rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), client.network()).await
+            })
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|n| {
+                n.interfaces
+                    .iter()
+                    .any(|i| i.dhcp.as_ref().is_some_and(|d| d.replies.ack > 0))
+            });
+        if acked {
+            break t0.elapsed();
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            fail("no DHCP ACK");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = child.id();
+    let launcher_kib = rss_kib(pid);
+    let mut daemons = Vec::new();
+    let mut qemu_kib = 0;
+    for (cpid, comm) in children(pid) {
+        daemons.push((comm.clone(), rss_kib(cpid)));
+        for (gpid, gcomm) in children(cpid) {
+            if gcomm.starts_with("qemu") {
+                qemu_kib += rss_kib(gpid);
+            }
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stop = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > stop {
+            let _ = child.kill();
+            fail("launcher did not stop within 60 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Sample {
+        running,
+        ack,
+        launcher_kib,
+        daemons,
+        qemu_kib,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("launcher_start bench: needs root (pod sandbox, libvirtd, QEMU); skipped");
+        return;
+    }
+    let runs: usize = std::env::var("VMPOD_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let (bin, kernel, initrd) = build();
+    let text = vmi(&kernel, &initrd);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let node = NodeSpec::isolated(vec![IpCidr::new("10.79.0.1".parse().unwrap(), 24)]);
+    let spec = PodSpec::new(
+        "bench",
+        IpCidr::new("10.79.0.5".parse().unwrap(), 24),
+        "10.79.0.1".parse().unwrap(),
+    );
+    let sb = PodSandbox::create(&node, &spec).unwrap();
+
+    let seeds = tempfile::tempdir().unwrap();
+    let report = |label: &str, samples: &[Sample]| {
+        let running = median(samples.iter().map(|s| s.running).collect());
+        let ack = median(samples.iter().map(|s| s.ack).collect());
+        println!(
+            "{label:<34} start->running {:>8}   start->DHCP ACK {:>8}   (median of {})",
+            ms(running),
+            ms(ack),
+            samples.len()
+        );
+    };
+
+    println!("vmpod-launcher start-up (release build, TCG, test guest, {runs} runs each)");
+    let unseeded: Vec<Sample> = (0..runs.min(3))
+        .map(|i| {
+            one_run(
+                &bin,
+                &text,
+                &seeds.path().join(format!("empty{i}")),
+                &sb,
+                &rt,
+            )
+        })
+        .collect();
+    report("unseeded capabilities cache", &unseeded);
+    let seed = seeds.path().join("seed");
+    one_run(&bin, &text, &seed, &sb, &rt); // fills the seed
+    let seeded: Vec<Sample> = (0..runs)
+        .map(|_| one_run(&bin, &text, &seed, &sb, &rt))
+        .collect();
+    report("seeded capabilities cache", &seeded);
+
+    let last = seeded.last().unwrap();
+    let kib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    println!();
+    println!("memory (RSS while the guest runs, last seeded run)");
+    println!("  {:<22} {:>10}", "vmpod-launcher", kib(last.launcher_kib));
+    let mut pod_total = last.launcher_kib;
+    for (comm, k) in &last.daemons {
+        println!("  {:<22} {:>10}", comm, kib(*k));
+        pod_total += k;
+    }
+    println!(
+        "  {:<22} {:>10}   (goal < 60 MiB)",
+        "pod total without QEMU",
+        kib(pod_total)
+    );
+    println!(
+        "  {:<22} {:>10}   (not counted above)",
+        "qemu",
+        kib(last.qemu_kib)
+    );
+    let budget: u32 = KUBEVIRT_BUDGET.iter().map(|(_, m)| m).sum();
+    println!();
+    println!("KubeVirt budgets for the same roles (MiB):");
+    for (role, m) in KUBEVIRT_BUDGET {
+        println!("  {role:<22} {m:>6}");
+    }
+    println!("  {:<22} {budget:>6}", "total");
+}

@@ -1,0 +1,106 @@
+//! The launcher's side of the control API: status, network report and domain XML read
+//! from shared state; lifecycle actions forwarded to the launcher's main loop, which owns
+//! the domain and the grace-period timer.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, oneshot};
+use vmpod::control::{
+    Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport, Phase,
+};
+use vmpod::dhcp::StatsHandle;
+
+/// What the control API shows, updated by the main loop.
+pub struct Shared {
+    pub status: LauncherStatus,
+    pub network: NetworkReport,
+    /// One DHCP stats handle per entry of `network.interfaces`, same order.
+    pub dhcp: Vec<Option<StatsHandle>>,
+    pub domain_xml: String,
+}
+
+/// A lifecycle request with the channel its answer goes back on.
+pub type ActionRequest = (LifecycleAction, oneshot::Sender<Result<(), BackendError>>);
+
+pub struct LauncherBackend {
+    pub shared: Arc<Mutex<Shared>>,
+    pub actions: mpsc::Sender<ActionRequest>,
+    pub console_log: PathBuf,
+    pub console_socket: PathBuf,
+}
+
+pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether `action` makes sense in `phase` (pure); `Err` is the 409 message.
+pub fn check_action(phase: Phase, action: LifecycleAction) -> Result<(), String> {
+    let ok = match action {
+        LifecycleAction::Pause => phase == Phase::Running,
+        LifecycleAction::Resume => phase == Phase::Paused,
+        LifecycleAction::Shutdown { .. } | LifecycleAction::Kill => {
+            matches!(phase, Phase::Running | Phase::Paused | Phase::Scheduled)
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("cannot {} a VM in phase {phase}", action.name()))
+    }
+}
+
+impl Backend for LauncherBackend {
+    async fn status(&self) -> Result<LauncherStatus, BackendError> {
+        Ok(lock(&self.shared).status.clone())
+    }
+
+    async fn network(&self) -> Result<NetworkReport, BackendError> {
+        let s = lock(&self.shared);
+        let mut report = s.network.clone();
+        for (iface, stats) in report.interfaces.iter_mut().zip(&s.dhcp) {
+            if let Some(h) = stats {
+                iface.dhcp = Some(h.snapshot());
+            }
+        }
+        Ok(report)
+    }
+
+    async fn domain_xml(&self) -> Result<String, BackendError> {
+        Ok(lock(&self.shared).domain_xml.clone())
+    }
+
+    async fn lifecycle(&self, action: LifecycleAction) -> Result<(), BackendError> {
+        let phase = lock(&self.shared).status.phase;
+        check_action(phase, action).map_err(BackendError::Conflict)?;
+        let (tx, rx) = oneshot::channel();
+        self.actions
+            .send((action, tx))
+            .await
+            .map_err(|_| BackendError::Conflict("the launcher is shutting down".into()))?;
+        rx.await
+            .map_err(|_| BackendError::Failed("the launcher dropped the request".into()))?
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.console_log.clone()
+    }
+
+    fn console_socket(&self) -> PathBuf {
+        self.console_socket.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_by_phase() {
+        assert!(check_action(Phase::Running, LifecycleAction::Pause).is_ok());
+        assert!(check_action(Phase::Paused, LifecycleAction::Pause).is_err());
+        assert!(check_action(Phase::Paused, LifecycleAction::Resume).is_ok());
+        assert!(check_action(Phase::Succeeded, LifecycleAction::Kill).is_err());
+        let e = check_action(Phase::Running, LifecycleAction::Resume).unwrap_err();
+        assert_eq!(e, "cannot resume a VM in phase Running");
+    }
+}

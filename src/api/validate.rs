@@ -1,0 +1,509 @@
+//! Semantic validation of a loaded [`VirtualMachineInstance`]: the rules a schema cannot
+//! express (quantities, cross references between disks/volumes and interfaces/networks,
+//! unique names, one source or binding per item, what vmpod does not support yet). Every
+//! error names its field path, e.g. `spec.domain.memory.guest: "lots" is not a quantity`.
+//! Works on the manifest as written: absent fields are judged by their defaults. Pure.
+
+use super::defaults::BindingError;
+use super::quantity::{QuantityError, parse_quantity, quantity_bytes};
+use super::types::*;
+use crate::net::MacAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// One problem in a manifest and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field path, e.g. `spec.domain.devices.interfaces[0]`; empty for the document.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// An error at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// `parent.key`; a key that is not a plain identifier is written `parent["key"]`.
+pub fn child_path(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match (parent.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (false, true) => format!("{parent}.{key}"),
+        (_, false) => format!("{parent}[{key:?}]"),
+    }
+}
+
+/// `parent[i]`.
+pub fn index_path(parent: &str, i: usize) -> String {
+    format!("{parent}[{i}]")
+}
+
+/// Every semantic problem in `vmi`, in document order; empty when it is valid.
+pub fn validate(vmi: &VirtualMachineInstance) -> Vec<FieldError> {
+    let mut v = Validator::default();
+    v.metadata(vmi);
+    let spec = &vmi.spec;
+    v.domain(&spec.domain);
+    v.disks_and_volumes(spec);
+    v.interfaces_and_networks(spec);
+    if let Some(g) = spec.termination_grace_period_seconds
+        && g < 0
+    {
+        v.push(
+            "spec.terminationGracePeriodSeconds",
+            format!("{g} is negative"),
+        );
+    }
+    v.errors
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(path, message));
+    }
+
+    /// A size: a quantity of bytes above zero.
+    fn size(&mut self, path: &str, text: &str) -> Option<u64> {
+        match quantity_bytes(text) {
+            Ok(0) => {
+                self.push(path, format!("{text:?} must be larger than zero"));
+                None
+            }
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.push(path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn metadata(&mut self, vmi: &VirtualMachineInstance) {
+        match vmi.metadata.name.as_deref() {
+            None | Some("") => self.push("metadata.name", "required"),
+            Some(name) if !is_dns_label(name) => self.push(
+                "metadata.name",
+                format!(
+                    "{name:?} is not a DNS-1123 label (lowercase letters, digits and '-', \
+                     starting and ending with a letter or digit, at most 63)"
+                ),
+            ),
+            Some(_) => {}
+        }
+        if vmi.acceleration().is_none() {
+            let key = super::ACCELERATION_ANNOTATION;
+            let value = &vmi.metadata.annotations.as_ref().expect("set when invalid")[key];
+            self.push(
+                child_path("metadata.annotations", key),
+                format!("{value:?} is not one of auto, kvm, emulation"),
+            );
+        }
+    }
+
+    fn domain(&mut self, domain: &DomainSpec) {
+        let mut memory_limit = None;
+        if let Some(res) = &domain.resources {
+            for (kind, map) in [("requests", &res.requests), ("limits", &res.limits)] {
+                for (name, q) in map {
+                    let path = child_path(&format!("spec.domain.resources.{kind}"), name);
+                    match parse_quantity(&q.0) {
+                        Err(e) => self.push(path, e.to_string()),
+                        Ok(p) if p.milli() < 0 => {
+                            self.push(path, QuantityError::Negative(q.0.clone()).to_string())
+                        }
+                        Ok(p) if kind == "limits" && name == "memory" => {
+                            memory_limit = Some(p.ceil_units())
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+        if let Some(guest) = domain.memory.as_ref().and_then(|m| m.guest.as_ref()) {
+            let path = "spec.domain.memory.guest";
+            if let Some(bytes) = self.size(path, &guest.0) {
+                if let Some(limit) = memory_limit
+                    && i128::from(bytes) > limit
+                {
+                    self.push(path, format!("{:?} is more than limits.memory", guest.0));
+                }
+                if bytes < 1 << 20 {
+                    self.push(path, format!("{:?} is less than 1Mi", guest.0));
+                }
+            }
+        }
+        if let Some(cpu) = &domain.cpu {
+            for (name, value) in [
+                ("sockets", cpu.sockets),
+                ("cores", cpu.cores),
+                ("threads", cpu.threads),
+            ] {
+                if value == Some(0) {
+                    self.push(format!("spec.domain.cpu.{name}"), "must be at least 1");
+                }
+            }
+        }
+        if let Some(m) = &domain.machine
+            && m.machine_type.trim().is_empty()
+        {
+            self.push("spec.domain.machine.type", "must not be empty");
+        }
+        if let Some(kb) = domain
+            .firmware
+            .as_ref()
+            .and_then(|f| f.kernel_boot.as_ref())
+        {
+            self.kernel_boot(kb);
+        }
+    }
+
+    fn kernel_boot(&mut self, kb: &KernelBoot) {
+        let path = "spec.domain.firmware.kernelBoot";
+        let local = kb.kernel_path.is_some() || kb.initrd_path.is_some();
+        if let Some(c) = &kb.container {
+            if local {
+                self.push(
+                    format!("{path}.container"),
+                    "set either container or kernelPath/initrdPath at kernelBoot level, not both",
+                );
+            }
+            if c.image.trim().is_empty() {
+                self.push(format!("{path}.container.image"), "must not be empty");
+            }
+            if c.kernel_path.is_none() && c.initrd_path.is_none() {
+                self.push(
+                    format!("{path}.container"),
+                    "needs kernelPath, initrdPath or both",
+                );
+            }
+        }
+        let fields = [
+            ("kernelPath", &kb.kernel_path),
+            ("initrdPath", &kb.initrd_path),
+        ];
+        let container_fields = kb.container.as_ref().map(|c| {
+            [
+                ("container.kernelPath", &c.kernel_path),
+                ("container.initrdPath", &c.initrd_path),
+            ]
+        });
+        for (name, value) in fields
+            .into_iter()
+            .chain(container_fields.into_iter().flatten())
+        {
+            if value.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                self.push(format!("{path}.{name}"), "must not be empty");
+            }
+        }
+        if kb.files().is_none() {
+            self.push(
+                path,
+                "no kernel to boot: set kernelPath (or container.kernelPath)",
+            );
+        }
+    }
+
+    fn disks_and_volumes(&mut self, spec: &VirtualMachineInstanceSpec) {
+        let volumes: BTreeSet<&str> = spec.volumes.iter().map(|v| v.name.as_str()).collect();
+        let disks: BTreeSet<&str> = spec
+            .domain
+            .devices
+            .disks
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut boot_orders = BTreeMap::new();
+        for (i, disk) in spec.domain.devices.disks.iter().enumerate() {
+            let path = index_path("spec.domain.devices.disks", i);
+            self.unique_name(&path, &disk.name, &mut seen);
+            if !volumes.contains(disk.name.as_str()) {
+                self.push(
+                    &path,
+                    format!("no volume named {:?} in spec.volumes", disk.name),
+                );
+            }
+            if disk.disk.is_some() && disk.cdrom.is_some() {
+                self.push(&path, "set one of disk or cdrom, not both");
+            }
+            if let Some(order) = disk.boot_order {
+                if order == 0 {
+                    self.push(format!("{path}.bootOrder"), "must be at least 1");
+                } else if let Some(other) = boot_orders.insert(order, i) {
+                    self.push(
+                        format!("{path}.bootOrder"),
+                        format!("{order} is already used by spec.domain.devices.disks[{other}]"),
+                    );
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, vol) in spec.volumes.iter().enumerate() {
+            let path = index_path("spec.volumes", i);
+            self.unique_name(&path, &vol.name, &mut seen);
+            if !disks.contains(vol.name.as_str()) {
+                self.push(
+                    &path,
+                    format!("no disk named {:?} in spec.domain.devices.disks", vol.name),
+                );
+            }
+            self.volume_source(&path, vol);
+        }
+    }
+
+    fn volume_source(&mut self, path: &str, vol: &Volume) {
+        let sources = [
+            vol.container_disk.is_some(),
+            vol.cloud_init_no_cloud.is_some(),
+            vol.empty_disk.is_some(),
+            vol.host_disk.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            0 => self.push(
+                path,
+                "needs a source: containerDisk, cloudInitNoCloud, emptyDisk or hostDisk",
+            ),
+            1 => {}
+            _ => self.push(path, "set exactly one source, not several"),
+        }
+        if let Some(c) = &vol.container_disk
+            && c.image.trim().is_empty()
+        {
+            self.push(format!("{path}.containerDisk.image"), "must not be empty");
+        }
+        if let Some(c) = &vol.cloud_init_no_cloud {
+            let p = format!("{path}.cloudInitNoCloud");
+            match (&c.user_data, &c.user_data_base64) {
+                (None, None) => self.push(&p, "needs userData or userDataBase64"),
+                (Some(_), Some(_)) => self.push(&p, "set userData or userDataBase64, not both"),
+                (None, Some(b)) => self.base64(&format!("{p}.userDataBase64"), b),
+                (Some(_), None) => {}
+            }
+            match (&c.network_data, &c.network_data_base64) {
+                (Some(_), Some(_)) => {
+                    self.push(&p, "set networkData or networkDataBase64, not both")
+                }
+                (None, Some(b)) => self.base64(&format!("{p}.networkDataBase64"), b),
+                _ => {}
+            }
+        }
+        if let Some(e) = &vol.empty_disk {
+            self.size(&format!("{path}.emptyDisk.capacity"), &e.capacity.0);
+        }
+        if let Some(h) = &vol.host_disk {
+            let p = format!("{path}.hostDisk");
+            if h.path.trim().is_empty() {
+                self.push(format!("{p}.path"), "must not be empty");
+            }
+            match (&h.capacity, h.disk_type) {
+                (Some(c), _) => {
+                    self.size(&format!("{p}.capacity"), &c.0);
+                }
+                (None, HostDiskType::DiskOrCreate) => {
+                    self.push(format!("{p}.capacity"), "required for type DiskOrCreate")
+                }
+                (None, HostDiskType::Disk) => {}
+            }
+        }
+    }
+
+    fn base64(&mut self, path: &str, text: &str) {
+        if !is_base64(text) {
+            self.push(path, "is not base64");
+        }
+    }
+
+    fn interfaces_and_networks(&mut self, spec: &VirtualMachineInstanceSpec) {
+        let interfaces = &spec.domain.devices.interfaces;
+        let iface_names: BTreeSet<&str> = interfaces.iter().map(|i| i.name.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        let mut macs = BTreeMap::new();
+        for (i, iface) in interfaces.iter().enumerate() {
+            let path = index_path("spec.domain.devices.interfaces", i);
+            self.unique_name(&path, &iface.name, &mut seen);
+            if spec.network(&iface.name).is_none() {
+                self.push(
+                    &path,
+                    format!("no network named {:?} in spec.networks", iface.name),
+                );
+            }
+            match iface.binding() {
+                Ok(_) => {}
+                Err(e @ BindingError::MasqueradeUnsupported) => {
+                    self.push(format!("{path}.masquerade"), e.to_string())
+                }
+                Err(e) => self.push(&path, e.to_string()),
+            }
+            if let Some(mac) = &iface.mac_address {
+                let p = format!("{path}.macAddress");
+                match mac.parse::<MacAddr>() {
+                    Err(e) => self.push(p, e.to_string()),
+                    Ok(m) if m.0[0] & 1 == 1 => {
+                        self.push(p, format!("{mac:?} is a multicast address"))
+                    }
+                    Ok(m) => {
+                        if let Some(other) = macs.insert(m, i) {
+                            self.push(p, format!("{mac:?} is already used by interfaces[{other}]"));
+                        }
+                    }
+                }
+            }
+            if let Some(d) = &iface.dhcp_options {
+                self.dhcp_options(&format!("{path}.dhcpOptions"), d);
+            }
+        }
+        let mut seen = BTreeSet::new();
+        let mut pod_networks = 0;
+        for (i, net) in spec.networks.iter().enumerate() {
+            let path = index_path("spec.networks", i);
+            self.unique_name(&path, &net.name, &mut seen);
+            match net.pod {
+                None => self.push(&path, "needs a source: pod"),
+                Some(_) => pod_networks += 1,
+            }
+            if pod_networks > 1 && net.pod.is_some() {
+                self.push(format!("{path}.pod"), "only one pod network is allowed");
+            }
+            if !iface_names.contains(net.name.as_str()) {
+                self.push(
+                    &path,
+                    format!(
+                        "no interface named {:?} in spec.domain.devices.interfaces",
+                        net.name
+                    ),
+                );
+            }
+        }
+    }
+
+    fn dhcp_options(&mut self, path: &str, d: &DhcpOptions) {
+        for (i, ntp) in d.ntp_servers.iter().enumerate() {
+            if ntp.parse::<Ipv4Addr>().is_err() {
+                self.push(
+                    index_path(&format!("{path}.ntpServers"), i),
+                    format!("{ntp:?} is not an IPv4 address"),
+                );
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, o) in d.private_options.iter().enumerate() {
+            let p = format!(
+                "{}.option",
+                index_path(&format!("{path}.privateOptions"), i)
+            );
+            if !(224..=254).contains(&o.option) {
+                self.push(
+                    p,
+                    format!("{} is not a private option (224 to 254)", o.option),
+                );
+            } else if !seen.insert(o.option) {
+                self.push(p, format!("{} is set twice", o.option));
+            }
+        }
+        for (name, value) in [
+            ("bootFileName", &d.boot_file_name),
+            ("tftpServerName", &d.tftp_server_name),
+        ] {
+            if value.as_deref().is_some_and(|v| v.len() > 255) {
+                self.push(
+                    format!("{path}.{name}"),
+                    "is longer than 255 bytes (a DHCP option's limit)",
+                );
+            }
+        }
+    }
+
+    fn unique_name<'a>(&mut self, path: &str, name: &'a str, seen: &mut BTreeSet<&'a str>) {
+        if name.is_empty() {
+            self.push(format!("{path}.name"), "must not be empty");
+        } else if !seen.insert(name) {
+            self.push(format!("{path}.name"), format!("{name:?} is used twice"));
+        }
+    }
+}
+
+/// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 bytes.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Standard base64 with padding, whitespace allowed between groups.
+fn is_base64(s: &str) -> bool {
+    let chars: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let body_len = chars.iter().take_while(|b| **b != b'=').count();
+    let padding = &chars[body_len..];
+    chars.len().is_multiple_of(4)
+        && padding.len() <= 2
+        && padding.iter().all(|b| *b == b'=')
+        && chars[..body_len]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(child_path("", "spec"), "spec");
+        assert_eq!(child_path("spec", "domain"), "spec.domain");
+        assert_eq!(
+            child_path("metadata.annotations", "vmpod.io/acceleration"),
+            r#"metadata.annotations["vmpod.io/acceleration"]"#
+        );
+        assert_eq!(index_path("spec.volumes", 2), "spec.volumes[2]");
+    }
+
+    #[test]
+    fn base64_and_labels() {
+        assert!(is_base64("aGVsbG8="));
+        assert!(is_base64("aGVs\nbG8h"));
+        assert!(!is_base64("aGVsbG8"));
+        assert!(!is_base64("a=b="));
+        assert!(!is_base64("****"));
+        assert!(is_dns_label("testguest-1"));
+        assert!(!is_dns_label("Test"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn a_minimal_vmi_is_valid() {
+        let vmi = VirtualMachineInstance::new("a", VirtualMachineInstanceSpec::default());
+        assert_eq!(validate(&vmi), []);
+    }
+}

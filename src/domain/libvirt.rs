@@ -1,0 +1,406 @@
+//! The libvirt connection (virt crate): define and start the domain, lifecycle actions,
+//! and domain lifecycle events turned into [`DomainEvent`]s on a channel. Talks only to
+//! the libvirtd it is pointed at; never starts or stops daemons.
+
+use serde::{Deserialize, Serialize};
+use std::ffi::{c_int, c_void};
+use std::path::Path;
+use std::sync::Once;
+use tokio::sync::mpsc;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys;
+
+/// A libvirt call failed.
+#[derive(Debug, thiserror::Error)]
+#[error("libvirt: {what}: {source}")]
+pub struct LibvirtError {
+    pub what: String,
+    #[source]
+    pub source: virt::error::Error,
+}
+
+fn lv<T>(
+    what: impl FnOnce() -> String,
+    r: Result<T, virt::error::Error>,
+) -> Result<T, LibvirtError> {
+    r.map_err(|source| LibvirtError {
+        what: what(),
+        source,
+    })
+}
+
+/// Why a domain stopped (libvirt's `VIR_DOMAIN_EVENT_STOPPED_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StopReason {
+    /// The guest powered off.
+    Shutdown,
+    /// Destroyed from the host.
+    Destroyed,
+    /// QEMU died.
+    Crashed,
+    Migrated,
+    Saved,
+    /// The emulator failed.
+    Failed,
+    FromSnapshot,
+    Unknown,
+}
+
+/// A domain lifecycle event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DomainEvent {
+    Defined,
+    Undefined,
+    Started,
+    Paused,
+    Resumed,
+    /// The guest began to shut down (ACPI power button seen, or guest-initiated).
+    ShuttingDown,
+    Stopped(StopReason),
+    /// The guest crashed (panic device); QEMU may still be running.
+    Crashed,
+    Other {
+        event: i32,
+        detail: i32,
+    },
+}
+
+impl DomainEvent {
+    /// Map libvirt's lifecycle (event, detail) pair (pure).
+    pub fn from_lifecycle(event: i32, detail: i32) -> Self {
+        let Ok(ev) = u32::try_from(event) else {
+            return DomainEvent::Other { event, detail };
+        };
+        let d = u32::try_from(detail).unwrap_or(u32::MAX);
+        match ev {
+            sys::VIR_DOMAIN_EVENT_DEFINED => DomainEvent::Defined,
+            sys::VIR_DOMAIN_EVENT_UNDEFINED => DomainEvent::Undefined,
+            sys::VIR_DOMAIN_EVENT_STARTED => DomainEvent::Started,
+            sys::VIR_DOMAIN_EVENT_SUSPENDED => DomainEvent::Paused,
+            sys::VIR_DOMAIN_EVENT_RESUMED => DomainEvent::Resumed,
+            sys::VIR_DOMAIN_EVENT_SHUTDOWN => DomainEvent::ShuttingDown,
+            sys::VIR_DOMAIN_EVENT_CRASHED => DomainEvent::Crashed,
+            sys::VIR_DOMAIN_EVENT_STOPPED => DomainEvent::Stopped(match d {
+                sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN => StopReason::Shutdown,
+                sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED => StopReason::Destroyed,
+                sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED => StopReason::Crashed,
+                sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED => StopReason::Migrated,
+                sys::VIR_DOMAIN_EVENT_STOPPED_SAVED => StopReason::Saved,
+                sys::VIR_DOMAIN_EVENT_STOPPED_FAILED => StopReason::Failed,
+                sys::VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT => StopReason::FromSnapshot,
+                _ => StopReason::Unknown,
+            }),
+            _ => DomainEvent::Other { event, detail },
+        }
+    }
+}
+
+/// Where the domain is, as the status reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DomainState {
+    Pending,
+    Running,
+    Paused,
+    ShuttingDown,
+    Stopped(StopReason),
+    Crashed,
+}
+
+impl DomainState {
+    /// The state after `event` (pure).
+    pub fn after(self, event: DomainEvent) -> Self {
+        match event {
+            DomainEvent::Started | DomainEvent::Resumed => DomainState::Running,
+            DomainEvent::Paused => DomainState::Paused,
+            DomainEvent::ShuttingDown => DomainState::ShuttingDown,
+            DomainEvent::Stopped(r) => DomainState::Stopped(r),
+            DomainEvent::Crashed => DomainState::Crashed,
+            DomainEvent::Defined | DomainEvent::Undefined | DomainEvent::Other { .. } => self,
+        }
+    }
+
+    /// True once the domain is gone for good.
+    pub fn is_final(self) -> bool {
+        matches!(self, DomainState::Stopped(_))
+    }
+}
+
+static EVENT_LOOP: Once = Once::new();
+
+/// Register libvirt's default event loop and run it on a thread of its own, once per
+/// process. Must happen before the connection is opened for events to arrive.
+pub fn start_event_loop() {
+    EVENT_LOOP.call_once(|| {
+        if let Err(e) = virt::event::event_register_default_impl() {
+            tracing::error!("libvirt: register the default event loop: {e}");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                loop {
+                    if let Err(e) = virt::event::event_run_default_impl() {
+                        tracing::error!("libvirt event loop: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("libvirt: cannot spawn the event loop thread: {e}");
+        }
+    });
+}
+
+/// The URI of a libvirtd listening on `socket` (system mode, private socket).
+pub fn socket_uri(socket: &Path) -> String {
+    format!("qemu+unix:///system?socket={}", socket.display())
+}
+
+/// An open connection to the pod's libvirtd.
+pub struct Libvirt {
+    conn: Connect,
+    callback: Option<c_int>,
+}
+
+/// The domain the launcher runs.
+pub struct RunningDomain {
+    pub domain: Domain,
+    pub name: String,
+}
+
+impl Libvirt {
+    /// Connect to the libvirtd at `socket`, starting the event loop first.
+    pub fn connect(socket: &Path) -> Result<Self, LibvirtError> {
+        start_event_loop();
+        let uri = socket_uri(socket);
+        let conn = lv(|| format!("connect to {uri}"), Connect::open(Some(&uri)))?;
+        Ok(Libvirt {
+            conn,
+            callback: None,
+        })
+    }
+
+    /// The underlying connection, for calls not wrapped here.
+    pub fn conn(&self) -> &Connect {
+        &self.conn
+    }
+
+    /// Forward every domain lifecycle event on this connection to the returned channel.
+    pub fn subscribe(
+        &mut self,
+    ) -> Result<mpsc::UnboundedReceiver<(String, DomainEvent)>, LibvirtError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let opaque = Box::into_raw(Box::new(tx)).cast::<c_void>();
+        // SAFETY: libvirt's lifecycle callback has the signature of `lifecycle_cb`; the
+        // generic type is what the C API takes (VIR_DOMAIN_EVENT_CALLBACK), so the cast
+        // only erases the extra arguments' types. `opaque` is a leaked Box freed by
+        // `free_sender` when libvirt drops the callback. The connection pointer is valid.
+        let id = unsafe {
+            let cb: unsafe extern "C" fn(
+                sys::virConnectPtr,
+                sys::virDomainPtr,
+                c_int,
+                c_int,
+                *mut c_void,
+            ) -> c_int = lifecycle_cb;
+            sys::virConnectDomainEventRegisterAny(
+                self.conn.as_ptr(),
+                std::ptr::null_mut(),
+                c_int::try_from(sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE).unwrap_or(0),
+                Some(std::mem::transmute::<
+                    unsafe extern "C" fn(
+                        sys::virConnectPtr,
+                        sys::virDomainPtr,
+                        c_int,
+                        c_int,
+                        *mut c_void,
+                    ) -> c_int,
+                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+                >(cb)),
+                opaque,
+                Some(free_sender),
+            )
+        };
+        if id < 0 {
+            // SAFETY: registration failed, so libvirt did not take ownership of `opaque`.
+            drop(unsafe { Box::from_raw(opaque.cast::<Sender>()) });
+            return Err(LibvirtError {
+                what: "register for domain lifecycle events".into(),
+                source: virt::error::Error::last_error(),
+            });
+        }
+        self.callback = Some(id);
+        Ok(rx)
+    }
+
+    /// Define the domain from `xml` and start it.
+    pub fn define_and_start(&self, xml: &str) -> Result<RunningDomain, LibvirtError> {
+        let domain = lv(
+            || "define the domain".into(),
+            self.conn.define_domain_xml(xml),
+        )?;
+        let name = domain.name().unwrap_or_default();
+        lv(|| format!("start domain {name}"), domain.create())?;
+        Ok(RunningDomain { domain, name })
+    }
+}
+
+impl RunningDomain {
+    /// Ask the guest to power off (ACPI power button).
+    pub fn shutdown(&self) -> Result<(), LibvirtError> {
+        lv(
+            || format!("shut down domain {}", self.name),
+            self.domain.shutdown(),
+        )
+    }
+
+    /// Stop QEMU now.
+    pub fn destroy(&self) -> Result<(), LibvirtError> {
+        lv(
+            || format!("destroy domain {}", self.name),
+            self.domain.destroy(),
+        )
+    }
+
+    pub fn pause(&self) -> Result<(), LibvirtError> {
+        lv(
+            || format!("pause domain {}", self.name),
+            self.domain.suspend(),
+        )
+    }
+
+    pub fn resume(&self) -> Result<(), LibvirtError> {
+        lv(
+            || format!("resume domain {}", self.name),
+            self.domain.resume(),
+        )
+    }
+
+    /// The live domain XML as libvirt holds it.
+    pub fn xml(&self) -> Result<String, LibvirtError> {
+        lv(
+            || format!("get the XML of domain {}", self.name),
+            self.domain.xml_desc(0),
+        )
+    }
+
+    /// True while QEMU runs the domain.
+    pub fn is_active(&self) -> Result<bool, LibvirtError> {
+        lv(
+            || format!("query domain {}", self.name),
+            self.domain.is_active(),
+        )
+    }
+
+    /// Remove the persistent definition (the private libvirtd dies with the pod anyway).
+    pub fn undefine(&self) -> Result<(), LibvirtError> {
+        lv(
+            || format!("undefine domain {}", self.name),
+            self.domain.undefine(),
+        )
+    }
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        if let Some(id) = self.callback.take() {
+            // SAFETY: `id` came from virConnectDomainEventRegisterAny on this connection.
+            unsafe { sys::virConnectDomainEventDeregisterAny(self.conn.as_ptr(), id) };
+        }
+    }
+}
+
+type Sender = mpsc::UnboundedSender<(String, DomainEvent)>;
+
+unsafe extern "C" fn lifecycle_cb(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    // SAFETY: `dom` is valid for the duration of the callback; virDomainGetName returns
+    // a string owned by the domain object.
+    let name = unsafe {
+        let p = sys::virDomainGetName(dom);
+        if p.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    // SAFETY: `opaque` is the `Sender` boxed in `subscribe`, alive until `free_sender`.
+    let tx = unsafe { &*opaque.cast::<Sender>() };
+    let _ = tx.send((name, DomainEvent::from_lifecycle(event, detail)));
+    0
+}
+
+unsafe extern "C" fn free_sender(opaque: *mut c_void) {
+    // SAFETY: libvirt calls this once, with the pointer boxed in `subscribe`.
+    drop(unsafe { Box::from_raw(opaque.cast::<Sender>()) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_mapping() {
+        let c = |v: u32| i32::try_from(v).unwrap();
+        assert_eq!(
+            DomainEvent::from_lifecycle(c(sys::VIR_DOMAIN_EVENT_STARTED), 0),
+            DomainEvent::Started
+        );
+        assert_eq!(
+            DomainEvent::from_lifecycle(
+                c(sys::VIR_DOMAIN_EVENT_STOPPED),
+                c(sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+            ),
+            DomainEvent::Stopped(StopReason::Shutdown)
+        );
+        assert_eq!(
+            DomainEvent::from_lifecycle(
+                c(sys::VIR_DOMAIN_EVENT_STOPPED),
+                c(sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED)
+            ),
+            DomainEvent::Stopped(StopReason::Crashed)
+        );
+        assert_eq!(
+            DomainEvent::from_lifecycle(99, 1),
+            DomainEvent::Other {
+                event: 99,
+                detail: 1
+            }
+        );
+    }
+
+    #[test]
+    fn state_machine() {
+        let s = DomainState::Pending.after(DomainEvent::Started);
+        assert_eq!(s, DomainState::Running);
+        assert_eq!(s.after(DomainEvent::Paused), DomainState::Paused);
+        assert_eq!(
+            s.after(DomainEvent::Other {
+                event: 0,
+                detail: 0
+            }),
+            DomainState::Running
+        );
+        let end = s.after(DomainEvent::Stopped(StopReason::Shutdown));
+        assert!(end.is_final());
+        assert!(!s.after(DomainEvent::ShuttingDown).is_final());
+    }
+
+    #[test]
+    fn uri_names_the_socket() {
+        assert_eq!(
+            socket_uri(Path::new("/run/vmpod/libvirt/run/libvirt-sock")),
+            "qemu+unix:///system?socket=/run/vmpod/libvirt/run/libvirt-sock"
+        );
+    }
+}

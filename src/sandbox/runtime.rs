@@ -1,0 +1,857 @@
+//! The local runtime: what kubelet + a bridge CNI do for a launcher pod, on one machine
+//! with no cluster. `vmpodctl run` and `vmpod-handler local` both go through it.
+//!
+//! Owns: the node bridge on the host (through [`Node`], host mode), the local IPAM range,
+//! each local VMI's state directory `<root>/<name>/` and in it the `pod/` directory
+//! ([`PodRecord`] in `pod.json`, the resolved `vmi.json`, the pod's `resolv.conf` and
+//! `hostname`, `launcher.log`), the pod's network namespace (through [`PodSandbox`]) and
+//! the `vmpod-launcher run` process it starts inside that namespace with a private mount
+//! and UTS namespace. Must not touch the pod network after creating it (the launcher owns
+//! it from then on) and talks to a running launcher only through `control.sock` and
+//! signals.
+//!
+//! IPAM: addresses come from one IPv4 subnet on the bridge (default
+//! [`DEFAULT_SUBNET`], gateway = the first host address). An allocation is the `ip` of a
+//! [`PodRecord`] under the root; records are read and written under an exclusive lock
+//! (`<root>/.ipam.lock`), so two runtimes on one root never hand out one address, and a
+//! restart does not reuse the address of a pod whose record is still there.
+
+use super::SandboxError;
+use super::pod::{Node, PodSandbox, remove_host_pod};
+use super::spec::{NodeSide, NodeSpec, PodSpec};
+use crate::api::VirtualMachineInstance;
+use crate::control::{
+    ControlClient, LauncherStatus, control_socket, local_root, local_state_dir, read_status,
+};
+use crate::net::{IpCidr, MacAddr};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The default node bridge.
+pub const DEFAULT_BRIDGE: &str = "vmpod0";
+/// The default local IPAM range: private, used only on this machine's own bridge.
+pub const DEFAULT_SUBNET: &str = "10.222.0.0/24";
+/// Environment: the node bridge name.
+pub const BRIDGE_ENV: &str = "VMPOD_BRIDGE";
+/// Environment: the local IPAM range (`a.b.c.d/len`).
+pub const SUBNET_ENV: &str = "VMPOD_SUBNET";
+/// Environment: the `vmpod-launcher` binary.
+pub const LAUNCHER_ENV: &str = "VMPOD_LAUNCHER";
+/// The pod directory inside a local VMI's state dir.
+pub const POD_DIR: &str = "pod";
+const RECORD_FILE: &str = "pod.json";
+const VMI_FILE: &str = "vmi.json";
+const LAUNCHER_LOG: &str = "launcher.log";
+const IPAM_LOCK: &str = ".ipam.lock";
+/// How often a supervised launcher's status is read.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What went wrong in the local runtime, naming the VMI, file or setting involved.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("setting {name}={value:?}: {why}")]
+    Config {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("VMI {name}: already running in a local pod (launcher pid {pid})")]
+    AlreadyRunning { name: String, pid: u32 },
+    #[error("VMI {name}: no free address left in {subnet}")]
+    NoAddress { name: String, subnet: IpCidr },
+    #[error("VMI {0}: the manifest has no metadata.name")]
+    NoName(String),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}", invalid_lines(file, errors))]
+    Invalid {
+        file: PathBuf,
+        errors: Vec<crate::api::FieldError>,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    State(#[from] crate::control::state::StateError),
+}
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+fn invalid_lines(file: &Path, errors: &[crate::api::FieldError]) -> String {
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {e}", file.display()))
+        .collect();
+    format!(
+        "{}\n{}: {} error(s)",
+        lines.join("\n"),
+        file.display(),
+        errors.len()
+    )
+}
+
+/// Read, validate and default a VMI manifest, and make its local file paths absolute
+/// (relative ones are taken from the current directory): what a local pod's launcher gets.
+pub fn load_manifest(file: &Path) -> Result<VirtualMachineInstance> {
+    let text = fs::read_to_string(file).map_err(io_err("read manifest", file))?;
+    let mut vmi = crate::api::load_valid_vmi(&text).map_err(|errors| RuntimeError::Invalid {
+        file: file.to_path_buf(),
+        errors,
+    })?;
+    let cwd = std::env::current_dir().map_err(io_err("find the current directory", "."))?;
+    crate::api::resolve_relative_paths(&mut vmi.spec, &cwd);
+    Ok(vmi)
+}
+
+fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> RuntimeError {
+    let path = path.into();
+    move |source| RuntimeError::Io { what, path, source }
+}
+
+/// Where and how local pods are made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// State dirs live in `<root>/<name>/` (`$VMPOD_LOCAL_ROOT`, default /run/vmpod/vms).
+    pub root: PathBuf,
+    /// The node bridge on the host.
+    pub bridge: String,
+    /// The IPAM range: an IPv4 network and prefix.
+    pub subnet: IpCidr,
+    /// The pods' default gateway, held by the bridge: the subnet's first host address.
+    pub gateway: Ipv4Addr,
+    /// Nameservers and search domains written to each pod's resolv.conf.
+    pub dns: Vec<IpAddr>,
+    pub search: Vec<String>,
+    pub mtu: u32,
+    /// The `vmpod-launcher` binary.
+    pub launcher: PathBuf,
+}
+
+impl LocalConfig {
+    /// From the environment ([`BRIDGE_ENV`], [`SUBNET_ENV`], [`LAUNCHER_ENV`],
+    /// `VMPOD_LOCAL_ROOT`), the host's resolv.conf (non-loopback nameservers), and the
+    /// launcher next to the current executable.
+    pub fn from_env() -> Result<Self> {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        let subnet_text = var(SUBNET_ENV).unwrap_or_else(|| DEFAULT_SUBNET.into());
+        let subnet = parse_subnet(&subnet_text).map_err(|why| RuntimeError::Config {
+            name: SUBNET_ENV,
+            value: subnet_text.clone(),
+            why,
+        })?;
+        let bridge = var(BRIDGE_ENV).unwrap_or_else(|| DEFAULT_BRIDGE.into());
+        if bridge.is_empty() || bridge.len() > 15 || bridge.contains('/') {
+            return Err(RuntimeError::Config {
+                name: BRIDGE_ENV,
+                value: bridge,
+                why: "an interface name has 1 to 15 bytes and no '/'".into(),
+            });
+        }
+        let launcher = match var(LAUNCHER_ENV) {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe()
+                .map_err(io_err("find the current executable", "/proc/self/exe"))?
+                .with_file_name("vmpod-launcher"),
+        };
+        let (dns, search) = fs::read_to_string("/etc/resolv.conf")
+            .map(|t| host_dns(&t))
+            .unwrap_or_default();
+        Ok(LocalConfig {
+            root: local_root(),
+            bridge,
+            gateway: gateway_of(subnet),
+            subnet,
+            dns,
+            search,
+            mtu: 1500,
+            launcher,
+        })
+    }
+
+    /// The bridge's address: the gateway with the subnet's prefix.
+    pub fn gateway_cidr(&self) -> IpCidr {
+        IpCidr::new(self.gateway.into(), self.subnet.prefix)
+    }
+}
+
+/// Pure: `a.b.c.d/len` as an IPv4 network with room for a gateway and pods (len 8..=30).
+pub fn parse_subnet(text: &str) -> std::result::Result<IpCidr, String> {
+    let (addr, prefix) = text.split_once('/').ok_or("expected a.b.c.d/len")?;
+    let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|e| format!("prefix {prefix:?}: {e}"))?;
+    if !(8..=30).contains(&prefix) {
+        return Err(format!("prefix /{prefix} is outside /8../30"));
+    }
+    let cidr = IpCidr::new(addr.into(), prefix);
+    if cidr.network() != IpAddr::V4(addr) {
+        return Err(format!(
+            "{text} has host bits set (network is {})",
+            cidr.network()
+        ));
+    }
+    Ok(cidr)
+}
+
+fn v4(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(_) => 0,
+    }
+}
+
+/// Pure: the subnet's first host address.
+pub fn gateway_of(subnet: IpCidr) -> Ipv4Addr {
+    Ipv4Addr::from(v4(subnet.network()) + 1)
+}
+
+/// Pure: the lowest host address of `subnet` that is neither the gateway nor `used`.
+pub fn pick_address(
+    subnet: IpCidr,
+    gateway: Ipv4Addr,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let network = v4(subnet.network());
+    let size = 1u32 << (32 - u32::from(subnet.prefix));
+    (network + 1..network + size - 1)
+        .map(Ipv4Addr::from)
+        .find(|a| *a != gateway && !used.contains(a))
+}
+
+/// Pure: the nameservers (loopback ones dropped: a pod cannot reach the host's loopback)
+/// and search domains of a resolv.conf.
+pub fn host_dns(resolv_conf: &str) -> (Vec<IpAddr>, Vec<String>) {
+    let (mut dns, mut search) = (Vec::new(), Vec::new());
+    for line in resolv_conf.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.extend(
+                words
+                    .next()
+                    .and_then(|w| w.parse::<IpAddr>().ok())
+                    .filter(|a| !a.is_loopback()),
+            ),
+            Some("search") => search = words.map(str::to_string).collect(),
+            _ => {}
+        }
+    }
+    (dns, search)
+}
+
+/// What the runtime made for one local VMI, kept in `<state-dir>/pod/pod.json` so a
+/// restarted runtime can find, adopt or remove it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    /// The VMI's name (the state dir's name).
+    pub name: String,
+    /// The pod's network namespace, `/run/netns/<netns>`.
+    pub netns: String,
+    /// The node end of the pod's veth, on `bridge`.
+    pub node_veth: String,
+    pub bridge: String,
+    /// The pod address (the IPAM allocation) and its gateway.
+    pub ip: IpCidr,
+    pub gateway: Ipv4Addr,
+    pub mac: MacAddr,
+    /// The launcher's pid, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher_pid: Option<u32>,
+}
+
+/// The pod directory of a state dir.
+pub fn pod_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(POD_DIR)
+}
+
+fn read_record(state_dir: &Path) -> Result<Option<PodRecord>> {
+    let path = pod_dir(state_dir).join(RECORD_FILE);
+    match fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|source| RuntimeError::Json { path, source }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(value).map_err(|source| RuntimeError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    fs::write(&tmp, json)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(io_err("write", path))
+}
+
+/// The inode of a network namespace file (`/run/netns/X` or `/proc/PID/ns/net`).
+fn netns_inode(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The processes whose network namespace is the one at `netns` (pid reuse safe).
+fn processes_in(netns: &Path) -> Vec<u32> {
+    let Some(target) = netns_inode(netns) else {
+        return Vec::new();
+    };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            netns_inode(&Path::new("/proc").join(pid.to_string()).join("ns/net")) == Some(target)
+        })
+        .collect()
+}
+
+/// One local pod: its record and state dir. Made by [`LocalRuntime::create_pod`] or found
+/// by [`LocalRuntime::adopt`]; removed by [`LocalPod::teardown`].
+#[derive(Debug)]
+pub struct LocalPod {
+    record: PodRecord,
+    state_dir: PathBuf,
+}
+
+impl LocalPod {
+    pub fn record(&self) -> &PodRecord {
+        &self.record
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// `<root>/<name>`: the launcher's `--state-dir`.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// `/run/netns/<netns>`.
+    pub fn netns_path(&self) -> PathBuf {
+        crate::net::netns::path(&self.record.netns)
+    }
+
+    /// The client for the launcher's control socket.
+    pub fn client(&self) -> ControlClient {
+        ControlClient::new(control_socket(&self.state_dir))
+    }
+
+    /// The VMI as handed to the launcher (defaults applied, paths absolute).
+    pub fn vmi_path(&self) -> PathBuf {
+        pod_dir(&self.state_dir).join(VMI_FILE)
+    }
+
+    /// The launcher's standard output and error.
+    pub fn launcher_log_path(&self) -> PathBuf {
+        pod_dir(&self.state_dir).join(LAUNCHER_LOG)
+    }
+
+    /// True while the recorded launcher runs inside this pod's namespace.
+    pub fn launcher_alive(&self) -> bool {
+        self.record.launcher_pid.is_some_and(|pid| {
+            let proc_ns = Path::new("/proc").join(pid.to_string()).join("ns/net");
+            netns_inode(&proc_ns).is_some()
+                && netns_inode(&proc_ns) == netns_inode(&self.netns_path())
+        })
+    }
+
+    /// Start `launcher run --vmi <vmi.json> --state-dir <state-dir>` inside the pod: its
+    /// network namespace, a private mount namespace with the pod's resolv.conf and
+    /// hostname bound over /etc's, a UTS namespace with the pod's hostname, and a process
+    /// group of its own (a terminal's Ctrl-C reaches only whoever supervises it). With
+    /// `die_with_parent` the launcher gets SIGTERM (its graceful stop) if the calling
+    /// thread dies. Must run inside a tokio runtime.
+    pub fn spawn_launcher(
+        &mut self,
+        launcher: &Path,
+        die_with_parent: bool,
+    ) -> Result<tokio::process::Child> {
+        let netns = self.netns_path();
+        let ns = File::open(&netns).map_err(io_err("open pod netns", &netns))?;
+        let dir = pod_dir(&self.state_dir);
+        let cstr = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes()).expect("paths from the runtime hold no NUL")
+        };
+        let resolv = cstr(&dir.join("resolv.conf"));
+        let hostname_file = cstr(&dir.join("hostname"));
+        let hostname = self.record.name.clone();
+        let log_path = self.launcher_log_path();
+        let log = File::create(&log_path).map_err(io_err("create", &log_path))?;
+        let log2 = log.try_clone().map_err(io_err("duplicate", &log_path))?;
+        let mut cmd = tokio::process::Command::new(launcher);
+        cmd.arg("run")
+            .arg("--vmi")
+            .arg(self.vmi_path())
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(false);
+        // SAFETY: the closure runs in the forked child before exec. It only makes system
+        // calls (setns, unshare, mount, sethostname, prctl) on values prepared before the
+        // fork (an open fd, C strings), and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                enter_pod(&ns, &resolv, &hostname_file, &hostname, die_with_parent)
+            });
+        }
+        let child = cmd.spawn().map_err(io_err("start launcher", launcher))?;
+        self.record.launcher_pid = child.id();
+        write_json(&pod_dir(&self.state_dir).join(RECORD_FILE), &self.record)?;
+        tracing::info!(vmi = %self.record.name, pid = ?child.id(), netns = %self.record.netns, "launcher started");
+        Ok(child)
+    }
+
+    /// Remove everything the pod was: processes still inside its network namespace
+    /// (libvirtd, QEMU, ...; SIGKILL), its veth and namespace, its state dir. Idempotent.
+    pub fn teardown(self) -> Result<()> {
+        let netns = self.netns_path();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = processes_in(&netns);
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(vmi = %self.record.name, ?left, "processes survive SIGKILL");
+                break;
+            }
+            for pid in left {
+                tracing::warn!(vmi = %self.record.name, pid, "killing a process left in the pod");
+                if let Ok(p) = i32::try_from(pid) {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        remove_host_pod(&self.record.node_veth, &self.record.netns)?;
+        match fs::remove_dir_all(&self.state_dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err("remove state dir", &self.state_dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// In the forked child: join the pod. Only system calls on pre-built values.
+fn enter_pod(
+    ns: &File,
+    resolv: &std::ffi::CStr,
+    hostname_file: &std::ffi::CStr,
+    hostname: &str,
+    die_with_parent: bool,
+) -> io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, setns, unshare};
+    setns(ns, CloneFlags::CLONE_NEWNET)?;
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
+    mount(
+        None::<&std::ffi::CStr>,
+        c"/",
+        None::<&std::ffi::CStr>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&std::ffi::CStr>,
+    )?;
+    mount(
+        Some(resolv),
+        c"/etc/resolv.conf",
+        None::<&std::ffi::CStr>,
+        MsFlags::MS_BIND,
+        None::<&std::ffi::CStr>,
+    )?;
+    match mount(
+        Some(hostname_file),
+        c"/etc/hostname",
+        None::<&std::ffi::CStr>,
+        MsFlags::MS_BIND,
+        None::<&std::ffi::CStr>,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    nix::unistd::sethostname(hostname)?;
+    if die_with_parent {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    }
+    Ok(())
+}
+
+/// The local runtime: the node bridge plus the IPAM range and root it hands pods from.
+#[derive(Debug)]
+pub struct LocalRuntime {
+    cfg: LocalConfig,
+    node: Arc<Node>,
+}
+
+impl LocalRuntime {
+    /// Create (or adopt) the node bridge with the gateway address, and the root.
+    pub fn new(cfg: LocalConfig) -> Result<Self> {
+        fs::create_dir_all(&cfg.root).map_err(io_err("create local root", &cfg.root))?;
+        let node = Node::create(&NodeSpec {
+            side: NodeSide::Host,
+            bridge: cfg.bridge.clone(),
+            addresses: vec![cfg.gateway_cidr()],
+        })?;
+        Ok(LocalRuntime { cfg, node })
+    }
+
+    pub fn config(&self) -> &LocalConfig {
+        &self.cfg
+    }
+
+    /// The state dir of VMI `name`.
+    pub fn state_dir(&self, name: &str) -> Result<PathBuf> {
+        Ok(local_state_dir(&self.cfg.root, name)?)
+    }
+
+    /// The pod of VMI `name` from its record, whether or not its launcher still runs.
+    pub fn find(&self, name: &str) -> Result<Option<LocalPod>> {
+        let state_dir = self.state_dir(name)?;
+        Ok(read_record(&state_dir)?.map(|record| LocalPod { record, state_dir }))
+    }
+
+    /// Hold the IPAM lock while `f` runs.
+    fn with_ipam_lock<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = self.cfg.root.join(IPAM_LOCK);
+        let file = File::create(&path).map_err(io_err("create", &path))?;
+        let _lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("lock", &path)(e.into()))?;
+        f()
+    }
+
+    /// The addresses held by records under the root.
+    fn allocated(&self) -> Result<BTreeSet<Ipv4Addr>> {
+        let mut used = BTreeSet::new();
+        for (_, dir) in crate::control::list_local(&self.cfg.root)? {
+            if let Some(IpAddr::V4(a)) = read_record(&dir)?.map(|r| r.ip.addr) {
+                used.insert(a);
+            }
+        }
+        Ok(used)
+    }
+
+    /// Make the pod for `vmi`: state dir, an address, the network namespace with `eth0`
+    /// on the bridge, resolv.conf, hostname, and `pod/vmi.json` for the launcher. A dead
+    /// pod of the same name is removed first; a live one is an error.
+    pub fn create_pod(&self, vmi: &VirtualMachineInstance) -> Result<LocalPod> {
+        let name = vmi
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| RuntimeError::NoName(String::new()))?;
+        let state_dir = self.state_dir(&name)?;
+        if let Some(old) = self.find(&name)? {
+            if old.launcher_alive() {
+                return Err(RuntimeError::AlreadyRunning {
+                    name,
+                    pid: old.record.launcher_pid.unwrap_or(0),
+                });
+            }
+            tracing::info!(vmi = %name, "removing the remains of an earlier pod");
+            old.teardown()?;
+        }
+        let dir = pod_dir(&state_dir);
+        let ip = self.with_ipam_lock(|| {
+            let ip = pick_address(self.cfg.subnet, self.cfg.gateway, &self.allocated()?)
+                .ok_or_else(|| RuntimeError::NoAddress {
+                    name: name.clone(),
+                    subnet: self.cfg.subnet,
+                })?;
+            fs::create_dir_all(&dir).map_err(io_err("create pod dir", &dir))?;
+            let placeholder = PodRecord {
+                name: name.clone(),
+                netns: String::new(),
+                node_veth: String::new(),
+                bridge: self.cfg.bridge.clone(),
+                ip: IpCidr::new(ip.into(), self.cfg.subnet.prefix),
+                gateway: self.cfg.gateway,
+                mac: MacAddr::random_local(),
+                launcher_pid: None,
+            };
+            write_json(&dir.join(RECORD_FILE), &placeholder)?;
+            Ok(placeholder)
+        })?;
+        let mut spec = PodSpec::new(&name, ip.ip, self.cfg.gateway);
+        spec.mac = ip.mac;
+        spec.mtu = self.cfg.mtu;
+        spec.dns = self.cfg.dns.clone();
+        spec.search = self.cfg.search.clone();
+        spec.state_dir = Some(dir.clone());
+        let mut record = ip;
+        record.netns = spec.netns_name();
+        let created = PodSandbox::create_on(&self.node, &spec)
+            .map_err(RuntimeError::from)
+            .and_then(|sb| {
+                record.node_veth = sb.node_veth().to_string();
+                sb.leave_in_place();
+                write_json(&dir.join(RECORD_FILE), &record)?;
+                write_json(&dir.join(VMI_FILE), vmi)
+            });
+        let pod = LocalPod { record, state_dir };
+        if let Err(e) = created {
+            if let Err(t) = pod.teardown() {
+                tracing::warn!(vmi = %name, error = %t, "cannot clean up a half-made pod");
+            }
+            return Err(e);
+        }
+        tracing::info!(vmi = %name, ip = %pod.record.ip, netns = %pod.record.netns, "local pod ready");
+        Ok(pod)
+    }
+}
+
+/// How hard a supervised VM is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopLevel {
+    /// Keep it running.
+    Run,
+    /// ACPI shutdown through the control API (SIGTERM to the launcher if it does not answer).
+    Graceful,
+    /// Destroy it now (`POST /v1/kill`, SIGKILL to the launcher's group if it does not answer).
+    Kill,
+}
+
+/// How a supervised launcher ended.
+#[derive(Debug)]
+pub struct LauncherExit {
+    /// The launcher's exit status; `None` for an adopted launcher (not our child).
+    pub status: Option<ExitStatus>,
+    /// The last status it reported (socket or status.json).
+    pub last: Option<LauncherStatus>,
+    /// The end of its log when it failed.
+    pub log_tail: Option<String>,
+}
+
+impl LauncherExit {
+    /// The exit code to pass on: the launcher's own, or from the last phase when adopted.
+    pub fn code(&self) -> i32 {
+        match (self.status, &self.last) {
+            (Some(s), _) => s.code().unwrap_or(128 + s.signal_number()),
+            (None, Some(l)) if l.phase == crate::control::Phase::Succeeded => 0,
+            _ => 1,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.code() == 0
+    }
+}
+
+trait SignalNumber {
+    fn signal_number(&self) -> i32;
+}
+
+impl SignalNumber for ExitStatus {
+    fn signal_number(&self) -> i32 {
+        std::os::unix::process::ExitStatusExt::signal(self).unwrap_or(0)
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let all: Vec<&str> = text.lines().collect();
+    Some(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+/// Watch a pod's launcher until it exits, then tear the pod down. Calls `on_status` with
+/// every new status the launcher reports; follows `stop` (graceful once, then kill).
+/// `child` is `None` for an adopted launcher (watched through its pid).
+pub async fn supervise(
+    pod: LocalPod,
+    mut child: Option<tokio::process::Child>,
+    mut stop: watch::Receiver<StopLevel>,
+    mut on_status: impl FnMut(&LauncherStatus),
+) -> Result<LauncherExit> {
+    let client = pod.client();
+    let mut last: Option<LauncherStatus> = None;
+    let mut acted = StopLevel::Run;
+    let mut stop_open = true;
+    let status = loop {
+        let exited = match &mut child {
+            Some(c) => c
+                .try_wait()
+                .map_err(io_err("wait for launcher of", pod.state_dir()))?
+                .map(Some),
+            None => (!pod.launcher_alive()).then_some(None),
+        };
+        if let Some(status) = exited {
+            break status;
+        }
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), client.status()).await
+            && last.as_ref() != Some(&s)
+        {
+            on_status(&s);
+            last = Some(s);
+        }
+        let wanted = *stop.borrow();
+        if wanted > acted {
+            acted = wanted;
+            request_stop(&pod, &client, wanted, last.as_ref()).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            changed = stop.changed(), if stop_open => stop_open = changed.is_ok(),
+        }
+    };
+    if let Ok(s) = read_status(pod.state_dir())
+        && last.as_ref() != Some(&s)
+    {
+        on_status(&s);
+        last = Some(s);
+    }
+    let mut exit = LauncherExit {
+        status,
+        last,
+        log_tail: None,
+    };
+    if !exit.success() {
+        exit.log_tail = tail(&pod.launcher_log_path(), 30);
+    }
+    tokio::task::spawn_blocking(move || pod.teardown())
+        .await
+        .map_err(|e| io_err("tear down pod", "")(io::Error::other(e)))??;
+    Ok(exit)
+}
+
+async fn request_stop(
+    pod: &LocalPod,
+    client: &ControlClient,
+    level: StopLevel,
+    last: Option<&LauncherStatus>,
+) {
+    let name = pod.name();
+    let asked = match level {
+        StopLevel::Run => return,
+        StopLevel::Graceful => client.shutdown(None).await,
+        StopLevel::Kill => client.kill().await,
+    };
+    let Err(e) = asked else {
+        tracing::info!(vmi = %name, ?level, "stop requested through the control API");
+        return;
+    };
+    let signal = if level == StopLevel::Kill {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGTERM
+    };
+    tracing::info!(vmi = %name, error = %e, ?signal, phase = ?last.map(|l| l.phase), "control API did not take the stop: signalling the launcher");
+    if let Some(pid) = pod.record.launcher_pid.and_then(|p| i32::try_from(p).ok()) {
+        let target = if level == StopLevel::Kill {
+            Pid::from_raw(-pid)
+        } else {
+            Pid::from_raw(pid)
+        };
+        if let Err(e) = kill(target, signal) {
+            tracing::warn!(vmi = %name, pid, error = %e, "cannot signal the launcher");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_parse_with_reasons() {
+        let s = parse_subnet("10.222.0.0/24").unwrap();
+        assert_eq!(gateway_of(s), Ipv4Addr::new(10, 222, 0, 1));
+        assert!(
+            parse_subnet("10.222.0.5/24")
+                .unwrap_err()
+                .contains("host bits")
+        );
+        assert!(parse_subnet("10.222.0.0/31").unwrap_err().contains("/31"));
+        assert!(
+            parse_subnet("10.222.0.0")
+                .unwrap_err()
+                .contains("a.b.c.d/len")
+        );
+        assert!(parse_subnet("fd00::/64").is_err());
+    }
+
+    #[test]
+    fn pick_skips_gateway_used_and_broadcast() {
+        let s = parse_subnet("10.9.0.0/30").unwrap();
+        let gw = gateway_of(s);
+        let mut used = BTreeSet::new();
+        assert_eq!(pick_address(s, gw, &used), Some(Ipv4Addr::new(10, 9, 0, 2)));
+        used.insert(Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(
+            pick_address(s, gw, &used),
+            None,
+            "only .1 (gateway) and .2 are hosts in a /30"
+        );
+        let s = parse_subnet("10.9.1.0/24").unwrap();
+        used.insert(Ipv4Addr::new(10, 9, 1, 2));
+        assert_eq!(
+            pick_address(s, gateway_of(s), &used),
+            Some(Ipv4Addr::new(10, 9, 1, 3))
+        );
+    }
+
+    #[test]
+    fn host_dns_drops_loopback() {
+        let (dns, search) = host_dns(
+            "# x\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch a.example b.example\noptions edns0\n",
+        );
+        assert_eq!(dns, vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
+        assert_eq!(search, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn exit_code_prefers_the_launcher_status() {
+        use std::os::unix::process::ExitStatusExt;
+        let e = LauncherExit {
+            status: Some(ExitStatus::from_raw(3 << 8)),
+            last: None,
+            log_tail: None,
+        };
+        assert_eq!(e.code(), 3);
+        let e = LauncherExit {
+            status: Some(ExitStatus::from_raw(9)),
+            last: None,
+            log_tail: None,
+        };
+        assert_eq!(e.code(), 137);
+        let mut s = LauncherStatus::pending("a");
+        s.set_phase(crate::control::Phase::Succeeded, None);
+        assert!(
+            LauncherExit {
+                status: None,
+                last: Some(s),
+                log_tail: None
+            }
+            .success()
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! The manifests in manifests/: every example validates, the checked-in CRD is what the types
+//! generate, invalid manifests give the exact field-path messages, and `vmpodctl validate`
+//! prints every error and exits non-zero. Unprivileged.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vmpod::api::{self, FieldError, LoadError, VmiPhase};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("manifests/examples"))
+        .expect("manifests/examples exists")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_validates() {
+    let files = examples();
+    assert!(files.len() >= 2, "examples: {files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        if let Err(errors) = api::load_valid_vmi(&text) {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            panic!("{}:\n{}", file.display(), lines.join("\n"));
+        }
+    }
+}
+
+#[test]
+fn testguest_boots_the_local_kernel_with_a_bridged_pod_network() {
+    let text = std::fs::read_to_string(repo().join("manifests/examples/testguest.yaml")).unwrap();
+    let vmi = api::load_valid_vmi(&text).unwrap();
+    let spec = &vmi.spec;
+    let memory = spec.domain.guest_memory_bytes().unwrap();
+    assert!((256 << 20..=512 << 20).contains(&memory), "{memory}");
+    let kb = spec.domain.firmware.as_ref().unwrap().kernel_boot.as_ref();
+    let files = kb.unwrap().files().unwrap();
+    assert_eq!(files.image, None, "launcher-local files");
+    assert_eq!(files.kernel_path, "target/guest/vmlinuz");
+    assert_eq!(
+        files.initrd_path.as_deref(),
+        Some("target/guest/initramfs.img")
+    );
+    assert_eq!(spec.networks.len(), 1);
+    assert!(spec.networks[0].pod.is_some());
+    let iface = &spec.domain.devices.interfaces[0];
+    assert_eq!(iface.binding().unwrap(), vmpod::net::Binding::Bridge);
+    assert!(spec.volumes.iter().any(|v| v.cloud_init_no_cloud.is_some()));
+    assert_eq!(vmi.acceleration(), Some(api::Acceleration::Auto));
+}
+
+#[test]
+fn kubevirt_example_is_accepted_as_ours() {
+    let text =
+        std::fs::read_to_string(repo().join("manifests/examples/kubevirt-cirros.yaml")).unwrap();
+    assert!(text.contains("apiVersion: kubevirt.io/v1"));
+    let vmi = api::load_vmi(&text).unwrap();
+    let json = serde_json::to_value(&vmi).unwrap();
+    assert_eq!(json["apiVersion"], "vmpod.io/v1alpha1");
+    assert_eq!(json["kind"], "VirtualMachineInstance");
+    assert_eq!(
+        json["spec"]["domain"]["devices"]["interfaces"][0]["dhcpOptions"]["privateOptions"][0]["option"],
+        240
+    );
+}
+
+#[test]
+fn checked_in_crd_matches_the_types() {
+    let path = repo().join("manifests/crd.yaml");
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        on_disk == api::crd::crd_yaml(),
+        "{} is stale: run `cargo run --bin crdgen > manifests/crd.yaml`",
+        path.display()
+    );
+    let crd: serde_yaml::Value = serde_yaml::from_str(&on_disk).unwrap();
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "vmi");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["versions"][0]["name"], "v1alpha1");
+    assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_mapping());
+    assert!(!on_disk.contains("additionalProperties: false"));
+}
+
+#[test]
+fn status_round_trips_in_kubevirt_shape() {
+    let text = r#"
+apiVersion: vmpod.io/v1alpha1
+kind: VirtualMachineInstance
+metadata: {name: a}
+spec: {domain: {}}
+status:
+  phase: Running
+  nodeName: node-1
+  launcherPod: vmpod-launcher-a
+  interfaces:
+    - {name: default, mac: "02:00:00:00:00:01", ipAddress: 10.0.0.5, ipAddresses: [10.0.0.5, "fd00::5"]}
+  conditions:
+    - {type: Ready, status: "True", lastTransitionTime: "2026-01-01T00:00:00Z"}
+"#;
+    let vmi = api::load_vmi(text).unwrap();
+    let status = vmi.status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(VmiPhase::Running));
+    assert_eq!(status.interfaces[0].ip_addresses.len(), 2);
+    let back = serde_json::to_value(&vmi).unwrap();
+    assert_eq!(back["status"]["interfaces"][0]["ipAddress"], "10.0.0.5");
+    assert_eq!(back["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(back["status"]["launcherPod"], "vmpod-launcher-a");
+}
+
+/// A valid base manifest the table below breaks one piece at a time.
+const BASE: &str = r#"
+apiVersion: vmpod.io/v1alpha1
+kind: VirtualMachineInstance
+metadata:
+  name: t
+spec:
+  domain:
+    memory: {guest: 256Mi}
+    devices:
+      disks: [{name: d, disk: {bus: virtio}}]
+      interfaces: [{name: default, bridge: {}}]
+  networks: [{name: default, pod: {}}]
+  volumes: [{name: d, emptyDisk: {capacity: 1Gi}}]
+"#;
+
+fn errors_of(text: &str) -> Vec<String> {
+    let errors: Vec<FieldError> = match api::load_vmi(text) {
+        Err(LoadError::Syntax(m)) => return vec![format!("syntax: {m}")],
+        Err(LoadError::Fields(errors)) => errors,
+        Ok(vmi) => api::validate(&vmi),
+    };
+    errors.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn base_is_valid() {
+    assert_eq!(errors_of(BASE), Vec::<String>::new());
+}
+
+#[test]
+fn invalid_manifests_give_exact_field_path_messages() {
+    let table: &[(&str, &str, &[&str])] = &[
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: lots}",
+            &[r#"spec.domain.memory.guest: "lots" is not a quantity"#],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: x, bridge: {}}]",
+            &[
+                r#"spec.domain.devices.interfaces[0]: no network named "x" in spec.networks"#,
+                r#"spec.networks[0]: no interface named "default" in spec.domain.devices.interfaces"#,
+            ],
+        ),
+        (
+            "disks: [{name: d, disk: {bus: virtio}}]",
+            "disks: [{name: d, disk: {bus: virtio}}, {name: e}]",
+            &[r#"spec.domain.devices.disks[1]: no volume named "e" in spec.volumes"#],
+        ),
+        (
+            "volumes: [{name: d, emptyDisk: {capacity: 1Gi}}]",
+            "volumes: [{name: d, emptyDisk: {capacity: 1Gi}}, {name: orphan, emptyDisk: {capacity: 1Gi}}]",
+            &[r#"spec.volumes[1]: no disk named "orphan" in spec.domain.devices.disks"#],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: default, masquerade: {}}]",
+            &[
+                "spec.domain.devices.interfaces[0].masquerade: masquerade binding is not supported yet (use bridge)",
+            ],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: default, bridge: {}, masquerade: {}}]",
+            &[
+                "spec.domain.devices.interfaces[0]: more than one binding (bridge, masquerade): pick one",
+            ],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: default, sriov: {}}]",
+            &[
+                r#"spec.domain.devices.interfaces[0].sriov: unsupported field "sriov" (supported here: bridge, dhcpOptions, macAddress, masquerade, model, name)"#,
+            ],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi, hugepages: {pageSize: 2Mi}}",
+            &[
+                r#"spec.domain.memory.hugepages: unsupported field "hugepages" (supported here: guest)"#,
+            ],
+        ),
+        (
+            "networks: [{name: default, pod: {}}]",
+            "networks: [{name: default, multus: {networkName: x}}]",
+            &[r#"spec.networks[0].multus: unsupported field "multus" (supported here: name, pod)"#],
+        ),
+        (
+            "networks: [{name: default, pod: {}}]",
+            "networks: [{name: default}]",
+            &["spec.networks[0]: needs a source: pod"],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "emptyDisk: {capacity: 0}",
+            &[r#"spec.volumes[0].emptyDisk.capacity: "0" must be larger than zero"#],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "emptyDisk: {capacity: 1Gi}, hostDisk: {path: /x.img, type: DiskOrCreate}",
+            &[
+                "spec.volumes[0]: set exactly one source, not several",
+                "spec.volumes[0].hostDisk.capacity: required for type DiskOrCreate",
+            ],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "cloudInitNoCloud: {networkData: x}",
+            &["spec.volumes[0].cloudInitNoCloud: needs userData or userDataBase64"],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "cloudInitNoCloud: {userDataBase64: 'not base64!'}",
+            &["spec.volumes[0].cloudInitNoCloud.userDataBase64: is not base64"],
+        ),
+        (
+            "disks: [{name: d, disk: {bus: virtio}}]",
+            "disks: [{name: d, disk: {bus: virtio}, cdrom: {}, bootOrder: 0}]",
+            &[
+                "spec.domain.devices.disks[0]: set one of disk or cdrom, not both",
+                "spec.domain.devices.disks[0].bootOrder: must be at least 1",
+            ],
+        ),
+        (
+            "disks: [{name: d, disk: {bus: virtio}}]",
+            "disks: [{name: d, disk: {bus: ide}}]",
+            &[
+                r#"spec.domain.devices.disks[0].disk.bus: "ide" is not one of "virtio", "sata", "scsi", "usb""#,
+            ],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: default, bridge: {}, macAddress: '03:00:00:00:00:01', dhcpOptions: {ntpServers: [ntp.example], privateOptions: [{option: 12, value: x}]}}]",
+            &[
+                r#"spec.domain.devices.interfaces[0].macAddress: "03:00:00:00:00:01" is a multicast address"#,
+                r#"spec.domain.devices.interfaces[0].dhcpOptions.ntpServers[0]: "ntp.example" is not an IPv4 address"#,
+                "spec.domain.devices.interfaces[0].dhcpOptions.privateOptions[0].option: 12 is not a private option (224 to 254)",
+            ],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: default, bridge: {}, macAddress: nope}]",
+            &[
+                r#"spec.domain.devices.interfaces[0].macAddress: "nope" is not a MAC address (want six hex bytes like 02:00:00:aa:bb:cc)"#,
+            ],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    cpu: {sockets: 0, cores: two}",
+            &["spec.domain.cpu.cores: expected an integer, found a string \"two\""],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    cpu: {sockets: 0}\n    resources: {limits: {memory: 128Mi}}",
+            &[
+                r#"spec.domain.memory.guest: "256Mi" is more than limits.memory"#,
+                "spec.domain.cpu.sockets: must be at least 1",
+            ],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    firmware: {kernelBoot: {kernelArgs: console=ttyS0}}",
+            &[
+                "spec.domain.firmware.kernelBoot: no kernel to boot: set kernelPath (or container.kernelPath)",
+            ],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    firmware: {kernelBoot: {kernelPath: /k, container: {image: '', kernelPath: /boot/k}}}",
+            &[
+                "spec.domain.firmware.kernelBoot.container: set either container or kernelPath/initrdPath at kernelBoot level, not both",
+                "spec.domain.firmware.kernelBoot.container.image: must not be empty",
+            ],
+        ),
+        (
+            "name: t",
+            "name: Not_A_Label\n  annotations: {vmpod.io/acceleration: tcg}",
+            &[
+                r#"metadata.name: "Not_A_Label" is not a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63)"#,
+                r#"metadata.annotations["vmpod.io/acceleration"]: "tcg" is not one of auto, kvm, emulation"#,
+            ],
+        ),
+        (
+            "spec:\n",
+            "spec:\n  terminationGracePeriodSeconds: -5\n",
+            &["spec.terminationGracePeriodSeconds: -5 is negative"],
+        ),
+        (
+            "apiVersion: vmpod.io/v1alpha1",
+            "apiVersion: kubevirt.io/v2",
+            &[r#"apiVersion: "kubevirt.io/v2" is not vmpod.io/v1alpha1 or kubevirt.io/v1"#],
+        ),
+        (
+            "kind: VirtualMachineInstance",
+            "kind: VirtualMachine",
+            &[r#"kind: "VirtualMachine" is not VirtualMachineInstance"#],
+        ),
+    ];
+    for (from, to, want) in table {
+        assert!(BASE.contains(from), "{from:?} not in BASE");
+        let text = BASE.replacen(from, to, 1);
+        let got = errors_of(&text);
+        assert_eq!(&got, want, "manifest with {to:?}");
+    }
+}
+
+#[test]
+fn vmpodctl_validate_prints_every_error_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    let text = BASE.replacen("guest: 256Mi", "guest: lots", 1).replacen(
+        "name: default, bridge",
+        "name: x, bridge",
+        1,
+    );
+    std::fs::write(&bad, text).unwrap();
+    let out = vmpodctl(&bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let file = bad.display();
+    for line in [
+        format!(r#"{file}: spec.domain.memory.guest: "lots" is not a quantity"#),
+        format!(
+            r#"{file}: spec.domain.devices.interfaces[0]: no network named "x" in spec.networks"#
+        ),
+        format!("{file}: 3 error(s)"),
+    ] {
+        assert!(
+            stderr.lines().any(|l| l == line),
+            "{line:?} missing in:\n{stderr}"
+        );
+    }
+
+    for example in examples() {
+        let out = vmpodctl(&example);
+        assert!(out.status.success(), "{}: {:?}", example.display(), out);
+        assert!(String::from_utf8(out.stdout).unwrap().contains("is valid"));
+    }
+}
+
+fn vmpodctl(file: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .arg("validate")
+        .arg(file)
+        .output()
+        .expect("vmpodctl runs")
+}
+
+#[test]
+fn cluster_manifests_parse_as_their_kinds() {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use serde::Deserialize;
+    let mut kinds = Vec::new();
+    for name in [
+        "rbac.yaml",
+        "controller.yaml",
+        "handler-daemonset.yaml",
+        "crd.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo().join("manifests").join(name)).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).unwrap();
+            let kind = value["kind"].as_str().unwrap().to_string();
+            let parsed = match kind.as_str() {
+                "Namespace" => serde_yaml::from_value::<Namespace>(value).map(drop),
+                "ServiceAccount" => serde_yaml::from_value::<ServiceAccount>(value).map(drop),
+                "ClusterRole" => serde_yaml::from_value::<ClusterRole>(value).map(drop),
+                "ClusterRoleBinding" => {
+                    serde_yaml::from_value::<ClusterRoleBinding>(value).map(drop)
+                }
+                "Deployment" => serde_yaml::from_value::<Deployment>(value).map(drop),
+                "DaemonSet" => serde_yaml::from_value::<DaemonSet>(value).map(drop),
+                "CustomResourceDefinition" => serde_yaml::from_value::<
+                    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+                >(value)
+                .map(drop),
+                other => panic!("{name}: unexpected kind {other}"),
+            };
+            parsed.unwrap_or_else(|e| panic!("{name}: {kind}: {e}"));
+            kinds.push(kind);
+        }
+    }
+    for want in [
+        "ClusterRole",
+        "Deployment",
+        "DaemonSet",
+        "CustomResourceDefinition",
+    ] {
+        assert!(kinds.iter().any(|k| k == want), "{want} missing: {kinds:?}");
+    }
+}

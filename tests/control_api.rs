@@ -1,0 +1,209 @@
+//! The control API end to end: the real server with a fake backend on a temp unix
+//! socket, every endpoint through the real client, error codes, socket permissions and
+//! the status.json fallback. Unprivileged.
+
+use http::StatusCode;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
+use vmpod::control::{
+    Backend, ClientError, ControlClient, ControlServer, ErrorBody, LifecycleAction, Phase,
+    StatusSource, status_of, write_status,
+};
+
+/// Send raw HTTP/1.1 text and return (status, headers+body text).
+async fn raw(socket: &Path, request: &str) -> (u16, String) {
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+#[tokio::test]
+async fn every_endpoint_through_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let client = ControlClient::new(&fake.socket);
+
+    let status = client.status().await.unwrap();
+    assert_eq!(status.name, "vm1");
+    assert_eq!(status.phase, Phase::Running);
+    assert_eq!(status.first_ip(), Some("10.22.0.5".parse().unwrap()));
+    assert!(status.running_at.is_some());
+
+    let net = client.network().await.unwrap();
+    assert_eq!(net, fake.backend.network().await.unwrap());
+    assert_eq!(
+        net.interfaces[0].facts,
+        sample_network().interfaces[0].facts
+    );
+
+    let xml = client.domain_xml().await.unwrap();
+    assert!(xml.contains("<name>vm1</name>"), "{xml}");
+
+    client.pause().await.unwrap();
+    assert_eq!(client.status().await.unwrap().phase, Phase::Paused);
+    client.resume().await.unwrap();
+    assert_eq!(client.status().await.unwrap().phase, Phase::Running);
+    client.shutdown(Some(5)).await.unwrap();
+    let after = client.status().await.unwrap();
+    assert_eq!(after.phase, Phase::Succeeded);
+    assert!(after.finished_at.is_some());
+
+    // A terminal VM refuses further actions with 409 and says why.
+    let e = client.kill().await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::CONFLICT), "{e}");
+    assert!(e.to_string().contains("already Succeeded"), "{e}");
+
+    assert_eq!(
+        fake.backend.actions(),
+        [
+            LifecycleAction::Pause,
+            LifecycleAction::Resume,
+            LifecycleAction::Shutdown {
+                grace_period_seconds: Some(5)
+            },
+            LifecycleAction::Kill,
+        ]
+    );
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn error_codes_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let sock = fake.socket.clone();
+
+    let (code, resp) = raw(
+        &sock,
+        "GET /v1/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(code, 404, "{resp}");
+    let err: ErrorBody = serde_json::from_str(body_of(&resp)).unwrap();
+    assert!(err.error.contains("/v1/nope"), "{err:?}");
+
+    let (code, resp) = raw(
+        &sock,
+        "GET /v1/kill HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(code, 405, "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("allow: post"), "{resp}");
+    serde_json::from_str::<ErrorBody>(body_of(&resp)).unwrap();
+
+    let bad = "POST /v1/shutdown HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 9\r\n\r\n{\"grace\":";
+    let (code, resp) = raw(&sock, bad).await;
+    assert_eq!(code, 400, "{resp}");
+    let err: ErrorBody = serde_json::from_str(body_of(&resp)).unwrap();
+    assert!(err.error.contains("/v1/shutdown"), "{err:?}");
+
+    let (code, resp) = raw(
+        &sock,
+        "GET /v1/status?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(code, 400, "{resp}");
+
+    // Backend failures are 500 with the backend's message, through the client too.
+    fake.backend.fail_with(Some("libvirt: domain vanished"));
+    let client = ControlClient::new(&sock);
+    let e = client.status().await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert!(e.to_string().contains("libvirt: domain vanished"), "{e}");
+    let e = client.pause().await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+    fake.backend.fail_with(None);
+    client.pause().await.unwrap();
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn socket_is_0600_replaces_a_stale_one_and_is_removed_on_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    // A stale socket from a dead launcher.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    ControlClient::new(&path).status().await.unwrap();
+    fake.stop().await.unwrap();
+    assert!(!path.exists(), "socket left behind after stop");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn bind_fails_naming_the_socket() {
+    let e = ControlServer::bind(Path::new("/nonexistent-dir/control.sock")).unwrap_err();
+    assert!(
+        e.to_string().contains("/nonexistent-dir/control.sock"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_name_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let e = ControlClient::new(&sock).status().await.unwrap_err();
+    assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+    assert!(e.to_string().contains(&sock.display().to_string()), "{e}");
+}
+
+#[tokio::test]
+async fn status_of_prefers_the_socket_and_falls_back_to_status_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut written = sample_status("vm1");
+    written.set_phase(Phase::Paused, Some("written before exit".into()));
+    write_status(dir.path(), &written).unwrap();
+
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let (live, source) = status_of(dir.path(), Duration::from_secs(2)).await.unwrap();
+    assert_eq!((live.phase, source), (Phase::Running, StatusSource::Socket));
+    fake.stop().await.unwrap();
+
+    let (file, source) = status_of(dir.path(), Duration::from_secs(2)).await.unwrap();
+    assert_eq!((file.phase, source), (Phase::Paused, StatusSource::File));
+    assert_eq!(file.reason.as_deref(), Some("written before exit"));
+
+    std::fs::remove_file(dir.path().join("status.json")).unwrap();
+    let e = status_of(dir.path(), Duration::from_secs(2))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("control.sock") && e.contains("status.json"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn many_concurrent_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let client = ControlClient::new(&fake.socket);
+    let calls = (0..50).map(|_| {
+        let c = client.clone();
+        tokio::spawn(async move { c.status().await })
+    });
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().name, "vm1");
+    }
+    fake.stop().await.unwrap();
+}

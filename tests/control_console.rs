@@ -1,0 +1,168 @@
+//! The console endpoints through the real client and server: the log, the followed log,
+//! and the interactive attach over an HTTP Upgrade proxied to a serial socket (a
+//! UnixListener standing in for the one libvirt's QEMU binds). Unprivileged.
+
+use http::StatusCode;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
+use vmpod::control::{ControlClient, Phase};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// A fake serial console: answers every byte it reads uppercased, and greets first.
+fn fake_serial(path: &Path) -> tokio::task::JoinHandle<Vec<u8>> {
+    let listener = UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"login: ").await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return seen;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
+        }
+    })
+}
+
+#[tokio::test]
+async fn console_log_is_returned_whole_and_empty_when_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let client = ControlClient::new(&fake.socket);
+    assert!(client.console_log().await.unwrap().is_empty());
+    append(&dir.path().join("console.log"), "Booting Linux\nlogin: ");
+    assert_eq!(
+        &client.console_log().await.unwrap()[..],
+        b"Booting Linux\nlogin: "
+    );
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn follow_streams_new_output_and_ends_when_the_vm_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("console.log");
+    append(&log, "early line\n");
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let mut follow = ControlClient::new(&fake.socket)
+        .console_follow()
+        .await
+        .unwrap();
+
+    let mut got = Vec::new();
+    let first = tokio::time::timeout(TIMEOUT, follow.next_chunk())
+        .await
+        .unwrap();
+    got.extend_from_slice(&first.unwrap().unwrap());
+    assert_eq!(got, b"early line\n");
+
+    append(&log, "late line\n");
+    let second = tokio::time::timeout(TIMEOUT, follow.next_chunk())
+        .await
+        .unwrap();
+    got.extend_from_slice(&second.unwrap().unwrap());
+    assert_eq!(got, b"early line\nlate line\n");
+
+    // Output written just before the VM ends is still delivered, then the stream ends.
+    append(&log, "reboot: Power down\n");
+    fake.backend.set_phase(Phase::Succeeded, None);
+    let rest = tokio::time::timeout(TIMEOUT, async {
+        let mut rest = Vec::new();
+        while let Some(chunk) = follow.next_chunk().await {
+            rest.extend_from_slice(&chunk.unwrap());
+        }
+        rest
+    })
+    .await
+    .expect("follow did not end after the VM stopped");
+    assert_eq!(rest, b"reboot: Power down\n");
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn follow_ends_when_the_launcher_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    append(&dir.path().join("console.log"), "x");
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let mut follow = ControlClient::new(&fake.socket)
+        .console_follow()
+        .await
+        .unwrap();
+    assert_eq!(&follow.next_chunk().await.unwrap().unwrap()[..], b"x");
+    tokio::time::timeout(TIMEOUT, fake.stop())
+        .await
+        .expect("stop hung")
+        .unwrap();
+    let end = tokio::time::timeout(TIMEOUT, follow.next_chunk())
+        .await
+        .unwrap();
+    assert!(
+        end.as_ref().is_none_or(|r| r.is_err()),
+        "stream still open: {end:?}"
+    );
+}
+
+#[tokio::test]
+async fn attach_proxies_both_ways_to_the_serial_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let serial = fake_serial(&dir.path().join("console.sock"));
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let mut console = ControlClient::new(&fake.socket)
+        .console_attach()
+        .await
+        .unwrap();
+
+    let mut buf = [0u8; 7];
+    tokio::time::timeout(TIMEOUT, console.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"login: ");
+    console.write_all(b"root\n").await.unwrap();
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(TIMEOUT, console.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ROOT\n");
+
+    // Closing our side closes the serial connection: the console is free again.
+    console.shutdown().await.unwrap();
+    drop(console);
+    let seen = tokio::time::timeout(TIMEOUT, serial)
+        .await
+        .expect("serial still held")
+        .unwrap();
+    assert_eq!(seen, b"root\n");
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn attach_without_a_serial_socket_is_a_500_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let e = ControlClient::new(&fake.socket)
+        .console_attach()
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::INTERNAL_SERVER_ERROR), "{e}");
+    assert!(e.to_string().contains("console.sock"), "{e}");
+    fake.stop().await.unwrap();
+}

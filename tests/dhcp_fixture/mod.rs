@@ -1,0 +1,387 @@
+//! Pod fixture for the DHCP tests, after the real network phase: a pod from
+//! [`vmpod::sandbox`] (node bridge as the gateway, pod `eth0` with the pod's address,
+//! MAC, MTU, routes and resolv.conf), then `net::setup` rewires it (bridge `k6t-eth0`,
+//! tap, link-local address, cache). A veth port on that bridge stands in for the tap;
+//! its far end is `eth0` with the VM's MAC in a "vm" namespace, where the real DHCP
+//! clients run. The DHCP configuration comes from the cache the net phase wrote.
+#![allow(dead_code)]
+
+use futures::TryStreamExt;
+use rtnetlink::{LinkUnspec, LinkVeth};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
+use vmpod::net::{self, CachedInterface, IpCidr, MacAddr, Route, SetupOptions, netns};
+use vmpod::sandbox::{CALICO_GATEWAY, NodeSpec, PodSandbox, PodSpec};
+
+pub const VM_IF: &str = "eth0";
+/// An address beyond the gateway (TEST-NET-2) on the node, reachable from the VM only
+/// through its default route.
+pub const BEYOND_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+fn cidr(s: &str) -> IpCidr {
+    let (a, p) = s.split_once('/').unwrap();
+    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
+}
+
+/// The pod shapes the DHCP tests serve.
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    /// Bridge CNI: 10.244.7.23/24 via 10.244.7.1, a route to 10.96.0.0/12 via
+    /// 10.244.7.254, MTU 1400, two nameservers, and a resolv.conf search line with one
+    /// domain no DHCP option can carry (an IP address).
+    Subnet,
+    /// Calico: 10.88.3.4/32 with the link-local gateway 169.254.1.1, MTU 1450.
+    Calico,
+}
+
+fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
+    let beyond = IpCidr::new(IpAddr::V4(BEYOND_GATEWAY), 32);
+    match shape {
+        Shape::Subnet => {
+            let node = NodeSpec::isolated(vec![cidr("10.244.7.1/24"), beyond]);
+            let mut pod = PodSpec::new(
+                "dhcp",
+                cidr("10.244.7.23/24"),
+                "10.244.7.1".parse().unwrap(),
+            );
+            pod.mtu = 1400;
+            pod.routes.push(Route {
+                destination: cidr("10.96.0.0/12"),
+                gateway: Some("10.244.7.254".parse().unwrap()),
+                metric: None,
+            });
+            pod.dns = vec!["10.96.0.10".parse().unwrap(), "10.96.0.11".parse().unwrap()];
+            pod.search = [
+                "default.svc.cluster.local",
+                "svc.cluster.local",
+                "192.168.1.1",
+                "Cluster.Local",
+            ]
+            .map(String::from)
+            .to_vec();
+            pod.hostname = "vm-a".into();
+            (node, pod)
+        }
+        Shape::Calico => {
+            let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24"), beyond]);
+            let mut pod = PodSpec::new("dhcpcal", cidr("10.88.3.4/32"), CALICO_GATEWAY);
+            pod.mtu = 1450;
+            pod.dns = vec!["10.96.0.10".parse().unwrap()];
+            pod.search = vec!["ns1.svc.cluster.local".into()];
+            pod.hostname = "vm-b".into();
+            (node, pod)
+        }
+    }
+}
+
+/// The pod after `net setup`, and the VM's namespace on its bridge.
+pub struct Topology {
+    pub pod: PodSandbox,
+    pub state: tempfile::TempDir,
+    pub cached: CachedInterface,
+    pub vm_ns: String,
+    pub vm_mac: MacAddr,
+}
+
+impl Topology {
+    pub fn new(tag: &str, shape: Shape) -> Self {
+        let (node, spec) = pod_spec(shape);
+        let pod = PodSandbox::create(&node, &spec).expect("pod sandbox");
+        let state = tempfile::tempdir().unwrap();
+        let setup = net::setup(&SetupOptions {
+            netns: Some(pod.netns_path().to_path_buf()),
+            state_dir: state.path().to_path_buf(),
+            resolv_conf: pod.resolv_conf_path(),
+            hostname: Some(pod.hostname().to_owned()),
+            ..SetupOptions::new("eth0")
+        })
+        .expect("net setup");
+        let cached = setup.cached;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let vm_ns = format!(
+            "vd-{tag}-{}-{}-vm",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        netns::create(&vm_ns).expect("create vm netns");
+        let t = Topology {
+            vm_mac: cached.facts.mac,
+            pod,
+            state,
+            cached,
+            vm_ns,
+        };
+        t.attach_vm();
+        t
+    }
+
+    /// A veth `vmport` on the bridge in place of the tap; its peer becomes `eth0` with
+    /// the VM's MAC in the VM namespace.
+    fn attach_vm(&self) {
+        let bridge = net::bridge_name("eth0");
+        let vm_path = self.vm_path();
+        self.pod
+            .block_on(|| async move {
+                let (conn, h, _) = rtnetlink::new_connection().unwrap();
+                tokio::spawn(conn);
+                h.link()
+                    .add(LinkVeth::new("vmport", "vmside").build())
+                    .execute()
+                    .await
+                    .unwrap();
+                let br = index(&h, &bridge).await;
+                let port = index(&h, "vmport").await;
+                let peer = index(&h, "vmside").await;
+                h.link()
+                    .set(LinkUnspec::new_with_index(port).controller(br).up().build())
+                    .execute()
+                    .await
+                    .unwrap();
+                let fd = std::fs::File::open(&vm_path).unwrap();
+                use std::os::fd::AsRawFd;
+                h.link()
+                    .set(
+                        LinkUnspec::new_with_index(peer)
+                            .setns_by_fd(fd.as_raw_fd())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .unwrap();
+            })
+            .unwrap();
+        let mac = self.vm_mac;
+        netns::block_on_in(Some(&self.vm_path()), || async move {
+            let (conn, h, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            let peer = index(&h, "vmside").await;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(peer)
+                        .name(VM_IF)
+                        .address(mac.0.to_vec())
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .unwrap();
+            let lo = index(&h, "lo").await;
+            h.link()
+                .set(LinkUnspec::new_with_index(lo).up().build())
+                .execute()
+                .await
+                .unwrap();
+        })
+        .unwrap();
+    }
+
+    /// The DHCP configuration the launcher would serve, from the net phase's cache.
+    pub fn config(&self) -> DhcpConfig {
+        DhcpConfig::for_cached(&self.cached, &DhcpExtras::default()).unwrap()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    pub fn bridge(&self) -> String {
+        net::bridge_name("eth0")
+    }
+
+    pub fn pod_path(&self) -> PathBuf {
+        self.pod.netns_path().to_path_buf()
+    }
+
+    pub fn pod_ns(&self) -> String {
+        self.pod
+            .netns_path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    pub fn vm_path(&self) -> PathBuf {
+        netns::path(&self.vm_ns)
+    }
+
+    /// Run a command inside the VM's namespace through `ip netns exec`, which also
+    /// bind-mounts `/etc/netns/<vm_ns>/*` over `/etc` in a mount namespace of its own,
+    /// so clients' scripts stay off the host's files.
+    pub fn in_vm(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.vm_ns, program]);
+        c
+    }
+
+    /// Run a command inside the pod's namespace (where the bridge is).
+    pub fn in_pod(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.pod_ns(), program]);
+        c
+    }
+
+    /// One more address on the VM bridge (peer DHCP servers want one in the VM's subnet).
+    pub fn add_bridge_address(&self, addr: IpAddr, prefix: u8) {
+        let bridge = self.bridge();
+        self.pod
+            .block_on(|| async move {
+                let (conn, h, _) = rtnetlink::new_connection().unwrap();
+                tokio::spawn(conn);
+                let br = index(&h, &bridge).await;
+                h.address().add(br, addr, prefix).execute().await.unwrap();
+            })
+            .unwrap();
+    }
+
+    /// `ip -j ...` in the VM namespace, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.in_vm("ip").arg("-j").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The VM side's IPv4 addresses as `addr/prefix`.
+    pub fn vm_addresses(&self) -> Vec<String> {
+        let v = self.ip_json(&["-4", "addr", "show", "dev", VM_IF]);
+        v[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect()
+    }
+
+    /// The VM side's IPv4 routes as `dst [via gw]`, main table.
+    pub fn vm_routes(&self) -> Vec<String> {
+        let v = self.ip_json(&["-4", "route", "show", "table", "main"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| match r["gateway"].as_str() {
+                Some(g) => format!("{} via {g}", r["dst"].as_str().unwrap()),
+                None => r["dst"].as_str().unwrap().to_owned(),
+            })
+            .collect()
+    }
+
+    /// The MTU metric of each IPv4 route (dhcpcd 9 applies option 26 to its routes,
+    /// not to the link).
+    pub fn vm_route_mtus(&self) -> Vec<(String, Option<u64>)> {
+        let v = self.ip_json(&["-4", "-d", "route", "show", "table", "main"]);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mtu = r["metrics"]
+                    .as_array()
+                    .and_then(|m| m.iter().find_map(|x| x["mtu"].as_u64()));
+                (r["dst"].as_str().unwrap().to_owned(), mtu)
+            })
+            .collect()
+    }
+
+    pub fn vm_mtu(&self) -> u64 {
+        self.ip_json(&["link", "show", "dev", VM_IF])[0]["mtu"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// One ping from the VM's namespace.
+    pub fn vm_pings(&self, ip: Ipv4Addr) -> bool {
+        let out = self
+            .in_vm("busybox")
+            .args(["ping", "-c", "1", "-W", "2", &ip.to_string()])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.vm_ns));
+        let _ = netns::delete(&self.vm_ns);
+    }
+}
+
+async fn index(h: &rtnetlink::Handle, name: &str) -> u32 {
+    h.link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .unwrap()
+        .unwrap()
+        .header
+        .index
+}
+
+/// A DHCP server serving in the pod namespace on its own thread; stops on drop.
+pub struct RunningServer {
+    pub stats: StatsHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn start_server(t: &Topology, config: DhcpConfig) -> RunningServer {
+    let server = netns::run_in(Some(&t.pod_path()), || DhcpServer::bind(config))
+        .unwrap()
+        .unwrap();
+    let stats = server.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::select! {
+                r = server.run() => r.unwrap(),
+                _ = stopped => {}
+            }
+        });
+    });
+    RunningServer {
+        stats,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(|t| t.join());
+    }
+}
+
+/// Wait until `f` holds, up to `secs`.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

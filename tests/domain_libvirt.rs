@@ -1,0 +1,90 @@
+//! The pod's private libvirtd + virtlogd and a real TCG domain through the virt crate.
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, MountPlan};
+use vmpod::domain::{DomainEvent, DomainState, Libvirt, StopReason};
+
+fn bare_domain_xml(name: &str, console: &Path) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features>\
+         <devices><serial type='file'><source path='{}'/></serial></devices></domain>",
+        console.display()
+    )
+}
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<(String, DomainEvent)>;
+
+/// Feed events into `state` until `want` holds; bounded by 60 s.
+async fn wait_state(
+    rx: &mut Events,
+    mut state: DomainState,
+    want: fn(DomainState) -> bool,
+) -> DomainState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !want(state) {
+        let (_, ev) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no event leading out of {state:?} within 60 s"))
+            .expect("event channel open");
+        state = state.after(ev);
+    }
+    state
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn private_libvirtd_runs_a_domain_and_reports_events() {
+    if !support::privileged("private_libvirtd_runs_a_domain_and_reports_events") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let layout = LibvirtLayout::new(dir.path());
+    daemons::prepare(&layout).unwrap();
+    let seed = Path::new(daemons::DEFAULT_CAPS_SEED);
+    let seeded = daemons::seed_caps(&layout, seed).unwrap();
+    let t0 = Instant::now();
+    let mut d = Daemons::start(&layout, MountPlan::new(&layout, true).unwrap())
+        .await
+        .unwrap();
+    let t_up = t0.elapsed();
+    let mut lv = Libvirt::connect(&layout.socket()).unwrap();
+    let mut rx = lv.subscribe().unwrap();
+    let name = format!("vmpod-test-{}", std::process::id());
+    let console = dir.path().join("console.log");
+    let dom = lv
+        .define_and_start(&bare_domain_xml(&name, &console))
+        .unwrap();
+    let t_run = t0.elapsed();
+    eprintln!(
+        "daemons up {t_up:?}, domain running {t_run:?} ({seeded} cached capabilities seeded)"
+    );
+    let state = wait_state(&mut rx, DomainState::Pending, |s| s == DomainState::Running).await;
+    assert!(dom.is_active().unwrap());
+    // The host's libvirt directories were not touched: the domain lives in ours.
+    assert!(
+        layout
+            .dir("run")
+            .join("qemu")
+            .join(format!("{name}.pid"))
+            .exists()
+    );
+    assert!(
+        !Path::new("/run/libvirt/qemu")
+            .join(format!("{name}.pid"))
+            .exists()
+    );
+    dom.pause().unwrap();
+    let state = wait_state(&mut rx, state, |s| s == DomainState::Paused).await;
+    dom.resume().unwrap();
+    let state = wait_state(&mut rx, state, |s| s == DomainState::Running).await;
+    dom.destroy().unwrap();
+    let state = wait_state(&mut rx, state, DomainState::is_final).await;
+    assert_eq!(state, DomainState::Stopped(StopReason::Destroyed));
+    assert!(daemons::refresh_caps_seed(&layout, seed).unwrap() >= 1);
+    drop(lv);
+    d.stop().await;
+    assert!(d.libvirtd.child.try_wait().unwrap().is_some());
+    assert!(d.virtlogd.child.try_wait().unwrap().is_some());
+}

@@ -1,0 +1,178 @@
+//! Golden files for the domain XML: VMI manifests + a fixed environment -> the exact XML
+//! in src/domain/testdata/. `VMPOD_UPDATE_GOLDEN=1 cargo test --test domain_xml` rewrites
+//! them; review the diff.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use vmpod::api::load_valid_vmi;
+use vmpod::control::Acceleration;
+use vmpod::domain::xml::{DiskFormat, PreparedVolume};
+use vmpod::domain::{Attachment, DomainEnv, XmlError, domain_xml};
+use vmpod::net::{InterfaceFacts, IpCidr};
+
+fn facts() -> InterfaceFacts {
+    InterfaceFacts {
+        interface: "eth0".into(),
+        mac: "0a:58:0a:f4:01:07".parse().unwrap(),
+        mtu: 1450,
+        addresses: vec![IpCidr::new("10.244.1.7".parse().unwrap(), 24)],
+        routes: vec![],
+        dns: vec![],
+        search: vec![],
+        hostname: "vm1".into(),
+    }
+}
+
+fn env(accel: Acceleration, volumes: &[(&str, &str, DiskFormat)]) -> DomainEnv {
+    DomainEnv {
+        accel,
+        state_dir: PathBuf::from("/var/run/vmpod"),
+        volumes: volumes
+            .iter()
+            .map(|(name, path, format)| {
+                let v = PreparedVolume {
+                    path: PathBuf::from(path),
+                    format: *format,
+                    read_only: false,
+                };
+                (name.to_string(), v)
+            })
+            .collect(),
+        interfaces: BTreeMap::from([(
+            "default".to_string(),
+            Attachment {
+                facts: facts(),
+                tap: "tap-eth0".into(),
+            },
+        )]),
+        kernel_boot_root: PathBuf::from("/var/run/vmpod/kernel-boot"),
+    }
+}
+
+fn check_golden(name: &str, xml: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/domain/testdata")
+        .join(name);
+    if std::env::var_os("VMPOD_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, xml).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (VMPOD_UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(xml, want, "{} differs", path.display());
+}
+
+const TESTGUEST: &str = include_str!("../manifests/examples/testguest.yaml");
+
+#[test]
+fn testguest_example_under_tcg() {
+    let vmi = load_valid_vmi(TESTGUEST).unwrap();
+    let env = env(
+        Acceleration::Tcg,
+        &[(
+            "cloudinit",
+            "/var/run/vmpod/cloud-init.img",
+            DiskFormat::Raw,
+        )],
+    );
+    let xml = domain_xml(&vmi, &env).unwrap();
+    check_golden("testguest-tcg.xml", &xml.0);
+}
+
+const KITCHEN_SINK: &str = r##"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: big
+  namespace: prod
+  uid: 6a1c7a53-6a4e-4f0e-9a55-2f4c0d5e1b10
+spec:
+  domain:
+    cpu: {sockets: 2, cores: 2, threads: 1}
+    memory: {guest: 1Gi}
+    machine: {type: pc}
+    features:
+      acpi: {enabled: false}
+    firmware:
+      kernelBoot:
+        kernelArgs: "console=ttyS0 root=/dev/vda rw quote=\"<&>\""
+        container:
+          image: registry.example/kernels:6.1
+          kernelPath: /boot/vmlinuz
+          initrdPath: /boot/initrd.img
+    devices:
+      disks:
+        - name: root
+          disk: {bus: virtio}
+          bootOrder: 1
+          serial: ROOT01
+        - name: scratch
+          disk: {bus: sata}
+        - name: iso
+          cdrom: {}
+        - name: ci
+          disk: {}
+      interfaces:
+        - name: default
+          bridge: {}
+          macAddress: "02:00:00:0a:0b:0c"
+          model: e1000
+  networks:
+    - name: default
+      pod: {}
+  volumes:
+    - name: root
+      containerDisk: {image: registry.example/fedora:40}
+    - name: scratch
+      emptyDisk: {capacity: 2Gi}
+    - name: iso
+      hostDisk: {path: /data/tools.iso, type: Disk}
+    - name: ci
+      cloudInitNoCloud: {userData: "#cloud-config\n"}
+"##;
+
+#[test]
+fn kitchen_sink_under_kvm() {
+    let vmi = load_valid_vmi(KITCHEN_SINK).unwrap();
+    let env = env(
+        Acceleration::Kvm,
+        &[
+            (
+                "root",
+                "/var/run/vmpod/container-disks/root/disk/disk.img",
+                DiskFormat::Qcow2,
+            ),
+            (
+                "scratch",
+                "/var/run/vmpod/disks/scratch.img",
+                DiskFormat::Raw,
+            ),
+            ("iso", "/data/tools.iso", DiskFormat::Raw),
+            ("ci", "/var/run/vmpod/cloud-init.img", DiskFormat::Raw),
+        ],
+    );
+    let xml = domain_xml(&vmi, &env).unwrap();
+    check_golden("kitchen-sink-kvm.xml", &xml.0);
+}
+
+#[test]
+fn missing_pieces_name_the_field() {
+    let vmi = load_valid_vmi(TESTGUEST).unwrap();
+    let e = domain_xml(&vmi, &env(Acceleration::Tcg, &[])).unwrap_err();
+    assert_eq!(
+        e,
+        XmlError::VolumeNotPrepared {
+            path: "spec.domain.devices.disks[0]".into(),
+            volume: "cloudinit".into()
+        }
+    );
+    let mut no_net = env(
+        Acceleration::Tcg,
+        &[("cloudinit", "/x.img", DiskFormat::Raw)],
+    );
+    no_net.interfaces.clear();
+    let e = domain_xml(&vmi, &no_net).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "spec.domain.devices.interfaces[0]: interface \"default\" has no pod attachment"
+    );
+}

@@ -1,0 +1,246 @@
+//! End to end: the real launcher in a pod sandbox boots the test guest through its own
+//! libvirtd under QEMU. The guest must lease the pod's IP, prefix, router and MTU from the
+//! launcher's DHCP server, ping the gateway and read the cloud-init user-data; SIGTERM
+//! must end it within the grace period, leaving no process and no link behind.
+mod support;
+
+use std::time::Duration;
+use support::launcher::{Launcher, processes_mentioning, testguest_vmi};
+use vmpod::control::{ControlClient, Phase};
+use vmpod::net::IpCidr;
+use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
+
+fn cidr(s: &str) -> IpCidr {
+    let (a, p) = s.split_once('/').unwrap();
+    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
+}
+
+fn pod(name: &str) -> PodSandbox {
+    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
+    let mut spec = PodSpec::new(name, cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    spec.mtu = 1400;
+    spec.dns = vec!["10.96.0.10".parse().unwrap()];
+    PodSandbox::create(&node, &spec).unwrap()
+}
+
+/// Link names in the pod namespace.
+fn pod_links(sb: &PodSandbox) -> Vec<String> {
+    sb.block_on(|| async {
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        vmpod::net::state::snapshot(&handle)
+            .await
+            .unwrap()
+            .links
+            .into_iter()
+            .map(|l| l.name)
+            .collect()
+    })
+    .unwrap()
+}
+
+const BOOT: Duration = Duration::from_secs(150);
+
+#[test]
+fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
+    if !support::privileged("launcher_boots_guest_with_pod_network_and_stops_on_sigterm") {
+        return;
+    }
+    let sb = pod("lboot");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let marker = format!("vmpod-user-data-{}", std::process::id());
+    let vmi = testguest_vmi("lboot", &format!("#cloud-config\n# {marker}\n"), true, 30);
+    let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+
+    let report = l.wait_report(BOOT, |r| r.holding);
+    let lease = report.lease.clone().expect("a lease");
+    assert_eq!(lease.ip, "10.77.0.5".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(lease.prefix, 24);
+    assert_eq!(lease.router(), Some("10.77.0.1".parse().unwrap()));
+    assert_eq!(lease.mtu, Some(1400));
+    assert_eq!(lease.link_mtu, 1400);
+    assert_eq!(
+        lease.dns,
+        vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let ping = report.ping.clone().expect("a ping report");
+    assert!(ping.ok, "guest could not ping the gateway: {ping:?}");
+    assert_eq!(
+        ping.target,
+        "10.77.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    let user_data = report.user_data().expect("cidata user-data on the console");
+    assert!(user_data.contains(&marker), "user-data: {user_data}");
+
+    // The control API answers with the VM's phase and address.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = ControlClient::new(state.join("control.sock"));
+    let status = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.status()).await })
+        .expect("status within 10 s")
+        .expect("status");
+    assert_eq!(status.phase, Phase::Running);
+    assert_eq!(status.first_ip(), Some("10.77.0.5".parse().unwrap()));
+    assert!(status.qemu_pid.is_some(), "{status:?}");
+    let xml = rt
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), client.domain_xml()).await
+        })
+        .expect("domain XML within 10 s")
+        .unwrap();
+    assert!(
+        xml.contains("<target dev='tap-eth0' managed='no'/>"),
+        "{xml}"
+    );
+    // The rewired pod: bridge and tap exist while the VM runs.
+    let links = pod_links(&sb);
+    assert!(
+        links.iter().any(|l| l == "k6t-eth0") && links.iter().any(|l| l == "tap-eth0"),
+        "{links:?}"
+    );
+
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    assert!(
+        l.console().contains("VMPOD-POWER-BUTTON"),
+        "guest saw no power button:\n{}",
+        l.console()
+    );
+    assert!(
+        l.console().contains("VMPOD-POWEROFF"),
+        "guest did not power off:\n{}",
+        l.console()
+    );
+    let status = vmpod::control::read_status(&state).unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+
+    // Nothing left: no daemon or QEMU for this pod, no bridge or tap, eth0 has its IP back.
+    let left = processes_mentioning(&state.to_string_lossy());
+    assert!(left.is_empty(), "leftover processes: {left:?}");
+    let links = pod_links(&sb);
+    assert!(
+        !links.iter().any(|l| l == "k6t-eth0" || l == "tap-eth0"),
+        "{links:?}"
+    );
+    let addrs = sb
+        .block_on(|| async {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            vmpod::net::state::snapshot(&handle)
+                .await
+                .unwrap()
+                .addresses
+        })
+        .unwrap();
+    assert!(
+        addrs.iter().any(|a| a.address == cidr("10.77.0.5/24")),
+        "pod IP not restored: {addrs:?}"
+    );
+}
+
+#[test]
+fn second_launcher_on_rewired_pod_uses_cache_and_exits_when_guest_powers_off() {
+    if !support::privileged(
+        "second_launcher_on_rewired_pod_uses_cache_and_exits_when_guest_powers_off",
+    ) {
+        return;
+    }
+    let sb = pod("lcache");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // A first launcher's network phase already ran: the pod IP is gone from eth0.
+    let out = sb
+        .command(support::launcher::launcher_bin())
+        .unwrap()
+        .args(["net", "setup", "--state-dir"])
+        .arg(&state)
+        .arg("--resolv-conf")
+        .arg(sb.resolv_conf_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "net setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let vmi = testguest_vmi("lcache", "#cloud-config\n", false, 10);
+    let mut l = Launcher::start(&sb, &state, &vmi, &["--accel", "emulation"]);
+    let report = l.wait_report(BOOT, |r| r.powered_off);
+    let lease = report.lease.expect("a lease");
+    assert_eq!(lease.ip, "10.77.0.5".parse::<std::net::Ipv4Addr>().unwrap());
+    assert!(report.ping.is_some_and(|p| p.ok));
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    assert!(
+        l.log().contains("from_cache=true"),
+        "launcher did not reuse the cache:\n{}",
+        l.log()
+    );
+    let status = vmpod::control::read_status(&state).unwrap();
+    assert_eq!(status.phase, Phase::Succeeded);
+    assert_eq!(status.reason.as_deref(), Some("guest powered off"));
+    assert!(processes_mentioning(&state.to_string_lossy()).is_empty());
+}
+
+#[test]
+fn launcher_exits_nonzero_with_reason_when_qemu_dies() {
+    if !support::privileged("launcher_exits_nonzero_with_reason_when_qemu_dies") {
+        return;
+    }
+    let sb = pod("lcrash");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let vmi = testguest_vmi("lcrash", "#cloud-config\n", true, 30);
+    let mut l = Launcher::start(&sb, &state, &vmi, &["--accel", "emulation"]);
+    // Wait (bounded) for the domain to run, then kill QEMU under libvirt's feet.
+    let deadline = std::time::Instant::now() + BOOT;
+    let qemu_pid = loop {
+        if let Some(pid) = vmpod::control::read_status(&state)
+            .ok()
+            .filter(|s| s.phase == Phase::Running)
+            .and_then(|s| s.qemu_pid)
+        {
+            break pid;
+        }
+        assert!(
+            l.child.try_wait().unwrap().is_none(),
+            "launcher exited early:\n{}",
+            l.log()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "domain not running:\n{}",
+            l.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(qemu_pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(
+        !st.success(),
+        "a dead QEMU must fail the launcher\n{}",
+        l.log()
+    );
+    let status = vmpod::control::read_status(&state).unwrap();
+    assert_eq!(status.phase, Phase::Failed, "{status:?}");
+    let reason = status.reason.unwrap_or_default();
+    assert!(reason.contains("domain stopped"), "reason: {reason}");
+    assert!(
+        l.log().contains(&reason),
+        "stderr names the reason:\n{}",
+        l.log()
+    );
+    assert!(processes_mentioning(&state.to_string_lossy()).is_empty());
+    assert!(
+        !pod_links(&sb)
+            .iter()
+            .any(|l| l == "k6t-eth0" || l == "tap-eth0")
+    );
+}

@@ -1,0 +1,629 @@
+//! The local runtime end to end: `vmpodctl run` and `vmpod-handler local` on this machine,
+//! each on a bridge, IPAM range and local root of its own so tests run in parallel.
+//!
+//! Two kinds of launcher: the real `vmpod-launcher` booting the test guest under QEMU
+//! (lease, graceful stop, nothing left), and a shell script standing in for it, which
+//! checks what the runtime alone promises (the pod's namespace, address, route, hostname
+//! and resolv.conf as the launcher sees them; exit status passed through; SIGTERM when the
+//! control API cannot take a stop).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::guest::{GuestReport, guest_artifacts};
+
+const VM_TIMEOUT: Duration = Duration::from_secs(180);
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn bin(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_vmpodctl")).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// A bridge, subnet, local root and VMI name of this test's own.
+struct Site {
+    dir: tempfile::TempDir,
+    bridge: String,
+    subnet_octet: u32,
+    name: String,
+}
+
+impl Site {
+    fn new(base: &str) -> Site {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        Site {
+            dir: tempfile::tempdir().unwrap(),
+            bridge: format!("vpl{:06x}{n:x}", pid & 0xff_ffff),
+            subnet_octet: 100 + (pid * 7 + n * 13) % 150,
+            name: format!("{base}-{pid:x}x{n}"),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("vms")
+    }
+
+    fn gateway(&self) -> String {
+        format!("10.222.{}.1", self.subnet_octet)
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("VMPOD_LOCAL_ROOT", self.root())
+            .env("VMPOD_BRIDGE", &self.bridge)
+            .env("VMPOD_SUBNET", format!("10.222.{}.0/24", self.subnet_octet))
+            .env("VMPOD_LAUNCHER", bin("vmpod-launcher"));
+    }
+
+    /// A test guest manifest; `hold` keeps it up until the ACPI power button.
+    fn manifest(&self, path: &Path, name: &str, hold: bool) {
+        let (kernel, initrd) = guest_artifacts();
+        let hold = if hold { " vmpod.hold=1" } else { "" };
+        let text = format!(
+            "apiVersion: vmpod.io/v1alpha1\nkind: VirtualMachineInstance\nmetadata:\n  name: {name}\n  \
+             annotations:\n    vmpod.io/acceleration: emulation\nspec:\n  terminationGracePeriodSeconds: 60\n  \
+             domain:\n    memory:\n      guest: 256Mi\n    firmware:\n      kernelBoot:\n        \
+             kernelArgs: console=ttyS0 panic=-1{hold}\n        kernelPath: {}\n        initrdPath: {}\n    \
+             devices:\n      interfaces:\n        - name: default\n          bridge: {{}}\n  \
+             networks:\n    - name: default\n      pod: {{}}\n",
+            kernel.display(),
+            initrd.display()
+        );
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn vmpodctl_run(&self, manifest: &Path, extra_env: &[(&str, &Path)]) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
+        self.env(&mut cmd);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        cmd.arg("run")
+            .arg(manifest)
+            .arg("--console")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Nothing of the run is left: namespace, veth, bridge, process, mount, state dir.
+    fn assert_nothing_left(&self, pod: &PodLine) {
+        assert!(
+            !Path::new("/run/netns").join(&pod.netns).exists(),
+            "netns {} left",
+            pod.netns
+        );
+        assert!(
+            !Path::new("/sys/class/net").join(&pod.veth).exists(),
+            "veth {} left",
+            pod.veth
+        );
+        assert!(
+            !Path::new("/sys/class/net").join(&self.bridge).exists(),
+            "bridge {} left",
+            self.bridge
+        );
+        let root = self.root().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for line in mounts.lines() {
+            assert!(
+                !line.contains(&root) && !line.contains(&pod.netns),
+                "mount left: {line}"
+            );
+        }
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                assert!(
+                    !cmdline.contains(&root),
+                    "process {:?} left: {cmdline}",
+                    entry.file_name()
+                );
+            }
+        }
+        assert!(!self.root().join(&self.name).exists(), "state dir left");
+    }
+}
+
+/// `vmpodctl: NAME: pod IP A/P gateway G on bridge B (netns N, veth V)`.
+#[derive(Debug)]
+struct PodLine {
+    ip: String,
+    gateway: String,
+    netns: String,
+    veth: String,
+}
+
+fn parse_pod_line(stderr: &str) -> PodLine {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(": pod IP "))
+        .unwrap_or_else(|| panic!("no pod line in:\n{stderr}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |w: &str| {
+        words
+            .iter()
+            .position(|x| *x == w)
+            .map(|i| words[i + 1])
+            .unwrap()
+    };
+    PodLine {
+        ip: after("IP").split('/').next().unwrap().to_string(),
+        gateway: after("gateway").to_string(),
+        netns: after("(netns").trim_end_matches(',').to_string(),
+        veth: after("veth").trim_end_matches(')').to_string(),
+    }
+}
+
+/// Read a pipe on a thread, line by line, into a channel.
+fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Collect lines until `until` matches one (then returns true) or the deadline passes.
+fn collect_until(
+    rx: &mpsc::Receiver<String>,
+    into: &mut String,
+    deadline: Instant,
+    until: impl Fn(&str) -> bool,
+) -> bool {
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                into.push_str(&line);
+                into.push('\n');
+                if until(&line) {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Wait for `child` with a deadline; kill it (and fail) when the deadline passes.
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            std::thread::sleep(Duration::from_secs(10));
+            let _ = child.kill();
+            panic!("{timeout:?} passed and the process still ran");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sigint(child: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+}
+
+fn drain(rx: &mpsc::Receiver<String>, into: &mut String) {
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        into.push_str(&l);
+        into.push('\n');
+    }
+}
+
+#[test]
+fn run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left() {
+    if !support::privileged("run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left") {
+        return;
+    }
+    let site = Site::new("lrun");
+    let manifest = site.dir.path().join("vm.yaml");
+    site.manifest(&manifest, &site.name, false);
+    let mut child = site.vmpodctl_run(&manifest, &[]);
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    let status = wait_or_kill(&mut child, VM_TIMEOUT);
+    let (mut console, mut log) = (String::new(), String::new());
+    drain(&out, &mut console);
+    drain(&err, &mut log);
+    assert!(
+        status.success(),
+        "vmpodctl run: {status}\nstderr:\n{log}\nconsole:\n{console}"
+    );
+    let pod = parse_pod_line(&log);
+    let report = GuestReport::parse(&console).unwrap();
+    let lease = report
+        .lease
+        .as_ref()
+        .unwrap_or_else(|| panic!("no lease on the console:\n{console}\n{log}"));
+    assert_eq!(lease.ip.to_string(), pod.ip, "the guest leased the pod IP");
+    assert_eq!(
+        lease.router().map(|r| r.to_string()),
+        Some(pod.gateway.clone())
+    );
+    assert_eq!(pod.gateway, site.gateway());
+    assert!(
+        report.ping.as_ref().is_some_and(|p| p.ok),
+        "the guest pings its gateway:\n{console}"
+    );
+    assert!(report.powered_off);
+    assert!(log.contains("Running"), "phase changes printed:\n{log}");
+    site.assert_nothing_left(&pod);
+}
+
+#[test]
+fn sigint_stops_a_holding_guest_gracefully() {
+    if !support::privileged("sigint_stops_a_holding_guest_gracefully") {
+        return;
+    }
+    let site = Site::new("lint");
+    let manifest = site.dir.path().join("vm.yaml");
+    site.manifest(&manifest, &site.name, true);
+    let mut child = site.vmpodctl_run(&manifest, &[]);
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    let mut console = String::new();
+    let held = collect_until(&out, &mut console, Instant::now() + VM_TIMEOUT, |l| {
+        l.contains("VMPOD-HOLD")
+    });
+    if !held {
+        let _ = child.kill();
+        let mut log = String::new();
+        drain(&err, &mut log);
+        panic!("the guest never held:\n{console}\n{log}");
+    }
+    sigint(&child);
+    let status = wait_or_kill(&mut child, Duration::from_secs(90));
+    let mut log = String::new();
+    drain(&out, &mut console);
+    drain(&err, &mut log);
+    let report = GuestReport::parse(&console).unwrap();
+    assert!(
+        report.power_button && report.powered_off,
+        "ACPI power-off, not a kill:\n{console}\n{log}"
+    );
+    assert!(status.success(), "graceful stop exits 0: {status}\n{log}");
+    assert!(log.contains("stopping gracefully"), "{log}");
+    site.assert_nothing_left(&parse_pod_line(&log));
+}
+
+/// A stand-in launcher: records what it sees of the pod in `$FAKE_OUT` and `start PID` in
+/// `$FAKE_OUT.events`, then exits 7, or with `$FAKE_HOLD` waits for SIGTERM, records
+/// `term PID` and exits 0.
+fn fake_launcher(dir: &Path) -> PathBuf {
+    let path = dir.join("fake-launcher.sh");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\nout=\"$FAKE_OUT\"\n{ echo \"args $*\"; echo \"hostname $(hostname)\"; \
+         echo \"etc-hostname $(cat /etc/hostname 2>/dev/null)\"; \
+         echo \"resolv $(cat /etc/resolv.conf | tr '\\n' ' ')\"; \
+         ip -o -4 addr show dev eth0 | awk '{print \"addr \" $4}'; \
+         ip route show default | awk '{print \"gw \" $3}'; } > \"$out.tmp\"\nmv \"$out.tmp\" \"$out\"\n\
+         echo \"start $$\" >> \"$out.events\"\n\
+         [ -n \"$FAKE_HOLD\" ] || exit 7\n\
+         trap 'echo term >> \"$out\"; echo \"term $$\" >> \"$out.events\"; exit 0' TERM\n\
+         while :; do sleep 0.1; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `vmpodctl run` of a manifest with the stand-in launcher, and the file it reports to.
+fn fake_run(site: &Site, hold: bool) -> (Command, PathBuf) {
+    let manifest = site.dir.path().join("vm.yaml");
+    site.manifest(&manifest, &site.name, false);
+    let seen = site.dir.path().join("seen");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
+    site.env(&mut cmd);
+    cmd.env("VMPOD_LAUNCHER", fake_launcher(site.dir.path()))
+        .env("FAKE_OUT", &seen)
+        .arg("run")
+        .arg(&manifest);
+    if hold {
+        cmd.env("FAKE_HOLD", "1");
+    }
+    (cmd, seen)
+}
+
+#[test]
+fn run_gives_the_launcher_its_pod_and_passes_its_exit_status() {
+    if !support::privileged("run_gives_the_launcher_its_pod_and_passes_its_exit_status") {
+        return;
+    }
+    let site = Site::new("lfake");
+    let (mut cmd, seen) = fake_run(&site, false);
+    let out = cmd.output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "the launcher's exit status:\n{log}"
+    );
+    let pod = parse_pod_line(&log);
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let state_dir = site.root().join(&site.name);
+    assert!(
+        seen.contains(&format!(
+            "args run --vmi {}/pod/vmi.json --state-dir {}",
+            state_dir.display(),
+            state_dir.display()
+        )),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("hostname {}\n", site.name)),
+        "UTS namespace: {seen}"
+    );
+    assert!(
+        seen.contains(&format!("etc-hostname {}\n", site.name)),
+        "{seen}"
+    );
+    assert!(seen.contains(&format!("addr {}/24\n", pod.ip)), "{seen}");
+    assert!(seen.contains(&format!("gw {}\n", site.gateway())), "{seen}");
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap();
+    if let Some(ns) = host_resolv
+        .lines()
+        .find(|l| l.starts_with("nameserver") && !l.contains(" 127."))
+    {
+        assert!(
+            seen.contains(ns),
+            "the pod's resolv.conf carries {ns}: {seen}"
+        );
+    }
+    assert!(
+        log.contains("launcher log (last lines)"),
+        "a failed launcher's log is shown:\n{log}"
+    );
+    let hostname = nix::unistd::gethostname().unwrap();
+    assert_ne!(
+        hostname.to_string_lossy(),
+        site.name,
+        "the host's hostname is untouched"
+    );
+    site.assert_nothing_left(&pod);
+}
+
+#[test]
+fn sigint_terms_a_launcher_that_has_no_control_socket_yet() {
+    if !support::privileged("sigint_terms_a_launcher_that_has_no_control_socket_yet") {
+        return;
+    }
+    let site = Site::new("lterm");
+    let (mut cmd, seen) = fake_run(&site, true);
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.exists() {
+        assert!(Instant::now() < deadline, "the fake launcher never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigint(&child);
+    let status = wait_or_kill(&mut child, Duration::from_secs(20));
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        std::fs::read_to_string(&seen).unwrap().ends_with("term\n"),
+        "the launcher got SIGTERM"
+    );
+    site.assert_nothing_left(&parse_pod_line(&log));
+}
+
+/// Wait until `f` holds, or panic with `what` after `timeout`.
+fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
+    if !support::privileged("handler_local_starts_an_added_manifest_and_stops_a_removed_one") {
+        return;
+    }
+    let site = Site::new("lhand");
+    let dir = site.dir.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let mut cmd = Command::new(bin("vmpod-handler"));
+    site.env(&mut cmd);
+    let mut handler = cmd
+        .arg("local")
+        .arg("--manifests")
+        .arg(&dir)
+        .arg("--poll-ms")
+        .arg("200")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = lines_of(handler.stderr.take().unwrap());
+    let manifest = dir.join("vm.yaml");
+    site.manifest(&manifest, &site.name, true);
+    let status_file = dir.join("vm.status.json");
+    let status = || -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok()
+    };
+    let mut log = String::new();
+    let running = (|| {
+        let deadline = Instant::now() + VM_TIMEOUT;
+        while Instant::now() < deadline {
+            drain_now(&err, &mut log);
+            if status().is_some_and(|s| {
+                s["phase"] == "Running" && s["interfaces"][0]["ipAddress"].is_string()
+            }) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    })();
+    if !running {
+        let _ = handler.kill();
+        panic!(
+            "no Running status with an IP in {}: {:?}\n{log}",
+            status_file.display(),
+            status()
+        );
+    }
+    let s = status().unwrap();
+    let ip = s["interfaces"][0]["ipAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ip.starts_with(&format!("10.222.{}.", site.subnet_octet)),
+        "{s}"
+    );
+    let state_dir = site.root().join(&site.name);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("pod/pod.json")).unwrap()).unwrap();
+    let pod = PodLine {
+        ip,
+        gateway: site.gateway(),
+        netns: record["netns"].as_str().unwrap().into(),
+        veth: record["nodeVeth"].as_str().unwrap().into(),
+    };
+    assert!(Path::new("/run/netns").join(&pod.netns).exists());
+
+    std::fs::remove_file(&manifest).unwrap();
+    eventually(
+        Duration::from_secs(90),
+        "the removed manifest's VM to stop",
+        || {
+            drain_now(&err, &mut log);
+            !status_file.exists() && !state_dir.exists()
+        },
+    );
+    assert!(!Path::new("/run/netns").join(&pod.netns).exists(), "{log}");
+    sigint(&handler);
+    let code = wait_or_kill(&mut handler, Duration::from_secs(30));
+    drain(&err, &mut log);
+    assert!(code.success(), "{code}\n{log}");
+    assert!(log.contains("manifest removed: stopping its VM"), "{log}");
+    site.assert_nothing_left(&pod);
+}
+
+fn drain_now(rx: &mpsc::Receiver<String>, into: &mut String) {
+    while let Ok(l) = rx.try_recv() {
+        into.push_str(&l);
+        into.push('\n');
+    }
+}
+
+#[test]
+fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
+    if !support::privileged("handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm") {
+        return;
+    }
+    let site = Site::new("lchg");
+    let dir = site.dir.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let seen = site.dir.path().join("seen");
+    let events_file = site.dir.path().join("seen.events");
+    let events = || std::fs::read_to_string(&events_file).unwrap_or_default();
+    let mut cmd = Command::new(bin("vmpod-handler"));
+    site.env(&mut cmd);
+    let mut handler = cmd
+        .env("VMPOD_LAUNCHER", fake_launcher(site.dir.path()))
+        .env("FAKE_OUT", &seen)
+        .env("FAKE_HOLD", "1")
+        .args(["local", "--poll-ms", "100", "--manifests"])
+        .arg(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = lines_of(handler.stderr.take().unwrap());
+    let manifest = dir.join("vm.yaml");
+    site.manifest(&manifest, &site.name, false);
+    eventually(Duration::from_secs(20), "the first launcher", || {
+        events().lines().count() == 1
+    });
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("vm.status.json")).unwrap()).unwrap();
+    assert_eq!(status["phase"], "Pending", "{status}");
+    assert_eq!(status["name"], site.name.as_str());
+
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("guest: 256Mi", "guest: 192Mi")).unwrap();
+    eventually(Duration::from_secs(20), "the restart", || {
+        events().lines().count() == 3
+    });
+    let ev = events();
+    let lines: Vec<&str> = ev.lines().collect();
+    let first = lines[0].strip_prefix("start ").unwrap();
+    assert_eq!(
+        lines[1],
+        format!("term {first}"),
+        "the old launcher stops first: {ev}"
+    );
+    assert!(
+        lines[2].starts_with("start ") && lines[2] != lines[0],
+        "{ev}"
+    );
+    let vmi: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(site.root().join(&site.name).join("pod/vmi.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        vmi["spec"]["domain"]["memory"]["guest"], "192Mi",
+        "the new spec runs"
+    );
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(site.root().join(&site.name).join("pod/pod.json")).unwrap(),
+    )
+    .unwrap();
+    let pod = PodLine {
+        ip: String::new(),
+        gateway: site.gateway(),
+        netns: record["netns"].as_str().unwrap().into(),
+        veth: record["nodeVeth"].as_str().unwrap().into(),
+    };
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(handler.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let code = wait_or_kill(&mut handler, Duration::from_secs(30));
+    let mut log = String::new();
+    drain(&err, &mut log);
+    assert!(code.success(), "{code}\n{log}");
+    let second = lines[2].strip_prefix("start ").unwrap();
+    assert!(
+        events().ends_with(&format!("term {second}\n")),
+        "SIGTERM stops the VM: {}",
+        events()
+    );
+    site.assert_nothing_left(&pod);
+}

@@ -1,0 +1,259 @@
+//! Running the real `vmpod-launcher` binary inside a pod sandbox: build it once, write a
+//! VMI for the test guest, start it in the pod's network namespace, read its console and
+//! wait (bounded) for it to end.
+
+use super::guest::{GuestReport, guest_artifacts};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use vmpod::sandbox::PodSandbox;
+
+/// The launcher binary of this workspace, built on first use.
+pub fn launcher_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "vmpod-launcher",
+                "--bin",
+                "vmpod-launcher",
+            ])
+            .current_dir(root)
+            .status()
+            .expect("run cargo build -p vmpod-launcher");
+        assert!(
+            status.success(),
+            "cargo build -p vmpod-launcher failed: {status}"
+        );
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("debug").join("vmpod-launcher")
+    })
+    .clone()
+}
+
+/// A VMI for the test guest: kernel boot, one bridged pod interface, a cidata disk with
+/// `user_data`; `hold` keeps the guest up until the ACPI power button.
+pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> String {
+    let (kernel, initrd) = guest_artifacts();
+    let args = if hold {
+        "console=ttyS0 panic=-1 vmpod.hold=1"
+    } else {
+        "console=ttyS0 panic=-1"
+    };
+    let user_data: String = user_data
+        .lines()
+        .map(|l| format!("          {l}\n"))
+        .collect();
+    format!(
+        "apiVersion: vmpod.io/v1alpha1
+kind: VirtualMachineInstance
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: {grace}
+  domain:
+    memory:
+      guest: 128Mi
+    machine:
+      type: pc
+    firmware:
+      kernelBoot:
+        kernelArgs: {args}
+        kernelPath: {kernel}
+        initrdPath: {initrd}
+    devices:
+      rng: {{}}
+      interfaces:
+        - name: default
+          bridge: {{}}
+      disks:
+        - name: cloudinit
+          disk:
+            bus: virtio
+  networks:
+    - name: default
+      pod: {{}}
+  volumes:
+    - name: cloudinit
+      cloudInitNoCloud:
+        userData: |
+{user_data}",
+        kernel = kernel.display(),
+        initrd = initrd.display(),
+    )
+}
+
+/// A launcher process running in a pod sandbox.
+pub struct Launcher {
+    pub child: Child,
+    pub state_dir: PathBuf,
+    pub stderr: PathBuf,
+    pub started: Instant,
+}
+
+impl Launcher {
+    /// Start `vmpod-launcher run` in the pod with `vmi` (written to the state dir).
+    pub fn start(sb: &PodSandbox, state_dir: &Path, vmi: &str, extra: &[&str]) -> Launcher {
+        std::fs::create_dir_all(state_dir).unwrap();
+        let vmi_path = state_dir.join("vmi.yaml");
+        std::fs::write(&vmi_path, vmi).unwrap();
+        let stderr = state_dir.join("launcher.log");
+        let started = Instant::now();
+        let child = sb
+            .command(launcher_bin())
+            .unwrap()
+            .arg("run")
+            .arg("--vmi")
+            .arg(&vmi_path)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--resolv-conf")
+            .arg(sb.resolv_conf_path())
+            .args(extra)
+            .env("VMPOD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn vmpod-launcher");
+        Launcher {
+            child,
+            state_dir: state_dir.to_path_buf(),
+            stderr,
+            started,
+        }
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("console.log")).unwrap_or_default()
+    }
+
+    /// The launcher's stderr, ANSI colour codes removed.
+    pub fn log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.stderr).unwrap_or_default())
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "--- launcher log ---\n{}\n--- console ---\n{}",
+            self.log(),
+            self.console()
+        )
+    }
+
+    /// Wait until the guest's console report satisfies `done`; panics (with the launcher
+    /// log and the console) on timeout or when the launcher exits first.
+    pub fn wait_report(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&GuestReport) -> bool,
+    ) -> GuestReport {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let report = GuestReport::parse(&self.console())
+                .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
+            if done(&report) {
+                return report;
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!(
+                    "launcher exited ({st}) before the guest got there\n{}",
+                    self.diagnostics()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?}\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Wait for the launcher to exit; panics with diagnostics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "launcher still running after {timeout:?}\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn sigterm(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // A failed test: SIGTERM lets the launcher tear down; kill after 20 s.
+            self.sigterm();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Remove `ESC [ ... m` colour sequences.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Processes whose command line mentions `needle` (e.g. a state dir): leftovers.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if pid == std::process::id().to_string() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
