@@ -6,11 +6,15 @@
 //! -> serve DHCP to the VM ([`dhcp`]) -> domain XML and libvirt ([`domain`]) -> status
 //! over the control socket ([`control`]). [`sandbox`] plays kubelet + CNI for local mode.
 
+#[cfg(feature = "runtime")]
 pub mod api;
+#[cfg(feature = "runtime")]
 pub mod control;
 pub mod dhcp;
+#[cfg(feature = "runtime")]
 pub mod domain;
 pub mod net;
+#[cfg(feature = "runtime")]
 pub mod sandbox;
 
 /// Set up tracing for a vmpod binary: logs go to standard error, filtered by `VMPOD_LOG`
