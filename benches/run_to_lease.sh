@@ -28,7 +28,7 @@ time_to_lease() {
     case "$line" in
       *VMPOD-LEASE\ *) [ "$lease" = - ] && lease=$(( $(now_ms) - start )) ;;
     esac
-  done < <(timeout 300 "$@" 2>/dev/null)
+  done < <("$@" </dev/null 2>/dev/null)
   echo "$lease $(( $(now_ms) - start ))"
 }
 
@@ -44,7 +44,7 @@ qemu_direct() {
 
 vm_lease=() vm_total=() q_lease=()
 for i in $(seq "$N"); do
-  read -r l t < <(time_to_lease target/$PROFILE/vmpodctl run "$MANIFEST" --console)
+  read -r l t < <(time_to_lease timeout 300 "target/$PROFILE/vmpodctl" run "$MANIFEST" --console)
   echo "run $i: vmpodctl run -> lease ${l} ms (exit ${t} ms)" >&2
   vm_lease+=("$l") vm_total+=("$t")
   read -r l _ < <(time_to_lease qemu_direct)
