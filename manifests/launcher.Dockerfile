@@ -22,12 +22,17 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
 # Seed QEMU's capabilities cache at build time: probing qemu-system-x86_64 costs seconds of
-# every launcher start otherwise. libvirtd writes the cache under
-# /var/cache/libvirt/qemu/capabilities/ on the first capabilities query.
+# every launcher start otherwise. libvirtd writes the cache on the first capabilities query;
+# the XML files are copied to /var/cache/vmpod/qemu-capabilities, the seed vmpod-launcher
+# copies into its private libvirt cache (VMPOD_CAPS_SEED, vmpod::domain::daemons). libvirt
+# re-probes when QEMU's or its own ctime differs from the cached one (e.g. when a node
+# extracts the image layers anew); the launcher then writes the fresh result back to the
+# seed.
 RUN set -eu; \
     libvirtd --daemon --pid-file /tmp/libvirtd.pid; \
     for i in $(seq 1 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.1; done; \
     virsh -c qemu:///system domcapabilities --virttype qemu >/dev/null; \
     kill "$(cat /tmp/libvirtd.pid)"; \
-    ls /var/cache/libvirt/qemu/capabilities/*.xml
+    mkdir -p /var/cache/vmpod/qemu-capabilities; \
+    cp /var/cache/libvirt/qemu/capabilities/*.xml /var/cache/vmpod/qemu-capabilities/
 ENTRYPOINT ["vmpod-launcher"]

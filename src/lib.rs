@@ -12,3 +12,18 @@ pub mod dhcp;
 pub mod domain;
 pub mod net;
 pub mod sandbox;
+
+/// Set up tracing for a vmpod binary: logs go to standard error, filtered by `VMPOD_LOG`
+/// (default `default_level`), coloured only when standard error is a terminal so that log
+/// files and test captures stay plain text.
+pub fn init_logging(default_level: &str) {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMPOD_LOG")
+                .unwrap_or_else(|_| default_level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

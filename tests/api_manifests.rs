@@ -409,3 +409,24 @@ fn cluster_manifests_parse_as_their_kinds() {
         assert!(kinds.iter().any(|k| k == want), "{want} missing: {kinds:?}");
     }
 }
+
+#[test]
+fn only_one_cloud_init_volume() {
+    let text = BASE
+        .replacen(
+            "disks: [{name: d, disk: {bus: virtio}}]",
+            "disks: [{name: d}, {name: e}]",
+            1,
+        )
+        .replacen(
+            "volumes: [{name: d, emptyDisk: {capacity: 1Gi}}]",
+            "volumes: [{name: d, cloudInitNoCloud: {userData: a}}, {name: e, cloudInitNoCloud: {userData: b}}]",
+            1,
+        );
+    assert_eq!(
+        errors_of(&text),
+        [
+            "spec.volumes[1].cloudInitNoCloud: only one cloudInitNoCloud volume is allowed (spec.volumes[0] has one)"
+        ]
+    );
+}

@@ -187,3 +187,60 @@ fn second_launcher_on_rewired_pod_uses_cache_and_exits_when_guest_powers_off() {
     assert_eq!(status.reason.as_deref(), Some("guest powered off"));
     assert!(processes_mentioning(&state.to_string_lossy()).is_empty());
 }
+
+#[test]
+fn launcher_exits_nonzero_with_reason_when_qemu_dies() {
+    if !support::privileged("launcher_exits_nonzero_with_reason_when_qemu_dies") {
+        return;
+    }
+    let sb = pod("lcrash");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let vmi = testguest_vmi("lcrash", "#cloud-config\n", true, 30);
+    let mut l = Launcher::start(&sb, &state, &vmi, &["--accel", "emulation"]);
+    // Wait (bounded) for the domain to run, then kill QEMU under libvirt's feet.
+    let deadline = std::time::Instant::now() + BOOT;
+    let qemu_pid = loop {
+        if let Some(pid) = vmpod::control::read_status(&state)
+            .ok()
+            .filter(|s| s.phase == Phase::Running)
+            .and_then(|s| s.qemu_pid)
+        {
+            break pid;
+        }
+        assert!(
+            l.child.try_wait().unwrap().is_none(),
+            "launcher exited early:\n{}",
+            l.log()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "domain not running:\n{}",
+            l.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(qemu_pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(
+        !st.success(),
+        "a dead QEMU must fail the launcher\n{}",
+        l.log()
+    );
+    let status = vmpod::control::read_status(&state).unwrap();
+    assert_eq!(status.phase, Phase::Failed, "{status:?}");
+    let reason = status.reason.unwrap_or_default();
+    assert!(reason.contains("domain stopped"), "reason: {reason}");
+    assert!(
+        l.log().contains(&reason),
+        "stderr names the reason:\n{}",
+        l.log()
+    );
+    assert!(processes_mentioning(&state.to_string_lossy()).is_empty());
+    assert!(
+        !pod_links(&sb)
+            .iter()
+            .any(|l| l == "k6t-eth0" || l == "tap-eth0")
+    );
+}

@@ -7,12 +7,13 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 use vmpod::net::state::{NetSnapshot, snapshot};
 use vmpod::net::{
-    self, CachedInterface, IpCidr, NetError, NetOp, Route, SetupOptions, cache, discover,
+    self, CachedInterface, IpCidr, MacAddr, NetError, NetOp, Route, SetupOptions, cache, discover,
 };
 use vmpod::sandbox::{CALICO_GATEWAY, NodeSpec, PodSandbox, PodSpec};
 
@@ -341,6 +342,27 @@ fn restart_reads_the_cache_and_never_discovers_again() {
 }
 
 #[test]
+fn a_cache_from_another_network_namespace_is_stale() {
+    if !support::privileged("a_cache_from_another_network_namespace_is_stale") {
+        return;
+    }
+    // Pod sandbox recreated (e.g. after a node reboot) with the state directory kept:
+    // the old facts must not be served; the new namespace is discovered afresh.
+    let old = Fixture::new(calico_pod());
+    net::setup(&old.opts()).unwrap();
+    let new = Fixture::new(dual_stack_pod());
+    let mut opts = new.opts();
+    opts.state_dir = old.state.path().to_path_buf();
+    let out = net::setup(&opts).unwrap();
+    assert!(!out.from_cache);
+    assert_eq!(
+        out.cached.facts.addresses,
+        vec![cidr("10.77.0.5/24"), cidr("fd77::5/64")]
+    );
+    assert_rewired(&new, &out.cached.facts);
+}
+
+#[test]
 fn teardown_restores_the_dual_stack_pod_exactly() {
     if !support::privileged("teardown_restores_the_dual_stack_pod_exactly") {
         return;
@@ -521,6 +543,76 @@ fn launcher_cli_sets_up_and_tears_down() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pod interface eth9 not found"), "{err}");
+}
+
+/// Be the VM for a moment: send an ARP request for `target` from `mac`/`ip` into the
+/// tap (as QEMU would, with a virtio-net header) and wait for the answer to come back
+/// through the bridge. Returns the answer's sender MAC and the MAC it was sent to.
+fn arp_through_tap(
+    tap: &str,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    target: Ipv4Addr,
+) -> Option<(MacAddr, MacAddr)> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use std::io::{Read, Write};
+    let mut q = vmpod::net::tap::attach(tap, false).expect("attach to the tap");
+    fcntl(&q, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let mut frame = vec![0u8; vmpod::net::tap::VNET_HDR_LEN];
+    frame.extend([0xff; 6]);
+    frame.extend(mac.0);
+    frame.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend(mac.0);
+    frame.extend(ip.octets());
+    frame.extend([0; 6]);
+    frame.extend(target.octets());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 2048];
+    let mut next_send = Instant::now();
+    while Instant::now() < deadline {
+        if Instant::now() >= next_send {
+            q.write_all(&frame).expect("write to the tap");
+            next_send = Instant::now() + Duration::from_millis(500);
+        }
+        let n = match q.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(e) => panic!("read from the tap: {e}"),
+        };
+        let eth = &buf[vmpod::net::tap::VNET_HDR_LEN..n];
+        let is_reply = eth.len() >= 42 && eth[12..14] == [0x08, 0x06] && eth[20..22] == [0, 2];
+        if is_reply && eth[28..32] == target.octets() {
+            let mac_at = |i: usize| MacAddr(eth[i..i + 6].try_into().unwrap());
+            return Some((mac_at(22), mac_at(0)));
+        }
+    }
+    None
+}
+
+#[test]
+fn the_vm_behind_the_tap_reaches_the_gateway_with_the_pod_identity() {
+    if !support::privileged("the_vm_behind_the_tap_reaches_the_gateway_with_the_pod_identity") {
+        return;
+    }
+    let f = Fixture::new(dual_stack_pod());
+    let facts = net::setup(&f.opts()).unwrap().cached.facts;
+    let IpAddr::V4(ip) = facts.ipv4().unwrap().addr else {
+        unreachable!()
+    };
+    let gw = facts.gateway4().unwrap();
+    let answer = net::netns::run_in(Some(f.ns()), || {
+        arp_through_tap("tap-eth0", facts.mac, ip, gw)
+    })
+    .unwrap();
+    let (gw_mac, to) = answer.expect("no ARP reply from the gateway through tap -> bridge -> eth0");
+    assert_eq!(
+        to, facts.mac,
+        "the reply goes to the VM's (the pod's original) MAC"
+    );
+    assert_ne!(gw_mac, facts.mac);
 }
 
 fn ping(pod: &PodSandbox, target: &str) -> bool {

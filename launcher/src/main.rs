@@ -38,13 +38,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VMPOD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    vmpod::init_logging("info");
     let cli = Cli::parse();
     let result = match cli.command {
         None => run::run(cli.run),

@@ -56,22 +56,11 @@ pub struct SetupArgs {
     json: bool,
 }
 
-/// A namespace argument: a name under /run/netns, or a path.
-pub fn netns_path(arg: Option<&str>) -> Option<PathBuf> {
-    arg.map(|a| {
-        if a.contains('/') {
-            PathBuf::from(a)
-        } else {
-            net::netns::path(a)
-        }
-    })
-}
-
 pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         NetCommand::Setup(a) => {
             let opts = SetupOptions {
-                netns: netns_path(a.common.netns.as_deref()),
+                netns: a.common.netns.as_deref().map(net::netns::resolve),
                 interface: a.interface,
                 binding: a.binding,
                 state_dir: a.common.state_dir,
@@ -92,7 +81,7 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         NetCommand::Teardown(a) => {
-            let ns = netns_path(a.netns.as_deref());
+            let ns = a.netns.as_deref().map(net::netns::resolve);
             let done = net::teardown(ns.as_deref(), &a.state_dir).context("net teardown")?;
             if done.is_empty() {
                 tracing::info!(state_dir = %a.state_dir.display(), "nothing cached; nothing to restore");

@@ -265,9 +265,19 @@ impl Validator {
             }
         }
         let mut seen = BTreeSet::new();
+        let mut cloud_init = None;
         for (i, vol) in spec.volumes.iter().enumerate() {
             let path = index_path("spec.volumes", i);
             self.unique_name(&path, &vol.name, &mut seen);
+            if vol.cloud_init_no_cloud.is_some() {
+                match cloud_init {
+                    Some(first) => self.push(
+                        format!("{path}.cloudInitNoCloud"),
+                        format!("only one cloudInitNoCloud volume is allowed (spec.volumes[{first}] has one)"),
+                    ),
+                    None => cloud_init = Some(i),
+                }
+            }
             if !disks.contains(vol.name.as_str()) {
                 self.push(
                     &path,

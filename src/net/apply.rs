@@ -12,6 +12,7 @@ use netlink_packet_route::address::AddressHeaderFlags;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -24,9 +25,11 @@ pub fn apply(netns: Option<&Path>, ops: &[NetOp]) -> Result<(), NetError> {
 /// Apply `ops` with a handle whose socket lives in the target namespace. Must run on
 /// the thread that is inside that namespace (sysctls and taps follow the thread's).
 pub async fn apply_with(handle: &Handle, ops: &[NetOp]) -> Result<(), NetError> {
+    // Link indexes by name, looked up once per apply: only this apply changes the links.
+    let mut known = HashMap::new();
     for (index, op) in ops.iter().enumerate() {
         tracing::debug!(%op, "apply");
-        apply_one(handle, op)
+        apply_one(handle, &mut known, op)
             .await
             .map_err(|source| NetError::Apply {
                 index,
@@ -37,7 +40,11 @@ pub async fn apply_with(handle: &Handle, ops: &[NetOp]) -> Result<(), NetError> 
     Ok(())
 }
 
-async fn apply_one(h: &Handle, op: &NetOp) -> Result<(), NetError> {
+async fn apply_one(
+    h: &Handle,
+    known: &mut HashMap<String, u32>,
+    op: &NetOp,
+) -> Result<(), NetError> {
     match op {
         NetOp::Sysctl { key, value } => write_sysctl(key, value),
         NetOp::CreateBridge { name, mtu, mac } => match find_link(h, name).await? {
@@ -85,14 +92,14 @@ async fn apply_one(h: &Handle, op: &NetOp) -> Result<(), NetError> {
                         what,
                         source,
                     })?;
-                    link_index(h, name).await?
+                    link_index(h, known, name).await?
                 }
             };
             let msg = LinkUnspec::new_with_index(index).mtu(*mtu).build();
             change(h, msg, format!("set mtu {mtu} on tap {name}")).await
         }
         NetOp::DelAddress { link, address } => {
-            let index = link_index(h, link).await?;
+            let index = link_index(h, known, link).await?;
             let msg = address_message(index, *address);
             match h.address().del(msg).execute().await {
                 Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENOENT)) => Ok(()),
@@ -100,7 +107,7 @@ async fn apply_one(h: &Handle, op: &NetOp) -> Result<(), NetError> {
             }
         }
         NetOp::AddAddress { link, address } => {
-            let index = link_index(h, link).await?;
+            let index = link_index(h, known, link).await?;
             let mut req = h.address().add(index, address.addr, address.prefix);
             if address.addr.is_ipv6() {
                 req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
@@ -111,39 +118,42 @@ async fn apply_one(h: &Handle, op: &NetOp) -> Result<(), NetError> {
             }
         }
         NetOp::SetMac { link, mac } => {
-            let index = link_index(h, link).await?;
+            let index = link_index(h, known, link).await?;
             let msg = LinkUnspec::new_with_index(index)
                 .address(mac.0.to_vec())
                 .build();
             change(h, msg, format!("set mac {mac} on {link}")).await
         }
         NetOp::SetMaster { link, master } => {
-            let index = link_index(h, link).await?;
-            let master_index = link_index(h, master).await?;
+            let index = link_index(h, known, link).await?;
+            let master_index = link_index(h, known, master).await?;
             let msg = LinkUnspec::new_with_index(index)
                 .controller(master_index)
                 .build();
             change(h, msg, format!("enslave {link} to {master}")).await
         }
         NetOp::SetUp { link } => {
-            let index = link_index(h, link).await?;
+            let index = link_index(h, known, link).await?;
             let msg = LinkUnspec::new_with_index(index).up().build();
             change(h, msg, format!("set {link} up")).await
         }
         NetOp::AddRoute { link, route } => {
-            let index = link_index(h, link).await?;
+            let index = link_index(h, known, link).await?;
             match h.route().add(route_message(index, route)).execute().await {
                 Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
                 r => r.map_err(|e| NetError::netlink(op.to_string(), e)),
             }
         }
-        NetOp::DelLink { name } => match find_link(h, name).await? {
-            None => Ok(()),
-            Some(l) => match h.link().del(l.header.index).execute().await {
-                Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
-                r => r.map_err(|e| NetError::netlink(format!("delete link {name}"), e)),
-            },
-        },
+        NetOp::DelLink { name } => {
+            known.remove(name);
+            match find_link(h, name).await? {
+                None => Ok(()),
+                Some(l) => match h.link().del(l.header.index).execute().await {
+                    Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+                    r => r.map_err(|e| NetError::netlink(format!("delete link {name}"), e)),
+                },
+            }
+        }
     }
 }
 
@@ -164,13 +174,22 @@ pub(crate) async fn find_link(h: &Handle, name: &str) -> Result<Option<LinkMessa
     }
 }
 
-async fn link_index(h: &Handle, name: &str) -> Result<u32, NetError> {
-    find_link(h, name)
+async fn link_index(
+    h: &Handle,
+    known: &mut HashMap<String, u32>,
+    name: &str,
+) -> Result<u32, NetError> {
+    if let Some(&i) = known.get(name) {
+        return Ok(i);
+    }
+    let i = find_link(h, name)
         .await?
         .map(|m| m.header.index)
         .ok_or_else(|| NetError::LinkNotFound {
             name: name.to_owned(),
-        })
+        })?;
+    known.insert(name.to_owned(), i);
+    Ok(i)
 }
 
 fn expect_kind(m: &LinkMessage, name: &str, want: &str) -> Result<(), NetError> {

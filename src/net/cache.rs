@@ -30,6 +30,19 @@ pub struct CachedInterface {
     /// The ops of the last apply that completed; empty until one did.
     #[serde(default)]
     pub applied: Vec<NetOp>,
+    /// The network namespace the facts were discovered in (device and inode of its
+    /// nsfs file). A cache from another namespace (the pod sandbox was recreated, e.g.
+    /// after a node reboot, and the state directory survived) is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<(u64, u64)>,
+}
+
+/// The identity of the calling thread's network namespace.
+pub fn current_netns_id() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// `<state_dir>/net`
@@ -144,6 +157,7 @@ mod tests {
             options: PlanOptions::default(),
             original: OriginalSettings::default(),
             applied: vec![NetOp::SetUp { link: iface.into() }],
+            netns_id: Some((4, 4026531840)),
         }
     }
 

@@ -103,7 +103,19 @@ async fn facts_for(
     h: &rtnetlink::Handle,
     o: &SetupOptions,
 ) -> Result<(CachedInterface, bool), NetError> {
-    if let Some(entry) = cache::load(&o.state_dir, &o.interface)? {
+    let here = cache::current_netns_id();
+    let cached = cache::load(&o.state_dir, &o.interface)?;
+    let cached = cached.filter(|e| {
+        let stale = e.netns_id.is_some() && e.netns_id != here;
+        if stale {
+            tracing::warn!(
+                interface = %o.interface,
+                "net cache was written in another network namespace (pod sandbox recreated); discovering again"
+            );
+        }
+        !stale
+    });
+    if let Some(entry) = cached {
         if entry.binding != o.binding || entry.options != o.plan {
             return Err(NetError::CacheMismatch {
                 path: cache::path(&o.state_dir, &o.interface),
@@ -131,17 +143,24 @@ async fn facts_for(
         options: o.plan.clone(),
         original,
         applied: Vec::new(),
+        netns_id: here,
     };
     Ok((entry, false))
 }
 
 /// Restore every cached pod interface in `netns` and forget it. Returns the interfaces
-/// restored. With nothing cached there is nothing to do.
+/// restored. With nothing cached there is nothing to do; entries cached in another
+/// namespace (stale) are left alone.
 pub fn teardown(netns: Option<&Path>, state_dir: &Path) -> Result<Vec<String>, NetError> {
     let entries = cache::load_all(state_dir)?;
     with_handle(netns, |h| async move {
         let mut done = Vec::new();
+        let here = cache::current_netns_id();
         for e in &entries {
+            if e.netns_id.is_some() && e.netns_id != here {
+                tracing::warn!(interface = %e.facts.interface, "net cache is from another network namespace; not restoring it here");
+                continue;
+            }
             let ops = plan_teardown(&e.facts, e.binding, e.original)?;
             apply_with(&h, &ops).await?;
             cache::remove(state_dir, &e.facts.interface)?;

@@ -60,7 +60,7 @@ mod lifecycle;
 pub mod netns;
 pub mod plan;
 pub mod state;
-mod tap;
+pub mod tap;
 
 pub use apply::apply;
 pub use cache::CachedInterface;

@@ -20,6 +20,15 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
+/// A `--netns` argument: a path when it contains `/`, else a name under /run/netns.
+pub fn resolve(arg: &str) -> PathBuf {
+    if arg.contains('/') {
+        PathBuf::from(arg)
+    } else {
+        path(arg)
+    }
+}
+
 fn err_on(what: &str, obj: &Path, e: impl Into<io::Error>) -> io::Error {
     let e: io::Error = e.into();
     io::Error::new(e.kind(), format!("{what} {}: {e}", obj.display()))

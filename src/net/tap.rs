@@ -2,7 +2,7 @@
 //! creating tun/tap devices (`ip tuntap` uses these ioctls too). The device is created in
 //! the network namespace of the calling thread.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -45,11 +45,15 @@ fn id_arg(id: u32, what: &'static str) -> Result<libc::c_int, TapError> {
     })
 }
 
-/// Create (or attach to and re-own) a persistent tap with IFF_TAP | IFF_NO_PI |
-/// IFF_VNET_HDR (and IFF_MULTI_QUEUE), owned by `owner`/`group`.
-pub fn create_persistent(spec: TapSpec<'_>) -> Result<(), TapError> {
-    let name = spec.name.as_bytes();
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+/// Size of the `virtio_net_hdr` that prefixes every frame on a IFF_VNET_HDR tap.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// Open `/dev/net/tun` and attach it to the tap `name` (creating a non-persistent one if
+/// missing) with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (and IFF_MULTI_QUEUE): one queue,
+/// as QEMU opens it. Frames read and written carry a [`VNET_HDR_LEN`]-byte header.
+pub fn attach(name: &str, multiqueue: bool) -> Result<File, TapError> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
         return Err((
             "name",
             io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"),
@@ -61,12 +65,12 @@ pub fn create_persistent(spec: TapSpec<'_>) -> Result<(), TapError> {
         .open("/dev/net/tun")
         .map_err(|e| ("open /dev/net/tun", e))?;
     let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
-    if spec.multiqueue {
+    if multiqueue {
         flags |= libc::IFF_MULTI_QUEUE;
     }
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = libc::c_char::from_ne_bytes([*src]);
     }
     req.ifr_ifru.ifru_flags = i16::try_from(flags).map_err(|_| {
@@ -75,10 +79,17 @@ pub fn create_persistent(spec: TapSpec<'_>) -> Result<(), TapError> {
             io::Error::new(io::ErrorKind::InvalidInput, "flags overflow"),
         )
     })?;
-    let fd = tun.as_raw_fd();
-    // SAFETY: fd is an open /dev/net/tun; req is a valid, NUL-terminated ifreq that
+    // SAFETY: the fd is an open /dev/net/tun; req is a valid, NUL-terminated ifreq that
     // outlives the call.
-    unsafe { tunsetiff(fd, &req) }.map_err(|e| ("TUNSETIFF", e.into()))?;
+    unsafe { tunsetiff(tun.as_raw_fd(), &req) }.map_err(|e| ("TUNSETIFF", e.into()))?;
+    Ok(tun)
+}
+
+/// Create (or attach to and re-own) a persistent tap with IFF_TAP | IFF_NO_PI |
+/// IFF_VNET_HDR (and IFF_MULTI_QUEUE), owned by `owner`/`group`.
+pub fn create_persistent(spec: TapSpec<'_>) -> Result<(), TapError> {
+    let tun = attach(spec.name, spec.multiqueue)?;
+    let fd = tun.as_raw_fd();
     let owner = id_arg(spec.owner, "TUNSETOWNER")?;
     // SAFETY: fd is attached to the tap; the argument is a plain integer.
     unsafe { tunsetowner(fd, owner) }.map_err(|e| ("TUNSETOWNER", e.into()))?;

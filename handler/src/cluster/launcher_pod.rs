@@ -11,16 +11,18 @@
 //!   `/var/run/vmpod`, so the node daemon reaches `control.sock`;
 //! - an owner reference to the VMI, so deleting the VMI deletes the pod.
 //!
-//! Images named by the VMI (`kernelBoot.container.image`, `containerDisk.image`) are mounted
-//! as Kubernetes image volumes under `/var/lib/vmpod/images/<name>`, and the VMI handed to
-//! the launcher is rewritten to point at files there (`kernelBoot.kernelPath`/`initrdPath`,
-//! `containerDisk.path` absolute), so the launcher only ever reads its own filesystem.
+//! Images named by the VMI are mounted as Kubernetes image volumes (Kubernetes 1.33+,
+//! ImageVolume): `kernelBoot.container.image` under `/var/lib/vmpod/images/kernel-boot`,
+//! with the VMI handed to the launcher rewritten to kernelBoot-level absolute paths there;
+//! `containerDisk.image` at `<state dir>/container-disks/<volume>`, where
+//! `vmpod::domain::volumes` looks for it (`containerDisk.path` stays relative to the image).
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use serde_json::json;
 use std::collections::BTreeMap;
 use vmpod::api::{Acceleration, KernelBoot, QuantityError, VirtualMachineInstance, quantity_bytes};
+use vmpod::domain::volumes::CONTAINER_DISKS;
 
 /// Label on launcher pods naming their VMI.
 pub const VMI_LABEL: &str = "vmpod.io/vmi";
@@ -142,13 +144,6 @@ pub fn launcher_vmi(vmi: &VirtualMachineInstance) -> VirtualMachineInstance {
     {
         rewrite_kernel_boot(kb);
     }
-    for vol in &mut out.spec.volumes {
-        if let Some(cd) = vol.container_disk.as_mut() {
-            let mount = format!("{IMAGE_MOUNT_ROOT}/{}", image_volume_name(&vol.name));
-            let inner = cd.path.as_deref().unwrap_or("disk");
-            cd.path = Some(join_in_image(&mount, inner));
-        }
-    }
     out
 }
 
@@ -173,10 +168,6 @@ fn bytes_quantity(bytes: u64) -> String {
 
 fn join_in_image(mount: &str, inner: &str) -> String {
     format!("{mount}/{}", inner.trim_start_matches('/'))
-}
-
-fn image_volume_name(volume: &str) -> String {
-    format!("disk-{volume}")
 }
 
 /// The launcher pod for `vmi`.
@@ -270,25 +261,34 @@ pub fn launcher_pod(
             }
         }
     }
-    let mut images: Vec<(String, String)> = Vec::new();
+    // (volume name, image, mount path)
+    let mut images: Vec<(String, String, String)> = Vec::new();
     if let Some(kb) = domain
         .firmware
         .as_ref()
         .and_then(|f| f.kernel_boot.as_ref())
         && let Some(c) = &kb.container
     {
-        images.push((KERNEL_BOOT_IMAGE_VOLUME.into(), c.image.clone()));
+        images.push((
+            KERNEL_BOOT_IMAGE_VOLUME.into(),
+            c.image.clone(),
+            format!("{IMAGE_MOUNT_ROOT}/{KERNEL_BOOT_IMAGE_VOLUME}"),
+        ));
     }
     for vol in &vmi.spec.volumes {
         if let Some(cd) = &vol.container_disk {
-            images.push((image_volume_name(&vol.name), cd.image.clone()));
+            images.push((
+                format!("disk-{}", vol.name),
+                cd.image.clone(),
+                format!("{STATE_DIR_IN_POD}/{CONTAINER_DISKS}/{}", vol.name),
+            ));
         }
     }
-    for (volume, image) in images {
+    for (volume, image, mount_path) in images {
         volumes.push(
             json!({"name": volume, "image": {"reference": image, "pullPolicy": "IfNotPresent"}}),
         );
-        mounts.push(json!({"name": volume, "mountPath": format!("{IMAGE_MOUNT_ROOT}/{volume}"), "readOnly": true}));
+        mounts.push(json!({"name": volume, "mountPath": mount_path, "readOnly": true}));
     }
     let mut owner = vmi
         .controller_owner_ref(&())
@@ -506,14 +506,14 @@ mod tests {
             Some("/var/lib/vmpod/images/kernel-boot/boot/initrd")
         );
         assert_eq!(
-            handed.spec.volumes[0]
-                .container_disk
-                .as_ref()
-                .unwrap()
-                .path
-                .as_deref(),
-            Some("/var/lib/vmpod/images/disk-root/disk")
+            handed.spec.volumes[0].container_disk.as_ref().unwrap().path,
+            None,
+            "the domain resolves it inside the mounted image"
         );
+        let mounts = container(&pod).volume_mounts.as_ref().unwrap();
+        let disk = mounts.iter().find(|m| m.name == "disk-root").unwrap();
+        assert_eq!(disk.mount_path, "/var/run/vmpod/container-disks/root");
+        assert_eq!(disk.read_only, Some(true));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod node;
 pub mod status;
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod fixtures;
 #[cfg(test)]
 mod tests;

@@ -382,3 +382,42 @@ async fn node_restart_relists_and_loses_nothing() {
     assert_eq!(patch["interfaces"][0]["ipAddress"], "10.244.1.7");
     run.abort();
 }
+
+/// The shipped DaemonSet and Deployment invoke the handler with arguments it accepts.
+#[test]
+fn shipped_manifests_use_arguments_the_handler_accepts() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Node {
+        #[command(flatten)]
+        args: super::NodeArgs,
+    }
+    #[derive(Parser)]
+    struct Ctl {
+        #[command(flatten)]
+        args: super::ControllerArgs,
+    }
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let command = |file: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(manifests.join(file)).unwrap();
+        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        let c = &doc["spec"]["template"]["spec"]["containers"][0]["command"];
+        serde_json::from_value(c.clone()).unwrap()
+    };
+    let node = command("handler-daemonset.yaml");
+    assert_eq!(node[..2], ["vmpod-handler", "node"]);
+    let mut argv = vec!["node".to_string()];
+    argv.extend(node[2..].iter().cloned());
+    argv.extend(["--node-name".to_string(), "n1".to_string()]);
+    let parsed = Node::try_parse_from(argv).unwrap();
+    assert_eq!(
+        parsed.args.state_root,
+        super::launcher_pod::DEFAULT_STATE_ROOT
+    );
+
+    let ctl = command("controller.yaml");
+    assert_eq!(ctl[..2], ["vmpod-handler", "controller"]);
+    let mut argv = vec!["controller".to_string()];
+    argv.extend(ctl[2..].iter().cloned());
+    assert!(Ctl::try_parse_from(argv).is_ok());
+}

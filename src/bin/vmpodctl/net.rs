@@ -50,20 +50,10 @@ pub struct PlanArgs {
     resolv_conf: PathBuf,
 }
 
-fn netns_path(arg: Option<&str>) -> Option<PathBuf> {
-    arg.map(|a| {
-        if a.contains('/') {
-            PathBuf::from(a)
-        } else {
-            net::netns::path(a)
-        }
-    })
-}
-
 pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
     let out = match cmd {
         NetCommand::Inspect(a) => {
-            let ns = netns_path(a.at.netns.as_deref());
+            let ns = a.at.netns.as_deref().map(net::netns::resolve);
             let view =
                 inspect(ns.as_deref(), &a.at.state_dir).context("inspecting the pod network")?;
             if a.at.json {
@@ -74,7 +64,7 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
         }
         NetCommand::Plan(a) => {
             let opts = SetupOptions {
-                netns: netns_path(a.at.netns.as_deref()),
+                netns: a.at.netns.as_deref().map(net::netns::resolve),
                 binding: a.binding,
                 state_dir: a.at.state_dir,
                 resolv_conf: a.resolv_conf,
