@@ -6,14 +6,16 @@
 #
 #     bash benches/run_to_lease.sh            # N=5 runs each
 #     N=9 bash benches/run_to_lease.sh
+#     PROFILE=debug bash benches/run_to_lease.sh   # the dev-profile binaries
 #
-# Needs root (local pods) and the release binaries (built here).
+# Needs root (local pods); builds the binaries of PROFILE (default release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-5}
 MANIFEST=${MANIFEST:-manifests/examples/testguest.yaml}
 
-cargo build --release --workspace >&2
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then cargo build --release --workspace >&2; else cargo build --workspace >&2; fi
 bash tests/guest/build.sh >&2
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -26,7 +28,7 @@ time_to_lease() {
     case "$line" in
       *VMPOD-LEASE\ *) [ "$lease" = - ] && lease=$(( $(now_ms) - start )) ;;
     esac
-  done < <(timeout 300 "$@" 2>/dev/null)
+  done < <("$@" </dev/null 2>/dev/null)
   echo "$lease $(( $(now_ms) - start ))"
 }
 
@@ -42,7 +44,7 @@ qemu_direct() {
 
 vm_lease=() vm_total=() q_lease=()
 for i in $(seq "$N"); do
-  read -r l t < <(time_to_lease target/release/vmpodctl run "$MANIFEST" --console)
+  read -r l t < <(time_to_lease timeout 300 "target/$PROFILE/vmpodctl" run "$MANIFEST" --console)
   echo "run $i: vmpodctl run -> lease ${l} ms (exit ${t} ms)" >&2
   vm_lease+=("$l") vm_total+=("$t")
   read -r l _ < <(time_to_lease qemu_direct)
@@ -52,7 +54,7 @@ done
 
 printf '%s\n' "${vm_lease[@]}" | grep -v '^-$' > /tmp/vmpod-bench-vm.$$ || true
 printf '%s\n' "${q_lease[@]}" | grep -v '^-$' > /tmp/vmpod-bench-q.$$ || true
-echo "runs: $N (TCG)"
+echo "runs: $N (TCG, $PROFILE binaries)"
 echo "vmpodctl run -> guest lease, median: $(median < /tmp/vmpod-bench-vm.$$) ms  (leases: $(wc -l < /tmp/vmpod-bench-vm.$$)/$N; all: ${vm_lease[*]})"
 echo "vmpodctl run -> exit, median:        $(printf '%s\n' "${vm_total[@]}" | median) ms"
 echo "plain qemu   -> guest lease, median: $(median < /tmp/vmpod-bench-q.$$) ms  (leases: $(wc -l < /tmp/vmpod-bench-q.$$)/$N; all: ${q_lease[*]})"

@@ -321,6 +321,7 @@ fn fake_launcher(dir: &Path) -> PathBuf {
         &path,
         "#!/bin/sh\nout=\"$FAKE_OUT\"\n{ echo \"args $*\"; echo \"hostname $(hostname)\"; \
          echo \"etc-hostname $(cat /etc/hostname 2>/dev/null)\"; \
+         echo \"netns-mounts $(grep -c ' /run/netns/' /proc/self/mountinfo)\"; \
          echo \"resolv $(cat /etc/resolv.conf | tr '\\n' ' ')\"; \
          ip -o -4 addr show dev eth0 | awk '{print \"addr \" $4}'; \
          ip route show default | awk '{print \"gw \" $3}'; } > \"$out.tmp\"\nmv \"$out.tmp\" \"$out\"\n\
@@ -385,6 +386,10 @@ fn run_gives_the_launcher_its_pod_and_passes_its_exit_status() {
         "{seen}"
     );
     assert!(seen.contains(&format!("addr {}/24\n", pod.ip)), "{seen}");
+    assert!(
+        seen.contains("netns-mounts 0\n"),
+        "no other pod's netns held: {seen}"
+    );
     assert!(seen.contains(&format!("gw {}\n", site.gateway())), "{seen}");
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap();
     if let Some(ns) = host_resolv

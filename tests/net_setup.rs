@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use vmpod::net::state::{NetSnapshot, snapshot};
 use vmpod::net::{
-    self, CachedInterface, IpCidr, MacAddr, NetError, NetOp, Route, SetupOptions, cache, discover,
+    self, CachedInterface, IpCidr, MacAddr, NetError, NetOp, PlanOptions, Route, SetupOptions,
+    cache, discover,
 };
 use vmpod::sandbox::{CALICO_GATEWAY, NodeSpec, PodSandbox, PodSpec};
 
@@ -53,6 +54,7 @@ fn calico_pod() -> PodSandbox {
 struct Fixture {
     pod: PodSandbox,
     state: tempfile::TempDir,
+    plan: PlanOptions,
 }
 
 impl Fixture {
@@ -60,6 +62,7 @@ impl Fixture {
         Fixture {
             pod,
             state: tempfile::tempdir().unwrap(),
+            plan: PlanOptions::default(),
         }
     }
 
@@ -73,6 +76,7 @@ impl Fixture {
             state_dir: self.state.path().to_path_buf(),
             resolv_conf: self.pod.resolv_conf_path(),
             hostname: Some(self.pod.hostname().to_owned()),
+            plan: self.plan.clone(),
             ..SetupOptions::new("eth0")
         }
     }
@@ -211,8 +215,12 @@ fn assert_rewired(f: &Fixture, facts: &net::InterfaceFacts) {
     assert_eq!(f.sysctl("net/ipv6/conf/eth0/disable_ipv6"), "1");
     // The tap is what QEMU opens: a persistent tap with vnet headers, owned by root.
     let t = tap.tun.clone().expect("tun attributes of tap-eth0");
-    assert!(t.tap && t.vnet_hdr && t.persist && !t.multi_queue, "{t:?}");
-    assert_eq!(t.owner, Some(0));
+    let want = &f.plan;
+    assert!(t.tap && t.vnet_hdr && t.persist, "{t:?}");
+    assert_eq!(
+        (t.owner, t.group, t.multi_queue),
+        (Some(want.tap_owner), want.tap_group, want.multiqueue)
+    );
 }
 
 #[test]
@@ -397,11 +405,18 @@ fn teardown_restores_the_dual_stack_pod_exactly() {
 }
 
 #[test]
-fn calico_slash32_pod_with_jumbo_mtu_round_trips() {
-    if !support::privileged("calico_slash32_pod_with_jumbo_mtu_round_trips") {
+fn calico_slash32_pod_with_jumbo_mtu_and_multiqueue_tap_round_trips() {
+    if !support::privileged("calico_slash32_pod_with_jumbo_mtu_and_multiqueue_tap_round_trips") {
         return;
     }
-    let f = Fixture::new(calico_pod());
+    let mut f = Fixture::new(calico_pod());
+    // QEMU as an unprivileged user (107, as Debian's libvirt-qemu) with several queues.
+    f.plan = PlanOptions {
+        tap_owner: 107,
+        tap_group: Some(107),
+        multiqueue: true,
+        ..PlanOptions::default()
+    };
     let before = pod_interface(&f.snapshot());
     let out = net::setup(&f.opts()).unwrap();
     let facts = &out.cached.facts;

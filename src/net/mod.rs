@@ -12,7 +12,11 @@
 //! - [`plan`] is pure: facts + [`Binding`] + [`PlanOptions`] -> `Vec<`[`NetOp`]`>`;
 //!   [`plan_teardown`] is its inverse.
 //! - [`apply`] executes ops idempotently.
-//! - [`cache`] stores the facts atomically before the first destructive op.
+//! - [`cache`] stores the facts atomically (fsynced) before the first destructive op;
+//!   it records the namespace it was made in, and a cache from another namespace
+//!   (sandbox recreated, state directory kept) is stale and ignored. Put the state
+//!   directory on tmpfs (an `emptyDir` with `medium: Memory`): the namespace it
+//!   describes dies with the node anyway, and on tmpfs the fsyncs cost nothing.
 //! - [`setup`] / [`teardown`] tie them together for `vmpod-launcher net`.
 //!
 //! # Bridge binding

@@ -401,6 +401,11 @@ impl LocalPod {
         let resolv = cstr(&dir.join("resolv.conf"));
         let hostname_file = cstr(&dir.join("hostname"));
         let hostname = self.record.name.clone();
+        // Every named netns mount, dropped from the launcher's mount namespace copy so it
+        // does not keep other pods' namespaces alive after they are deleted.
+        let netns_mounts: Vec<CString> = fs::read_dir(crate::net::netns::NETNS_RUN_DIR)
+            .map(|d| d.flatten().map(|e| cstr(&e.path())).collect())
+            .unwrap_or_default();
         let log_path = self.launcher_log_path();
         let log = File::create(&log_path).map_err(io_err("create", &log_path))?;
         let log2 = log.try_clone().map_err(io_err("duplicate", &log_path))?;
@@ -416,11 +421,18 @@ impl LocalPod {
             .process_group(0)
             .kill_on_drop(false);
         // SAFETY: the closure runs in the forked child before exec. It only makes system
-        // calls (setns, unshare, mount, sethostname, prctl) on values prepared before the
+        // calls (setns, unshare, mount, umount2, sethostname, prctl) on values prepared before the
         // fork (an open fd, C strings), and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                enter_pod(&ns, &resolv, &hostname_file, &hostname, die_with_parent)
+                enter_pod(
+                    &ns,
+                    &resolv,
+                    &hostname_file,
+                    &hostname,
+                    &netns_mounts,
+                    die_with_parent,
+                )
             });
         }
         let child = cmd.spawn().map_err(io_err("start launcher", launcher))?;
@@ -468,6 +480,7 @@ fn enter_pod(
     resolv: &std::ffi::CStr,
     hostname_file: &std::ffi::CStr,
     hostname: &str,
+    netns_mounts: &[CString],
     die_with_parent: bool,
 ) -> io::Result<()> {
     use nix::mount::{MsFlags, mount};
@@ -497,6 +510,10 @@ fn enter_pod(
     ) {
         Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => return Err(e.into()),
+    }
+    for m in netns_mounts {
+        // Not ours to keep; one already gone is fine.
+        let _ = nix::mount::umount2(m.as_c_str(), nix::mount::MntFlags::MNT_DETACH);
     }
     nix::unistd::sethostname(hostname)?;
     if die_with_parent {
