@@ -64,6 +64,7 @@ async fn bench_reconcile_latency_for_a_new_vmi() {
     let ctx = Arc::new(ControllerContext {
         client,
         config: LauncherPodConfig::default(),
+        metrics: Arc::default(),
     });
     let mut times = Vec::with_capacity(RUNS);
     for i in 0..RUNS {
@@ -132,7 +133,11 @@ async fn bench_controller_rss_tracking_100_vmis() {
     }
     let (client, server) = MockApiServer::start(script);
     let start = Instant::now();
-    let run = tokio::spawn(controller::run(client, LauncherPodConfig::default()));
+    let run = tokio::spawn(controller::run(
+        client,
+        LauncherPodConfig::default(),
+        Arc::default(),
+    ));
     let mut patched = 0;
     while patched < VMIS {
         patched = server

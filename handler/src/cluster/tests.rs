@@ -5,6 +5,7 @@
 use super::controller::{self, ControllerContext};
 use super::fixtures::{Exchange, MockApiServer, empty_list, status_body, watch_feed};
 use super::launcher_pod::{LauncherPodConfig, VMI_ANNOTATION};
+use super::metrics::Metrics;
 use super::node::{self, LauncherStatusSource, NodeContext};
 use http::Method;
 use serde_json::{Value, json};
@@ -68,6 +69,7 @@ fn controller_ctx(client: kube::Client) -> Arc<ControllerContext> {
     Arc::new(ControllerContext {
         client,
         config: LauncherPodConfig::default(),
+        metrics: Arc::default(),
     })
 }
 
@@ -156,12 +158,26 @@ async fn controller_gives_up_after_repeated_conflicts() {
         script.push(reread());
     }
     let (client, server) = MockApiServer::start(script);
-    let err = controller::reconcile(Arc::new(vmi("10")), controller_ctx(client))
+    let ctx = controller_ctx(client);
+    let vmi = Arc::new(vmi("10"));
+    let err = controller::reconcile(vmi.clone(), ctx.clone())
         .await
         .unwrap_err();
     assert_eq!(err.metric_label(), "conflict");
     assert!(err.to_string().contains("ns1/vm1"), "{err}");
     assert_eq!(server.seen_on(Method::PATCH, STATUS_PATH).len(), 4);
+
+    // The error policy counts the failure under its label.
+    controller::error_policy(vmi, &err, ctx.clone());
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("vmpod_handler_reconcile_runs_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vmpod_handler_reconcile_failures_total{error=\"conflict\"} 1\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +234,12 @@ async fn controller_follows_watch_events() {
         ),
         Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
     ]);
-    let run = tokio::spawn(controller::run(client, LauncherPodConfig::default()));
+    let metrics = Arc::new(Metrics::default());
+    let run = tokio::spawn(controller::run(
+        client,
+        LauncherPodConfig::default(),
+        metrics.clone(),
+    ));
 
     server.wait_for(Method::GET, all_vmis, 2).await; // list, then watch
     vmi_feed.send("ADDED", vmi_json("10", json!({})));
@@ -238,6 +259,13 @@ async fn controller_follows_watch_events() {
     assert!(server.seen().iter().all(|r| r.method != Method::DELETE));
     assert_eq!(server.unexpected(), Vec::<String>::new());
     run.abort();
+    // Every event above ran a reconcile, none failed.
+    assert!(metrics.reconcile.runs.get() >= 2, "{}", metrics.encode());
+    assert!(
+        !metrics.encode().contains("reconcile_failures_total{"),
+        "{}",
+        metrics.encode()
+    );
 }
 
 /// A launcher status source that answers from a table, keyed by state directory.
@@ -280,6 +308,7 @@ fn node_ctx(
             launcher,
         )])),
         poll: Duration::from_secs(3600),
+        metrics: Arc::default(),
     }
 }
 
@@ -299,7 +328,16 @@ async fn node_reports_launcher_status_into_the_vmi() {
         Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("31", json!({}))),
     ]);
     let ctx = Arc::new(node_ctx(client, Ok(running_launcher())));
-    node::reconcile(running_pod(), ctx).await.unwrap();
+    node::reconcile(running_pod(), ctx.clone()).await.unwrap();
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("vmpod_handler_vmis{phase=\"Running\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vmpod_handler_vmis{phase=\"Scheduled\"} 0\n"),
+        "{text}"
+    );
     let patch = &server.seen_on(Method::PATCH, STATUS_PATH)[0].body;
     assert_eq!(patch["metadata"]["resourceVersion"], "30");
     let status = &patch["status"];
@@ -398,12 +436,16 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
         args: super::ControllerArgs,
     }
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    let command = |file: &str| -> Vec<String> {
+    let container = |file: &str| -> Value {
         let text = std::fs::read_to_string(manifests.join(file)).unwrap();
         let doc: Value = serde_yaml::from_str(&text).unwrap();
-        let c = &doc["spec"]["template"]["spec"]["containers"][0]["command"];
-        serde_json::from_value(c.clone()).unwrap()
+        doc["spec"]["template"]["spec"]["containers"][0].clone()
     };
+    let command = |file: &str| -> Vec<String> {
+        serde_json::from_value(container(file)["command"].clone()).unwrap()
+    };
+    // The port Prometheus is pointed at is the one the process listens on.
+    let metrics_port = |file: &str| container(file)["ports"][0]["containerPort"].as_u64();
     let node = command("handler-daemonset.yaml");
     assert_eq!(node[..2], ["vmpod-handler", "node"]);
     let mut argv = vec!["node".to_string()];
@@ -414,10 +456,27 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
         parsed.args.state_root,
         super::launcher_pod::DEFAULT_STATE_ROOT
     );
+    let addr = parsed.args.metrics_addr;
+    assert!(
+        addr.ip().is_unspecified(),
+        "{addr}: unreachable from Prometheus"
+    );
+    assert_eq!(
+        Some(u64::from(addr.port())),
+        metrics_port("handler-daemonset.yaml")
+    );
 
     let ctl = command("controller.yaml");
     assert_eq!(ctl[..2], ["vmpod-handler", "controller"]);
     let mut argv = vec!["controller".to_string()];
     argv.extend(ctl[2..].iter().cloned());
-    assert!(Ctl::try_parse_from(argv).is_ok());
+    let addr = Ctl::try_parse_from(argv).unwrap().args.metrics_addr;
+    assert!(
+        addr.ip().is_unspecified(),
+        "{addr}: unreachable from Prometheus"
+    );
+    assert_eq!(
+        Some(u64::from(addr.port())),
+        metrics_port("controller.yaml")
+    );
 }
