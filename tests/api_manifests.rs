@@ -40,7 +40,7 @@ fn testguest_boots_the_local_kernel_with_a_bridged_pod_network() {
     let spec = &vmi.spec;
     let memory = spec.domain.guest_memory_bytes().unwrap();
     assert!((256 << 20..=512 << 20).contains(&memory), "{memory}");
-    let kb = spec.domain.firmware.as_ref().unwrap().kernel_boot.as_ref();
+    let kb = spec.domain.kernel_boot();
     let files = kb.unwrap().files().unwrap();
     assert_eq!(files.image, None, "launcher-local files");
     assert_eq!(files.kernel_path, "target/guest/vmlinuz");

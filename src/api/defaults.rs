@@ -237,12 +237,7 @@ pub fn resolve_relative_paths(spec: &mut VirtualMachineInstanceSpec, base: &Path
             *p = base.join(p.as_str()).to_string_lossy().into_owned();
         }
     };
-    if let Some(kb) = spec
-        .domain
-        .firmware
-        .as_mut()
-        .and_then(|f| f.kernel_boot.as_mut())
-    {
+    if let Some(kb) = spec.domain.kernel_boot_mut() {
         kb.kernel_path.iter_mut().for_each(resolve);
         kb.initrd_path.iter_mut().for_each(resolve);
     }

@@ -74,6 +74,18 @@ pub struct DomainSpec {
     pub devices: Devices,
 }
 
+impl DomainSpec {
+    /// `firmware.kernelBoot`, when set.
+    pub fn kernel_boot(&self) -> Option<&KernelBoot> {
+        self.firmware.as_ref().and_then(|f| f.kernel_boot.as_ref())
+    }
+
+    /// `firmware.kernelBoot`, when set, for rewriting in place.
+    pub fn kernel_boot_mut(&mut self) -> Option<&mut KernelBoot> {
+        self.firmware.as_mut().and_then(|f| f.kernel_boot.as_mut())
+    }
+}
+
 /// `spec.domain.resources`: requests and limits, as in a pod.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -530,6 +542,16 @@ pub enum VmiPhase {
 }
 
 impl VmiPhase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [VmiPhase; 6] = [
+        VmiPhase::Pending,
+        VmiPhase::Scheduling,
+        VmiPhase::Scheduled,
+        VmiPhase::Running,
+        VmiPhase::Succeeded,
+        VmiPhase::Failed,
+    ];
+
     /// The phase's name as written in status.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -175,11 +175,7 @@ impl Validator {
         {
             self.push("spec.domain.machine.type", "must not be empty");
         }
-        if let Some(kb) = domain
-            .firmware
-            .as_ref()
-            .and_then(|f| f.kernel_boot.as_ref())
-        {
+        if let Some(kb) = domain.kernel_boot() {
             self.kernel_boot(kb);
         }
     }

@@ -7,7 +7,7 @@
 //! Run: `cargo test -p vmpod-handler --release -- --ignored --nocapture bench_`
 
 use super::controller::{self, ControllerContext};
-use super::fixtures::{Exchange, MockApiServer, status_body, watch_feed};
+use super::fixtures::{Exchange, MockApiServer, list, status_body, watch_feed};
 use super::launcher_pod::LauncherPodConfig;
 use http::Method;
 use serde_json::{Value, json};
@@ -64,6 +64,7 @@ async fn bench_reconcile_latency_for_a_new_vmi() {
     let ctx = Arc::new(ControllerContext {
         client,
         config: LauncherPodConfig::default(),
+        metrics: Arc::default(),
     });
     let mut times = Vec::with_capacity(RUNS);
     for i in 0..RUNS {
@@ -102,7 +103,6 @@ async fn bench_controller_rss_tracking_100_vmis() {
     let all_vmis = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
     let all_pods = "/api/v1/pods";
     let names: Vec<String> = (0..VMIS).map(|i| format!("vm{i}")).collect();
-    let list = |kind: &str, api: &str, items: Vec<Value>| json!({"apiVersion": api, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items});
     let (_vf, vmi_stream) = watch_feed();
     let (_pf, pod_stream) = watch_feed();
     let mut script = vec![
@@ -111,8 +111,8 @@ async fn bench_controller_rss_tracking_100_vmis() {
             all_vmis,
             200,
             list(
-                "VirtualMachineInstanceList",
                 "vmpod.io/v1alpha1",
+                "VirtualMachineInstanceList",
                 names.iter().map(|n| vmi(n)).collect(),
             ),
         ),
@@ -121,7 +121,7 @@ async fn bench_controller_rss_tracking_100_vmis() {
             Method::GET,
             all_pods,
             200,
-            list("PodList", "v1", names.iter().map(|n| pod(n)).collect()),
+            list("v1", "PodList", names.iter().map(|n| pod(n)).collect()),
         ),
         Exchange::watch(all_pods, pod_stream),
     ];
@@ -132,7 +132,11 @@ async fn bench_controller_rss_tracking_100_vmis() {
     }
     let (client, server) = MockApiServer::start(script);
     let start = Instant::now();
-    let run = tokio::spawn(controller::run(client, LauncherPodConfig::default()));
+    let run = tokio::spawn(controller::run(
+        client,
+        LauncherPodConfig::default(),
+        Arc::default(),
+    ));
     let mut patched = 0;
     while patched < VMIS {
         patched = server

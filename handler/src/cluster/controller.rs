@@ -4,11 +4,11 @@
 //! finalizer. A VMI that does not validate is marked Failed with every error and gets no
 //! pod.
 
-use super::ReconcileError;
 use super::kube_ops::update_status;
 use super::launcher_pod::{LAUNCHER_SELECTOR, LauncherPodConfig, launcher_pod, launcher_pod_name};
+use super::metrics::Metrics;
 use super::status::{at_least, controller_status, invalid_status};
-use futures::StreamExt;
+use super::{ReconcileError, drive, on_failure};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
@@ -30,14 +30,8 @@ pub struct ControllerContext {
     pub client: Client,
     /// How launcher pods are built.
     pub config: LauncherPodConfig,
-}
-
-fn kube_err(action: &'static str, object: String) -> impl FnOnce(kube::Error) -> ReconcileError {
-    move |source| ReconcileError::Kube {
-        action,
-        object,
-        source,
-    }
+    /// Where reconcile runs are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Bring one VMI's launcher pod and status in line.
@@ -45,6 +39,7 @@ pub async fn reconcile(
     vmi: Arc<VirtualMachineInstance>,
     ctx: Arc<ControllerContext>,
 ) -> Result<Action, ReconcileError> {
+    let _measure = ctx.metrics.reconcile.count_and_measure();
     let (Some(ns), Some(name)) = (vmi.metadata.namespace.clone(), vmi.metadata.name.clone()) else {
         return Err(ReconcileError::Unaddressable("VirtualMachineInstance"));
     };
@@ -63,7 +58,7 @@ pub async fn reconcile(
     let mut pod = pods
         .get_opt(&pod_name)
         .await
-        .map_err(kube_err("get", pod_ref.clone()))?;
+        .map_err(ReconcileError::kube("get", pod_ref.clone()))?;
     if let Some(p) = &pod
         && !owned_by(p, &vmi)
     {
@@ -92,8 +87,8 @@ pub async fn reconcile(
             Err(kube::Error::Api(s)) if s.is_already_exists() => pods
                 .get(&pod_name)
                 .await
-                .map_err(kube_err("get", pod_ref.clone()))?,
-            Err(e) => return Err(kube_err("create", pod_ref)(e)),
+                .map_err(ReconcileError::kube("get", pod_ref.clone()))?,
+            Err(e) => return Err(ReconcileError::kube("create", pod_ref)(e)),
         });
     }
     update_status(&vmis, &vmi, |v| {
@@ -110,34 +105,32 @@ fn owned_by(pod: &Pod, vmi: &VirtualMachineInstance) -> bool {
         .any(|o| o.controller == Some(true) && Some(&o.uid) == vmi.metadata.uid.as_ref())
 }
 
-/// Log and retry later.
+/// Count, log and retry later.
 pub fn error_policy(
     vmi: Arc<VirtualMachineInstance>,
     error: &ReconcileError,
-    _ctx: Arc<ControllerContext>,
+    ctx: Arc<ControllerContext>,
 ) -> Action {
-    tracing::warn!(
-        vmi = %format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any()),
-        label = error.metric_label(),
-        "reconcile failed: {error}"
+    let object = format!(
+        "VirtualMachineInstance {}/{}",
+        vmi.namespace().unwrap_or_default(),
+        vmi.name_any()
     );
-    Action::requeue(RETRY)
+    on_failure(object, error, &ctx.metrics, RETRY)
 }
 
 /// Run the controller until SIGTERM/SIGINT.
-pub async fn run(client: Client, config: LauncherPodConfig) {
+pub async fn run(client: Client, config: LauncherPodConfig, metrics: Arc<Metrics>) {
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
-    let ctx = Arc::new(ControllerContext { client, config });
-    Controller::new(vmis, watcher::Config::default())
+    let ctx = Arc::new(ControllerContext {
+        client,
+        config,
+        metrics,
+    });
+    let results = Controller::new(vmis, watcher::Config::default())
         .owns(pods, watcher::Config::default().labels(LAUNCHER_SELECTOR))
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(vmi = %obj, "reconciled"),
-                Err(e) => tracing::debug!("controller: {e}"),
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    drive(results, "controller").await;
 }

@@ -207,5 +207,10 @@ pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
 
 /// An empty list reply with resourceVersion 1.
 pub fn empty_list(api_version: &str, kind: &str) -> Value {
-    json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": []})
+    list(api_version, kind, Vec::new())
+}
+
+/// A list response holding `items`, at resourceVersion 1.
+pub fn list(api_version: &str, kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
 }

@@ -10,21 +10,13 @@ use vmpod::api::{VirtualMachineInstance, VirtualMachineInstanceStatus};
 /// How many times a status patch is retried after a 409.
 pub const MAX_CONFLICT_RETRIES: u32 = 3;
 
-/// Outcome of [`update_status`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusUpdate {
-    /// The computed status equals the stored one; nothing was sent.
-    Unchanged,
-    /// The status was patched.
-    Patched,
-}
-
 /// Patch `vmi`'s status to `compute(vmi)`, re-reading and recomputing on conflict.
+/// Returns the status now stored (sent, or already equal so nothing was sent).
 pub async fn update_status(
     api: &Api<VirtualMachineInstance>,
     vmi: &VirtualMachineInstance,
     compute: impl Fn(&VirtualMachineInstance) -> VirtualMachineInstanceStatus,
-) -> Result<StatusUpdate, ReconcileError> {
+) -> Result<VirtualMachineInstanceStatus, ReconcileError> {
     let name = vmi
         .metadata
         .name
@@ -38,7 +30,7 @@ pub async fn update_status(
     for _ in 0..=MAX_CONFLICT_RETRIES {
         let desired = compute(&current);
         if current.status.as_ref() == Some(&desired) {
-            return Ok(StatusUpdate::Unchanged);
+            return Ok(desired);
         }
         let patch = status_patch(
             current.status.as_ref(),
@@ -49,25 +41,15 @@ pub async fn update_status(
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => return Ok(StatusUpdate::Patched),
+            Ok(_) => return Ok(desired),
             Err(kube::Error::Api(s)) if s.is_conflict() => {
                 tracing::debug!(%object, "status patch conflicted; re-reading");
                 current = api
                     .get_status(&name)
                     .await
-                    .map_err(|source| ReconcileError::Kube {
-                        action: "re-read",
-                        object: object.clone(),
-                        source,
-                    })?;
+                    .map_err(ReconcileError::kube("re-read", object.clone()))?;
             }
-            Err(source) => {
-                return Err(ReconcileError::Kube {
-                    action: "patch status of",
-                    object,
-                    source,
-                });
-            }
+            Err(source) => return Err(ReconcileError::kube("patch status of", object)(source)),
         }
     }
     Err(ReconcileError::Conflict {

@@ -135,13 +135,7 @@ pub fn launcher_vmi(vmi: &VirtualMachineInstance) -> VirtualMachineInstance {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     });
-    if let Some(kb) = out
-        .spec
-        .domain
-        .firmware
-        .as_mut()
-        .and_then(|f| f.kernel_boot.as_mut())
-    {
+    if let Some(kb) = out.spec.domain.kernel_boot_mut() {
         rewrite_kernel_boot(kb);
     }
     out
@@ -263,10 +257,7 @@ pub fn launcher_pod(
     }
     // (volume name, image, mount path)
     let mut images: Vec<(String, String, String)> = Vec::new();
-    if let Some(kb) = domain
-        .firmware
-        .as_ref()
-        .and_then(|f| f.kernel_boot.as_ref())
+    if let Some(kb) = domain.kernel_boot()
         && let Some(c) = &kb.container
     {
         images.push((

@@ -11,6 +11,7 @@
 pub mod controller;
 pub mod kube_ops;
 pub mod launcher_pod;
+pub mod metrics;
 pub mod node;
 pub mod status;
 
@@ -22,7 +23,14 @@ mod fixtures;
 mod tests;
 
 use clap::Args;
+use futures::{Stream, StreamExt};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use launcher_pod::{DEFAULT_STATE_ROOT, LauncherPodConfig};
+use metrics::{CONTROLLER_METRICS_ADDR, Metrics, NODE_METRICS_ADDR};
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `vmpod-handler controller` options.
@@ -40,6 +48,9 @@ pub struct ControllerArgs {
     /// Extended resource for /dev/net/tun from a device plugin (default: hostPath).
     #[arg(long, env = "VMPOD_TUN_RESOURCE")]
     pub tun_resource: Option<String>,
+    /// Where Prometheus scrapes `GET /metrics` (use 0.0.0.0:9153 to expose it off the host).
+    #[arg(long, default_value = CONTROLLER_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
 }
 
 /// `vmpod-handler node` options.
@@ -54,10 +65,14 @@ pub struct NodeArgs {
     /// Seconds between polls of a running launcher.
     #[arg(long, default_value_t = 5)]
     pub poll_seconds: u64,
+    /// Where Prometheus scrapes `GET /metrics` (use 0.0.0.0:9154 to expose it off the host).
+    #[arg(long, default_value = NODE_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
 }
 
 /// Run the controller against the cluster in the environment (in-cluster or kubeconfig).
 pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let metrics = serve_metrics(args.metrics_addr).await?;
     let client = kube::Client::try_default().await?;
     let config = LauncherPodConfig {
         image: args.launcher_image,
@@ -66,12 +81,13 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         tun_resource: args.tun_resource,
     };
     tracing::info!(image = %config.image, "controller starting");
-    controller::run(client, config).await;
+    controller::run(client, config, metrics).await;
     Ok(())
 }
 
 /// Run the node daemon against the cluster in the environment.
 pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let metrics = serve_metrics(args.metrics_addr).await?;
     let client = kube::Client::try_default().await?;
     let ctx = node::NodeContext {
         client: client.clone(),
@@ -80,10 +96,55 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             timeout: Duration::from_secs(2),
         },
         poll: Duration::from_secs(args.poll_seconds.max(1)),
+        metrics,
     };
     tracing::info!(node = %args.node_name, "node daemon starting");
     node::run(client, &args.node_name, ctx).await;
     Ok(())
+}
+
+/// Bind `addr` (failing start-up when taken) and serve the metrics there in the background.
+async fn serve_metrics(addr: SocketAddr) -> anyhow::Result<Arc<Metrics>> {
+    let metrics = Arc::new(Metrics::default());
+    let listener = metrics::bind(addr).await?;
+    tracing::info!(%addr, "serving GET /metrics");
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
+    Ok(metrics)
+}
+
+/// Drive a kube-rs controller stream to its end (shutdown), logging each outcome.
+async fn drive<K, E, S>(results: S, role: &'static str)
+where
+    K: kube::Resource,
+    K::DynamicType: Clone + std::fmt::Debug + Eq + std::hash::Hash,
+    ObjectRef<K>: Display,
+    E: Display,
+    S: Stream<Item = Result<(ObjectRef<K>, Action), E>>,
+{
+    results
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(%obj, "{role}: reconciled"),
+                Err(e) => tracing::debug!("{role}: {e}"),
+            }
+        })
+        .await;
+}
+
+/// The one error policy of both reconcilers: count, log, retry after `retry`.
+fn on_failure(
+    object: String,
+    error: &ReconcileError,
+    metrics: &Metrics,
+    retry: Duration,
+) -> Action {
+    metrics.reconcile.set_failure(error);
+    tracing::warn!(
+        %object,
+        label = error.metric_label(),
+        "reconcile failed: {error}"
+    );
+    Action::requeue(retry)
 }
 
 /// Why a reconcile failed. Each variant has a short label for logs and metrics.
@@ -109,6 +170,15 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
+    /// Map a failed API call `action` (`get`, `create`, ...) on `object` to this error.
+    pub fn kube(action: &'static str, object: String) -> impl FnOnce(kube::Error) -> Self {
+        move |source| ReconcileError::Kube {
+            action,
+            object,
+            source,
+        }
+    }
+
     /// The label for metrics and structured logs.
     pub fn metric_label(&self) -> &'static str {
         match self {

@@ -5,11 +5,11 @@
 //! polled. A restart re-lists the node's pods and recomputes everything from the launchers,
 //! so nothing is lost.
 
-use super::ReconcileError;
 use super::kube_ops::update_status;
 use super::launcher_pod::{LAUNCHER_SELECTOR, VMI_LABEL, state_dir_on_host};
+use super::metrics::Metrics;
 use super::status::node_status;
-use futures::StreamExt;
+use super::{ReconcileError, drive, on_failure};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
@@ -20,7 +20,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use vmpod::api::VirtualMachineInstance;
+use vmpod::api::{VirtualMachineInstance, VmiPhase};
 use vmpod::control::LauncherStatus;
 
 /// Where the node daemon gets a launcher's status: the seam between kube and control.sock.
@@ -57,6 +57,8 @@ pub struct NodeContext<S> {
     pub source: S,
     /// How often a running launcher is polled.
     pub poll: Duration,
+    /// Reconcile counts and the node's VMIs by phase.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Report one launcher pod's status into its VMI.
@@ -64,6 +66,7 @@ pub async fn reconcile<S: LauncherStatusSource>(
     pod: Arc<Pod>,
     ctx: Arc<NodeContext<S>>,
 ) -> Result<Action, ReconcileError> {
+    let _measure = ctx.metrics.reconcile.count_and_measure();
     let ns = pod
         .namespace()
         .ok_or(ReconcileError::Unaddressable("Pod"))?;
@@ -71,29 +74,27 @@ pub async fn reconcile<S: LauncherStatusSource>(
         return Ok(Action::await_change());
     };
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
-    let object = format!("VirtualMachineInstance {ns}/{vmi_name}");
-    let vmi = vmis
-        .get_opt(&vmi_name)
-        .await
-        .map_err(|source| ReconcileError::Kube {
-            action: "get",
-            object,
-            source,
-        })?;
+    let key = format!("{ns}/{vmi_name}");
+    let vmi = vmis.get_opt(&vmi_name).await.map_err(ReconcileError::kube(
+        "get",
+        format!("VirtualMachineInstance {key}"),
+    ))?;
     let Some(vmi) = vmi else {
+        ctx.metrics.vmis.set(&key, None);
         return Ok(Action::await_change()); // deleted; garbage collection takes the pod
     };
     let ours = pod
         .owner_references()
         .iter()
         .any(|o| Some(&o.uid) == vmi.metadata.uid.as_ref());
-    let final_phase = vmi
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(|p| p.is_final());
+    let phase = vmi.status.as_ref().and_then(|s| s.phase);
     let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-    if !ours || final_phase || pod.metadata.deletion_timestamp.is_some() {
+    if !ours || pod.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.vmis.set(&key, None);
+        return Ok(Action::await_change());
+    }
+    ctx.metrics.vmis.set(&key, phase);
+    if phase.is_some_and(VmiPhase::is_final) {
         return Ok(Action::await_change());
     }
     if !running {
@@ -105,21 +106,22 @@ pub async fn reconcile<S: LauncherStatusSource>(
         tracing::debug!(%state_dir, "launcher status unavailable: {why}");
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    update_status(&vmis, &vmi, |v| {
+    let written = update_status(&vmis, &vmi, |v| {
         node_status(v, &pod, launcher.as_ref().map_err(String::as_str), &now)
     })
     .await?;
+    ctx.metrics.vmis.set(&key, written.phase);
     Ok(Action::requeue(ctx.poll))
 }
 
-/// Log and retry later.
+/// Count, log and retry later.
 pub fn error_policy<S>(pod: Arc<Pod>, error: &ReconcileError, ctx: Arc<NodeContext<S>>) -> Action {
-    tracing::warn!(
-        pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
-        label = error.metric_label(),
-        "reconcile failed: {error}"
+    let object = format!(
+        "Pod {}/{}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any()
     );
-    Action::requeue(ctx.poll)
+    on_failure(object, error, &ctx.metrics, ctx.poll)
 }
 
 /// Run the node daemon for `node_name` until SIGTERM/SIGINT.
@@ -128,14 +130,10 @@ pub async fn run<S: LauncherStatusSource>(client: Client, node_name: &str, ctx: 
     let config = watcher::Config::default()
         .labels(LAUNCHER_SELECTOR)
         .fields(&format!("spec.nodeName={node_name}"));
-    Controller::new(pods, config)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(ctx))
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(pod = %obj, "reported"),
-                Err(e) => tracing::debug!("node: {e}"),
-            }
-        })
-        .await;
+    let results = Controller::new(pods, config).shutdown_on_signal().run(
+        reconcile,
+        error_policy,
+        Arc::new(ctx),
+    );
+    drive(results, "node").await;
 }

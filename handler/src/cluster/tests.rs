@@ -5,6 +5,7 @@
 use super::controller::{self, ControllerContext};
 use super::fixtures::{Exchange, MockApiServer, empty_list, status_body, watch_feed};
 use super::launcher_pod::{LauncherPodConfig, VMI_ANNOTATION};
+use super::metrics::{Metrics, assert_exposes};
 use super::node::{self, LauncherStatusSource, NodeContext};
 use http::Method;
 use serde_json::{Value, json};
@@ -60,6 +61,11 @@ fn pod_not_found() -> Exchange {
     )
 }
 
+/// The node daemon's read of the VMI.
+fn vmi_read(vmi: Value) -> Exchange {
+    Exchange::json(Method::GET, VMI_PATH, 200, vmi)
+}
+
 fn pod_created() -> Exchange {
     Exchange::json(Method::POST, PODS_PATH, 201, pod_json(None, None))
 }
@@ -68,6 +74,7 @@ fn controller_ctx(client: kube::Client) -> Arc<ControllerContext> {
     Arc::new(ControllerContext {
         client,
         config: LauncherPodConfig::default(),
+        metrics: Arc::default(),
     })
 }
 
@@ -156,12 +163,24 @@ async fn controller_gives_up_after_repeated_conflicts() {
         script.push(reread());
     }
     let (client, server) = MockApiServer::start(script);
-    let err = controller::reconcile(Arc::new(vmi("10")), controller_ctx(client))
+    let ctx = controller_ctx(client);
+    let vmi = Arc::new(vmi("10"));
+    let err = controller::reconcile(vmi.clone(), ctx.clone())
         .await
         .unwrap_err();
     assert_eq!(err.metric_label(), "conflict");
     assert!(err.to_string().contains("ns1/vm1"), "{err}");
     assert_eq!(server.seen_on(Method::PATCH, STATUS_PATH).len(), 4);
+
+    // The error policy counts the failure under its label.
+    controller::error_policy(vmi, &err, ctx.clone());
+    assert_exposes(
+        &ctx.metrics,
+        &[
+            "vmpod_handler_reconcile_runs_total 1",
+            "vmpod_handler_reconcile_failures_total{error=\"conflict\"} 1",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -218,7 +237,12 @@ async fn controller_follows_watch_events() {
         ),
         Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
     ]);
-    let run = tokio::spawn(controller::run(client, LauncherPodConfig::default()));
+    let metrics = Arc::new(Metrics::default());
+    let run = tokio::spawn(controller::run(
+        client,
+        LauncherPodConfig::default(),
+        metrics.clone(),
+    ));
 
     server.wait_for(Method::GET, all_vmis, 2).await; // list, then watch
     vmi_feed.send("ADDED", vmi_json("10", json!({})));
@@ -238,6 +262,13 @@ async fn controller_follows_watch_events() {
     assert!(server.seen().iter().all(|r| r.method != Method::DELETE));
     assert_eq!(server.unexpected(), Vec::<String>::new());
     run.abort();
+    // Every event above ran a reconcile, none failed.
+    assert!(metrics.reconcile.runs.get() >= 2, "{}", metrics.encode());
+    assert!(
+        !metrics.encode().contains("reconcile_failures_total{"),
+        "{}",
+        metrics.encode()
+    );
 }
 
 /// A launcher status source that answers from a table, keyed by state directory.
@@ -280,6 +311,7 @@ fn node_ctx(
             launcher,
         )])),
         poll: Duration::from_secs(3600),
+        metrics: Arc::default(),
     }
 }
 
@@ -290,16 +322,21 @@ fn running_pod() -> Arc<k8s_openapi::api::core::v1::Pod> {
 #[tokio::test]
 async fn node_reports_launcher_status_into_the_vmi() {
     let (client, server) = MockApiServer::start(vec![
-        Exchange::json(
-            Method::GET,
-            VMI_PATH,
-            200,
-            vmi_json("30", json!({"phase": "Scheduled", "nodeName": "n1"})),
-        ),
+        vmi_read(vmi_json(
+            "30",
+            json!({"phase": "Scheduled", "nodeName": "n1"}),
+        )),
         Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("31", json!({}))),
     ]);
     let ctx = Arc::new(node_ctx(client, Ok(running_launcher())));
-    node::reconcile(running_pod(), ctx).await.unwrap();
+    node::reconcile(running_pod(), ctx.clone()).await.unwrap();
+    assert_exposes(
+        &ctx.metrics,
+        &[
+            "vmpod_handler_vmis{phase=\"Running\"} 1",
+            "vmpod_handler_vmis{phase=\"Scheduled\"} 0",
+        ],
+    );
     let patch = &server.seen_on(Method::PATCH, STATUS_PATH)[0].body;
     assert_eq!(patch["metadata"]["resourceVersion"], "30");
     let status = &patch["status"];
@@ -315,12 +352,7 @@ async fn node_reports_launcher_status_into_the_vmi() {
 #[tokio::test]
 async fn node_marks_an_unreachable_launcher_not_ready() {
     let (client, server) = MockApiServer::start(vec![
-        Exchange::json(
-            Method::GET,
-            VMI_PATH,
-            200,
-            vmi_json("30", json!({"phase": "Running"})),
-        ),
+        vmi_read(vmi_json("30", json!({"phase": "Running"}))),
         Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("31", json!({}))),
     ]);
     let ctx = Arc::new(node_ctx(client, Err("connection refused".into())));
@@ -343,7 +375,7 @@ async fn node_restart_relists_and_loses_nothing() {
         let mut script = vec![
             Exchange::json(Method::GET, all_pods, 200, pod_list.clone()),
             Exchange::watch(all_pods, stream),
-            Exchange::json(Method::GET, VMI_PATH, 200, vmi),
+            vmi_read(vmi),
         ];
         if patch {
             script.push(Exchange::json(
@@ -398,26 +430,33 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
         args: super::ControllerArgs,
     }
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    let command = |file: &str| -> Vec<String> {
+    // The container's argv after `vmpod-handler`, and the port it declares.
+    let container = |file: &str, role: &str| -> (Vec<String>, Option<u64>) {
         let text = std::fs::read_to_string(manifests.join(file)).unwrap();
         let doc: Value = serde_yaml::from_str(&text).unwrap();
-        let c = &doc["spec"]["template"]["spec"]["containers"][0]["command"];
-        serde_json::from_value(c.clone()).unwrap()
+        let c = &doc["spec"]["template"]["spec"]["containers"][0];
+        let command: Vec<String> = serde_json::from_value(c["command"].clone()).unwrap();
+        assert_eq!(command[..2], ["vmpod-handler", role], "{file}");
+        (
+            command[1..].to_vec(),
+            c["ports"][0]["containerPort"].as_u64(),
+        )
     };
-    let node = command("handler-daemonset.yaml");
-    assert_eq!(node[..2], ["vmpod-handler", "node"]);
-    let mut argv = vec!["node".to_string()];
-    argv.extend(node[2..].iter().cloned());
-    argv.extend(["--node-name".to_string(), "n1".to_string()]);
-    let parsed = Node::try_parse_from(argv).unwrap();
-    assert_eq!(
-        parsed.args.state_root,
-        super::launcher_pod::DEFAULT_STATE_ROOT
-    );
+    // Prometheus scrapes the declared port from off the pod: the process must listen there.
+    let reachable = |addr: std::net::SocketAddr, port: Option<u64>| {
+        assert!(
+            addr.ip().is_unspecified(),
+            "{addr}: only reachable in the pod"
+        );
+        assert_eq!(Some(u64::from(addr.port())), port, "{addr}");
+    };
 
-    let ctl = command("controller.yaml");
-    assert_eq!(ctl[..2], ["vmpod-handler", "controller"]);
-    let mut argv = vec!["controller".to_string()];
-    argv.extend(ctl[2..].iter().cloned());
-    assert!(Ctl::try_parse_from(argv).is_ok());
+    let (mut argv, port) = container("handler-daemonset.yaml", "node");
+    argv.extend(["--node-name".to_string(), "n1".to_string()]);
+    let node = Node::try_parse_from(argv).unwrap().args;
+    assert_eq!(node.state_root, super::launcher_pod::DEFAULT_STATE_ROOT);
+    reachable(node.metrics_addr, port);
+
+    let (argv, port) = container("controller.yaml", "controller");
+    reachable(Ctl::try_parse_from(argv).unwrap().args.metrics_addr, port);
 }
