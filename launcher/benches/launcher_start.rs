@@ -34,20 +34,30 @@ fn root() -> PathBuf {
 }
 
 fn build() -> (PathBuf, PathBuf, PathBuf) {
+    // The launcher is measured in the profile this bench is built in (release for
+    // `cargo bench`, debug for `cargo bench --profile dev`).
+    let (profile, dir) = if cfg!(debug_assertions) {
+        ("dev", "debug")
+    } else {
+        ("release", "release")
+    };
     let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args([
             "build",
             "--quiet",
-            "--release",
+            "--profile",
+            profile,
             "-p",
             "vmpod-launcher",
-            "--bin",
-            "vmpod-launcher",
         ])
+        .args(["--bin", "vmpod-launcher"])
         .current_dir(root())
         .status()
         .unwrap();
-    assert!(st.success(), "cargo build --release -p vmpod-launcher");
+    assert!(
+        st.success(),
+        "cargo build --profile {profile} -p vmpod-launcher"
+    );
     let st = Command::new("bash")
         .arg(root().join("tests/guest/build.sh"))
         .status()
@@ -56,7 +66,7 @@ fn build() -> (PathBuf, PathBuf, PathBuf) {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     (
-        target.join("release/vmpod-launcher"),
+        target.join(dir).join("vmpod-launcher"),
         target.join("guest/vmlinuz"),
         target.join("guest/initramfs.img"),
     )
@@ -272,7 +282,12 @@ fn main() {
         );
     };
 
-    println!("vmpod-launcher start-up (release build, TCG, test guest, {runs} runs each)");
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("vmpod-launcher start-up ({build} build, TCG, test guest, {runs} runs each)");
     let unseeded: Vec<Sample> = (0..runs.min(3))
         .map(|i| {
             one_run(
