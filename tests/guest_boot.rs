@@ -328,6 +328,8 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
         ("10.99.0.50".to_string(), 24)
     );
     assert_eq!(lease.mac, mac);
+    // The event survives parsing option 121 (the script reuses the positional args).
+    assert_eq!(lease.event, "bound");
     assert_eq!(lease.router().unwrap().to_string(), "10.99.0.1");
     let dns: Vec<String> = lease.dns.iter().map(ToString::to_string).collect();
     assert_eq!(dns, ["10.99.0.53", "10.99.0.54"]);
