@@ -9,6 +9,9 @@ bash tests/guest/build.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Tests run the binaries of every package (vmpodctl runs vmpod-launcher, the local-mode
+# tests run vmpod-handler): build them all first.
+cargo build --workspace
 cargo test --workspace --no-fail-fast
 
 # A bounded fuzz run of the DHCP packet handler (nightly + cargo-fuzz, from setup.sh).
