@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   # build: the virt crate links libvirt; pkg-config finds it
   build-essential pkg-config libvirt-dev
-  # runtime: the launcher starts its own libvirtd + virtlogd and QEMU
+  # runtime: the launcher starts its own libvirtd and QEMU
   libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 iproute2 nftables
   # tests: real DHCP clients and peers for the benchmarks
   busybox-static isc-dhcp-client dhcpcd-base dnsmasq-base
@@ -39,7 +39,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The virt crate and the tests need these on PATH.
-for cmd in cargo qemu-system-x86_64 libvirtd virtlogd busybox dhclient dhcpcd dnsmasq ip; do
+for cmd in cargo qemu-system-x86_64 libvirtd busybox dhclient dhcpcd dnsmasq ip; do
   command -v "$cmd" >/dev/null || { echo "setup: $cmd not found after install" >&2; exit 1; }
 done
 # The fuzz run (tests/fuzz/run.sh) needs cargo-fuzz (and uses nightly when present).

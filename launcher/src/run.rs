@@ -1,6 +1,6 @@
 //! `vmpod-launcher [run]`: the whole pod. Load and validate the VMI, rewire the pod
 //! network (or reuse the cached rewire), serve DHCP to the VM, start the pod's own
-//! virtlogd + libvirtd, define and start the domain, serve the control API, and own the
+//! libvirtd, define and start the domain, serve the control API, and own the
 //! lifecycle: SIGTERM -> ACPI shutdown -> grace period -> destroy; when the domain is
 //! gone, tear everything down in reverse and exit (0 for a clean stop, 1 with the reason
 //! otherwise). Every process started here is a child of the launcher.
@@ -352,8 +352,8 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     };
     let xml = domain_xml(&ctx.vmi, &env)?;
     lock(&ctx.shared).domain_xml.clone_from(&xml.0);
-    // The console log belongs to this boot.
-    let _ = std::fs::remove_file(ctx.state_dir().join(control::state::CONSOLE_LOG));
+    // The console log belongs to this boot; an earlier boot's becomes console.log.1.
+    control::rotate_console_log(ctx.state_dir(), 0).context("rotating the console log")?;
 
     let layout = LibvirtLayout::new(ctx.state_dir());
     daemons::prepare(&layout)?;
@@ -439,6 +439,10 @@ fn lifecycle(
     }
 }
 
+/// How often the console log's size is checked against `CONSOLE_LOG_MAX`: a guest
+/// writing at full serial speed (115200 baud, about 11 KiB/s) adds 22 KiB in between.
+const CONSOLE_CHECK: Duration = Duration::from_secs(2);
+
 /// Follow the domain until it is gone; returns its final state.
 async fn supervise(
     ctx: &Ctx,
@@ -454,6 +458,7 @@ async fn supervise(
         Duration::from_secs(u64::try_from(ctx.vmi.spec.grace_period_seconds()).unwrap_or(0));
     let mut state = DomainState::Pending;
     let mut deadline: Option<Instant> = None;
+    let mut console_check = tokio::time::interval(CONSOLE_CHECK);
     loop {
         let sleep = deadline.map(|d| tokio::time::sleep_until(d.into()));
         tokio::select! {
@@ -490,6 +495,14 @@ async fn supervise(
                     tracing::warn!("{e}");
                 }
                 deadline = None;
+            }
+            _ = console_check.tick() => {
+                let dir = ctx.state_dir().to_path_buf();
+                match control::rotate_console_log(&dir, control::state::CONSOLE_LOG_MAX) {
+                    Ok(true) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("rotating the console log: {e}"),
+                }
             }
             st = daemons.libvirtd.child.wait() => {
                 bail!("libvirtd exited while the domain ran ({}); see {}",

@@ -21,8 +21,8 @@ pub use action::{Action, ApiError, LifecycleAction, ROUTES, Route};
 pub use client::{ClientError, ConsoleFollow, ConsoleStream, ControlClient};
 pub use server::{Backend, BackendError, ControlServer, ServerError};
 pub use state::{
-    StatusSource, control_socket, list_local, local_root, local_state_dir, read_status, status_of,
-    write_status,
+    StatusSource, control_socket, list_local, local_root, local_state_dir, read_status,
+    rotate_console_log, status_of, write_status,
 };
 pub use types::{
     Acceleration, ErrorBody, InterfaceReport, InterfaceStatus, LauncherStatus, NetworkReport,

@@ -1,22 +1,26 @@
-//! The pod's own virtlogd and libvirtd (Debian's system-mode daemons), isolated under
+//! The pod's own libvirtd (Debian's system-mode daemon), isolated under
 //! `<state-dir>/libvirt` so two pods on one machine never collide with each other or
 //! with a host libvirtd.
 //!
 //! Privileged libvirtd has its paths compiled in (`/etc/libvirt`, `/run/libvirt`,
 //! `/var/lib/libvirt`, `/var/cache/libvirt`, `/var/log/libvirt`, no environment knob), so
-//! [`MountPlan`] gives the daemons a mount namespace of their own in which those
+//! [`MountPlan`] gives the daemon a mount namespace of its own in which those
 //! five directories are bind mounts of directories under the state dir, and (when KVM is
 //! not used) `/dev/kvm` is covered so libvirt does not probe an unusable device; QEMU
 //! inherits it. The launcher's own namespace is left alone. Owns those directories, the
-//! two daemon processes and the QEMU capabilities cache seed; does not talk the libvirt
-//! API (see `libvirt`).
+//! daemon process and the QEMU capabilities cache seed; does not talk the libvirt API
+//! (see `libvirt`).
+//!
+//! No virtlogd: QEMU writes its serial console log itself and libvirtd writes QEMU's
+//! stderr log (`stdio_handler = "file"`). virtlogd would only relay those two files, at
+//! about 17 MiB RSS and one more process start per pod; the console log's size is
+//! bounded by the launcher instead (see `console_log`).
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,7 +29,6 @@ use tokio::process::{Child, Command};
 
 /// Binaries, overridable for tests and odd installs.
 pub const LIBVIRTD: &str = "/usr/sbin/libvirtd";
-pub const VIRTLOGD: &str = "/usr/sbin/virtlogd";
 /// Where libvirt keeps its QEMU driver modules.
 pub const DRIVER_DIR: &str = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver";
 /// Default per-node seed of the QEMU capabilities cache.
@@ -99,14 +102,8 @@ impl LibvirtLayout {
     pub fn socket(&self) -> PathBuf {
         self.dir("run").join("libvirt-sock")
     }
-    pub fn virtlogd_socket(&self) -> PathBuf {
-        self.dir("run").join("virtlogd-sock")
-    }
     pub fn libvirtd_conf(&self) -> PathBuf {
         self.root.join("libvirtd.conf")
-    }
-    pub fn virtlogd_conf(&self) -> PathBuf {
-        self.root.join("virtlogd.conf")
     }
     pub fn qemu_conf(&self) -> PathBuf {
         self.dir("etc").join("qemu.conf")
@@ -145,18 +142,8 @@ pub fn libvirtd_conf(layout: &LibvirtLayout) -> String {
     )
 }
 
-/// virtlogd.conf: its log file; the socket lives in `/run/libvirt` (a bind mount).
-pub fn virtlogd_conf(layout: &LibvirtLayout) -> String {
-    format!(
-        "# written by vmpod-launcher\n\
-         log_outputs = \"3:file:{log}\"\n\
-         max_clients = 16\n",
-        log = layout.log("virtlogd").display(),
-    )
-}
-
 /// qemu.conf: QEMU runs as root without a security driver, cgroups or its own mount
-/// namespace: the pod is the sandbox.
+/// namespace: the pod is the sandbox. QEMU and libvirtd write their logs directly.
 pub fn qemu_conf() -> &'static str {
     "# written by vmpod-launcher\n\
      user = \"root\"\n\
@@ -166,7 +153,7 @@ pub fn qemu_conf() -> &'static str {
      security_driver = \"none\"\n\
      cgroup_controllers = [ ]\n\
      namespaces = [ ]\n\
-     stdio_handler = \"logd\"\n"
+     stdio_handler = \"file\"\n"
 }
 
 /// Create the tree and write the configuration files. Idempotent.
@@ -179,7 +166,6 @@ pub fn prepare(layout: &LibvirtLayout) -> Result<(), DaemonError> {
     set_mode(&run, 0o700)?;
     for (path, body) in [
         (layout.libvirtd_conf(), libvirtd_conf(layout)),
-        (layout.virtlogd_conf(), virtlogd_conf(layout)),
         (layout.qemu_conf(), qemu_conf().to_string()),
     ] {
         fs::write(&path, body).map_err(io_err("write", &path))?;
@@ -400,19 +386,10 @@ pub struct Daemon {
     pub child: Child,
 }
 
-/// The pod's virtlogd and libvirtd.
+/// The pod's libvirtd.
 pub struct Daemons {
-    pub virtlogd: Daemon,
     pub libvirtd: Daemon,
     pub layout: LibvirtLayout,
-}
-
-/// How a daemon's child enters the pod's private mount namespace.
-enum Namespace {
-    /// Create it from the plan (the first daemon).
-    Create(std::sync::Arc<MountPlan>),
-    /// Join the namespace of this open `/proc/<pid>/ns/mnt` (the second daemon).
-    Join(std::sync::Arc<fs::File>),
 }
 
 fn spawn(
@@ -421,7 +398,7 @@ fn spawn(
     args: &[&std::ffi::OsStr],
     envs: &[(&str, &Path)],
     log: &Path,
-    ns: Namespace,
+    plan: MountPlan,
 ) -> Result<Daemon, DaemonError> {
     let stderr = fs::OpenOptions::new()
         .create(true)
@@ -447,15 +424,7 @@ fn spawn(
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            match &ns {
-                Namespace::Create(plan) => plan.apply(),
-                Namespace::Join(file) => {
-                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                }
-            }
+            plan.apply()
         });
     }
     let child = cmd.spawn().map_err(|source| DaemonError::Spawn {
@@ -525,82 +494,45 @@ impl Daemon {
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Daemons {
-    /// Start virtlogd in a new private mount namespace made from `plan`, then libvirtd in
-    /// the same namespace, and wait until both sockets answer. The caller has already run
-    /// [`prepare`].
+    /// Start libvirtd in a new private mount namespace made from `plan` and wait until
+    /// its socket answers. The caller has already run [`prepare`].
     pub async fn start(layout: &LibvirtLayout, plan: MountPlan) -> Result<Daemons, DaemonError> {
         let os = |s: &'static str| std::ffi::OsStr::new(s);
-        let vconf = layout.virtlogd_conf();
-        let vlog = layout.log("virtlogd");
-        let vpid = layout.root.join("virtlogd.pid");
-        let mut virtlogd = spawn(
-            "virtlogd",
-            Path::new(VIRTLOGD),
-            &[
-                os("--config"),
-                vconf.as_os_str(),
-                os("--pid-file"),
-                vpid.as_os_str(),
-            ],
-            &[],
-            &vlog,
-            Namespace::Create(std::sync::Arc::new(plan)),
-        )?;
-        let ns_path = PathBuf::from(format!("/proc/{}/ns/mnt", virtlogd.child.id().unwrap_or(0)));
-        let ns = fs::File::open(&ns_path).map_err(io_err("open", &ns_path));
-        let ns = match ns {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = virtlogd.child.start_kill();
-                return Err(e);
-            }
-        };
-        virtlogd
-            .ready(&layout.virtlogd_socket(), &vlog, READY_TIMEOUT)
-            .await?;
-
-        let lconf = layout.libvirtd_conf();
-        let llog = layout.log("libvirtd");
-        let lpid = layout.root.join("libvirtd.pid");
+        let conf = layout.libvirtd_conf();
+        let log = layout.log("libvirtd");
+        let pid = layout.root.join("libvirtd.pid");
         let drivers = layout.drivers();
         let mut libvirtd = spawn(
             "libvirtd",
             Path::new(LIBVIRTD),
             &[
                 os("--config"),
-                lconf.as_os_str(),
+                conf.as_os_str(),
                 os("--pid-file"),
-                lpid.as_os_str(),
+                pid.as_os_str(),
             ],
             &[("LIBVIRT_DRIVER_DIR", &drivers)],
-            &llog,
-            Namespace::Join(std::sync::Arc::new(ns)),
-        )
-        .inspect_err(|_| drop(virtlogd.child.start_kill()))?;
-        if let Err(e) = libvirtd.ready(&layout.socket(), &llog, READY_TIMEOUT).await {
+            &log,
+            plan,
+        )?;
+        if let Err(e) = libvirtd.ready(&layout.socket(), &log, READY_TIMEOUT).await {
             let _ = libvirtd.child.start_kill();
-            let _ = virtlogd.child.start_kill();
             return Err(e);
         }
         Ok(Daemons {
-            virtlogd,
             libvirtd,
             layout: layout.clone(),
         })
     }
 
-    /// Stop libvirtd, then virtlogd (which holds QEMU's console log open until the end).
+    /// Stop libvirtd (QEMU is gone by then, or dies with it).
     pub async fn stop(&mut self) {
         self.libvirtd.stop(Duration::from_secs(5)).await;
-        self.virtlogd.stop(Duration::from_secs(5)).await;
     }
 
     /// The daemons' pids, for RSS accounting.
     pub fn pids(&self) -> Vec<u32> {
-        [&self.virtlogd, &self.libvirtd]
-            .iter()
-            .filter_map(|d| d.child.id())
-            .collect()
+        self.libvirtd.child.id().into_iter().collect()
     }
 }
 
@@ -618,8 +550,8 @@ mod tests {
         );
         assert!(c.contains("auth_unix_rw = \"none\""));
         assert!(c.contains("/run/vmpod/pod1/libvirt/libvirtd.log"));
-        assert!(virtlogd_conf(&l).contains("/run/vmpod/pod1/libvirt/virtlogd.log"));
         assert!(qemu_conf().contains("security_driver = \"none\""));
+        assert!(qemu_conf().contains("stdio_handler = \"file\""));
         assert_eq!(
             l.socket(),
             Path::new("/run/vmpod/pod1/libvirt/run/libvirt-sock")

@@ -222,7 +222,7 @@ pub fn domain_xml(vmi: &VirtualMachineInstance, env: &DomainEnv) -> Result<Domai
         "      <source mode='bind' path='{}'/>",
         pesc(&console_sock)
     );
-    let _ = writeln!(w, "      <log file='{}' append='off'/>", pesc(&console_log));
+    let _ = writeln!(w, "      <log file='{}' append='on'/>", pesc(&console_log));
     let _ = writeln!(w, "      <target type='isa-serial' port='0'/>");
     let _ = writeln!(w, "    </serial>");
     let _ = writeln!(w, "    <console type='unix'>");

@@ -47,7 +47,8 @@ pub const LAUNCHER_TEARDOWN_SECONDS: i64 = 15;
 
 const MI: u64 = 1 << 20;
 /// Fixed part of the overhead: vmpod-launcher (~30Mi incl. DHCP server), libvirtd (~40Mi),
-/// virtlogd (~10Mi) and QEMU's own code and device state (~70Mi).
+/// QEMU's own code and device state (~70Mi) and ~10Mi of headroom (page cache of the
+/// console log and the cloud-init disk).
 pub const FIXED_OVERHEAD_BYTES: u64 = 150 * MI;
 /// Per vCPU: QEMU thread stacks and vCPU state.
 pub const PER_VCPU_OVERHEAD_BYTES: u64 = 8 * MI;
