@@ -11,8 +11,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN cargo build --release --workspace --locked \
- && install -D -t /out target/release/vmpod-launcher target/release/vmpod-handler \
-      target/release/vmpodctl
+ && install -D -t /out target/release/vmpod-launcher target/release/vmpod-virt \
+      target/release/vmpod-handler target/release/vmpodctl
 
 FROM debian:12-slim
 RUN apt-get update \

@@ -4,6 +4,7 @@
 //! must end it within the grace period, leaving no process and no link behind.
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 use support::launcher::{Launcher, processes_mentioning, testguest_vmi};
 use vmpod::control::{ControlClient, Phase};
@@ -96,6 +97,35 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         xml.contains("<target dev='tap-eth0' managed='no'/>"),
         "{xml}"
     );
+    // libvirt stays out of the launcher's process: its client is the vmpod-virt child.
+    let launcher_pid = l.child.id();
+    let maps = std::fs::read_to_string(format!("/proc/{launcher_pid}/maps")).unwrap();
+    assert!(
+        !maps.contains("libvirt"),
+        "the launcher maps libvirt:\n{maps}"
+    );
+    let agent = processes_mentioning(&state.to_string_lossy())
+        .into_iter()
+        .find(|p| p.contains("vmpod-virt --socket"))
+        .expect("a vmpod-virt process for this pod");
+    let agent_pid = agent.split(':').next().unwrap();
+    let agent_stat = std::fs::read_to_string(format!("/proc/{agent_pid}/stat")).unwrap();
+    let agent_ppid: u32 = agent_stat[agent_stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        agent_ppid, launcher_pid,
+        "vmpod-virt is the launcher's child"
+    );
+    let agent_maps = std::fs::read_to_string(format!("/proc/{agent_pid}/maps")).unwrap();
+    assert!(
+        agent_maps.contains("libvirt.so"),
+        "vmpod-virt holds libvirt"
+    );
+
     // The rewired pod: bridge and tap exist while the VM runs.
     let links = pod_links(&sb);
     assert!(
@@ -188,17 +218,16 @@ fn second_launcher_on_rewired_pod_uses_cache_and_exits_when_guest_powers_off() {
     assert!(processes_mentioning(&state.to_string_lossy()).is_empty());
 }
 
-#[test]
-fn launcher_exits_nonzero_with_reason_when_qemu_dies() {
-    if !support::privileged("launcher_exits_nonzero_with_reason_when_qemu_dies") {
-        return;
-    }
-    let sb = pod("lcrash");
+/// Boot a held guest, SIGKILL the process `victim` picks (given the state dir and QEMU's
+/// pid) once the domain runs, and check the launcher fails with a reason containing
+/// `reason` and leaves no process and no link behind.
+fn launcher_fails_cleanly_when_killed(name: &str, victim: fn(&Path, u32) -> u32, reason: &str) {
+    let sb = pod(name);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let vmi = testguest_vmi("lcrash", "#cloud-config\n", true, 30);
+    let vmi = testguest_vmi(name, "#cloud-config\n", true, 30);
     let mut l = Launcher::start(&sb, &state, &vmi, &["--accel", "emulation"]);
-    // Wait (bounded) for the domain to run, then kill QEMU under libvirt's feet.
+    // Wait (bounded) for the domain to run.
     let deadline = std::time::Instant::now() + BOOT;
     let qemu_pid = loop {
         if let Some(pid) = vmpod::control::read_status(&state)
@@ -220,27 +249,50 @@ fn launcher_exits_nonzero_with_reason_when_qemu_dies() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(qemu_pid).unwrap());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(victim(&state, qemu_pid)).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let st = l.wait_exit(Duration::from_secs(30));
-    assert!(
-        !st.success(),
-        "a dead QEMU must fail the launcher\n{}",
-        l.log()
-    );
+    assert!(!st.success(), "the launcher must fail\n{}", l.log());
     let status = vmpod::control::read_status(&state).unwrap();
     assert_eq!(status.phase, Phase::Failed, "{status:?}");
-    let reason = status.reason.unwrap_or_default();
-    assert!(reason.contains("domain stopped"), "reason: {reason}");
+    let got = status.reason.unwrap_or_default();
+    assert!(got.contains(reason), "reason: {got}");
     assert!(
-        l.log().contains(&reason),
+        l.log().contains(&got),
         "stderr names the reason:\n{}",
         l.log()
     );
-    assert!(processes_mentioning(&state.to_string_lossy()).is_empty());
+    let left = processes_mentioning(&state.to_string_lossy());
+    assert!(left.is_empty(), "leftover processes: {left:?}\n{}", l.log());
     assert!(
         !pod_links(&sb)
             .iter()
             .any(|l| l == "k6t-eth0" || l == "tap-eth0")
+    );
+}
+
+#[test]
+fn launcher_exits_nonzero_with_reason_when_qemu_dies() {
+    if !support::privileged("launcher_exits_nonzero_with_reason_when_qemu_dies") {
+        return;
+    }
+    launcher_fails_cleanly_when_killed("lcrash", |_, qemu| qemu, "domain stopped");
+}
+
+#[test]
+fn launcher_ends_qemu_and_exits_nonzero_when_its_libvirt_client_dies() {
+    if !support::privileged("launcher_ends_qemu_and_exits_nonzero_when_its_libvirt_client_dies") {
+        return;
+    }
+    launcher_fails_cleanly_when_killed(
+        "lagent",
+        |state, _| {
+            let p = processes_mentioning(&state.to_string_lossy())
+                .into_iter()
+                .find(|p| p.contains("vmpod-virt --socket"))
+                .expect("vmpod-virt");
+            p.split(':').next().unwrap().parse().unwrap()
+        },
+        "vmpod-virt",
     );
 }

@@ -50,7 +50,7 @@ fn build() -> (PathBuf, PathBuf, PathBuf) {
             "-p",
             "vmpod-launcher",
         ])
-        .args(["--bin", "vmpod-launcher"])
+        .args(["--bin", "vmpod-launcher", "--bin", "vmpod-virt"])
         .current_dir(root())
         .status()
         .unwrap();

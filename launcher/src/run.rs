@@ -24,11 +24,9 @@ use vmpod::control::{
     LauncherStatus, LifecycleAction, NetworkReport, Phase,
 };
 use vmpod::dhcp::{DEFAULT_SERVER_IP, DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
+use vmpod::domain::agent::{self, Events, Request, VirtAgent};
 use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, MountPlan};
-use vmpod::domain::{
-    Attachment, DomainEnv, DomainEvent, DomainState, Libvirt, RunningDomain, domain_name,
-    domain_xml, prepare_volumes,
-};
+use vmpod::domain::{Attachment, DomainEnv, DomainState, domain_name, domain_xml, prepare_volumes};
 use vmpod::net::{self, SetupOptions};
 
 #[derive(Args)]
@@ -123,9 +121,11 @@ struct Pod {
     net_rewired: bool,
     dhcp_tasks: Vec<JoinHandle<()>>,
     daemons: Option<Daemons>,
-    libvirt: Option<Libvirt>,
-    domain: Option<Arc<RunningDomain>>,
-    events: Option<mpsc::UnboundedReceiver<(String, DomainEvent)>>,
+    /// The libvirt client process (`vmpod-virt`).
+    agent: Option<VirtAgent>,
+    /// The name of the domain defined and started.
+    domain: Option<String>,
+    events: Option<Events>,
 }
 
 struct Ctx {
@@ -356,6 +356,12 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     control::rotate_console_log(ctx.state_dir(), 0).context("rotating the console log")?;
 
     let layout = LibvirtLayout::new(ctx.state_dir());
+    // The libvirt client loads libvirt while libvirtd starts; it connects when asked to
+    // define the domain.
+    let agent_bin = agent::agent_binary(std::env::current_exe().ok().as_deref());
+    let (agent, events) = VirtAgent::spawn(&agent_bin, &layout.socket())?;
+    pod.agent = Some(agent);
+    pod.events = Some(events);
     daemons::prepare(&layout)?;
     match daemons::seed_caps(&layout, &ctx.args.caps_seed) {
         Ok(n) => tracing::debug!(files = n, "QEMU capabilities cache seeded"),
@@ -370,34 +376,21 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     );
     pod.daemons = Some(daemons);
 
-    let socket = layout.socket();
-    let (libvirt, events, domain) = tokio::task::spawn_blocking(move || {
-        let mut lv = Libvirt::connect(&socket)?;
-        let events = lv.subscribe()?;
-        let domain = lv.define_and_start(&xml.0)?;
-        anyhow::Ok((lv, events, domain))
-    })
-    .await
-    .context("libvirt task")??;
-    let qemu_pid = std::fs::read_to_string(
-        layout
-            .dir("run")
-            .join("qemu")
-            .join(format!("{}.pid", domain.name)),
-    )
-    .ok()
-    .and_then(|s| s.trim().parse().ok());
+    let agent = pod.agent.as_ref().context("no libvirt agent")?;
+    let name = agent.define_and_start(&xml.0).await?;
+    pod.domain = Some(name.clone());
+    let qemu_pid =
+        std::fs::read_to_string(layout.dir("run").join("qemu").join(format!("{name}.pid")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
     tracing::info!(
-        domain = %domain.name, ?qemu_pid,
+        domain = %name, ?qemu_pid,
         elapsed_ms = ctx.started.elapsed().as_millis(), "domain started"
     );
     ctx.publish(|s| {
-        s.domain = Some(domain.name.clone());
+        s.domain = Some(name);
         s.qemu_pid = qemu_pid;
     });
-    pod.libvirt = Some(libvirt);
-    pod.domain = Some(Arc::new(domain));
-    pod.events = Some(events);
 
     let seed = ctx.args.caps_seed.clone();
     tokio::task::spawn_blocking(move || match daemons::refresh_caps_seed(&layout, &seed) {
@@ -408,35 +401,38 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
 }
 
 /// Ask the guest to power off; a guest that cannot be asked (no ACPI) is destroyed.
-fn request_shutdown(domain: &RunningDomain, grace: Duration) -> Instant {
-    if let Err(e) = domain.shutdown() {
+async fn request_shutdown(agent: &VirtAgent, grace: Duration) -> Instant {
+    if let Err(e) = agent.act(Request::Shutdown).await {
         tracing::warn!("ACPI shutdown failed ({e}); destroying");
-        let _ = domain.destroy();
+        let _ = agent.act(Request::Destroy).await;
     }
     Instant::now() + grace
 }
 
-fn lifecycle(
-    domain: &RunningDomain,
+async fn lifecycle(
+    agent: &VirtAgent,
     action: LifecycleAction,
     default_grace: Duration,
     deadline: &mut Option<Instant>,
 ) -> Result<(), BackendError> {
-    let failed = |e: vmpod::domain::libvirt::LibvirtError| BackendError::Failed(e.to_string());
-    match action {
+    let request = match action {
         LifecycleAction::Shutdown {
             grace_period_seconds,
         } => {
             let grace =
                 grace_period_seconds.map_or(default_grace, |s| Duration::from_secs(s.into()));
-            let until = request_shutdown(domain, grace);
+            let until = request_shutdown(agent, grace).await;
             *deadline = Some(deadline.map_or(until, |d| d.min(until)));
-            Ok(())
+            return Ok(());
         }
-        LifecycleAction::Pause => domain.pause().map_err(failed),
-        LifecycleAction::Resume => domain.resume().map_err(failed),
-        LifecycleAction::Kill => domain.destroy().map_err(failed),
-    }
+        LifecycleAction::Pause => Request::Pause,
+        LifecycleAction::Resume => Request::Resume,
+        LifecycleAction::Kill => Request::Destroy,
+    };
+    agent
+        .act(request)
+        .await
+        .map_err(|e| BackendError::Failed(e.to_string()))
 }
 
 /// How often the console log's size is checked against `CONSOLE_LOG_MAX`: a guest
@@ -451,7 +447,7 @@ async fn supervise(
     sigint: &mut Signal,
     actions: &mut mpsc::Receiver<ActionRequest>,
 ) -> anyhow::Result<DomainState> {
-    let domain = pod.domain.clone().context("no domain")?;
+    let agent = pod.agent.as_ref().context("no libvirt agent")?;
     let mut events = pod.events.take().context("no event stream")?;
     let daemons = pod.daemons.as_mut().context("no daemons")?;
     let grace =
@@ -463,7 +459,7 @@ async fn supervise(
         let sleep = deadline.map(|d| tokio::time::sleep_until(d.into()));
         tokio::select! {
             ev = events.recv() => {
-                let Some((_, ev)) = ev else { bail!("the libvirt event stream ended") };
+                let Some((_, ev)) = ev else { bail!("the libvirt agent ({}) exited; see the log above", agent::AGENT_BINARY) };
                 let next = state.after(ev);
                 if next != state {
                     tracing::info!(event = ?ev, state = ?next, "domain");
@@ -479,19 +475,23 @@ async fn supervise(
             }
             _ = sigterm.recv() => {
                 tracing::info!(?grace, "SIGTERM: ACPI shutdown");
-                deadline.get_or_insert_with(|| request_shutdown(&domain, grace));
+                if deadline.is_none() {
+                    deadline = Some(request_shutdown(agent, grace).await);
+                }
             }
             _ = sigint.recv() => {
                 tracing::info!(?grace, "SIGINT: ACPI shutdown");
-                deadline.get_or_insert_with(|| request_shutdown(&domain, grace));
+                if deadline.is_none() {
+                    deadline = Some(request_shutdown(agent, grace).await);
+                }
             }
             Some((action, reply)) = actions.recv() => {
                 tracing::info!(action = action.name(), "control API");
-                let _ = reply.send(lifecycle(&domain, action, grace, &mut deadline));
+                let _ = reply.send(lifecycle(agent, action, grace, &mut deadline).await);
             }
             () = async { if let Some(s) = sleep { s.await } }, if deadline.is_some() => {
                 tracing::warn!("grace period over: destroying the domain");
-                if let Err(e) = domain.destroy() {
+                if let Err(e) = agent.act(Request::Destroy).await {
                     tracing::warn!("{e}");
                 }
                 deadline = None;
@@ -513,17 +513,50 @@ async fn supervise(
     }
 }
 
+/// Without libvirt to destroy the domain (its client or libvirtd gone), end QEMU
+/// directly: libvirt started it detached, so it would outlive the pod's daemons.
+fn kill_qemu(pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if !comm.starts_with("qemu") {
+        return; // already gone (and the pid perhaps reused)
+    }
+    tracing::warn!(pid, "killing QEMU directly");
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Give back everything boot acquired; never fails, logs what it cannot do.
 async fn teardown(ctx: &Ctx, pod: &mut Pod) {
-    if let Some(domain) = pod.domain.take() {
-        if domain.is_active().unwrap_or(false) {
-            let _ = domain.destroy();
+    let agent = pod.agent.take();
+    if pod.domain.take().is_some() {
+        let stopped = match &agent {
+            Some(a) => match a.is_active().await {
+                Ok(false) => true,
+                Ok(true) => a.act(Request::Destroy).await.is_ok(),
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            },
+            None => false,
+        };
+        if !stopped {
+            kill_qemu(lock(&ctx.shared).status.qemu_pid);
         }
-        if let Err(e) = domain.undefine() {
+        if let Some(a) = &agent
+            && let Err(e) = a.act(Request::Undefine).await
+        {
             tracing::debug!("{e}");
         }
     }
-    pod.libvirt = None;
+    if let Some(agent) = agent {
+        agent.stop(Duration::from_secs(5)).await;
+    }
     for t in pod.dhcp_tasks.drain(..) {
         t.abort();
     }

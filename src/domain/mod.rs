@@ -2,6 +2,7 @@
 //! cloud-init NoCloud disk. Does not touch the network: it reads facts and tap names.
 
 pub mod accel;
+pub mod agent;
 pub mod cloudinit;
 pub mod daemons;
 pub mod libvirt;
@@ -9,6 +10,7 @@ pub mod volumes;
 pub mod xml;
 
 pub use accel::{KvmUnusable, choose, domain_type, kvm_usable, probe_kvm};
+pub use agent::{AgentError, Events, Request, VirtAgent};
 pub use cloudinit::{NoCloudData, write_nocloud_disk};
 pub use libvirt::{DomainEvent, DomainState, Libvirt, RunningDomain, StopReason};
 pub use volumes::{VolumeError, prepare_volumes};

@@ -1,0 +1,418 @@
+//! The launcher's libvirt client as a child process of its own, `vmpod-virt`.
+//!
+//! Linking libvirt maps libvirt.so and its ~50 dependencies (gnutls, glib, libxml2, krb5,
+//! curl, ICU, ...): about 11 MiB of RSS before the first call. The launcher, which owns
+//! the pod network, the DHCP server and the control API for the pod's whole life, does
+//! not link it; it runs `vmpod-virt`, which holds the one libvirt connection (through
+//! [`Libvirt`]) and speaks JSON lines on its stdin and stdout:
+//!
+//! - launcher -> agent: one [`Request`] per line, answered in order;
+//! - agent -> launcher: [`Message::Reply`] for each request, and [`Message::Event`] for
+//!   every domain lifecycle event, interleaved.
+//!
+//! The agent exits when its stdin closes (and, through the parent-death signal, when the
+//! launcher dies). A libvirt call that crashes or hangs takes down the agent, never the
+//! DHCP server or the control API; the launcher sees the agent's exit as the end of the
+//! event stream.
+
+use super::libvirt::{DomainEvent, Libvirt, RunningDomain};
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// The agent binary's name; the launcher finds it beside its own executable.
+pub const AGENT_BINARY: &str = "vmpod-virt";
+/// Overrides where the launcher looks for the agent.
+pub const AGENT_ENV: &str = "VMPOD_VIRT";
+
+/// What the launcher asks of the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// Connect, subscribe to lifecycle events, define the domain and start it. First.
+    DefineAndStart {
+        xml: String,
+    },
+    Shutdown,
+    Destroy,
+    Pause,
+    Resume,
+    Xml,
+    IsActive,
+    Undefine,
+}
+
+impl Request {
+    /// The operation's name, for messages (without the XML).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::DefineAndStart { .. } => "defineAndStart",
+            Request::Shutdown => "shutdown",
+            Request::Destroy => "destroy",
+            Request::Pause => "pause",
+            Request::Resume => "resume",
+            Request::Xml => "xml",
+            Request::IsActive => "isActive",
+            Request::Undefine => "undefine",
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", content = "value", rename_all = "camelCase")]
+pub enum Answer {
+    Done,
+    /// The name of the domain defined and started.
+    Started(String),
+    Xml(String),
+    Active(bool),
+}
+
+/// One line from the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Message {
+    Reply { result: Result<Answer, String> },
+    Event { domain: String, event: DomainEvent },
+}
+
+/// The agent failed, or said a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the libvirt agent ({AGENT_BINARY}) is gone: {0}")]
+    Gone(String),
+    #[error("{0}")]
+    Call(String),
+}
+
+/// Where the agent is: `$VMPOD_VIRT`, else beside `launcher_exe`, else on PATH.
+pub fn agent_binary(launcher_exe: Option<&Path>) -> PathBuf {
+    if let Some(p) = std::env::var_os(AGENT_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    launcher_exe
+        .and_then(Path::parent)
+        .map(|d| d.join(AGENT_BINARY))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(AGENT_BINARY))
+}
+
+/// The agent's side: read requests from `input` until it closes, answer them on `output`,
+/// and forward lifecycle events there as they come.
+pub fn serve(socket: &Path, input: impl BufRead, output: impl Write + Send + 'static) {
+    let output = Arc::new(Mutex::new(output));
+    let mut session: Option<(Libvirt, RunningDomain)> = None;
+    for line in input.lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Err(format!("bad request {line:?}: {e}")),
+            Ok(Request::DefineAndStart { xml }) if session.is_none() => {
+                start(socket, &xml, &output).map(|(lv, dom)| {
+                    let name = dom.name.clone();
+                    session = Some((lv, dom));
+                    Answer::Started(name)
+                })
+            }
+            Ok(req) => match &session {
+                None => Err("no domain: DefineAndStart first".into()),
+                Some((_, dom)) => call(dom, &req),
+            },
+        };
+        send(&output, &Message::Reply { result });
+    }
+    tracing::debug!("stdin closed: the libvirt agent exits");
+}
+
+/// Write one message line. The launcher reading the other end is the only consumer; if
+/// it is gone, so is the point of writing.
+fn send<W: Write>(out: &Mutex<W>, msg: &Message) {
+    let mut line = serde_json::to_vec(msg).unwrap_or_default();
+    line.push(b'\n');
+    let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = w.write_all(&line).and_then(|()| w.flush());
+}
+
+fn start<W: Write + Send + 'static>(
+    socket: &Path,
+    xml: &str,
+    output: &Arc<Mutex<W>>,
+) -> Result<(Libvirt, RunningDomain), String> {
+    let mut lv = Libvirt::connect(socket).map_err(|e| e.to_string())?;
+    let mut events = lv.subscribe().map_err(|e| e.to_string())?;
+    let out = Arc::clone(output);
+    std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || {
+            while let Some((domain, event)) = events.blocking_recv() {
+                send(&out, &Message::Event { domain, event });
+            }
+        })
+        .map_err(|e| format!("spawn the event thread: {e}"))?;
+    let dom = lv.define_and_start(xml).map_err(|e| e.to_string())?;
+    Ok((lv, dom))
+}
+
+fn call(dom: &RunningDomain, req: &Request) -> Result<Answer, String> {
+    let done = |r: Result<(), super::libvirt::LibvirtError>| {
+        r.map(|()| Answer::Done).map_err(|e| e.to_string())
+    };
+    match req {
+        Request::DefineAndStart { .. } => Err(format!("domain {} already started", dom.name)),
+        Request::Shutdown => done(dom.shutdown()),
+        Request::Destroy => done(dom.destroy()),
+        Request::Pause => done(dom.pause()),
+        Request::Resume => done(dom.resume()),
+        Request::Undefine => done(dom.undefine()),
+        Request::Xml => dom.xml().map(Answer::Xml).map_err(|e| e.to_string()),
+        Request::IsActive => dom
+            .is_active()
+            .map(Answer::Active)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The launcher's side: a running agent.
+pub struct VirtAgent {
+    child: Child,
+    pid: Option<u32>,
+    /// Requests are answered in order: one call at a time holds both ends.
+    io: tokio::sync::Mutex<(ChildStdin, mpsc::UnboundedReceiver<Result<Answer, String>>)>,
+}
+
+/// How long one call may take. Starting a domain can take tens of seconds when libvirtd
+/// first probes QEMU (an unusable /dev/kvm makes it re-probe for ~48 s); nothing else
+/// comes near.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Domain lifecycle events, (domain name, event); ends when the agent exits.
+pub type Events = mpsc::UnboundedReceiver<(String, DomainEvent)>;
+
+impl VirtAgent {
+    /// Start `binary --socket <libvirtd socket>`. It loads libvirt while libvirtd starts;
+    /// nothing connects until [`VirtAgent::define_and_start`].
+    pub fn spawn(binary: &Path, socket: &Path) -> Result<(VirtAgent, Events), AgentError> {
+        let mut cmd = Command::new(binary);
+        cmd.arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches no state of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawn_err = |source| AgentError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(spawn_err(io::Error::other("no pipes")));
+        };
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Message>(&line) {
+                    Ok(Message::Event { domain, event }) => drop(ev_tx.send((domain, event))),
+                    Ok(Message::Reply { result }) => drop(reply_tx.send(result)),
+                    Err(e) => tracing::warn!("libvirt agent said {line:?}: {e}"),
+                }
+            }
+        });
+        Ok((
+            VirtAgent {
+                pid: child.id(),
+                child,
+                io: tokio::sync::Mutex::new((stdin, reply_rx)),
+            },
+            ev_rx,
+        ))
+    }
+
+    /// Send `req` and wait for its answer.
+    pub async fn call(&self, req: &Request) -> Result<Answer, AgentError> {
+        let mut io = self.io.lock().await;
+        let (stdin, replies) = &mut *io;
+        let mut line = serde_json::to_vec(req).map_err(|e| AgentError::Call(e.to_string()))?;
+        line.push(b'\n');
+        stdin
+            .write_all(&line)
+            .await
+            .map_err(|e| AgentError::Gone(e.to_string()))?;
+        match tokio::time::timeout(CALL_TIMEOUT, replies.recv()).await {
+            Ok(Some(r)) => r.map_err(AgentError::Call),
+            Ok(None) => Err(AgentError::Gone("it exited".into())),
+            Err(_) => {
+                // A late answer would be taken for the next call's: end the agent.
+                if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                Err(AgentError::Gone(format!(
+                    "no answer to {} within {CALL_TIMEOUT:?}; killed it",
+                    req.op()
+                )))
+            }
+        }
+    }
+
+    /// Define and start the domain; its name.
+    pub async fn define_and_start(&self, xml: &str) -> Result<String, AgentError> {
+        match self
+            .call(&Request::DefineAndStart {
+                xml: xml.to_string(),
+            })
+            .await?
+        {
+            Answer::Started(name) => Ok(name),
+            other => Err(AgentError::Call(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// A call answered with [`Answer::Done`].
+    pub async fn act(&self, req: Request) -> Result<(), AgentError> {
+        self.call(&req).await.map(drop)
+    }
+
+    pub async fn is_active(&self) -> Result<bool, AgentError> {
+        match self.call(&Request::IsActive).await? {
+            Answer::Active(a) => Ok(a),
+            other => Err(AgentError::Call(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The agent's pid, for accounting.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Close its stdin and wait for it to exit (killing it after `grace`).
+    pub async fn stop(mut self, grace: std::time::Duration) {
+        drop(self.io);
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the libvirt agent did not exit within {grace:?}; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::StopReason;
+
+    fn j<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+
+    #[test]
+    fn wire_format_is_stable() {
+        assert_eq!(
+            j(&Request::DefineAndStart { xml: "<d/>".into() }),
+            r#"{"op":"defineAndStart","xml":"<d/>"}"#
+        );
+        assert_eq!(j(&Request::IsActive), r#"{"op":"isActive"}"#);
+        for r in [
+            Request::DefineAndStart { xml: String::new() },
+            Request::Shutdown,
+            Request::Destroy,
+            Request::Pause,
+            Request::Resume,
+            Request::Xml,
+            Request::IsActive,
+            Request::Undefine,
+        ] {
+            assert!(
+                j(&r).starts_with(&format!(r#"{{"op":"{}""#, r.op())),
+                "{r:?}"
+            );
+        }
+        assert_eq!(
+            j(&Message::Reply {
+                result: Ok(Answer::Started("default_vm".into()))
+            }),
+            r#"{"kind":"reply","result":{"Ok":{"answer":"started","value":"default_vm"}}}"#
+        );
+        assert_eq!(
+            j(&Message::Reply {
+                result: Err("boom".into())
+            }),
+            r#"{"kind":"reply","result":{"Err":"boom"}}"#
+        );
+        assert_eq!(
+            j(&Message::Event {
+                domain: "d".into(),
+                event: DomainEvent::Stopped(StopReason::Shutdown)
+            }),
+            r#"{"kind":"event","domain":"d","event":{"stopped":"shutdown"}}"#
+        );
+    }
+
+    #[test]
+    fn requests_before_a_domain_and_garbage_are_answered_with_errors() {
+        let input = b"{\"op\":\"pause\"}\n\nnot json\n".as_slice();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        serve(Path::new("/nonexistent"), input, Shared(Arc::clone(&out)));
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let msgs: Vec<Message> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(msgs.len(), 2, "{text}");
+        let err = |m: &Message| match m {
+            Message::Reply { result: Err(e) } => e.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(err(&msgs[0]).contains("DefineAndStart first"), "{text}");
+        assert!(err(&msgs[1]).contains("bad request"), "{text}");
+    }
+
+    #[test]
+    fn agent_binary_prefers_the_env_then_the_launcher_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("vmpod-launcher");
+        // Not there: PATH lookup by name.
+        if std::env::var_os(AGENT_ENV).is_none() {
+            assert_eq!(agent_binary(Some(&exe)), PathBuf::from(AGENT_BINARY));
+            std::fs::write(dir.path().join(AGENT_BINARY), "").unwrap();
+            assert_eq!(agent_binary(Some(&exe)), dir.path().join(AGENT_BINARY));
+        }
+    }
+
+    /// A writer into a shared buffer, so the test can read what `serve` wrote.
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}
