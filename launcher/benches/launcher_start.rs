@@ -5,8 +5,9 @@
 //! - launcher start -> the guest's DHCP ACK (the control API's DHCP counters),
 //!
 //! median of N runs, with the QEMU capabilities cache seeded (every pod after the first on
-//! a node) and unseeded (an empty seed: libvirtd probes QEMU); then the launcher's RSS and
-//! the pod's RSS without QEMU (launcher + libvirtd + virtlogd), beside KubeVirt's budgets.
+//! a node) and unseeded (an empty seed: libvirtd probes QEMU); then the RSS and PSS of the
+//! launcher and of the pod without QEMU (launcher + vmpod-virt + libvirtd), beside
+//! KubeVirt's budgets.
 //!
 //!     cargo bench -p vmpod-launcher --bench launcher_start
 //!     VMPOD_BENCH_RUNS=9 cargo bench -p vmpod-launcher --bench launcher_start
@@ -97,13 +98,33 @@ spec:
     )
 }
 
-/// `VmRSS` of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+/// Resident memory of a process in KiB: RSS counts every page it maps; PSS divides
+/// shared pages among the processes sharing them.
+#[derive(Clone, Copy, Default)]
+struct Mem {
+    rss: u64,
+    pss: u64,
+}
+
+impl std::ops::AddAssign for Mem {
+    fn add_assign(&mut self, o: Mem) {
+        self.rss += o.rss;
+        self.pss += o.pss;
+    }
+}
+
+fn mem(pid: u32) -> Mem {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Mem {
+        rss: field("Rss:"),
+        pss: field("Pss:"),
+    }
 }
 
 /// (pid, comm) of the direct children of `parent`.
@@ -133,9 +154,9 @@ fn children(parent: u32) -> Vec<(u32, String)> {
 struct Sample {
     running: Duration,
     ack: Duration,
-    launcher_kib: u64,
-    daemons: Vec<(String, u64)>,
-    qemu_kib: u64,
+    launcher: Mem,
+    children: Vec<(String, Mem)>,
+    qemu: Mem,
 }
 
 fn one_run(
@@ -205,17 +226,16 @@ fn one_run(
         std::thread::sleep(Duration::from_millis(20));
     };
     let pid = child.id();
-    let launcher_kib = rss_kib(pid);
-    let mut daemons = Vec::new();
-    let mut qemu_kib = 0;
+    let launcher = mem(pid);
+    let mut kids = Vec::new();
     for (cpid, comm) in children(pid) {
-        daemons.push((comm.clone(), rss_kib(cpid)));
-        for (gpid, gcomm) in children(cpid) {
-            if gcomm.starts_with("qemu") {
-                qemu_kib += rss_kib(gpid);
-            }
-        }
+        kids.push((comm, mem(cpid)));
     }
+    // libvirt starts QEMU detached: find it by the pid the launcher reports.
+    let qemu = read_status(&state)
+        .ok()
+        .and_then(|s| s.qemu_pid)
+        .map_or_else(Mem::default, mem);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
@@ -232,9 +252,9 @@ fn one_run(
     Sample {
         running,
         ack,
-        launcher_kib,
-        daemons,
-        qemu_kib,
+        launcher,
+        children: kids,
+        qemu,
     }
 }
 
@@ -308,25 +328,29 @@ fn main() {
     report("seeded capabilities cache", &seeded);
 
     let last = seeded.last().unwrap();
-    let kib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    let row = |name: &str, m: Mem, note: &str| {
+        println!(
+            "  {name:<24} {:>10} {:>10}   {note}",
+            mib(m.rss),
+            mib(m.pss)
+        );
+    };
     println!();
-    println!("memory (RSS while the guest runs, last seeded run)");
-    println!("  {:<22} {:>10}", "vmpod-launcher", kib(last.launcher_kib));
-    let mut pod_total = last.launcher_kib;
-    for (comm, k) in &last.daemons {
-        println!("  {:<22} {:>10}", comm, kib(*k));
-        pod_total += k;
+    println!("memory while the guest runs (last seeded run)");
+    println!("  {:<24} {:>10} {:>10}", "process", "RSS", "PSS");
+    row("vmpod-launcher", last.launcher, "(goal: RSS < 10 MiB)");
+    let mut pod = last.launcher;
+    for (comm, m) in &last.children {
+        row(comm, *m, "");
+        pod += *m;
     }
-    println!(
-        "  {:<22} {:>10}   (goal < 60 MiB)",
+    row(
         "pod total without QEMU",
-        kib(pod_total)
+        pod,
+        "(goal: < 60 MiB; RSS counts shared pages once per process)",
     );
-    println!(
-        "  {:<22} {:>10}   (not counted above)",
-        "qemu",
-        kib(last.qemu_kib)
-    );
+    row("qemu", last.qemu, "(not counted above)");
     let budget: u32 = KUBEVIRT_BUDGET.iter().map(|(_, m)| m).sum();
     println!();
     println!("KubeVirt budgets for the same roles (MiB):");
