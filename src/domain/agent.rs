@@ -404,6 +404,58 @@ mod tests {
         }
     }
 
+    /// The launcher's side against a stand-in agent (a shell script speaking the same
+    /// lines): events and replies are told apart, errors come back as errors, and an
+    /// agent that exits ends the event stream and fails the next call.
+    #[tokio::test]
+    async fn launcher_side_routes_replies_and_events_and_sees_the_agent_go() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake-virt");
+        std::fs::write(
+            &script,
+            r#"#!/bin/sh
+[ "$1" = --socket ] || exit 3
+while read -r line; do
+  case "$line" in
+    *isActive*)
+      echo '{"kind":"event","domain":"d","event":"paused"}'
+      echo '{"kind":"reply","result":{"Ok":{"answer":"active","value":true}}}' ;;
+    *pause*) echo '{"kind":"reply","result":{"Err":"libvirt: pause domain d: boom"}}' ;;
+    *shutdown*) exit 0 ;;
+  esac
+done
+"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (agent, mut events) = VirtAgent::spawn(&script, Path::new("/x/libvirt-sock")).unwrap();
+        assert!(agent.is_active().await.unwrap());
+        assert_eq!(
+            events.recv().await,
+            Some(("d".to_string(), DomainEvent::Paused))
+        );
+        match agent.act(Request::Pause).await {
+            Err(AgentError::Call(e)) => assert!(e.contains("boom"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // The stand-in exits on shutdown without answering.
+        match agent.act(Request::Shutdown).await {
+            Err(AgentError::Gone(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            events.recv().await,
+            None,
+            "the event stream ends with the agent"
+        );
+        assert!(matches!(
+            agent.act(Request::Resume).await,
+            Err(AgentError::Gone(_))
+        ));
+        agent.stop(std::time::Duration::from_secs(5)).await;
+    }
+
     /// A writer into a shared buffer, so the test can read what `serve` wrote.
     struct Shared(Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
