@@ -10,6 +10,9 @@
 //! - `ip sequence`: discovery with `ip -j`, then one `ip`/`sysctl` command per op of the
 //!   very plan our setup applies (translated by [`ip_commands`]).
 
+#[path = "../tests/support/cargo_build.rs"]
+mod cargo_build;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -130,33 +133,7 @@ fn run(cmd: &[String]) {
 
 /// vmpod-launcher built with the same profile as this bench.
 fn launcher() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let mut cargo = Command::new(env!("CARGO"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
-            || k.starts_with("RUSTC")
-            || k == "OUT_DIR"
-        {
-            cargo.env_remove(&*k);
-        }
-    }
-    let st = cargo
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "vmpod-launcher",
-            "--bin",
-            "vmpod-launcher",
-        ])
-        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "building vmpod-launcher");
-    profile_dir.join("vmpod-launcher")
+    cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher"]).join("vmpod-launcher")
 }
 
 fn median(v: &mut [Duration]) -> Duration {

@@ -459,34 +459,15 @@ fn discovery_names_a_missing_interface() {
     );
 }
 
-/// `vmpod-launcher`, built (a no-op when fresh) into the target directory of this test
-/// binary (target/<profile>/), so `cargo test --test net_setup` never runs a stale one.
+/// `vmpod-launcher`, built (a no-op when fresh) in this test's profile, so
+/// `cargo test --test net_setup` never runs a stale one.
 fn launcher() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    BUILT.call_once(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        // What cargo sets for this test process would make the nested build look like a
-        // different configuration and rebuild dependencies: drop it.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if (k.starts_with("CARGO_") && k != "CARGO_HOME")
-                || k.starts_with("RUSTC")
-                || k == "OUT_DIR"
-            {
-                cargo.env_remove(&*k);
-            }
-        }
-        let st = cargo
-            .args(["build", "-p", "vmpod-launcher", "--bin", "vmpod-launcher"])
-            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(st.success(), "building vmpod-launcher");
-    });
-    profile_dir.join("vmpod-launcher")
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        support::cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher"])
+            .join("vmpod-launcher")
+    })
+    .clone()
 }
 
 #[test]

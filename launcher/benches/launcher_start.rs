@@ -12,6 +12,9 @@
 //!     cargo bench -p vmpod-launcher --bench launcher_start
 //!     VMPOD_BENCH_RUNS=9 cargo bench -p vmpod-launcher --bench launcher_start
 
+#[path = "../../tests/support/cargo_build.rs"]
+mod cargo_build;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,39 +40,17 @@ fn root() -> PathBuf {
 fn build() -> (PathBuf, PathBuf, PathBuf) {
     // The launcher is measured in the profile this bench is built in (release for
     // `cargo bench`, debug for `cargo bench --profile dev`).
-    let (profile, dir) = if cfg!(debug_assertions) {
-        ("dev", "debug")
-    } else {
-        ("release", "release")
-    };
-    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "--profile",
-            profile,
-            "-p",
-            "vmpod-launcher",
-        ])
-        .args(["--bin", "vmpod-launcher", "--bin", "vmpod-virt"])
-        .current_dir(root())
-        .status()
-        .unwrap();
-    assert!(
-        st.success(),
-        "cargo build --profile {profile} -p vmpod-launcher"
-    );
+    let bin_dir = cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher", "vmpod-virt"]);
     let st = Command::new("bash")
         .arg(root().join("tests/guest/build.sh"))
         .status()
         .unwrap();
     assert!(st.success(), "tests/guest/build.sh");
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let guest = bin_dir.parent().unwrap().join("guest");
     (
-        target.join(dir).join("vmpod-launcher"),
-        target.join("guest/vmlinuz"),
-        target.join("guest/initramfs.img"),
+        bin_dir.join("vmpod-launcher"),
+        guest.join("vmlinuz"),
+        guest.join("initramfs.img"),
     )
 }
 

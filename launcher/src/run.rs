@@ -473,14 +473,13 @@ async fn supervise(
                     return Ok(state);
                 }
             }
-            _ = sigterm.recv() => {
-                tracing::info!(?grace, "SIGTERM: ACPI shutdown");
-                if deadline.is_none() {
-                    deadline = Some(request_shutdown(agent, grace).await);
+            signal = async {
+                tokio::select! {
+                    _ = sigterm.recv() => "SIGTERM",
+                    _ = sigint.recv() => "SIGINT",
                 }
-            }
-            _ = sigint.recv() => {
-                tracing::info!(?grace, "SIGINT: ACPI shutdown");
+            } => {
+                tracing::info!(?grace, "{signal}: ACPI shutdown");
                 if deadline.is_none() {
                     deadline = Some(request_shutdown(agent, grace).await);
                 }
@@ -497,8 +496,7 @@ async fn supervise(
                 deadline = None;
             }
             _ = console_check.tick() => {
-                let dir = ctx.state_dir().to_path_buf();
-                match control::rotate_console_log(&dir, control::state::CONSOLE_LOG_MAX) {
+                match control::rotate_console_log(ctx.state_dir(), control::state::CONSOLE_LOG_MAX) {
                     Ok(true) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
                     Ok(false) => {}
                     Err(e) => tracing::warn!("rotating the console log: {e}"),

@@ -303,11 +303,6 @@ impl VirtAgent {
         }
     }
 
-    /// The agent's pid, for accounting.
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
-    }
-
     /// Close its stdin and wait for it to exit (killing it after `grace`).
     pub async fn stop(mut self, grace: std::time::Duration) {
         drop(self.io);

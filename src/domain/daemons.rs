@@ -529,11 +529,6 @@ impl Daemons {
     pub async fn stop(&mut self) {
         self.libvirtd.stop(Duration::from_secs(5)).await;
     }
-
-    /// The daemons' pids, for RSS accounting.
-    pub fn pids(&self) -> Vec<u32> {
-        self.libvirtd.child.id().into_iter().collect()
-    }
 }
 
 #[cfg(test)]

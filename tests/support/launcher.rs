@@ -4,36 +4,18 @@
 
 use super::guest::{GuestReport, guest_artifacts};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use vmpod::sandbox::PodSandbox;
 
-/// The launcher binary of this workspace, built on first use.
+/// The launcher binary of this workspace and its libvirt client `vmpod-virt` (found
+/// beside it), built on first use in this test's profile.
 pub fn launcher_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "vmpod-launcher",
-                "--bin",
-                "vmpod-launcher",
-            ])
-            .current_dir(root)
-            .status()
-            .expect("run cargo build -p vmpod-launcher");
-        assert!(
-            status.success(),
-            "cargo build -p vmpod-launcher failed: {status}"
-        );
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-        target.join("debug").join("vmpod-launcher")
+        super::cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher", "vmpod-virt"])
+            .join("vmpod-launcher")
     })
     .clone()
 }

@@ -4,6 +4,7 @@
 //! they skip loudly, but under `CI=true` a skip is a failure.
 #![allow(dead_code)]
 
+pub mod cargo_build;
 pub mod guest;
 pub mod launcher;
 
