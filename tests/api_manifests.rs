@@ -33,6 +33,82 @@ fn every_example_validates() {
     }
 }
 
+/// Our own manifests in the shapes of KubeVirt's examples (tests/kubevirt-shapes/).
+fn kubevirt_shapes() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/kubevirt-shapes"))
+        .expect("tests/kubevirt-shapes exists")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn kubevirt_example_shapes_load_unchanged() {
+    let files = kubevirt_shapes();
+    assert_eq!(files.len(), 5, "{files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let vmi = api::load_valid_vmi(&text).unwrap_or_else(|errors| {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            panic!("{}:\n{}", file.display(), lines.join("\n"))
+        });
+        assert_eq!(vmi.acceleration(), Some(api::Acceleration::Emulation));
+        // After defaulting, every volume has its disk.
+        for v in &vmi.spec.volumes {
+            assert!(
+                vmi.spec
+                    .domain
+                    .devices
+                    .disks
+                    .iter()
+                    .any(|d| d.name == v.name),
+                "{}: no disk for volume {}",
+                file.display(),
+                v.name
+            );
+        }
+        let out = vmpodctl(file);
+        assert!(out.status.success(), "{}: {:?}", file.display(), out);
+        assert!(String::from_utf8(out.stdout).unwrap().contains("is valid"));
+    }
+    let text = std::fs::read_to_string(repo().join("tests/kubevirt-shapes/v1alpha3-chassis.yaml"))
+        .unwrap();
+    assert!(text.contains("apiVersion: kubevirt.io/v1alpha3\n"));
+    let vmi = api::load_valid_vmi(&text).unwrap();
+    assert_eq!(
+        serde_json::to_value(&vmi).unwrap()["apiVersion"],
+        "vmpod.io/v1alpha1"
+    );
+    let chassis = vmi.spec.domain.chassis.as_ref().unwrap();
+    assert_eq!(
+        chassis.entries(),
+        [
+            ("manufacturer", "Example Systems & Co"),
+            ("version", "1.0"),
+            ("serial", "CHS-0042"),
+            ("asset", "asset-7"),
+            ("sku", "SKU-3")
+        ]
+    );
+    let disks: Vec<(&str, api::DiskBus)> = vmi
+        .spec
+        .domain
+        .devices
+        .disks
+        .iter()
+        .map(|d| (d.name.as_str(), d.bus()))
+        .collect();
+    assert_eq!(
+        disks,
+        [
+            ("cloudinitdisk", api::DiskBus::Virtio),
+            ("scratch", api::DiskBus::Virtio)
+        ]
+    );
+}
+
 #[test]
 fn testguest_boots_the_local_kernel_with_a_bridged_pod_network() {
     let text = std::fs::read_to_string(repo().join("manifests/examples/testguest.yaml")).unwrap();
@@ -80,11 +156,11 @@ fn checked_in_crd_matches_the_types() {
         "{} is stale: run `cargo run --bin crdgen > manifests/crd.yaml`",
         path.display()
     );
-    let crd: serde_yaml::Value = serde_yaml::from_str(&on_disk).unwrap();
+    let crd: serde_json::Value = api::yaml::from_str(&on_disk).unwrap();
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "vmi");
     assert_eq!(crd["spec"]["scope"], "Namespaced");
     assert_eq!(crd["spec"]["versions"][0]["name"], "v1alpha1");
-    assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_mapping());
+    assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
     assert!(!on_disk.contains("additionalProperties: false"));
 }
 
@@ -167,8 +243,8 @@ fn invalid_manifests_give_exact_field_path_messages() {
         ),
         (
             "volumes: [{name: d, emptyDisk: {capacity: 1Gi}}]",
-            "volumes: [{name: d, emptyDisk: {capacity: 1Gi}}, {name: orphan, emptyDisk: {capacity: 1Gi}}]",
-            &[r#"spec.volumes[1]: no disk named "orphan" in spec.domain.devices.disks"#],
+            "volumes: [{name: d, emptyDisk: {capacity: 1Gi}}, {name: no-disk, emptyDisk: {capacity: 0}}]",
+            &[r#"spec.volumes[1].emptyDisk.capacity: "0" must be larger than zero"#],
         ),
         (
             "interfaces: [{name: default, bridge: {}}]",
@@ -304,9 +380,76 @@ fn invalid_manifests_give_exact_field_path_messages() {
             &["spec.terminationGracePeriodSeconds: -5 is negative"],
         ),
         (
+            "spec:\n",
+            "spec:\n  terminationGracePeriodSeconds: 9223372036854775807\n",
+            &[
+                "spec.terminationGracePeriodSeconds: 9223372036854775807 is more than 2147483647 seconds (68 years)",
+            ],
+        ),
+        (
+            "name: t",
+            "name: t\n  uid: not-a-uuid",
+            &[
+                r#"metadata.uid: "not-a-uuid" is not a UUID (like 6a1c7a53-6a4e-4f0e-9a55-2f4c0d5e1b10); it names the VM's domain and SMBIOS system UUID"#,
+            ],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    cpu: {sockets: 4294967295, cores: 2}",
+            &["spec.domain.cpu.sockets: 4294967295 is more than 288 (QEMU's vCPU limit for q35)"],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    cpu: {sockets: 16, cores: 16, threads: 2}\n    machine: {type: ''}",
+            &[
+                "spec.domain.cpu: sockets * cores * threads = 512 vCPUs, more than 288 (QEMU's limit for q35)",
+            ],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    cpu: {cores: 256}\n    machine: {type: pc-i440fx-7.2}",
+            &["spec.domain.cpu.cores: 256 is more than 255 (QEMU's vCPU limit for pc)"],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 8Pi}",
+            &[
+                r#"spec.domain.memory.guest: "8Pi" is more than 4Pi (what an x86_64 guest can address)"#,
+            ],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "emptyDisk: {capacity: 9223372036854775807}",
+            &[
+                r#"spec.volumes[0].emptyDisk.capacity: "9223372036854775807" is more than 8Ei - 1Gi (the largest disk QEMU opens)"#,
+            ],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "hostDisk: {path: /x.img, type: DiskOrCreate, capacity: 8Ei}",
+            &[r#"spec.volumes[0].hostDisk.capacity: "8Ei" is too large"#],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: default, bridge: {}, dhcpOptions: {privateOptions: [{option: 2147483647, value: x}, {option: -1, value: y}]}}]",
+            &[
+                "spec.domain.devices.interfaces[0].dhcpOptions.privateOptions[0].option: 2147483647 is not a private option (224 to 254)",
+                "spec.domain.devices.interfaces[0].dhcpOptions.privateOptions[1].option: -1 is not a private option (224 to 254)",
+            ],
+        ),
+        (
+            "  name: t\n",
+            "  name: t\n  annotations: {vmpod.io/acceleration: kvm}\n  annotations: {vmpod.io/acceleration: emulation}\n",
+            &[
+                "metadata.annotations: duplicate key: written twice in one mapping (again at line 7, column 3)",
+            ],
+        ),
+        (
             "apiVersion: vmpod.io/v1alpha1",
             "apiVersion: kubevirt.io/v2",
-            &[r#"apiVersion: "kubevirt.io/v2" is not vmpod.io/v1alpha1 or kubevirt.io/v1"#],
+            &[
+                r#"apiVersion: "kubevirt.io/v2" is not vmpod.io/v1alpha1, kubevirt.io/v1 or kubevirt.io/v1alpha3"#,
+            ],
         ),
         (
             "kind: VirtualMachineInstance",
@@ -369,7 +512,6 @@ fn cluster_manifests_parse_as_their_kinds() {
     use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
     use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    use serde::Deserialize;
     let mut kinds = Vec::new();
     for name in [
         "rbac.yaml",
@@ -378,19 +520,20 @@ fn cluster_manifests_parse_as_their_kinds() {
         "crd.yaml",
     ] {
         let text = std::fs::read_to_string(repo().join("manifests").join(name)).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).unwrap();
+        let docs: Vec<serde_json::Value> =
+            api::yaml::documents(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for value in docs {
             let kind = value["kind"].as_str().unwrap().to_string();
             let parsed = match kind.as_str() {
-                "Namespace" => serde_yaml::from_value::<Namespace>(value).map(drop),
-                "ServiceAccount" => serde_yaml::from_value::<ServiceAccount>(value).map(drop),
-                "ClusterRole" => serde_yaml::from_value::<ClusterRole>(value).map(drop),
+                "Namespace" => serde_json::from_value::<Namespace>(value).map(drop),
+                "ServiceAccount" => serde_json::from_value::<ServiceAccount>(value).map(drop),
+                "ClusterRole" => serde_json::from_value::<ClusterRole>(value).map(drop),
                 "ClusterRoleBinding" => {
-                    serde_yaml::from_value::<ClusterRoleBinding>(value).map(drop)
+                    serde_json::from_value::<ClusterRoleBinding>(value).map(drop)
                 }
-                "Deployment" => serde_yaml::from_value::<Deployment>(value).map(drop),
-                "DaemonSet" => serde_yaml::from_value::<DaemonSet>(value).map(drop),
-                "CustomResourceDefinition" => serde_yaml::from_value::<
+                "Deployment" => serde_json::from_value::<Deployment>(value).map(drop),
+                "DaemonSet" => serde_json::from_value::<DaemonSet>(value).map(drop),
+                "CustomResourceDefinition" => serde_json::from_value::<
                     k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
                 >(value)
                 .map(drop),

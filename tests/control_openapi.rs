@@ -9,7 +9,7 @@ use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
 use vmpod::control::{ControlClient, LauncherStatus, OPENAPI_YAML, ROUTES};
 
 fn spec() -> Value {
-    serde_yaml::from_str(OPENAPI_YAML).expect("openapi.yaml parses")
+    vmpod::api::yaml::from_str(OPENAPI_YAML).expect("openapi.yaml parses")
 }
 
 fn documented_routes(spec: &Value) -> BTreeSet<(String, String)> {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use vmpod::api::load_valid_vmi;
+use vmpod::api::{VirtualMachineInstance, load_valid_vmi};
 use vmpod::control::Acceleration;
 use vmpod::domain::xml::{DiskFormat, PreparedVolume};
 use vmpod::domain::{Attachment, DomainEnv, XmlError, domain_xml};
@@ -21,6 +21,21 @@ fn facts() -> InterfaceFacts {
         search: vec![],
         hostname: "vm1".into(),
     }
+}
+
+/// The environment the launcher would build; the VM's MAC as the net phase cached it: the
+/// VMI's `macAddress`, else the pod's.
+fn env_for(
+    vmi: &VirtualMachineInstance,
+    accel: Acceleration,
+    volumes: &[(&str, &str, DiskFormat)],
+) -> DomainEnv {
+    let mut env = env(accel, volumes);
+    let vmi_mac = vmi.spec.domain.devices.interfaces[0].mac_address.as_deref();
+    for att in env.interfaces.values_mut() {
+        att.mac = vmi_mac.map_or(att.facts.mac, |m| m.parse().unwrap());
+    }
+    env
 }
 
 fn env(accel: Acceleration, volumes: &[(&str, &str, DiskFormat)]) -> DomainEnv {
@@ -41,6 +56,7 @@ fn env(accel: Acceleration, volumes: &[(&str, &str, DiskFormat)]) -> DomainEnv {
         interfaces: BTreeMap::from([(
             "default".to_string(),
             Attachment {
+                mac: facts().mac,
                 facts: facts(),
                 tap: "tap-eth0".into(),
             },
@@ -133,7 +149,8 @@ spec:
 #[test]
 fn kitchen_sink_under_kvm() {
     let vmi = load_valid_vmi(KITCHEN_SINK).unwrap();
-    let env = env(
+    let env = env_for(
+        &vmi,
         Acceleration::Kvm,
         &[
             (
@@ -175,4 +192,32 @@ fn missing_pieces_name_the_field() {
         e.to_string(),
         "spec.domain.devices.interfaces[0]: interface \"default\" has no pod attachment"
     );
+}
+
+const V1ALPHA3_CHASSIS: &str = include_str!("kubevirt-shapes/v1alpha3-chassis.yaml");
+
+/// KubeVirt's v1alpha3 shape: SMBIOS chassis in `<sysinfo>` (turned on by `<smbios
+/// mode='sysinfo'/>`), the empty machine type as q35, the VMI's MAC, and a virtio disk for
+/// each volume that no disk named.
+#[test]
+fn kubevirt_v1alpha3_shape_with_chassis_under_tcg() {
+    let vmi = load_valid_vmi(V1ALPHA3_CHASSIS).unwrap();
+    let env = env_for(
+        &vmi,
+        Acceleration::Tcg,
+        &[
+            (
+                "cloudinitdisk",
+                "/var/run/vmpod/cloud-init.img",
+                DiskFormat::Raw,
+            ),
+            (
+                "scratch",
+                "/var/run/vmpod/disks/scratch.img",
+                DiskFormat::Raw,
+            ),
+        ],
+    );
+    let xml = domain_xml(&vmi, &env).unwrap();
+    check_golden("kubevirt-v1alpha3-chassis-tcg.xml", &xml.0);
 }

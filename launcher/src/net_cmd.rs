@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vmpod::net::{self, Binding, PlanOptions, SetupOptions};
+use vmpod::net::{self, Binding, MacAddr, PlanOptions, SetupOptions};
 
 #[derive(Subcommand)]
 pub enum NetCommand {
@@ -51,6 +51,10 @@ pub struct SetupArgs {
     /// Create a multiqueue tap.
     #[arg(long)]
     multiqueue: bool,
+    /// The VM NIC's MAC when the VMI sets `interfaces[].macAddress` (default: the VM
+    /// takes over the pod's MAC). Cached, so the DHCP server answers this MAC.
+    #[arg(long)]
+    vm_mac: Option<MacAddr>,
     /// Print the cached facts and applied ops as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -70,6 +74,7 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
                     tap_owner: a.tap_owner,
                     tap_group: a.tap_group,
                     multiqueue: a.multiqueue,
+                    vm_mac: a.vm_mac,
                     ..PlanOptions::default()
                 },
             };

@@ -23,7 +23,7 @@ use vmpod::control::{
     self, Acceleration, BackendError, ControlServer, InterfaceReport, InterfaceStatus,
     LauncherStatus, LifecycleAction, NetworkReport, Phase,
 };
-use vmpod::dhcp::{DEFAULT_SERVER_IP, DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
+use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
 use vmpod::domain::agent::{self, Events, Request, VirtAgent};
 use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, MountPlan};
 use vmpod::domain::{Attachment, DomainEnv, DomainState, domain_name, domain_xml, prepare_volumes};
@@ -284,6 +284,12 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
         .with_context(|| format!("interface {}", iface.name))?;
     let mut opts = SetupOptions::new(ctx.args.pod_interface.clone());
     opts.binding = binding;
+    opts.plan.vm_mac = iface
+        .mac_address
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .with_context(|| format!("interface {} macAddress", iface.name))?;
     opts.state_dir = ctx.state_dir().to_path_buf();
     opts.resolv_conf.clone_from(&ctx.args.resolv_conf);
     pod.net_rewired = true;
@@ -297,8 +303,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
         elapsed_ms = ctx.started.elapsed().as_millis(), "network ready"
     );
 
-    let bridge = net::bridge_name(&facts.interface);
-    let config = DhcpConfig::from_facts(&facts, &bridge, DEFAULT_SERVER_IP, &dhcp_extras(iface))?;
+    let config = DhcpConfig::for_cached(&outcome.cached, &dhcp_extras(iface))?;
     let server = DhcpServer::bind(config)?;
     let stats: StatsHandle = server.stats();
     pod.dhcp_tasks.push(tokio::spawn(async move {
@@ -307,12 +312,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
         }
     }));
 
-    let mac = match &iface.mac_address {
-        Some(m) => m
-            .parse()
-            .with_context(|| format!("interface {} macAddress", iface.name))?,
-        None => facts.mac,
-    };
+    let mac = outcome.cached.vm_mac();
     let ips: Vec<std::net::IpAddr> = facts.addresses.iter().map(|a| a.addr).collect();
     {
         let mut s = lock(&ctx.shared);
@@ -334,6 +334,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
         iface.name.clone(),
         Attachment {
             tap: net::tap_name(&facts.interface),
+            mac,
             facts,
         },
     );

@@ -173,8 +173,9 @@ impl VirtualMachineInstance {
     }
 
     /// This VMI with every default written out: memory, CPU topology, grace period, the pod
-    /// network with a bridge interface when none is named, bridge binding, virtio model, disk
-    /// targets and buses. Fills only absent fields.
+    /// network with a bridge interface when none is named, bridge binding, virtio model, a
+    /// virtio disk for each volume no disk names (appended in volume order, as KubeVirt's
+    /// defaulting does), disk targets and buses. Fills only absent fields.
     pub fn with_defaults(mut self) -> Self {
         apply_defaults(&mut self.spec);
         self
@@ -208,6 +209,14 @@ pub fn apply_defaults(spec: &mut VirtualMachineInstanceSpec) {
             iface.bridge = Some(InterfaceBridge {});
         }
         iface.model.get_or_insert(InterfaceModel::Virtio);
+    }
+    for vol in &spec.volumes {
+        if !domain.devices.disks.iter().any(|d| d.name == vol.name) {
+            domain.devices.disks.push(Disk {
+                name: vol.name.clone(),
+                ..Disk::default()
+            });
+        }
     }
     for disk in &mut domain.devices.disks {
         match (&mut disk.disk, &mut disk.cdrom) {
@@ -349,6 +358,41 @@ mod tests {
         assert_eq!(iface.binding(), Err(BindingError::MasqueradeUnsupported));
         assert_eq!(iface.model, Some(InterfaceModel::E1000));
         assert_eq!(spec.networks.len(), 1);
+    }
+
+    #[test]
+    fn a_volume_without_a_disk_gets_a_virtio_disk_appended() {
+        let mut spec = VirtualMachineInstanceSpec::default();
+        spec.domain.devices.disks = vec![Disk {
+            name: "b".into(),
+            cdrom: Some(CdromTarget::default()),
+            ..Default::default()
+        }];
+        spec.volumes = ["a", "b", "c"]
+            .map(|name| Volume {
+                name: name.into(),
+                empty_disk: Some(EmptyDiskSource { capacity: q("1Mi") }),
+                ..Default::default()
+            })
+            .to_vec();
+        apply_defaults(&mut spec);
+        let disks: Vec<(&str, DiskBus, bool)> = spec
+            .domain
+            .devices
+            .disks
+            .iter()
+            .map(|d| (d.name.as_str(), d.bus(), d.is_cdrom()))
+            .collect();
+        assert_eq!(
+            disks,
+            [
+                ("b", DiskBus::Sata, true),
+                ("a", DiskBus::Virtio, false),
+                ("c", DiskBus::Virtio, false)
+            ],
+            "existing disks keep their place and kind"
+        );
+        assert!(spec.domain.devices.disks[1].disk.is_some());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Loading a manifest: YAML or JSON text -> [`VirtualMachineInstance`]. Accepts
-//! `apiVersion: vmpod.io/v1alpha1` and KubeVirt's `kubevirt.io/v1` (normalised to ours).
+//! `apiVersion: vmpod.io/v1alpha1` and KubeVirt's `kubevirt.io/v1` and `kubevirt.io/v1alpha3`
+//! (normalised to ours). Read strictly by [`super::yaml`]: a key written twice is an error
+//! naming its path.
 //!
 //! Before deserialising, the document is checked against the schema generated from the types
 //! (the CRD's openAPIV3Schema), so one pass reports *every* unsupported field, missing
@@ -9,7 +11,8 @@
 
 use super::types::VirtualMachineInstance;
 use super::validate::{FieldError, child_path, index_path};
-use super::{API_VERSION, KIND, KUBEVIRT_API_VERSION};
+use super::yaml::YamlErrorKind;
+use super::{API_VERSION, KIND, KUBEVIRT_API_VERSION, KUBEVIRT_API_VERSION_V1ALPHA3};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
@@ -47,8 +50,10 @@ fn join_errors(errors: &[FieldError]) -> String {
 /// `vmpod.io/v1alpha1`. Does not apply defaults or semantic validation: see
 /// [`super::validate::validate`] and [`load_valid_vmi`].
 pub fn load_vmi(text: &str) -> Result<VirtualMachineInstance, LoadError> {
-    let mut doc: Value =
-        serde_yaml::from_str(text).map_err(|e| LoadError::Syntax(e.to_string()))?;
+    let mut doc: Value = super::yaml::from_str(text).map_err(|e| match e.kind {
+        YamlErrorKind::DuplicateKey => LoadError::Fields(vec![FieldError::new(e.path, e.message)]),
+        YamlErrorKind::Invalid => LoadError::Syntax(e.to_string()),
+    })?;
     let Value::Object(root) = &mut doc else {
         return Err(LoadError::Syntax(format!(
             "the document is {}, not a mapping",
@@ -104,12 +109,16 @@ fn check_header(root: &mut Map<String, Value>) -> Vec<FieldError> {
     match root.get("apiVersion") {
         None => errors.push(FieldError::new("apiVersion", "required")),
         Some(Value::String(v)) if v == API_VERSION => {}
-        Some(Value::String(v)) if v == KUBEVIRT_API_VERSION => {
+        Some(Value::String(v))
+            if v == KUBEVIRT_API_VERSION || v == KUBEVIRT_API_VERSION_V1ALPHA3 =>
+        {
             root.insert("apiVersion".into(), Value::String(API_VERSION.into()));
         }
         Some(other) => errors.push(FieldError::new(
             "apiVersion",
-            format!("{other} is not {API_VERSION} or {KUBEVIRT_API_VERSION}"),
+            format!(
+                "{other} is not {API_VERSION}, {KUBEVIRT_API_VERSION} or {KUBEVIRT_API_VERSION_V1ALPHA3}"
+            ),
         )),
     }
     match root.get("kind") {
@@ -337,7 +346,7 @@ spec:
         assert_eq!(
             errors(text),
             [
-                r#"apiVersion: "v1" is not vmpod.io/v1alpha1 or kubevirt.io/v1"#,
+                r#"apiVersion: "v1" is not vmpod.io/v1alpha1, kubevirt.io/v1 or kubevirt.io/v1alpha3"#,
                 r#"kind: "Pod" is not VirtualMachineInstance"#,
                 r#"metadata.labelz: unsupported field "labelz" (supported here: annotations, creationTimestamp, deletionGracePeriodSeconds, deletionTimestamp, finalizers, generateName, generation, labels, managedFields, name, namespace, ownerReferences, resourceVersion, selfLink, uid)"#,
                 r#"spec.bogus: unsupported field "bogus" (supported here: domain, networks, nodeSelector, terminationGracePeriodSeconds, volumes)"#,

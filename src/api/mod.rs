@@ -19,6 +19,7 @@ pub mod load;
 pub mod quantity;
 pub mod types;
 pub mod validate;
+pub mod yaml;
 
 pub use defaults::{
     Acceleration, BindingError, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_GUEST_MEMORY, apply_defaults,
@@ -37,6 +38,9 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "vmpod.io/v1alpha1";
 /// KubeVirt's `apiVersion`, accepted by the loader and normalised to [`API_VERSION`].
 pub const KUBEVIRT_API_VERSION: &str = "kubevirt.io/v1";
+/// KubeVirt's older `apiVersion`, still served by KubeVirt and used by many of its
+/// examples; the same shape for every field vmpod supports, so accepted and normalised too.
+pub const KUBEVIRT_API_VERSION_V1ALPHA3: &str = "kubevirt.io/v1alpha3";
 /// The resource kind.
 pub const KIND: &str = "VirtualMachineInstance";
 /// Annotation forcing the accelerator: `auto` (default), `kvm` or `emulation`.

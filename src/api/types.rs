@@ -69,6 +69,10 @@ pub struct DomainSpec {
     /// Hypervisor features (ACPI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
+    /// SMBIOS chassis information (type 3) the guest reads, e.g. from
+    /// `/sys/class/dmi/id/chassis_*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chassis: Option<Chassis>,
     /// Disks, network interfaces and the RNG device.
     #[serde(default)]
     pub devices: Devices,
@@ -126,9 +130,47 @@ pub struct Memory {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Machine {
-    /// QEMU machine type, e.g. `q35` or `pc`.
-    #[serde(rename = "type")]
+    /// QEMU machine type, e.g. `q35` or `pc`. Empty or absent: `q35`.
+    #[serde(rename = "type", default)]
     pub machine_type: String,
+}
+
+/// `spec.domain.chassis`: SMBIOS chassis fields; each one absent is left to QEMU.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Chassis {
+    /// Chassis manufacturer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// Chassis version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Chassis serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Chassis asset tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    /// Chassis SKU number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+}
+
+impl Chassis {
+    /// The fields that are set, by their SMBIOS (and libvirt `<entry name>`) names, in
+    /// the order libvirt lists them.
+    pub fn entries(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("manufacturer", &self.manufacturer),
+            ("version", &self.version),
+            ("serial", &self.serial),
+            ("asset", &self.asset),
+            ("sku", &self.sku),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.as_deref().map(|v| (name, v)))
+        .collect()
+    }
 }
 
 /// `spec.domain.features`.

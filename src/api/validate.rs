@@ -1,6 +1,7 @@
 //! Semantic validation of a loaded [`VirtualMachineInstance`]: the rules a schema cannot
 //! express (quantities, cross references between disks/volumes and interfaces/networks,
-//! unique names, one source or binding per item, what vmpod does not support yet). Every
+//! unique names, one source or binding per item, numbers within what the launcher, QEMU and
+//! libvirt can honour, what vmpod does not support yet). Every
 //! error names its field path, e.g. `spec.domain.memory.guest: "lots" is not a quantity`.
 //! Works on the manifest as written: absent fields are judged by their defaults. Pure.
 
@@ -61,6 +62,21 @@ pub fn index_path(parent: &str, i: usize) -> String {
     format!("{parent}[{i}]")
 }
 
+/// The longest grace period vmpod honours: 2^31-1 seconds (68 years). Anything longer
+/// means "never" to a person and only overflows deadline arithmetic (the launcher's
+/// `Instant + grace`, the handler's pod grace `grace + 15`).
+pub const MAX_GRACE_PERIOD_SECONDS: i64 = i32::MAX as i64;
+/// The most vCPUs QEMU gives a `q35` machine (the default), and of `pc` (i440fx).
+pub const MAX_VCPUS_Q35: u32 = 288;
+/// See [`MAX_VCPUS_Q35`].
+pub const MAX_VCPUS_PC: u32 = 255;
+/// The most guest memory an x86_64 guest can address: 2^52 bytes (4Pi), the
+/// architecture's physical address width.
+pub const MAX_GUEST_MEMORY_BYTES: u64 = 1 << 52;
+/// The largest disk QEMU's block layer opens: 2^63 bytes less 1Gi (`BDRV_MAX_LENGTH`,
+/// i64::MAX aligned down to its largest alignment).
+pub const MAX_DISK_BYTES: u64 = (1 << 63) - (1 << 30);
+
 /// Every semantic problem in `vmi`, in document order; empty when it is valid.
 pub fn validate(vmi: &VirtualMachineInstance) -> Vec<FieldError> {
     let mut v = Validator::default();
@@ -69,13 +85,16 @@ pub fn validate(vmi: &VirtualMachineInstance) -> Vec<FieldError> {
     v.domain(&spec.domain);
     v.disks_and_volumes(spec);
     v.interfaces_and_networks(spec);
-    if let Some(g) = spec.termination_grace_period_seconds
-        && g < 0
-    {
-        v.push(
-            "spec.terminationGracePeriodSeconds",
-            format!("{g} is negative"),
-        );
+    if let Some(g) = spec.termination_grace_period_seconds {
+        let path = "spec.terminationGracePeriodSeconds";
+        if g < 0 {
+            v.push(path, format!("{g} is negative"));
+        } else if g > MAX_GRACE_PERIOD_SECONDS {
+            v.push(
+                path,
+                format!("{g} is more than {MAX_GRACE_PERIOD_SECONDS} seconds (68 years)"),
+            );
+        }
     }
     v.errors
 }
@@ -90,11 +109,15 @@ impl Validator {
         self.errors.push(FieldError::new(path, message));
     }
 
-    /// A size: a quantity of bytes above zero.
-    fn size(&mut self, path: &str, text: &str) -> Option<u64> {
+    /// A size: a quantity of bytes above zero and at most `max` (named by `max_what`).
+    fn size(&mut self, path: &str, text: &str, max: u64, max_what: &str) -> Option<u64> {
         match quantity_bytes(text) {
             Ok(0) => {
                 self.push(path, format!("{text:?} must be larger than zero"));
+                None
+            }
+            Ok(bytes) if bytes > max => {
+                self.push(path, format!("{text:?} is more than {max_what}"));
                 None
             }
             Ok(bytes) => Some(bytes),
@@ -116,6 +139,17 @@ impl Validator {
                 ),
             ),
             Some(_) => {}
+        }
+        if let Some(uid) = vmi.metadata.uid.as_deref()
+            && !is_uuid(uid)
+        {
+            self.push(
+                "metadata.uid",
+                format!(
+                    "{uid:?} is not a UUID (like 6a1c7a53-6a4e-4f0e-9a55-2f4c0d5e1b10); \
+                     it names the VM's domain and SMBIOS system UUID"
+                ),
+            );
         }
         if vmi.acceleration().is_none() {
             let key = super::ACCELERATION_ANNOTATION;
@@ -148,7 +182,8 @@ impl Validator {
         }
         if let Some(guest) = domain.memory.as_ref().and_then(|m| m.guest.as_ref()) {
             let path = "spec.domain.memory.guest";
-            if let Some(bytes) = self.size(path, &guest.0) {
+            let max = "4Pi (what an x86_64 guest can address)";
+            if let Some(bytes) = self.size(path, &guest.0, MAX_GUEST_MEMORY_BYTES, max) {
                 if let Some(limit) = memory_limit
                     && i128::from(bytes) > limit
                 {
@@ -160,23 +195,50 @@ impl Validator {
             }
         }
         if let Some(cpu) = &domain.cpu {
-            for (name, value) in [
-                ("sockets", cpu.sockets),
-                ("cores", cpu.cores),
-                ("threads", cpu.threads),
-            ] {
-                if value == Some(0) {
-                    self.push(format!("spec.domain.cpu.{name}"), "must be at least 1");
-                }
-            }
-        }
-        if let Some(m) = &domain.machine
-            && m.machine_type.trim().is_empty()
-        {
-            self.push("spec.domain.machine.type", "must not be empty");
+            self.cpu(cpu, domain.machine.as_ref());
         }
         if let Some(kb) = domain.kernel_boot() {
             self.kernel_boot(kb);
+        }
+    }
+
+    /// Each of sockets, cores and threads at least 1, and their product within what QEMU
+    /// gives the machine type.
+    fn cpu(&mut self, cpu: &Cpu, machine: Option<&Machine>) {
+        let machine_type = machine.map_or("", |m| m.machine_type.trim());
+        let (max, machine_name) = if machine_type == "pc" || machine_type.starts_with("pc-i440fx") {
+            (MAX_VCPUS_PC, "pc")
+        } else {
+            (MAX_VCPUS_Q35, "q35")
+        };
+        let mut in_range = true;
+        for (name, value) in [
+            ("sockets", cpu.sockets),
+            ("cores", cpu.cores),
+            ("threads", cpu.threads),
+        ] {
+            let path = format!("spec.domain.cpu.{name}");
+            match value {
+                Some(0) => self.push(path, "must be at least 1"),
+                Some(n) if n > max => self.push(
+                    path,
+                    format!("{n} is more than {max} (QEMU's vCPU limit for {machine_name})"),
+                ),
+                _ => continue,
+            }
+            in_range = false;
+        }
+        let vcpus = u64::from(cpu.sockets.unwrap_or(1))
+            * u64::from(cpu.cores.unwrap_or(1))
+            * u64::from(cpu.threads.unwrap_or(1));
+        if in_range && vcpus > u64::from(max) {
+            self.push(
+                "spec.domain.cpu",
+                format!(
+                    "sockets * cores * threads = {vcpus} vCPUs, more than {max} \
+                     (QEMU's limit for {machine_name})"
+                ),
+            );
         }
     }
 
@@ -228,13 +290,6 @@ impl Validator {
 
     fn disks_and_volumes(&mut self, spec: &VirtualMachineInstanceSpec) {
         let volumes: BTreeSet<&str> = spec.volumes.iter().map(|v| v.name.as_str()).collect();
-        let disks: BTreeSet<&str> = spec
-            .domain
-            .devices
-            .disks
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect();
         let mut seen = BTreeSet::new();
         let mut boot_orders = BTreeMap::new();
         for (i, disk) in spec.domain.devices.disks.iter().enumerate() {
@@ -273,12 +328,6 @@ impl Validator {
                     ),
                     None => cloud_init = Some(i),
                 }
-            }
-            if !disks.contains(vol.name.as_str()) {
-                self.push(
-                    &path,
-                    format!("no disk named {:?} in spec.domain.devices.disks", vol.name),
-                );
             }
             self.volume_source(&path, vol);
         }
@@ -320,8 +369,10 @@ impl Validator {
                 _ => {}
             }
         }
+        let max_disk = "8Ei - 1Gi (the largest disk QEMU opens)";
         if let Some(e) = &vol.empty_disk {
-            self.size(&format!("{path}.emptyDisk.capacity"), &e.capacity.0);
+            let p = format!("{path}.emptyDisk.capacity");
+            self.size(&p, &e.capacity.0, MAX_DISK_BYTES, max_disk);
         }
         if let Some(h) = &vol.host_disk {
             let p = format!("{path}.hostDisk");
@@ -330,7 +381,7 @@ impl Validator {
             }
             match (&h.capacity, h.disk_type) {
                 (Some(c), _) => {
-                    self.size(&format!("{p}.capacity"), &c.0);
+                    self.size(&format!("{p}.capacity"), &c.0, MAX_DISK_BYTES, max_disk);
                 }
                 (None, HostDiskType::DiskOrCreate) => {
                     self.push(format!("{p}.capacity"), "required for type DiskOrCreate")
@@ -466,6 +517,16 @@ fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// A UUID in its canonical text form: 8-4-4-4-12 hex digits (any case).
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Standard base64 with padding, whitespace allowed between groups.
 fn is_base64(s: &str) -> bool {
     let chars: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
@@ -505,6 +566,10 @@ mod tests {
         assert!(!is_dns_label("Test"));
         assert!(!is_dns_label("-a"));
         assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_uuid("6a1c7a53-6a4e-4f0e-9a55-2f4c0d5e1B10"));
+        assert!(!is_uuid("uid-1"));
+        assert!(!is_uuid("6a1c7a536a4e4f0e9a552f4c0d5e1b10"));
+        assert!(!is_uuid("6a1c7a53-6a4e-4f0e-9a55-2f4c0d5e1b1g"));
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub struct DhcpConfig {
     pub bridge: String,
     /// Server identifier (option 54) and source address.
     pub server_ip: Ipv4Addr,
-    /// The only client answered: the pod's original MAC, now the VM's.
+    /// The only client answered: the VM's MAC (the pod's original MAC unless the VMI
+    /// sets `macAddress`).
     pub client_mac: crate::net::MacAddr,
     pub client_ip: Ipv4Addr,
     pub prefix: u8,
@@ -193,13 +194,17 @@ impl DhcpConfig {
     }
 
     /// The configuration for an interface the net phase rewired: its cached facts, the
-    /// bridge it built and the address it gave that bridge.
+    /// bridge it built, the address it gave that bridge and the VM's MAC it recorded.
     pub fn for_cached(
         entry: &CachedInterface,
         extras: &DhcpExtras,
     ) -> Result<Self, DhcpConfigError> {
         let bridge = crate::net::bridge_name(&entry.facts.interface);
-        Self::from_facts(&entry.facts, &bridge, entry.options.bridge_address, extras)
+        let config = Self::from_facts(&entry.facts, &bridge, entry.options.bridge_address, extras)?;
+        Ok(DhcpConfig {
+            client_mac: entry.vm_mac(),
+            ..config
+        })
     }
 
     /// The subnet mask for option 1.

@@ -42,6 +42,7 @@ pub struct DropCounters {
     pub no_message_type: u64,
     pub unsupported_type: u64,
     pub request_without_address: u64,
+    pub other_server_chosen: u64,
     pub inform_without_address: u64,
     pub encode_failed: u64,
 }
@@ -56,6 +57,7 @@ impl DropCounters {
             DropReason::NoMessageType => &mut self.no_message_type,
             DropReason::UnsupportedType => &mut self.unsupported_type,
             DropReason::RequestWithoutAddress => &mut self.request_without_address,
+            DropReason::OtherServerChosen => &mut self.other_server_chosen,
             DropReason::InformWithoutAddress => &mut self.inform_without_address,
             DropReason::EncodeFailed => &mut self.encode_failed,
         };

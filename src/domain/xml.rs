@@ -3,9 +3,9 @@
 //! [`DomainEnv`]. Golden files in `src/domain/testdata/` pin the output.
 
 use super::accel::domain_type;
-use crate::api::{DiskBus, VirtualMachineInstance};
+use crate::api::{Chassis, DiskBus, VirtualMachineInstance};
 use crate::control::Acceleration;
-use crate::net::InterfaceFacts;
+use crate::net::{InterfaceFacts, MacAddr};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,8 @@ pub struct PreparedVolume {
 pub struct Attachment {
     /// The pod's cached facts (original MAC, MTU).
     pub facts: InterfaceFacts,
+    /// The VM NIC's MAC, as the net phase cached it (what the DHCP server answers).
+    pub mac: MacAddr,
     /// The tap the net phase created for it.
     pub tap: String,
 }
@@ -145,7 +147,7 @@ pub fn domain_xml(vmi: &VirtualMachineInstance, env: &DomainEnv) -> Result<Domai
     let machine = d
         .machine
         .as_ref()
-        .map(|m| m.machine_type.as_str())
+        .map(|m| m.machine_type.trim())
         .filter(|t| !t.is_empty())
         .unwrap_or(DEFAULT_MACHINE);
 
@@ -159,6 +161,16 @@ pub fn domain_xml(vmi: &VirtualMachineInstance, env: &DomainEnv) -> Result<Domai
     }
     let _ = writeln!(w, "  <memory unit='b'>{memory}</memory>");
     let _ = writeln!(w, "  <vcpu placement='static'>{}</vcpu>", d.vcpus());
+    let chassis = d.chassis.as_ref().map(Chassis::entries).unwrap_or_default();
+    if !chassis.is_empty() {
+        let _ = writeln!(w, "  <sysinfo type='smbios'>");
+        let _ = writeln!(w, "    <chassis>");
+        for (name, value) in &chassis {
+            let _ = writeln!(w, "      <entry name='{name}'>{}</entry>", esc(value));
+        }
+        let _ = writeln!(w, "    </chassis>");
+        let _ = writeln!(w, "  </sysinfo>");
+    }
     let _ = writeln!(w, "  <os>");
     let _ = writeln!(
         w,
@@ -185,6 +197,9 @@ pub fn domain_xml(vmi: &VirtualMachineInstance, env: &DomainEnv) -> Result<Domai
         if let Some(args) = files.kernel_args.as_deref().filter(|a| !a.is_empty()) {
             let _ = writeln!(w, "    <cmdline>{}</cmdline>", esc(args));
         }
+    }
+    if !chassis.is_empty() {
+        let _ = writeln!(w, "    <smbios mode='sysinfo'/>");
     }
     let _ = writeln!(w, "  </os>");
     let _ = writeln!(w, "  <features>");
@@ -305,17 +320,8 @@ fn interfaces(
                 path: path.clone(),
                 interface: iface.name.clone(),
             })?;
-        let mac = match iface.mac_address.as_deref() {
-            Some(m) => m
-                .parse::<crate::net::MacAddr>()
-                .map_err(|e| XmlError::Invalid {
-                    path: format!("{path}.macAddress"),
-                    message: e.to_string(),
-                })?,
-            None => att.facts.mac,
-        };
         let _ = writeln!(w, "    <interface type='ethernet'>");
-        let _ = writeln!(w, "      <mac address='{mac}'/>");
+        let _ = writeln!(w, "      <mac address='{}'/>", att.mac);
         let _ = writeln!(w, "      <target dev='{}' managed='no'/>", esc(&att.tap));
         let _ = writeln!(
             w,

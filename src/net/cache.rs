@@ -8,7 +8,7 @@
 //! `InterfaceFacts`.
 
 use super::error::NetError;
-use super::facts::{Binding, InterfaceFacts};
+use super::facts::{Binding, InterfaceFacts, MacAddr};
 use super::plan::{NetOp, OriginalSettings, PlanOptions};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -35,6 +35,15 @@ pub struct CachedInterface {
     /// after a node reboot, and the state directory survived) is stale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_id: Option<(u64, u64)>,
+}
+
+impl CachedInterface {
+    /// The MAC of the VM's NIC: the VMI's `macAddress` when it set one, else the pod's
+    /// original MAC. The DHCP server and the domain both take it from here, so a
+    /// restarted launcher and `vmpod-launcher dhcp serve` agree with the first launcher.
+    pub fn vm_mac(&self) -> MacAddr {
+        self.options.vm_mac.unwrap_or(self.facts.mac)
+    }
 }
 
 /// The identity of the calling thread's network namespace.

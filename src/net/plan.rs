@@ -125,6 +125,10 @@ pub struct PlanOptions {
     pub tap_group: Option<u32>,
     /// Create the tap with IFF_MULTI_QUEUE (for virtio-net queues > 1).
     pub multiqueue: bool,
+    /// The MAC of the VM's NIC when the VMI sets `interfaces[].macAddress`; `None`: the
+    /// VM takes over the pod's original MAC. The DHCP server answers this MAC only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_mac: Option<MacAddr>,
 }
 
 impl Default for PlanOptions {
@@ -134,6 +138,7 @@ impl Default for PlanOptions {
             tap_owner: 0,
             tap_group: None,
             multiqueue: false,
+            vm_mac: None,
         }
     }
 }
@@ -589,6 +594,7 @@ mod tests {
             tap_owner: 107,
             tap_group: Some(107),
             multiqueue: true,
+            vm_mac: None,
         };
         let ops = plan(
             &ipv4_only(),

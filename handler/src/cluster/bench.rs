@@ -14,10 +14,18 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A UUID of the VMI's own (validation refuses a uid that is not one).
+fn uid(name: &str) -> String {
+    let n = name
+        .bytes()
+        .fold(0u64, |a, b| a.wrapping_mul(131).wrapping_add(u64::from(b)));
+    format!("00000000-0000-4000-8000-{:012x}", n & 0xffff_ffff_ffff)
+}
+
 fn vmi(name: &str) -> Value {
     json!({
         "apiVersion": "vmpod.io/v1alpha1", "kind": "VirtualMachineInstance",
-        "metadata": {"name": name, "namespace": "bench", "uid": format!("uid-{name}"),
+        "metadata": {"name": name, "namespace": "bench", "uid": uid(name),
                      "resourceVersion": "1"},
         "spec": {"domain": {"memory": {"guest": "256Mi"}}},
     })
@@ -29,7 +37,7 @@ fn pod(name: &str) -> Value {
         "metadata": {"name": format!("vmpod-launcher-{name}"), "namespace": "bench",
             "labels": {"app.kubernetes.io/name": "vmpod-launcher", "vmpod.io/vmi": name},
             "ownerReferences": [{"apiVersion": "vmpod.io/v1alpha1", "kind": "VirtualMachineInstance",
-                "name": name, "uid": format!("uid-{name}"), "controller": true}]},
+                "name": name, "uid": uid(name), "controller": true}]},
         "spec": {"containers": [{"name": "compute", "image": "vmpod:dev"}], "nodeName": "n1"},
         "status": {"phase": "Running"},
     })

@@ -337,7 +337,7 @@ mod tests {
     pub(crate) fn vmi(extra_spec: &str) -> VirtualMachineInstance {
         let text = format!(
             "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
-             metadata: {{name: vm1, namespace: ns1, uid: uid-1, \
+             metadata: {{name: vm1, namespace: ns1, uid: 00000000-0000-4000-8000-000000000001, \
              annotations: {{vmpod.io/acceleration: emulation, kubectl.kubernetes.io/last-applied-configuration: x}}}}\n\
              spec:\n  domain:\n    memory: {{guest: 512Mi}}\n    cpu: {{cores: 2}}\n{extra_spec}"
         );
@@ -375,7 +375,11 @@ mod tests {
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-            ("VirtualMachineInstance", "uid-1", Some(true))
+            (
+                "VirtualMachineInstance",
+                "00000000-0000-4000-8000-000000000001",
+                Some(true)
+            )
         );
         assert_eq!(owner.block_owner_deletion, Some(true));
         assert_eq!(owner.api_version, "vmpod.io/v1alpha1");
@@ -442,7 +446,10 @@ mod tests {
         let handed = &pod.metadata.annotations.as_ref().unwrap()[VMI_ANNOTATION];
         let back = vmpod::api::load_valid_vmi(handed).expect("the launcher can load it");
         assert_eq!(back.metadata.name.as_deref(), Some("vm1"));
-        assert_eq!(back.metadata.uid.as_deref(), Some("uid-1"));
+        assert_eq!(
+            back.metadata.uid.as_deref(),
+            Some("00000000-0000-4000-8000-000000000001")
+        );
         let annotations = back.metadata.annotations.unwrap();
         assert_eq!(
             annotations.len(),

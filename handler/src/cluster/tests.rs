@@ -25,7 +25,7 @@ fn vmi_json(resource_version: &str, status: Value) -> Value {
     json!({
         "apiVersion": "vmpod.io/v1alpha1",
         "kind": "VirtualMachineInstance",
-        "metadata": {"name": "vm1", "namespace": "ns1", "uid": "uid-1",
+        "metadata": {"name": "vm1", "namespace": "ns1", "uid": "00000000-0000-4000-8000-000000000001",
                      "resourceVersion": resource_version},
         "spec": {"domain": {"memory": {"guest": "256Mi"}}},
         "status": status,
@@ -44,7 +44,7 @@ fn pod_json(phase: Option<&str>, node: Option<&str>) -> Value {
             "name": "vmpod-launcher-vm1", "namespace": "ns1", "resourceVersion": "20",
             "labels": {"app.kubernetes.io/name": "vmpod-launcher", "vmpod.io/vmi": "vm1"},
             "ownerReferences": [{"apiVersion": "vmpod.io/v1alpha1",
-                "kind": "VirtualMachineInstance", "name": "vm1", "uid": "uid-1",
+                "kind": "VirtualMachineInstance", "name": "vm1", "uid": "00000000-0000-4000-8000-000000000001",
                 "controller": true, "blockOwnerDeletion": true}],
         },
         "spec": {"containers": [{"name": "compute", "image": "vmpod:dev"}], "nodeName": node},
@@ -103,7 +103,7 @@ async fn controller_creates_the_pod_and_retries_a_status_conflict() {
 
     let posted = &server.seen_on(Method::POST, PODS_PATH)[0].body;
     let owner = &posted["metadata"]["ownerReferences"][0];
-    assert_eq!(owner["uid"], "uid-1");
+    assert_eq!(owner["uid"], "00000000-0000-4000-8000-000000000001");
     assert_eq!(owner["kind"], "VirtualMachineInstance");
     assert_eq!(owner["controller"], true);
     assert_eq!(owner["blockOwnerDeletion"], true);
@@ -433,7 +433,7 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
     // The container's argv after `vmpod-handler`, and the port it declares.
     let container = |file: &str, role: &str| -> (Vec<String>, Option<u64>) {
         let text = std::fs::read_to_string(manifests.join(file)).unwrap();
-        let doc: Value = serde_yaml::from_str(&text).unwrap();
+        let doc: Value = vmpod::api::yaml::from_str(&text).unwrap();
         let c = &doc["spec"]["template"]["spec"]["containers"][0];
         let command: Vec<String> = serde_json::from_value(c["command"].clone()).unwrap();
         assert_eq!(command[..2], ["vmpod-handler", role], "{file}");

@@ -56,6 +56,9 @@ pub enum DropReason {
     UnsupportedType,
     /// A REQUEST naming no address at all (no option 50, no ciaddr).
     RequestWithoutAddress,
+    /// A REQUEST whose server identifier (option 54) names another server: the client
+    /// chose that server's offer, so this one stays silent (RFC 2131 4.3.2).
+    OtherServerChosen,
     /// An INFORM without ciaddr: nowhere to answer.
     InformWithoutAddress,
     /// The reply could not be encoded (a bug; counted, never a panic).
@@ -237,14 +240,13 @@ pub fn respond(config: &DhcpConfig, msg: &Message) -> Decision {
         RequestKind::Discover => reply(config, msg, ReplyKind::Offer),
         RequestKind::Request => {
             // SELECTING names a server; INIT-REBOOT names an address; RENEWING and
-            // REBINDING carry it in ciaddr. On a pod bridge we are the only server, so
-            // another server id is a stale lease: NAK sends the client back to DISCOVER.
+            // REBINDING carry it in ciaddr. A REQUEST naming another server's identifier
+            // accepts that server's offer: not ours to answer, not even with a NAK
+            // (RFC 2131 4.3.2).
             let asked = requested_ip.or((!msg.ciaddr().is_unspecified()).then(|| msg.ciaddr()));
             match (server_id, asked) {
+                (Some(sid), _) if sid != config.server_ip => Drop(DropReason::OtherServerChosen),
                 (_, None) => Drop(DropReason::RequestWithoutAddress),
-                (Some(sid), _) if sid != config.server_ip => {
-                    nak(config, msg, "wrong server identifier")
-                }
                 (_, Some(ip)) if ip != config.client_ip => nak(config, msg, "wrong address"),
                 _ => reply(config, msg, ReplyKind::Ack),
             }

@@ -1,9 +1,12 @@
 //! Which options a reply carries, in which order, within the client's size limit.
 //!
 //! Pure. Each option is encoded on its own by dhcproto (long ones split per RFC 3396),
-//! then laid out: protocol options first, then those the client asked for in its
-//! order, then the rest. When the reply would exceed what the client accepts, the least
-//! important options are left out whole; none is ever truncated.
+//! then laid out: the message type (53) first, then every option the client asked for
+//! in its parameter request list (55), in its order, lease time (51) and server
+//! identifier (54) included (RFC 2132 9.8), then the protocol options it did not ask
+//! for, then the rest. When the reply would exceed what the client accepts, the least
+//! important options are left out whole; none is ever truncated, and the protocol
+//! options are never left out.
 
 use crate::dhcp::config::DhcpConfig;
 use dhcproto::v4::{DhcpOption, MessageType, OptionCode, UnknownOption};
@@ -141,9 +144,10 @@ fn encode_option(opt: &DhcpOption) -> Option<Vec<u8>> {
     }
 }
 
-/// The options area of a reply (after the magic cookie): protocol options, then the
-/// client's requested codes in its order, then the rest by importance, then End, so
-/// that the whole message fits `budget` bytes. `options` is in importance order.
+/// The options area of a reply (after the magic cookie): the message type, then the
+/// client's requested codes in its order, then unrequested protocol options, then the
+/// rest by importance, then End, so that the whole message fits `budget` bytes.
+/// `options` is in importance order.
 pub fn lay_out(options: &[DhcpOption], requested: &[u8], budget: usize) -> Vec<u8> {
     let encoded: Vec<(u8, Vec<u8>)> = options
         .iter()
@@ -166,12 +170,13 @@ pub fn lay_out(options: &[DhcpOption], requested: &[u8], budget: usize) -> Vec<u
         }
     }
     let rank = |code: u8| -> usize {
-        if is_protocol(code) {
+        if code == u8::from(OptionCode::MessageType) {
             return 0;
         }
         match requested.iter().position(|c| *c == code) {
             Some(p) => 1 + p,
-            None => 1 + requested.len(),
+            None if is_protocol(code) => 1 + requested.len(),
+            None => 2 + requested.len(),
         }
     };
     let mut order: Vec<usize> = (0..encoded.len()).filter(|i| keep[*i]).collect();

@@ -171,12 +171,42 @@ fn requested_options_come_first_in_the_clients_order() {
     ]));
     let (reply, _) = answer(&config(), &d);
     let order = wire_order(&reply.bytes);
-    assert_eq!(&order[..3], &[53, 54, 51], "protocol options lead");
-    assert_eq!(&order[3..7], &[119, 26, 3, 1], "then the client's order");
+    assert_eq!(order[0], 53, "the message type leads");
+    assert_eq!(&order[1..5], &[119, 26, 3, 1], "then the client's order");
+    assert_eq!(
+        &order[5..7],
+        &[54, 51],
+        "then the protocol options it did not ask for"
+    );
     for essential in [1, 3, 6, 26, 121] {
         assert!(
             order.contains(&essential),
             "option {essential} sent although not requested"
+        );
+    }
+}
+
+/// RFC 2132 9.8: requested options go in the order requested, lease time (51) and
+/// server identifier (54) included; what the client did not ask for comes after.
+#[test]
+fn lease_time_and_server_identifier_follow_the_clients_order_too() {
+    let mut r = request(Some(config().client_ip), Some(SERVER));
+    r.opts_mut().insert(O::ParameterRequestList(vec![
+        C::SubnetMask,
+        C::Router,
+        C::AddressLeaseTime,
+        C::DomainNameServer,
+        C::ServerIdentifier,
+    ]));
+    let (reply, ack) = answer(&config(), &r);
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    let order = wire_order(&reply.bytes);
+    assert_eq!(&order[..6], &[53, 1, 3, 51, 6, 54], "{order:?}");
+    let rest = &order[6..];
+    for unrequested in [26, 58, 59, 121] {
+        assert!(
+            rest.contains(&unrequested),
+            "{unrequested} after: {order:?}"
         );
     }
 }
@@ -258,13 +288,17 @@ fn request_rules_ack_nak_and_drop() {
     assert!(
         nak.opts().get(C::AddressLeaseTime).is_none() && nak.opts().get(C::SubnetMask).is_none()
     );
-    assert_eq!(
-        answer(&cfg, &request(Some(me), Some(Ipv4Addr::new(10, 0, 0, 1))))
-            .0
-            .kind,
-        ReplyKind::Nak,
-        "other server"
-    );
+    // RFC 2131 4.3.2: the client chose another server's offer; no reply, not a NAK.
+    for asked in [Some(me), Some(Ipv4Addr::new(10, 244, 1, 6)), None] {
+        assert_eq!(
+            dropped(
+                &cfg,
+                &wire(&request(asked, Some(Ipv4Addr::new(10, 0, 0, 1))))
+            ),
+            DropReason::OtherServerChosen,
+            "other server, requested {asked:?}"
+        );
+    }
     assert_eq!(
         answer(&cfg, &request(Some(Ipv4Addr::new(1, 2, 3, 4)), None))
             .0
