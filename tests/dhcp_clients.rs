@@ -293,6 +293,64 @@ fn dhcpcd(pod: Pod) {
     assert_eq!(server.stats.snapshot().replies.ack, 1);
 }
 
+/// A VMI that sets `macAddress`: the net phase caches it, and `vmpod-launcher dhcp serve`
+/// (its own process, reading only the cache, as a restarted launcher does) answers that
+/// MAC with the pod's address, and not the pod's original MAC.
+fn dhcp_serve_answers_the_cached_vmi_mac() {
+    let vmi_mac: vmpod::net::MacAddr = "02:5a:00:00:00:07".parse().unwrap();
+    let t = Topology::with_vm_mac("dserve", Shape::Subnet, Some(vmi_mac));
+    let cached = vmpod::net::cache::load(t.state_dir(), "eth0")
+        .unwrap()
+        .expect("cached");
+    assert_eq!(
+        (cached.vm_mac(), t.vm_mac),
+        (vmi_mac, vmi_mac),
+        "the VMI's MAC is in the cache"
+    );
+    assert_ne!(cached.facts.mac, vmi_mac);
+    let launcher = support::launcher::launcher_bin();
+    let serve = t
+        .in_pod(launcher.to_str().unwrap())
+        .args(["dhcp", "serve", "--state-dir"])
+        .arg(t.state_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = Reap(serve);
+    let dir = tempfile::tempdir().unwrap();
+    let script = record_script(dir.path());
+    let udhcpc = |tries: &str| {
+        t.in_vm("busybox")
+            .args([
+                "udhcpc", "-i", VM_IF, "-f", "-q", "-n", "-t", tries, "-T", "1", "-s",
+            ])
+            .arg(&script)
+            .output()
+            .unwrap()
+    };
+    let out = udhcpc("10");
+    assert!(out.status.success(), "udhcpc as {vmi_mac}: {}", text(&out));
+    let env = read_env(&dir.path().join("bound.env"));
+    assert_eq!(
+        env.get("ip").map(String::as_str),
+        Some("10.244.7.23"),
+        "{env:?}"
+    );
+    // The pod's original MAC is no longer the VM's: no answer for it.
+    let original = cached.facts.mac.to_string();
+    let set = t
+        .in_vm("ip")
+        .args(["link", "set", "dev", VM_IF, "address", &original])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", text(&set));
+    assert!(
+        !udhcpc("2").status.success(),
+        "the pod's original MAC {original} got a lease"
+    );
+}
+
 macro_rules! client_tests {
     ($($name:ident: $client:ident($pod:expr);)*) => {$(
         #[test]
@@ -311,4 +369,11 @@ client_tests! {
     dhclient_configures_a_default_route_through_calicos_link_local_gateway: dhclient(Pod::Calico);
     dhcpcd_configures_the_pod_network: dhcpcd(Pod::Subnet);
     dhcpcd_configures_a_default_route_through_calicos_link_local_gateway: dhcpcd(Pod::Calico);
+}
+
+#[test]
+fn dhcp_serve_gives_the_vmi_mac_address_its_lease() {
+    if support::privileged("dhcp_serve_gives_the_vmi_mac_address_its_lease") {
+        dhcp_serve_answers_the_cached_vmi_mac();
+    }
 }

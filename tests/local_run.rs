@@ -632,3 +632,71 @@ fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
     );
     site.assert_nothing_left(&pod);
 }
+
+/// KubeVirt's v1alpha3 shape (tests/kubevirt-shapes/v1alpha3-chassis.yaml) boots as written,
+/// with a hostDisk (DiskOrCreate) added: SMBIOS chassis, an empty machine type, volumes that
+/// no disk names (each gets a virtio disk) and the VMI's own `macAddress`, which is the MAC
+/// the guest's DHCP client leases the pod IP with.
+#[test]
+fn run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease() {
+    if !support::privileged(
+        "run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease",
+    ) {
+        return;
+    }
+    let site = Site::new("lka3");
+    let (kernel, initrd) = guest_artifacts();
+    let shape =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kubevirt-shapes/v1alpha3-chassis.yaml");
+    let host_disk = site.dir.path().join("host/disk.img");
+    std::fs::create_dir_all(host_disk.parent().unwrap()).unwrap();
+    let text = std::fs::read_to_string(&shape)
+        .unwrap()
+        .replacen("target/guest/vmlinuz", &kernel.display().to_string(), 1)
+        .replacen("target/guest/initramfs.img", &initrd.display().to_string(), 1)
+        .replacen("name: vmi-v1alpha3-chassis", &format!("name: {}", site.name), 1)
+        .replacen(
+            "    - name: scratch\n",
+            &format!(
+                "    - name: host\n      hostDisk: {{path: {}, type: DiskOrCreate, capacity: 8Mi}}\n    - name: scratch\n",
+                host_disk.display()
+            ),
+            1,
+        );
+    assert!(text.contains("apiVersion: kubevirt.io/v1alpha3") && text.contains(&site.name));
+    let manifest = site.dir.path().join("vm.yaml");
+    std::fs::write(&manifest, text).unwrap();
+    let mut child = site.vmpodctl_run(&manifest, &[]);
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    let status = wait_or_kill(&mut child, VM_TIMEOUT);
+    let (mut console, mut log) = (String::new(), String::new());
+    drain(&out, &mut console);
+    drain(&err, &mut log);
+    assert!(
+        status.success(),
+        "vmpodctl run: {status}\nstderr:\n{log}\nconsole:\n{console}"
+    );
+    let pod = parse_pod_line(&log);
+    let report = GuestReport::parse(&console).unwrap();
+    let lease = report
+        .lease
+        .as_ref()
+        .unwrap_or_else(|| panic!("no lease on the console:\n{console}\n{log}"));
+    assert_eq!(lease.mac, "02:5a:00:0a:0b:0c", "the VMI's MAC leased");
+    assert_eq!(lease.ip.to_string(), pod.ip, "the guest leased the pod IP");
+    assert_eq!(lease.router().map(|r| r.to_string()), Some(pod.gateway));
+    assert!(
+        report
+            .user_data()
+            .is_some_and(|u| u.contains("hostname: v1alpha3-chassis")),
+        "the cloud-init volume without a disk reached the guest:\n{console}"
+    );
+    assert_eq!(
+        std::fs::metadata(&host_disk).map(|m| m.len()).ok(),
+        Some(8 << 20),
+        "hostDisk DiskOrCreate made the image"
+    );
+    assert!(report.powered_off, "{console}");
+    site.assert_nothing_left(&parse_pod_line(&log));
+}

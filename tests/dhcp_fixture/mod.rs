@@ -89,6 +89,12 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(tag: &str, shape: Shape) -> Self {
+        Self::with_vm_mac(tag, shape, None)
+    }
+
+    /// A pod whose VMI sets `macAddress` to `vm_mac` (`None`: the VM takes the pod's MAC);
+    /// the VM side's `eth0` gets the MAC the net phase cached for the VM.
+    pub fn with_vm_mac(tag: &str, shape: Shape, vm_mac: Option<MacAddr>) -> Self {
         let (node, spec) = pod_spec(shape);
         let pod = PodSandbox::create(&node, &spec).expect("pod sandbox");
         let state = tempfile::tempdir().unwrap();
@@ -97,6 +103,10 @@ impl Topology {
             state_dir: state.path().to_path_buf(),
             resolv_conf: pod.resolv_conf_path(),
             hostname: Some(pod.hostname().to_owned()),
+            plan: net::PlanOptions {
+                vm_mac,
+                ..net::PlanOptions::default()
+            },
             ..SetupOptions::new("eth0")
         })
         .expect("net setup");
@@ -109,7 +119,7 @@ impl Topology {
         );
         netns::create(&vm_ns).expect("create vm netns");
         let t = Topology {
-            vm_mac: cached.facts.mac,
+            vm_mac: cached.vm_mac(),
             pod,
             state,
             cached,
