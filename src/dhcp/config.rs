@@ -346,6 +346,33 @@ pub fn check_search_domain(domain: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// The cache decides whom the server answers: the VMI's MAC when the net phase
+    /// recorded one, else the pod's original MAC; the bridge address comes from there too.
+    #[test]
+    fn for_cached_answers_the_mac_the_cache_recorded() {
+        let mut entry = crate::net::CachedInterface {
+            facts: crate::dhcp::v4::tests::facts(),
+            binding: crate::net::Binding::Bridge,
+            options: crate::net::PlanOptions::default(),
+            original: crate::net::OriginalSettings::default(),
+            applied: vec![],
+            netns_id: None,
+        };
+        let pod_mac = entry.facts.mac;
+        let cfg = DhcpConfig::for_cached(&entry, &DhcpExtras::default()).unwrap();
+        assert_eq!((cfg.client_mac, cfg.bridge.as_str()), (pod_mac, "k6t-eth0"));
+        let vmi_mac: crate::net::MacAddr = "02:5a:00:00:00:09".parse().unwrap();
+        entry.options.vm_mac = Some(vmi_mac);
+        entry.options.bridge_address = Ipv4Addr::new(169, 254, 1, 9);
+        let json = serde_json::to_string(&entry).unwrap();
+        let back: crate::net::CachedInterface = serde_json::from_str(&json).unwrap();
+        let cfg = DhcpConfig::for_cached(&back, &DhcpExtras::default()).unwrap();
+        assert_eq!(
+            (cfg.client_mac, cfg.server_ip, cfg.client_ip),
+            (vmi_mac, Ipv4Addr::new(169, 254, 1, 9), Ipv4Addr::new(10, 244, 1, 5))
+        );
+    }
+
     #[test]
     fn invalid_search_domains_are_dropped_not_fatal() {
         let long_label = format!("{}.com", "a".repeat(64));
