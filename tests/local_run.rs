@@ -97,6 +97,33 @@ impl Site {
             .unwrap()
     }
 
+    /// `vmpodctl run` of a guest that powers off by itself: it must exit 0 after the guest
+    /// leased an address (checked here, with the logs shown when not).
+    fn run_to_the_end(&self, manifest: &Path) -> Finished {
+        let mut child = self.vmpodctl_run(manifest, &[]);
+        let out = lines_of(child.stdout.take().unwrap());
+        let err = lines_of(child.stderr.take().unwrap());
+        let status = wait_or_kill(&mut child, VM_TIMEOUT);
+        let (mut console, mut log) = (String::new(), String::new());
+        drain(&out, &mut console);
+        drain(&err, &mut log);
+        assert!(
+            status.success(),
+            "vmpodctl run: {status}\nstderr:\n{log}\nconsole:\n{console}"
+        );
+        let report = GuestReport::parse(&console).unwrap();
+        assert!(
+            report.lease.is_some(),
+            "no lease on the console:\n{console}\n{log}"
+        );
+        Finished {
+            pod: parse_pod_line(&log),
+            report,
+            console,
+            log,
+        }
+    }
+
     /// Nothing of the run is left: namespace, veth, bridge, process, mount, state dir.
     fn assert_nothing_left(&self, pod: &PodLine) {
         assert!(
@@ -134,6 +161,16 @@ impl Site {
         }
         assert!(!self.root().join(&self.name).exists(), "state dir left");
     }
+}
+
+/// What a `vmpodctl run` that ran to the end showed.
+struct Finished {
+    pod: PodLine,
+    report: GuestReport,
+    /// The guest's console (stdout).
+    console: String,
+    /// vmpodctl's stderr.
+    log: String,
 }
 
 /// `vmpodctl: NAME: pod IP A/P gateway G on bridge B (netns N, veth V)`.
@@ -244,23 +281,13 @@ fn run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left() {
     let site = Site::new("lrun");
     let manifest = site.dir.path().join("vm.yaml");
     site.manifest(&manifest, &site.name, false);
-    let mut child = site.vmpodctl_run(&manifest, &[]);
-    let out = lines_of(child.stdout.take().unwrap());
-    let err = lines_of(child.stderr.take().unwrap());
-    let status = wait_or_kill(&mut child, VM_TIMEOUT);
-    let (mut console, mut log) = (String::new(), String::new());
-    drain(&out, &mut console);
-    drain(&err, &mut log);
-    assert!(
-        status.success(),
-        "vmpodctl run: {status}\nstderr:\n{log}\nconsole:\n{console}"
-    );
-    let pod = parse_pod_line(&log);
-    let report = GuestReport::parse(&console).unwrap();
-    let lease = report
-        .lease
-        .as_ref()
-        .unwrap_or_else(|| panic!("no lease on the console:\n{console}\n{log}"));
+    let Finished {
+        pod,
+        report,
+        console,
+        log,
+    } = site.run_to_the_end(&manifest);
+    let lease = report.lease.as_ref().expect("checked by run_to_the_end");
     assert_eq!(lease.ip.to_string(), pod.ip, "the guest leased the pod IP");
     assert_eq!(
         lease.router().map(|r| r.to_string()),
@@ -634,7 +661,8 @@ fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
 }
 
 /// KubeVirt's v1alpha3 shape (tests/kubevirt-shapes/v1alpha3-chassis.yaml) boots as written,
-/// with a hostDisk (DiskOrCreate) added: SMBIOS chassis, an empty machine type, volumes that
+/// with a hostDisk (DiskOrCreate) added: SMBIOS chassis (read back in the guest), an empty
+/// machine type, volumes that
 /// no disk names (each gets a virtio disk) and the VMI's own `macAddress`, which is the MAC
 /// the guest's DHCP client leases the pod IP with.
 #[test]
@@ -666,37 +694,45 @@ fn run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease() {
     assert!(text.contains("apiVersion: kubevirt.io/v1alpha3") && text.contains(&site.name));
     let manifest = site.dir.path().join("vm.yaml");
     std::fs::write(&manifest, text).unwrap();
-    let mut child = site.vmpodctl_run(&manifest, &[]);
-    let out = lines_of(child.stdout.take().unwrap());
-    let err = lines_of(child.stderr.take().unwrap());
-    let status = wait_or_kill(&mut child, VM_TIMEOUT);
-    let (mut console, mut log) = (String::new(), String::new());
-    drain(&out, &mut console);
-    drain(&err, &mut log);
-    assert!(
-        status.success(),
-        "vmpodctl run: {status}\nstderr:\n{log}\nconsole:\n{console}"
-    );
-    let pod = parse_pod_line(&log);
-    let report = GuestReport::parse(&console).unwrap();
-    let lease = report
+    let run = site.run_to_the_end(&manifest);
+    let lease = run
+        .report
         .lease
         .as_ref()
-        .unwrap_or_else(|| panic!("no lease on the console:\n{console}\n{log}"));
+        .expect("checked by run_to_the_end");
     assert_eq!(lease.mac, "02:5a:00:0a:0b:0c", "the VMI's MAC leased");
-    assert_eq!(lease.ip.to_string(), pod.ip, "the guest leased the pod IP");
-    assert_eq!(lease.router().map(|r| r.to_string()), Some(pod.gateway));
+    assert_eq!(
+        lease.ip.to_string(),
+        run.pod.ip,
+        "the guest leased the pod IP"
+    );
+    assert_eq!(
+        lease.router().map(|r| r.to_string()),
+        Some(run.pod.gateway.clone())
+    );
     assert!(
-        report
+        run.report
             .user_data()
             .is_some_and(|u| u.contains("hostname: v1alpha3-chassis")),
-        "the cloud-init volume without a disk reached the guest:\n{console}"
+        "the cloud-init volume without a disk reached the guest:\n{}",
+        run.console
     );
     assert_eq!(
         std::fs::metadata(&host_disk).map(|m| m.len()).ok(),
         Some(8 << 20),
         "hostDisk DiskOrCreate made the image"
     );
-    assert!(report.powered_off, "{console}");
-    site.assert_nothing_left(&parse_pod_line(&log));
+    let dmi = run.report.dmi.as_ref().expect("the guest reports its DMI");
+    assert_eq!(
+        [
+            dmi.chassis_vendor.as_str(),
+            &dmi.chassis_version,
+            &dmi.chassis_serial,
+            &dmi.chassis_asset_tag
+        ],
+        ["Example Systems & Co", "1.0", "CHS-0042", "asset-7"],
+        "the guest reads the VMI's SMBIOS chassis"
+    );
+    assert!(run.report.powered_off, "{}\n{}", run.console, run.log);
+    site.assert_nothing_left(&run.pod);
 }

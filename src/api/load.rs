@@ -51,7 +51,7 @@ fn join_errors(errors: &[FieldError]) -> String {
 /// [`super::validate::validate`] and [`load_valid_vmi`].
 pub fn load_vmi(text: &str) -> Result<VirtualMachineInstance, LoadError> {
     let mut doc: Value = super::yaml::from_str(text).map_err(|e| match e.kind {
-        YamlErrorKind::DuplicateKey => LoadError::Fields(vec![FieldError::new(e.path, e.message)]),
+        YamlErrorKind::DuplicateKey => LoadError::Fields(vec![e.at]),
         YamlErrorKind::Invalid => LoadError::Syntax(e.to_string()),
     })?;
     let Value::Object(root) = &mut doc else {

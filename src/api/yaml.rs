@@ -6,21 +6,19 @@
 //! maintained; serde_yaml is deprecated) parses, and refuses duplicate keys by default;
 //! serde_path_to_error supplies the field path. Pure: text in, value or error out.
 
-use super::validate::child_path;
+use super::validate::{FieldError, child_path};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::fmt;
 
 /// Why a YAML (or JSON) text could not be read into the wanted type.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{at}")]
 pub struct YamlError {
-    /// A key written twice (`path` names it), or anything else.
+    /// A key written twice (`at.path` names it), or anything else.
     pub kind: YamlErrorKind,
-    /// The field path where reading stopped, e.g. `metadata.annotations`; empty for the
-    /// document itself.
-    pub path: String,
-    /// What is wrong there, with the line and column when the parser knows them.
-    pub message: String,
+    /// Where reading stopped (e.g. `metadata.annotations`; empty for the document) and
+    /// what is wrong there, with the line and column when the parser knows them.
+    pub at: FieldError,
 }
 
 /// The kinds of [`YamlError`] a caller may treat differently.
@@ -32,17 +30,14 @@ pub enum YamlErrorKind {
     Invalid,
 }
 
-impl fmt::Display for YamlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
+impl YamlError {
+    fn new(kind: YamlErrorKind, path: impl Into<String>, message: impl Into<String>) -> Self {
+        YamlError {
+            kind,
+            at: FieldError::new(path, message),
         }
     }
 }
-
-impl std::error::Error for YamlError {}
 
 /// The parser's settings: YAML 1.2's core schema, as serde_yaml and Kubernetes read
 /// strings: only `true`/`false` are booleans (`n`, `yes`, `on` stay strings), `0755` and
@@ -71,22 +66,17 @@ fn error_at(path: &str, e: &serde_saphyr::Error) -> YamlError {
     let parent = parent.strip_suffix('.').unwrap_or(parent);
     let parent = if parent == "." { "" } else { parent };
     match e.without_snippet() {
-        serde_saphyr::Error::DuplicateMappingKey { key, location } => YamlError {
-            kind: YamlErrorKind::DuplicateKey,
-            path: key
-                .as_deref()
+        serde_saphyr::Error::DuplicateMappingKey { key, location } => YamlError::new(
+            YamlErrorKind::DuplicateKey,
+            key.as_deref()
                 .map_or_else(|| parent.to_string(), |k| child_path(parent, k)),
-            message: format!(
+            format!(
                 "duplicate key: written twice in one mapping (again at line {}, column {})",
                 location.line(),
                 location.column()
             ),
-        },
-        other => YamlError {
-            kind: YamlErrorKind::Invalid,
-            path: parent.to_string(),
-            message: plain_message(other),
-        },
+        ),
+        other => YamlError::new(YamlErrorKind::Invalid, parent, plain_message(other)),
     }
 }
 
@@ -97,11 +87,8 @@ pub fn documents<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, YamlError> {
 
 /// `value` as a YAML document.
 pub fn to_string<T: Serialize>(value: &T) -> Result<String, YamlError> {
-    serde_saphyr::to_string(value).map_err(|e| YamlError {
-        kind: YamlErrorKind::Invalid,
-        path: String::new(),
-        message: e.to_string(),
-    })
+    serde_saphyr::to_string(value)
+        .map_err(|e| YamlError::new(YamlErrorKind::Invalid, "", e.to_string()))
 }
 
 /// The parser's message on one line, without its source snippet.
@@ -123,15 +110,18 @@ mod tests {
     fn a_duplicate_key_is_an_error_naming_its_path() {
         let e = err("metadata:\n  annotations: {a: b}\n  labels: {}\n  annotations: {c: d}\n");
         assert_eq!(e.kind, YamlErrorKind::DuplicateKey);
-        assert_eq!(e.path, "metadata.annotations");
-        assert!(e.message.contains("line 4, column 3"), "{e}");
-        assert_eq!(err("a: 1\na: 2\n").path, "a");
-        assert_eq!(err("s:\n  l:\n    - x: 1\n      x: 2\n").path, "s.l[0].x");
+        assert_eq!(e.at.path, "metadata.annotations");
+        assert!(e.at.message.contains("line 4, column 3"), "{e}");
+        assert_eq!(err("a: 1\na: 2\n").at.path, "a");
+        assert_eq!(
+            err("s:\n  l:\n    - x: 1\n      x: 2\n").at.path,
+            "s.l[0].x"
+        );
         let e = err("m:\n  vmpod.io/x: 1\n  vmpod.io/x: 2\n");
-        assert_eq!(e.path, r#"m["vmpod.io/x"]"#);
+        assert_eq!(e.at.path, r#"m["vmpod.io/x"]"#);
         let e = err(r#"{"a": {"b": 1, "b": 2}}"#);
         assert_eq!(
-            (e.kind, e.path.as_str()),
+            (e.kind, e.at.path.as_str()),
             (YamlErrorKind::DuplicateKey, "a.b")
         );
     }
@@ -140,7 +130,7 @@ mod tests {
     fn syntax_errors_and_typed_reads() {
         let e = err("a: [b");
         assert_eq!(e.kind, YamlErrorKind::Invalid);
-        assert!(e.message.contains("line 1"), "{e}");
+        assert!(e.at.message.contains("line 1"), "{e}");
         assert_eq!(from_str::<Value>("- 1\n").unwrap(), json!([1]));
         #[derive(serde::Deserialize, Debug)]
         struct T {
@@ -148,7 +138,7 @@ mod tests {
             n: u8,
         }
         let e = from_str::<T>("n: 300\n").unwrap_err();
-        assert_eq!((e.kind, e.path.as_str()), (YamlErrorKind::Invalid, "n"));
+        assert_eq!((e.kind, e.at.path.as_str()), (YamlErrorKind::Invalid, "n"));
     }
 
     #[test]
@@ -167,7 +157,7 @@ mod tests {
         assert_eq!(docs, [json!({"a": 1}), json!({"b": ["x"]})]);
         let e = documents::<Value>("a: 1\n---\nb: 1\nb: 2\n").unwrap_err();
         assert_eq!(
-            (e.kind, e.path.as_str()),
+            (e.kind, e.at.path.as_str()),
             (YamlErrorKind::DuplicateKey, "b")
         );
         let v = json!({"k": "v: x", "n": [1, 2], "t": "true", "e": ""});

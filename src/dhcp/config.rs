@@ -369,7 +369,11 @@ mod tests {
         let cfg = DhcpConfig::for_cached(&back, &DhcpExtras::default()).unwrap();
         assert_eq!(
             (cfg.client_mac, cfg.server_ip, cfg.client_ip),
-            (vmi_mac, Ipv4Addr::new(169, 254, 1, 9), Ipv4Addr::new(10, 244, 1, 5))
+            (
+                vmi_mac,
+                Ipv4Addr::new(169, 254, 1, 9),
+                Ipv4Addr::new(10, 244, 1, 5)
+            )
         );
     }
 

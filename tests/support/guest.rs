@@ -23,6 +23,15 @@ pub struct GuestBoot {
     pub uptime: f64,
 }
 
+/// `VMPOD-DMI`: the SMBIOS chassis fields the guest kernel read (empty when absent).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct GuestDmi {
+    pub chassis_vendor: String,
+    pub chassis_version: String,
+    pub chassis_serial: String,
+    pub chassis_asset_tag: String,
+}
+
 /// A classless static route (DHCP option 121) as the guest received it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct GuestRoute {
@@ -91,6 +100,7 @@ pub struct GuestIpv6 {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GuestReport {
     pub boot: Option<GuestBoot>,
+    pub dmi: Option<GuestDmi>,
     /// The first lease.
     pub lease: Option<GuestLease>,
     /// Every lease line in order: the first, then renewals.
@@ -169,6 +179,7 @@ impl GuestReport {
         let value: Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
         match kind {
             "VMPOD-BOOT" => self.boot = Some(typed(value, tagged)?),
+            "VMPOD-DMI" => self.dmi = Some(typed(value, tagged)?),
             "VMPOD-LEASE" => {
                 let lease: GuestLease = typed(value, tagged)?;
                 self.lease.get_or_insert_with(|| lease.clone());
@@ -562,6 +573,7 @@ mod tests {
     use super::*;
 
     const CONSOLE: &str = "\x1bc\x1b[?7l\x1b[2JVMPOD-BOOT {\"kernel\":\"6.1.0-56-cloud-amd64\",\"uptime\":1.63}\r\n\
+VMPOD-DMI {\"chassis_vendor\":\"QEMU\",\"chassis_version\":\"pc-q35-7.2\",\"chassis_serial\":\"\",\"chassis_asset_tag\":\"\"}\r\n\
 udhcpc: started, v1.35.0\r\n\
 VMPOD-LEASE {\"event\":\"bound\",\"iface\":\"eth0\",\"mac\":\"52:54:00:12:34:56\",\"ip\":\"10.0.2.15\",\"prefix\":24,\"routers\":[\"10.0.2.2\"],\"dns\":[\"10.0.2.3\"],\"mtu\":1450,\"link_mtu\":1450,\"hostname\":\"vm1\",\"domain\":null,\"search\":[\"a.example\",\"b.example\"],\"routes\":[{\"dst\":\"192.168.9.0/24\",\"via\":\"10.0.2.2\"}],\"server\":\"10.0.2.2\",\"lease_s\":86400,\"uptime\":2.86}\r\n\
 VMPOD-PING {\"target\":\"10.0.2.2\",\"ok\":true,\"rtt_ms\":6.094}\r\n\
@@ -576,6 +588,11 @@ VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
     fn parses_every_report_line() {
         let r = GuestReport::parse(CONSOLE).unwrap();
         assert_eq!(r.boot.unwrap().kernel, "6.1.0-56-cloud-amd64");
+        let dmi = r.dmi.unwrap();
+        assert_eq!(
+            (dmi.chassis_vendor.as_str(), dmi.chassis_serial.as_str()),
+            ("QEMU", "")
+        );
         let l = r.lease.unwrap();
         assert_eq!(
             (l.ip, l.prefix, l.router()),
