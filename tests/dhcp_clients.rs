@@ -351,6 +351,84 @@ fn dhcp_serve_answers_the_cached_vmi_mac() {
     );
 }
 
+/// Two DHCP servers on the VM's link: ours, and dnsmasq offering another address. Our
+/// OFFERs are lost on the way (an nft rule in the pod drops the replies whose first option
+/// says OFFER; ours puts option 53 first), so udhcpc takes dnsmasq's offer and REQUESTs it,
+/// naming dnsmasq's server identifier. Ours hears that REQUEST too and must stay silent
+/// (RFC 2131 4.3.2): udhcpc binds dnsmasq's address, and our stats show no NAK sent and
+/// the REQUEST counted as a drop. (udhcpc, already bound, would not show a late NAK.)
+fn a_request_for_another_server_gets_no_nak() {
+    let t = Topology::new("dother", Shape::Subnet);
+    let server = start_server(&t, t.config());
+    let (peer_ip, peer_lease) = ("10.244.7.2", "10.244.7.99");
+    t.add_bridge_address(peer_ip.parse().unwrap(), 24);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("drop-our-offers.nft");
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip vmpod_test {{\n  chain out {{\n    type filter hook output priority 0;\n    \
+             ip saddr {} udp sport 67 @th,1984,24 0x350102 counter drop\n  }}\n}}\n",
+            t.config().server_ip
+        ),
+    )
+    .unwrap();
+    let nft = t.in_pod("nft").arg("-f").arg(&rules).output().unwrap();
+    assert!(nft.status.success(), "nft: {}", text(&nft));
+    let peer = t
+        .in_pod("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--port=0",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--no-ping",
+        ])
+        .arg(format!("--interface={}", t.bridge()))
+        .arg(format!("--dhcp-range={peer_lease},static,255.255.255.0,1h"))
+        .arg(format!("--dhcp-host={},{peer_lease}", t.vm_mac))
+        .arg(format!(
+            "--dhcp-leasefile={}/dnsmasq.leases",
+            dir.path().display()
+        ))
+        .arg(format!("--pid-file={}/dnsmasq.pid", dir.path().display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq");
+    let _peer = Reap(peer);
+    let script = record_script(dir.path());
+    let out = t
+        .in_vm("busybox")
+        .args([
+            "udhcpc", "-i", VM_IF, "-f", "-q", "-n", "-t", "10", "-T", "1", "-s",
+        ])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "udhcpc: {said}");
+    let env = read_env(&dir.path().join("bound.env"));
+    assert_eq!(
+        (
+            env.get("ip").map(String::as_str),
+            env.get("serverid").map(String::as_str)
+        ),
+        (Some(peer_lease), Some(peer_ip)),
+        "the client took the other server's offer: {env:?}\n{said}"
+    );
+    assert!(!said.to_ascii_lowercase().contains("nak"), "{said}");
+    let stats = server.stats.snapshot();
+    assert!(
+        stats.replies.offer >= 1,
+        "ours offered (and the offer was lost): {stats:?}"
+    );
+    assert_eq!(stats.replies.nak, 0, "{stats:?}");
+    assert!(stats.drops.other_server_chosen >= 1, "{stats:?}");
+}
+
 macro_rules! client_tests {
     ($($name:ident: $client:ident($pod:expr);)*) => {$(
         #[test]
@@ -369,6 +447,13 @@ client_tests! {
     dhclient_configures_a_default_route_through_calicos_link_local_gateway: dhclient(Pod::Calico);
     dhcpcd_configures_the_pod_network: dhcpcd(Pod::Subnet);
     dhcpcd_configures_a_default_route_through_calicos_link_local_gateway: dhcpcd(Pod::Calico);
+}
+
+#[test]
+fn udhcpc_choosing_another_servers_offer_gets_no_nak() {
+    if support::privileged("udhcpc_choosing_another_servers_offer_gets_no_nak") {
+        a_request_for_another_server_gets_no_nak();
+    }
 }
 
 #[test]
