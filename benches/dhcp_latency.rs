@@ -88,22 +88,7 @@ fn wait_ready(t: &Topology) {
 }
 
 fn dnsmasq(t: &Topology, dir: &Path) -> Peer {
-    let mac = t.vm_mac.to_string();
-    let child = t
-        .in_pod("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--port=0",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-        ])
-        .arg(format!("--interface={}", t.bridge()))
-        .arg(format!("--dhcp-range={VM_IP},static,255.255.255.0,30d"))
-        .arg(format!("--dhcp-host={mac},{VM_IP}"))
-        .arg(format!("--dhcp-leasefile={}/dnsmasq.leases", dir.display()))
-        .arg(format!("--pid-file={}/dnsmasq.pid", dir.display()))
+    let child = dnsmasq_command(t, dir, VM_IP)
         .args([
             "--dhcp-option=3,10.244.7.1",
             "--dhcp-option=6,10.96.0.10,10.96.0.11",

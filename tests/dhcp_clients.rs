@@ -375,25 +375,8 @@ fn a_request_for_another_server_gets_no_nak() {
     .unwrap();
     let nft = t.in_pod("nft").arg("-f").arg(&rules).output().unwrap();
     assert!(nft.status.success(), "nft: {}", text(&nft));
-    let peer = t
-        .in_pod("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--port=0",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-            "--no-ping",
-        ])
-        .arg(format!("--interface={}", t.bridge()))
-        .arg(format!("--dhcp-range={peer_lease},static,255.255.255.0,1h"))
-        .arg(format!("--dhcp-host={},{peer_lease}", t.vm_mac))
-        .arg(format!(
-            "--dhcp-leasefile={}/dnsmasq.leases",
-            dir.path().display()
-        ))
-        .arg(format!("--pid-file={}/dnsmasq.pid", dir.path().display()))
+    let peer = dnsmasq_command(&t, dir.path(), peer_lease)
+        .arg("--no-ping")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

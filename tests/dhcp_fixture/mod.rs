@@ -344,6 +344,26 @@ pub struct RunningServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// dnsmasq as a peer DHCP server on the VM bridge, in the foreground, handing `lease` to
+/// the VM's MAC; state files go to `dir`. The bridge needs an address in `lease`'s /24.
+pub fn dnsmasq_command(t: &Topology, dir: &Path, lease: &str) -> Command {
+    let mut c = t.in_pod("dnsmasq");
+    c.args([
+        "--no-daemon",
+        "--port=0",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--user=root",
+    ])
+    .arg(format!("--interface={}", t.bridge()))
+    .arg(format!("--dhcp-range={lease},static,255.255.255.0,30d"))
+    .arg(format!("--dhcp-host={},{lease}", t.vm_mac))
+    .arg(format!("--dhcp-leasefile={}/dnsmasq.leases", dir.display()))
+    .arg(format!("--pid-file={}/dnsmasq.pid", dir.display()));
+    c
+}
+
 pub fn start_server(t: &Topology, config: DhcpConfig) -> RunningServer {
     let server = netns::run_in(Some(&t.pod_path()), || DhcpServer::bind(config))
         .unwrap()
