@@ -508,6 +508,8 @@ fn launcher_cli_sets_up_and_tears_down() {
         resolv.to_str().unwrap(),
         "--hostname",
         "web-0",
+        "--vm-mac",
+        "02:5a:00:00:00:11",
     ];
     run(&setup);
     assert_rewired(&f, &facts);
@@ -515,7 +517,22 @@ fn launcher_cli_sets_up_and_tears_down() {
     let text = fs::read_to_string(f.state.path().join("net/eth0.json")).unwrap();
     let cached: net::InterfaceFacts = serde_json::from_str(&text).unwrap();
     assert_eq!(cached, facts);
+    // The VMI's MAC is cached beside the facts: what the DHCP server answers.
+    let entry: net::CachedInterface = serde_json::from_str(&text).unwrap();
+    assert_eq!(entry.vm_mac().to_string(), "02:5a:00:00:00:11");
     run(&setup);
+    // A setup asking for another VM MAC than the cache holds is refused, not mixed.
+    let other_mac = Command::new(launcher())
+        .args(&setup[..setup.len() - 1])
+        .args(["02:5a:00:00:00:12", "--netns", f.ns().to_str().unwrap()])
+        .args(["--state-dir", f.state.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&other_mac.stderr);
+    assert!(
+        !other_mac.status.success() && err.contains("02:5a:00:00:00:11"),
+        "{err}"
+    );
     run(&["net", "teardown"]);
     assert_eq!(pod_interface(&f.snapshot()), before);
     // Errors name the interface.
