@@ -6,6 +6,7 @@
 //! - [`quantity`]: Kubernetes quantities to bytes.
 //! - [`crd`]: the CRD generated from the types (`manifests/crd.yaml`).
 //! - [`defaults`]: defaults and accessors (guest memory, vCPUs, binding, acceleration).
+//! - [`yaml`]: the one YAML reader and writer (strict: duplicate keys are errors).
 //! - [`load`]: YAML/JSON text -> VMI, every schema problem with its path.
 //! - [`validate`]: semantic checks, every problem with its path.
 //!

@@ -1,9 +1,10 @@
 //! Semantic validation of a loaded [`VirtualMachineInstance`]: the rules a schema cannot
 //! express (quantities, cross references between disks/volumes and interfaces/networks,
 //! unique names, one source or binding per item, numbers within what the launcher, QEMU and
-//! libvirt can honour, what vmpod does not support yet). Every
-//! error names its field path, e.g. `spec.domain.memory.guest: "lots" is not a quantity`.
-//! Works on the manifest as written: absent fields are judged by their defaults. Pure.
+//! libvirt can honour, a UID that can be the domain's UUID, what vmpod does not support
+//! yet). Every error names its field path, e.g. `spec.domain.memory.guest: "lots" is not a
+//! quantity`. Works on the manifest as written: absent fields are judged by their defaults
+//! (a volume no disk names is fine: defaulting gives it a virtio disk). Pure.
 
 use super::defaults::BindingError;
 use super::quantity::{QuantityError, parse_quantity, quantity_bytes};
