@@ -183,11 +183,13 @@ fn second_launcher_on_rewired_pod_uses_cache_and_exits_when_guest_powers_off() {
     let sb = pod("lcache");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    // A first launcher's network phase already ran: the pod IP is gone from eth0.
+    // A first launcher's network phase already ran for a VMI with its own MAC: the pod IP
+    // is gone from eth0, and the cache holds the facts and that MAC.
+    let vmi_mac = "02:5a:00:0c:ac:4e";
     let out = sb
         .command(support::launcher::launcher_bin())
         .unwrap()
-        .args(["net", "setup", "--state-dir"])
+        .args(["net", "setup", "--vm-mac", vmi_mac, "--state-dir"])
         .arg(&state)
         .arg("--resolv-conf")
         .arg(sb.resolv_conf_path())
@@ -199,11 +201,17 @@ fn second_launcher_on_rewired_pod_uses_cache_and_exits_when_guest_powers_off() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let vmi = testguest_vmi("lcache", "#cloud-config\n", false, 10);
+    let vmi = testguest_vmi("lcache", "#cloud-config\n", false, 10).replacen(
+        "          bridge: {}\n",
+        &format!("          bridge: {{}}\n          macAddress: \"{vmi_mac}\"\n"),
+        1,
+    );
+    assert!(vmi.contains(vmi_mac));
     let mut l = Launcher::start(&sb, &state, &vmi, &["--accel", "emulation"]);
     let report = l.wait_report(BOOT, |r| r.powered_off);
     let lease = report.lease.expect("a lease");
     assert_eq!(lease.ip, "10.77.0.5".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(lease.mac, vmi_mac, "the cached VMI MAC got the lease");
     assert!(report.ping.is_some_and(|p| p.ok));
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());
