@@ -1,7 +1,7 @@
 //! Loading a manifest: YAML or JSON text -> [`VirtualMachineInstance`]. Accepts
 //! `apiVersion: vmpod.io/v1alpha1` and KubeVirt's `kubevirt.io/v1` and `kubevirt.io/v1alpha3`
 //! (normalised to ours). Read strictly by [`super::yaml`]: a key written twice is an error
-//! naming its path.
+//! naming its path. A null value means the field is absent, as for any Kubernetes resource.
 //!
 //! Before deserialising, the document is checked against the schema generated from the types
 //! (the CRD's openAPIV3Schema), so one pass reports *every* unsupported field, missing
@@ -54,6 +54,7 @@ pub fn load_vmi(text: &str) -> Result<VirtualMachineInstance, LoadError> {
         YamlErrorKind::DuplicateKey => LoadError::Fields(vec![e.at]),
         YamlErrorKind::Invalid => LoadError::Syntax(e.to_string()),
     })?;
+    prune_nulls(&mut doc);
     let Value::Object(root) = &mut doc else {
         return Err(LoadError::Syntax(format!(
             "the document is {}, not a mapping",
@@ -76,6 +77,21 @@ pub fn load_vmi(text: &str) -> Result<VirtualMachineInstance, LoadError> {
         let path = if path == "." { String::new() } else { path };
         LoadError::Fields(vec![serde_error(path, &e.into_inner().to_string())])
     })
+}
+
+/// Drop every mapping entry whose value is null, at any depth, as the Kubernetes API server
+/// prunes nulls before validating a custom resource: `creationTimestamp: null` (what
+/// `kubectl ... -o yaml` writes) means "not set", and a required field set to null is
+/// reported as required.
+fn prune_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(prune_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune_nulls),
+        _ => {}
+    }
 }
 
 /// Load, validate and default a manifest: what a launcher or `vmpodctl run` wants. Every
@@ -381,6 +397,23 @@ spec:
             errors("kind: VirtualMachineInstance\napiVersion: vmpod.io/v1alpha1\n"),
             ["spec: required"]
         );
+    }
+
+    #[test]
+    fn nulls_mean_absent_as_in_kubernetes() {
+        let text = MINIMAL
+            .replace("metadata: {name: a}", "metadata: {name: a, creationTimestamp: null}")
+            .replace(
+                "spec: {domain: {}}",
+                "spec: {volumes: null, domain: {cpu: null, devices: {disks: [{name: null}]}}}\nstatus: {}",
+            );
+        assert_eq!(
+            errors(&text),
+            ["spec.domain.devices.disks[0].name: required"]
+        );
+        let ok = text.replace("{name: null}", "{name: d}");
+        let vmi = load_vmi(&ok).unwrap();
+        assert!(vmi.spec.volumes.is_empty() && vmi.spec.domain.cpu.is_none());
     }
 
     #[test]
