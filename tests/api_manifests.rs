@@ -411,6 +411,13 @@ fn invalid_manifests_give_exact_field_path_messages() {
             &["spec.domain.cpu.cores: 256 is more than 255 (QEMU's vCPU limit for pc)"],
         ),
         (
+            "disks: [{name: d, disk: {bus: virtio}}]",
+            "disks: [{name: d, disk: {bus: virtio}, bootOrder: 4294967295}]",
+            &[
+                "spec.domain.devices.disks[0].bootOrder: 4294967295 is more than 2147483647 (QEMU's bootindex is a signed 32-bit integer)",
+            ],
+        ),
+        (
             "memory: {guest: 256Mi}",
             "memory: {guest: 8Pi}",
             &[

@@ -67,6 +67,8 @@ pub fn index_path(parent: &str, i: usize) -> String {
 /// means "never" to a person and only overflows deadline arithmetic (the launcher's
 /// `Instant + grace`, the handler's pod grace `grace + 15`).
 pub const MAX_GRACE_PERIOD_SECONDS: i64 = i32::MAX as i64;
+/// The largest `bootOrder`: QEMU's `bootindex` is a signed 32-bit integer.
+pub const MAX_BOOT_ORDER: u32 = i32::MAX as u32;
 /// The most vCPUs QEMU gives a `q35` machine (the default), and of `pc` (i440fx).
 pub const MAX_VCPUS_Q35: u32 = 288;
 /// See [`MAX_VCPUS_Q35`].
@@ -308,6 +310,13 @@ impl Validator {
             if let Some(order) = disk.boot_order {
                 if order == 0 {
                     self.push(format!("{path}.bootOrder"), "must be at least 1");
+                } else if order > MAX_BOOT_ORDER {
+                    self.push(
+                        format!("{path}.bootOrder"),
+                        format!(
+                            "{order} is more than {MAX_BOOT_ORDER} (QEMU's bootindex is a signed 32-bit integer)"
+                        ),
+                    );
                 } else if let Some(other) = boot_orders.insert(order, i) {
                     self.push(
                         format!("{path}.bootOrder"),
