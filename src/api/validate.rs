@@ -69,7 +69,8 @@ pub fn index_path(parent: &str, i: usize) -> String {
 pub const MAX_GRACE_PERIOD_SECONDS: i64 = i32::MAX as i64;
 /// The largest `bootOrder`: QEMU's `bootindex` is a signed 32-bit integer.
 pub const MAX_BOOT_ORDER: u32 = i32::MAX as u32;
-/// The most vCPUs QEMU gives a `q35` machine (the default), and of `pc` (i440fx).
+/// The most vCPUs QEMU gives a `q35` machine (the default), and of `pc` (i440fx), in the
+/// QEMU the launcher image ships (7.2, Debian 12; later QEMUs raise q35's limit).
 pub const MAX_VCPUS_Q35: u32 = 288;
 /// See [`MAX_VCPUS_Q35`].
 pub const MAX_VCPUS_PC: u32 = 255;
