@@ -48,6 +48,10 @@ pub struct PlanArgs {
     /// The pod's resolv.conf.
     #[arg(long, default_value = net::discover::DEFAULT_RESOLV_CONF)]
     resolv_conf: PathBuf,
+    /// The VMI's `macAddress`, as given to `net setup --vm-mac` (a cache made with another
+    /// is reported as a mismatch).
+    #[arg(long)]
+    vm_mac: Option<net::MacAddr>,
 }
 
 pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
@@ -68,6 +72,10 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
                 binding: a.binding,
                 state_dir: a.at.state_dir,
                 resolv_conf: a.resolv_conf,
+                plan: net::PlanOptions {
+                    vm_mac: a.vm_mac,
+                    ..net::PlanOptions::default()
+                },
                 ..SetupOptions::new(a.interface)
             };
             let plan = net::dry_run(&opts)
