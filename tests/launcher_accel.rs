@@ -1,0 +1,296 @@
+//! Acceleration end to end through the real launcher (privileged: it starts its own
+//! libvirtd). KVM that passes every probe and fails under the running guest (a nested
+//! `kvm-pvm` giving up with `KVM internal error ... emulation failure`) is played at the
+//! agent boundary: a stand-in for `vmpod-virt` answers the launcher's requests and, for a
+//! domain of type `kvm`, writes the KVM internal error to QEMU's log and reports the pause
+//! libvirt reports for it (reason unknown). `auto` must boot the domain again under TCG,
+//! say why, and leave the verdict on the node so the next launcher skips KVM; `kvm` must
+//! fail with the reason.
+mod support;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::launcher::Launcher;
+use vmpod::control::{Acceleration, ControlClient, LauncherStatus, PauseReason, Phase};
+use vmpod::domain::{KvmKey, KvmVerdicts};
+use vmpod::net::IpCidr;
+use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
+
+/// The stand-in agent. It records every request line in `$STANDIN_DIR/requests`.
+const STANDIN: &str = r#"#!/bin/sh
+[ "$1" = --socket ] || exit 3
+root=$(dirname "$(dirname "$2")")
+log="$root/log/qemu/$STANDIN_DOMAIN.log"
+mkdir -p "$(dirname "$log")"
+d=$STANDIN_DOMAIN
+ev() { echo "{\"kind\":\"event\",\"domain\":\"$d\",\"event\":$1}"; }
+ok() { echo "{\"kind\":\"reply\",\"result\":{\"Ok\":$1}}"; }
+active=false
+while read -r line; do
+  echo "$line" >> "$STANDIN_DIR/requests"
+  case "$line" in
+    *'"op":"defineAndStart"'*)
+      active=true
+      ok "{\"answer\":\"started\",\"value\":\"$d\"}"
+      ev '"started"'
+      case "$line" in *"<domain type='kvm'>"*)
+        printf 'KVM internal error. Suberror: 1\nextra data[0]: 0x0\nemulation failure\n' >> "$log"
+        ev '{"paused":"unknown"}' ;;
+      esac ;;
+    *'"op":"destroy"'*) active=false; ok '{"answer":"done"}'; ev '{"stopped":"destroyed"}' ;;
+    *'"op":"shutdown"'*) active=false; ok '{"answer":"done"}'; ev '{"stopped":"shutdown"}' ;;
+    *'"op":"pause"'*) ok '{"answer":"done"}'; ev '{"paused":"user"}' ;;
+    *'"op":"resume"'*) ok '{"answer":"done"}'; ev '"resumed"' ;;
+    *'"op":"isActive"'*) ok "{\"answer\":\"active\",\"value\":$active}" ;;
+    *) ok '{"answer":"done"}' ;;
+  esac
+done
+"#;
+
+const VMI: &str = "apiVersion: vmpod.io/v1alpha1
+kind: VirtualMachineInstance
+metadata:
+  name: standin
+spec:
+  terminationGracePeriodSeconds: 5
+  domain:
+    memory:
+      guest: 64Mi
+    devices: {}
+";
+
+fn pod(name: &str) -> PodSandbox {
+    let cidr = |a: &str, p| IpCidr::new(a.parse().unwrap(), p);
+    let node = NodeSpec::isolated(vec![cidr("10.93.0.1", 24)]);
+    let spec = PodSpec::new(name, cidr("10.93.0.5", 24), "10.93.0.1".parse().unwrap());
+    PodSandbox::create(&node, &spec).unwrap()
+}
+
+/// A node directory (capabilities seed and verdicts) and the stand-in agent.
+struct Node {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    agent: PathBuf,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let agent = root.join("standin-virt");
+        std::fs::write(&agent, STANDIN).unwrap();
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Node {
+            _dir: dir,
+            root,
+            agent,
+        }
+    }
+
+    fn caps_seed(&self) -> PathBuf {
+        self.root.join("node").join("qemu-capabilities")
+    }
+
+    /// Start a launcher for the stand-in VMI with `--accel accel`; its requests go to
+    /// `<state>/requests`.
+    fn launch(&self, sb: &PodSandbox, run: &str, accel: &str, probe: bool) -> Launcher {
+        let state = self.root.join(run);
+        let rec = self.root.join(format!("{run}-agent"));
+        std::fs::create_dir_all(&rec).unwrap();
+        let caps = self.caps_seed();
+        let mut args = vec!["--accel", accel, "--caps-seed", caps.to_str().unwrap()];
+        if !probe {
+            // The stand-in plays QEMU: whether this machine's /dev/kvm works is beside
+            // the point.
+            args.push("--skip-kvm-probe");
+        }
+        Launcher::start_with_env(
+            sb,
+            &state,
+            VMI,
+            &args,
+            &[
+                ("VMPOD_VIRT", self.agent.as_os_str()),
+                ("STANDIN_DIR", rec.as_os_str()),
+                ("STANDIN_DOMAIN", OsStr::new("standin")),
+            ],
+        )
+    }
+
+    fn requests(&self, run: &str) -> Vec<String> {
+        std::fs::read_to_string(self.root.join(format!("{run}-agent")).join("requests"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// The domain type of each defineAndStart, in order.
+fn started_types(requests: &[String]) -> Vec<&'static str> {
+    requests
+        .iter()
+        .filter(|r| r.contains(r#""op":"defineAndStart""#))
+        .map(|r| {
+            if r.contains("<domain type='kvm'>") {
+                "kvm"
+            } else if r.contains("<domain type='qemu'>") {
+                "qemu"
+            } else {
+                panic!("no domain type in {r}")
+            }
+        })
+        .collect()
+}
+
+/// Poll status.json until `done`; panics with the launcher's log after 60 s.
+fn wait_status(
+    l: &mut Launcher,
+    what: &str,
+    done: impl Fn(&LauncherStatus) -> bool,
+) -> LauncherStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = vmpod::control::read_status(&l.state_dir)
+            && done(&s)
+        {
+            return s;
+        }
+        if let Some(st) = l.child.try_wait().unwrap() {
+            panic!("launcher exited ({st}) before {what}\n{}", l.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within 60 s\n{}",
+            l.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn verdicts(node: &Node) -> Vec<vmpod::domain::KvmFailure> {
+    KvmVerdicts::beside(&node.caps_seed()).load().unwrap()
+}
+
+#[test]
+fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
+    if !support::privileged("kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers")
+    {
+        return;
+    }
+    let sb = pod("kvmlate");
+    let node = Node::new();
+
+    // 1. auto, KVM taken as usable: the domain starts under KVM, KVM fails, the launcher
+    //    destroys it and boots it again under TCG, in the same pod.
+    let mut l = node.launch(&sb, "first", "auto", false);
+    let s = wait_status(&mut l, "Running under TCG", |s| {
+        s.acceleration == Some(Acceleration::Tcg) && s.phase == Phase::Running
+    });
+    let why = s.acceleration_reason.clone().expect("accelerationReason");
+    assert!(
+        why.contains("KVM failed under the running guest")
+            && why.contains("KVM internal error. Suberror: 1; emulation failure"),
+        "{why}"
+    );
+    let requests = node.requests("first");
+    assert_eq!(started_types(&requests), ["kvm", "qemu"], "{requests:#?}");
+    let destroy = requests
+        .iter()
+        .position(|r| r.contains(r#""op":"destroy""#));
+    let second = requests
+        .iter()
+        .rposition(|r| r.contains(r#""op":"defineAndStart""#));
+    assert!(
+        destroy < second && destroy.is_some(),
+        "destroyed first: {requests:#?}"
+    );
+    let log = l.log();
+    assert!(
+        log.contains("booting it again under TCG") && log.contains("KVMInternalError"),
+        "the launcher log says what happened:\n{log}"
+    );
+    // The domain XML the API serves is the TCG one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = ControlClient::new(l.state_dir.join("control.sock"));
+    let xml = rt.block_on(client.domain_xml()).unwrap();
+    assert!(xml.contains("<domain type='qemu'>"), "{xml}");
+    // The node remembers, keyed by kernel, CPU and QEMU.
+    let v = verdicts(&node);
+    assert_eq!(v.len(), 1, "{v:?}");
+    let here = KvmKey::of_this_node(Path::new(vmpod::domain::xml::EMULATOR)).unwrap();
+    assert_eq!(v[0].key, here);
+    assert!(v[0].reason.contains("KVM internal error"), "{v:?}");
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+
+    // 2. The next launcher on this node goes straight to TCG and says why; a pause it
+    //    asks for is a user's pause.
+    let mut l = node.launch(&sb, "second", "auto", false);
+    let s = wait_status(&mut l, "Running", |s| s.phase == Phase::Running);
+    assert_eq!(s.acceleration, Some(Acceleration::Tcg));
+    let why = s.acceleration_reason.clone().expect("accelerationReason");
+    assert!(
+        why.contains("KVM failed on this node before") && why.contains("KVM internal error"),
+        "{why}"
+    );
+    assert_eq!(started_types(&node.requests("second")), ["qemu"]);
+    let client = ControlClient::new(l.state_dir.join("control.sock"));
+    rt.block_on(client.pause()).unwrap();
+    let s = wait_status(&mut l, "Paused", |s| s.phase == Phase::Paused);
+    assert_eq!(s.pause_reason, Some(PauseReason::User), "{s:?}");
+    assert_eq!(
+        s.acceleration,
+        Some(Acceleration::Tcg),
+        "a user's pause is no KVM failure"
+    );
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+
+    // 3. kvm required on this node: refused up front with the remembered reason.
+    let mut l = node.launch(&sb, "third", "kvm", false);
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(!st.success());
+    let log = l.log();
+    assert!(
+        log.contains("acceleration kvm was requested")
+            && log.contains("KVM failed on this node before"),
+        "{log}"
+    );
+    assert!(node.requests("third").is_empty(), "no domain started");
+}
+
+#[test]
+fn kvm_required_and_failing_late_fails_the_vmi_with_the_reason() {
+    if !support::privileged("kvm_required_and_failing_late_fails_the_vmi_with_the_reason") {
+        return;
+    }
+    let sb = pod("kvmreq");
+    let node = Node::new();
+    let mut l = node.launch(&sb, "req", "kvm", false);
+    let st = l.wait_exit(Duration::from_secs(60));
+    assert!(!st.success(), "{}", l.log());
+    let s = vmpod::control::read_status(&l.state_dir).unwrap();
+    assert_eq!(s.phase, Phase::Failed);
+    let reason = s.reason.unwrap_or_default();
+    assert!(
+        reason.contains("KVM failed under the running guest")
+            && reason.contains("KVM internal error"),
+        "{reason}"
+    );
+    assert_eq!(started_types(&node.requests("req")), ["kvm"]);
+    assert!(
+        node.requests("req")
+            .iter()
+            .any(|r| r.contains(r#""op":"destroy""#)),
+        "the failed domain is destroyed"
+    );
+    assert_eq!(verdicts(&node).len(), 1, "the node remembers");
+}
