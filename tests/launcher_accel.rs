@@ -294,3 +294,89 @@ fn kvm_required_and_failing_late_fails_the_vmi_with_the_reason() {
     );
     assert_eq!(verdicts(&node).len(), 1, "the node remembers");
 }
+
+/// A real guest in `auto` must reach its lease whatever this machine's KVM does: refused
+/// by the probe (status `tcg` with the probe's reason, nothing remembered), working
+/// (`kvm`), or failing late (`tcg` with the late failure, the KVM boot's console kept as
+/// console.log.1, the verdict on the node). Prints the time from launcher start to lease.
+#[test]
+fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
+    if !support::privileged("auto_reaches_the_guests_lease_whatever_this_machines_kvm_does") {
+        return;
+    }
+    let cidr = |a: &str, p| IpCidr::new(a.parse().unwrap(), p);
+    let node_spec = NodeSpec::isolated(vec![cidr("10.94.0.1", 24)]);
+    let spec = PodSpec::new(
+        "kvmauto",
+        cidr("10.94.0.5", 24),
+        "10.94.0.1".parse().unwrap(),
+    );
+    let sb = PodSandbox::create(&node_spec, &spec).unwrap();
+    // A node of its own: the shared capabilities seed (so libvirtd starts fast) without
+    // any verdict an earlier run left.
+    let node = Node::new();
+    let seed = node.caps_seed();
+    std::fs::create_dir_all(&seed).unwrap();
+    for e in std::fs::read_dir(vmpod::domain::daemons::DEFAULT_CAPS_SEED)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        std::fs::copy(e.path(), seed.join(e.file_name())).unwrap();
+    }
+    let probe = vmpod::domain::kvm_usable(
+        Path::new(vmpod::domain::accel::KVM_DEVICE),
+        Path::new(vmpod::domain::xml::EMULATOR),
+    );
+    let state = node.root.join("state");
+    let vmi = support::launcher::testguest_vmi("kvmauto", "", true, 30);
+    let mut l = Launcher::start(
+        &sb,
+        &state,
+        &vmi,
+        &["--accel", "auto", "--caps-seed", seed.to_str().unwrap()],
+    );
+    let report = l.wait_report(Duration::from_secs(300), |r| r.lease.is_some());
+    let to_lease = l.started.elapsed();
+    assert_eq!(
+        report.lease.unwrap().ip,
+        "10.94.0.5".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    let s = vmpod::control::read_status(&state).unwrap();
+    let verdicts = verdicts(&node);
+    match (&probe, s.acceleration) {
+        (Err(why), accel) => {
+            assert_eq!(accel, Some(Acceleration::Tcg), "{s:?}");
+            assert_eq!(s.acceleration_reason.as_ref(), Some(why), "{s:?}");
+            assert!(
+                verdicts.is_empty(),
+                "a refusal up front is not remembered: {verdicts:?}"
+            );
+        }
+        (Ok(()), Some(Acceleration::Kvm)) => {
+            assert_eq!(s.acceleration_reason, None, "{s:?}");
+            assert!(verdicts.is_empty(), "{verdicts:?}");
+        }
+        (Ok(()), accel) => {
+            assert_eq!(accel, Some(Acceleration::Tcg), "{s:?}");
+            let why = s.acceleration_reason.clone().unwrap_or_default();
+            assert!(why.contains("KVM failed under the running guest"), "{why}");
+            assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+            assert!(
+                state.join("console.log.1").exists(),
+                "the KVM boot's console"
+            );
+        }
+    }
+    eprintln!(
+        "KVM probe: {probe:?}; ran under {:?} ({:?}); launcher start -> lease: {} ms",
+        s.acceleration,
+        s.acceleration_reason,
+        to_lease.as_millis()
+    );
+    // The guest takes the power button once it holds.
+    l.wait_report(Duration::from_secs(120), |r| r.holding);
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+}
