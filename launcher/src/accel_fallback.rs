@@ -8,9 +8,16 @@ use vmpod::api::Acceleration as AccelRequest;
 use vmpod::control::{Acceleration, PauseReason};
 use vmpod::domain::{PausedReason, StopReason};
 
-/// What QEMU writes to its log when KVM gives up on the guest (`kvm_cpu_exec`): `KVM
-/// internal error. Suberror: 1`, then `emulation failure` for the common suberror.
-const KVM_FAILURE_MARKS: [&str; 2] = ["KVM internal error", "emulation failure"];
+/// What QEMU writes to its log when KVM fails: under the guest (`kvm_cpu_exec`), `KVM
+/// internal error. Suberror: 1` then `emulation failure`; at start, an assertion or
+/// error in its KVM code (`../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion`,
+/// `accel/kvm/kvm-all.c`), which the probe normally catches first.
+const KVM_FAILURE_MARKS: [&str; 4] = [
+    "KVM internal error",
+    "emulation failure",
+    "kvm.c:",
+    "kvm-all.c:",
+];
 
 /// The lines of QEMU's log (since the domain's start) that say KVM gave up, joined.
 pub fn kvm_failure_in(qemu_log: &str) -> Option<String> {
@@ -62,6 +69,11 @@ pub enum Interruption {
         reason: StopReason,
         kvm_failure: Option<String>,
     },
+    /// The domain did not start (`error`, libvirt's words).
+    StartFailed {
+        error: String,
+        kvm_failure: Option<String>,
+    },
 }
 
 /// What the launcher does about an interruption.
@@ -77,8 +89,8 @@ pub enum Next {
 
 /// Decide, from what was requested and what runs now (pure). Under KVM, a pause nobody
 /// asked for that is not an I/O error (TCG would not fix a disk) counts as KVM failing,
-/// and so does QEMU ending when its log says KVM gave up; a QEMU killed from outside
-/// does not.
+/// and so do QEMU ending or failing to start when its log says KVM gave up; a QEMU
+/// killed from outside or a start failing for another reason (a missing disk) does not.
 pub fn after(request: AccelRequest, running: Acceleration, what: &Interruption) -> Next {
     if running != Acceleration::Kvm {
         return Next::CarryOn;
@@ -92,7 +104,18 @@ pub fn after(request: AccelRequest, running: Acceleration, what: &Interruption) 
             reason,
             kvm_failure: Some(lines),
         } => format!("KVM failed under the running guest: QEMU stopped ({reason:?}): {lines}"),
-        Interruption::Paused(_) | Interruption::Stopped { .. } => return Next::CarryOn,
+        Interruption::StartFailed {
+            error,
+            kvm_failure: Some(lines),
+        } => format!(
+            "KVM failed as the domain started: {lines} ({})",
+            error.lines().next().unwrap_or_default()
+        ),
+        Interruption::Paused(_)
+        | Interruption::Stopped { .. }
+        | Interruption::StartFailed { .. } => {
+            return Next::CarryOn;
+        }
     };
     match request {
         AccelRequest::Auto => Next::BootUnderTcg { why },
@@ -152,6 +175,17 @@ mod tests {
         })
     }
 
+    /// QEMU 7.2 on a nested hypervisor that refuses an MSR the probe did not touch.
+    const START_LOG: &str = "2026-11-30T16:41:27.584542Z qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n\
+        qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.\n";
+
+    fn start_failed(log: &str) -> Interruption {
+        Interruption::StartFailed {
+            error: "libvirt: start domain d: qemu unexpectedly closed the monitor".into(),
+            kvm_failure: kvm_failure_in(log),
+        }
+    }
+
     #[test]
     fn which_interruptions_abandon_kvm_per_request() {
         use AccelRequest::*;
@@ -164,6 +198,7 @@ mod tests {
             paused(PauseReason::Unknown),
             stopped(StopReason::Crashed, KVM_LOG),
             stopped(StopReason::Failed, KVM_LOG),
+            start_failed(START_LOG),
         ];
         for what in &kvm_failures {
             match after(Auto, Acceleration::Kvm, what) {
@@ -187,6 +222,7 @@ mod tests {
             // QEMU killed from outside: not KVM's doing.
             stopped(StopReason::Crashed, "starting up\n"),
             stopped(StopReason::Failed, ""),
+            start_failed("Could not open '/nonexistent.img': No such file or directory\n"),
         ];
         for what in &not_kvm {
             for request in [Auto, Kvm] {

@@ -437,9 +437,29 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     pod.daemons = Some(daemons);
 
     let agent = pod.agent.as_ref().context("no libvirt agent")?;
-    let (name, log_from) = start_domain(ctx, agent, &xml).await?;
+    let env = pod.env.as_mut().context("no domain environment")?;
+    pod.qemu_log_from = qemu_log_len(ctx);
+    let name = match start_domain(ctx, agent, &xml).await {
+        Ok(name) => name,
+        Err(e) => {
+            let what = Interruption::StartFailed {
+                error: format!("{e:#}"),
+                kvm_failure: kvm_failure_in(&qemu_log_since(ctx, pod.qemu_log_from)),
+            };
+            match accel_fallback::after(ctx.accel.request, env.accel, &what) {
+                Next::BootUnderTcg { why } => {
+                    pod.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                    domain_name(&ctx.vmi)
+                }
+                Next::Fail { why } => {
+                    remember_kvm_failure(ctx, &why);
+                    bail!("{why}");
+                }
+                Next::CarryOn => return Err(e),
+            }
+        }
+    };
     pod.domain = Some(name);
-    pod.qemu_log_from = log_from;
 
     let seed = ctx.args.caps_seed.clone();
     tokio::task::spawn_blocking(move || match daemons::refresh_caps_seed(&layout, &seed) {
@@ -449,17 +469,10 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Define and start the domain from `xml` and publish it; its name, and where QEMU's log
-/// of this boot starts (libvirtd appends to one log across boots of the domain).
-async fn start_domain(
-    ctx: &Ctx,
-    agent: &VirtAgent,
-    xml: &DomainXml,
-) -> anyhow::Result<(String, u64)> {
+/// Define and start the domain from `xml` and publish it; its name.
+async fn start_domain(ctx: &Ctx, agent: &VirtAgent, xml: &DomainXml) -> anyhow::Result<String> {
     lock(&ctx.shared).domain_xml.clone_from(&xml.0);
     let layout = LibvirtLayout::new(ctx.state_dir());
-    let log_from =
-        std::fs::metadata(layout.qemu_log(&domain_name(&ctx.vmi))).map_or(0, |m| m.len());
     let name = agent.define_and_start(&xml.0).await?;
     let qemu_pid =
         std::fs::read_to_string(layout.dir("run").join("qemu").join(format!("{name}.pid")))
@@ -473,7 +486,14 @@ async fn start_domain(
         s.domain = Some(name.clone());
         s.qemu_pid = qemu_pid;
     });
-    Ok((name, log_from))
+    Ok(name)
+}
+
+/// How long QEMU's log is now: the next boot's lines start there (libvirtd appends to
+/// one log across boots of the domain).
+fn qemu_log_len(ctx: &Ctx) -> u64 {
+    let path = LibvirtLayout::new(ctx.state_dir()).qemu_log(&domain_name(&ctx.vmi));
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// QEMU's log of the current boot (from byte `from`); empty when unreadable.
@@ -484,9 +504,10 @@ fn qemu_log_since(ctx: &Ctx, from: u64) -> String {
     String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
-/// KVM failed under the guest in `auto`: destroy the domain, remember the verdict on the
-/// node, and boot it again under TCG in this pod (same network, DHCP server, libvirtd
-/// and agent). Returns where QEMU's log of the new boot starts.
+/// KVM failed under the guest (or as it started) in `auto`: destroy the domain if it
+/// runs, remember the verdict on the node, and boot it again under TCG in this pod (same
+/// network, DHCP server, libvirtd and agent). Returns where QEMU's log of the new boot
+/// starts.
 async fn boot_under_tcg(
     ctx: &Ctx,
     agent: &VirtAgent,
@@ -494,7 +515,8 @@ async fn boot_under_tcg(
     why: &str,
 ) -> anyhow::Result<u64> {
     tracing::warn!("{why}; destroying the domain and booting it again under TCG");
-    if agent.is_active().await? {
+    // A domain that failed to start is not active (and the agent may hold none).
+    if agent.is_active().await.unwrap_or(false) {
         agent.act(Request::Destroy).await?;
     }
     remember_kvm_failure(ctx, why);
@@ -507,7 +529,9 @@ async fn boot_under_tcg(
         s.qemu_pid = None;
         s.set_phase(Phase::Scheduled, Some("booting again under TCG".into()));
     });
-    Ok(start_domain(ctx, agent, &xml).await?.1)
+    let log_from = qemu_log_len(ctx);
+    start_domain(ctx, agent, &xml).await?;
+    Ok(log_from)
 }
 
 /// Write the node's verdict that KVM failed here, for the next pod.
@@ -575,11 +599,11 @@ async fn supervise(
     let mut events = pod.events.take().context("no event stream")?;
     let daemons = pod.daemons.as_mut().context("no daemons")?;
     let env = pod.env.as_mut().context("no domain environment")?;
-    let mut accel = ctx.accel.booted;
     // The control API asked for a pause that has not shown yet.
     let mut pause_requested = false;
-    // After a TCG fallback, the old domain's last events come first: skip to the start.
-    let mut booting_again = false;
+    // Events before the domain's start (libvirt sends it last, after `Resumed`) are a
+    // failed or abandoned boot's: after a TCG fallback, the old domain's end.
+    let mut await_start = true;
     let grace =
         Duration::from_secs(u64::try_from(ctx.vmi.spec.grace_period_seconds()).unwrap_or(0));
     let mut state = DomainState::Pending;
@@ -590,11 +614,11 @@ async fn supervise(
         tokio::select! {
             ev = events.recv() => {
                 let Some((_, ev)) = ev else { bail!("the libvirt agent ({}) exited; see the log above", agent::AGENT_BINARY) };
-                if booting_again {
+                if await_start {
                     if ev != DomainEvent::Started {
                         continue;
                     }
-                    booting_again = false;
+                    await_start = false;
                 }
                 let interruption = match ev {
                     DomainEvent::Paused(libvirt) => {
@@ -609,11 +633,10 @@ async fn supervise(
                     }),
                     _ => None,
                 };
-                match interruption.as_ref().map(|i| accel_fallback::after(ctx.accel.request, accel, i)) {
+                match interruption.as_ref().map(|i| accel_fallback::after(ctx.accel.request, env.accel, i)) {
                     Some(Next::BootUnderTcg { why }) => {
                         pod.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
-                        accel = Acceleration::Tcg;
-                        booting_again = true;
+                        await_start = true;
                         state = DomainState::Pending;
                         continue;
                     }

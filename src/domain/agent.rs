@@ -115,7 +115,10 @@ pub fn agent_binary(launcher_exe: Option<&Path>) -> PathBuf {
 /// and forward lifecycle events there as they come.
 pub fn serve(socket: &Path, input: impl BufRead, output: impl Write + Send + 'static) {
     let output = Arc::new(Mutex::new(output));
-    let mut session: Option<(Libvirt, RunningDomain)> = None;
+    // The connection outlives a start that fails (the launcher may start the domain
+    // again, e.g. under TCG); the domain handle is the last one started.
+    let mut conn: Option<Libvirt> = None;
+    let mut domain: Option<RunningDomain> = None;
     for line in input.lines() {
         let Ok(line) = line else { break };
         if line.trim().is_empty() {
@@ -123,24 +126,22 @@ pub fn serve(socket: &Path, input: impl BufRead, output: impl Write + Send + 'st
         }
         let result = match serde_json::from_str::<Request>(&line) {
             Err(e) => Err(format!("bad request {line:?}: {e}")),
-            Ok(Request::DefineAndStart { xml }) => match &mut session {
-                None => start(socket, &xml, &output).map(|(lv, dom)| {
-                    let name = dom.name.clone();
-                    session = Some((lv, dom));
-                    Answer::Started(name)
-                }),
-                // Again, once the domain stopped: boot it with a new definition.
-                Some((lv, dom)) => lv
-                    .define_and_start(&xml)
-                    .map(|d| {
-                        *dom = d;
-                        Answer::Started(dom.name.clone())
-                    })
-                    .map_err(|e| e.to_string()),
-            },
-            Ok(req) => match &session {
+            Ok(Request::DefineAndStart { xml }) => {
+                let lv = match conn {
+                    // Again: the domain stopped or failed to start; its old definition
+                    // goes first.
+                    Some(ref lv) => lv
+                        .undefine_inactive()
+                        .map(|()| lv)
+                        .map_err(|e| e.to_string()),
+                    None => connect(socket, &output).map(|lv| &*conn.insert(lv)),
+                };
+                lv.and_then(|lv| lv.define_and_start(&xml).map_err(|e| e.to_string()))
+                    .map(|d| Answer::Started(domain.insert(d).name.clone()))
+            }
+            Ok(req) => match &domain {
                 None => Err("no domain: DefineAndStart first".into()),
-                Some((_, dom)) => call(dom, &req),
+                Some(dom) => call(dom, &req),
             },
         };
         send(&output, &Message::Reply { result });
@@ -157,11 +158,11 @@ fn send<W: Write>(out: &Mutex<W>, msg: &Message) {
     let _ = w.write_all(&line).and_then(|()| w.flush());
 }
 
-fn start<W: Write + Send + 'static>(
+/// Connect and forward lifecycle events from then on.
+fn connect<W: Write + Send + 'static>(
     socket: &Path,
-    xml: &str,
     output: &Arc<Mutex<W>>,
-) -> Result<(Libvirt, RunningDomain), String> {
+) -> Result<Libvirt, String> {
     let mut lv = Libvirt::connect(socket).map_err(|e| e.to_string())?;
     let mut events = lv.subscribe().map_err(|e| e.to_string())?;
     let out = Arc::clone(output);
@@ -182,8 +183,7 @@ fn start<W: Write + Send + 'static>(
             }
         })
         .map_err(|e| format!("spawn the event thread: {e}"))?;
-    let dom = lv.define_and_start(xml).map_err(|e| e.to_string())?;
-    Ok((lv, dom))
+    Ok(lv)
 }
 
 fn call(dom: &RunningDomain, req: &Request) -> Result<Answer, String> {

@@ -295,6 +295,23 @@ impl Libvirt {
         Ok(rx)
     }
 
+    /// Undefine every defined domain that is not running: before a new definition of the
+    /// pod's one domain (libvirt made up the old one's UUID, so a definition without
+    /// that UUID is refused while it exists).
+    pub fn undefine_inactive(&self) -> Result<(), LibvirtError> {
+        let flags =
+            sys::VIR_CONNECT_LIST_DOMAINS_INACTIVE | sys::VIR_CONNECT_LIST_DOMAINS_PERSISTENT;
+        let stale = lv(
+            || "list the inactive domains".into(),
+            self.conn.list_all_domains(flags),
+        )?;
+        for dom in stale {
+            let name = dom.name().unwrap_or_default();
+            lv(|| format!("undefine domain {name}"), dom.undefine())?;
+        }
+        Ok(())
+    }
+
     /// Define the domain from `xml` and start it.
     pub fn define_and_start(&self, xml: &str) -> Result<RunningDomain, LibvirtError> {
         let domain = lv(
