@@ -5,7 +5,8 @@
 //! domain of type `kvm`, writes the KVM internal error to QEMU's log and reports the pause
 //! libvirt reports for it (reason unknown). `auto` must boot the domain again under TCG,
 //! say why, and leave the verdict on the node so the next launcher skips KVM; `kvm` must
-//! fail with the reason.
+//! fail with the reason. With real guests: `auto` reaches the lease whatever this
+//! machine's KVM does, and a pause nobody asked for is reported with its reason.
 mod support;
 
 use std::ffi::OsStr;
@@ -420,6 +421,81 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
         to_lease.as_millis()
     );
     l.wait_report(Duration::from_secs(120), |r| r.holding);
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+}
+
+#[link(name = "virt-qemu")]
+unsafe extern "C" {
+    /// libvirt-qemu's monitor pass-through: QEMU hears the command, libvirt did not ask.
+    fn virDomainQemuMonitorCommand(
+        domain: virt::sys::virDomainPtr,
+        cmd: *const std::ffi::c_char,
+        result: *mut *mut std::ffi::c_char,
+        flags: std::ffi::c_uint,
+    ) -> std::ffi::c_int;
+}
+
+/// A pause nobody asked for, for real: QEMU stops the guest behind libvirt's back (a QMP
+/// `stop` through libvirt-qemu, the same STOP without a cause libvirt sees when KVM
+/// gives up). The launcher reports Paused with reason Unknown and says so in its log;
+/// under TCG it does not fall back. A resume through the control API runs it again.
+#[test]
+fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
+    if !support::privileged("a_pause_nobody_asked_for_is_reported_with_its_reason") {
+        return;
+    }
+    let cidr = |a: &str, p| IpCidr::new(a.parse().unwrap(), p);
+    let node_spec = NodeSpec::isolated(vec![cidr("10.95.0.1", 24)]);
+    let spec = PodSpec::new(
+        "qmpstop",
+        cidr("10.95.0.5", 24),
+        "10.95.0.1".parse().unwrap(),
+    );
+    let sb = PodSandbox::create(&node_spec, &spec).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let vmi = support::launcher::testguest_vmi("qmpstop", "", true, 30);
+    let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+    l.wait_report(Duration::from_secs(150), |r| r.holding);
+
+    let socket = vmpod::domain::daemons::LibvirtLayout::new(&state).socket();
+    let lv = vmpod::domain::Libvirt::connect(&socket).unwrap();
+    let dom = lv.conn().lookup_domain_by_name("qmpstop").unwrap();
+    let cmd = std::ffi::CString::new(r#"{"execute":"stop"}"#).unwrap();
+    let mut out: *mut std::ffi::c_char = std::ptr::null_mut();
+    // SAFETY: a valid domain handle, a NUL-terminated command and an out-pointer that
+    // libvirt fills with a malloc'ed string (freed below).
+    let rc = unsafe { virDomainQemuMonitorCommand(dom.as_ptr(), cmd.as_ptr(), &mut out, 0) };
+    assert_eq!(rc, 0, "QMP stop through libvirt-qemu");
+    // SAFETY: `out` was allocated by libvirt with malloc.
+    unsafe { libc::free(out.cast()) };
+
+    let s = wait_status(&mut l, "Paused", |s| s.phase == Phase::Paused);
+    assert_eq!(s.pause_reason, Some(PauseReason::Unknown), "{s:?}");
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("nobody asked"),
+        "{s:?}"
+    );
+    assert_eq!(s.acceleration, Some(Acceleration::Tcg));
+    assert!(
+        l.log().contains("reason=Unknown"),
+        "the launcher log says it:\n{}",
+        l.log()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = ControlClient::new(state.join("control.sock"));
+    rt.block_on(client.resume()).unwrap();
+    let s = wait_status(&mut l, "Running again", |s| s.phase == Phase::Running);
+    assert_eq!(s.pause_reason, None);
+    drop(lv);
     l.sigterm();
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use vmpod::api::{self, Acceleration as AccelRequest, VirtualMachineInstance};
 use vmpod::control::{
     self, Acceleration, BackendError, ControlServer, InterfaceReport, InterfaceStatus,
-    LauncherStatus, LifecycleAction, NetworkReport, Phase,
+    LauncherStatus, LifecycleAction, NetworkReport, PauseReason, Phase,
 };
 use vmpod::dhcp::{DEFAULT_SERVER_IP, DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
 use vmpod::domain::agent::{self, Events, Request, VirtAgent};
@@ -624,7 +624,11 @@ async fn supervise(
                     DomainEvent::Paused(libvirt) => {
                         let log = qemu_log_since(ctx, pod.qemu_log_from);
                         let pause = classify_pause(std::mem::take(&mut pause_requested), libvirt, &log);
-                        tracing::info!(reason = %pause.reason, "domain {}", pause.message);
+                        if pause.reason == PauseReason::User {
+                            tracing::info!(reason = %pause.reason, "domain {}", pause.message);
+                        } else {
+                            tracing::warn!(reason = %pause.reason, "domain {}", pause.message);
+                        }
                         Some(Interruption::Paused(pause))
                     }
                     DomainEvent::Stopped(reason) => Some(Interruption::Stopped {
