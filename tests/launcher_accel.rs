@@ -62,10 +62,15 @@ spec:
     devices: {}
 ";
 
-fn pod(name: &str) -> PodSandbox {
-    let cidr = |a: &str, p| IpCidr::new(a.parse().unwrap(), p);
-    let node = NodeSpec::isolated(vec![cidr("10.93.0.1", 24)]);
-    let spec = PodSpec::new(name, cidr("10.93.0.5", 24), "10.93.0.1".parse().unwrap());
+/// A pod on an isolated node bridge, in `10.<net>.0.0/24`.
+fn pod(name: &str, net: u8) -> PodSandbox {
+    let cidr = |a: String, p| IpCidr::new(a.parse().unwrap(), p);
+    let node = NodeSpec::isolated(vec![cidr(format!("10.{net}.0.1"), 24)]);
+    let spec = PodSpec::new(
+        name,
+        cidr(format!("10.{net}.0.5"), 24),
+        format!("10.{net}.0.1").parse().unwrap(),
+    );
     PodSandbox::create(&node, &spec).unwrap()
 }
 
@@ -171,6 +176,15 @@ fn wait_status(
     }
 }
 
+/// Wait (up to 5 minutes: a late KVM failure plus a TCG boot) for the guest's lease of
+/// `ip`; the time since the launcher started.
+fn wait_lease(l: &mut Launcher, ip: &str) -> Duration {
+    let report = l.wait_report(Duration::from_secs(300), |r| r.lease.is_some());
+    let to_lease = l.started.elapsed();
+    assert_eq!(report.lease.unwrap().ip.to_string(), ip);
+    to_lease
+}
+
 fn verdicts(node: &Node) -> Vec<vmpod::domain::KvmFailure> {
     KvmVerdicts::beside(&node.caps_seed()).load().unwrap()
 }
@@ -181,7 +195,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
     {
         return;
     }
-    let sb = pod("kvmlate");
+    let sb = pod("kvmlate", 93);
     let node = Node::new();
 
     // 1. auto, KVM taken as usable: the domain starts under KVM, KVM fails, the launcher
@@ -273,7 +287,7 @@ fn kvm_required_and_failing_late_fails_the_vmi_with_the_reason() {
     if !support::privileged("kvm_required_and_failing_late_fails_the_vmi_with_the_reason") {
         return;
     }
-    let sb = pod("kvmreq");
+    let sb = pod("kvmreq", 93);
     let node = Node::new();
     let mut l = node.launch(&sb, "req", "kvm", false);
     let st = l.wait_exit(Duration::from_secs(60));
@@ -305,14 +319,7 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
     if !support::privileged("auto_reaches_the_guests_lease_whatever_this_machines_kvm_does") {
         return;
     }
-    let cidr = |a: &str, p| IpCidr::new(a.parse().unwrap(), p);
-    let node_spec = NodeSpec::isolated(vec![cidr("10.94.0.1", 24)]);
-    let spec = PodSpec::new(
-        "kvmauto",
-        cidr("10.94.0.5", 24),
-        "10.94.0.1".parse().unwrap(),
-    );
-    let sb = PodSandbox::create(&node_spec, &spec).unwrap();
+    let sb = pod("kvmauto", 94);
     // A node of its own: the shared capabilities seed (so libvirtd starts fast) without
     // any verdict an earlier run left.
     let node = Node::new();
@@ -337,12 +344,7 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
         &vmi,
         &["--accel", "auto", "--caps-seed", seed.to_str().unwrap()],
     );
-    let report = l.wait_report(Duration::from_secs(300), |r| r.lease.is_some());
-    let to_lease = l.started.elapsed();
-    assert_eq!(
-        report.lease.unwrap().ip,
-        "10.94.0.5".parse::<std::net::Ipv4Addr>().unwrap()
-    );
+    let to_lease = wait_lease(&mut l, "10.94.0.5");
     let s = vmpod::control::read_status(&state).unwrap();
     let remembered = verdicts(&node);
     match (&probe, s.acceleration) {
@@ -404,12 +406,7 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
             seed.to_str().unwrap(),
         ],
     );
-    let report = l.wait_report(Duration::from_secs(300), |r| r.lease.is_some());
-    let to_lease = l.started.elapsed();
-    assert_eq!(
-        report.lease.unwrap().ip,
-        "10.94.0.5".parse::<std::net::Ipv4Addr>().unwrap()
-    );
+    let to_lease = wait_lease(&mut l, "10.94.0.5");
     let s = vmpod::control::read_status(&state).unwrap();
     assert_eq!(s.acceleration, Some(Acceleration::Tcg), "{s:?}");
     let why = s.acceleration_reason.clone().unwrap_or_default();
@@ -446,14 +443,7 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     if !support::privileged("a_pause_nobody_asked_for_is_reported_with_its_reason") {
         return;
     }
-    let cidr = |a: &str, p| IpCidr::new(a.parse().unwrap(), p);
-    let node_spec = NodeSpec::isolated(vec![cidr("10.95.0.1", 24)]);
-    let spec = PodSpec::new(
-        "qmpstop",
-        cidr("10.95.0.5", 24),
-        "10.95.0.1".parse().unwrap(),
-    );
-    let sb = PodSandbox::create(&node_spec, &spec).unwrap();
+    let sb = pod("qmpstop", 95);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let vmi = support::launcher::testguest_vmi("qmpstop", "", true, 30);
