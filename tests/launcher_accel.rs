@@ -99,19 +99,22 @@ impl Node {
         self.root.join("node").join("qemu-capabilities")
     }
 
-    /// Start a launcher for the stand-in VMI with `--accel accel`; its requests go to
-    /// `<state>/requests`.
-    fn launch(&self, sb: &PodSandbox, run: &str, accel: &str, probe: bool) -> Launcher {
+    /// Start a launcher for the stand-in VMI with `--accel accel` and `extra` arguments;
+    /// the stand-in records its requests under `<run>-agent/`. The stand-in plays QEMU,
+    /// so whether this machine's /dev/kvm works is beside the point: no probe.
+    fn launch(&self, sb: &PodSandbox, run: &str, accel: &str, extra: &[&str]) -> Launcher {
         let state = self.root.join(run);
         let rec = self.root.join(format!("{run}-agent"));
         std::fs::create_dir_all(&rec).unwrap();
         let caps = self.caps_seed();
-        let mut args = vec!["--accel", accel, "--caps-seed", caps.to_str().unwrap()];
-        if !probe {
-            // The stand-in plays QEMU: whether this machine's /dev/kvm works is beside
-            // the point.
-            args.push("--skip-kvm-probe");
-        }
+        let mut args = vec![
+            "--accel",
+            accel,
+            "--caps-seed",
+            caps.to_str().unwrap(),
+            "--skip-kvm-probe",
+        ];
+        args.extend_from_slice(extra);
         Launcher::start_with_env(
             sb,
             &state,
@@ -200,7 +203,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
 
     // 1. auto, KVM taken as usable: the domain starts under KVM, KVM fails, the launcher
     //    destroys it and boots it again under TCG, in the same pod.
-    let mut l = node.launch(&sb, "first", "auto", false);
+    let mut l = node.launch(&sb, "first", "auto", &[]);
     let s = wait_status(&mut l, "Running under TCG", |s| {
         s.acceleration == Some(Acceleration::Tcg) && s.phase == Phase::Running
     });
@@ -247,7 +250,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
 
     // 2. The next launcher on this node goes straight to TCG and says why; a pause it
     //    asks for is a user's pause.
-    let mut l = node.launch(&sb, "second", "auto", false);
+    let mut l = node.launch(&sb, "second", "auto", &[]);
     let s = wait_status(&mut l, "Running", |s| s.phase == Phase::Running);
     assert_eq!(s.acceleration, Some(Acceleration::Tcg));
     let why = s.acceleration_reason.clone().expect("accelerationReason");
@@ -270,7 +273,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
     assert!(st.success(), "launcher exit {st}\n{}", l.log());
 
     // 3. kvm required on this node: refused up front with the remembered reason.
-    let mut l = node.launch(&sb, "third", "kvm", false);
+    let mut l = node.launch(&sb, "third", "kvm", &[]);
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(!st.success());
     let log = l.log();
@@ -289,7 +292,14 @@ fn kvm_required_and_failing_late_fails_the_vmi_with_the_reason() {
     }
     let sb = pod("kvmreq", 93);
     let node = Node::new();
-    let mut l = node.launch(&sb, "req", "kvm", false);
+    // The verdicts where the node keeps them (not beside the seed).
+    let file = node.root.join("node-state").join("verdicts.json");
+    let mut l = node.launch(
+        &sb,
+        "req",
+        "kvm",
+        &["--kvm-verdicts", file.to_str().unwrap()],
+    );
     let st = l.wait_exit(Duration::from_secs(60));
     assert!(!st.success(), "{}", l.log());
     let s = vmpod::control::read_status(&l.state_dir).unwrap();
@@ -307,7 +317,9 @@ fn kvm_required_and_failing_late_fails_the_vmi_with_the_reason() {
             .any(|r| r.contains(r#""op":"destroy""#)),
         "the failed domain is destroyed"
     );
-    assert_eq!(verdicts(&node).len(), 1, "the node remembers");
+    let remembered = KvmVerdicts { path: file }.load().unwrap();
+    assert_eq!(remembered.len(), 1, "the node remembers: {remembered:?}");
+    assert!(verdicts(&node).is_empty(), "nothing beside the seed");
 }
 
 /// A real guest in `auto` must reach its lease whatever this machine's KVM does: refused

@@ -56,10 +56,24 @@ pub struct RunArgs {
     /// after the domain runs): saves libvirtd seconds of probing QEMU.
     #[arg(long, env = "VMPOD_CAPS_SEED", default_value = daemons::DEFAULT_CAPS_SEED)]
     pub caps_seed: PathBuf,
+    /// The node's file of KVM failures (the next pod on a node where KVM failed under a
+    /// guest goes straight to TCG); default: `kvm-verdicts.json` beside `--caps-seed`.
+    /// A pod whose seed lives in its image needs a node directory here.
+    #[arg(long, env = "VMPOD_KVM_VERDICTS")]
+    pub kvm_verdicts: Option<PathBuf>,
     /// Take /dev/kvm as usable without probing it (for tests whose libvirt client is a
     /// stand-in); a remembered KVM failure on the node still counts.
     #[arg(long, hide = true)]
     pub skip_kvm_probe: bool,
+}
+
+impl RunArgs {
+    fn verdicts(&self) -> KvmVerdicts {
+        match &self.kvm_verdicts {
+            Some(path) => KvmVerdicts { path: path.clone() },
+            None => KvmVerdicts::beside(&self.caps_seed),
+        }
+    }
 }
 
 fn parse_accel(s: &str) -> Result<AccelRequest, String> {
@@ -136,7 +150,7 @@ fn decide_accel(
     let key = KvmKey::of_this_node(emulator)
         .map_err(|e| tracing::warn!("KVM verdicts of this node not used: {e}"))
         .ok();
-    let verdicts = KvmVerdicts::beside(&args.caps_seed);
+    let verdicts = args.verdicts();
     let remembered = key.as_ref().and_then(|k| {
         verdicts
             .find(k)
@@ -539,7 +553,7 @@ fn remember_kvm_failure(ctx: &Ctx, why: &str) {
     let Some(key) = &ctx.accel.kvm_key else {
         return;
     };
-    let verdicts = KvmVerdicts::beside(&ctx.args.caps_seed);
+    let verdicts = ctx.args.verdicts();
     match verdicts.record(key, why) {
         Ok(()) => {
             tracing::info!(file = %verdicts.path.display(), ?key, "KVM failure remembered on this node")
