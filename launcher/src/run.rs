@@ -3,7 +3,9 @@
 //! libvirtd, define and start the domain, serve the control API, and own the
 //! lifecycle: SIGTERM -> ACPI shutdown -> grace period -> destroy; when the domain is
 //! gone, tear everything down in reverse and exit (0 for a clean stop, 1 with the reason
-//! otherwise). Every process started here is a child of the launcher.
+//! otherwise). When KVM fails under the guest (see `accel_fallback`), `auto` boots the
+//! domain again under TCG in the same pod and remembers the verdict on the node. Every
+//! process started here is a child of the launcher.
 
 use crate::accel_fallback::{self, Interruption, Next, classify_pause, kvm_failure_in};
 use crate::backend::{ActionRequest, LauncherBackend, Shared, lock};
