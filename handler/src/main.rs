@@ -1,6 +1,7 @@
 //! vmpod-handler: the node daemon and controller. `controller` turns VMIs into launcher
 //! pods, `node` reports launcher status into VMI status, `local` runs VMIs from a
-//! directory on this machine with no cluster.
+//! directory on this machine with no cluster, `render-pod` prints the controller's launcher
+//! Pod for a VMI file.
 
 mod cluster;
 mod local;
@@ -27,6 +28,9 @@ enum Command {
     Node(cluster::NodeArgs),
     /// No cluster: keep the VMIs in a directory running on this machine.
     Local(local::LocalArgs),
+    /// Print the launcher Pod (and Secret) the controller would create for a VMI file, as
+    /// YAML documents.
+    RenderPod(cluster::render::RenderArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,10 @@ fn main() -> ExitCode {
         Command::Controller(args) => block_on(cluster::run_controller(args)),
         Command::Node(args) => block_on(cluster::run_node(args)),
         Command::Local(args) => local::run(args),
+        Command::RenderPod(args) => cluster::render::render(&args).map(|yaml| {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

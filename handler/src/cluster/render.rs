@@ -1,0 +1,65 @@
+//! `vmpod-handler render-pod`: print, as YAML documents, the objects the controller would
+//! create for a VMI file (the launcher Pod, then its Secret), from the same
+//! [`launcher_objects`] the controller calls; like `kubectl create --dry-run=client -o yaml`.
+
+use super::launcher_pod::{LauncherPodConfig, launcher_objects};
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// `vmpod-handler render-pod` options.
+#[derive(Args)]
+pub struct RenderArgs {
+    /// The VirtualMachineInstance manifest (YAML or JSON).
+    #[arg(long)]
+    pub vmi: PathBuf,
+    /// The namespace (default: the manifest's, else `default`).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The image launcher pods run.
+    #[arg(long, default_value = "localhost/vmpod:dev")]
+    pub image: String,
+    /// Node directory holding per-pod state directories (the state hostPath).
+    #[arg(long, default_value = super::launcher_pod::DEFAULT_STATE_ROOT)]
+    pub state_root: String,
+}
+
+/// The YAML documents `render-pod` prints for `args`.
+pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(&args.vmi)
+        .with_context(|| format!("read the VMI from {}", args.vmi.display()))?;
+    let mut vmi = vmpod::api::load_valid_vmi(&text).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}: invalid VMI: {}", args.vmi.display(), list.join("; "))
+    })?;
+    if let Some(ns) = &args.namespace {
+        vmi.metadata.namespace = Some(ns.clone());
+    }
+    vmi.metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    if vmi.metadata.uid.is_none() {
+        // What the API server would assign on create.
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .context("read a fresh UUID from /proc/sys/kernel/random/uuid")?;
+        vmi.metadata.uid = Some(uuid.trim().to_string());
+    }
+    let config = LauncherPodConfig {
+        image: args.image.clone(),
+        state_root: args.state_root.clone(),
+        ..LauncherPodConfig::default()
+    };
+    let objects = launcher_objects(&vmi, &config)?;
+    let mut docs = vec![to_document(&objects.pod)?];
+    for s in &objects.secrets {
+        docs.push(to_document(s)?);
+    }
+    Ok(docs.concat())
+}
+
+/// One object as a YAML document (`---` first). The one place YAML is written here.
+pub fn to_document(object: &impl Serialize) -> anyhow::Result<String> {
+    let body = serde_yaml::to_string(object).context("write YAML")?;
+    Ok(format!("---\n{body}"))
+}
