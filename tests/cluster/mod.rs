@@ -20,6 +20,7 @@
 //! podman runs with tests/cluster/containers.conf (runc, explicit rlimits).
 #![allow(dead_code)]
 
+pub mod launcher;
 pub mod spec;
 
 use anyhow::{Context, Result, bail};
