@@ -36,14 +36,32 @@ case $profile in dev) profile_dir=debug ;; *) profile_dir=$profile ;; esac
 target=${CARGO_TARGET_DIR:-$root/target}
 cache=$target/images
 mkdir -p "$cache"
-# Parallel callers (tests that build on demand) wait for each other.
-exec 9>"$cache/.lock"
+# Parallel callers (tests that build on demand, other checkouts: the tags are global to
+# podman's storage) wait for each other.
+exec 9>/run/lock/vmpod-build-image.lock
 flock 9
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/tests/cluster/containers.conf}
 t0=$(date +%s)
 hash() { sha256sum | cut -c1-16; }
 # The input hash an image was built from (empty when the image is missing).
 built_from() { podman image inspect --format '{{ index .Labels "io.vmpod.inputs" }}' "$1" 2>/dev/null || true; }
+image_id() { podman image inspect --format '{{ .Id }}' "$1" 2>/dev/null || true; }
+# Build image $1 from context $2 with Dockerfile $3 and input hash $4 (further podman build
+# flags after), unless it was built from these inputs; the image it replaces is removed.
+build() {
+    local tag=$1 context=$2 dockerfile=$3 inputs=$4; shift 4
+    if [ "$(built_from "$tag")" = "$inputs" ]; then
+        echo "build-image: $tag up to date ($inputs)"
+        return
+    fi
+    local old; old=$(image_id "$tag")
+    echo "build-image: building $tag ($inputs)"
+    podman build --quiet --network=none --pull=never --label io.vmpod.inputs="$inputs" \
+        "$@" -f "$dockerfile" -t "$tag" "$context" >/dev/null
+    if [ -n "$old" ] && [ "$old" != "$(image_id "$tag")" ]; then
+        podman rmi "$old" >/dev/null 2>&1 || true # still used by a container: stays
+    fi
+}
 
 # --- 1. Debian 12 base: runtime packages from Debian, no registry -------------------------
 suite=bookworm
@@ -83,14 +101,9 @@ for b in "${bins[@]}"; do
     objcopy --strip-debug "$target/$profile_dir/$b" "$ctx/out/$b"
 done
 inputs=$( (cd "$ctx/out" && sha256sum "${bins[@]}"; sha256sum < "$root/manifests/launcher.Dockerfile"; echo "$base") | hash)
-if [ "$(built_from localhost/vmpod:dev)" != "$inputs" ]; then
-    echo "build-image: building localhost/vmpod:dev"
-    podman build --quiet --network=none --pull=never \
-        --build-arg BASE="$base" --build-arg BINARIES=prebuilt \
-        --label io.vmpod.inputs="$inputs" \
-        -f "$root/manifests/launcher.Dockerfile" -t localhost/vmpod:dev "$ctx" >/dev/null
-fi
-echo "build-image: localhost/vmpod:dev ($inputs)"
+build localhost/vmpod:dev "$ctx" "$root/manifests/launcher.Dockerfile" "$inputs" \
+    --build-arg BASE="$base" --build-arg BINARIES=prebuilt
+rm -rf "$ctx"
 
 # --- 3. localhost/vmpod-testguest:dev --------------------------------------------------------
 bash "$root/tests/guest/build.sh" >/dev/null
@@ -104,10 +117,6 @@ cp "$guest/initramfs.img" "$gctx/boot/initramfs.img"
 truncate -s 1M "$gctx/disk/disk.img"
 printf 'vmpod-testguest containerDisk\n' | dd of="$gctx/disk/disk.img" conv=notrunc status=none
 ginputs=$( (cd "$gctx" && sha256sum boot/vmlinuz boot/initramfs.img disk/disk.img; sha256sum < "$root/manifests/testguest.Dockerfile") | hash)
-if [ "$(built_from localhost/vmpod-testguest:dev)" != "$ginputs" ]; then
-    echo "build-image: building localhost/vmpod-testguest:dev"
-    podman build --quiet --network=none --pull=never --label io.vmpod.inputs="$ginputs" \
-        -f "$root/manifests/testguest.Dockerfile" -t localhost/vmpod-testguest:dev "$gctx" >/dev/null
-fi
-echo "build-image: localhost/vmpod-testguest:dev ($ginputs)"
+build localhost/vmpod-testguest:dev "$gctx" "$root/manifests/testguest.Dockerfile" "$ginputs"
+rm -rf "$gctx"
 echo "build-image: done in $(( $(date +%s) - t0 )) s"

@@ -10,7 +10,7 @@ mod support;
 
 use cluster::launcher::{
     BOOT, GUEST_MAC, LauncherPod, assert_nothing_left, effective_caps, ping_from_node,
-    testguest_vmi,
+    run_to_guest_power_off, testguest_vmi,
 };
 use cluster::{ClusterNode, ensure_images, parse_documents};
 use std::path::Path;
@@ -123,16 +123,5 @@ fn a_guest_power_off_ends_the_launcher_pod_succeeded() {
     let state_root = tempfile::tempdir().unwrap();
     let vmi = testguest_vmi("e2e-off", "#cloud-config\n", false, 20);
     let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
-    let lp = LauncherPod::start(&node, &pod, &secrets, state_root.path());
-    lp.wait_report(BOOT, |r| r.lease.is_some());
-    let pids = lp.pod.pids("compute");
-    let exit = lp
-        .pod
-        .wait(BOOT)
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", lp.diagnostics()));
-    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
-    assert!(lp.console().contains("VMPOD-POWEROFF"));
-    let status = vmpod::control::read_status(&lp.state_dir).unwrap();
-    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
-    assert_nothing_left(&node, lp.remove(pids));
+    run_to_guest_power_off(&node, &pod, &secrets, state_root.path());
 }

@@ -6,6 +6,15 @@
 mod cluster;
 mod local;
 
+// The integration tests' support and kubelet-shaped runner, for the test that runs the Pod
+// the controller creates (cluster::tests).
+#[cfg(test)]
+#[path = "../../tests/support/mod.rs"]
+mod support;
+#[cfg(test)]
+#[path = "../../tests/cluster/mod.rs"]
+mod test_runner;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

@@ -171,6 +171,37 @@ impl LauncherPod {
     }
 }
 
+/// Boot the pod until the guest leases, then wait for the guest to power itself off: the
+/// pod must end Succeeded, with status.json saying so, and leave nothing behind.
+pub fn run_to_guest_power_off(
+    node: &ClusterNode,
+    pod: &Pod,
+    secrets: &[Secret],
+    state_root: &Path,
+) -> crate::support::guest::GuestLease {
+    let lp = LauncherPod::start(node, pod, secrets, state_root);
+    let lease = lp
+        .wait_report(BOOT, |r| r.lease.is_some())
+        .lease
+        .expect("a lease");
+    assert_eq!(lease.ip, lp.pod.pod_ip, "the VM has the pod IP");
+    let pids = lp.pod.pids("compute");
+    let exit = lp
+        .pod
+        .wait(BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lp.diagnostics()));
+    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
+    assert!(
+        lp.console().contains("VMPOD-POWEROFF"),
+        "{}",
+        lp.diagnostics()
+    );
+    let status = vmpod::control::read_status(&lp.state_dir).unwrap();
+    assert_eq!(status.phase, vmpod::control::Phase::Succeeded, "{status:?}");
+    assert_nothing_left(node, lp.remove(pids));
+    lease
+}
+
 /// `CapEff` of process `pid` as a bit set.
 pub fn effective_caps(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

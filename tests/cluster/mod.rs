@@ -40,8 +40,13 @@ use vmpod::sandbox::{Node, NodeSpec, PodSandbox, PodSpec};
 /// Where the runner keeps pod directories (kubelet's /var/lib/kubelet/pods).
 pub const KUBELET_ROOT: &str = "/var/lib/vmpod-test-kubelet";
 
-fn repo_root() -> &'static Path {
+/// The repository root: the package's directory, or its parent for a member crate that
+/// includes this runner (the handler's tests do).
+pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|d| d.join("tests/cluster/containers.conf").exists())
+        .expect("tests/cluster/containers.conf above the package")
 }
 
 /// `podman` with this runner's containers.conf.

@@ -38,8 +38,6 @@ use kube::Resource;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use vmpod::api::{Acceleration, KernelBoot, QuantityError, VirtualMachineInstance, quantity_bytes};
-use vmpod::domain::VolumeError;
-use vmpod::domain::volumes::nocloud_data;
 
 /// Label on launcher pods naming their VMI.
 pub const VMI_LABEL: &str = "vmpod.io/vmi";
@@ -141,8 +139,12 @@ pub enum LauncherPodError {
         source: QuantityError,
     },
     /// A cloud-init volume's data cannot be read.
-    #[error("VMI {vmi}: {source}")]
-    CloudInit { vmi: String, source: VolumeError },
+    #[error("VMI {vmi}: {path}: {why}")]
+    CloudInit {
+        vmi: String,
+        path: String,
+        why: String,
+    },
     /// The VMI asks for a shape the launcher pod cannot hold.
     #[error("VMI {vmi}: {path}: {why}")]
     Unsupported {
@@ -209,17 +211,104 @@ pub fn scratch_size_bytes(vmi: &VirtualMachineInstance) -> Result<u64, LauncherP
         if vol.container_disk.is_some() {
             total = total.saturating_add(CONTAINER_DISK_OVERLAY_BYTES);
         }
-        if let Some(ci) = &vol.cloud_init_no_cloud {
-            let data = nocloud_data(vmi, ci, &format!("spec.volumes[{i}].cloudInitNoCloud"))
-                .map_err(|source| LauncherPodError::CloudInit {
-                    vmi: vmi_key(vmi),
-                    source,
-                })?;
-            let len = data.user_data.len() + data.network_config.map_or(0, |n| n.len());
-            total = total.saturating_add(CLOUD_INIT_DISK_BYTES + len as u64);
-        }
+    }
+    if let Some(ci) = cloud_init_plan(vmi, "")? {
+        total = total.saturating_add(ci.disk_bytes());
     }
     Ok(total.next_multiple_of(MI))
+}
+
+/// Where a cloudInitNoCloud volume's data comes from once the pod exists.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CloudInitPlan {
+    /// Index of the volume in `spec.volumes`.
+    pub volume: usize,
+    /// What goes into the controller's Secret (`userdata`, `networkdata`), from the VMI's
+    /// inline data; empty when the VMI names Secrets of its own for both.
+    pub data: BTreeMap<String, ByteString>,
+    /// The VMI volume's `cloudInitNoCloud` as handed to the launcher: `secretRef` and
+    /// `networkDataSecretRef` only.
+    pub handed: Value,
+    /// Secrets to mount at `/etc/vmpod/secrets/<name>/`.
+    pub mounts: Vec<String>,
+    /// How many Secrets of the VMI's own are referenced (their size is unknown here).
+    pub referenced: usize,
+}
+
+impl CloudInitPlan {
+    /// Scratch bytes for the NoCloud disk: its data plus [`CLOUD_INIT_DISK_BYTES`]; 1Mi per
+    /// Secret the VMI names itself.
+    pub fn disk_bytes(&self) -> u64 {
+        let inline: usize = self.data.values().map(|b| b.0.len()).sum();
+        CLOUD_INIT_DISK_BYTES + inline as u64 + MI * self.referenced as u64
+    }
+}
+
+/// The VMI's one cloudInitNoCloud volume, split into inline data (into `secret`) and
+/// Secrets the VMI names (`secretRef`, `networkDataSecretRef`, passed through). Works on
+/// the volume's JSON so both shapes are read the same way. A second cloudInitNoCloud
+/// volume is an error.
+pub fn cloud_init_plan(
+    vmi: &VirtualMachineInstance,
+    secret: &str,
+) -> Result<Option<CloudInitPlan>, LauncherPodError> {
+    let mut plan: Option<CloudInitPlan> = None;
+    for (i, vol) in vmi.spec.volumes.iter().enumerate() {
+        let Some(ci) = &vol.cloud_init_no_cloud else {
+            continue;
+        };
+        let path = format!("spec.volumes[{i}].cloudInitNoCloud");
+        if plan.is_some() {
+            return Err(LauncherPodError::Unsupported {
+                vmi: vmi_key(vmi),
+                path,
+                why: "a second cloudInitNoCloud volume (the pod holds one)",
+            });
+        }
+        let src = serde_json::to_value(ci).expect("a volume serialises to JSON");
+        let mut p = CloudInitPlan {
+            volume: i,
+            handed: json!({}),
+            ..CloudInitPlan::default()
+        };
+        for (key, plain, b64, reference) in [
+            (USER_DATA_KEY, "userData", "userDataBase64", "secretRef"),
+            (
+                NETWORK_DATA_KEY,
+                "networkData",
+                "networkDataBase64",
+                "networkDataSecretRef",
+            ),
+        ] {
+            if let Some(name) = src[reference]["name"].as_str() {
+                p.handed[reference] = json!({"name": name});
+                if !p.mounts.iter().any(|m| m == name) {
+                    p.mounts.push(name.to_string());
+                }
+                p.referenced += 1;
+                continue;
+            }
+            let bytes = match (src[plain].as_str(), src[b64].as_str()) {
+                (Some(text), _) => ByteString(text.as_bytes().to_vec()),
+                // A Secret's data is base64 on the wire: decoding it the same way checks it.
+                (None, Some(b)) => serde_json::from_value(Value::String(b.trim().to_string()))
+                    .map_err(|e| LauncherPodError::CloudInit {
+                        vmi: vmi_key(vmi),
+                        path: format!("{path}.{b64}"),
+                        why: format!("not base64: {e}"),
+                    })?,
+                (None, None) if key == USER_DATA_KEY => ByteString(Vec::new()),
+                (None, None) => continue,
+            };
+            p.data.insert(key.to_string(), bytes);
+            p.handed[reference] = json!({"name": secret});
+        }
+        if !p.data.is_empty() {
+            p.mounts.insert(0, secret.to_string());
+        }
+        plan = Some(p);
+    }
+    Ok(plan)
 }
 
 fn vmi_key(vmi: &VirtualMachineInstance) -> String {
@@ -253,25 +342,14 @@ pub fn launcher_vmi(vmi: &VirtualMachineInstance) -> VirtualMachineInstance {
     out
 }
 
-/// The VMI handed to the launcher (JSON): [`launcher_vmi`] with each `cloudInitNoCloud`
-/// volume's data replaced by `secretRef` (and `networkDataSecretRef`) naming `secret`.
-pub fn handed_vmi(vmi: &VirtualMachineInstance, secret: &str) -> Value {
+/// The VMI handed to the launcher (JSON): [`launcher_vmi`] with the cloudInitNoCloud
+/// volume's data replaced by the Secret references of `cloud_init`.
+pub fn handed_vmi(vmi: &VirtualMachineInstance, cloud_init: Option<&CloudInitPlan>) -> Value {
     let mut doc = serde_json::to_value(launcher_vmi(vmi)).expect("a VMI serialises to JSON");
-    if let Some(volumes) = doc
-        .pointer_mut("/spec/volumes")
-        .and_then(Value::as_array_mut)
+    if let Some(ci) = cloud_init
+        && let Some(vol) = doc.pointer_mut(&format!("/spec/volumes/{}/cloudInitNoCloud", ci.volume))
     {
-        for vol in volumes {
-            let Some(ci) = vol.get_mut("cloudInitNoCloud") else {
-                continue;
-            };
-            let network = ci.get("networkData").is_some() || ci.get("networkDataBase64").is_some();
-            let mut rewritten = json!({"secretRef": {"name": secret}});
-            if network {
-                rewritten["networkDataSecretRef"] = json!({"name": secret});
-            }
-            *ci = rewritten;
-        }
+        *vol = ci.handed.clone();
     }
     doc
 }
@@ -424,7 +502,7 @@ pub fn launcher_objects(
             format!("{IMAGE_MOUNT_ROOT}/{KERNEL_BOOT_IMAGE_VOLUME}"),
         ));
     }
-    let mut cloud_init: Option<(usize, vmpod::domain::NoCloudData)> = None;
+    let cloud_init = cloud_init_plan(vmi, &secret_name)?;
     for (i, vol) in vmi.spec.volumes.iter().enumerate() {
         if let Some(cd) = &vol.container_disk {
             if vol.name == KERNEL_BOOT_IMAGE_VOLUME {
@@ -440,22 +518,6 @@ pub fn launcher_objects(
                 format!("{IMAGE_MOUNT_ROOT}/{}", vol.name),
             ));
         }
-        if let Some(ci) = &vol.cloud_init_no_cloud {
-            if cloud_init.is_some() {
-                return Err(LauncherPodError::Unsupported {
-                    vmi: format!("{namespace}/{name}"),
-                    path: format!("spec.volumes[{i}].cloudInitNoCloud"),
-                    why: "a second cloudInitNoCloud volume (the pod holds one)",
-                });
-            }
-            let field = format!("spec.volumes[{i}].cloudInitNoCloud");
-            let data =
-                nocloud_data(vmi, ci, &field).map_err(|source| LauncherPodError::CloudInit {
-                    vmi: format!("{namespace}/{name}"),
-                    source,
-                })?;
-            cloud_init = Some((i, data));
-        }
     }
     for (volume, image, mount_path) in images {
         volumes.push(
@@ -468,37 +530,31 @@ pub fn launcher_objects(
         .ok_or(LauncherPodError::MissingMetadata("name"))?;
     owner.block_owner_deletion = Some(true);
     let mut secrets = Vec::new();
-    if let Some((_, data)) = &cloud_init {
-        let mut entries = BTreeMap::new();
-        entries.insert(
-            USER_DATA_KEY.to_string(),
-            ByteString(data.user_data.clone().into_bytes()),
-        );
-        if let Some(n) = &data.network_config {
-            entries.insert(
-                NETWORK_DATA_KEY.to_string(),
-                ByteString(n.clone().into_bytes()),
-            );
+    if let Some(ci) = &cloud_init {
+        if !ci.data.is_empty() {
+            let mut secret = Secret {
+                data: Some(ci.data.clone()),
+                type_: Some("Opaque".into()),
+                ..Secret::default()
+            };
+            secret.metadata.name = Some(secret_name.clone());
+            secret.metadata.namespace = Some(namespace.to_string());
+            secret.metadata.labels = Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
+                (VMI_LABEL.to_string(), name.to_string()),
+            ]));
+            secret.metadata.owner_references = Some(vec![owner.clone()]);
+            secrets.push(secret);
         }
-        let mut secret = Secret {
-            data: Some(entries),
-            type_: Some("Opaque".into()),
-            ..Secret::default()
-        };
-        secret.metadata.name = Some(secret_name.clone());
-        secret.metadata.namespace = Some(namespace.to_string());
-        secret.metadata.labels = Some(BTreeMap::from([
-            ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
-            (VMI_LABEL.to_string(), name.to_string()),
-        ]));
-        secret.metadata.owner_references = Some(vec![owner.clone()]);
-        secrets.push(secret);
-        volumes.push(json!({"name": "cloudinit", "secret": {
-            "secretName": secret_name, "defaultMode": 0o400}}));
-        compute_mounts.push(json!({"name": "cloudinit", "readOnly": true,
-            "mountPath": format!("{SECRETS_DIR_IN_POD}/{secret_name}")}));
+        for (i, mounted) in ci.mounts.iter().enumerate() {
+            let volume = format!("secret-{i}");
+            volumes.push(json!({"name": volume, "secret": {
+                "secretName": mounted, "defaultMode": 0o400}}));
+            compute_mounts.push(json!({"name": volume, "readOnly": true,
+                "mountPath": format!("{SECRETS_DIR_IN_POD}/{mounted}")}));
+        }
     }
-    let handed = handed_vmi(vmi, &secret_name).to_string();
+    let handed = handed_vmi(vmi, cloud_init.as_ref()).to_string();
     let grace = vmi.spec.grace_period_seconds() + LAUNCHER_TEARDOWN_SECONDS;
     let env = json!([
         {"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
@@ -827,18 +883,18 @@ mod tests {
         let data = secret.data.as_ref().unwrap();
         assert_eq!(data[USER_DATA_KEY].0, b"#cloud-config\npassword: s3cret\n");
         assert_eq!(data[NETWORK_DATA_KEY].0, b"version: 2\n");
-        let vol = volume(pod, "cloudinit").secret.as_ref().unwrap();
+        let vol = volume(pod, "secret-0").secret.as_ref().unwrap();
         assert_eq!(
             vol.secret_name.as_deref(),
             Some("vmpod-launcher-vm1-cloudinit")
         );
         assert_eq!(vol.default_mode, Some(0o400));
         assert_eq!(
-            mounts(c)["cloudinit"],
+            mounts(c)["secret-0"],
             "/etc/vmpod/secrets/vmpod-launcher-vm1-cloudinit"
         );
         assert_eq!(env(c, "VMPOD_SECRETS_DIR"), Some(SECRETS_DIR_IN_POD));
-        assert!(!mounts(init_container(pod)).contains_key("cloudinit"));
+        assert!(!mounts(init_container(pod)).contains_key("secret-0"));
     }
 
     #[test]
@@ -958,6 +1014,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("spec.volumes[0].name"), "{err}");
+    }
+
+    #[test]
+    fn cloud_init_data_that_is_not_base64_is_refused_with_its_path() {
+        let vmi = vmi(concat!(
+            "    devices: {disks: [{name: ci}]}\n",
+            "  volumes: [{name: ci, cloudInitNoCloud: {userDataBase64: \"not base64!\"}}]\n",
+        ));
+        let err = launcher_objects(&vmi, &LauncherPodConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.volumes[0].cloudInitNoCloud.userDataBase64: not base64"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -362,6 +362,58 @@ async fn controller_follows_watch_events() {
     );
 }
 
+/// Deliverable 6: the Pod and Secret the controller creates (as POSTed to the API server)
+/// run under the kubelet-shaped runner: the test guest boots from images, leases the pod
+/// IP, powers off, and the pod ends Succeeded with nothing left behind.
+#[test]
+fn the_pod_the_controller_creates_runs_under_the_runner() {
+    use crate::test_runner::launcher::{run_to_guest_power_off, testguest_vmi};
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    if !crate::support::privileged("the_pod_the_controller_creates_runs_under_the_runner") {
+        return;
+    }
+    crate::test_runner::ensure_images();
+    let state_root = tempfile::tempdir().unwrap();
+    let mut vmi =
+        vmpod::api::load_vmi(&testguest_vmi("vm1", "#cloud-config\n", false, 20)).unwrap();
+    vmi.metadata.namespace = Some("ns1".into());
+    vmi.metadata.uid = Some("uid-1".into());
+    vmi.metadata.resource_version = Some("10".into());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (pod, secret) = rt.block_on(async {
+        let (client, server) = MockApiServer::start(vec![
+            pod_not_found(),
+            Exchange::json(
+                Method::POST,
+                SECRETS_PATH,
+                201,
+                json!({"apiVersion": "v1",
+                "kind": "Secret", "metadata": {"name": "vmpod-launcher-vm1-cloudinit"}}),
+            ),
+            pod_created(),
+            Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        ]);
+        let ctx = Arc::new(ControllerContext {
+            client,
+            config: LauncherPodConfig {
+                state_root: state_root.path().to_str().unwrap().into(),
+                ..LauncherPodConfig::default()
+            },
+            metrics: Arc::default(),
+        });
+        controller::reconcile(Arc::new(vmi), ctx).await.unwrap();
+        assert_eq!(server.unexpected(), Vec::<String>::new());
+        (
+            server.seen_on(Method::POST, PODS_PATH)[0].body.clone(),
+            server.seen_on(Method::POST, SECRETS_PATH)[0].body.clone(),
+        )
+    });
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    let secret: Secret = serde_json::from_value(secret).unwrap();
+    let node = crate::test_runner::ClusterNode::create();
+    run_to_guest_power_off(&node, &pod, &[secret], state_root.path());
+}
+
 /// A launcher status source that answers from a table, keyed by state directory.
 struct FakeLaunchers(Mutex<Vec<(String, Result<LauncherStatus, String>)>>);
 
