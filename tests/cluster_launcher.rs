@@ -67,7 +67,10 @@ fn rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefull
     let lp = LauncherPod::start(&node, &pod, &secrets, state_root.path());
 
     let report = lp.wait_report(BOOT, |r| r.holding);
-    let lease = report.lease.clone().expect("a lease");
+    let lease = report
+        .lease
+        .clone()
+        .unwrap_or_else(|| panic!("no lease\n{}", lp.diagnostics()));
     assert_eq!(lease.ip, lp.pod.pod_ip, "the VM has the pod IP");
     assert_eq!(lease.mac, GUEST_MAC, "the VMI's macAddress");
     assert_eq!(lease.router(), Some(node.gateway));

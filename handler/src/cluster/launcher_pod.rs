@@ -5,8 +5,8 @@
 //!   rewires the pod interface, writes `net/<iface>.json` into the state dir, creates the
 //!   persistent tap, exits.
 //! - Container `compute` (`vmpod-launcher run`): drops ALL capabilities and adds back only
-//!   [`COMPUTE_CAPABILITIES`]; not privileged, no privilege escalation, seccomp
-//!   RuntimeDefault.
+//!   [`COMPUTE_CAPABILITIES`] (never SYS_ADMIN or NET_ADMIN); not privileged, no privilege
+//!   escalation, seccomp RuntimeDefault.
 //! - The VMI is handed over as a file: the controller stores the launcher's view of the VMI
 //!   (JSON, without user data) in the pod annotation `vmpod.io/vmi`, and a downward-API
 //!   volume projects it to `/etc/vmpod/vmi/vmi.yaml`, which `VMPOD_VMI` names.
@@ -72,11 +72,31 @@ pub const NETWORK_DATA_KEY: &str = "networkdata";
 pub const POD_UID_ENV: &str = "POD_UID";
 
 /// Capabilities the compute container adds back after dropping ALL, each with the reason
-/// (manifests/README.md repeats them).
-pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[(
-    "NET_BIND_SERVICE",
-    "the DHCP server binds UDP port 67 on the pod bridge",
-)];
+/// (manifests/README.md explains each and what breaks without it). Never SYS_ADMIN or
+/// NET_ADMIN.
+pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[
+    (
+        "NET_BIND_SERVICE",
+        "the DHCP server binds UDP port 67 on the pod bridge",
+    ),
+    (
+        "SETUID",
+        "libvirtd, QEMU and vmpod-virt run as QEMU's uid 107, not root",
+    ),
+    ("SETGID", "... and its gid 107"),
+    (
+        "CHOWN",
+        "hands uid 107 the files the launcher makes for QEMU (libvirt tree, disks, cloud-init)",
+    ),
+    (
+        "DAC_OVERRIDE",
+        "the launcher reads what libvirtd and QEMU create 0700/0600 (pid file, console socket, caps cache)",
+    ),
+    (
+        "KILL",
+        "signals libvirtd and QEMU, which run as another uid (107)",
+    ),
+];
 /// Capabilities the `net-setup` init container adds back after dropping ALL.
 pub const NET_SETUP_CAPABILITIES: &[(&str, &str)] = &[(
     "NET_ADMIN",
@@ -808,7 +828,17 @@ mod tests {
                 "{forbidden} in {add:?}"
             );
         }
-        assert_eq!(add, ["NET_BIND_SERVICE"]);
+        assert_eq!(
+            add,
+            [
+                "NET_BIND_SERVICE",
+                "SETUID",
+                "SETGID",
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "KILL"
+            ]
+        );
 
         let init = init_container(&pod);
         assert_eq!(init.name, "net-setup");
