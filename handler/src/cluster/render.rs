@@ -63,3 +63,54 @@ pub fn to_document(object: &impl Serialize) -> anyhow::Result<String> {
     let body = serde_yaml::to_string(object).context("write YAML")?;
     Ok(format!("---\n{body}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_pod_prints_the_pod_then_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmi.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: web}\n\
+             spec:\n  domain:\n    devices: {disks: [{name: ci}]}\n  \
+             volumes: [{name: ci, cloudInitNoCloud: {userData: secret-stuff}}]\n",
+        )
+        .unwrap();
+        let args = RenderArgs {
+            vmi: file.clone(),
+            namespace: Some("prod".into()),
+            image: "reg/vmpod:1".into(),
+            state_root: "/srv/vmpod".into(),
+        };
+        let yaml = render(&args).unwrap();
+        let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2, "{yaml}");
+        assert_eq!(docs[0]["kind"], "Pod");
+        assert_eq!(docs[0]["metadata"]["namespace"], "prod");
+        assert_eq!(docs[0]["spec"]["containers"][0]["image"], "reg/vmpod:1");
+        assert_eq!(
+            docs[0]["spec"]["volumes"][0]["hostPath"]["path"],
+            "/srv/vmpod"
+        );
+        let uid = docs[0]["metadata"]["ownerReferences"][0]["uid"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            uid.len(),
+            36,
+            "a fresh UUID, as the API server would give: {uid}"
+        );
+        assert_eq!(docs[1]["kind"], "Secret");
+        assert!(!docs[0].to_string().contains("secret-stuff"));
+
+        // An invalid VMI is refused with its field path.
+        std::fs::write(&file, "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: x}\nspec: {domain: {memory: {guest: lots}}}\n").unwrap();
+        let err = render(&args).unwrap_err().to_string();
+        assert!(err.contains("spec.domain.memory.guest"), "{err}");
+    }
+}
