@@ -74,6 +74,12 @@ fn rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefull
     assert_eq!(lease.ip, lp.pod.pod_ip, "the VM has the pod IP");
     assert_eq!(lease.mac, GUEST_MAC, "the VMI's macAddress");
     assert_eq!(lease.router(), Some(node.gateway));
+    assert_eq!(
+        lease.hostname.as_deref(),
+        Some("e2e-hold"),
+        "the VMI's name, never the Pod's ({})",
+        lp.pod.name
+    );
     assert!(
         report.user_data().is_some_and(|u| u.contains(&marker)),
         "cloud-init user data from the Secret: {:?}",

@@ -8,7 +8,9 @@
 //! - volumes under a pod directory keyed by the pod's UID: hostPath (DirectoryOrCreate
 //!   creates it; a CharDevice is handed to the container as a device, as a device plugin
 //!   would), emptyDir (a tmpfs of `sizeLimit` bytes when given: the limit is enforced, not
-//!   watched), downwardAPI and Secret files (mounted read-only), image volumes as
+//!   watched as kubelet does; unlike a node-disk emptyDir, its pages are charged to the
+//!   writing container's memory cgroup), downwardAPI and Secret files (mounted read-only),
+//!   image volumes as
 //!   read-only image mounts, subPath and subPathExpr;
 //! - init containers in order, each to a zero exit, then the containers;
 //! - securityContext, env (values, `$(VAR)`, fieldRef), command/args, memory and CPU limits,
