@@ -56,6 +56,7 @@ fn rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefull
         &format!("#cloud-config\n# {marker}\n"),
         true,
         20,
+        Some(GUEST_MAC),
     );
     let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
     let grace = pod
@@ -130,7 +131,7 @@ fn a_guest_power_off_ends_the_launcher_pod_succeeded() {
     ensure_images();
     let node = ClusterNode::create();
     let state_root = tempfile::tempdir().unwrap();
-    let vmi = testguest_vmi("e2e-off", "#cloud-config\n", false, 20);
+    let vmi = testguest_vmi("e2e-off", "#cloud-config\n", false, 20, None);
     let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
     run_to_guest_power_off(&node, &pod, &secrets, state_root.path());
 }

@@ -18,9 +18,16 @@ pub const GUEST_MAC: &str = "02:00:00:0a:58:11";
 pub const BOOT: Duration = Duration::from_secs(240);
 
 /// A VMI for the test guest booted from images: kernelBoot.container, the image's disk as
-/// a containerDisk, a cloud-init disk with `user_data`, `macAddress`, emulation. `hold`:
-/// the guest waits for the ACPI power button; else it powers off after its checks.
-pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> String {
+/// a containerDisk, a cloud-init disk with `user_data`, emulation, and `mac` as the
+/// interface's `macAddress` when given. `hold`: the guest waits for the ACPI power button;
+/// else it powers off after its checks.
+pub fn testguest_vmi(
+    name: &str,
+    user_data: &str,
+    hold: bool,
+    grace: u32,
+    mac: Option<&str>,
+) -> String {
     let args = if hold {
         "console=ttyS0 panic=-1 vmpod.hold=1"
     } else {
@@ -30,6 +37,9 @@ pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> Str
         .lines()
         .map(|l| format!("          {l}\n"))
         .collect();
+    let mac = mac
+        .map(|m| format!("          macAddress: \"{m}\"\n"))
+        .unwrap_or_default();
     format!(
         "apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -56,8 +66,7 @@ spec:
       interfaces:
         - name: default
           bridge: {{}}
-          macAddress: \"{GUEST_MAC}\"
-      disks:
+{mac}      disks:
         - name: root
           disk:
             bus: virtio

@@ -375,7 +375,7 @@ fn the_pod_the_controller_creates_runs_under_the_runner() {
     crate::test_runner::ensure_images();
     let state_root = tempfile::tempdir().unwrap();
     let mut vmi =
-        vmpod::api::load_vmi(&testguest_vmi("vm1", "#cloud-config\n", false, 20)).unwrap();
+        vmpod::api::load_vmi(&testguest_vmi("vm1", "#cloud-config\n", false, 20, None)).unwrap();
     vmi.metadata.namespace = Some("ns1".into());
     // The API server's UIDs are UUIDs (libvirt takes the VMI's as the domain's).
     vmi.metadata.uid = Some("6d2c9a4e-5b1f-4c3e-9a7d-0e8f1b2c3d4e".into());
