@@ -58,18 +58,16 @@ pub enum VolumePlan {
     Image { reference: String },
 }
 
-/// One container's run: its podman arguments up to (excluding) the image, the image, and
-/// the arguments after it.
+/// One container's run: its `podman run` flags (security, resources, env, entrypoint),
+/// the image, the arguments after it, and its mounts (turned into flags once the volumes
+/// exist on the node).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerPlan {
     pub name: String,
     pub image: String,
-    /// Flags for `podman run` (mounts use `{volume:NAME}` for the volume's node path,
-    /// resolved once the volumes exist).
     pub flags: Vec<String>,
-    /// `command` (as `--entrypoint`) is in `flags`; these follow the image.
+    /// `args` (`command` is `--entrypoint` in `flags`).
     pub args: Vec<String>,
-    /// Mounts: (volume name, sub path, mount path, read only).
     pub mounts: Vec<MountPlan>,
 }
 
@@ -141,20 +139,24 @@ fn string_map(v: Option<&Value>, path: &str) -> Result<BTreeMap<String, String>>
     Ok(out)
 }
 
+/// A quantity's text: `"500m"`, `"2Gi"` or a bare number.
+fn quantity_text(v: &Value, path: &str) -> Result<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => bail!("{path}: not a quantity"),
+    }
+}
+
 /// Bytes of a Kubernetes quantity (memory, sizeLimit).
 pub fn quantity_bytes(v: &Value, path: &str) -> Result<u64> {
-    let text = match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => bail!("{path}: not a quantity"),
-    };
-    vmpod::api::quantity_bytes(&text).map_err(|e| anyhow::anyhow!("{path}: {e}"))
+    vmpod::api::quantity_bytes(&quantity_text(v, path)?).map_err(|e| anyhow::anyhow!("{path}: {e}"))
 }
 
 /// Millicores of a CPU quantity.
 fn millicores(v: &Value, path: &str) -> Result<u64> {
-    let text = string(v, path).or_else(|_| Ok::<_, anyhow::Error>(v.to_string()))?;
-    let q = vmpod::api::parse_quantity(&text).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    let q = vmpod::api::parse_quantity(&quantity_text(v, path)?)
+        .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
     u64::try_from(q.milli()).with_context(|| format!("{path}: out of range"))
 }
 
