@@ -104,6 +104,23 @@ fn capabilities_follow_the_runtime_default_set_then_drop_and_add() {
     );
 }
 
+#[test]
+fn variables_expand_as_kubelet_expands_them() {
+    use cluster::spec::expand;
+    let env = vec![
+        ("POD_UID".to_string(), "u-1".to_string()),
+        ("A".to_string(), "x".to_string()),
+    ];
+    assert_eq!(expand("$(POD_UID)", &env), "u-1");
+    assert_eq!(expand("a/$(A)/$(A)b", &env), "a/x/xb");
+    assert_eq!(expand("$$(A)", &env), "$(A)", "$$ escapes");
+    assert_eq!(
+        expand("$(NOPE) $A", &env),
+        "$(NOPE) $A",
+        "unknown stays as written"
+    );
+}
+
 /// Bits of `CapEff:` in /proc/self/status -> capability numbers.
 const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_ADMIN: u32 = 12;
