@@ -214,9 +214,12 @@ pub fn memory_overhead_bytes(guest_bytes: u64, vcpus: u32, acceleration: Acceler
 }
 
 /// The scratch emptyDir's sizeLimit: every emptyDisk's capacity, [`CONTAINER_DISK_OVERLAY_BYTES`]
-/// per containerDisk, each cloud-init disk (its data + [`CLOUD_INIT_DISK_BYTES`]), the
-/// console log and [`SCRATCH_BASE_BYTES`], rounded up to whole Mi.
-pub fn scratch_size_bytes(vmi: &VirtualMachineInstance) -> Result<u64, LauncherPodError> {
+/// per containerDisk, the cloud-init disk ([`CloudInitPlan::disk_bytes`]), the console log
+/// and [`SCRATCH_BASE_BYTES`], rounded up to whole Mi.
+pub fn scratch_size_bytes(
+    vmi: &VirtualMachineInstance,
+    cloud_init: Option<&CloudInitPlan>,
+) -> Result<u64, LauncherPodError> {
     let mut total = SCRATCH_BASE_BYTES + CONSOLE_LOG_BYTES;
     for (i, vol) in vmi.spec.volumes.iter().enumerate() {
         if let Some(ed) = &vol.empty_disk {
@@ -232,7 +235,7 @@ pub fn scratch_size_bytes(vmi: &VirtualMachineInstance) -> Result<u64, LauncherP
             total = total.saturating_add(CONTAINER_DISK_OVERLAY_BYTES);
         }
     }
-    if let Some(ci) = cloud_init_plan(vmi, "")? {
+    if let Some(ci) = cloud_init {
         total = total.saturating_add(ci.disk_bytes());
     }
     Ok(total.next_multiple_of(MI))
@@ -466,6 +469,7 @@ pub fn launcher_objects(
     };
     let pod_name = launcher_pod_name(name);
     let secret_name = cloud_init_secret_name(&pod_name);
+    let cloud_init = cloud_init_plan(vmi, &secret_name)?;
 
     // Mounts both containers share: the state dir (keyed by pod UID) and the VMI file.
     let state_mount = json!({"name": "state", "mountPath": STATE_DIR_IN_POD,
@@ -478,7 +482,7 @@ pub fn launcher_objects(
             "path": VMI_FILE,
             "fieldRef": {"fieldPath": format!("metadata.annotations['{VMI_ANNOTATION}']")}}]}}),
         json!({"name": "scratch", "emptyDir": {
-            "sizeLimit": bytes_quantity(scratch_size_bytes(vmi)?)}}),
+            "sizeLimit": bytes_quantity(scratch_size_bytes(vmi, cloud_init.as_ref())?)}}),
     ];
     let mut compute_mounts = vec![
         state_mount.clone(),
@@ -522,7 +526,6 @@ pub fn launcher_objects(
             format!("{IMAGE_MOUNT_ROOT}/{KERNEL_BOOT_IMAGE_VOLUME}"),
         ));
     }
-    let cloud_init = cloud_init_plan(vmi, &secret_name)?;
     for (i, vol) in vmi.spec.volumes.iter().enumerate() {
         if let Some(cd) = &vol.container_disk {
             if vol.name == KERNEL_BOOT_IMAGE_VOLUME {
@@ -935,7 +938,7 @@ mod tests {
             "{name: data, emptyDisk: {capacity: 2Gi}}]\n",
         ));
         let expected = 64 * MI + 8 * MI + 1024 * MI + 2048 * MI;
-        assert_eq!(scratch_size_bytes(&vmi).unwrap(), expected);
+        assert_eq!(scratch_size_bytes(&vmi, None).unwrap(), expected);
         let pod = pod(&vmi);
         let dir = volume(&pod, "scratch").empty_dir.as_ref().unwrap();
         assert_eq!(
@@ -949,12 +952,13 @@ mod tests {
         );
         // cloud-init: its data plus 1Mi, rounded up to whole Mi.
         let with_ci = super::tests::vmi(CLOUD_INIT);
+        let ci = cloud_init_plan(&with_ci, "s").unwrap();
         assert_eq!(
-            scratch_size_bytes(&with_ci).unwrap(),
+            scratch_size_bytes(&with_ci, ci.as_ref()).unwrap(),
             64 * MI + 8 * MI + 2 * MI
         );
         let bad = super::tests::vmi("  volumes: [{name: d, emptyDisk: {capacity: lots}}]\n");
-        let err = scratch_size_bytes(&bad).unwrap_err().to_string();
+        let err = scratch_size_bytes(&bad, None).unwrap_err().to_string();
         assert!(err.contains("spec.volumes[0].emptyDisk.capacity"), "{err}");
     }
 
