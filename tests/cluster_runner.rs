@@ -152,7 +152,7 @@ echo "secret=$(cat /etc/secret/token)"
 echo "secretmode=$(stat -c %a /etc/secret/token)"
 echo "env_uid=$POD_UID"
 echo "ip=$POD_IP"
-echo "memlimit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+echo "memlimit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"
 if touch /rootfs-write 2>/dev/null; then echo rootfs=rw; else echo rootfs=ro; fi
 if touch /etc/info/x 2>/dev/null; then echo info=rw; else echo info=ro; fi
 if dd if=/dev/zero of=/work/big bs=1M count=3 2>/dev/null; then echo emptydir=unbounded; else echo emptydir=full; fi
