@@ -8,6 +8,7 @@ use super::cache::{self, CachedInterface};
 use super::discover::{discover_with, with_handle};
 use super::error::NetError;
 use super::facts::Binding;
+use super::plan::AddrGenMode;
 use super::plan::{NetOp, OriginalSettings, PlanOptions, plan, plan_teardown};
 use std::path::{Path, PathBuf};
 
@@ -133,9 +134,14 @@ async fn facts_for(
         o.hostname.as_deref(),
     )
     .await?;
-    let disable = read_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", o.interface))?;
+    // Reading /proc/sys works in a container too (it is mounted read-only).
+    let conf = |name: &str| read_sysctl(&format!("net/ipv6/conf/{}/{name}", o.interface));
     let original = OriginalSettings {
-        ipv6_disabled: disable.as_deref() != Some("0"),
+        ipv6_disabled: conf("disable_ipv6")?.as_deref() != Some("0"),
+        addr_gen_mode: conf("addr_gen_mode")?
+            .and_then(|n| n.parse().ok())
+            .and_then(AddrGenMode::from_kernel)
+            .unwrap_or_default(),
     };
     let entry = CachedInterface {
         facts,
