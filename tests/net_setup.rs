@@ -350,7 +350,7 @@ fn restart_reads_the_cache_and_never_discovers_again() {
     assert_eq!(again.cached.facts.routes, first.cached.facts.routes);
     // Asking for other plan options than the cache was made with is refused.
     let mut other = f.opts();
-    other.plan.tap_owner = 107;
+    other.plan.tap_owner = 4242;
     let e = net::setup(&other).unwrap_err();
     assert!(matches!(e, NetError::CacheMismatch { .. }), "{e}");
 }
@@ -434,7 +434,7 @@ fn calico_slash32_pod_with_jumbo_mtu_and_multiqueue_tap_round_trips() {
         return;
     }
     let mut f = Fixture::new(calico_pod());
-    // QEMU as an unprivileged user (107, as Debian's libvirt-qemu) with several queues.
+    // QEMU with a group allowed on the tap and several queues.
     f.plan = PlanOptions {
         tap_owner: 107,
         tap_group: Some(107),

@@ -16,6 +16,8 @@ packages=(
   genisoimage
   # benchmarks
   hyperfine procps
+  # the launcher pod under a real container runtime (crun refuses this host's cgroups)
+  podman runc
 )
 
 missing=()
@@ -37,6 +39,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
   if [ "$had_policy" = 0 ]; then rm -f "$policy"; fi
 fi
+
+# QEMU (and the pod's libvirtd) run as uid/gid 107, KubeVirt's qemu user; libvirt needs
+# a passwd entry for it (the vmpod image has `libvirt-qemu` 107). Any name will do.
+getent group 107 >/dev/null || groupadd --system --gid 107 vmpod-qemu
+getent passwd 107 >/dev/null ||
+  useradd --system --uid 107 --gid 107 --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin vmpod-qemu
 
 # The virt crate and the tests need these on PATH.
 for cmd in cargo qemu-system-x86_64 libvirtd busybox dhclient dhcpcd dnsmasq ip; do

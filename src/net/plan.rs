@@ -17,6 +17,9 @@ pub const MAX_IFNAME: usize = 15;
 /// The address the bridge gets for the DHCP server to speak from.
 pub const DEFAULT_BRIDGE_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
 
+/// The uid QEMU runs as, owner of the tap: KubeVirt's `qemu` user.
+pub const DEFAULT_TAP_OWNER: u32 = 107;
+
 /// The bridge of a bridge-bound pod interface: `k6t-<iface>`.
 pub fn bridge_name(interface: &str) -> String {
     format!("k6t-{interface}")
@@ -221,8 +224,8 @@ impl fmt::Display for AddrGenMode {
 pub struct PlanOptions {
     /// The link-local address the bridge gets (as /32) for the DHCP server.
     pub bridge_address: Ipv4Addr,
-    /// The uid QEMU runs as; it must be able to open the tap. Our launcher runs QEMU as
-    /// root by default.
+    /// The uid QEMU runs as; it must be able to open the tap (KubeVirt's 107 by
+    /// default, as the launcher runs QEMU).
     pub tap_owner: u32,
     /// The gid allowed to open the tap, if any.
     pub tap_group: Option<u32>,
@@ -234,7 +237,7 @@ impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             bridge_address: DEFAULT_BRIDGE_ADDRESS,
-            tap_owner: 0,
+            tap_owner: DEFAULT_TAP_OWNER,
             tap_group: None,
             multiqueue: false,
         }
@@ -525,7 +528,7 @@ mod tests {
                 NetOp::CreateTap {
                     name: "tap-eth0".into(),
                     mtu: 1500,
-                    owner: 0,
+                    owner: 107,
                     group: None,
                     multiqueue: false
                 },
