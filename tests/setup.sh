@@ -47,6 +47,11 @@ getent passwd 107 >/dev/null ||
   useradd --system --uid 107 --gid 107 --no-create-home --home-dir /nonexistent \
     --shell /usr/sbin/nologin vmpod-qemu
 
+# QEMU (uid 107) opens the tap through /dev/net/tun; the tap's owner is the access
+# check. udev makes the node 0666 on a standard system; a machine without udev leaves
+# it 0600.
+chmod 0666 /dev/net/tun
+
 # The virt crate and the tests need these on PATH.
 for cmd in cargo qemu-system-x86_64 libvirtd busybox dhclient dhcpcd dnsmasq ip; do
   command -v "$cmd" >/dev/null || { echo "setup: $cmd not found after install" >&2; exit 1; }
