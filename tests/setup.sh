@@ -8,6 +8,8 @@ packages=(
   build-essential pkg-config libvirt-dev
   # runtime: the launcher starts its own libvirtd and QEMU
   libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 iproute2 nftables
+  # qemu-img: containerDisk overlays
+  qemu-utils
   # tests: real DHCP clients and peers for the benchmarks
   busybox-static isc-dhcp-client dhcpcd-base dnsmasq-base
   # test guest builder: kernel and busybox come from .deb files unpacked under target/

@@ -101,13 +101,21 @@ pub fn write_status(state_dir: &Path, status: &LauncherStatus) -> Result<(), Sta
         path: path.clone(),
         source,
     })?;
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, &path));
+    // 0600: the state dir is for the node daemon (root) only.
+    let written = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        0o600,
+    )
+    .open(&tmp)
+    .and_then(|mut f| {
+        f.write_all(&json)?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    })
+    .and_then(|()| std::fs::rename(&tmp, &path));
     written.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         StateError::Io { path, source }
