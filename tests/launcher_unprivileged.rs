@@ -284,11 +284,23 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
             .find(|(_, ppid, _)| *ppid == unshare)
             .map(|(p, _, _)| p)
     });
+    // PID 1 is a reaper with the launcher as its child (or the launcher itself).
+    let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
     let launcher_pid = wait_for("the launcher under PID 1", Duration::from_secs(10), || {
-        processes()
+        let children: Vec<u32> = processes()
             .into_iter()
-            .find(|(_, ppid, _)| *ppid == pid1)
+            .filter(|(_, ppid, _)| *ppid == pid1)
             .map(|(p, _, _)| p)
+            .collect();
+        if children.is_empty() {
+            return None;
+        }
+        Some(
+            children
+                .into_iter()
+                .find(|p| comm(*p).trim() == "vmpod-launcher")
+                .unwrap_or(pid1),
+        )
     });
     assert_eq!(
         cap_eff(launcher_pid),
