@@ -246,15 +246,15 @@ impl RunAs {
         std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
     }
 
-    /// [`RunAs::chown`] for `path` and everything under it.
+    /// [`RunAs::chown`] for `path` and everything under it, deepest first (a directory
+    /// given away may no longer be ours to list).
     pub fn chown_tree(&self, path: &Path) -> io::Result<()> {
-        self.chown(path)?;
         if fs::symlink_metadata(path)?.is_dir() {
             for entry in fs::read_dir(path)? {
                 self.chown_tree(&entry?.path())?;
             }
         }
-        Ok(())
+        self.chown(path)
     }
 }
 

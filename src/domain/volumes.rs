@@ -335,8 +335,8 @@ pub fn prepare_volumes(
             let sub = format!("{field}.cloudInitNoCloud");
             let data = nocloud_data(vmi, ci, &sub, &dirs.secrets)?;
             let path = state_dir.join(CLOUD_INIT_IMAGE);
-            // User-data may hold secrets: the file is made 0600 (and given to QEMU's
-            // user) before anything is written to it.
+            // User-data may hold secrets: the file is made 0600 before anything is
+            // written to it, and given to QEMU's user after.
             let _ = fs::remove_file(&path);
             OpenOptions::new()
                 .write(true)
@@ -344,11 +344,11 @@ pub fn prepare_volumes(
                 .mode(0o600)
                 .open(&path)
                 .map_err(io_err(".cloudInitNoCloud", "create", &path))?;
+            write_nocloud_disk(&path, &data)
+                .map_err(|source| VolumeError::CloudInit { field: sub, source })?;
             owner
                 .chown(&path)
                 .map_err(io_err(".cloudInitNoCloud", "chown", &path))?;
-            write_nocloud_disk(&path, &data)
-                .map_err(|source| VolumeError::CloudInit { field: sub, source })?;
             PreparedVolume {
                 path,
                 format: DiskFormat::Raw,
