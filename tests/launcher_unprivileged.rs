@@ -27,6 +27,7 @@ const COMPUTE_CAPS: &[&str] = &[
     "dac_override",
     "setuid",
     "setgid",
+    "kill",
     "net_bind_service",
 ];
 
@@ -278,12 +279,26 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
         )
     };
     let unshare = run.id();
+    // A failing test must not leave the pod running: PID 1's death ends its namespace.
+    struct KillPod(Option<u32>);
+    impl Drop for KillPod {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(p).unwrap()),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let mut guard = KillPod(None);
     let pid1 = wait_for("PID 1 of the pod", Duration::from_secs(10), || {
         processes()
             .into_iter()
             .find(|(_, ppid, _)| *ppid == unshare)
             .map(|(p, _, _)| p)
     });
+    guard.0 = Some(pid1);
     // PID 1 is a reaper with the launcher as its child (or the launcher itself).
     let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
     let launcher_pid = wait_for("the launcher under PID 1", Duration::from_secs(10), || {
@@ -388,7 +403,7 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
 
     // SIGTERM to PID 1, as `podman stop` sends it: ACPI power-off, exit 0.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid1 as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(pid1).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -401,6 +416,7 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
         );
         run.try_wait().unwrap()
     });
+    guard.0 = None;
     assert!(status.success(), "pod exit {status}\n{}", diag());
     zombies_seen.sort_unstable();
     zombies_seen.dedup();
