@@ -456,8 +456,8 @@ pub struct ContainerDiskSource {
     pub path: Option<String>,
 }
 
-/// `volumes[].cloudInitNoCloud`. User data is required (plain or base64, not both);
-/// network data is optional (plain or base64, not both).
+/// `volumes[].cloudInitNoCloud`. User data is required (plain, base64 or a Secret: one
+/// of them); network data is optional (plain, base64 or a Secret: at most one).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CloudInitNoCloudSource {

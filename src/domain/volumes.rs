@@ -419,7 +419,7 @@ mod tests {
                 ..Default::default()
             },
         ]);
-        let v = prepare_volumes(&vmi, dir.path()).unwrap();
+        let v = prepare_volumes(&vmi, &VolumeDirs::under(dir.path()), &RunAs::current()).unwrap();
         let scratch = &v["scratch"];
         assert_eq!(scratch.path, dir.path().join("disks/scratch.img"));
         assert_eq!(fs::metadata(&scratch.path).unwrap().len(), 1 << 30);
@@ -440,7 +440,9 @@ mod tests {
             }),
             ..Default::default()
         }]);
-        let e = prepare_volumes(&vmi, dir.path()).unwrap_err().to_string();
+        let e = prepare_volumes(&vmi, &VolumeDirs::under(dir.path()), &RunAs::current())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.volumes[0].hostDisk.path"), "{e}");
         assert!(e.contains("/nonexistent/root.img"), "{e}");
     }
@@ -456,12 +458,16 @@ mod tests {
             }),
             ..Default::default()
         }]);
-        let v = prepare_volumes(&vmi, dir.path()).unwrap();
+        let v = prepare_volumes(&vmi, &VolumeDirs::under(dir.path()), &RunAs::current()).unwrap();
         assert_eq!(v["ci"].path, dir.path().join(CLOUD_INIT_IMAGE));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&v["ci"].path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "user-data may be secret");
         let data = nocloud_data(
             &vmi,
             vmi.spec.volumes[0].cloud_init_no_cloud.as_ref().unwrap(),
             "f",
+            dir.path(),
         )
         .unwrap();
         assert_eq!(data.user_data, "#cloud-config\n");
@@ -470,10 +476,149 @@ mod tests {
             user_data_base64: Some("!!".into()),
             ..Default::default()
         };
-        let e = nocloud_data(&vmi, &bad, "spec.volumes[0].cloudInitNoCloud").unwrap_err();
+        let e =
+            nocloud_data(&vmi, &bad, "spec.volumes[0].cloudInitNoCloud", dir.path()).unwrap_err();
         assert!(
             e.to_string()
                 .contains("spec.volumes[0].cloudInitNoCloud.userDataBase64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn user_and_network_data_from_mounted_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path();
+        fs::create_dir_all(secrets.join("ud")).unwrap();
+        fs::write(secrets.join("ud/userdata"), "#cloud-config\nfrom: secret\n").unwrap();
+        fs::create_dir_all(secrets.join("nd")).unwrap();
+        fs::write(secrets.join("nd/networkData"), "version: 2\n").unwrap();
+        let vmi = vmi_with(Vec::new());
+        let reference = |name: &str| {
+            Some(crate::api::LocalObjectReference {
+                name: name.to_owned(),
+            })
+        };
+        let src = CloudInitNoCloudSource {
+            secret_ref: reference("ud"),
+            network_data_secret_ref: reference("nd"),
+            ..Default::default()
+        };
+        let data = nocloud_data(&vmi, &src, "f", secrets).unwrap();
+        assert_eq!(data.user_data, "#cloud-config\nfrom: secret\n");
+        assert_eq!(data.network_config.as_deref(), Some("version: 2\n"));
+        // A Secret without the key names the field, the Secret and the keys looked for.
+        let missing = CloudInitNoCloudSource {
+            secret_ref: reference("nd"),
+            ..Default::default()
+        };
+        let e = nocloud_data(&vmi, &missing, "spec.volumes[2].cloudInitNoCloud", secrets)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.volumes[2].cloudInitNoCloud.secretRef") && e.contains("userdata"),
+            "{e}"
+        );
+    }
+
+    fn qemu_img_info(path: &Path) -> serde_json::Value {
+        let out = std::process::Command::new(QEMU_IMG)
+            .args(["info", "--output=json"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    #[test]
+    fn container_disk_gets_an_overlay_backed_by_the_untouched_image() {
+        if !Path::new(QEMU_IMG).exists() {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !ci,
+                "{QEMU_IMG} missing (tests/setup.sh installs qemu-utils)"
+            );
+            eprintln!("SKIPPED: {QEMU_IMG} missing");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = VolumeDirs::under(dir.path());
+        // One raw image, one qcow2 image (made from the raw one), each in its volume's
+        // mount as the pod lays them out.
+        let raw = dirs.images.join("rawdisk/disk/disk.img");
+        fs::create_dir_all(raw.parent().unwrap()).unwrap();
+        let bytes: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
+        fs::write(&raw, &bytes).unwrap();
+        let qcow = dirs.images.join("qdisk/images/os.qcow2");
+        fs::create_dir_all(qcow.parent().unwrap()).unwrap();
+        let made = std::process::Command::new(QEMU_IMG)
+            .args(["convert", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&qcow)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let before: Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> = [&raw, &qcow]
+            .iter()
+            .map(|p| {
+                let m = fs::metadata(p).unwrap();
+                ((*p).clone(), fs::read(p).unwrap(), m.modified().unwrap())
+            })
+            .collect();
+        let vmi = vmi_with(vec![
+            Volume {
+                name: "rawdisk".into(),
+                container_disk: Some(crate::api::ContainerDiskSource {
+                    image: "example/raw:1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: "qdisk".into(),
+                container_disk: Some(crate::api::ContainerDiskSource {
+                    image: "example/q:1".into(),
+                    path: Some("/images/os.qcow2".into()),
+                }),
+                ..Default::default()
+            },
+        ]);
+        let v = prepare_volumes(&vmi, &dirs, &RunAs::current()).unwrap();
+        for (vol, image, fmt) in [("rawdisk", &raw, "raw"), ("qdisk", &qcow, "qcow2")] {
+            let p = &v[vol];
+            assert_eq!(
+                p.path,
+                dir.path().join(format!("container-disks/{vol}.qcow2"))
+            );
+            assert_eq!((p.format, p.read_only), (DiskFormat::Qcow2, false));
+            let info = qemu_img_info(&p.path);
+            assert_eq!(info["format"], "qcow2", "{vol}");
+            assert_eq!(info["backing-filename"], image.to_string_lossy().as_ref());
+            assert_eq!(info["backing-filename-format"], fmt, "{vol}");
+            assert_eq!(info["virtual-size"], 65536, "{vol}");
+        }
+        // A second prepare (a restarted launcher) keeps the overlay and its writes.
+        fs::write(dir.path().join("container-disks/rawdisk.qcow2.marker"), "").unwrap();
+        let again = prepare_volumes(&vmi, &dirs, &RunAs::current()).unwrap();
+        assert_eq!(again["rawdisk"].path, v["rawdisk"].path);
+        // The images were only read.
+        for (p, content, mtime) in before {
+            assert_eq!(fs::read(&p).unwrap(), content, "{}", p.display());
+            assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), mtime);
+        }
+        // A missing image names the field and the path.
+        fs::remove_file(&raw).unwrap();
+        fs::remove_file(dir.path().join("container-disks/rawdisk.qcow2")).unwrap();
+        let e = prepare_volumes(&vmi, &dirs, &RunAs::current())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("spec.volumes[0].containerDisk") && e.contains("rawdisk/disk/disk.img"),
             "{e}"
         );
     }
