@@ -87,6 +87,22 @@ async fn private_libvirtd_runs_a_domain_and_reports_events() {
     dom.destroy().unwrap();
     let state = wait_state(&mut rx, state, DomainState::is_final).await;
     assert_eq!(state, DomainState::Stopped(StopReason::Destroyed));
+    // The seed goes where libvirtd keeps its cache: the only capabilities directory in
+    // its cache tree is ours, and it holds what libvirtd uses.
+    fn dirs_named(root: &Path, name: &str, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(root).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == name) {
+                    out.push(p.clone());
+                }
+                dirs_named(&p, name, out);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    dirs_named(&layout.dir("cache"), "capabilities", &mut found);
+    assert_eq!(found, vec![layout.caps_cache()]);
     assert!(daemons::refresh_caps_seed(&layout, seed).unwrap() >= 1);
     drop(lv);
     d.stop().await;

@@ -127,11 +127,13 @@ impl LibvirtLayout {
     pub fn log(&self, daemon: &str) -> PathBuf {
         self.root.join(format!("{daemon}.log"))
     }
-    /// `$XDG_CACHE_HOME/libvirt/qemu/capabilities`.
+    /// Where the session daemon keeps its QEMU capabilities cache:
+    /// `$XDG_CACHE_HOME/libvirt/qemu/cache/capabilities`.
     pub fn caps_cache(&self) -> PathBuf {
         self.dir("cache")
             .join("libvirt")
             .join("qemu")
+            .join("cache")
             .join("capabilities")
     }
     /// The pid file libvirt writes for a running domain's QEMU.
@@ -552,7 +554,7 @@ mod tests {
         );
         assert_eq!(
             l.caps_cache(),
-            Path::new("/run/vmpod/pod1/libvirt/cache/libvirt/qemu/capabilities")
+            Path::new("/run/vmpod/pod1/libvirt/cache/libvirt/qemu/cache/capabilities")
         );
         // Every directory the session daemon uses is under the layout.
         for (var, dir) in l.env() {
