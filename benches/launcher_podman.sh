@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 N=${N:-5}
 PROFILE=${PROFILE:-release}
 IMG=${IMG:-localhost/vmpod:dev}
+podman image exists "$IMG" || { echo "no image $IMG: bash manifests/build-image.sh" >&2; exit 1; }
 BIN=$PWD/target/$PROFILE
 [ -x "$BIN/vmpod-launcher" ] && [ -x "$BIN/vmpod-virt" ] || {
   echo "build first: cargo build --${PROFILE/debug/profile dev} -p vmpod-launcher" >&2; exit 1; }
@@ -65,7 +66,9 @@ run_once() {
     -v "$D/state:/var/run/vmpod" -v "$D/vmi:/etc/vmpod/vmi:ro" -v "$D/resolv.conf:/etc/resolv.conf:ro"
     -v "$BIN/vmpod-launcher:/usr/local/bin/vmpod-launcher:ro" -v "$BIN/vmpod-virt:/usr/local/bin/vmpod-virt:ro"
     --device /dev/net/tun -e VMPOD_VMI=/etc/vmpod/vmi/vmi.yaml)
-  podman run --rm --name vpb-net "${common[@]}" --cap-add NET_ADMIN "$IMG" net setup >/dev/null 2>&1
+  local out
+  out=$(podman run --rm --name vpb-net "${common[@]}" --cap-add NET_ADMIN "$IMG" net setup 2>&1) ||
+    { echo "net-setup failed: $out" >&2; return 1; }
   podman run -d --name vpb-compute "${common[@]}" \
     --cap-add CHOWN,DAC_OVERRIDE,SETUID,SETGID,KILL,NET_BIND_SERVICE \
     -v "$D/scratch:/var/lib/vmpod/scratch" -e VMPOD_SCRATCH_DIR=/var/lib/vmpod/scratch \
