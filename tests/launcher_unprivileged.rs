@@ -351,9 +351,10 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
         "unseeded capabilities cache, launcher as PID 1 with {COMPUTE_CAPS:?}: domain running after {running_ms} ms; guest held after {:?}",
         started.elapsed()
     );
-    // An orphaned probe QEMU left unreaped costs libvirtd tens of seconds.
+    // An orphaned probe QEMU left unreaped costs libvirtd ~40 s (measured: 41.4 s without
+    // the reaper); a loaded machine probes in a few seconds.
     assert!(
-        running_ms < 15_000,
+        running_ms < 25_000,
         "domain running after {running_ms} ms\n{}",
         diag()
     );
