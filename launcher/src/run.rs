@@ -118,7 +118,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => vmpod::domain::kvm_usable(
             Path::new(vmpod::domain::accel::KVM_DEVICE),
             Path::new(vmpod::domain::xml::EMULATOR),
-        ),
+        )
+        // QEMU runs as its own user, not as the launcher that probed.
+        .and_then(|()| RunAs::qemu(true).may_open(Path::new(vmpod::domain::accel::KVM_DEVICE))),
     };
     let accel = vmpod::domain::choose(request, probe)?;
     tracing::info!(vmi = %domain_name(&vmi), %accel, "starting");

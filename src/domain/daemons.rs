@@ -240,6 +240,29 @@ impl RunAs {
         }
     }
 
+    /// Whether these ids may open `path` for reading and writing, by its mode bits
+    /// (what `/dev/kvm` needs); the reason when not.
+    pub fn may_open(&self, path: &Path) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let rw = |shift: u32| (m.mode() >> shift) & 0o6 == 0o6;
+        let ok = self.uid == 0
+            || (m.uid() == self.uid && rw(6))
+            || ((m.gid() == self.gid || self.groups.contains(&m.gid())) && rw(3))
+            || rw(0);
+        if ok {
+            return Ok(());
+        }
+        Err(format!(
+            "{} (mode {:o}, uid {}, gid {}) is not usable by QEMU's user {}",
+            path.display(),
+            m.mode() & 0o777,
+            m.uid(),
+            m.gid(),
+            self.uid
+        ))
+    }
+
     /// Give `path` to these ids (not following a symlink); a no-op when they are ours.
     pub fn chown(&self, path: &Path) -> io::Result<()> {
         if nix::unistd::geteuid().as_raw() == self.uid {
@@ -564,6 +587,41 @@ mod tests {
             !qemu_conf().contains("user ="),
             "QEMU runs as the daemon's user"
         );
+    }
+
+    #[test]
+    fn may_open_follows_the_mode_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("kvm");
+        fs::write(&dev, b"").unwrap();
+        let me = RunAs::current();
+        let (uid, gid) = (me.uid, me.gid);
+        let other = RunAs {
+            uid: uid + 1000,
+            gid: gid + 1000,
+            groups: Vec::new(),
+        };
+        let in_group = RunAs {
+            groups: vec![gid],
+            ..other.clone()
+        };
+        for (mode, other_ok, group_ok) in [
+            (0o600, false, false),
+            (0o660, false, true),
+            (0o666, true, true),
+        ] {
+            fs::set_permissions(&dev, fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                other.may_open(&dev).is_ok(),
+                other_ok || uid + 1000 == 0,
+                "{mode:o}"
+            );
+            assert_eq!(in_group.may_open(&dev).is_ok(), group_ok, "{mode:o}");
+        }
+        fs::set_permissions(&dev, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = other.may_open(&dev).unwrap_err();
+        assert!(e.contains("mode 600") && e.contains("not usable"), "{e}");
     }
 
     #[test]
