@@ -52,10 +52,14 @@
 //!     keeps them without a link-local address.
 //!   - the bridge: nothing in the pod speaks IPv6 on it yet, so it gets
 //!     `addr_gen_mode none` (no link-local address) instead of keeping one with
-//!     `autoconf`/`accept_ra` off. A router advertising into the pod could still give
-//!     the bridge a route (and with SLAAC an address of the bridge's own MAC, never
-//!     the VM's); the VM's traffic is bridged and does not care. DHCPv6/RA for the VM
-//!     will add the bridge's link-local address as an explicit op.
+//!     `autoconf`/`accept_ra` off. What that does not stop, measured on 6.18 with a
+//!     router advertisement sent into a bridge set up this way: the bridge still takes
+//!     a SLAAC address (from its own derived MAC, never the VM's, so no collision) and
+//!     a default route from the router. Only the pod's own IPv6 traffic would use
+//!     them; the VM's is bridged and does not care, and CNI plugins give pods IPv6
+//!     statically rather than advertise into them. When it matters (DHCPv6/RA for the
+//!     VM), an nftables rule dropping RAs at the bridge's input is the netlink-era
+//!     equivalent of `accept_ra=0`, one more op of the plan.
 //!
 //! Reading `/proc/sys` (to record the pod interface's original settings) works
 //! read-only.
