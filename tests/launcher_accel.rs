@@ -23,7 +23,7 @@ use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 const STANDIN: &str = r#"#!/bin/sh
 [ "$1" = --socket ] || exit 3
 root=$(dirname "$(dirname "$2")")
-log="$root/log/qemu/$STANDIN_DOMAIN.log"
+log="$root/cache/libvirt/qemu/log/$STANDIN_DOMAIN.log"
 mkdir -p "$(dirname "$log")"
 d=$STANDIN_DOMAIN
 ev() { echo "{\"kind\":\"event\",\"domain\":\"$d\",\"event\":$1}"; }
@@ -85,6 +85,9 @@ impl Node {
     fn new() -> Node {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
+        // The stand-in runs as QEMU's user (uid 107), as vmpod-virt does: it must reach
+        // its script and write its record under here.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let agent = root.join("standin-virt");
         std::fs::write(&agent, STANDIN).unwrap();
         std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -106,6 +109,7 @@ impl Node {
         let state = self.root.join(run);
         let rec = self.root.join(format!("{run}-agent"));
         std::fs::create_dir_all(&rec).unwrap();
+        std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o777)).unwrap();
         let caps = self.caps_seed();
         let mut args = vec![
             "--accel",

@@ -678,6 +678,10 @@ fn run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kubevirt-shapes/v1alpha3-chassis.yaml");
     let host_disk = site.dir.path().join("host/disk.img");
     std::fs::create_dir_all(host_disk.parent().unwrap()).unwrap();
+    // QEMU runs as uid 107: it must reach the disk's directory.
+    for dir in [site.dir.path(), host_disk.parent().unwrap()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let text = std::fs::read_to_string(&shape)
         .unwrap()
         .replacen("target/guest/vmlinuz", &kernel.display().to_string(), 1)

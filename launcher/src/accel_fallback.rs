@@ -11,12 +11,15 @@ use vmpod::domain::{PausedReason, StopReason};
 /// What QEMU writes to its log when KVM fails: under the guest (`kvm_cpu_exec`), `KVM
 /// internal error. Suberror: 1` then `emulation failure`; at start, an assertion or
 /// error in its KVM code (`../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion`,
-/// `accel/kvm/kvm-all.c`), which the probe normally catches first.
-const KVM_FAILURE_MARKS: [&str; 4] = [
+/// `accel/kvm/kvm-all.c`), which the probe normally catches first. libvirt refusing the
+/// domain type (`Emulator ... does not support virt type 'kvm'`: its daemon, QEMU's
+/// user, cannot open `/dev/kvm`) says the same before QEMU runs.
+const KVM_FAILURE_MARKS: [&str; 5] = [
     "KVM internal error",
     "emulation failure",
     "kvm.c:",
     "kvm-all.c:",
+    "does not support virt type 'kvm'",
 ];
 
 /// The lines of QEMU's log (since the domain's start) that say KVM gave up, joined.

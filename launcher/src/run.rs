@@ -561,9 +561,12 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     let name = match start_domain(ctx, agent, &xml).await {
         Ok(name) => name,
         Err(e) => {
+            let error = format!("{e:#}");
+            // QEMU's log, and libvirt's own refusal of the domain type.
+            let said = format!("{}\n{error}", qemu_log_since(ctx, pod.qemu_log_from));
             let what = Interruption::StartFailed {
-                error: format!("{e:#}"),
-                kvm_failure: kvm_failure_in(&qemu_log_since(ctx, pod.qemu_log_from)),
+                kvm_failure: kvm_failure_in(&said),
+                error,
             };
             match accel_fallback::after(ctx.accel.request, env.accel, &what) {
                 Next::BootUnderTcg { why } => {

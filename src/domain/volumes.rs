@@ -285,6 +285,10 @@ pub fn prepare_volumes(
                     message: e.to_string(),
                 })?;
                 ensure_sparse(&path, size).map_err(io_err(".hostDisk.path", "create", &path))?;
+                // Created here, so QEMU's user may have it (an existing one keeps its owner).
+                owner
+                    .chown(&path)
+                    .map_err(io_err(".hostDisk.path", "chown", &path))?;
             }
             let format = detect_format(&path).map_err(io_err(".hostDisk.path", "open", &path))?;
             PreparedVolume {
