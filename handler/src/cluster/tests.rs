@@ -643,3 +643,110 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
     let (argv, port) = container("controller.yaml", "controller");
     reachable(Ctl::try_parse_from(argv).unwrap().args.metrics_addr, port);
 }
+
+/// The node daemon against hostile state directories (issue 15): pod `vm-fifo`'s
+/// status.json is a FIFO, `vm-zero`'s a symlink to /dev/zero, `vm-steal`'s control.sock a
+/// symlink to `vm-good`'s socket. Each of those gets an error in its VMI's Ready condition,
+/// at once (nothing blocks), while `vm-good`, served by a real control socket, is reported
+/// with its IP; `vm-steal` does not get `vm-good`'s address.
+#[tokio::test]
+async fn node_survives_hostile_state_dirs_and_keeps_reporting_the_others() {
+    use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
+    use vmpod::control::state::CONTROL_SOCKET;
+    use vmpod::control::write_status;
+    let root = tempfile::tempdir().unwrap();
+    let names = ["vm-fifo", "vm-zero", "vm-steal", "vm-good"];
+    let uid = |i: usize| format!("00000000-0000-4000-8000-00000000010{i}");
+    let dir = |i: usize| root.path().join(uid(i));
+    for i in 0..names.len() {
+        std::fs::create_dir(dir(i)).unwrap();
+    }
+    let good = FakeLauncher::start(&dir(3), sample_status("vm-good"), sample_network()).unwrap();
+    write_status(&dir(3), &LauncherStatus::pending("vm-good")).unwrap();
+    nix::unistd::mkfifo(&dir(0).join("status.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir(1).join("status.json")).unwrap();
+    write_status(&dir(2), &LauncherStatus::pending("vm-steal")).unwrap();
+    std::os::unix::fs::symlink(&good.socket, dir(2).join(CONTROL_SOCKET)).unwrap();
+
+    let vmi_path = |name: &str| {
+        format!("/apis/vmpod.io/v1alpha1/namespaces/ns1/virtualmachineinstances/{name}")
+    };
+    let vmi_of = |i: usize| {
+        let mut v = vmi_json("30", json!({"phase": "Running"}));
+        v["metadata"]["name"] = json!(names[i]);
+        v["metadata"]["uid"] = json!(format!("00000000-0000-4000-9000-00000000000{i}"));
+        v
+    };
+    let pod_of = |i: usize| {
+        let mut p = pod_json(Some("Running"), Some("n1"));
+        p["metadata"]["name"] = json!(format!("vmpod-launcher-{}", names[i]));
+        p["metadata"]["uid"] = json!(uid(i));
+        p["metadata"]["labels"]["vmpod.io/vmi"] = json!(names[i]);
+        p["metadata"]["ownerReferences"][0]["name"] = json!(names[i]);
+        p["metadata"]["ownerReferences"][0]["uid"] = vmi_of(i)["metadata"]["uid"].clone();
+        p
+    };
+    let mut script = Vec::new();
+    for i in 0..names.len() {
+        script.push(Exchange::json(
+            Method::GET,
+            &vmi_path(names[i]),
+            200,
+            vmi_of(i),
+        ));
+        script.push(Exchange::json(
+            Method::PATCH,
+            &format!("{}/status", vmi_path(names[i])),
+            200,
+            vmi_of(i),
+        ));
+    }
+    let (client, server) = MockApiServer::start(script);
+    let ctx = Arc::new(NodeContext {
+        client,
+        state_root: root.path().to_str().unwrap().into(),
+        source: node::ControlSocketSource {
+            timeout: Duration::from_secs(5),
+        },
+        poll: Duration::from_secs(3600),
+        metrics: Arc::default(),
+    });
+    let started = std::time::Instant::now();
+    for i in 0..names.len() {
+        let pod = Arc::new(serde_json::from_value(pod_of(i)).unwrap());
+        node::reconcile(pod, ctx.clone()).await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a hostile dir held the daemon for {:?}",
+        started.elapsed()
+    );
+    let condition = |i: usize| {
+        let patch = &server.seen_on(Method::PATCH, &format!("{}/status", vmi_path(names[i])))[0];
+        patch.body["status"].clone()
+    };
+    for (i, want) in [
+        (0, "status.json: is not a regular file"),
+        (1, "status.json: open: ELOOP"),
+        (2, "control.sock: is not a socket"),
+    ] {
+        let status = condition(i);
+        let c = &status["conditions"][0];
+        assert_eq!(c["status"], "False", "{}: {status}", names[i]);
+        let message = c["message"].as_str().unwrap();
+        assert!(
+            message.contains(&uid(i)) && message.contains(want),
+            "{}: {message}",
+            names[i]
+        );
+        assert!(
+            status["interfaces"].as_array().is_none_or(Vec::is_empty),
+            "{status}"
+        );
+    }
+    let status = condition(3);
+    assert_eq!(status["conditions"][0]["status"], "True", "{status}");
+    assert_eq!(status["interfaces"][0]["ipAddress"], "10.22.0.5");
+    assert_eq!(server.unexpected(), Vec::<String>::new());
+    good.stop().await.unwrap();
+}
