@@ -22,7 +22,7 @@ pub mod types;
 pub use action::{Action, ApiError, LifecycleAction, ROUTES, Route};
 pub use client::{ClientError, ConsoleFollow, ConsoleStream, ControlClient};
 pub use guarded::{Refused, status_from_dir};
-pub use server::{Backend, BackendError, ControlServer, ServerError};
+pub use server::{Backend, BackendError, ControlServer, Limits, ServerError};
 pub use state::{
     StatusSource, control_socket, list_local, local_root, local_state_dir, read_status,
     rotate_console_log, status_of, write_json_atomic, write_status,
