@@ -152,7 +152,7 @@ mod tests {
         assert!(e.to_string().contains("status.json: open: ELOOP"), "{e}");
 
         let big = make("big");
-        std::fs::write(big.join(STATUS_FILE), vec![b' '; STATUS_MAX as usize + 1]).unwrap();
+        std::fs::write(big.join(STATUS_FILE), vec![b' '; (64 << 10) + 1]).unwrap();
         let e = rt.block_on(status_from_dir(&big, t)).unwrap_err();
         assert!(e.to_string().contains("is larger than 65536 bytes"), "{e}");
 

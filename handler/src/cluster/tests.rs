@@ -689,16 +689,11 @@ async fn node_survives_hostile_state_dirs_and_keeps_reporting_the_others() {
         p
     };
     let mut script = Vec::new();
-    for i in 0..names.len() {
-        script.push(Exchange::json(
-            Method::GET,
-            &vmi_path(names[i]),
-            200,
-            vmi_of(i),
-        ));
+    for (i, name) in names.iter().enumerate() {
+        script.push(Exchange::json(Method::GET, &vmi_path(name), 200, vmi_of(i)));
         script.push(Exchange::json(
             Method::PATCH,
-            &format!("{}/status", vmi_path(names[i])),
+            &format!("{}/status", vmi_path(name)),
             200,
             vmi_of(i),
         ));
