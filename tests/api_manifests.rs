@@ -597,3 +597,119 @@ fn only_one_cloud_init_volume() {
         ]
     );
 }
+
+/// Names become file names and device aliases, paths are opened by the launcher: each is
+/// confined, and each refusal names its field (issue 15).
+#[test]
+fn names_and_paths_are_confined() {
+    let table: &[(&str, &str, &[&str])] = &[
+        (
+            "disks: [{name: d, disk: {bus: virtio}}]",
+            "disks: [{name: ../../x, disk: {bus: virtio}}]",
+            &[
+                r#"spec.domain.devices.disks[0].name: "../../x" is not a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63)"#,
+                r#"spec.domain.devices.disks[0]: no volume named "../../x" in spec.volumes"#,
+            ],
+        ),
+        (
+            "volumes: [{name: d, emptyDisk: {capacity: 1Gi}}]",
+            "volumes: [{name: Data_1, emptyDisk: {capacity: 1Gi}}]",
+            &[
+                r#"spec.domain.devices.disks[0]: no volume named "d" in spec.volumes"#,
+                r#"spec.volumes[0].name: "Data_1" is not a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63)"#,
+            ],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]\n  networks: [{name: default, pod: {}}]",
+            "interfaces: [{name: eth/0, bridge: {}}]\n  networks: [{name: eth/0, pod: {}}]",
+            &[
+                r#"spec.domain.devices.interfaces[0].name: "eth/0" is not a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63)"#,
+                r#"spec.networks[0].name: "eth/0" is not a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63)"#,
+            ],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "containerDisk: {image: quay.io/x/disk, path: /disk/../../../etc/shadow}",
+            &[
+                "spec.volumes[0].containerDisk.path: must not contain '..' (the path is inside the image)",
+            ],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "containerDisk: {image: quay.io/x/disk, path: /}",
+            &["spec.volumes[0].containerDisk.path: must name a file inside the image"],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "hostDisk: {path: disk.img, type: Disk}",
+            &["spec.volumes[0].hostDisk.path: must be an absolute path on the node"],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "hostDisk: {path: /var/lib/vmpod/../../../dev/sda, type: Disk}",
+            &["spec.volumes[0].hostDisk.path: must not contain '..'"],
+        ),
+        (
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n    firmware: {kernelBoot: {container: {image: quay.io/x/k, kernelPath: ../vmlinuz, initrdPath: /boot/../../initrd}}}",
+            &[
+                "spec.domain.firmware.kernelBoot.container.kernelPath: must not contain '..' (the path is inside the image)",
+                "spec.domain.firmware.kernelBoot.container.initrdPath: must not contain '..' (the path is inside the image)",
+            ],
+        ),
+    ];
+    for (from, to, want) in table {
+        assert!(BASE.contains(from), "{from:?} not in BASE");
+        let got = errors_of(&BASE.replacen(from, to, 1));
+        assert_eq!(&got, want, "{to}");
+    }
+    // KubeVirt's absolute-looking containerDisk path is inside the image: accepted.
+    let ok = BASE.replacen(
+        "emptyDisk: {capacity: 1Gi}",
+        "containerDisk: {image: quay.io/x/disk, path: /disk/fedora.qcow2}",
+        1,
+    );
+    assert_eq!(errors_of(&ok), Vec::<String>::new());
+}
+
+/// The launcher refuses a hostDisk outside the node's `--host-disk-dir`s before it touches
+/// anything, naming the field; a symlink inside an allowed directory does not get out.
+#[test]
+fn launcher_refuses_host_disks_outside_its_directories() {
+    #[path = "support/cargo_build.rs"]
+    mod cargo_build;
+    let launcher =
+        cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher"]).join("vmpod-launcher");
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("disks");
+    std::fs::create_dir(&allowed).unwrap();
+    std::os::unix::fs::symlink("/dev/null", allowed.join("escape.img")).unwrap();
+    for (disk, shown) in [
+        ("/dev/null".to_string(), "/dev/null is outside"),
+        (
+            allowed.join("escape.img").display().to_string(),
+            "(which is /dev/null) is outside",
+        ),
+    ] {
+        let text = BASE.replacen(
+            "emptyDisk: {capacity: 1Gi}",
+            &format!("hostDisk: {{path: {disk}, type: Disk}}"),
+            1,
+        );
+        let out = Command::new(&launcher)
+            .args(["run", "--vmi", &text, "--state-dir"])
+            .arg(dir.path().join("state"))
+            .arg("--host-disk-dir")
+            .arg(&allowed)
+            .env_remove("VMPOD_HOST_DISK_DIRS")
+            .output()
+            .expect("the launcher runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("spec.volumes[0].hostDisk.path: ") && err.contains(shown),
+            "{err}"
+        );
+        assert!(!dir.path().join("state").exists(), "nothing touched: {err}");
+    }
+}

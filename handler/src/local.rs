@@ -33,6 +33,24 @@ pub struct LocalArgs {
     /// How often the directory is scanned, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
+    /// Another node directory hostDisk volumes may be in (repeatable; VMPOD_HOST_DISK_DIRS
+    /// holds them ':'-separated). The manifests directory always is.
+    #[arg(
+        long = "host-disk-dir",
+        env = "VMPOD_HOST_DISK_DIRS",
+        value_delimiter = ':'
+    )]
+    pub host_disk_dirs: Vec<PathBuf>,
+}
+
+impl LocalArgs {
+    /// Where hostDisk volumes may be: the manifests directory and `--host-disk-dir`s.
+    fn host_disk_dirs(&self) -> Vec<PathBuf> {
+        let manifests = std::path::absolute(&self.manifests).unwrap_or(self.manifests.clone());
+        std::iter::once(manifests)
+            .chain(self.host_disk_dirs.iter().cloned())
+            .collect()
+    }
 }
 
 /// The status file beside a manifest: `<dir>/<stem>.status.json`.
@@ -145,6 +163,7 @@ async fn reconcile_loop(runtime: Arc<LocalRuntime>, args: LocalArgs) -> anyhow::
     let mut int = signal(SignalKind::interrupt())?;
     let mut tracked: BTreeMap<PathBuf, Tracked> = BTreeMap::new();
     let mut draining: Vec<JoinHandle<()>> = Vec::new();
+    let host_disk_dirs: Arc<[PathBuf]> = args.host_disk_dirs().into();
     tracing::info!(dir = %args.manifests.display(), "watching manifests");
     loop {
         let seen = scan(&args.manifests)?;
@@ -164,12 +183,18 @@ async fn reconcile_loop(runtime: Arc<LocalRuntime>, args: LocalArgs) -> anyhow::
             let old = tracked.remove(&path).expect("changed paths are tracked");
             tracing::info!(manifest = %path.display(), "manifest changed: restarting its VM");
             let _ = old.stop.send(StopLevel::Graceful);
-            let t = start(&runtime, &path, seen[&path], Some(old.task));
+            let t = start(
+                &runtime,
+                &host_disk_dirs,
+                &path,
+                seen[&path],
+                Some(old.task),
+            );
             tracked.insert(path, t);
         }
         for path in changes.added {
             tracing::info!(manifest = %path.display(), "manifest added: starting its VM");
-            let t = start(&runtime, &path, seen[&path], None);
+            let t = start(&runtime, &host_disk_dirs, &path, seen[&path], None);
             tracked.insert(path, t);
         }
         draining.retain(|t| !t.is_finished());
@@ -193,18 +218,22 @@ async fn reconcile_loop(runtime: Arc<LocalRuntime>, args: LocalArgs) -> anyhow::
 /// file, has stopped).
 fn start(
     runtime: &Arc<LocalRuntime>,
+    host_disk_dirs: &Arc<[PathBuf]>,
     manifest: &Path,
     digest: u64,
     after: Option<JoinHandle<()>>,
 ) -> Tracked {
     let (stop, stop_rx) = watch::channel(StopLevel::Run);
     let (runtime, manifest) = (Arc::clone(runtime), manifest.to_path_buf());
+    let host_disk_dirs = Arc::clone(host_disk_dirs);
     let task = tokio::spawn(async move {
         if let Some(previous) = after {
             let _ = previous.await;
         }
         let status_file = status_path(&manifest);
-        if let Err(e) = run_manifest(&runtime, &manifest, &status_file, stop_rx).await {
+        if let Err(e) =
+            run_manifest(&runtime, &host_disk_dirs, &manifest, &status_file, stop_rx).await
+        {
             tracing::warn!(manifest = %manifest.display(), error = %e, "VM failed");
             let mut s =
                 LauncherStatus::pending(manifest.file_stem().unwrap_or_default().to_string_lossy());
@@ -218,6 +247,7 @@ fn start(
 /// One VM from start (or adoption) to teardown, its status mirrored into `status_file`.
 async fn run_manifest(
     runtime: &Arc<LocalRuntime>,
+    host_disk_dirs: &[PathBuf],
     manifest: &Path,
     status_file: &Path,
     stop: watch::Receiver<StopLevel>,
@@ -235,7 +265,8 @@ async fn run_manifest(
             let rt = Arc::clone(runtime);
             let mut pod = tokio::task::spawn_blocking(move || rt.create_pod(&vmi)).await??;
             // No PR_SET_PDEATHSIG: VMs outlive a handler restart, which adopts them.
-            let child = match pod.spawn_launcher(&runtime.config().launcher, false) {
+            let child = match pod.spawn_launcher(&runtime.config().launcher, host_disk_dirs, false)
+            {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = tokio::task::spawn_blocking(move || pod.teardown()).await;

@@ -236,7 +236,7 @@ pub fn apply_defaults(spec: &mut VirtualMachineInstanceSpec) {
 }
 
 /// Make the launcher-local file paths absolute: `kernelBoot.kernelPath`/`initrdPath` (the
-/// vmpod extension) and `hostDisk.path`. vmpod resolves relative paths against the working
+/// vmpod extension; `hostDisk.path` must be absolute already, see validation). vmpod resolves relative paths against the working
 /// directory of the command that loads the manifest (`vmpodctl run`, `vmpod-handler local`),
 /// so the examples, run from the repository root, find `target/guest/vmlinuz`. Paths inside
 /// a `container` image are left alone. Pure: joins paths, reads nothing.
@@ -249,11 +249,6 @@ pub fn resolve_relative_paths(spec: &mut VirtualMachineInstanceSpec, base: &Path
     if let Some(kb) = spec.domain.kernel_boot_mut() {
         kb.kernel_path.iter_mut().for_each(resolve);
         kb.initrd_path.iter_mut().for_each(resolve);
-    }
-    for v in &mut spec.volumes {
-        if let Some(h) = v.host_disk.as_mut() {
-            resolve(&mut h.path);
-        }
     }
 }
 
@@ -446,14 +441,6 @@ mod tests {
                 ..Default::default()
             }),
         });
-        spec.volumes.push(Volume {
-            name: "h".into(),
-            host_disk: Some(HostDisk {
-                path: "disk.img".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
         resolve_relative_paths(&mut spec, Path::new("/repo"));
         let kb = spec.domain.firmware.unwrap().kernel_boot.unwrap();
         assert_eq!(
@@ -461,9 +448,5 @@ mod tests {
             Some("/repo/target/guest/vmlinuz")
         );
         assert_eq!(kb.initrd_path.as_deref(), Some("/abs/initrd"));
-        assert_eq!(
-            spec.volumes[0].host_disk.as_ref().unwrap().path,
-            "/repo/disk.img"
-        );
     }
 }

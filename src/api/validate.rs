@@ -147,13 +147,7 @@ impl Validator {
     fn metadata(&mut self, vmi: &VirtualMachineInstance) {
         match vmi.metadata.name.as_deref() {
             None | Some("") => self.push("metadata.name", "required"),
-            Some(name) if !is_dns_label(name) => self.push(
-                "metadata.name",
-                format!(
-                    "{name:?} is not a DNS-1123 label (lowercase letters, digits and '-', \
-                     starting and ending with a letter or digit, at most 63)"
-                ),
-            ),
+            Some(name) if !is_dns_label(name) => self.push("metadata.name", not_a_dns_label(name)),
             Some(_) => {}
         }
         if let Some(uid) = vmi.metadata.uid.as_deref()
@@ -296,6 +290,14 @@ impl Validator {
                 self.push(format!("{path}.{name}"), "must not be empty");
             }
         }
+        if let Some(c) = container_fields {
+            for (name, value) in c {
+                let set = value.as_deref().filter(|p| !p.trim().is_empty());
+                if let Some(why) = set.and_then(image_path_error) {
+                    self.push(format!("{path}.{name}"), why);
+                }
+            }
+        }
         if kb.files().is_none() {
             self.push(
                 path,
@@ -371,10 +373,13 @@ impl Validator {
             1 => {}
             _ => self.push(path, "set exactly one source, not several"),
         }
-        if let Some(c) = &vol.container_disk
-            && c.image.trim().is_empty()
-        {
-            self.push(format!("{path}.containerDisk.image"), "must not be empty");
+        if let Some(c) = &vol.container_disk {
+            if c.image.trim().is_empty() {
+                self.push(format!("{path}.containerDisk.image"), "must not be empty");
+            }
+            if let Some(why) = c.path.as_deref().and_then(image_path_error) {
+                self.push(format!("{path}.containerDisk.path"), why);
+            }
         }
         if let Some(c) = &vol.cloud_init_no_cloud {
             let p = format!("{path}.cloudInitNoCloud");
@@ -426,8 +431,8 @@ impl Validator {
         }
         if let Some(h) = &vol.host_disk {
             let p = format!("{path}.hostDisk");
-            if h.path.trim().is_empty() {
-                self.push(format!("{p}.path"), "must not be empty");
+            if let Some(why) = host_path_error(&h.path) {
+                self.push(format!("{p}.path"), why);
             }
             match (&h.capacity, h.disk_type) {
                 (Some(c), _) => {
@@ -547,12 +552,49 @@ impl Validator {
         }
     }
 
+    /// A name that is a DNS label (it becomes part of file paths and device aliases) and
+    /// is not used twice in its list.
     fn unique_name<'a>(&mut self, path: &str, name: &'a str, seen: &mut BTreeSet<&'a str>) {
         if name.is_empty() {
             self.push(format!("{path}.name"), "must not be empty");
+        } else if !is_dns_label(name) {
+            self.push(format!("{path}.name"), not_a_dns_label(name));
         } else if !seen.insert(name) {
             self.push(format!("{path}.name"), format!("{name:?} is used twice"));
         }
+    }
+}
+
+fn not_a_dns_label(name: &str) -> String {
+    format!(
+        "{name:?} is not a DNS-1123 label (lowercase letters, digits and '-', \
+         starting and ending with a letter or digit, at most 63)"
+    )
+}
+
+/// What is wrong with a path inside an image (containerDisk `path`, kernelBoot
+/// `container.kernelPath`/`initrdPath`): it is taken relative to the image's root (a
+/// leading `/` is allowed, as KubeVirt writes `/disk/x.img`) and may not climb out of it.
+pub fn image_path_error(path: &str) -> Option<&'static str> {
+    if path.trim_start_matches('/').trim().is_empty() {
+        Some("must name a file inside the image")
+    } else if path.split('/').any(|c| c == "..") {
+        Some("must not contain '..' (the path is inside the image)")
+    } else {
+        None
+    }
+}
+
+/// What is wrong with a hostDisk path: it is a node path, absolute, with no `..`.
+pub fn host_path_error(path: &str) -> Option<&'static str> {
+    if path.trim().is_empty() {
+        Some("must not be empty")
+    } else if !path.starts_with('/') {
+        Some("must be an absolute path on the node")
+    } else if path.split('/').any(|c| c == "..") {
+        Some("must not contain '..'")
+    } else {
+        None
     }
 }
 
@@ -625,6 +667,26 @@ mod tests {
         assert!(!is_uuid("uid-1"));
         assert!(!is_uuid("6a1c7a536a4e4f0e9a552f4c0d5e1b10"));
         assert!(!is_uuid("6a1c7a53-6a4e-4f0e-9a55-2f4c0d5e1b1g"));
+    }
+
+    #[test]
+    fn image_paths_stay_inside_the_image() {
+        assert_eq!(image_path_error("/disk/x.img"), None);
+        assert_eq!(image_path_error("disk/x.img"), None);
+        assert_eq!(image_path_error("boot/vmlinuz..old"), None);
+        assert!(image_path_error("/disk/../../etc/shadow").is_some());
+        assert!(image_path_error("..").is_some());
+        assert!(image_path_error("").is_some());
+        assert!(image_path_error("/").is_some());
+    }
+
+    #[test]
+    fn host_paths_are_absolute_and_clean() {
+        assert_eq!(host_path_error("/var/lib/disks/a.img"), None);
+        assert!(host_path_error("a.img").is_some());
+        assert!(host_path_error("./a.img").is_some());
+        assert!(host_path_error("/var/lib/disks/../../dev/sda").is_some());
+        assert!(host_path_error("").is_some());
     }
 
     #[test]

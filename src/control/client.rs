@@ -20,6 +20,8 @@ pub enum ClientError {
         socket: PathBuf,
         source: std::io::Error,
     },
+    #[error("control socket {socket}: {why}")]
+    Peer { socket: PathBuf, why: String },
     #[error("{method} {path} on {socket}: {source}")]
     Http {
         method: Method,
@@ -56,6 +58,8 @@ impl ClientError {
 #[derive(Clone, Debug)]
 pub struct ControlClient {
     socket: PathBuf,
+    /// The launcher pid the peer must be (see [`ControlClient::with_peer`]).
+    peer: Option<u32>,
 }
 
 /// A followed console log: chunks of output as the launcher writes them.
@@ -104,7 +108,16 @@ impl ControlClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         ControlClient {
             socket: socket.into(),
+            peer: None,
         }
+    }
+
+    /// Talk only to the process `pid` as its own pid namespace numbers it (the launcher's
+    /// `pid` in its status): every connection's peer (SO_PEERCRED) is checked first, so a
+    /// socket that leads to another process is refused with [`ClientError::Peer`].
+    pub fn with_peer(mut self, pid: u32) -> Self {
+        self.peer = Some(pid);
+        self
     }
 
     pub fn socket(&self) -> &Path {
@@ -253,6 +266,12 @@ impl ControlClient {
                     socket: self.socket.clone(),
                     source,
                 })?;
+        if let Some(want) = self.peer {
+            check_peer(&stream, want).map_err(|why| ClientError::Peer {
+                socket: self.socket.clone(),
+                why,
+            })?;
+        }
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ctx.http(e))?;
@@ -279,6 +298,38 @@ impl ControlClient {
             socket: self.socket.clone(),
         }
     }
+}
+
+/// The peer of `stream` is process `want` of its own pid namespace: SO_PEERCRED gives the
+/// pid in ours, `/proc/<pid>/status`'s `NSpid` its pid in each namespace down to its own.
+fn check_peer(stream: &UnixStream, want: u32) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let pid = cred.pid().filter(|p| *p > 0).ok_or(
+        "the peer process is not visible in this pid namespace (the node daemon needs hostPID)",
+    )?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let own = innermost_pid(&status).ok_or(format!("/proc/{pid}/status has no NSpid"))?;
+    if own == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "the peer is pid {pid} (pid {own} in its namespace), not the launcher's pid {want}"
+        ))
+    }
+}
+
+/// The last pid of the `NSpid:` line of a `/proc/<pid>/status` (pure).
+pub fn innermost_pid(proc_status: &str) -> Option<u32> {
+    proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 fn request(method: &Method, uri: &str, body: Bytes) -> Request<Full<Bytes>> {

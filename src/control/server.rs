@@ -1,6 +1,10 @@
 //! The control server: accepts on `control.sock`, parses each request into an
 //! [`Action`], asks the [`Backend`] and writes JSON. It owns the socket file and the HTTP
-//! connections; VM state belongs to the backend (the launcher).
+//! connections and bounds them ([`Limits`]): a request's headers and body must arrive in
+//! time, and at most so many connections are served at once (beyond that, a new one is
+//! closed at once). A followed or attached console is long-lived by design: once its
+//! request is in, no timeout applies, and an attached console leaves the count. VM state
+//! belongs to the backend (the launcher).
 
 use super::action::{self, Action, ApiError, LifecycleAction, RequestParts};
 use super::types::{ErrorBody, LauncherStatus, NetworkReport};
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// Largest request body accepted (the only body is `POST /v1/shutdown`'s).
@@ -26,6 +30,28 @@ const MAX_BODY: usize = 64 * 1024;
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// How long open connections get to finish after shutdown before they are dropped.
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// How long clients get and how many are served at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A request's headers must be in within this (also a keep-alive connection's next
+    /// request); otherwise the connection is closed.
+    pub header_timeout: Duration,
+    /// A request's body must be in within this once its headers are; otherwise 400.
+    pub body_timeout: Duration,
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 32,
+        }
+    }
+}
 
 /// A failure the backend reports; the server answers 409 or 500 with its message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +104,7 @@ pub enum ServerError {
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    limits: Limits,
 }
 
 type Body = BoxBody<Bytes, io::Error>;
@@ -110,7 +137,14 @@ impl ControlServer {
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),
+            limits: Limits::default(),
         })
+    }
+
+    /// Serve with `limits` instead of [`Limits::default`].
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -127,14 +161,23 @@ impl ControlServer {
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
         tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        conns.spawn(serve_connection(stream, backend.clone(), stop_rx.clone()));
-                    }
+                    Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let (b, s, l) = (backend.clone(), stop_rx.clone(), self.limits);
+                            conns.spawn(serve_connection(stream, b, s, l, slot));
+                        }
+                        Err(_) => tracing::warn!(
+                            "{}: {} connections open; closing a new one",
+                            self.path.display(),
+                            self.limits.max_connections
+                        ),
+                    },
                     Err(e) if is_transient(&e) => {
                         tracing::warn!("accepting on {}: {e}; retrying", self.path.display());
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -168,20 +211,29 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
+/// One connection, holding its `slot` until it ends (or is upgraded to a console).
 async fn serve_connection<B: Backend>(
     stream: UnixStream,
     backend: Arc<B>,
     mut stop: watch::Receiver<bool>,
+    limits: Limits,
+    slot: OwnedSemaphorePermit,
 ) {
     let stop_for_requests = stop.clone();
     let service = hyper::service::service_fn(move |req| {
         let backend = backend.clone();
         let stop = stop_for_requests.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, backend, stop).await) }
+        async move {
+            let resp = handle(req, backend, stop, limits.body_timeout).await;
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
+    let _slot = slot;
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => return log_conn_end(r),
@@ -201,6 +253,7 @@ async fn handle<B: Backend>(
     req: Request<Incoming>,
     backend: Arc<B>,
     stop: watch::Receiver<bool>,
+    body_timeout: Duration,
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -208,7 +261,7 @@ async fn handle<B: Backend>(
         let upgrade = upgrade_protocol(req.headers()).map(str::to_string);
         let query = req.uri().query().map(str::to_string);
         let (parts, body) = req.into_parts();
-        let body = read_body(body, &path).await?;
+        let body = read_body(body, &path, body_timeout).await?;
         let action = action::parse(RequestParts {
             method: &parts.method,
             path: &path,
@@ -402,16 +455,17 @@ fn upgrade_protocol(headers: &http::HeaderMap) -> Option<&str> {
     headers.get(header::UPGRADE).and_then(|v| v.to_str().ok())
 }
 
-async fn read_body(body: Incoming, path: &str) -> Result<Bytes, ApiError> {
+async fn read_body(body: Incoming, path: &str, timeout: Duration) -> Result<Bytes, ApiError> {
+    let bad = |reason: String| ApiError::BadRequest {
+        path: path.to_string(),
+        reason,
+    };
     let limited = http_body_util::Limited::new(body, MAX_BODY);
-    limited
-        .collect()
+    tokio::time::timeout(timeout, limited.collect())
         .await
+        .map_err(|_| bad(format!("the body did not arrive within {timeout:?}")))?
         .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::BadRequest {
-            path: path.to_string(),
-            reason: format!("reading body: {e}"),
-        })
+        .map_err(|e| bad(format!("reading body: {e}")))
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Response<Body>, ApiError> {
@@ -449,4 +503,188 @@ fn bytes_response(status: StatusCode, content_type: &'static str, body: Bytes) -
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::client::ControlClient;
+    use crate::control::fake::{FakeBackend, sample_network, sample_status};
+    use std::time::Instant;
+    use tokio::io::AsyncWriteExt;
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    struct Served {
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<Result<(), ServerError>>,
+    }
+
+    /// The fake backend served with short timeouts and room for `max` connections.
+    fn serve(max: usize) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(FakeBackend::new(
+            sample_status("vm1"),
+            sample_network(),
+            "<domain/>",
+            dir.path().join("console.log"),
+            dir.path().join("console.sock"),
+        ));
+        let socket = dir.path().join("control.sock");
+        let limits = Limits {
+            header_timeout: SHORT,
+            body_timeout: SHORT,
+            max_connections: max,
+        };
+        let server = ControlServer::bind(&socket).unwrap().with_limits(limits);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(backend, async {
+            let _ = stopped.await;
+        }));
+        Served {
+            dir,
+            socket,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    impl Served {
+        async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Everything the server sends until it closes, and when it closed.
+    async fn read_until_closed(stream: &mut UnixStream) -> (String, Instant) {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
+            .await
+            .expect("the server closes the connection")
+            .ok();
+        (String::from_utf8_lossy(&got).into_owned(), Instant::now())
+    }
+
+    #[tokio::test]
+    async fn half_a_request_is_dropped_within_the_timeouts() {
+        let s = serve(4);
+        // Headers never finished.
+        let mut half = UnixStream::connect(&s.socket).await.unwrap();
+        let sent = Instant::now();
+        half.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let (_, closed) = read_until_closed(&mut half).await;
+        assert!(
+            closed - sent < SHORT * 5,
+            "dropped after {:?}",
+            closed - sent
+        );
+
+        // Headers in, the body promised and never sent.
+        let mut body = UnixStream::connect(&s.socket).await.unwrap();
+        body.write_all(
+            b"POST /v1/shutdown HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 40\r\n\r\n{\"grace",
+        )
+        .await
+        .unwrap();
+        let sent = Instant::now();
+        let (answer, closed) = read_until_closed(&mut body).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(
+            answer.contains("the body did not arrive within 300ms"),
+            "{answer}"
+        );
+        assert!(
+            closed - sent < SHORT * 5,
+            "dropped after {:?}",
+            closed - sent
+        );
+
+        // A connection that says nothing at all.
+        let mut idle = UnixStream::connect(&s.socket).await.unwrap();
+        let opened = Instant::now();
+        let (_, closed) = read_until_closed(&mut idle).await;
+        assert!(
+            closed - opened < SHORT * 5,
+            "dropped after {:?}",
+            closed - opened
+        );
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_flood_beyond_the_cap_does_not_lock_out_a_client() {
+        let s = serve(4);
+        // Twice the cap of connections that never send a byte.
+        let mut flood = Vec::new();
+        for _ in 0..8 {
+            flood.push(UnixStream::connect(&s.socket).await.unwrap());
+        }
+        // Those beyond the cap are closed at once; the first four hold their slots.
+        let mut beyond = flood.pop().unwrap();
+        let mut got = Vec::new();
+        let n = tokio::time::timeout(SHORT / 2, beyond.read_to_end(&mut got)).await;
+        assert!(
+            matches!(n, Ok(Ok(0))),
+            "over the cap: closed, not served: {n:?}"
+        );
+        // A well-behaved client gets through once the idle ones time out.
+        let client = ControlClient::new(&s.socket);
+        let started = Instant::now();
+        let status = loop {
+            match client.status().await {
+                Ok(status) => break status,
+                Err(e) => assert!(started.elapsed() < Duration::from_secs(5), "{e}"),
+            }
+        };
+        assert_eq!(status.name, "vm1");
+        drop(flood);
+        s.stop().await;
+    }
+
+    #[tokio::test]
+    async fn consoles_outlive_the_timeouts() {
+        let s = serve(1);
+        let log = s.dir.path().join("console.log");
+        std::fs::write(&log, b"boot\n").unwrap();
+        let serial = UnixListener::bind(s.dir.path().join("console.sock")).unwrap();
+        let client = ControlClient::new(&s.socket);
+
+        let mut follow = client.console_follow().await.unwrap();
+        assert_eq!(&follow.next_chunk().await.unwrap().unwrap()[..], b"boot\n");
+        tokio::time::sleep(SHORT * 3).await; // well past both timeouts
+        let mut appender = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut appender, b"later\n").unwrap();
+        assert_eq!(&follow.next_chunk().await.unwrap().unwrap()[..], b"later\n");
+        drop(follow);
+
+        // An attached console leaves its slot: the one slot serves the next request.
+        let mut attached = loop {
+            // The followed console's connection may still be closing.
+            match client.console_attach().await {
+                Ok(a) => break a,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        let (mut vm_side, _) = serial.accept().await.unwrap();
+        tokio::time::sleep(SHORT * 3).await;
+        assert_eq!(client.status().await.unwrap().name, "vm1");
+        vm_side.write_all(b"login: ").await.unwrap();
+        let mut buf = [0u8; 7];
+        attached_read_exact(&mut attached, &mut buf).await;
+        assert_eq!(&buf, b"login: ");
+        s.stop().await;
+    }
+
+    async fn attached_read_exact(stream: &mut crate::control::ConsoleStream, buf: &mut [u8]) {
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(buf))
+            .await
+            .expect("console bytes arrive")
+            .unwrap();
+    }
 }

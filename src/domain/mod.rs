@@ -5,6 +5,7 @@ pub mod accel;
 pub mod agent;
 pub mod cloudinit;
 pub mod daemons;
+pub mod host_disks;
 pub mod libvirt;
 pub mod volumes;
 pub mod xml;
@@ -14,6 +15,7 @@ pub use accel::{
 };
 pub use agent::{AgentError, Events, Request, VirtAgent};
 pub use cloudinit::{NoCloudData, write_nocloud_disk};
+pub use host_disks::{HOST_DISK_DIRS_ENV, host_disks_outside};
 pub use libvirt::{DomainEvent, DomainState, Libvirt, PausedReason, RunningDomain, StopReason};
 pub use volumes::{VolumeError, prepare_volumes};
 pub use xml::{Attachment, DomainEnv, DomainXml, XmlError, domain_name, domain_xml};

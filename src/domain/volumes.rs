@@ -1,6 +1,6 @@
 //! The files behind a VMI's volumes, made ready before the domain is defined:
-//! `hostDisk` (must exist, or created sparse for `DiskOrCreate`), `emptyDisk` (a sparse
-//! file under `<scratch-dir>/disks/`), `containerDisk` (a qcow2 overlay
+//! `hostDisk` (must exist, or created sparse for `DiskOrCreate` in an existing
+//! directory), `emptyDisk` (a sparse file under `<scratch-dir>/disks/`), `containerDisk` (a qcow2 overlay
 //! `<scratch-dir>/container-disks/<volume>.qcow2` backed by the image's disk file where
 //! the pod mounts it, read-only: the image is never opened writable, the VM's writes
 //! land in the overlay and go with the pod) and `cloudInitNoCloud`
@@ -100,11 +100,9 @@ fn detect_format(path: &Path) -> io::Result<DiskFormat> {
     Ok(format_of_header(&head[..n]))
 }
 
-/// Create a sparse file of `size` bytes unless one exists.
+/// Create a sparse file of `size` bytes unless one exists. Creates no directories: a
+/// hostDisk's directory is the node's to make.
 fn ensure_sparse(path: &Path, size: u64) -> io::Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
     match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(f) => f.set_len(size),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -301,7 +299,9 @@ pub fn prepare_volumes(
                 field: format!("{field}.emptyDisk.capacity"),
                 message: err.to_string(),
             })?;
-            let path = state_dir.join("disks").join(format!("{}.img", vol.name));
+            let dir = state_dir.join("disks");
+            fs::create_dir_all(&dir).map_err(io_err(".emptyDisk", "create", &dir))?;
+            let path = dir.join(format!("{}.img", vol.name));
             ensure_sparse(&path, size).map_err(io_err(".emptyDisk", "create", &path))?;
             owner
                 .chown(&path)
@@ -396,6 +396,7 @@ mod tests {
         let q = dir.path().join("base.qcow2");
         fs::write(&q, b"QFI\xfb\0\0\0\x03rest").unwrap();
         let created = dir.path().join("new/data.img");
+        fs::create_dir(dir.path().join("new")).unwrap();
         let vmi = vmi_with(vec![
             Volume {
                 name: "scratch".into(),
@@ -449,6 +450,26 @@ mod tests {
             .to_string();
         assert!(e.contains("spec.volumes[0].hostDisk.path"), "{e}");
         assert!(e.contains("/nonexistent/root.img"), "{e}");
+    }
+
+    #[test]
+    fn disk_or_create_makes_no_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let wanted = dir.path().join("a/b/data.img");
+        let vmi = vmi_with(vec![Volume {
+            name: "data".into(),
+            host_disk: Some(HostDisk {
+                path: wanted.to_string_lossy().into(),
+                disk_type: HostDiskType::DiskOrCreate,
+                capacity: Some(Quantity("1Mi".into())),
+            }),
+            ..Default::default()
+        }]);
+        let e = prepare_volumes(&vmi, &VolumeDirs::under(dir.path()), &RunAs::current())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.volumes[0].hostDisk.path: create"), "{e}");
+        assert!(!dir.path().join("a").exists(), "no parent directory made");
     }
 
     #[test]

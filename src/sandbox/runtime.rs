@@ -381,7 +381,8 @@ impl LocalPod {
         })
     }
 
-    /// Start `launcher run --vmi <vmi.json> --state-dir <state-dir>` inside the pod: its
+    /// Start `launcher run --vmi <vmi.json> --state-dir <state-dir>`, with a
+    /// `--host-disk-dir` for each of `host_disk_dirs`, inside the pod: its
     /// network namespace, a private mount namespace with the pod's resolv.conf and
     /// hostname bound over /etc's, a UTS namespace with the pod's hostname, and a process
     /// group of its own (a terminal's Ctrl-C reaches only whoever supervises it). With
@@ -390,6 +391,7 @@ impl LocalPod {
     pub fn spawn_launcher(
         &mut self,
         launcher: &Path,
+        host_disk_dirs: &[PathBuf],
         die_with_parent: bool,
     ) -> Result<tokio::process::Child> {
         let netns = self.netns_path();
@@ -415,6 +417,11 @@ impl LocalPod {
             .arg(self.vmi_path())
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(
+                host_disk_dirs
+                    .iter()
+                    .flat_map(|d| [Path::new("--host-disk-dir"), d]),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -73,6 +73,7 @@ async fn bench_reconcile_latency_for_a_new_vmi() {
         client,
         config: LauncherPodConfig::default(),
         metrics: Arc::default(),
+        backoff: Default::default(),
     });
     let mut times = Vec::with_capacity(RUNS);
     for i in 0..RUNS {

@@ -3,15 +3,17 @@
 //! deletes the pod and its Secret through their owner references (garbage collection), so
 //! there is no finalizer. The Secret with the VMI's cloud-init data is created before the
 //! pod that mounts it. A VMI that does not validate is marked Failed with every error and gets no
-//! pod.
+//! pod. A failing VMI is retried ever more slowly (5 s doubling to 5 min, [`Backoff`]); one
+//! whose Secret or pod the API server refuses for good (a 4xx other than 409 and 429, e.g.
+//! 422 Invalid) is marked Failed with the refusal, reason `FailedCreate`.
 
 use super::kube_ops::update_status;
 use super::launcher_pod::{
     LAUNCHER_SELECTOR, LauncherObjects, LauncherPodConfig, launcher_objects, launcher_pod_name,
 };
 use super::metrics::Metrics;
-use super::status::{at_least, controller_status, invalid_status};
-use super::{ReconcileError, drive, on_failure};
+use super::status::{at_least, controller_status, failed_status, invalid_status};
+use super::{Backoff, ReconcileError, drive, on_failure};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
@@ -24,8 +26,6 @@ use vmpod::api::{VirtualMachineInstance, VmiPhase, validate};
 
 /// How long before an unchanged VMI is looked at again anyway.
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// Back-off after a failed reconcile.
-pub const RETRY: Duration = Duration::from_secs(5);
 
 /// What every reconcile needs.
 pub struct ControllerContext {
@@ -35,14 +35,35 @@ pub struct ControllerContext {
     pub config: LauncherPodConfig,
     /// Where reconcile runs are counted.
     pub metrics: Arc<Metrics>,
+    /// Failures in a row per VMI, for the retry delay.
+    pub backoff: Backoff,
 }
 
-/// Bring one VMI's launcher pod and status in line.
+fn object_key(vmi: &VirtualMachineInstance) -> String {
+    format!(
+        "VirtualMachineInstance {}/{}",
+        vmi.namespace().unwrap_or_default(),
+        vmi.name_any()
+    )
+}
+
+/// Bring one VMI's launcher pod and status in line; a success resets its back-off.
 pub async fn reconcile(
     vmi: Arc<VirtualMachineInstance>,
     ctx: Arc<ControllerContext>,
 ) -> Result<Action, ReconcileError> {
     let _measure = ctx.metrics.reconcile.count_and_measure();
+    let result = reconcile_vmi(&vmi, &ctx).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&object_key(&vmi));
+    }
+    result
+}
+
+async fn reconcile_vmi(
+    vmi: &VirtualMachineInstance,
+    ctx: &ControllerContext,
+) -> Result<Action, ReconcileError> {
     let (Some(ns), Some(name)) = (vmi.metadata.namespace.clone(), vmi.metadata.name.clone()) else {
         return Err(ReconcileError::Unaddressable("VirtualMachineInstance"));
     };
@@ -63,7 +84,7 @@ pub async fn reconcile(
         .await
         .map_err(ReconcileError::kube("get", pod_ref.clone()))?;
     if let Some(p) = &pod
-        && !owned_by(p, &vmi)
+        && !owned_by(p, vmi)
     {
         // A previous VMI of the same name still has its pod terminating.
         tracing::info!(pod = %pod_ref, "launcher pod belongs to an older VMI; waiting");
@@ -74,22 +95,26 @@ pub async fn reconcile(
         VmiPhase::Scheduled,
     );
     if pod.is_none() && !started {
-        let errors = validate(&vmi);
+        let errors = validate(vmi);
         if !errors.is_empty() {
             tracing::warn!(vmi = %format!("{ns}/{name}"), errors = errors.len(), "invalid VMI");
             let now = Time(k8s_openapi::jiff::Timestamp::now());
-            update_status(&vmis, &vmi, |v| invalid_status(v, &errors, &now)).await?;
+            update_status(&vmis, vmi, |v| invalid_status(v, &errors, &now)).await?;
             return Ok(Action::await_change());
         }
         let LauncherObjects {
             pod: desired,
             secrets,
-        } = launcher_objects(&vmi, &ctx.config)?;
+        } = launcher_objects(vmi, &ctx.config)?;
         let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         for secret in &secrets {
-            if !create_secret(&secrets_api, secret, &vmi).await? {
-                tracing::info!(vmi = %format!("{ns}/{name}"), "a Secret of an older VMI is still there; waiting");
-                return Ok(Action::requeue(Duration::from_secs(2)));
+            match create_secret(&secrets_api, secret, vmi).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(vmi = %format!("{ns}/{name}"), "a Secret of an older VMI is still there; waiting");
+                    return Ok(Action::requeue(Duration::from_secs(2)));
+                }
+                Err(e) => return fail_if_permanent(&vmis, vmi, e).await,
             }
         }
         pod = Some(match pods.create(&PostParams::default(), &desired).await {
@@ -101,14 +126,36 @@ pub async fn reconcile(
                 .get(&pod_name)
                 .await
                 .map_err(ReconcileError::kube("get", pod_ref.clone()))?,
-            Err(e) => return Err(ReconcileError::kube("create", pod_ref)(e)),
+            Err(e) => {
+                let e = ReconcileError::kube("create", pod_ref)(e);
+                return fail_if_permanent(&vmis, vmi, e).await;
+            }
         });
     }
-    update_status(&vmis, &vmi, |v| {
+    update_status(&vmis, vmi, |v| {
         controller_status(v, &pod_name, pod.as_ref())
     })
     .await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// A refusal that retrying cannot change marks the VMI Failed with it (and ends its
+/// reconciling); any other error is returned to be retried.
+async fn fail_if_permanent(
+    vmis: &Api<VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
+    error: ReconcileError,
+) -> Result<Action, ReconcileError> {
+    let Some(message) = error.permanent() else {
+        return Err(error);
+    };
+    tracing::warn!(vmi = %object_key(vmi), "the API server refuses its objects: {message}");
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    update_status(vmis, vmi, |v| {
+        failed_status(v, "FailedCreate", message.clone(), &now)
+    })
+    .await?;
+    Ok(Action::await_change())
 }
 
 /// Create `secret`; one that exists already is fine when this VMI owns it (an earlier
@@ -145,18 +192,15 @@ fn owned_by(object: &impl ResourceExt, vmi: &VirtualMachineInstance) -> bool {
         .any(|o| o.controller == Some(true) && Some(&o.uid) == vmi.metadata.uid.as_ref())
 }
 
-/// Count, log and retry later.
+/// Count, log and retry later: the more failures in a row, the later.
 pub fn error_policy(
     vmi: Arc<VirtualMachineInstance>,
     error: &ReconcileError,
     ctx: Arc<ControllerContext>,
 ) -> Action {
-    let object = format!(
-        "VirtualMachineInstance {}/{}",
-        vmi.namespace().unwrap_or_default(),
-        vmi.name_any()
-    );
-    on_failure(object, error, &ctx.metrics, RETRY)
+    let object = object_key(&vmi);
+    let delay = ctx.backoff.failed(&object);
+    on_failure(object, error, &ctx.metrics, delay)
 }
 
 /// Run the controller until SIGTERM/SIGINT.
@@ -167,6 +211,7 @@ pub async fn run(client: Client, config: LauncherPodConfig, metrics: Arc<Metrics
         client,
         config,
         metrics,
+        backoff: Backoff::default(),
     });
     let results = Controller::new(vmis, watcher::Config::default())
         .owns(pods, watcher::Config::default().labels(LAUNCHER_SELECTOR))

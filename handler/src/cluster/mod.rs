@@ -31,9 +31,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use launcher_pod::{DEFAULT_STATE_ROOT, LauncherPodConfig};
 use metrics::{CONTROLLER_METRICS_ADDR, Metrics, NODE_METRICS_ADDR};
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// `vmpod-handler controller` options.
@@ -154,6 +155,46 @@ fn on_failure(
     Action::requeue(retry)
 }
 
+/// The first retry after a failed reconcile; each further failure in a row doubles it.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between retries of a failing object.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The wait before retrying an object after its `failures`-th failure in a row (1 is the
+/// first): 5 s, 10 s, 20 s, ... up to 5 min (pure).
+pub fn backoff_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(BACKOFF_MAX)
+}
+
+/// Failures in a row, per object: a failing object is retried ever more slowly, one that
+/// reconciles starts over.
+#[derive(Debug, Default)]
+pub struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Count one more failure of `object`: how long before it is tried again.
+    pub fn failed(&self, object: &str) -> Duration {
+        let mut counts = self.counts();
+        let n = counts.entry(object.to_string()).or_default();
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
+    }
+
+    /// `object` reconciled: its next failure waits the first delay again.
+    pub fn succeeded(&self, object: &str) {
+        self.counts().remove(object);
+    }
+}
+
 /// Why a reconcile failed. Each variant has a short label for logs and metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -183,6 +224,22 @@ impl ReconcileError {
             action,
             object,
             source,
+        }
+    }
+
+    /// The API server's refusal when retrying cannot change it: a 4xx other than 409
+    /// Conflict and 429 Too Many Requests (e.g. 422 Invalid, 403 Forbidden), in words.
+    pub fn permanent(&self) -> Option<String> {
+        match self {
+            ReconcileError::Kube {
+                action,
+                object,
+                source: kube::Error::Api(s),
+            } if (400..500).contains(&s.code) && !matches!(s.code, 409 | 429) => Some(format!(
+                "{action} {object}: {} {}: {}",
+                s.code, s.reason, s.message
+            )),
+            _ => None,
         }
     }
 

@@ -36,15 +36,17 @@ pub trait LauncherStatusSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<LauncherStatus, String>> + Send;
 }
 
-/// The real source: the control socket, else `status.json`.
+/// The real source: the control socket, else `status.json`, read without trusting the
+/// state directory's content (`vmpod::control::guarded`: no symlink, FIFO or oversized
+/// file is opened, the socket's peer must be the launcher status.json names).
 pub struct ControlSocketSource {
-    /// How long the socket gets to answer.
+    /// How long reading status.json, and then the socket, each get.
     pub timeout: Duration,
 }
 
 impl LauncherStatusSource for ControlSocketSource {
     async fn status(&self, state_dir: &Path) -> Result<LauncherStatus, String> {
-        vmpod::control::status_of(state_dir, self.timeout)
+        vmpod::control::status_from_dir(state_dir, self.timeout)
             .await
             .map(|(status, _)| status)
             .map_err(|e| e.to_string())

@@ -139,18 +139,29 @@ pub fn invalid_status(
     errors: &[FieldError],
     now: &Time,
 ) -> VirtualMachineInstanceStatus {
-    let mut st = vmi.status.clone().unwrap_or_default();
-    set_phase(&mut st, VmiPhase::Failed, Some("InvalidSpec".into()));
     let message = errors
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
+    failed_status(vmi, "InvalidSpec", message, now)
+}
+
+/// Failed for `reason`, with `message` in the `Synchronized` condition: the controller
+/// cannot make the VMI's objects and retrying will not change that.
+pub fn failed_status(
+    vmi: &VirtualMachineInstance,
+    reason: &str,
+    message: String,
+    now: &Time,
+) -> VirtualMachineInstanceStatus {
+    let mut st = vmi.status.clone().unwrap_or_default();
+    set_phase(&mut st, VmiPhase::Failed, Some(reason.into()));
     set_condition(
         &mut st.conditions,
         SYNCHRONIZED,
         false,
-        "InvalidSpec",
+        reason,
         Some(message),
         now,
     );

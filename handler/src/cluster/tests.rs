@@ -78,6 +78,7 @@ fn controller_ctx(client: kube::Client) -> Arc<ControllerContext> {
         client,
         config: LauncherPodConfig::default(),
         metrics: Arc::default(),
+        backoff: Default::default(),
     })
 }
 
@@ -404,6 +405,7 @@ fn the_pod_the_controller_creates_runs_under_the_runner() {
                 ..LauncherPodConfig::default()
             },
             metrics: Arc::default(),
+            backoff: Default::default(),
         });
         controller::reconcile(Arc::new(vmi), ctx).await.unwrap();
         assert_eq!(server.unexpected(), Vec::<String>::new());
@@ -642,4 +644,359 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
 
     let (argv, port) = container("controller.yaml", "controller");
     reachable(Ctl::try_parse_from(argv).unwrap().args.metrics_addr, port);
+}
+
+/// The node daemon against hostile state directories (issue 15): pod `vm-fifo`'s
+/// status.json is a FIFO, `vm-zero`'s a symlink to /dev/zero, `vm-steal`'s control.sock a
+/// symlink to `vm-good`'s socket. Each of those gets an error in its VMI's Ready condition,
+/// at once (nothing blocks), while `vm-good`, served by a real control socket, is reported
+/// with its IP; `vm-steal` does not get `vm-good`'s address.
+#[tokio::test]
+async fn node_survives_hostile_state_dirs_and_keeps_reporting_the_others() {
+    use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
+    use vmpod::control::state::CONTROL_SOCKET;
+    use vmpod::control::write_status;
+    let root = tempfile::tempdir().unwrap();
+    let names = ["vm-fifo", "vm-zero", "vm-steal", "vm-good"];
+    let uid = |i: usize| format!("00000000-0000-4000-8000-00000000010{i}");
+    let dir = |i: usize| root.path().join(uid(i));
+    for i in 0..names.len() {
+        std::fs::create_dir(dir(i)).unwrap();
+    }
+    let good = FakeLauncher::start(&dir(3), sample_status("vm-good"), sample_network()).unwrap();
+    write_status(&dir(3), &LauncherStatus::pending("vm-good")).unwrap();
+    nix::unistd::mkfifo(&dir(0).join("status.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir(1).join("status.json")).unwrap();
+    write_status(&dir(2), &LauncherStatus::pending("vm-steal")).unwrap();
+    std::os::unix::fs::symlink(&good.socket, dir(2).join(CONTROL_SOCKET)).unwrap();
+
+    let vmi_path = |name: &str| {
+        format!("/apis/vmpod.io/v1alpha1/namespaces/ns1/virtualmachineinstances/{name}")
+    };
+    let vmi_of = |i: usize| {
+        let mut v = vmi_json("30", json!({"phase": "Running"}));
+        v["metadata"]["name"] = json!(names[i]);
+        v["metadata"]["uid"] = json!(format!("00000000-0000-4000-9000-00000000000{i}"));
+        v
+    };
+    let pod_of = |i: usize| {
+        let mut p = pod_json(Some("Running"), Some("n1"));
+        p["metadata"]["name"] = json!(format!("vmpod-launcher-{}", names[i]));
+        p["metadata"]["uid"] = json!(uid(i));
+        p["metadata"]["labels"]["vmpod.io/vmi"] = json!(names[i]);
+        p["metadata"]["ownerReferences"][0]["name"] = json!(names[i]);
+        p["metadata"]["ownerReferences"][0]["uid"] = vmi_of(i)["metadata"]["uid"].clone();
+        p
+    };
+    let mut script = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        script.push(Exchange::json(Method::GET, &vmi_path(name), 200, vmi_of(i)));
+        script.push(Exchange::json(
+            Method::PATCH,
+            &format!("{}/status", vmi_path(name)),
+            200,
+            vmi_of(i),
+        ));
+    }
+    let (client, server) = MockApiServer::start(script);
+    let ctx = Arc::new(NodeContext {
+        client,
+        state_root: root.path().to_str().unwrap().into(),
+        source: node::ControlSocketSource {
+            timeout: Duration::from_secs(5),
+        },
+        poll: Duration::from_secs(3600),
+        metrics: Arc::default(),
+    });
+    let started = std::time::Instant::now();
+    for i in 0..names.len() {
+        let pod = Arc::new(serde_json::from_value(pod_of(i)).unwrap());
+        node::reconcile(pod, ctx.clone()).await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a hostile dir held the daemon for {:?}",
+        started.elapsed()
+    );
+    let condition = |i: usize| {
+        let patch = &server.seen_on(Method::PATCH, &format!("{}/status", vmi_path(names[i])))[0];
+        patch.body["status"].clone()
+    };
+    for (i, want) in [
+        (0, "status.json: is not a regular file"),
+        (1, "status.json: open: ELOOP"),
+        (2, "control.sock: is not a socket"),
+    ] {
+        let status = condition(i);
+        let c = &status["conditions"][0];
+        assert_eq!(c["status"], "False", "{}: {status}", names[i]);
+        let message = c["message"].as_str().unwrap();
+        assert!(
+            message.contains(&uid(i)) && message.contains(want),
+            "{}: {message}",
+            names[i]
+        );
+        assert!(
+            status["interfaces"].as_array().is_none_or(Vec::is_empty),
+            "{status}"
+        );
+    }
+    let status = condition(3);
+    assert_eq!(status["conditions"][0]["status"], "True", "{status}");
+    assert_eq!(status["interfaces"][0]["ipAddress"], "10.22.0.5");
+    assert_eq!(server.unexpected(), Vec::<String>::new());
+    good.stop().await.unwrap();
+}
+
+/// The API server refuses the launcher pod for good (422): the VMI ends Failed with the
+/// refusal in its status, not Pending forever; a 500 or a 429 is retried instead.
+#[tokio::test]
+async fn a_pod_the_api_server_refuses_fails_the_vmi_with_the_reason() {
+    let refusal = "Pod \"vmpod-launcher-vm1\" is invalid: spec.containers[0].resources.limits: \
+                   Invalid value: \"2Gi\": must be less than or equal to memory limit";
+    let (client, server) = MockApiServer::start(vec![
+        pod_not_found(),
+        Exchange::json(
+            Method::POST,
+            PODS_PATH,
+            422,
+            status_body(422, "Invalid", refusal),
+        ),
+        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+    ]);
+    let ctx = controller_ctx(client);
+    let action = controller::reconcile(Arc::new(vmi("10")), ctx.clone())
+        .await
+        .expect("a permanent refusal is an outcome, not an error to retry");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let status = &server.seen_on(Method::PATCH, STATUS_PATH)[0].body["status"];
+    assert_eq!(status["phase"], "Failed", "{status}");
+    assert_eq!(status["reason"], "FailedCreate");
+    let condition = &status["conditions"][0];
+    assert_eq!(condition["type"], "Synchronized");
+    assert_eq!(condition["status"], "False");
+    assert_eq!(
+        condition["message"],
+        format!("create Pod ns1/vmpod-launcher-vm1: 422 Invalid: {refusal}")
+    );
+    assert_eq!(server.unexpected(), Vec::<String>::new());
+
+    for (code, reason) in [(500, "InternalError"), (429, "TooManyRequests")] {
+        let (client, server) = MockApiServer::start(vec![
+            pod_not_found(),
+            Exchange::json(
+                Method::POST,
+                PODS_PATH,
+                code,
+                status_body(code, reason, "try again"),
+            ),
+        ]);
+        let e = controller::reconcile(Arc::new(vmi("10")), controller_ctx(client))
+            .await
+            .expect_err("retried");
+        assert!(e.permanent().is_none(), "{code}: {e}");
+        assert!(server.seen_on(Method::PATCH, STATUS_PATH).is_empty());
+    }
+}
+
+/// A failing VMI is retried 5 s, 10 s, 20 s, ... up to 5 min after each failure in a row;
+/// a successful reconcile starts it over, and other VMIs keep their own count.
+#[tokio::test]
+async fn controller_backs_off_per_vmi_and_resets_on_success() {
+    use super::{BACKOFF_MAX, backoff_delay};
+    use kube::runtime::controller::Action;
+    let secs = |s| Duration::from_secs(s);
+    assert_eq!(
+        (1..=8).map(backoff_delay).collect::<Vec<_>>(),
+        [5, 10, 20, 40, 80, 160, 300, 300].map(secs)
+    );
+    assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
+
+    let (client, server) = MockApiServer::start(vec![
+        pod_not_found(),
+        pod_created(),
+        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+    ]);
+    let ctx = controller_ctx(client);
+    let err = super::ReconcileError::Unaddressable("VirtualMachineInstance");
+    let delays: Vec<Action> = (0..3)
+        .map(|_| controller::error_policy(Arc::new(vmi("10")), &err, ctx.clone()))
+        .collect();
+    assert_eq!(delays, [5, 10, 20].map(|s| Action::requeue(secs(s))));
+    let mut other = vmi("10");
+    other.metadata.name = Some("vm2".into());
+    assert_eq!(
+        controller::error_policy(Arc::new(other), &err, ctx.clone()),
+        Action::requeue(secs(5)),
+        "another VMI has its own count"
+    );
+    controller::reconcile(Arc::new(vmi("10")), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(server.unexpected(), Vec::<String>::new());
+    assert_eq!(
+        controller::error_policy(Arc::new(vmi("10")), &err, ctx),
+        Action::requeue(secs(5)),
+        "a success resets the back-off"
+    );
+}
+
+/// `(resource, verb)` pairs granted to ClusterRole `role` in manifests/rbac.yaml, resource
+/// as `group/resource[/subresource]` (core group: empty).
+fn rbac_grants(role: &str) -> std::collections::BTreeSet<(String, String)> {
+    let text = include_str!("../../../manifests/rbac.yaml");
+    let docs: Vec<Value> = vmpod::api::yaml::documents(text).unwrap();
+    let doc = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == role)
+        .unwrap_or_else(|| panic!("no ClusterRole {role}"));
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut grants = std::collections::BTreeSet::new();
+    for rule in doc["rules"].as_array().unwrap() {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    grants.insert((format!("{group}/{resource}"), verb));
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// The `(resource, verb)` an API request needs (the form of [`rbac_grants`]).
+fn rbac_need(r: &super::fixtures::Recorded) -> (String, String) {
+    let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not an API path: {}", r.path),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => panic!("unexpected API path {}", r.path),
+    };
+    let verb = match (&r.method, named) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if r.query.contains("watch=true") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PATCH, _) => "patch",
+        (&Method::PUT, _) => "update",
+        (&Method::DELETE, _) => "delete",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (format!("{group}/{resource}"), verb.to_string())
+}
+
+/// RBAC lists exactly what the handlers call: each request the controller and the node
+/// daemon make in these scenarios is granted to its role, and each grant is used by one.
+#[tokio::test]
+async fn rbac_grants_exactly_what_the_handlers_call() {
+    use std::collections::BTreeSet;
+    let all_vmis = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
+    let all_pods = "/api/v1/pods";
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vmpod-launcher-vm1-cloudinit", "namespace": "ns1"}});
+    let mut with_cloud_init = vmi_json("10", json!({}));
+    with_cloud_init["spec"]["domain"]["devices"] = json!({"disks": [{"name": "ci"}]});
+    with_cloud_init["spec"]["volumes"] =
+        json!([{"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config\n"}}]);
+    let conflict = || {
+        Exchange::json(
+            Method::PATCH,
+            STATUS_PATH,
+            409,
+            status_body(409, "Conflict", "modified"),
+        )
+    };
+
+    // The controller: watch, then a VMI whose Secret exists already (get) and whose
+    // status patch conflicts once (re-read).
+    let (vmi_feed, vmi_stream) = watch_feed();
+    let (_pod_feed, pod_stream) = watch_feed();
+    let (client, server) = MockApiServer::start(vec![
+        Exchange::json(
+            Method::GET,
+            all_vmis,
+            200,
+            empty_list("vmpod.io/v1alpha1", "VirtualMachineInstanceList"),
+        ),
+        Exchange::watch(all_vmis, vmi_stream),
+        Exchange::json(Method::GET, all_pods, 200, empty_list("v1", "PodList")),
+        Exchange::watch(all_pods, pod_stream),
+        pod_not_found(),
+        Exchange::json(
+            Method::POST,
+            SECRETS_PATH,
+            409,
+            status_body(409, "AlreadyExists", "exists"),
+        ),
+        Exchange::json(
+            Method::GET,
+            &format!("{SECRETS_PATH}/vmpod-launcher-vm1-cloudinit"),
+            200,
+            {
+                let mut s = secret.clone();
+                s["metadata"]["ownerReferences"] =
+                    pod_json(None, None)["metadata"]["ownerReferences"].clone();
+                s
+            },
+        ),
+        pod_created(),
+        conflict(),
+        Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+    ]);
+    let run = tokio::spawn(controller::run(
+        client,
+        LauncherPodConfig::default(),
+        Arc::default(),
+    ));
+    server.wait_for(Method::GET, all_vmis, 2).await;
+    server.wait_for(Method::GET, all_pods, 2).await;
+    vmi_feed.send("ADDED", with_cloud_init);
+    server.wait_for(Method::PATCH, STATUS_PATH, 2).await;
+    run.abort();
+    assert_eq!(server.unexpected(), Vec::<String>::new());
+    let used: BTreeSet<_> = server.seen().iter().map(rbac_need).collect();
+    assert_eq!(used, rbac_grants("vmpod-controller"), "controller");
+
+    // The node daemon: watch its pods, read a VMI, patch its status after a conflict.
+    let pod_list = json!({"apiVersion": "v1", "kind": "PodList",
+        "metadata": {"resourceVersion": "40"},
+        "items": [pod_json(Some("Running"), Some("n1"))]});
+    let (_feed, stream) = watch_feed();
+    let (client, server) = MockApiServer::start(vec![
+        Exchange::json(Method::GET, all_pods, 200, pod_list),
+        Exchange::watch(all_pods, stream),
+        vmi_read(vmi_json("41", json!({"phase": "Scheduled"}))),
+        conflict(),
+        Exchange::json(
+            Method::GET,
+            STATUS_PATH,
+            200,
+            vmi_json("42", json!({"phase": "Scheduled"})),
+        ),
+        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("43", json!({}))),
+    ]);
+    let ctx = node_ctx(client.clone(), Ok(running_launcher()));
+    let run = tokio::spawn(async move { node::run(client, "n1", ctx).await });
+    server.wait_for(Method::PATCH, STATUS_PATH, 2).await;
+    run.abort();
+    assert_eq!(server.unexpected(), Vec::<String>::new());
+    let used: BTreeSet<_> = server.seen().iter().map(rbac_need).collect();
+    assert_eq!(used, rbac_grants("vmpod-handler"), "node daemon");
 }

@@ -23,6 +23,10 @@ pub struct RunArgs {
     /// Stream the VM's serial console to standard output.
     #[arg(long)]
     pub console: bool,
+    /// Another node directory hostDisk volumes may be in (repeatable); the manifest's own
+    /// directory always is.
+    #[arg(long = "host-disk-dir")]
+    pub host_disk_dirs: Vec<PathBuf>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -36,6 +40,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cfg.launcher.display()
     );
     let launcher = cfg.launcher.clone();
+    let manifest_dir = std::path::absolute(&args.file)
+        .context("the manifest's directory")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let host_disk_dirs: Vec<PathBuf> = std::iter::once(manifest_dir)
+        .chain(args.host_disk_dirs)
+        .collect();
     let runtime = LocalRuntime::new(cfg)?;
     let pod = runtime.create_pod(&vmi)?;
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -43,7 +55,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     // The launcher dies with this thread (PR_SET_PDEATHSIG): it is spawned from here.
-    let code = tokio.block_on(foreground(pod, &launcher, name, args.console));
+    let code = tokio.block_on(foreground(
+        pod,
+        &launcher,
+        &host_disk_dirs,
+        name,
+        args.console,
+    ));
     drop(runtime); // deletes the bridge when this run created it and no pod is left on it
     code
 }
@@ -51,6 +69,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn foreground(
     mut pod: LocalPod,
     launcher: &Path,
+    host_disk_dirs: &[PathBuf],
     name: String,
     console: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -62,7 +81,7 @@ async fn foreground(
             r.ip, r.gateway, r.bridge, r.netns, r.node_veth
         ),
     );
-    let child = match pod.spawn_launcher(launcher, true) {
+    let child = match pod.spawn_launcher(launcher, host_disk_dirs, true) {
         Ok(c) => c,
         Err(e) => {
             let _ = pod.teardown();
