@@ -22,6 +22,7 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
+use crate::deviceplugin;
 use clap::Args;
 use futures::{Stream, StreamExt};
 use kube::runtime::controller::Action;
@@ -30,6 +31,7 @@ use launcher_pod::{DEFAULT_STATE_ROOT, LauncherPodConfig};
 use metrics::{CONTROLLER_METRICS_ADDR, Metrics, NODE_METRICS_ADDR};
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +70,15 @@ pub struct NodeArgs {
     /// Where Prometheus scrapes `GET /metrics` (use 0.0.0.0:9154 to expose it off the host).
     #[arg(long, default_value = NODE_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
+    /// Kubelet's device-plugins directory, where the device plugin registers and listens.
+    #[arg(long, default_value = deviceplugin::DEFAULT_DIR)]
+    pub device_plugin_dir: PathBuf,
+    /// How many containers on this node may hold each of vmpod.io/kvm, tun, vhost-net.
+    #[arg(long, default_value_t = deviceplugin::DEFAULT_SLOTS)]
+    pub device_slots: u32,
+    /// Do not run the device plugin (the controller then needs --device-hostpath).
+    #[arg(long)]
+    pub no_device_plugin: bool,
 }
 
 /// Run the controller against the cluster in the environment (in-cluster or kubeconfig).
@@ -99,7 +110,20 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         metrics,
     };
     tracing::info!(node = %args.node_name, "node daemon starting");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let plugins = (!args.no_device_plugin).then(|| {
+        let config = deviceplugin::PluginConfig {
+            dir: args.device_plugin_dir,
+            poll: Duration::from_secs(1),
+        };
+        let devices = deviceplugin::node_devices(args.device_slots);
+        tokio::spawn(deviceplugin::run(config, devices, stopped))
+    });
     node::run(client, &args.node_name, ctx).await;
+    let _ = stop.send(true);
+    if let Some(plugins) = plugins {
+        plugins.await?;
+    }
     Ok(())
 }
 
