@@ -5,8 +5,11 @@
 //!   annotation to `/etc/vmpod/vmi.json`, which `VMPOD_VMI` names;
 //! - memory = guest memory + [`memory_overhead_bytes`] (requests and limits);
 //! - capabilities NET_ADMIN and NET_RAW (the launcher rewires the pod network);
-//! - /dev/kvm and /dev/net/tun (hostPath char devices, or extended resources from a device
-//!   plugin when configured);
+//! - /dev/kvm, /dev/net/tun and /dev/vhost-net as the extended resources `vmpod.io/kvm`,
+//!   `tun`, `vhost-net` of the node daemon's device plugin (`crate::deviceplugin`); no kvm
+//!   with `vmpod.io/acceleration: emulation`. With `--device-hostpath` instead: /dev/kvm and
+//!   /dev/net/tun as hostPath char devices (a device cgroup may refuse them to an
+//!   unprivileged container) and no /dev/vhost-net (not every host has it);
 //! - its state directory on the hostPath `<state root>/<namespace>_<name>` mounted at
 //!   `/var/run/vmpod`, so the node daemon reaches `control.sock`;
 //! - an owner reference to the VMI, so deleting the VMI deletes the pod.
@@ -17,6 +20,7 @@
 //! `containerDisk.image` at `<state dir>/container-disks/<volume>`, where
 //! `vmpod::domain::volumes` looks for it (`containerDisk.path` stays relative to the image).
 
+use crate::deviceplugin;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use serde_json::json;
@@ -62,10 +66,25 @@ pub struct LauncherPodConfig {
     pub image: String,
     /// Node directory holding the per-pod state directories.
     pub state_root: String,
-    /// Extended resource giving /dev/kvm (e.g. `devices.kubevirt.io/kvm`); `None`: hostPath.
+    /// Extended resource giving /dev/kvm (default `vmpod.io/kvm`); `None`: hostPath.
     pub kvm_resource: Option<String>,
-    /// Extended resource giving /dev/net/tun; `None`: hostPath.
+    /// Extended resource giving /dev/net/tun (default `vmpod.io/tun`); `None`: hostPath.
     pub tun_resource: Option<String>,
+    /// Extended resource giving /dev/vhost-net (default `vmpod.io/vhost-net`); `None`: none
+    /// (libvirt then uses QEMU's userspace virtio-net).
+    pub vhost_net_resource: Option<String>,
+}
+
+impl LauncherPodConfig {
+    /// Devices as hostPath mounts instead of extended resources (`--device-hostpath`).
+    pub fn with_hostpath_devices(self) -> Self {
+        LauncherPodConfig {
+            kvm_resource: None,
+            tun_resource: None,
+            vhost_net_resource: None,
+            ..self
+        }
+    }
 }
 
 impl Default for LauncherPodConfig {
@@ -73,8 +92,9 @@ impl Default for LauncherPodConfig {
         LauncherPodConfig {
             image: "vmpod:dev".into(),
             state_root: DEFAULT_STATE_ROOT.into(),
-            kvm_resource: None,
-            tun_resource: None,
+            kvm_resource: Some(deviceplugin::KVM_RESOURCE.into()),
+            tun_resource: Some(deviceplugin::TUN_RESOURCE.into()),
+            vhost_net_resource: Some(deviceplugin::VHOST_NET_RESOURCE.into()),
         }
     }
 }
@@ -192,11 +212,8 @@ pub fn launcher_pod(
     let guest = domain
         .guest_memory_bytes()
         .map_err(|e| quantity_err("spec.domain.memory.guest", e))?;
-    let overhead = memory_overhead_bytes(
-        guest,
-        domain.vcpus(),
-        vmi.acceleration().unwrap_or_default(),
-    );
+    let acceleration = vmi.acceleration().unwrap_or_default();
+    let overhead = memory_overhead_bytes(guest, domain.vcpus(), acceleration);
     let resources = domain.resources.clone().unwrap_or_default();
     let request_memory = match resources.requests.get("memory") {
         Some(q) => quantity_bytes(&q.0)
@@ -243,12 +260,17 @@ pub fn launcher_pod(
     for (dev, host, resource) in [
         ("kvm", "/dev/kvm", &config.kvm_resource),
         ("tun", "/dev/net/tun", &config.tun_resource),
+        ("vhost-net", "/dev/vhost-net", &config.vhost_net_resource),
     ] {
+        if dev == "kvm" && acceleration == Acceleration::Emulation {
+            continue; // a request for it would keep the pod off nodes without KVM
+        }
         match resource {
             Some(r) => {
                 requests.insert(r.clone(), "1".into());
                 limits.insert(r.clone(), "1".into());
             }
+            None if dev == "vhost-net" => {}
             None => {
                 volumes
                     .push(json!({"name": dev, "hostPath": {"path": host, "type": "CharDevice"}}));
@@ -369,7 +391,10 @@ mod tests {
     #[test]
     fn pod_carries_memory_caps_devices_state_dir_and_owner() {
         let vmi = vmi("    resources: {requests: {cpu: 500m}, limits: {memory: 1Gi}}\n");
-        let pod = launcher_pod(&vmi, &LauncherPodConfig::default()).unwrap();
+        let mut vmi_kvm = vmi.clone();
+        set_acceleration(&mut vmi_kvm, "auto");
+        let hostpath = LauncherPodConfig::default().with_hostpath_devices();
+        let pod = launcher_pod(&vmi, &hostpath).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("vmpod-launcher-vm1"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ns1"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
@@ -409,8 +434,16 @@ mod tests {
             .map(|m| (m.name.as_str(), m.mount_path.as_str()))
             .collect();
         assert_eq!(mounts["state"], "/var/run/vmpod");
-        assert_eq!(mounts["kvm"], "/dev/kvm");
         assert_eq!(mounts["tun"], "/dev/net/tun");
+        assert!(!mounts.contains_key("kvm"), "not with emulation");
+        assert!(!mounts.contains_key("vhost-net"), "not every host has it");
+        let pod = launcher_pod(&vmi_kvm, &hostpath).unwrap();
+        let mounts = container(&pod).volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.name == "kvm" && m.mount_path == "/dev/kvm")
+        );
         let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
         let state = vols.iter().find(|v| v.name == "state").unwrap();
         assert_eq!(
@@ -426,6 +459,46 @@ mod tests {
             pod.spec.as_ref().unwrap().termination_grace_period_seconds,
             Some(45)
         );
+    }
+
+    fn set_acceleration(vmi: &mut VirtualMachineInstance, mode: &str) {
+        let annotations = vmi.metadata.annotations.get_or_insert_default();
+        annotations.insert("vmpod.io/acceleration".into(), mode.into());
+    }
+
+    #[test]
+    fn devices_come_from_the_device_plugin_by_default() {
+        let mut vmi = vmi("");
+        set_acceleration(&mut vmi, "auto");
+        let with_kvm = launcher_pod(&vmi, &LauncherPodConfig::default()).unwrap();
+        set_acceleration(&mut vmi, "emulation");
+        let emulated = launcher_pod(&vmi, &LauncherPodConfig::default()).unwrap();
+        for (pod, expected) in [
+            (
+                &with_kvm,
+                &["vmpod.io/kvm", "vmpod.io/tun", "vmpod.io/vhost-net"][..],
+            ),
+            (&emulated, &["vmpod.io/tun", "vmpod.io/vhost-net"][..]),
+        ] {
+            let res = container(pod).resources.as_ref().unwrap();
+            for (what, map) in [("requests", &res.requests), ("limits", &res.limits)] {
+                let devices: Vec<_> = map
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("vmpod.io/"))
+                    .map(|(k, v)| (k.as_str(), v.0.as_str()))
+                    .collect();
+                let want: Vec<_> = expected.iter().map(|r| (*r, "1")).collect();
+                assert_eq!(devices, want, "{what}");
+            }
+            let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+            assert!(
+                vols.iter()
+                    .all(|v| v.host_path.is_none() || v.name == "state"),
+                "no hostPath devices: {vols:?}"
+            );
+        }
     }
 
     #[test]
@@ -490,7 +563,7 @@ mod tests {
         );
         let res = container(&pod).resources.as_ref().unwrap();
         assert_eq!(
-            res.limits.as_ref().unwrap()["devices.kubevirt.io/kvm"].0,
+            res.limits.as_ref().unwrap()["devices.kubevirt.io/tun"].0,
             "1"
         );
         let handed = launcher_vmi(&vmi);

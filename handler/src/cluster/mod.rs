@@ -44,12 +44,20 @@ pub struct ControllerArgs {
     /// Node directory holding per-pod state directories (a hostPath in launcher pods).
     #[arg(long, default_value = DEFAULT_STATE_ROOT)]
     pub state_root: String,
-    /// Extended resource for /dev/kvm from a device plugin (default: hostPath).
-    #[arg(long, env = "VMPOD_KVM_RESOURCE")]
-    pub kvm_resource: Option<String>,
-    /// Extended resource for /dev/net/tun from a device plugin (default: hostPath).
-    #[arg(long, env = "VMPOD_TUN_RESOURCE")]
-    pub tun_resource: Option<String>,
+    /// Extended resource giving /dev/kvm (served by `vmpod-handler node`).
+    #[arg(long, env = "VMPOD_KVM_RESOURCE", default_value = deviceplugin::KVM_RESOURCE)]
+    pub kvm_resource: String,
+    /// Extended resource giving /dev/net/tun.
+    #[arg(long, env = "VMPOD_TUN_RESOURCE", default_value = deviceplugin::TUN_RESOURCE)]
+    pub tun_resource: String,
+    /// Extended resource giving /dev/vhost-net.
+    #[arg(long, env = "VMPOD_VHOST_NET_RESOURCE", default_value = deviceplugin::VHOST_NET_RESOURCE)]
+    pub vhost_net_resource: String,
+    /// No device plugin: mount /dev/kvm and /dev/net/tun as hostPath char devices instead
+    /// of requesting the resources above (works where the runtime lets a container open
+    /// them; no /dev/vhost-net).
+    #[arg(long, env = "VMPOD_DEVICE_HOSTPATH")]
+    pub device_hostpath: bool,
     /// Where Prometheus scrapes `GET /metrics` (use 0.0.0.0:9153 to expose it off the host).
     #[arg(long, default_value = CONTROLLER_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
@@ -88,8 +96,14 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let config = LauncherPodConfig {
         image: args.launcher_image,
         state_root: args.state_root,
-        kvm_resource: args.kvm_resource,
-        tun_resource: args.tun_resource,
+        kvm_resource: Some(args.kvm_resource),
+        tun_resource: Some(args.tun_resource),
+        vhost_net_resource: Some(args.vhost_net_resource),
+    };
+    let config = if args.device_hostpath {
+        config.with_hostpath_devices()
+    } else {
+        config
     };
     tracing::info!(image = %config.image, "controller starting");
     controller::run(client, config, metrics).await;
