@@ -61,6 +61,8 @@ pub const KVM_RESOURCE: &str = "vmpod.io/kvm";
 pub const TUN_RESOURCE: &str = "vmpod.io/tun";
 /// The resource giving `/dev/vhost-net`.
 pub const VHOST_NET_RESOURCE: &str = "vmpod.io/vhost-net";
+/// How long a call to kubelet, or kubelet's calls when the plugin stops, may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// `Device.health` values.
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
@@ -343,13 +345,18 @@ impl Serving {
     }
 
     /// End the streams, stop the server, remove the socket if it is still ours.
-    async fn stop(self) {
+    /// A server whose client holds a call open past [`CALL_TIMEOUT`] is aborted.
+    async fn stop(mut self) {
         let _ = self.ending.send(true);
         let ours = self.socket_intact();
-        match self.server.await {
-            Ok(Err(e)) => tracing::warn!(socket = %self.socket.display(), "server: {e}"),
-            Err(e) => tracing::warn!(socket = %self.socket.display(), "server task: {e}"),
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(CALL_TIMEOUT, &mut self.server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(socket = %self.socket.display(), "server: {e}"),
+            Ok(Err(e)) => tracing::warn!(socket = %self.socket.display(), "server task: {e}"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!(socket = %self.socket.display(), "server: a call still open after {CALL_TIMEOUT:?}, aborted");
+                self.server.abort();
+            }
         }
         if ours && let Err(e) = std::fs::remove_file(&self.socket) {
             tracing::warn!(socket = %self.socket.display(), "remove: {e}");
@@ -357,8 +364,20 @@ impl Serving {
     }
 }
 
-/// Register `device`'s endpoint with the kubelet listening on `kubelet`.
+/// Register `device`'s endpoint with the kubelet listening on `kubelet`, within
+/// [`CALL_TIMEOUT`].
 async fn register(kubelet: &Path, device: &NodeDevice) -> Result<(), String> {
+    tokio::time::timeout(CALL_TIMEOUT, register_call(kubelet, device))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "Register at {}: no answer within {CALL_TIMEOUT:?}",
+                kubelet.display()
+            ))
+        })
+}
+
+async fn register_call(kubelet: &Path, device: &NodeDevice) -> Result<(), String> {
     let channel = unix_channel(kubelet)
         .await
         .map_err(|e| format!("connect {}: {e}", kubelet.display()))?;

@@ -110,8 +110,8 @@ struct Node {
 
 impl Node {
     /// Plugins for `names` (`vmpod.io/<name>` at `<dir>/dev/<name>`), `slots` each; the
-    /// device nodes are not made.
-    fn start(names: &[&str], slots: u32) -> Node {
+    /// device nodes (1:3, which opens) made first when `present`.
+    fn start(names: &[&str], slots: u32, present: bool) -> Node {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("vmpod_handler=debug")
@@ -126,6 +126,9 @@ impl Node {
                 slots,
             })
             .collect();
+        for d in devices.iter().filter(|_| present) {
+            char_device(&d.path, 1, 3);
+        }
         let (stop, stopped) = watch::channel(false);
         let config = PluginConfig {
             dir: dir.path().to_path_buf(),
@@ -221,10 +224,7 @@ async fn registers_each_resource_and_allocates_its_device() {
     if !privileged("registers_each_resource_and_allocates_its_device") {
         return;
     }
-    let node = Node::start(&["kvm", "tun"], 3);
-    for d in &node.devices {
-        char_device(&d.path, 1, 3);
-    }
+    let node = Node::start(&["kvm", "tun"], 3, true);
     let mut kubelet = FakeKubelet::start(node.path());
     let mut registered = [
         kubelet.next_registration().await,
@@ -331,7 +331,7 @@ async fn list_and_watch_follows_the_device() {
     if !privileged("list_and_watch_follows_the_device") {
         return;
     }
-    let node = Node::start(&["kvm"], 2);
+    let node = Node::start(&["kvm"], 2, false);
     let mut kubelet = FakeKubelet::start(node.path());
     kubelet.next_registration().await;
     let mut client = node.client("vmpod-kvm.sock").await;
@@ -380,8 +380,7 @@ async fn registers_again_when_kubelet_restarts() {
         return;
     }
     // The plugin starts first and waits for kubelet.
-    let node = Node::start(&["tun"], 1);
-    char_device(&node.devices[0].path, 1, 3);
+    let node = Node::start(&["tun"], 1, true);
     let mut kubelet = FakeKubelet::start(node.path());
     assert_eq!(kubelet.next_registration().await.endpoint, "vmpod-tun.sock");
 
