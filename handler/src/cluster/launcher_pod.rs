@@ -6,8 +6,8 @@
 //! - memory = guest memory + [`memory_overhead_bytes`] (requests and limits);
 //! - capabilities NET_ADMIN and NET_RAW (the launcher rewires the pod network);
 //! - /dev/kvm, /dev/net/tun and /dev/vhost-net as the extended resources `vmpod.io/kvm`,
-//!   `tun`, `vhost-net` of the node daemon's device plugin (`crate::deviceplugin`); no kvm
-//!   with `vmpod.io/acceleration: emulation`. With `--device-hostpath` instead: /dev/kvm and
+//!   `tun`, `vhost-net` of the node daemon's device plugin (`crate::deviceplugin`); only
+//!   tun with `vmpod.io/acceleration: emulation` (TCG uses neither KVM nor vhost-net). With `--device-hostpath` instead: /dev/kvm and
 //!   /dev/net/tun as hostPath char devices (a device cgroup may refuse them to an
 //!   unprivileged container) and no /dev/vhost-net (not every host has it);
 //! - its state directory on the hostPath `<state root>/<namespace>_<name>` mounted at
@@ -262,8 +262,8 @@ pub fn launcher_pod(
         ("tun", "/dev/net/tun", &config.tun_resource),
         ("vhost-net", "/dev/vhost-net", &config.vhost_net_resource),
     ] {
-        if dev == "kvm" && acceleration == Acceleration::Emulation {
-            continue; // a request for it would keep the pod off nodes without KVM
+        if dev != "tun" && acceleration == Acceleration::Emulation {
+            continue; // TCG uses neither; a request would keep the pod off nodes without them
         }
         match resource {
             Some(r) => {
@@ -478,7 +478,7 @@ mod tests {
                 &with_kvm,
                 &["vmpod.io/kvm", "vmpod.io/tun", "vmpod.io/vhost-net"][..],
             ),
-            (&emulated, &["vmpod.io/tun", "vmpod.io/vhost-net"][..]),
+            (&emulated, &["vmpod.io/tun"][..]),
         ] {
             let res = container(pod).resources.as_ref().unwrap();
             for (what, map) in [("requests", &res.requests), ("limits", &res.limits)] {

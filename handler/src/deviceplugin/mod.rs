@@ -22,6 +22,8 @@
 //! and close); it must not touch API objects or keep a device open.
 
 #[cfg(test)]
+pub mod test_kubelet;
+#[cfg(test)]
 mod tests;
 
 use futures::Stream;

@@ -1,13 +1,13 @@
-//! The device plugin against a fake kubelet: a real `Registration` gRPC server on
-//! `kubelet.sock` in a temp directory, and real character devices made with mknod there
-//! (root; `1:3` is /dev/null's device, which opens; `0:0` exists but does not).
+//! The device plugin against a test kubelet ([`TestKubelet`]: a real `Registration` gRPC
+//! server on `kubelet.sock` in a temp directory that follows the plugins as kubelet does),
+//! and real character devices made with mknod there (root; `1:3` is /dev/null's device,
+//! which opens; `0:0` exists but does not).
 
 use super::api::device_plugin_client::DevicePluginClient;
-use super::api::registration_server::{Registration, RegistrationServer};
+use super::test_kubelet::TestKubelet;
 use super::*;
 use crate::support::privileged;
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
@@ -24,80 +24,6 @@ fn char_device(path: &Path, major: u64, minor: u64) {
         makedev(major, minor),
     )
     .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
-}
-
-/// Records each registration.
-struct Recorder(mpsc::UnboundedSender<api::RegisterRequest>);
-
-#[tonic::async_trait]
-impl Registration for Recorder {
-    async fn register(
-        &self,
-        request: Request<api::RegisterRequest>,
-    ) -> Result<Response<api::Empty>, Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(Response::new(api::Empty {}))
-    }
-}
-
-/// Kubelet's registration side on `<dir>/kubelet.sock`.
-struct FakeKubelet {
-    dir: PathBuf,
-    registrations: mpsc::UnboundedReceiver<api::RegisterRequest>,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl FakeKubelet {
-    fn start(dir: &Path) -> FakeKubelet {
-        let listener = UnixListener::bind(dir.join(KUBELET_SOCKET)).expect("bind kubelet.sock");
-        let (tx, registrations) = mpsc::unbounded_channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(
-            Server::builder()
-                .add_service(RegistrationServer::new(Recorder(tx)))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
-        );
-        FakeKubelet {
-            dir: dir.to_path_buf(),
-            registrations,
-            stop,
-            server,
-        }
-    }
-
-    async fn next_registration(&mut self) -> api::RegisterRequest {
-        tokio::time::timeout(WAIT, self.registrations.recv())
-            .await
-            .expect("a registration within 10 s")
-            .expect("the fake kubelet is running")
-    }
-
-    /// Stop serving and remove kubelet.sock.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.server.await.unwrap().unwrap();
-        std::fs::remove_file(self.dir.join(KUBELET_SOCKET)).unwrap();
-    }
-
-    /// Restart as kubelet does: stop, remove every socket in the directory, serve anew.
-    async fn restart(self) -> FakeKubelet {
-        let dir = self.dir.clone();
-        self.stop().await;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if std::fs::symlink_metadata(&path)
-                .unwrap()
-                .file_type()
-                .is_socket()
-            {
-                std::fs::remove_file(&path).unwrap();
-            }
-        }
-        FakeKubelet::start(&dir)
-    }
 }
 
 /// A plugin directory with devices under `<dir>/dev/` and the plugins for them running.
@@ -225,10 +151,10 @@ async fn registers_each_resource_and_allocates_its_device() {
         return;
     }
     let node = Node::start(&["kvm", "tun"], 3, true);
-    let mut kubelet = FakeKubelet::start(node.path());
+    let mut kubelet = TestKubelet::start(node.path());
     let mut registered = [
-        kubelet.next_registration().await,
-        kubelet.next_registration().await,
+        kubelet.next_registration(WAIT).await,
+        kubelet.next_registration(WAIT).await,
     ];
     registered.sort_by(|a, b| a.resource_name.cmp(&b.resource_name));
     for (r, name) in registered.iter().zip(["kvm", "tun"]) {
@@ -308,6 +234,17 @@ async fn registers_each_resource_and_allocates_its_device() {
     };
     tun.pre_start_container(pre_start).await.unwrap();
 
+    // The kubelet followed both plugins' ListAndWatch and allocates from what it heard.
+    let heard = kubelet
+        .plugin_when("vmpod.io/tun", WAIT, |p| p.devices.len() == 3)
+        .await;
+    assert_eq!(
+        heard.devices.into_iter().collect::<Vec<_>>(),
+        all(&["tun-0", "tun-1", "tun-2"], HEALTHY)
+    );
+    let spec = kubelet.allocate("vmpod.io/kvm", 1).await.unwrap();
+    assert_eq!(spec.devices[0].host_path, kvm_path);
+
     // A clean stop ends the open stream and removes both sockets.
     let dir = node.stop().await;
     let end = tokio::time::timeout(WAIT, watch.next())
@@ -332,8 +269,8 @@ async fn list_and_watch_follows_the_device() {
         return;
     }
     let node = Node::start(&["kvm"], 2, false);
-    let mut kubelet = FakeKubelet::start(node.path());
-    kubelet.next_registration().await;
+    let mut kubelet = TestKubelet::start(node.path());
+    kubelet.next_registration(WAIT).await;
     let mut client = node.client("vmpod-kvm.sock").await;
     let mut watch = client
         .list_and_watch(api::Empty {})
@@ -381,12 +318,15 @@ async fn registers_again_when_kubelet_restarts() {
     }
     // The plugin starts first and waits for kubelet.
     let node = Node::start(&["tun"], 1, true);
-    let mut kubelet = FakeKubelet::start(node.path());
-    assert_eq!(kubelet.next_registration().await.endpoint, "vmpod-tun.sock");
+    let mut kubelet = TestKubelet::start(node.path());
+    assert_eq!(
+        kubelet.next_registration(WAIT).await.endpoint,
+        "vmpod-tun.sock"
+    );
 
     // Kubelet restarts: all sockets removed, a new kubelet.sock.
     kubelet = kubelet.restart().await;
-    let again = kubelet.next_registration().await;
+    let again = kubelet.next_registration(WAIT).await;
     assert_eq!(
         (again.resource_name.as_str(), again.endpoint.as_str()),
         ("vmpod.io/tun", "vmpod-tun.sock")
@@ -398,12 +338,58 @@ async fn registers_again_when_kubelet_restarts() {
         .unwrap()
         .into_inner();
     assert_eq!(next_health(&mut watch).await, all(&["tun-0"], HEALTHY));
+    kubelet
+        .plugin_when("vmpod.io/tun", WAIT, |p| p.devices.len() == 1)
+        .await;
+    kubelet.allocate("vmpod.io/tun", 1).await.unwrap();
 
     // A new kubelet.sock alone (our socket untouched) is a new kubelet too.
     let dir = node.path().to_path_buf();
     kubelet.stop().await;
-    let mut kubelet = FakeKubelet::start(&dir);
-    kubelet.next_registration().await;
+    let mut kubelet = TestKubelet::start(&dir);
+    kubelet.next_registration(WAIT).await;
     let _dir = node.stop().await;
+    kubelet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_this_hosts_devices() {
+    if !privileged("serves_this_hosts_devices") {
+        return;
+    }
+    // The real device paths (node_devices), a temp device-plugins directory.
+    let dir = tempfile::tempdir().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let config = PluginConfig {
+        dir: dir.path().to_path_buf(),
+        poll: POLL,
+    };
+    let plugins = tokio::spawn(run(config, node_devices(2), stopped));
+    let mut kubelet = TestKubelet::start(dir.path());
+    for d in node_devices(2) {
+        let heard = kubelet
+            .plugin_when(&d.resource, WAIT, |p| p.devices.len() == 2)
+            .await;
+        let healthy = heard.devices.values().all(|h| h == HEALTHY);
+        eprintln!(
+            "{} ({}): {}",
+            d.resource,
+            d.path.display(),
+            if healthy { HEALTHY } else { UNHEALTHY }
+        );
+        assert_eq!(healthy, probe(&d.path).is_ok(), "{}", d.resource);
+    }
+    // Every Debian host with root has /dev/net/tun.
+    let tun = kubelet.allocate(TUN_RESOURCE, 1).await.unwrap();
+    assert_eq!(
+        tun.devices,
+        [api::DeviceSpec {
+            container_path: "/dev/net/tun".into(),
+            host_path: "/dev/net/tun".into(),
+            permissions: "rw".into(),
+        }]
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(WAIT, plugins).await.unwrap().unwrap();
     kubelet.stop().await;
 }
