@@ -63,6 +63,24 @@ pub struct ControllerArgs {
     pub metrics_addr: SocketAddr,
 }
 
+impl ControllerArgs {
+    /// How the controller builds launcher pods, from these options.
+    pub fn launcher_pod_config(self) -> LauncherPodConfig {
+        let config = LauncherPodConfig {
+            image: self.launcher_image,
+            state_root: self.state_root,
+            kvm_resource: Some(self.kvm_resource),
+            tun_resource: Some(self.tun_resource),
+            vhost_net_resource: Some(self.vhost_net_resource),
+        };
+        if self.device_hostpath {
+            config.with_hostpath_devices()
+        } else {
+            config
+        }
+    }
+}
+
 /// `vmpod-handler node` options.
 #[derive(Args)]
 pub struct NodeArgs {
@@ -93,18 +111,7 @@ pub struct NodeArgs {
 pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics = serve_metrics(args.metrics_addr).await?;
     let client = kube::Client::try_default().await?;
-    let config = LauncherPodConfig {
-        image: args.launcher_image,
-        state_root: args.state_root,
-        kvm_resource: Some(args.kvm_resource),
-        tun_resource: Some(args.tun_resource),
-        vhost_net_resource: Some(args.vhost_net_resource),
-    };
-    let config = if args.device_hostpath {
-        config.with_hostpath_devices()
-    } else {
-        config
-    };
+    let config = args.launcher_pod_config();
     tracing::info!(image = %config.image, "controller starting");
     controller::run(client, config, metrics).await;
     Ok(())
@@ -225,5 +232,42 @@ impl ReconcileError {
             ReconcileError::Conflict { .. } => "conflict",
             ReconcileError::Unaddressable(_) => "unaddressable",
         }
+    }
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::ControllerArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn config(argv: &[&str]) -> super::LauncherPodConfig {
+        let argv = std::iter::once("controller").chain(argv.iter().copied());
+        Cli::parse_from(argv).args.launcher_pod_config()
+    }
+
+    #[test]
+    fn devices_are_the_plugins_resources_unless_hostpath_is_asked_for() {
+        let c = config(&[]);
+        assert_eq!(
+            [c.kvm_resource, c.tun_resource, c.vhost_net_resource],
+            [
+                Some("vmpod.io/kvm".to_string()),
+                Some("vmpod.io/tun".to_string()),
+                Some("vmpod.io/vhost-net".to_string())
+            ]
+        );
+        let c = config(&["--kvm-resource", "devices.kubevirt.io/kvm"]);
+        assert_eq!(c.kvm_resource.as_deref(), Some("devices.kubevirt.io/kvm"));
+        let c = config(&["--device-hostpath"]);
+        assert_eq!(
+            [c.kvm_resource, c.tun_resource, c.vhost_net_resource],
+            [None, None, None]
+        );
     }
 }
