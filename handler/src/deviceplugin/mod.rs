@@ -98,10 +98,7 @@ impl NodeDevice {
 
     /// Whether `id` names one of its devices.
     fn owns(&self, id: &str) -> bool {
-        id.strip_prefix(self.short_name())
-            .and_then(|rest| rest.strip_prefix('-'))
-            .and_then(|i| i.parse::<u32>().ok())
-            .is_some_and(|i| i < self.slots && id == format!("{}-{i}", self.short_name()))
+        self.device_ids().any(|own| own == id)
     }
 }
 
