@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 use support::launcher::{Launcher, testguest_vmi};
 use tokio::io::AsyncReadExt;
-use vmpod::control::{ControlClient, Phase};
+use vmpod::control::{ControlClient, PauseReason, Phase};
 use vmpod::net::IpCidr;
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 
@@ -61,10 +61,13 @@ fn real_launcher_pause_resume_console_attach_follow_and_shutdown() {
 
         client.pause().await.unwrap();
         wait_phase(&client, Phase::Paused).await;
+        let paused = client.status().await.unwrap();
+        assert_eq!(paused.pause_reason, Some(PauseReason::User), "{paused:?}");
         let e = client.pause().await.unwrap_err();
         assert_eq!(e.status(), Some(http::StatusCode::CONFLICT), "{e}");
         client.resume().await.unwrap();
         wait_phase(&client, Phase::Running).await;
+        assert_eq!(client.status().await.unwrap().pause_reason, None);
 
         let mut console = client.console_attach().await.unwrap();
         let mut follow = client.console_follow().await.unwrap();

@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
-use vmpod::control::{ControlClient, LauncherStatus, OPENAPI_YAML, ROUTES};
+use vmpod::control::{ControlClient, LauncherStatus, OPENAPI_YAML, PauseReason, Phase, ROUTES};
 
 fn spec() -> Value {
     vmpod::api::yaml::from_str(OPENAPI_YAML).expect("openapi.yaml parses")
@@ -248,6 +248,24 @@ async fn responses_of_a_fake_launcher_match_the_documented_schemas() {
         &minimal,
         "pending",
     );
+    // Paused by a KVM failure, and a VM that fell back to TCG: both reasons documented.
+    for pause in [
+        PauseReason::User,
+        PauseReason::IoError,
+        PauseReason::KvmInternalError,
+        PauseReason::Unknown,
+    ] {
+        let mut paused = sample_status("vm3");
+        paused.set_phase(Phase::Paused, Some(format!("paused: {pause}")));
+        paused.pause_reason = Some(pause);
+        paused.acceleration_reason = Some("KVM failed under the running guest".into());
+        assert_valid(
+            &spec,
+            response_schema(&spec, "/v1/status", "get", "200"),
+            &serde_json::to_value(&paused).unwrap(),
+            &format!("paused {pause}"),
+        );
+    }
 
     let net = serde_json::to_value(client.network().await.unwrap()).unwrap();
     assert_valid(

@@ -4,7 +4,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, MountPlan};
-use vmpod::domain::{DomainEvent, DomainState, Libvirt, StopReason};
+use vmpod::domain::libvirt::paused_reason;
+use vmpod::domain::{DomainEvent, DomainState, Libvirt, PausedReason, StopReason};
 
 fn bare_domain_xml(name: &str, console: &Path) -> String {
     format!(
@@ -75,8 +76,15 @@ async fn private_libvirtd_runs_a_domain_and_reports_events() {
             .join(format!("{name}.pid"))
             .exists()
     );
+    // QEMU's own log is where the launcher looks for KVM's last words.
+    assert!(
+        layout.qemu_log(&name).exists(),
+        "{}",
+        layout.qemu_log(&name).display()
+    );
     dom.pause().unwrap();
     let state = wait_state(&mut rx, state, |s| s == DomainState::Paused).await;
+    assert_eq!(paused_reason(lv.conn(), &name), PausedReason::User);
     dom.resume().unwrap();
     let state = wait_state(&mut rx, state, |s| s == DomainState::Running).await;
     dom.destroy().unwrap();

@@ -12,6 +12,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Tests run the binaries of every package (vmpodctl runs vmpod-launcher, the local-mode
 # tests run vmpod-handler): build them all first.
 cargo build --workspace
+# The images the cluster tests run (they would build them on demand too; here a failure
+# shows at once). Cached under target/images/.
+bash manifests/build-image.sh --profile dev
 cargo test --workspace --no-fail-fast
 
 # A bounded fuzz run of the DHCP packet handler (nightly + cargo-fuzz, from setup.sh).

@@ -16,6 +16,10 @@ packages=(
   genisoimage
   # benchmarks
   hyperfine procps
+  # images (manifests/build-image.sh) and the kubelet-shaped runner (tests/cluster/): podman
+  # with runc (crun refuses these machines' hybrid cgroup layout), a Debian base from
+  # Debian's packages with mmdebstrap
+  podman buildah runc mmdebstrap
 )
 
 missing=()
@@ -39,7 +43,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The virt crate and the tests need these on PATH.
-for cmd in cargo qemu-system-x86_64 libvirtd busybox dhclient dhcpcd dnsmasq ip; do
+for cmd in cargo qemu-system-x86_64 libvirtd busybox dhclient dhcpcd dnsmasq ip podman runc mmdebstrap; do
   command -v "$cmd" >/dev/null || { echo "setup: $cmd not found after install" >&2; exit 1; }
 done
 # The fuzz run (tests/fuzz/run.sh) needs cargo-fuzz (and uses nightly when present).

@@ -1,16 +1,20 @@
 //! vmpod-handler: the node daemon and controller. `controller` turns VMIs into launcher
 //! pods, `node` reports launcher status into VMI status and serves kubelet the devices
 //! launcher pods use (`deviceplugin`), `local` runs VMIs from a directory on this machine
-//! with no cluster.
+//! with no cluster, `render-pod` prints the controller's launcher Pod for a VMI file.
 
 mod cluster;
 mod deviceplugin;
 mod local;
 
-// The integration tests' support (privileged-test rule), for the device plugin's tests.
+// The integration tests' support and kubelet-shaped runner, for the test that runs the Pod
+// the controller creates (cluster::tests).
 #[cfg(test)]
 #[path = "../../tests/support/mod.rs"]
 mod support;
+#[cfg(test)]
+#[path = "../../tests/cluster/mod.rs"]
+mod test_runner;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +39,9 @@ enum Command {
     Node(cluster::NodeArgs),
     /// No cluster: keep the VMIs in a directory running on this machine.
     Local(local::LocalArgs),
+    /// Print the launcher Pod (and Secret) the controller would create for a VMI file, as
+    /// YAML documents.
+    RenderPod(cluster::render::RenderArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,10 @@ fn main() -> ExitCode {
         Command::Controller(args) => block_on(cluster::run_controller(args)),
         Command::Node(args) => block_on(cluster::run_node(args)),
         Command::Local(args) => local::run(args),
+        Command::RenderPod(args) => cluster::render::render(&args).map(|yaml| {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! bridge and a tap, serves DHCP to the VM, boots the VM as a libvirt domain and owns its
 //! lifecycle. `net` and `dhcp` run one phase alone (e.g. as a privileged init container).
 
+mod accel_fallback;
 mod backend;
 mod dhcp_cmd;
 mod lifecycle;

@@ -3,8 +3,11 @@
 //! libvirtd, define and start the domain, serve the control API, and own the
 //! lifecycle: SIGTERM -> ACPI shutdown -> grace period -> destroy; when the domain is
 //! gone, tear everything down in reverse and exit (0 for a clean stop, 1 with the reason
-//! otherwise). Every process started here is a child of the launcher.
+//! otherwise). When KVM fails under the guest (see `accel_fallback`), `auto` boots the
+//! domain again under TCG in the same pod and remembers the verdict on the node. Every
+//! process started here is a child of the launcher.
 
+use crate::accel_fallback::{self, Interruption, Next, classify_pause, kvm_failure_in};
 use crate::backend::{ActionRequest, LauncherBackend, Shared, lock};
 use crate::lifecycle::{outcome, phase_of, reason_of};
 use anyhow::{Context, bail};
@@ -21,12 +24,15 @@ use tokio::task::JoinHandle;
 use vmpod::api::{self, Acceleration as AccelRequest, VirtualMachineInstance};
 use vmpod::control::{
     self, Acceleration, BackendError, ControlServer, InterfaceReport, InterfaceStatus,
-    LauncherStatus, LifecycleAction, NetworkReport, Phase,
+    LauncherStatus, LifecycleAction, NetworkReport, PauseReason, Phase,
 };
 use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
 use vmpod::domain::agent::{self, Events, Request, VirtAgent};
 use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, MountPlan};
-use vmpod::domain::{Attachment, DomainEnv, DomainState, domain_name, domain_xml, prepare_volumes};
+use vmpod::domain::{
+    Attachment, DomainEnv, DomainEvent, DomainState, DomainXml, KvmKey, KvmVerdicts, domain_name,
+    domain_xml, prepare_volumes,
+};
 use vmpod::net::{self, SetupOptions};
 
 #[derive(Args)]
@@ -52,6 +58,24 @@ pub struct RunArgs {
     /// after the domain runs): saves libvirtd seconds of probing QEMU.
     #[arg(long, env = "VMPOD_CAPS_SEED", default_value = daemons::DEFAULT_CAPS_SEED)]
     pub caps_seed: PathBuf,
+    /// The node's file of KVM failures (the next pod on a node where KVM failed under a
+    /// guest goes straight to TCG); default: `kvm-verdicts.json` beside `--caps-seed`.
+    /// A pod whose seed lives in its image needs a node directory here.
+    #[arg(long, env = "VMPOD_KVM_VERDICTS")]
+    pub kvm_verdicts: Option<PathBuf>,
+    /// Take /dev/kvm as usable without probing it (for tests whose libvirt client is a
+    /// stand-in); a remembered KVM failure on the node still counts.
+    #[arg(long, hide = true)]
+    pub skip_kvm_probe: bool,
+}
+
+impl RunArgs {
+    fn verdicts(&self) -> KvmVerdicts {
+        match &self.kvm_verdicts {
+            Some(path) => KvmVerdicts { path: path.clone() },
+            None => KvmVerdicts::beside(&self.caps_seed),
+        }
+    }
 }
 
 fn parse_accel(s: &str) -> Result<AccelRequest, String> {
@@ -99,20 +123,67 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .acceleration()
             .context("invalid vmpod.io/acceleration annotation")?,
     };
-    let probe = match request {
-        AccelRequest::Emulation => Err("not probed: emulation requested".to_string()),
-        _ => vmpod::domain::kvm_usable(
-            Path::new(vmpod::domain::accel::KVM_DEVICE),
-            Path::new(vmpod::domain::xml::EMULATOR),
-        ),
-    };
-    let accel = vmpod::domain::choose(request, probe)?;
-    tracing::info!(vmi = %domain_name(&vmi), %accel, "starting");
+    let (accel, kvm_refused, kvm_key) = decide_accel(&args, request)?;
+    tracing::info!(vmi = %domain_name(&vmi), %accel, kvm_refused, "starting");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    let accel = Accel {
+        request,
+        booted: accel,
+        why_not_kvm: kvm_refused,
+        kvm_key,
+    };
     rt.block_on(run_pod(args, vmi, accel, started))
+}
+
+/// The acceleration to boot with, why KVM is not used when it was allowed, and this
+/// node's key for remembering a KVM failure. A failure remembered on the node counts as
+/// a probe that failed: `auto` goes straight to TCG, `kvm` fails with it.
+fn decide_accel(
+    args: &RunArgs,
+    request: AccelRequest,
+) -> anyhow::Result<(Acceleration, Option<String>, Option<KvmKey>)> {
+    if request == AccelRequest::Emulation {
+        return Ok((Acceleration::Tcg, None, None));
+    }
+    let emulator = Path::new(vmpod::domain::xml::EMULATOR);
+    let key = KvmKey::of_this_node(emulator)
+        .map_err(|e| tracing::warn!("KVM verdicts of this node not used: {e}"))
+        .ok();
+    let verdicts = args.verdicts();
+    let remembered = key.as_ref().and_then(|k| {
+        verdicts
+            .find(k)
+            .map_err(|e| tracing::warn!("KVM verdicts of this node not used: {e}"))
+            .ok()
+            .flatten()
+    });
+    let usable = match remembered {
+        Some(f) => Err(format!(
+            "KVM failed on this node before ({}; recorded {} in {})",
+            f.reason,
+            f.at.0,
+            verdicts.path.display()
+        )),
+        None if args.skip_kvm_probe => Ok(()),
+        None => vmpod::domain::kvm_usable(Path::new(vmpod::domain::accel::KVM_DEVICE), emulator),
+    };
+    let refused = usable.as_ref().err().cloned();
+    let accel = vmpod::domain::choose(request, usable)?;
+    Ok((accel, refused, key))
+}
+
+/// What the acceleration was decided from, and what it was.
+struct Accel {
+    request: AccelRequest,
+    /// What the domain is first booted with.
+    booted: Acceleration,
+    /// Why not KVM, when `auto` had to do without it.
+    why_not_kvm: Option<String>,
+    /// This node's key for KVM verdicts (none under `emulation`).
+    kvm_key: Option<KvmKey>,
 }
 
 /// What boot acquired and teardown must give back, in reverse order.
@@ -126,12 +197,16 @@ struct Pod {
     /// The name of the domain defined and started.
     domain: Option<String>,
     events: Option<Events>,
+    /// What the domain XML was rendered from (rendered again for a TCG fallback).
+    env: Option<DomainEnv>,
+    /// Where QEMU's log of the current boot starts.
+    qemu_log_from: u64,
 }
 
 struct Ctx {
     args: RunArgs,
     vmi: VirtualMachineInstance,
-    accel: Acceleration,
+    accel: Accel,
     shared: Arc<Mutex<Shared>>,
     started: Instant,
 }
@@ -157,7 +232,7 @@ impl Ctx {
 async fn run_pod(
     args: RunArgs,
     vmi: VirtualMachineInstance,
-    accel: Acceleration,
+    accel: Accel,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
     // Signals first: a SIGTERM during boot must still lead to an orderly teardown.
@@ -168,7 +243,8 @@ async fn run_pod(
 
     let mut status = LauncherStatus::pending(vmi.metadata.name.clone().unwrap_or_default());
     status.namespace.clone_from(&vmi.metadata.namespace);
-    status.acceleration = Some(accel);
+    status.acceleration = Some(accel.booted);
+    status.acceleration_reason.clone_from(&accel.why_not_kvm);
     let shared = Arc::new(Mutex::new(Shared {
         status,
         network: NetworkReport {
@@ -345,14 +421,14 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     let interfaces = network_phase(ctx, pod).await?;
     let volumes = prepare_volumes(&ctx.vmi, ctx.state_dir())?;
     let env = DomainEnv {
-        accel: ctx.accel,
+        accel: ctx.accel.booted,
         state_dir: ctx.state_dir().to_path_buf(),
         volumes,
         interfaces,
         kernel_boot_root: ctx.state_dir().join("kernel-boot"),
     };
     let xml = domain_xml(&ctx.vmi, &env)?;
-    lock(&ctx.shared).domain_xml.clone_from(&xml.0);
+    pod.env = Some(env);
     // The console log belongs to this boot; an earlier boot's becomes console.log.1.
     control::rotate_console_log(ctx.state_dir(), 0).context("rotating the console log")?;
 
@@ -368,7 +444,7 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
         Ok(n) => tracing::debug!(files = n, "QEMU capabilities cache seeded"),
         Err(e) => tracing::warn!("seeding the QEMU capabilities cache: {e}"),
     }
-    let plan = MountPlan::new(&layout, ctx.accel == Acceleration::Tcg)?;
+    let plan = MountPlan::new(&layout, ctx.accel.booted == Acceleration::Tcg)?;
     // Spawned from this (the main) thread: the daemons' parent-death signal follows it.
     let daemons = Daemons::start(&layout, plan).await?;
     tracing::info!(
@@ -378,8 +454,43 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     pod.daemons = Some(daemons);
 
     let agent = pod.agent.as_ref().context("no libvirt agent")?;
+    let env = pod.env.as_mut().context("no domain environment")?;
+    pod.qemu_log_from = qemu_log_len(ctx);
+    let name = match start_domain(ctx, agent, &xml).await {
+        Ok(name) => name,
+        Err(e) => {
+            let what = Interruption::StartFailed {
+                error: format!("{e:#}"),
+                kvm_failure: kvm_failure_in(&qemu_log_since(ctx, pod.qemu_log_from)),
+            };
+            match accel_fallback::after(ctx.accel.request, env.accel, &what) {
+                Next::BootUnderTcg { why } => {
+                    pod.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                    domain_name(&ctx.vmi)
+                }
+                Next::Fail { why } => {
+                    remember_kvm_failure(ctx, &why);
+                    bail!("{why}");
+                }
+                Next::CarryOn => return Err(e),
+            }
+        }
+    };
+    pod.domain = Some(name);
+
+    let seed = ctx.args.caps_seed.clone();
+    tokio::task::spawn_blocking(move || match daemons::refresh_caps_seed(&layout, &seed) {
+        Ok(n) => tracing::debug!(files = n, seed = %seed.display(), "capabilities seed refreshed"),
+        Err(e) => tracing::warn!("refreshing the capabilities seed: {e}"),
+    });
+    Ok(())
+}
+
+/// Define and start the domain from `xml` and publish it; its name.
+async fn start_domain(ctx: &Ctx, agent: &VirtAgent, xml: &DomainXml) -> anyhow::Result<String> {
+    lock(&ctx.shared).domain_xml.clone_from(&xml.0);
+    let layout = LibvirtLayout::new(ctx.state_dir());
     let name = agent.define_and_start(&xml.0).await?;
-    pod.domain = Some(name.clone());
     let qemu_pid =
         std::fs::read_to_string(layout.dir("run").join("qemu").join(format!("{name}.pid")))
             .ok()
@@ -389,16 +500,69 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
         elapsed_ms = ctx.started.elapsed().as_millis(), "domain started"
     );
     ctx.publish(|s| {
-        s.domain = Some(name);
+        s.domain = Some(name.clone());
         s.qemu_pid = qemu_pid;
     });
+    Ok(name)
+}
 
-    let seed = ctx.args.caps_seed.clone();
-    tokio::task::spawn_blocking(move || match daemons::refresh_caps_seed(&layout, &seed) {
-        Ok(n) => tracing::debug!(files = n, seed = %seed.display(), "capabilities seed refreshed"),
-        Err(e) => tracing::warn!("refreshing the capabilities seed: {e}"),
+/// How long QEMU's log is now: the next boot's lines start there (libvirtd appends to
+/// one log across boots of the domain).
+fn qemu_log_len(ctx: &Ctx) -> u64 {
+    let path = LibvirtLayout::new(ctx.state_dir()).qemu_log(&domain_name(&ctx.vmi));
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// QEMU's log of the current boot (from byte `from`); empty when unreadable.
+fn qemu_log_since(ctx: &Ctx, from: u64) -> String {
+    let path = LibvirtLayout::new(ctx.state_dir()).qemu_log(&domain_name(&ctx.vmi));
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..]).into_owned()
+}
+
+/// KVM failed under the guest (or as it started) in `auto`: destroy the domain if it
+/// runs, remember the verdict on the node, and boot it again under TCG in this pod (same
+/// network, DHCP server, libvirtd and agent). Returns where QEMU's log of the new boot
+/// starts.
+async fn boot_under_tcg(
+    ctx: &Ctx,
+    agent: &VirtAgent,
+    env: &mut DomainEnv,
+    why: &str,
+) -> anyhow::Result<u64> {
+    tracing::warn!("{why}; destroying the domain and booting it again under TCG");
+    // A domain that failed to start is not active (and the agent may hold none).
+    if agent.is_active().await.unwrap_or(false) {
+        agent.act(Request::Destroy).await?;
+    }
+    remember_kvm_failure(ctx, why);
+    env.accel = Acceleration::Tcg;
+    let xml = domain_xml(&ctx.vmi, env)?;
+    control::rotate_console_log(ctx.state_dir(), 0).context("rotating the console log")?;
+    ctx.publish(|s| {
+        s.acceleration = Some(Acceleration::Tcg);
+        s.acceleration_reason = Some(why.to_string());
+        s.qemu_pid = None;
+        s.set_phase(Phase::Scheduled, Some("booting again under TCG".into()));
     });
-    Ok(())
+    let log_from = qemu_log_len(ctx);
+    start_domain(ctx, agent, &xml).await?;
+    Ok(log_from)
+}
+
+/// Write the node's verdict that KVM failed here, for the next pod.
+fn remember_kvm_failure(ctx: &Ctx, why: &str) {
+    let Some(key) = &ctx.accel.kvm_key else {
+        return;
+    };
+    let verdicts = ctx.args.verdicts();
+    match verdicts.record(key, why) {
+        Ok(()) => {
+            tracing::info!(file = %verdicts.path.display(), ?key, "KVM failure remembered on this node")
+        }
+        Err(e) => tracing::warn!("remembering the KVM failure: {e}"),
+    }
 }
 
 /// Ask the guest to power off; a guest that cannot be asked (no ACPI) is destroyed.
@@ -451,6 +615,12 @@ async fn supervise(
     let agent = pod.agent.as_ref().context("no libvirt agent")?;
     let mut events = pod.events.take().context("no event stream")?;
     let daemons = pod.daemons.as_mut().context("no daemons")?;
+    let env = pod.env.as_mut().context("no domain environment")?;
+    // The control API asked for a pause that has not shown yet.
+    let mut pause_requested = false;
+    // Events before the domain's start (libvirt sends it last, after `Resumed`) are a
+    // failed or abandoned boot's: after a TCG fallback, the old domain's end.
+    let mut await_start = true;
     let grace =
         Duration::from_secs(u64::try_from(ctx.vmi.spec.grace_period_seconds()).unwrap_or(0));
     let mut state = DomainState::Pending;
@@ -461,6 +631,42 @@ async fn supervise(
         tokio::select! {
             ev = events.recv() => {
                 let Some((_, ev)) = ev else { bail!("the libvirt agent ({}) exited; see the log above", agent::AGENT_BINARY) };
+                if await_start {
+                    if ev != DomainEvent::Started {
+                        continue;
+                    }
+                    await_start = false;
+                }
+                let interruption = match ev {
+                    DomainEvent::Paused(libvirt) => {
+                        let log = qemu_log_since(ctx, pod.qemu_log_from);
+                        let pause = classify_pause(std::mem::take(&mut pause_requested), libvirt, &log);
+                        if pause.reason == PauseReason::User {
+                            tracing::info!(reason = %pause.reason, "domain {}", pause.message);
+                        } else {
+                            tracing::warn!(reason = %pause.reason, "domain {}", pause.message);
+                        }
+                        Some(Interruption::Paused(pause))
+                    }
+                    DomainEvent::Stopped(reason) => Some(Interruption::Stopped {
+                        reason,
+                        kvm_failure: kvm_failure_in(&qemu_log_since(ctx, pod.qemu_log_from)),
+                    }),
+                    _ => None,
+                };
+                match interruption.as_ref().map(|i| accel_fallback::after(ctx.accel.request, env.accel, i)) {
+                    Some(Next::BootUnderTcg { why }) => {
+                        pod.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                        await_start = true;
+                        state = DomainState::Pending;
+                        continue;
+                    }
+                    Some(Next::Fail { why }) => {
+                        remember_kvm_failure(ctx, &why);
+                        bail!("{why}");
+                    }
+                    Some(Next::CarryOn) | None => {}
+                }
                 let next = state.after(ev);
                 if next != state {
                     tracing::info!(event = ?ev, state = ?next, "domain");
@@ -468,7 +674,13 @@ async fn supervise(
                         tracing::info!(elapsed_ms = ctx.started.elapsed().as_millis(), "domain running");
                     }
                     state = next;
-                    ctx.publish(|s| s.set_phase(phase_of(state), reason_of(state)));
+                    ctx.publish(|s| match &interruption {
+                        Some(Interruption::Paused(p)) => {
+                            s.set_phase(Phase::Paused, Some(p.message.clone()));
+                            s.pause_reason = Some(p.reason);
+                        }
+                        _ => s.set_phase(phase_of(state), reason_of(state)),
+                    });
                 }
                 if state.is_final() {
                     return Ok(state);
@@ -487,7 +699,10 @@ async fn supervise(
             }
             Some((action, reply)) = actions.recv() => {
                 tracing::info!(action = action.name(), "control API");
-                let _ = reply.send(lifecycle(agent, action, grace, &mut deadline).await);
+                let pause = matches!(action, LifecycleAction::Pause);
+                let result = lifecycle(agent, action, grace, &mut deadline).await;
+                pause_requested |= pause && result.is_ok();
+                let _ = reply.send(result);
             }
             () = async { if let Some(s) = sleep { s.await } }, if deadline.is_some() => {
                 tracing::warn!("grace period over: destroying the domain");

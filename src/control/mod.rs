@@ -22,11 +22,11 @@ pub use client::{ClientError, ConsoleFollow, ConsoleStream, ControlClient};
 pub use server::{Backend, BackendError, ControlServer, ServerError};
 pub use state::{
     StatusSource, control_socket, list_local, local_root, local_state_dir, read_status,
-    rotate_console_log, status_of, write_status,
+    rotate_console_log, status_of, write_json_atomic, write_status,
 };
 pub use types::{
     Acceleration, ErrorBody, InterfaceReport, InterfaceStatus, LauncherStatus, NetworkReport,
-    Phase, ShutdownRequest,
+    PauseReason, Phase, ShutdownRequest,
 };
 
 /// The OpenAPI 3 description of this API, as shipped in the repository.

@@ -92,13 +92,20 @@ pub enum StateError {
     },
 }
 
-/// Write `<state-dir>/status.json` atomically: a temp file in the same dir, fsync'ed,
-/// renamed over the old one. Readers see the old or the new status, never half of one.
+/// Write `<state-dir>/status.json` atomically (see [`write_json_atomic`]).
 pub fn write_status(state_dir: &Path, status: &LauncherStatus) -> Result<(), StateError> {
-    let path = state_dir.join(STATUS_FILE);
-    let tmp = state_dir.join(format!(".{STATUS_FILE}.{}.tmp", std::process::id()));
-    let json = serde_json::to_vec_pretty(status).map_err(|source| StateError::Json {
-        path: path.clone(),
+    write_json_atomic(&state_dir.join(STATUS_FILE), status)
+}
+
+/// Write `value` as JSON to `path` atomically: a temp file in the same dir, fsync'ed,
+/// renamed over the old one. Readers see the old or the new content, never half of it.
+pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let json = serde_json::to_vec_pretty(value).map_err(|source| StateError::Json {
+        path: path.to_path_buf(),
         source,
     })?;
     let written = std::fs::File::create(&tmp)
@@ -107,10 +114,13 @@ pub fn write_status(state_dir: &Path, status: &LauncherStatus) -> Result<(), Sta
             f.write_all(b"\n")?;
             f.sync_all()
         })
-        .and_then(|()| std::fs::rename(&tmp, &path));
+        .and_then(|()| std::fs::rename(&tmp, path));
     written.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        StateError::Io { path, source }
+        StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 

@@ -69,6 +69,39 @@ impl fmt::Display for Acceleration {
     }
 }
 
+/// Why the VM is paused. Names follow KubeVirt's `Paused` condition reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PauseReason {
+    /// Someone asked: the control API's pause (or libvirt's suspend).
+    User,
+    /// A disk I/O error stopped the vCPUs.
+    #[serde(rename = "IOError")]
+    IoError,
+    /// KVM gave up on the guest: QEMU's log says `KVM internal error`.
+    #[serde(rename = "KVMInternalError")]
+    KvmInternalError,
+    /// Nobody asked, and neither libvirt nor QEMU's log says why.
+    Unknown,
+}
+
+impl PauseReason {
+    /// The name as it appears in JSON and in `vmpodctl get`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::User => "User",
+            PauseReason::IoError => "IOError",
+            PauseReason::KvmInternalError => "KVMInternalError",
+            PauseReason::Unknown => "Unknown",
+        }
+    }
+}
+
+impl fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One VM interface, shaped like KubeVirt's `status.interfaces[]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -113,6 +146,13 @@ pub struct LauncherStatus {
     /// `kvm` or `tcg`, once decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceleration: Option<Acceleration>,
+    /// Why the VM runs under TCG although KVM was allowed (`auto`): the probe's
+    /// refusal, KVM failing under the running guest, or the node's remembered verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceleration_reason: Option<String>,
+    /// Why the VM is paused, while the phase is `Paused` (`reason` says it in words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<PauseReason>,
     #[serde(default)]
     pub interfaces: Vec<InterfaceStatus>,
     /// The launcher's process id.
@@ -137,6 +177,8 @@ impl LauncherStatus {
             running_at: None,
             finished_at: None,
             acceleration: None,
+            acceleration_reason: None,
+            pause_reason: None,
             interfaces: Vec::new(),
             pid: std::process::id(),
             qemu_pid: None,
@@ -145,9 +187,13 @@ impl LauncherStatus {
     }
 
     /// Move to `phase` and stamp `running_at` / `finished_at` the first time it applies.
+    /// Leaving `Paused` clears the pause reason.
     pub fn set_phase(&mut self, phase: Phase, reason: Option<String>) {
         self.phase = phase;
         self.reason = reason;
+        if phase != Phase::Paused {
+            self.pause_reason = None;
+        }
         if phase == Phase::Running && self.running_at.is_none() {
             self.running_at = Some(now());
         }
@@ -234,7 +280,9 @@ mod tests {
         s.set_phase(Phase::Running, None);
         let running = s.running_at.clone().expect("running_at set");
         s.set_phase(Phase::Paused, None);
+        s.pause_reason = Some(PauseReason::KvmInternalError);
         s.set_phase(Phase::Running, None);
+        assert_eq!(s.pause_reason, None, "running again: no pause reason");
         assert_eq!(s.running_at, Some(running));
         s.set_phase(Phase::Failed, Some("crashed".into()));
         assert!(s.finished_at.is_some());
@@ -257,6 +305,13 @@ mod tests {
         assert_eq!(v["acceleration"], "tcg");
         assert_eq!(v["interfaces"][0]["ipAddress"], "10.0.0.5");
         assert_eq!(v["interfaces"][0]["interfaceName"], "eth0");
+        assert!(v.get("pauseReason").is_none(), "absent unless paused: {v}");
+        s.phase = Phase::Paused;
+        s.pause_reason = Some(PauseReason::KvmInternalError);
+        s.acceleration_reason = Some("KVM failed late".into());
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["pauseReason"], "KVMInternalError");
+        assert_eq!(v["accelerationReason"], "KVM failed late");
         assert!(v["startedAt"].as_str().unwrap().ends_with('Z'));
         let back: LauncherStatus = serde_json::from_value(v).unwrap();
         assert_eq!(back.first_ip(), Some("10.0.0.5".parse().unwrap()));

@@ -1,14 +1,22 @@
-//! Acceleration: from what the VMI asks for ([`crate::api::Acceleration`]) and a probe of
-//! `/dev/kvm` to what the domain runs with ([`crate::control::Acceleration`]): KVM only when
-//! it really works, otherwise TCG. Probes with ioctls only; never starts QEMU and never
-//! changes the system.
+//! Acceleration: from what the VMI asks for ([`crate::api::Acceleration`]), a probe of
+//! `/dev/kvm` (ioctls, then QEMU for a moment) and what the node remembers to what the
+//! domain runs with ([`crate::control::Acceleration`]): KVM only when it really works,
+//! otherwise TCG.
+//!
+//! The probes can pass on a KVM that fails later, under a booting guest (a nested
+//! `kvm-pvm` giving up with `KVM internal error ... emulation failure`). The launcher then
+//! falls back to TCG and records a [`KvmFailure`] in the node's [`KvmVerdicts`] file,
+//! beside the QEMU capabilities seed and keyed by [`KvmKey`] (kernel release, CPU model,
+//! QEMU version), so the next pod on that node goes straight to TCG. Owns that file; does
+//! not decide when KVM has failed (the launcher does).
 
 use crate::api::Acceleration as AccelRequest;
 use crate::control::Acceleration;
+use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The libvirt `<domain type=...>` for an acceleration.
 pub fn domain_type(accel: Acceleration) -> &'static str {
@@ -25,6 +33,110 @@ pub const KVM_DEVICE: &str = "/dev/kvm";
 #[derive(Debug, thiserror::Error)]
 #[error("acceleration kvm was requested but {KVM_DEVICE} is not usable: {0}")]
 pub struct KvmUnusable(pub String);
+
+/// What a remembered verdict on KVM is keyed by: a kernel upgrade, another CPU or another
+/// QEMU may behave differently, so each gets its own verdict.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KvmKey {
+    /// The kernel release (`uname -r`).
+    pub kernel: String,
+    /// `/proc/cpuinfo`'s first `model name`.
+    pub cpu: String,
+    /// The first line of `qemu-system-x86_64 --version`.
+    pub qemu: String,
+}
+
+impl KvmKey {
+    /// This node's key, with `emulator`'s version.
+    pub fn of_this_node(emulator: &Path) -> Result<KvmKey, String> {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_err(|e| format!("read /proc/sys/kernel/osrelease: {e}"))?
+            .trim()
+            .to_string();
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")
+            .map_err(|e| format!("read /proc/cpuinfo: {e}"))?;
+        let cpu = cpu_model(&cpuinfo).unwrap_or("unknown").to_string();
+        let out = std::process::Command::new(emulator)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("run {} --version: {e}", emulator.display()))?;
+        let qemu = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        Ok(KvmKey { kernel, cpu, qemu })
+    }
+}
+
+/// The first `model name` in /proc/cpuinfo text.
+fn cpu_model(cpuinfo: &str) -> Option<&str> {
+    cpuinfo.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "model name").then(|| v.trim())
+    })
+}
+
+/// KVM that failed under a running guest on a node with `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KvmFailure {
+    pub key: KvmKey,
+    /// What happened, in the launcher's words (e.g. the QEMU log's `KVM internal error`).
+    pub reason: String,
+    /// When it was recorded.
+    pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+}
+
+/// The node's file of [`KvmFailure`]s: `kvm-verdicts.json` beside the capabilities seed.
+pub struct KvmVerdicts {
+    pub path: PathBuf,
+}
+
+/// The verdict file's name, in the directory of the capabilities seed.
+pub const KVM_VERDICTS_FILE: &str = "kvm-verdicts.json";
+
+impl KvmVerdicts {
+    /// The verdicts kept beside `caps_seed` (the launcher's `--caps-seed`).
+    pub fn beside(caps_seed: &Path) -> KvmVerdicts {
+        KvmVerdicts {
+            path: caps_seed.with_file_name(KVM_VERDICTS_FILE),
+        }
+    }
+
+    /// Every recorded failure; none when the file does not exist.
+    pub fn load(&self) -> Result<Vec<KvmFailure>, String> {
+        match std::fs::read(&self.path) {
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", self.path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("read {}: {e}", self.path.display())),
+        }
+    }
+
+    /// The failure recorded for `key`, if any.
+    pub fn find(&self, key: &KvmKey) -> Result<Option<KvmFailure>, String> {
+        Ok(self.load()?.into_iter().find(|f| &f.key == key))
+    }
+
+    /// Record that KVM failed on `key` (replacing an older verdict for the same key).
+    pub fn record(&self, key: &KvmKey, reason: &str) -> Result<(), String> {
+        let mut all = self.load().unwrap_or_default();
+        all.retain(|f| &f.key != key);
+        all.push(KvmFailure {
+            key: key.clone(),
+            reason: reason.to_string(),
+            at: crate::control::types::now(),
+        });
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        crate::control::write_json_atomic(&self.path, &all).map_err(|e| e.to_string())
+    }
+}
 
 /// Decide the acceleration from the request and the probe result (pure).
 pub fn choose(request: AccelRequest, kvm: Result<(), String>) -> Result<Acceleration, KvmUnusable> {
@@ -191,6 +303,49 @@ mod tests {
         );
         let e = choose(AccelRequest::Kvm, bad()).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn cpu_model_is_the_first_model_name() {
+        let info = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) X\n\nprocessor\t: 1\nmodel name\t: other\n";
+        assert_eq!(cpu_model(info), Some("Intel(R) Xeon(R) X"));
+        assert_eq!(cpu_model("processor: 0\n"), None);
+    }
+
+    #[test]
+    fn verdicts_are_kept_per_key_beside_the_caps_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = KvmVerdicts::beside(&dir.path().join("qemu-capabilities"));
+        assert_eq!(v.path, dir.path().join(KVM_VERDICTS_FILE));
+        let key = |k: &str| KvmKey {
+            kernel: k.into(),
+            cpu: "cpu".into(),
+            qemu: "QEMU emulator version 7.2.0".into(),
+        };
+        assert_eq!(v.find(&key("6.1")).unwrap(), None, "no file: no verdict");
+        v.record(&key("6.1"), "KVM internal error").unwrap();
+        v.record(&key("6.2"), "other").unwrap();
+        v.record(&key("6.1"), "KVM internal error again").unwrap();
+        let all = v.load().unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(
+            v.find(&key("6.1")).unwrap().unwrap().reason,
+            "KVM internal error again"
+        );
+        assert_eq!(
+            v.find(&key("6.3")).unwrap(),
+            None,
+            "another kernel: no verdict"
+        );
+        std::fs::write(&v.path, "not json").unwrap();
+        let e = v.find(&key("6.1")).unwrap_err();
+        assert!(e.contains(KVM_VERDICTS_FILE), "{e}");
+    }
+
+    #[test]
+    fn this_nodes_key_names_kernel_cpu_and_qemu() {
+        let e = KvmKey::of_this_node(Path::new("/nonexistent/qemu")).unwrap_err();
+        assert!(e.contains("/nonexistent/qemu"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! DHCP server or the control API; the launcher sees the agent's exit as the end of the
 //! event stream.
 
-use super::libvirt::{DomainEvent, Libvirt, RunningDomain};
+use super::libvirt::{DomainEvent, Libvirt, PausedReason, RunningDomain, paused_reason};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -34,7 +34,9 @@ pub const AGENT_ENV: &str = "VMPOD_VIRT";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
 pub enum Request {
-    /// Connect, subscribe to lifecycle events, define the domain and start it. First.
+    /// Connect, subscribe to lifecycle events, define the domain and start it. First;
+    /// again once the domain stopped, to boot it with a new definition (the same
+    /// connection and event stream).
     DefineAndStart {
         xml: String,
     },
@@ -113,7 +115,10 @@ pub fn agent_binary(launcher_exe: Option<&Path>) -> PathBuf {
 /// and forward lifecycle events there as they come.
 pub fn serve(socket: &Path, input: impl BufRead, output: impl Write + Send + 'static) {
     let output = Arc::new(Mutex::new(output));
-    let mut session: Option<(Libvirt, RunningDomain)> = None;
+    // The connection outlives a start that fails (the launcher may start the domain
+    // again, e.g. under TCG); the domain handle is the last one started.
+    let mut conn: Option<Libvirt> = None;
+    let mut domain: Option<RunningDomain> = None;
     for line in input.lines() {
         let Ok(line) = line else { break };
         if line.trim().is_empty() {
@@ -121,16 +126,22 @@ pub fn serve(socket: &Path, input: impl BufRead, output: impl Write + Send + 'st
         }
         let result = match serde_json::from_str::<Request>(&line) {
             Err(e) => Err(format!("bad request {line:?}: {e}")),
-            Ok(Request::DefineAndStart { xml }) if session.is_none() => {
-                start(socket, &xml, &output).map(|(lv, dom)| {
-                    let name = dom.name.clone();
-                    session = Some((lv, dom));
-                    Answer::Started(name)
-                })
+            Ok(Request::DefineAndStart { xml }) => {
+                let lv = match conn {
+                    // Again: the domain stopped or failed to start; its old definition
+                    // goes first.
+                    Some(ref lv) => lv
+                        .undefine_inactive()
+                        .map(|()| lv)
+                        .map_err(|e| e.to_string()),
+                    None => connect(socket, &output).map(|lv| &*conn.insert(lv)),
+                };
+                lv.and_then(|lv| lv.define_and_start(&xml).map_err(|e| e.to_string()))
+                    .map(|d| Answer::Started(domain.insert(d).name.clone()))
             }
-            Ok(req) => match &session {
+            Ok(req) => match &domain {
                 None => Err("no domain: DefineAndStart first".into()),
-                Some((_, dom)) => call(dom, &req),
+                Some(dom) => call(dom, &req),
             },
         };
         send(&output, &Message::Reply { result });
@@ -147,24 +158,32 @@ fn send<W: Write>(out: &Mutex<W>, msg: &Message) {
     let _ = w.write_all(&line).and_then(|()| w.flush());
 }
 
-fn start<W: Write + Send + 'static>(
+/// Connect and forward lifecycle events from then on.
+fn connect<W: Write + Send + 'static>(
     socket: &Path,
-    xml: &str,
     output: &Arc<Mutex<W>>,
-) -> Result<(Libvirt, RunningDomain), String> {
+) -> Result<Libvirt, String> {
     let mut lv = Libvirt::connect(socket).map_err(|e| e.to_string())?;
     let mut events = lv.subscribe().map_err(|e| e.to_string())?;
     let out = Arc::clone(output);
+    let conn = lv.conn().clone();
     std::thread::Builder::new()
         .name("events".into())
         .spawn(move || {
-            while let Some((domain, event)) = events.blocking_recv() {
+            while let Some((domain, mut event)) = events.blocking_recv() {
+                // The event's detail cannot tell a user's pause from a KVM failure;
+                // libvirt's state reason can.
+                if let DomainEvent::Paused(from_detail) = event {
+                    event = DomainEvent::Paused(match paused_reason(&conn, &domain) {
+                        PausedReason::Unknown => from_detail,
+                        known => known,
+                    });
+                }
                 send(&out, &Message::Event { domain, event });
             }
         })
         .map_err(|e| format!("spawn the event thread: {e}"))?;
-    let dom = lv.define_and_start(xml).map_err(|e| e.to_string())?;
-    Ok((lv, dom))
+    Ok(lv)
 }
 
 fn call(dom: &RunningDomain, req: &Request) -> Result<Answer, String> {
@@ -172,7 +191,7 @@ fn call(dom: &RunningDomain, req: &Request) -> Result<Answer, String> {
         r.map(|()| Answer::Done).map_err(|e| e.to_string())
     };
     match req {
-        Request::DefineAndStart { .. } => Err(format!("domain {} already started", dom.name)),
+        Request::DefineAndStart { .. } => Err("defineAndStart is not a call on a domain".into()),
         Request::Shutdown => done(dom.shutdown()),
         Request::Destroy => done(dom.destroy()),
         Request::Pause => done(dom.pause()),
@@ -414,7 +433,7 @@ mod tests {
 while read -r line; do
   case "$line" in
     *isActive*)
-      echo '{"kind":"event","domain":"d","event":"paused"}'
+      echo '{"kind":"event","domain":"d","event":{"paused":"user"}}'
       echo '{"kind":"reply","result":{"Ok":{"answer":"active","value":true}}}' ;;
     *pause*) echo '{"kind":"reply","result":{"Err":"libvirt: pause domain d: boom"}}' ;;
     *shutdown*) exit 0 ;;
@@ -428,7 +447,7 @@ done
         assert!(agent.is_active().await.unwrap());
         assert_eq!(
             events.recv().await,
-            Some(("d".to_string(), DomainEvent::Paused))
+            Some(("d".to_string(), DomainEvent::Paused(PausedReason::User)))
         );
         match agent.act(Request::Pause).await {
             Err(AgentError::Call(e)) => assert!(e.contains("boom"), "{e}"),

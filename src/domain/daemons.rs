@@ -114,6 +114,10 @@ impl LibvirtLayout {
     pub fn log(&self, daemon: &str) -> PathBuf {
         self.root.join(format!("{daemon}.log"))
     }
+    /// QEMU's own log for domain `name` (its stderr, written by libvirtd).
+    pub fn qemu_log(&self, name: &str) -> PathBuf {
+        self.dir("log").join("qemu").join(format!("{name}.log"))
+    }
     pub fn caps_cache(&self) -> PathBuf {
         self.dir("cache").join("qemu").join("capabilities")
     }

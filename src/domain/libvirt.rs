@@ -48,6 +48,41 @@ pub enum StopReason {
     Unknown,
 }
 
+/// Why libvirt says the domain is paused: its `VIR_DOMAIN_PAUSED_*` state reason, read
+/// with `virDomainGetState` when the suspended event arrives. A KVM internal error
+/// (QEMU stops the VM after `KVM internal error. Suberror: ...`) shows as `Unknown`:
+/// libvirt sees QEMU's STOP without a cause of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PausedReason {
+    /// `virDomainSuspend` (the launcher's pause action, or `virsh suspend`).
+    User,
+    /// A disk I/O error with `error_policy` stop.
+    IoError,
+    /// The guest panicked or QEMU stopped the VM on an internal error it reported.
+    Crashed,
+    /// A libvirt operation paused it (save, dump, snapshot, migration, start-up, ...).
+    Operation,
+    /// libvirt does not know why QEMU stopped (also: the domain was no longer paused
+    /// when asked).
+    Unknown,
+}
+
+impl PausedReason {
+    /// Map libvirt's `VIR_DOMAIN_PAUSED_*` reason (pure).
+    pub fn from_state_reason(reason: u32) -> Self {
+        match reason {
+            sys::VIR_DOMAIN_PAUSED_USER => PausedReason::User,
+            sys::VIR_DOMAIN_PAUSED_IOERROR => PausedReason::IoError,
+            sys::VIR_DOMAIN_PAUSED_CRASHED
+            | sys::VIR_DOMAIN_PAUSED_WATCHDOG
+            | sys::VIR_DOMAIN_PAUSED_API_ERROR => PausedReason::Crashed,
+            sys::VIR_DOMAIN_PAUSED_UNKNOWN => PausedReason::Unknown,
+            _ => PausedReason::Operation,
+        }
+    }
+}
+
 /// A domain lifecycle event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -55,7 +90,9 @@ pub enum DomainEvent {
     Defined,
     Undefined,
     Started,
-    Paused,
+    /// Suspended; the reason is filled in from [`paused_reason`] (the lifecycle
+    /// event's own detail says `PAUSED` both for a user's pause and a KVM failure).
+    Paused(PausedReason),
     Resumed,
     /// The guest began to shut down (ACPI power button seen, or guest-initiated).
     ShuttingDown,
@@ -79,7 +116,12 @@ impl DomainEvent {
             sys::VIR_DOMAIN_EVENT_DEFINED => DomainEvent::Defined,
             sys::VIR_DOMAIN_EVENT_UNDEFINED => DomainEvent::Undefined,
             sys::VIR_DOMAIN_EVENT_STARTED => DomainEvent::Started,
-            sys::VIR_DOMAIN_EVENT_SUSPENDED => DomainEvent::Paused,
+            sys::VIR_DOMAIN_EVENT_SUSPENDED => DomainEvent::Paused(match d {
+                sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR => PausedReason::IoError,
+                sys::VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR
+                | sys::VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG => PausedReason::Crashed,
+                _ => PausedReason::Unknown,
+            }),
             sys::VIR_DOMAIN_EVENT_RESUMED => DomainEvent::Resumed,
             sys::VIR_DOMAIN_EVENT_SHUTDOWN => DomainEvent::ShuttingDown,
             sys::VIR_DOMAIN_EVENT_CRASHED => DomainEvent::Crashed,
@@ -115,7 +157,7 @@ impl DomainState {
     pub fn after(self, event: DomainEvent) -> Self {
         match event {
             DomainEvent::Started | DomainEvent::Resumed => DomainState::Running,
-            DomainEvent::Paused => DomainState::Paused,
+            DomainEvent::Paused(_) => DomainState::Paused,
             DomainEvent::ShuttingDown => DomainState::ShuttingDown,
             DomainEvent::Stopped(r) => DomainState::Stopped(r),
             DomainEvent::Crashed => DomainState::Crashed,
@@ -126,6 +168,21 @@ impl DomainState {
     /// True once the domain is gone for good.
     pub fn is_final(self) -> bool {
         matches!(self, DomainState::Stopped(_))
+    }
+}
+
+/// Why domain `name` is paused now, asked of libvirt on `conn` (`Unknown` when it is not
+/// paused any more or libvirt cannot say).
+pub fn paused_reason(conn: &Connect, name: &str) -> PausedReason {
+    let Ok(dom) = conn.lookup_domain_by_name(name) else {
+        return PausedReason::Unknown;
+    };
+    let (mut state, mut reason): (c_int, c_int) = (-1, -1);
+    // SAFETY: `dom` is a valid domain handle; both out-pointers point at live ints.
+    let rc = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
+    match (u32::try_from(state), u32::try_from(reason)) {
+        (Ok(sys::VIR_DOMAIN_PAUSED), Ok(r)) if rc == 0 => PausedReason::from_state_reason(r),
+        _ => PausedReason::Unknown,
     }
 }
 
@@ -236,6 +293,23 @@ impl Libvirt {
         }
         self.callback = Some(id);
         Ok(rx)
+    }
+
+    /// Undefine every defined domain that is not running: before a new definition of the
+    /// pod's one domain (libvirt made up the old one's UUID, so a definition without
+    /// that UUID is refused while it exists).
+    pub fn undefine_inactive(&self) -> Result<(), LibvirtError> {
+        let flags =
+            sys::VIR_CONNECT_LIST_DOMAINS_INACTIVE | sys::VIR_CONNECT_LIST_DOMAINS_PERSISTENT;
+        let stale = lv(
+            || "list the inactive domains".into(),
+            self.conn.list_all_domains(flags),
+        )?;
+        for dom in stale {
+            let name = dom.name().unwrap_or_default();
+            lv(|| format!("undefine domain {name}"), dom.undefine())?;
+        }
+        Ok(())
     }
 
     /// Define the domain from `xml` and start it.
@@ -380,10 +454,38 @@ mod tests {
     }
 
     #[test]
+    fn paused_reasons() {
+        use PausedReason::*;
+        let c = |v: u32| i32::try_from(v).unwrap();
+        for (reason, want) in [
+            (sys::VIR_DOMAIN_PAUSED_USER, User),
+            (sys::VIR_DOMAIN_PAUSED_IOERROR, IoError),
+            (sys::VIR_DOMAIN_PAUSED_CRASHED, Crashed),
+            (sys::VIR_DOMAIN_PAUSED_UNKNOWN, Unknown),
+            (sys::VIR_DOMAIN_PAUSED_SAVE, Operation),
+        ] {
+            assert_eq!(PausedReason::from_state_reason(reason), want, "{reason}");
+        }
+        // The event's detail alone: a plain PAUSED cannot tell a user from a KVM failure.
+        let ev = |d: u32| DomainEvent::from_lifecycle(c(sys::VIR_DOMAIN_EVENT_SUSPENDED), c(d));
+        assert_eq!(
+            ev(sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED),
+            DomainEvent::Paused(Unknown)
+        );
+        assert_eq!(
+            ev(sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR),
+            DomainEvent::Paused(IoError)
+        );
+    }
+
+    #[test]
     fn state_machine() {
         let s = DomainState::Pending.after(DomainEvent::Started);
         assert_eq!(s, DomainState::Running);
-        assert_eq!(s.after(DomainEvent::Paused), DomainState::Paused);
+        assert_eq!(
+            s.after(DomainEvent::Paused(PausedReason::User)),
+            DomainState::Paused
+        );
         assert_eq!(
             s.after(DomainEvent::Other {
                 event: 0,

@@ -9,9 +9,11 @@ pub mod libvirt;
 pub mod volumes;
 pub mod xml;
 
-pub use accel::{KvmUnusable, choose, domain_type, kvm_usable, probe_kvm};
+pub use accel::{
+    KvmFailure, KvmKey, KvmUnusable, KvmVerdicts, choose, domain_type, kvm_usable, probe_kvm,
+};
 pub use agent::{AgentError, Events, Request, VirtAgent};
 pub use cloudinit::{NoCloudData, write_nocloud_disk};
-pub use libvirt::{DomainEvent, DomainState, Libvirt, RunningDomain, StopReason};
+pub use libvirt::{DomainEvent, DomainState, Libvirt, PausedReason, RunningDomain, StopReason};
 pub use volumes::{VolumeError, prepare_volumes};
 pub use xml::{Attachment, DomainEnv, DomainXml, XmlError, domain_name, domain_xml};

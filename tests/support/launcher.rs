@@ -21,7 +21,10 @@ pub fn launcher_bin() -> PathBuf {
 }
 
 /// A VMI for the test guest: kernel boot, one bridged pod interface, a cidata disk with
-/// `user_data`; `hold` keeps the guest up until the ACPI power button.
+/// `user_data`; `hold` keeps the guest up until the ACPI power button. It asks for
+/// emulation (TCG), so tests that are not about acceleration behave the same whether
+/// the machine's KVM works, is absent, is refused by the probe or fails late; tests
+/// about acceleration override it with `--accel`.
 pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> String {
     let (kernel, initrd) = guest_artifacts();
     let args = if hold {
@@ -38,6 +41,8 @@ pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> Str
 kind: VirtualMachineInstance
 metadata:
   name: {name}
+  annotations:
+    vmpod.io/acceleration: emulation
 spec:
   terminationGracePeriodSeconds: {grace}
   domain:
@@ -83,6 +88,17 @@ pub struct Launcher {
 impl Launcher {
     /// Start `vmpod-launcher run` in the pod with `vmi` (written to the state dir).
     pub fn start(sb: &PodSandbox, state_dir: &Path, vmi: &str, extra: &[&str]) -> Launcher {
+        Launcher::start_with_env(sb, state_dir, vmi, extra, &[])
+    }
+
+    /// [`Launcher::start`] with extra environment variables.
+    pub fn start_with_env(
+        sb: &PodSandbox,
+        state_dir: &Path,
+        vmi: &str,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Launcher {
         std::fs::create_dir_all(state_dir).unwrap();
         let vmi_path = state_dir.join("vmi.yaml");
         std::fs::write(&vmi_path, vmi).unwrap();
@@ -99,6 +115,7 @@ impl Launcher {
             .arg("--resolv-conf")
             .arg(sb.resolv_conf_path())
             .args(extra)
+            .envs(env.iter().copied())
             .env("VMPOD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,15 +1,18 @@
 //! `vmpod-handler controller`: for every VMI, one launcher pod; the VMI's phase follows the
 //! pod (Pending -> Scheduling -> Scheduled, and the pod's final phase). Deleting the VMI
-//! deletes the pod through its owner reference (garbage collection), so there is no
-//! finalizer. A VMI that does not validate is marked Failed with every error and gets no
+//! deletes the pod and its Secret through their owner references (garbage collection), so
+//! there is no finalizer. The Secret with the VMI's cloud-init data is created before the
+//! pod that mounts it. A VMI that does not validate is marked Failed with every error and gets no
 //! pod.
 
 use super::kube_ops::update_status;
-use super::launcher_pod::{LAUNCHER_SELECTOR, LauncherPodConfig, launcher_pod, launcher_pod_name};
+use super::launcher_pod::{
+    LAUNCHER_SELECTOR, LauncherObjects, LauncherPodConfig, launcher_objects, launcher_pod_name,
+};
 use super::metrics::Metrics;
 use super::status::{at_least, controller_status, invalid_status};
 use super::{ReconcileError, drive, on_failure};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -78,7 +81,17 @@ pub async fn reconcile(
             update_status(&vmis, &vmi, |v| invalid_status(v, &errors, &now)).await?;
             return Ok(Action::await_change());
         }
-        let desired = launcher_pod(&vmi, &ctx.config)?;
+        let LauncherObjects {
+            pod: desired,
+            secrets,
+        } = launcher_objects(&vmi, &ctx.config)?;
+        let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        for secret in &secrets {
+            if !create_secret(&secrets_api, secret, &vmi).await? {
+                tracing::info!(vmi = %format!("{ns}/{name}"), "a Secret of an older VMI is still there; waiting");
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+        }
         pod = Some(match pods.create(&PostParams::default(), &desired).await {
             Ok(p) => {
                 tracing::info!(pod = %pod_ref, "created launcher pod");
@@ -98,9 +111,36 @@ pub async fn reconcile(
     Ok(Action::requeue(RESYNC))
 }
 
-/// True when `pod`'s controller owner is this VMI (same UID).
-fn owned_by(pod: &Pod, vmi: &VirtualMachineInstance) -> bool {
-    pod.owner_references()
+/// Create `secret`; one that exists already is fine when this VMI owns it (an earlier
+/// reconcile made it). False: it belongs to an older VMI of the same name, still being
+/// garbage-collected.
+async fn create_secret(
+    api: &Api<Secret>,
+    secret: &Secret,
+    vmi: &VirtualMachineInstance,
+) -> Result<bool, ReconcileError> {
+    let name = secret.name_any();
+    let object = format!("Secret {}/{name}", secret.namespace().unwrap_or_default());
+    match api.create(&PostParams::default(), secret).await {
+        Ok(_) => {
+            tracing::info!(secret = %object, "created cloud-init Secret");
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            let existing = api
+                .get(&name)
+                .await
+                .map_err(ReconcileError::kube("get", object))?;
+            Ok(owned_by(&existing, vmi))
+        }
+        Err(e) => Err(ReconcileError::kube("create", object)(e)),
+    }
+}
+
+/// True when `object`'s controller owner is this VMI (same UID).
+fn owned_by(object: &impl ResourceExt, vmi: &VirtualMachineInstance) -> bool {
+    object
+        .owner_references()
         .iter()
         .any(|o| o.controller == Some(true) && Some(&o.uid) == vmi.metadata.uid.as_ref())
 }

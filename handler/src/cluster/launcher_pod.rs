@@ -1,32 +1,48 @@
-//! VMI -> launcher Pod, a pure function. The pod runs `vmpod-launcher` with:
+//! VMI -> launcher Pod (and the Secret it mounts), a pure function; the layout is
+//! CONTRACT-11 (manifests/README.md says why each privilege is there).
 //!
-//! - the VMI handed over as a file: the controller stores the launcher's view of the VMI
-//!   (JSON) in the pod annotation `vmpod.io/vmi`, and a downward-API volume projects that
-//!   annotation to `/etc/vmpod/vmi.json`, which `VMPOD_VMI` names;
+//! - Init container `net-setup` (`vmpod-launcher net setup`): the only holder of NET_ADMIN;
+//!   rewires the pod interface, writes `net/<iface>.json` into the state dir, creates the
+//!   persistent tap, exits.
+//! - Container `compute` (`vmpod-launcher run`): drops ALL capabilities and adds back only
+//!   [`COMPUTE_CAPABILITIES`] (never SYS_ADMIN or NET_ADMIN); not privileged, no privilege
+//!   escalation, seccomp RuntimeDefault.
+//! - The VMI is handed over as a file: the controller stores the launcher's view of the VMI
+//!   (JSON, without user data) in the pod annotation `vmpod.io/vmi`, and a downward-API
+//!   volume projects it to `/etc/vmpod/vmi/vmi.yaml`, which `VMPOD_VMI` names.
+//! - User data: each `cloudInitNoCloud` volume's user and network data move into the Secret
+//!   `<pod>-cloudinit` (owned by the VMI), mounted at `/etc/vmpod/secrets/<secret>/`
+//!   (`VMPOD_SECRETS_DIR`); the handed VMI names it with KubeVirt's `secretRef` /
+//!   `networkDataSecretRef`.
+//! - State dir (control socket, status, network cache only): the hostPath
+//!   `<state root>` mounted at `/var/run/vmpod` with `subPathExpr: $(POD_UID)`, so the node
+//!   daemon finds it at `<state root>/<pod uid>` and removes it when the pod is gone.
+//! - Scratch (disks, overlays, cloud-init image, console log, libvirt's files): an emptyDir
+//!   at `/var/lib/vmpod/scratch` (`VMPOD_SCRATCH_DIR`) whose sizeLimit follows from the VMI
+//!   ([`scratch_size_bytes`]).
 //! - memory = guest memory + [`memory_overhead_bytes`] (requests and limits);
-//! - capabilities NET_ADMIN and NET_RAW (the launcher rewires the pod network);
-//! - /dev/kvm, /dev/net/tun and /dev/vhost-net as the extended resources `vmpod.io/kvm`,
-//!   `tun`, `vhost-net` of the node daemon's device plugin (`crate::deviceplugin`); only
-//!   tun with `vmpod.io/acceleration: emulation` (TCG uses neither KVM nor vhost-net). With `--device-hostpath` instead: /dev/kvm and
+//! - /dev/kvm and /dev/vhost-net (compute) and /dev/net/tun (both containers) as the
+//!   extended resources `vmpod.io/kvm`, `vhost-net`, `tun` of the node daemon's device
+//!   plugin (`crate::deviceplugin`); only tun with `vmpod.io/acceleration: emulation` (TCG
+//!   uses neither KVM nor vhost-net). With `--device-hostpath` instead: /dev/kvm and
 //!   /dev/net/tun as hostPath char devices (a device cgroup may refuse them to an
 //!   unprivileged container) and no /dev/vhost-net (not every host has it);
-//! - its state directory on the hostPath `<state root>/<namespace>_<name>` mounted at
-//!   `/var/run/vmpod`, so the node daemon reaches `control.sock`;
-//! - an owner reference to the VMI, so deleting the VMI deletes the pod.
+//! - an owner reference to the VMI, so deleting the VMI deletes the pod and the Secret.
 //!
 //! Images named by the VMI are mounted as Kubernetes image volumes (Kubernetes 1.33+,
-//! ImageVolume): `kernelBoot.container.image` under `/var/lib/vmpod/images/kernel-boot`,
-//! with the VMI handed to the launcher rewritten to kernelBoot-level absolute paths there;
-//! `containerDisk.image` at `<state dir>/container-disks/<volume>`, where
-//! `vmpod::domain::volumes` looks for it (`containerDisk.path` stays relative to the image).
+//! ImageVolume), read-only, under `/var/lib/vmpod/images` (`VMPOD_IMAGES_DIR`):
+//! `kernelBoot.container.image` at `kernel-boot`, with the VMI handed to the launcher
+//! rewritten to kernelBoot-level absolute paths there; each `containerDisk.image` at
+//! `<volume name>`, where `vmpod::domain::volumes` looks for it (`containerDisk.path` stays
+//! relative to the image).
 
 use crate::deviceplugin;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Resource;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use vmpod::api::{Acceleration, KernelBoot, QuantityError, VirtualMachineInstance, quantity_bytes};
-use vmpod::domain::volumes::CONTAINER_DISKS;
 
 /// Label on launcher pods naming their VMI.
 pub const VMI_LABEL: &str = "vmpod.io/vmi";
@@ -38,16 +54,59 @@ pub const LAUNCHER_SELECTOR: &str = "app.kubernetes.io/name=vmpod-launcher";
 pub const VMI_ANNOTATION: &str = "vmpod.io/vmi";
 /// The launcher's state directory inside the pod.
 pub const STATE_DIR_IN_POD: &str = "/var/run/vmpod";
-/// Where per-pod state directories live on the node.
+/// Where per-pod state directories live on the node (one per pod UID).
 pub const DEFAULT_STATE_ROOT: &str = "/var/run/vmpod/pods";
 /// Directory of the projected VMI file inside the pod.
-pub const VMI_DIR_IN_POD: &str = "/etc/vmpod";
+pub const VMI_DIR_IN_POD: &str = "/etc/vmpod/vmi";
+/// The projected VMI file's name.
+pub const VMI_FILE: &str = "vmi.yaml";
+/// The launcher's scratch directory (an emptyDir) inside the pod.
+pub const SCRATCH_DIR_IN_POD: &str = "/var/lib/vmpod/scratch";
+/// Where Secrets named by the handed VMI are mounted, one directory per Secret.
+pub const SECRETS_DIR_IN_POD: &str = "/etc/vmpod/secrets";
 /// Where image volumes are mounted inside the pod.
 pub const IMAGE_MOUNT_ROOT: &str = "/var/lib/vmpod/images";
 /// The image volume holding `kernelBoot.container.image`.
 pub const KERNEL_BOOT_IMAGE_VOLUME: &str = "kernel-boot";
 /// Seconds the launcher gets beyond the VMI's grace period to tear down its network.
 pub const LAUNCHER_TEARDOWN_SECONDS: i64 = 15;
+/// Secret keys for cloud-init data (KubeVirt's `secretRef` keys).
+pub const USER_DATA_KEY: &str = "userdata";
+pub const NETWORK_DATA_KEY: &str = "networkdata";
+/// The env var carrying the pod's UID (downward API), used by `subPathExpr`.
+pub const POD_UID_ENV: &str = "POD_UID";
+
+/// Capabilities the compute container adds back after dropping ALL, each with the reason
+/// (manifests/README.md explains each and what breaks without it). Never SYS_ADMIN or
+/// NET_ADMIN.
+pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[
+    (
+        "NET_BIND_SERVICE",
+        "the DHCP server binds UDP port 67 on the pod bridge",
+    ),
+    (
+        "SETUID",
+        "libvirtd, QEMU and vmpod-virt run as QEMU's uid 107, not root",
+    ),
+    ("SETGID", "... and its gid 107"),
+    (
+        "CHOWN",
+        "hands uid 107 the files the launcher makes for QEMU (libvirt tree, disks, cloud-init)",
+    ),
+    (
+        "DAC_OVERRIDE",
+        "the launcher reads what libvirtd and QEMU create 0700/0600 (pid file, console socket, caps cache)",
+    ),
+    (
+        "KILL",
+        "signals libvirtd and QEMU, which run as another uid (107)",
+    ),
+];
+/// Capabilities the `net-setup` init container adds back after dropping ALL.
+pub const NET_SETUP_CAPABILITIES: &[(&str, &str)] = &[(
+    "NET_ADMIN",
+    "rewires the pod interface (addresses, bridge, tap, per-device settings) via netlink",
+)];
 
 const MI: u64 = 1 << 20;
 /// Fixed part of the overhead: vmpod-launcher (~30Mi incl. DHCP server), libvirtd (~40Mi),
@@ -58,6 +117,14 @@ pub const FIXED_OVERHEAD_BYTES: u64 = 150 * MI;
 pub const PER_VCPU_OVERHEAD_BYTES: u64 = 8 * MI;
 /// With forced emulation: TCG's translation block cache.
 pub const TCG_OVERHEAD_BYTES: u64 = 128 * MI;
+/// Scratch: what the guest may write into one containerDisk's qcow2 overlay.
+pub const CONTAINER_DISK_OVERLAY_BYTES: u64 = 1024 * MI;
+/// Scratch: the console log and its one rotated copy (the launcher rotates at 4Mi).
+pub const CONSOLE_LOG_BYTES: u64 = 8 * MI;
+/// Scratch: libvirt's config, sockets, logs and caches (the capabilities cache is ~200Ki).
+pub const SCRATCH_BASE_BYTES: u64 = 64 * MI;
+/// Scratch: a cloud-init disk beyond its files (FAT metadata; the image is at least 1Mi).
+pub const CLOUD_INIT_DISK_BYTES: u64 = MI;
 
 /// How the controller builds launcher pods.
 #[derive(Clone, Debug)]
@@ -90,7 +157,7 @@ impl LauncherPodConfig {
 impl Default for LauncherPodConfig {
     fn default() -> Self {
         LauncherPodConfig {
-            image: "vmpod:dev".into(),
+            image: "localhost/vmpod:dev".into(),
             state_root: DEFAULT_STATE_ROOT.into(),
             kvm_resource: Some(deviceplugin::KVM_RESOURCE.into()),
             tun_resource: Some(deviceplugin::TUN_RESOURCE.into()),
@@ -105,13 +172,35 @@ pub enum LauncherPodError {
     /// The VMI lacks `metadata.{name,namespace,uid}` (not read from the API server).
     #[error("VMI has no metadata.{0}")]
     MissingMetadata(&'static str),
-    /// A memory quantity does not parse.
+    /// A quantity does not parse.
     #[error("VMI {vmi}: {path}: {source}")]
     Quantity {
         vmi: String,
-        path: &'static str,
+        path: String,
         source: QuantityError,
     },
+    /// A cloud-init volume's data cannot be read.
+    #[error("VMI {vmi}: {path}: {why}")]
+    CloudInit {
+        vmi: String,
+        path: String,
+        why: String,
+    },
+    /// The VMI asks for a shape the launcher pod cannot hold.
+    #[error("VMI {vmi}: {path}: {why}")]
+    Unsupported {
+        vmi: String,
+        path: String,
+        why: &'static str,
+    },
+}
+
+/// The objects the controller creates for one VMI: the launcher Pod and the Secrets it
+/// mounts (created first).
+#[derive(Clone, Debug)]
+pub struct LauncherObjects {
+    pub pod: Pod,
+    pub secrets: Vec<Secret>,
 }
 
 /// The launcher pod's name for VMI `vmi_name`.
@@ -119,9 +208,15 @@ pub fn launcher_pod_name(vmi_name: &str) -> String {
     format!("{APP_NAME}-{vmi_name}")
 }
 
-/// The node directory that is the launcher's state dir: `<root>/<namespace>_<name>`.
-pub fn state_dir_on_host(state_root: &str, namespace: &str, name: &str) -> String {
-    format!("{}/{namespace}_{name}", state_root.trim_end_matches('/'))
+/// The Secret holding a launcher pod's cloud-init data.
+pub fn cloud_init_secret_name(pod_name: &str) -> String {
+    format!("{pod_name}-cloudinit")
+}
+
+/// The node directory that is the state dir of the pod with UID `pod_uid`:
+/// `<root>/<pod uid>` (the hostPath's `subPathExpr: $(POD_UID)`).
+pub fn state_dir_on_host(state_root: &str, pod_uid: &str) -> String {
+    format!("{}/{pod_uid}", state_root.trim_end_matches('/'))
 }
 
 /// Memory the pod needs beyond guest memory:
@@ -139,9 +234,138 @@ pub fn memory_overhead_bytes(guest_bytes: u64, vcpus: u32, acceleration: Acceler
         .saturating_add(tcg)
 }
 
+/// The scratch emptyDir's sizeLimit: every emptyDisk's capacity, [`CONTAINER_DISK_OVERLAY_BYTES`]
+/// per containerDisk, the cloud-init disk ([`CloudInitPlan::disk_bytes`]), the console log
+/// and [`SCRATCH_BASE_BYTES`], rounded up to whole Mi.
+pub fn scratch_size_bytes(
+    vmi: &VirtualMachineInstance,
+    cloud_init: Option<&CloudInitPlan>,
+) -> Result<u64, LauncherPodError> {
+    let mut total = SCRATCH_BASE_BYTES + CONSOLE_LOG_BYTES;
+    for (i, vol) in vmi.spec.volumes.iter().enumerate() {
+        if let Some(ed) = &vol.empty_disk {
+            let bytes =
+                quantity_bytes(&ed.capacity.0).map_err(|source| LauncherPodError::Quantity {
+                    vmi: vmi_key(vmi),
+                    path: format!("spec.volumes[{i}].emptyDisk.capacity"),
+                    source,
+                })?;
+            total = total.saturating_add(bytes);
+        }
+        if vol.container_disk.is_some() {
+            total = total.saturating_add(CONTAINER_DISK_OVERLAY_BYTES);
+        }
+    }
+    if let Some(ci) = cloud_init {
+        total = total.saturating_add(ci.disk_bytes());
+    }
+    Ok(total.next_multiple_of(MI))
+}
+
+/// Where a cloudInitNoCloud volume's data comes from once the pod exists.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CloudInitPlan {
+    /// Index of the volume in `spec.volumes`.
+    pub volume: usize,
+    /// What goes into the controller's Secret (`userdata`, `networkdata`), from the VMI's
+    /// inline data; empty when the VMI names Secrets of its own for both.
+    pub data: BTreeMap<String, ByteString>,
+    /// The VMI volume's `cloudInitNoCloud` as handed to the launcher: `secretRef` and
+    /// `networkDataSecretRef` only.
+    pub handed: Value,
+    /// Secrets to mount at `/etc/vmpod/secrets/<name>/`.
+    pub mounts: Vec<String>,
+    /// How many Secrets of the VMI's own are referenced (their size is unknown here).
+    pub referenced: usize,
+}
+
+impl CloudInitPlan {
+    /// Scratch bytes for the NoCloud disk: its data plus [`CLOUD_INIT_DISK_BYTES`]; 1Mi per
+    /// Secret the VMI names itself.
+    pub fn disk_bytes(&self) -> u64 {
+        let inline: usize = self.data.values().map(|b| b.0.len()).sum();
+        CLOUD_INIT_DISK_BYTES + inline as u64 + MI * self.referenced as u64
+    }
+}
+
+/// The VMI's one cloudInitNoCloud volume, split into inline data (into `secret`) and
+/// Secrets the VMI names (`secretRef`, `networkDataSecretRef`, passed through). Works on
+/// the volume's JSON so both shapes are read the same way. A second cloudInitNoCloud
+/// volume is an error.
+pub fn cloud_init_plan(
+    vmi: &VirtualMachineInstance,
+    secret: &str,
+) -> Result<Option<CloudInitPlan>, LauncherPodError> {
+    let mut plan: Option<CloudInitPlan> = None;
+    for (i, vol) in vmi.spec.volumes.iter().enumerate() {
+        let Some(ci) = &vol.cloud_init_no_cloud else {
+            continue;
+        };
+        let path = format!("spec.volumes[{i}].cloudInitNoCloud");
+        if plan.is_some() {
+            return Err(LauncherPodError::Unsupported {
+                vmi: vmi_key(vmi),
+                path,
+                why: "a second cloudInitNoCloud volume (the pod holds one)",
+            });
+        }
+        let src = serde_json::to_value(ci).expect("a volume serialises to JSON");
+        let mut p = CloudInitPlan {
+            volume: i,
+            handed: json!({}),
+            ..CloudInitPlan::default()
+        };
+        for (key, plain, b64, reference) in [
+            (USER_DATA_KEY, "userData", "userDataBase64", "secretRef"),
+            (
+                NETWORK_DATA_KEY,
+                "networkData",
+                "networkDataBase64",
+                "networkDataSecretRef",
+            ),
+        ] {
+            if let Some(name) = src[reference]["name"].as_str() {
+                p.handed[reference] = json!({"name": name});
+                if !p.mounts.iter().any(|m| m == name) {
+                    p.mounts.push(name.to_string());
+                }
+                p.referenced += 1;
+                continue;
+            }
+            let bytes = match (src[plain].as_str(), src[b64].as_str()) {
+                (Some(text), _) => ByteString(text.as_bytes().to_vec()),
+                // A Secret's data is base64 on the wire: decoding it the same way checks it.
+                (None, Some(b)) => serde_json::from_value(Value::String(b.trim().to_string()))
+                    .map_err(|e| LauncherPodError::CloudInit {
+                        vmi: vmi_key(vmi),
+                        path: format!("{path}.{b64}"),
+                        why: format!("not base64: {e}"),
+                    })?,
+                (None, None) if key == USER_DATA_KEY => ByteString(Vec::new()),
+                (None, None) => continue,
+            };
+            p.data.insert(key.to_string(), bytes);
+            p.handed[reference] = json!({"name": secret});
+        }
+        if !p.data.is_empty() {
+            p.mounts.insert(0, secret.to_string());
+        }
+        plan = Some(p);
+    }
+    Ok(plan)
+}
+
+fn vmi_key(vmi: &VirtualMachineInstance) -> String {
+    format!(
+        "{}/{}",
+        vmi.metadata.namespace.as_deref().unwrap_or_default(),
+        vmi.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// The VMI as the launcher must see it: defaults written out, image-held files rewritten to
 /// their mount paths, and only the metadata the launcher uses (name, namespace, uid,
-/// `vmpod.io/` annotations).
+/// `vmpod.io/` annotations). User data is still in it: [`handed_vmi`] moves it out.
 pub fn launcher_vmi(vmi: &VirtualMachineInstance) -> VirtualMachineInstance {
     let mut out = VirtualMachineInstance::new(
         vmi.metadata.name.as_deref().unwrap_or_default(),
@@ -160,6 +384,18 @@ pub fn launcher_vmi(vmi: &VirtualMachineInstance) -> VirtualMachineInstance {
         rewrite_kernel_boot(kb);
     }
     out
+}
+
+/// The VMI handed to the launcher (JSON): [`launcher_vmi`] with the cloudInitNoCloud
+/// volume's data replaced by the Secret references of `cloud_init`.
+pub fn handed_vmi(vmi: &VirtualMachineInstance, cloud_init: Option<&CloudInitPlan>) -> Value {
+    let mut doc = serde_json::to_value(launcher_vmi(vmi)).expect("a VMI serialises to JSON");
+    if let Some(ci) = cloud_init
+        && let Some(vol) = doc.pointer_mut(&format!("/spec/volumes/{}/cloudInitNoCloud", ci.volume))
+    {
+        *vol = ci.handed.clone();
+    }
+    doc
 }
 
 /// `container: {image, kernelPath, initrdPath}` -> kernelBoot-level absolute paths under the
@@ -185,11 +421,15 @@ fn join_in_image(mount: &str, inner: &str) -> String {
     format!("{mount}/{}", inner.trim_start_matches('/'))
 }
 
-/// The launcher pod for `vmi`.
-pub fn launcher_pod(
+fn capability_names<'a>(caps: &[(&'a str, &str)]) -> Vec<&'a str> {
+    caps.iter().map(|(name, _)| *name).collect()
+}
+
+/// The launcher pod for `vmi` and the Secret holding its cloud-init data.
+pub fn launcher_objects(
     vmi: &VirtualMachineInstance,
     config: &LauncherPodConfig,
-) -> Result<Pod, LauncherPodError> {
+) -> Result<LauncherObjects, LauncherPodError> {
     let meta = &vmi.metadata;
     let name = meta
         .name
@@ -203,9 +443,9 @@ pub fn launcher_pod(
         .uid
         .as_deref()
         .ok_or(LauncherPodError::MissingMetadata("uid"))?;
-    let quantity_err = |path, source| LauncherPodError::Quantity {
+    let quantity_err = |path: &str, source| LauncherPodError::Quantity {
         vmi: format!("{namespace}/{name}"),
-        path,
+        path: path.to_string(),
         source,
     };
     let domain = &vmi.spec.domain;
@@ -245,22 +485,39 @@ pub fn launcher_pod(
         Some(l) => limits.insert("memory".into(), bytes_quantity(l.max(request_memory))),
         None => limits.remove("memory"),
     };
+    let pod_name = launcher_pod_name(name);
+    let secret_name = cloud_init_secret_name(&pod_name);
+    let cloud_init = cloud_init_plan(vmi, &secret_name)?;
+
+    // Mounts both containers share: the state dir (keyed by pod UID) and the VMI file.
+    let state_mount = json!({"name": "state", "mountPath": STATE_DIR_IN_POD,
+        "subPathExpr": format!("$({POD_UID_ENV})")});
+    let vmi_mount = json!({"name": "vmi", "mountPath": VMI_DIR_IN_POD, "readOnly": true});
     let mut volumes = vec![
         json!({"name": "state", "hostPath": {
-            "path": state_dir_on_host(&config.state_root, namespace, name),
-            "type": "DirectoryOrCreate"}}),
+            "path": config.state_root, "type": "DirectoryOrCreate"}}),
         json!({"name": "vmi", "downwardAPI": {"items": [{
-            "path": "vmi.json",
+            "path": VMI_FILE,
             "fieldRef": {"fieldPath": format!("metadata.annotations['{VMI_ANNOTATION}']")}}]}}),
+        json!({"name": "scratch", "emptyDir": {
+            "sizeLimit": bytes_quantity(scratch_size_bytes(vmi, cloud_init.as_ref())?)}}),
     ];
-    let mut mounts = vec![
-        json!({"name": "state", "mountPath": STATE_DIR_IN_POD}),
-        json!({"name": "vmi", "mountPath": VMI_DIR_IN_POD, "readOnly": true}),
+    let mut compute_mounts = vec![
+        state_mount.clone(),
+        vmi_mount.clone(),
+        json!({"name": "scratch", "mountPath": SCRATCH_DIR_IN_POD}),
     ];
-    for (dev, host, resource) in [
-        ("kvm", "/dev/kvm", &config.kvm_resource),
-        ("tun", "/dev/net/tun", &config.tun_resource),
-        ("vhost-net", "/dev/vhost-net", &config.vhost_net_resource),
+    let mut init_mounts = vec![state_mount, vmi_mount];
+    let mut init_resources = json!({});
+    for (dev, host, resource, init_too) in [
+        ("kvm", "/dev/kvm", &config.kvm_resource, false),
+        ("tun", "/dev/net/tun", &config.tun_resource, true),
+        (
+            "vhost-net",
+            "/dev/vhost-net",
+            &config.vhost_net_resource,
+            false,
+        ),
     ] {
         if dev != "tun" && acceleration == Acceleration::Emulation {
             continue; // TCG uses neither; a request would keep the pod off nodes without them
@@ -269,12 +526,20 @@ pub fn launcher_pod(
             Some(r) => {
                 requests.insert(r.clone(), "1".into());
                 limits.insert(r.clone(), "1".into());
+                if init_too {
+                    init_resources["requests"][r] = json!("1");
+                    init_resources["limits"][r] = json!("1");
+                }
             }
             None if dev == "vhost-net" => {}
             None => {
                 volumes
                     .push(json!({"name": dev, "hostPath": {"path": host, "type": "CharDevice"}}));
-                mounts.push(json!({"name": dev, "mountPath": host}));
+                let mount = json!({"name": dev, "mountPath": host});
+                if init_too {
+                    init_mounts.push(mount.clone());
+                }
+                compute_mounts.push(mount);
             }
         }
     }
@@ -289,12 +554,19 @@ pub fn launcher_pod(
             format!("{IMAGE_MOUNT_ROOT}/{KERNEL_BOOT_IMAGE_VOLUME}"),
         ));
     }
-    for vol in &vmi.spec.volumes {
+    for (i, vol) in vmi.spec.volumes.iter().enumerate() {
         if let Some(cd) = &vol.container_disk {
+            if vol.name == KERNEL_BOOT_IMAGE_VOLUME {
+                return Err(LauncherPodError::Unsupported {
+                    vmi: format!("{namespace}/{name}"),
+                    path: format!("spec.volumes[{i}].name"),
+                    why: "\"kernel-boot\" is the kernelBoot image's mount; rename the volume",
+                });
+            }
             images.push((
                 format!("disk-{}", vol.name),
                 cd.image.clone(),
-                format!("{STATE_DIR_IN_POD}/{CONTAINER_DISKS}/{}", vol.name),
+                format!("{IMAGE_MOUNT_ROOT}/{}", vol.name),
             ));
         }
     }
@@ -302,19 +574,70 @@ pub fn launcher_pod(
         volumes.push(
             json!({"name": volume, "image": {"reference": image, "pullPolicy": "IfNotPresent"}}),
         );
-        mounts.push(json!({"name": volume, "mountPath": mount_path, "readOnly": true}));
+        compute_mounts.push(json!({"name": volume, "mountPath": mount_path, "readOnly": true}));
     }
     let mut owner = vmi
         .controller_owner_ref(&())
         .ok_or(LauncherPodError::MissingMetadata("name"))?;
     owner.block_owner_deletion = Some(true);
-    let handed = serde_json::to_string(&launcher_vmi(vmi)).expect("a VMI serialises to JSON");
+    let mut secrets = Vec::new();
+    if let Some(ci) = &cloud_init {
+        if !ci.data.is_empty() {
+            let mut secret = Secret {
+                data: Some(ci.data.clone()),
+                type_: Some("Opaque".into()),
+                ..Secret::default()
+            };
+            secret.metadata.name = Some(secret_name.clone());
+            secret.metadata.namespace = Some(namespace.to_string());
+            secret.metadata.labels = Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
+                (VMI_LABEL.to_string(), name.to_string()),
+            ]));
+            secret.metadata.owner_references = Some(vec![owner.clone()]);
+            secrets.push(secret);
+        }
+        for (i, mounted) in ci.mounts.iter().enumerate() {
+            let volume = format!("secret-{i}");
+            volumes.push(json!({"name": volume, "secret": {
+                "secretName": mounted, "defaultMode": 0o400}}));
+            compute_mounts.push(json!({"name": volume, "readOnly": true,
+                "mountPath": format!("{SECRETS_DIR_IN_POD}/{mounted}")}));
+        }
+    }
+    let handed = handed_vmi(vmi, cloud_init.as_ref()).to_string();
     let grace = vmi.spec.grace_period_seconds() + LAUNCHER_TEARDOWN_SECONDS;
+    let env = json!([
+        {"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": "VMPOD_VMI", "value": format!("{VMI_DIR_IN_POD}/{VMI_FILE}")},
+        {"name": "VMPOD_STATE_DIR", "value": STATE_DIR_IN_POD},
+        {"name": "VMPOD_LOG", "value": "info"},
+    ]);
+    let mut compute_env = env.clone();
+    for (k, v) in [
+        ("VMPOD_SCRATCH_DIR", SCRATCH_DIR_IN_POD),
+        ("VMPOD_SECRETS_DIR", SECRETS_DIR_IN_POD),
+        ("VMPOD_IMAGES_DIR", IMAGE_MOUNT_ROOT),
+    ] {
+        compute_env
+            .as_array_mut()
+            .expect("an array")
+            .push(json!({"name": k, "value": v}));
+    }
+    let security = |caps: &[(&str, &str)]| {
+        json!({
+            "runAsUser": 0,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"], "add": capability_names(caps)},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        })
+    };
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": launcher_pod_name(name),
+            "name": pod_name,
             "namespace": namespace,
             "labels": {
                 "app.kubernetes.io/name": APP_NAME,
@@ -329,31 +652,40 @@ pub fn launcher_pod(
             "terminationGracePeriodSeconds": grace,
             "nodeSelector": vmi.spec.node_selector,
             "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "initContainers": [{
+                "name": "net-setup",
+                "image": config.image,
+                "command": ["vmpod-launcher"],
+                "args": ["net", "setup"],
+                "env": env,
+                "resources": init_resources,
+                "securityContext": security(NET_SETUP_CAPABILITIES),
+                "volumeMounts": init_mounts,
+            }],
             "containers": [{
                 "name": "compute",
                 "image": config.image,
                 "command": ["vmpod-launcher"],
-                "args": ["--state-dir", STATE_DIR_IN_POD],
-                "env": [
-                    {"name": "VMPOD_VMI", "value": format!("{VMI_DIR_IN_POD}/vmi.json")},
-                    {"name": "VMPOD_LOG", "value": "info"},
-                ],
+                "args": ["run"],
+                "env": compute_env,
                 "resources": {"requests": requests, "limits": limits},
-                "securityContext": {
-                    "runAsUser": 0,
-                    "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]},
-                },
-                "volumeMounts": mounts,
+                "securityContext": security(COMPUTE_CAPABILITIES),
+                "volumeMounts": compute_mounts,
             }],
             "volumes": volumes,
         },
     });
-    Ok(serde_json::from_value(pod).expect("the launcher pod JSON matches the Pod type"))
+    Ok(LauncherObjects {
+        pod: serde_json::from_value(pod).expect("the launcher pod JSON matches the Pod type"),
+        secrets,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Container, Volume};
     use vmpod::api::load_vmi;
 
     pub(crate) fn vmi(extra_spec: &str) -> VirtualMachineInstance {
@@ -366,9 +698,50 @@ mod tests {
         load_vmi(&text).unwrap()
     }
 
-    fn container(pod: &Pod) -> &k8s_openapi::api::core::v1::Container {
+    fn pod(vmi: &VirtualMachineInstance) -> Pod {
+        launcher_objects(vmi, &LauncherPodConfig::default())
+            .unwrap()
+            .pod
+    }
+
+    fn container(pod: &Pod) -> &Container {
         &pod.spec.as_ref().unwrap().containers[0]
     }
+
+    fn init_container(pod: &Pod) -> &Container {
+        &pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+    }
+
+    fn volume<'a>(pod: &'a Pod, name: &str) -> &'a Volume {
+        let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        vols.iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    }
+
+    fn mounts(c: &Container) -> BTreeMap<&str, &str> {
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect()
+    }
+
+    fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+        c.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.as_deref())
+    }
+
+    const CLOUD_INIT: &str = concat!(
+        "    devices: {disks: [{name: ci}]}\n",
+        "  volumes: [{name: ci, cloudInitNoCloud: {userData: \"#cloud-config\\npassword: s3cret\\n\", ",
+        "networkDataBase64: dmVyc2lvbjogMgo=}}]\n",
+    );
 
     #[test]
     fn overhead_formula() {
@@ -389,12 +762,10 @@ mod tests {
     }
 
     #[test]
-    fn pod_carries_memory_caps_devices_state_dir_and_owner() {
+    fn pod_carries_memory_devices_state_dir_and_owner() {
         let vmi = vmi("    resources: {requests: {cpu: 500m}, limits: {memory: 1Gi}}\n");
-        let mut vmi_kvm = vmi.clone();
-        set_acceleration(&mut vmi_kvm, "auto");
         let hostpath = LauncherPodConfig::default().with_hostpath_devices();
-        let pod = launcher_pod(&vmi, &hostpath).unwrap();
+        let pod = launcher_objects(&vmi, &hostpath).unwrap().pod;
         assert_eq!(pod.metadata.name.as_deref(), Some("vmpod-launcher-vm1"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ns1"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
@@ -421,36 +792,21 @@ mod tests {
             res.limits.as_ref().unwrap()["memory"].0,
             format!("{}Mi", (1024 * MI + overhead) / MI)
         );
-        let caps = c.security_context.as_ref().unwrap().capabilities.as_ref();
-        assert_eq!(
-            caps.unwrap().add.as_deref().unwrap(),
-            ["NET_ADMIN", "NET_RAW"]
-        );
-        let mounts: BTreeMap<_, _> = c
-            .volume_mounts
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
-            .collect();
-        assert_eq!(mounts["state"], "/var/run/vmpod");
-        assert_eq!(mounts["tun"], "/dev/net/tun");
-        assert!(!mounts.contains_key("kvm"), "not with emulation");
-        assert!(!mounts.contains_key("vhost-net"), "not every host has it");
-        let pod = launcher_pod(&vmi_kvm, &hostpath).unwrap();
-        let mounts = container(&pod).volume_mounts.as_ref().unwrap();
-        assert!(
-            mounts
-                .iter()
-                .any(|m| m.name == "kvm" && m.mount_path == "/dev/kvm")
-        );
-        let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
-        let state = vols.iter().find(|v| v.name == "state").unwrap();
-        assert_eq!(
-            state.host_path.as_ref().unwrap().path,
-            "/var/run/vmpod/pods/ns1_vm1"
-        );
-        let kvm = vols.iter().find(|v| v.name == "kvm").unwrap();
+        let m = mounts(c);
+        assert!(!m.contains_key("kvm"), "not with emulation");
+        assert!(!m.contains_key("vhost-net"), "never as a hostPath");
+        assert_eq!(m["tun"], "/dev/net/tun");
+        assert_eq!(m["scratch"], SCRATCH_DIR_IN_POD);
+        let init = mounts(init_container(&pod));
+        assert_eq!(init["tun"], "/dev/net/tun", "net setup creates the tap");
+        assert!(!init.contains_key("kvm"));
+        assert!(!init.contains_key("scratch"));
+        let mut vmi_kvm = vmi.clone();
+        set_acceleration(&mut vmi_kvm, "auto");
+        let pod = launcher_objects(&vmi_kvm, &hostpath).unwrap().pod;
+        assert_eq!(mounts(container(&pod))["kvm"], "/dev/kvm");
+        assert!(!mounts(init_container(&pod)).contains_key("kvm"));
+        let kvm = volume(&pod, "kvm");
         assert_eq!(
             kvm.host_path.as_ref().unwrap().type_.as_deref(),
             Some("CharDevice")
@@ -466,74 +822,239 @@ mod tests {
         annotations.insert("vmpod.io/acceleration".into(), mode.into());
     }
 
+    /// The `vmpod.io/` resources of `c`, in requests and in limits.
+    fn device_resources(c: &Container) -> [Vec<(&str, &str)>; 2] {
+        let res = c.resources.as_ref().unwrap();
+        [&res.requests, &res.limits].map(|map| {
+            map.iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("vmpod.io/"))
+                .map(|(k, v)| (k.as_str(), v.0.as_str()))
+                .collect()
+        })
+    }
+
     #[test]
     fn devices_come_from_the_device_plugin_by_default() {
         let mut vmi = vmi("");
         set_acceleration(&mut vmi, "auto");
-        let with_kvm = launcher_pod(&vmi, &LauncherPodConfig::default()).unwrap();
+        let with_kvm = pod(&vmi);
         set_acceleration(&mut vmi, "emulation");
-        let emulated = launcher_pod(&vmi, &LauncherPodConfig::default()).unwrap();
-        for (pod, expected) in [
+        let emulated = pod(&vmi);
+        let tun = vec![("vmpod.io/tun", "1")];
+        for (pod, compute) in [
             (
                 &with_kvm,
-                &["vmpod.io/kvm", "vmpod.io/tun", "vmpod.io/vhost-net"][..],
+                vec![
+                    ("vmpod.io/kvm", "1"),
+                    ("vmpod.io/tun", "1"),
+                    ("vmpod.io/vhost-net", "1"),
+                ],
             ),
-            (&emulated, &["vmpod.io/tun"][..]),
+            (&emulated, tun.clone()),
         ] {
-            let res = container(pod).resources.as_ref().unwrap();
-            for (what, map) in [("requests", &res.requests), ("limits", &res.limits)] {
-                let devices: Vec<_> = map
-                    .as_ref()
-                    .unwrap()
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("vmpod.io/"))
-                    .map(|(k, v)| (k.as_str(), v.0.as_str()))
-                    .collect();
-                let want: Vec<_> = expected.iter().map(|r| (*r, "1")).collect();
-                assert_eq!(devices, want, "{what}");
-            }
+            assert_eq!(device_resources(container(pod)), [compute.clone(), compute]);
+            assert_eq!(
+                device_resources(init_container(pod)),
+                [tun.clone(), tun.clone()],
+                "net-setup creates the tap"
+            );
             let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
             assert!(
-                vols.iter()
-                    .all(|v| v.host_path.is_none() || v.name == "state"),
+                vols.iter().all(|v| v
+                    .host_path
+                    .as_ref()
+                    .is_none_or(|h| h.path == DEFAULT_STATE_ROOT)),
                 "no hostPath devices: {vols:?}"
             );
         }
     }
 
     #[test]
-    fn the_vmi_is_handed_over_as_a_projected_file() {
-        let pod = launcher_pod(&vmi(""), &LauncherPodConfig::default()).unwrap();
-        let c = container(&pod);
-        let env = c.env.as_ref().unwrap();
-        assert_eq!(env[0].name, "VMPOD_VMI");
-        assert_eq!(env[0].value.as_deref(), Some("/etc/vmpod/vmi.json"));
-        let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
-        let item = &vols.iter().find(|v| v.name == "vmi").unwrap();
-        let field = &item.downward_api.as_ref().unwrap().items.as_ref().unwrap()[0];
-        assert_eq!(field.path, "vmi.json");
+    fn state_dir_is_a_host_path_keyed_by_pod_uid_in_both_containers() {
+        let pod = pod(&vmi(""));
+        let state = volume(&pod, "state").host_path.as_ref().unwrap();
+        assert_eq!(state.path, DEFAULT_STATE_ROOT);
+        assert_eq!(state.type_.as_deref(), Some("DirectoryOrCreate"));
+        for c in [container(&pod), init_container(&pod)] {
+            let m = c
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.name == "state")
+                .unwrap();
+            assert_eq!(m.mount_path, STATE_DIR_IN_POD, "{}", c.name);
+            assert_eq!(m.sub_path_expr.as_deref(), Some("$(POD_UID)"), "{}", c.name);
+            let uid = c
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|e| e.name == POD_UID_ENV)
+                .unwrap();
+            let field = uid.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+            assert_eq!(field.field_path, "metadata.uid");
+            assert_eq!(env(c, "VMPOD_STATE_DIR"), Some(STATE_DIR_IN_POD));
+        }
         assert_eq!(
-            field.field_ref.as_ref().unwrap().field_path,
+            state_dir_on_host("/var/run/vmpod/pods/", "0b1c"),
+            "/var/run/vmpod/pods/0b1c"
+        );
+    }
+
+    /// Deliverable (e): least privilege, on the rendered Pod.
+    #[test]
+    fn compute_container_has_no_net_admin_no_sys_admin_and_is_not_privileged() {
+        let pod = pod(&vmi(CLOUD_INIT));
+        let c = container(&pod);
+        assert_eq!(c.name, "compute");
+        assert_eq!(c.args.as_deref().unwrap(), ["run"]);
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+        let add = caps.add.as_deref().unwrap();
+        for forbidden in ["NET_ADMIN", "SYS_ADMIN", "ALL"] {
+            assert!(
+                !add.iter().any(|a| a == forbidden),
+                "{forbidden} in {add:?}"
+            );
+        }
+        assert_eq!(
+            add,
+            [
+                "NET_BIND_SERVICE",
+                "SETUID",
+                "SETGID",
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "KILL"
+            ]
+        );
+
+        let init = init_container(&pod);
+        assert_eq!(init.name, "net-setup");
+        assert_eq!(init.args.as_deref().unwrap(), ["net", "setup"]);
+        let isc = init.security_context.as_ref().unwrap();
+        assert_eq!(isc.privileged, Some(false));
+        assert_eq!(isc.allow_privilege_escalation, Some(false));
+        let icaps = isc.capabilities.as_ref().unwrap();
+        assert_eq!(icaps.drop.as_deref().unwrap(), ["ALL"]);
+        assert_eq!(icaps.add.as_deref().unwrap(), ["NET_ADMIN"]);
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.host_network, None);
+        assert_eq!(spec.host_pid, None);
+    }
+
+    #[test]
+    fn the_vmi_is_handed_over_as_a_projected_file_without_user_data() {
+        let objects = launcher_objects(&vmi(CLOUD_INIT), &LauncherPodConfig::default()).unwrap();
+        let pod = &objects.pod;
+        let c = container(pod);
+        assert_eq!(env(c, "VMPOD_VMI"), Some("/etc/vmpod/vmi/vmi.yaml"));
+        assert_eq!(
+            env(init_container(pod), "VMPOD_VMI"),
+            Some("/etc/vmpod/vmi/vmi.yaml")
+        );
+        let item = &volume(pod, "vmi")
+            .downward_api
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(item.path, "vmi.yaml");
+        assert_eq!(
+            item.field_ref.as_ref().unwrap().field_path,
             "metadata.annotations['vmpod.io/vmi']"
         );
         let handed = &pod.metadata.annotations.as_ref().unwrap()[VMI_ANNOTATION];
-        let back = vmpod::api::load_valid_vmi(handed).expect("the launcher can load it");
-        assert_eq!(back.metadata.name.as_deref(), Some("vm1"));
+        assert!(!handed.contains("s3cret"), "user data leaked: {handed}");
+        let doc: Value = serde_json::from_str(handed).unwrap();
+        assert_eq!(doc["metadata"]["name"], "vm1");
         assert_eq!(
-            back.metadata.uid.as_deref(),
-            Some("00000000-0000-4000-8000-000000000001")
+            doc["metadata"]["uid"],
+            "00000000-0000-4000-8000-000000000001"
         );
-        let annotations = back.metadata.annotations.unwrap();
         assert_eq!(
-            annotations.len(),
+            doc["metadata"]["annotations"].as_object().unwrap().len(),
             1,
-            "only vmpod.io/ annotations: {annotations:?}"
+            "only vmpod.io/ annotations: {doc}"
         );
         assert_eq!(
-            back.spec.termination_grace_period_seconds,
-            Some(30),
+            doc["spec"]["terminationGracePeriodSeconds"], 30,
             "defaulted"
         );
+        assert_eq!(
+            doc["spec"]["volumes"][0]["cloudInitNoCloud"],
+            json!({"secretRef": {"name": "vmpod-launcher-vm1-cloudinit"},
+                   "networkDataSecretRef": {"name": "vmpod-launcher-vm1-cloudinit"}})
+        );
+
+        // The Secret: decoded data, owned by the VMI, mounted read-only, mode 0400.
+        let [secret] = objects.secrets.as_slice() else {
+            panic!("one Secret: {:?}", objects.secrets)
+        };
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("vmpod-launcher-vm1-cloudinit")
+        );
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("ns1"));
+        assert_eq!(
+            secret.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "00000000-0000-4000-8000-000000000001"
+        );
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data[USER_DATA_KEY].0, b"#cloud-config\npassword: s3cret\n");
+        assert_eq!(data[NETWORK_DATA_KEY].0, b"version: 2\n");
+        let vol = volume(pod, "secret-0").secret.as_ref().unwrap();
+        assert_eq!(
+            vol.secret_name.as_deref(),
+            Some("vmpod-launcher-vm1-cloudinit")
+        );
+        assert_eq!(vol.default_mode, Some(0o400));
+        assert_eq!(
+            mounts(c)["secret-0"],
+            "/etc/vmpod/secrets/vmpod-launcher-vm1-cloudinit"
+        );
+        assert_eq!(env(c, "VMPOD_SECRETS_DIR"), Some(SECRETS_DIR_IN_POD));
+        assert!(!mounts(init_container(pod)).contains_key("secret-0"));
+    }
+
+    #[test]
+    fn scratch_is_an_empty_dir_sized_from_the_vmi() {
+        let vmi = vmi(concat!(
+            "    devices: {disks: [{name: root}, {name: data}]}\n",
+            "  volumes: [{name: root, containerDisk: {image: reg/disk:1}}, ",
+            "{name: data, emptyDisk: {capacity: 2Gi}}]\n",
+        ));
+        let expected = 64 * MI + 8 * MI + 1024 * MI + 2048 * MI;
+        assert_eq!(scratch_size_bytes(&vmi, None).unwrap(), expected);
+        let pod = pod(&vmi);
+        let dir = volume(&pod, "scratch").empty_dir.as_ref().unwrap();
+        assert_eq!(
+            dir.size_limit.as_ref().unwrap().0,
+            format!("{}Mi", expected / MI)
+        );
+        assert_eq!(dir.medium, None, "node disk, not memory");
+        assert_eq!(
+            env(container(&pod), "VMPOD_SCRATCH_DIR"),
+            Some(SCRATCH_DIR_IN_POD)
+        );
+        // cloud-init: its data plus 1Mi, rounded up to whole Mi.
+        let with_ci = super::tests::vmi(CLOUD_INIT);
+        let ci = cloud_init_plan(&with_ci, "s").unwrap();
+        assert_eq!(
+            scratch_size_bytes(&with_ci, ci.as_ref()).unwrap(),
+            64 * MI + 8 * MI + 2 * MI
+        );
+        let bad = super::tests::vmi("  volumes: [{name: d, emptyDisk: {capacity: lots}}]\n");
+        let err = scratch_size_bytes(&bad, None).unwrap_err().to_string();
+        assert!(err.contains("spec.volumes[0].emptyDisk.capacity"), "{err}");
     }
 
     #[test]
@@ -549,22 +1070,39 @@ mod tests {
             tun_resource: Some("devices.kubevirt.io/tun".into()),
             ..Default::default()
         };
-        let pod = launcher_pod(&vmi, &cfg).unwrap();
-        let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        let pod = launcher_objects(&vmi, &cfg).unwrap().pod;
         let image_of = |name: &str| {
-            let v = vols.iter().find(|v| v.name == name).unwrap();
-            v.image.as_ref().unwrap().reference.clone().unwrap()
+            volume(&pod, name)
+                .image
+                .as_ref()
+                .unwrap()
+                .reference
+                .clone()
+                .unwrap()
         };
         assert_eq!(image_of("kernel-boot"), "reg/kernel:1");
         assert_eq!(image_of("disk-root"), "reg/disk:1");
+        let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
         assert!(
-            vols.iter().all(|v| v.name != "kvm"),
+            vols.iter().all(|v| v.name != "tun"),
             "device plugin instead"
         );
         let res = container(&pod).resources.as_ref().unwrap();
         assert_eq!(
             res.limits.as_ref().unwrap()["devices.kubevirt.io/tun"].0,
             "1"
+        );
+        let init_res = init_container(&pod).resources.as_ref().unwrap();
+        assert_eq!(
+            init_res.limits.as_ref().unwrap()["devices.kubevirt.io/tun"].0,
+            "1"
+        );
+        assert!(
+            !init_res
+                .limits
+                .as_ref()
+                .unwrap()
+                .contains_key("devices.kubevirt.io/kvm")
         );
         let handed = launcher_vmi(&vmi);
         let kb = handed.spec.domain.firmware.unwrap().kernel_boot.unwrap();
@@ -582,10 +1120,44 @@ mod tests {
             None,
             "the domain resolves it inside the mounted image"
         );
-        let mounts = container(&pod).volume_mounts.as_ref().unwrap();
-        let disk = mounts.iter().find(|m| m.name == "disk-root").unwrap();
-        assert_eq!(disk.mount_path, "/var/run/vmpod/container-disks/root");
+        let c = container(&pod);
+        let disk = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "disk-root")
+            .unwrap();
+        assert_eq!(disk.mount_path, "/var/lib/vmpod/images/root");
         assert_eq!(disk.read_only, Some(true));
+        assert_eq!(env(c, "VMPOD_IMAGES_DIR"), Some(IMAGE_MOUNT_ROOT));
+    }
+
+    #[test]
+    fn a_container_disk_named_like_the_kernel_image_mount_is_refused() {
+        let vmi = vmi(concat!(
+            "    devices: {disks: [{name: kernel-boot}]}\n",
+            "  volumes: [{name: kernel-boot, containerDisk: {image: reg/disk:1}}]\n",
+        ));
+        let err = launcher_objects(&vmi, &LauncherPodConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.volumes[0].name"), "{err}");
+    }
+
+    #[test]
+    fn cloud_init_data_that_is_not_base64_is_refused_with_its_path() {
+        let vmi = vmi(concat!(
+            "    devices: {disks: [{name: ci}]}\n",
+            "  volumes: [{name: ci, cloudInitNoCloud: {userDataBase64: \"not base64!\"}}]\n",
+        ));
+        let err = launcher_objects(&vmi, &LauncherPodConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.volumes[0].cloudInitNoCloud.userDataBase64: not base64"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -593,7 +1165,7 @@ mod tests {
         let mut v = vmi("");
         v.metadata.uid = None;
         assert!(matches!(
-            launcher_pod(&v, &LauncherPodConfig::default()),
+            launcher_objects(&v, &LauncherPodConfig::default()),
             Err(LauncherPodError::MissingMetadata("uid"))
         ));
     }

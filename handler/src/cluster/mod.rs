@@ -2,7 +2,9 @@
 //! and mirrors the pods' phase into VMI status; the `node` daemon reads each local
 //! launcher's status through its control socket and writes it into VMI status.
 //!
-//! Pure parts: [`launcher_pod`] (VMI -> Pod) and [`status`] ((pod, launcher status) -> VMI
+//! `render-pod` prints the controller's objects for a VMI file ([`render`]).
+//!
+//! Pure parts: [`launcher_pod`] (VMI -> Pod and Secret) and [`status`] ((pod, launcher status) -> VMI
 //! status). Effects are thin: [`kube_ops`] (status patches with optimistic concurrency),
 //! [`controller`] and [`node`] (kube-rs runtime Controllers). This module owns the API
 //! objects; it must not touch network namespaces, libvirt or local processes (that is the
@@ -13,6 +15,7 @@ pub mod kube_ops;
 pub mod launcher_pod;
 pub mod metrics;
 pub mod node;
+pub mod render;
 pub mod status;
 
 #[cfg(test)]
@@ -39,7 +42,11 @@ use std::time::Duration;
 #[derive(Args)]
 pub struct ControllerArgs {
     /// The image launcher pods run.
-    #[arg(long, env = "VMPOD_LAUNCHER_IMAGE", default_value = "vmpod:dev")]
+    #[arg(
+        long,
+        env = "VMPOD_LAUNCHER_IMAGE",
+        default_value = "localhost/vmpod:dev"
+    )]
     pub launcher_image: String,
     /// Node directory holding per-pod state directories (a hostPath in launcher pods).
     #[arg(long, default_value = DEFAULT_STATE_ROOT)]

@@ -1,9 +1,10 @@
 //! `vmpod-handler node`: for the launcher pods on this node, read each launcher's status
-//! through its control socket (`<state root>/<namespace>_<name>/control.sock`, falling back
-//! to the `status.json` it last wrote) and patch the VMI's status: phase, interfaces with
-//! IPs, conditions. Launcher status changes produce no API events, so each running pod is
+//! through its control socket (`<state root>/<pod uid>/control.sock`, falling back to the
+//! `status.json` it last wrote) and patch the VMI's status: phase, interfaces with IPs,
+//! conditions. Launcher status changes produce no API events, so each running pod is
 //! polled. A restart re-lists the node's pods and recomputes everything from the launchers,
-//! so nothing is lost.
+//! so nothing is lost. State directories whose pod is gone from the node are removed
+//! ([`stale_state_dirs`]).
 
 use super::kube_ops::update_status;
 use super::launcher_pod::{LAUNCHER_SELECTOR, VMI_LABEL, state_dir_on_host};
@@ -16,10 +17,13 @@ use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
 use vmpod::api::{VirtualMachineInstance, VmiPhase};
 use vmpod::control::LauncherStatus;
 
@@ -100,7 +104,12 @@ pub async fn reconcile<S: LauncherStatusSource>(
     if !running {
         return Ok(Action::requeue(ctx.poll)); // the controller reports pending pods
     }
-    let state_dir = state_dir_on_host(&ctx.state_root, &ns, &vmi_name);
+    let pod_uid = pod
+        .metadata
+        .uid
+        .as_deref()
+        .ok_or(ReconcileError::Unaddressable("Pod"))?;
+    let state_dir = state_dir_on_host(&ctx.state_root, pod_uid);
     let launcher = ctx.source.status(Path::new(&state_dir)).await;
     if let Err(why) = &launcher {
         tracing::debug!(%state_dir, "launcher status unavailable: {why}");
@@ -124,16 +133,83 @@ pub fn error_policy<S>(pod: Arc<Pod>, error: &ReconcileError, ctx: Arc<NodeConte
     on_failure(object, error, &ctx.metrics, ctx.poll)
 }
 
+/// A state directory younger than this is never removed: kubelet may have made it for a
+/// pod the node daemon's watch has not delivered yet.
+pub const STATE_DIR_MIN_AGE: Duration = Duration::from_secs(120);
+
+/// The entries of the state root that belong to no pod in `live` (pod UIDs) and are older
+/// than [`STATE_DIR_MIN_AGE`]: `(name, age)` in, names out (pure).
+pub fn stale_state_dirs<'a>(
+    entries: &'a [(String, Duration)],
+    live: &HashSet<String>,
+) -> Vec<&'a str> {
+    entries
+        .iter()
+        .filter(|(name, age)| !live.contains(name) && *age >= STATE_DIR_MIN_AGE)
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+/// Remove the state directories under `root` whose pod is not in `live`; returns what was
+/// removed. A missing root is an empty one.
+pub fn remove_stale_state_dirs(
+    root: &Path,
+    live: &HashSet<String>,
+) -> std::io::Result<Vec<PathBuf>> {
+    let now = SystemTime::now();
+    let entries: Vec<(String, Duration)> = match std::fs::read_dir(root) {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| {
+                let modified = e.metadata().ok()?.modified().ok()?;
+                let age = now.duration_since(modified).unwrap_or_default();
+                Some((e.file_name().to_str()?.to_string(), age))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for name in stale_state_dirs(&entries, live) {
+        let path = root.join(name);
+        std::fs::remove_dir_all(&path)?;
+        tracing::info!(dir = %path.display(), "removed the state dir of a pod that is gone");
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
 /// Run the node daemon for `node_name` until SIGTERM/SIGINT.
 pub async fn run<S: LauncherStatusSource>(client: Client, node_name: &str, ctx: NodeContext<S>) {
     let pods: Api<Pod> = Api::all(client);
     let config = watcher::Config::default()
         .labels(LAUNCHER_SELECTOR)
         .fields(&format!("spec.nodeName={node_name}"));
-    let results = Controller::new(pods, config).shutdown_on_signal().run(
-        reconcile,
-        error_policy,
-        Arc::new(ctx),
+    let controller = Controller::new(pods, config);
+    let store = controller.store();
+    let (root, every) = (
+        PathBuf::from(&ctx.state_root),
+        ctx.poll.max(STATE_DIR_MIN_AGE / 4),
     );
+    let janitor = tokio::spawn(async move {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            let live: HashSet<String> = store
+                .state()
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect();
+            if let Err(e) = remove_stale_state_dirs(&root, &live) {
+                tracing::warn!(root = %root.display(), "cannot remove stale state dirs: {e}");
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    let results = controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, Arc::new(ctx));
     drive(results, "node").await;
+    janitor.abort();
 }

@@ -14,7 +14,7 @@ use vmpod::api::{
     FieldError, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiCondition,
     VmiInterfaceStatus, VmiPhase,
 };
-use vmpod::control::{LauncherStatus, Phase};
+use vmpod::control::{LauncherStatus, PauseReason, Phase};
 
 /// Condition: the VM runs and the launcher answers.
 pub const READY: &str = "Ready";
@@ -232,11 +232,30 @@ pub fn node_status(
         now,
     );
     if ls.phase == Phase::Paused {
-        set_condition(&mut st.conditions, PAUSED, true, "PausedByUser", None, now);
+        let reason = paused_condition_reason(ls.pause_reason);
+        set_condition(
+            &mut st.conditions,
+            PAUSED,
+            true,
+            reason,
+            ls.reason.clone(),
+            now,
+        );
     } else {
         remove_condition(&mut st.conditions, PAUSED);
     }
     st
+}
+
+/// The `Paused` condition's reason for why the launcher says the VM is paused (KubeVirt's
+/// `PausedByUser` and `PausedIOError`, and the same shape for the others).
+pub fn paused_condition_reason(why: Option<PauseReason>) -> &'static str {
+    match why {
+        Some(PauseReason::User) => "PausedByUser",
+        Some(PauseReason::IoError) => "PausedIOError",
+        Some(PauseReason::KvmInternalError) => "PausedKVMInternalError",
+        Some(PauseReason::Unknown) | None => "PausedUnknown",
+    }
 }
 
 /// A JSON merge patch turning `current` into `desired`, guarded by `resource_version`
@@ -409,6 +428,27 @@ mod tests {
         assert_eq!(
             paused.conditions[0].last_transition_time,
             Some(later.clone())
+        );
+        assert_eq!(
+            paused.conditions[1].reason.as_deref(),
+            Some("PausedUnknown")
+        );
+        // A pause nobody asked for carries its reason and the launcher's words.
+        let mut kvm = launcher(Phase::Paused);
+        kvm.pause_reason = Some(PauseReason::KvmInternalError);
+        kvm.reason = Some("paused by QEMU: KVM gave up on the guest".into());
+        let paused = node_status(&vmi, &p, Ok(&kvm), &later);
+        assert_eq!(
+            paused.conditions[1].reason.as_deref(),
+            Some("PausedKVMInternalError")
+        );
+        assert_eq!(paused.conditions[1].message, kvm.reason);
+        kvm.pause_reason = Some(PauseReason::User);
+        let paused = node_status(&vmi, &p, Ok(&kvm), &later);
+        assert_eq!(paused.conditions[1].reason.as_deref(), Some("PausedByUser"));
+        assert_eq!(
+            paused_condition_reason(Some(PauseReason::IoError)),
+            "PausedIOError"
         );
 
         // Unreachable: phase and interfaces kept, Ready False with the reason.

@@ -20,6 +20,8 @@ const STATUS_PATH: &str =
     "/apis/vmpod.io/v1alpha1/namespaces/ns1/virtualmachineinstances/vm1/status";
 const POD_PATH: &str = "/api/v1/namespaces/ns1/pods/vmpod-launcher-vm1";
 const PODS_PATH: &str = "/api/v1/namespaces/ns1/pods";
+const SECRETS_PATH: &str = "/api/v1/namespaces/ns1/secrets";
+const POD_UID: &str = "0f6c5e4e-pod-uid-1";
 
 fn vmi_json(resource_version: &str, status: Value) -> Value {
     json!({
@@ -42,6 +44,7 @@ fn pod_json(phase: Option<&str>, node: Option<&str>) -> Value {
         "kind": "Pod",
         "metadata": {
             "name": "vmpod-launcher-vm1", "namespace": "ns1", "resourceVersion": "20",
+            "uid": POD_UID,
             "labels": {"app.kubernetes.io/name": "vmpod-launcher", "vmpod.io/vmi": "vm1"},
             "ownerReferences": [{"apiVersion": "vmpod.io/v1alpha1",
                 "kind": "VirtualMachineInstance", "name": "vm1", "uid": "00000000-0000-4000-8000-000000000001",
@@ -110,7 +113,9 @@ async fn controller_creates_the_pod_and_retries_a_status_conflict() {
     let handed = posted["metadata"]["annotations"][VMI_ANNOTATION]
         .as_str()
         .unwrap();
-    assert!(vmpod::api::load_valid_vmi(handed).is_ok());
+    if let Err(e) = vmpod::api::load_valid_vmi(handed) {
+        panic!("{e:?}\n{handed}");
+    }
 
     let patches = server.seen_on(Method::PATCH, STATUS_PATH);
     assert_eq!(patches.len(), 2);
@@ -138,6 +143,95 @@ async fn controller_creates_the_pod_and_retries_a_status_conflict() {
             format!("PATCH {STATUS_PATH}"),
         ]
     );
+    assert_eq!(server.unexpected(), Vec::<String>::new());
+}
+
+/// A VMI with cloud-init data: the controller creates the Secret (owned by the VMI) before
+/// the Pod that mounts it, and the user data is in the Secret, not in the Pod.
+#[tokio::test]
+async fn controller_creates_the_cloud_init_secret_before_the_pod() {
+    let (client, server) = MockApiServer::start(vec![
+        pod_not_found(),
+        Exchange::json(
+            Method::POST,
+            SECRETS_PATH,
+            201,
+            json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "vmpod-launcher-vm1-cloudinit", "namespace": "ns1"}}),
+        ),
+        pod_created(),
+        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+    ]);
+    let mut v = vmi_json("10", json!({}));
+    v["spec"]["domain"]["devices"] = json!({"disks": [{"name": "ci"}]});
+    v["spec"]["volumes"] = json!([{"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config\npassword: s3cret\n"}}]);
+    let vmi: VirtualMachineInstance = serde_json::from_value(v).unwrap();
+    controller::reconcile(Arc::new(vmi), controller_ctx(client))
+        .await
+        .unwrap();
+    let order: Vec<String> = server
+        .seen()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        order[..3],
+        [
+            format!("GET {POD_PATH}"),
+            format!("POST {SECRETS_PATH}"),
+            format!("POST {PODS_PATH}"),
+        ]
+    );
+    let secret = &server.seen_on(Method::POST, SECRETS_PATH)[0].body;
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["uid"],
+        "00000000-0000-4000-8000-000000000001"
+    );
+    // base64 of the user data
+    assert_eq!(
+        secret["data"]["userdata"],
+        "I2Nsb3VkLWNvbmZpZwpwYXNzd29yZDogczNjcmV0Cg=="
+    );
+    let pod = &server.seen_on(Method::POST, PODS_PATH)[0].body;
+    assert!(!pod.to_string().contains("s3cret"), "{pod}");
+    assert_eq!(server.unexpected(), Vec::<String>::new());
+}
+
+/// A Secret left by an older VMI of the same name (still being garbage-collected): no pod
+/// yet, try again later.
+#[tokio::test]
+async fn controller_waits_for_an_older_vmis_secret_to_go() {
+    let (client, server) = MockApiServer::start(vec![
+        pod_not_found(),
+        Exchange::json(
+            Method::POST,
+            SECRETS_PATH,
+            409,
+            status_body(
+                409,
+                "AlreadyExists",
+                "secrets \"vmpod-launcher-vm1-cloudinit\" already exists",
+            ),
+        ),
+        Exchange::json(
+            Method::GET,
+            &format!("{SECRETS_PATH}/vmpod-launcher-vm1-cloudinit"),
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {
+                "name": "vmpod-launcher-vm1-cloudinit", "namespace": "ns1",
+                "ownerReferences": [{"apiVersion": "vmpod.io/v1alpha1",
+                    "kind": "VirtualMachineInstance", "name": "vm1", "uid": "uid-0",
+                    "controller": true}]}}),
+        ),
+    ]);
+    let mut v = vmi_json("10", json!({}));
+    v["spec"]["domain"]["devices"] = json!({"disks": [{"name": "ci"}]});
+    v["spec"]["volumes"] = json!([{"name": "ci", "cloudInitNoCloud": {"userData": "x"}}]);
+    let vmi: VirtualMachineInstance = serde_json::from_value(v).unwrap();
+    controller::reconcile(Arc::new(vmi), controller_ctx(client))
+        .await
+        .unwrap();
+    assert!(server.seen_on(Method::POST, PODS_PATH).is_empty());
     assert_eq!(server.unexpected(), Vec::<String>::new());
 }
 
@@ -271,6 +365,59 @@ async fn controller_follows_watch_events() {
     );
 }
 
+/// Deliverable 6: the Pod and Secret the controller creates (as POSTed to the API server)
+/// run under the kubelet-shaped runner: the test guest boots from images, leases the pod
+/// IP, powers off, and the pod ends Succeeded with nothing left behind.
+#[test]
+fn the_pod_the_controller_creates_runs_under_the_runner() {
+    use crate::test_runner::launcher::{run_to_guest_power_off, testguest_vmi};
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    if !crate::support::privileged("the_pod_the_controller_creates_runs_under_the_runner") {
+        return;
+    }
+    crate::test_runner::ensure_images();
+    let state_root = tempfile::tempdir().unwrap();
+    let mut vmi =
+        vmpod::api::load_vmi(&testguest_vmi("vm1", "#cloud-config\n", false, 20, None)).unwrap();
+    vmi.metadata.namespace = Some("ns1".into());
+    // The API server's UIDs are UUIDs (libvirt takes the VMI's as the domain's).
+    vmi.metadata.uid = Some("6d2c9a4e-5b1f-4c3e-9a7d-0e8f1b2c3d4e".into());
+    vmi.metadata.resource_version = Some("10".into());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (pod, secret) = rt.block_on(async {
+        let (client, server) = MockApiServer::start(vec![
+            pod_not_found(),
+            Exchange::json(
+                Method::POST,
+                SECRETS_PATH,
+                201,
+                json!({"apiVersion": "v1",
+                "kind": "Secret", "metadata": {"name": "vmpod-launcher-vm1-cloudinit"}}),
+            ),
+            pod_created(),
+            Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        ]);
+        let ctx = Arc::new(ControllerContext {
+            client,
+            config: LauncherPodConfig {
+                state_root: state_root.path().to_str().unwrap().into(),
+                ..LauncherPodConfig::default()
+            },
+            metrics: Arc::default(),
+        });
+        controller::reconcile(Arc::new(vmi), ctx).await.unwrap();
+        assert_eq!(server.unexpected(), Vec::<String>::new());
+        (
+            server.seen_on(Method::POST, PODS_PATH)[0].body.clone(),
+            server.seen_on(Method::POST, SECRETS_PATH)[0].body.clone(),
+        )
+    });
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    let secret: Secret = serde_json::from_value(secret).unwrap();
+    let node = crate::test_runner::ClusterNode::create();
+    run_to_guest_power_off(&node, &pod, &[secret], state_root.path());
+}
+
 /// A launcher status source that answers from a table, keyed by state directory.
 struct FakeLaunchers(Mutex<Vec<(String, Result<LauncherStatus, String>)>>);
 
@@ -307,7 +454,7 @@ fn node_ctx(
         client,
         state_root: "/var/run/vmpod/pods".into(),
         source: FakeLaunchers(Mutex::new(vec![(
-            "/var/run/vmpod/pods/ns1_vm1".into(),
+            format!("/var/run/vmpod/pods/{POD_UID}"),
             launcher,
         )])),
         poll: Duration::from_secs(3600),
@@ -413,6 +560,42 @@ async fn node_restart_relists_and_loses_nothing() {
     assert_eq!(server.unexpected(), Vec::<String>::new());
     assert_eq!(patch["interfaces"][0]["ipAddress"], "10.244.1.7");
     run.abort();
+}
+
+/// The node daemon removes the state dirs of pods that are gone (and nothing younger than
+/// the watch may have delivered), keeps live ones.
+#[test]
+fn stale_state_dirs_of_gone_pods_are_removed() {
+    use std::collections::HashSet;
+    let old = node::STATE_DIR_MIN_AGE;
+    let entries = vec![
+        ("live".to_string(), old * 2),
+        ("gone".to_string(), old * 2),
+        ("new".to_string(), Duration::from_secs(1)),
+    ];
+    let live: HashSet<String> = ["live".to_string()].into();
+    assert_eq!(node::stale_state_dirs(&entries, &live), ["gone"]);
+
+    let root = tempfile::tempdir().unwrap();
+    for d in ["live", "gone"] {
+        std::fs::create_dir_all(root.path().join(d).join("net")).unwrap();
+        std::fs::write(root.path().join(d).join("status.json"), "{}").unwrap();
+    }
+    // Age "gone" past the minimum.
+    let past = std::time::SystemTime::now() - old * 2;
+    std::fs::File::open(root.path().join("gone"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    let removed = node::remove_stale_state_dirs(root.path(), &live).unwrap();
+    assert_eq!(removed, [root.path().join("gone")]);
+    assert!(root.path().join("live/status.json").exists());
+    assert!(!root.path().join("gone").exists());
+    assert!(
+        node::remove_stale_state_dirs(&root.path().join("missing"), &live)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The shipped DaemonSet and Deployment invoke the handler with arguments it accepts.

@@ -255,11 +255,22 @@ fn table(rows: &[Row], now: k8s_openapi::jiff::Timestamp) -> String {
             ],
             Some((s, source)) => {
                 let stale = *source == StatusSource::File && !s.phase.is_terminal();
+                let mut phase = s.phase.to_string();
+                if let Some(why) = s.pause_reason {
+                    phase.push_str(&format!(" ({why})"));
+                }
+                if stale {
+                    phase.push_str(" (stale)");
+                }
+                let mut accel = s.acceleration.map_or("-".into(), |a| a.to_string());
+                if s.acceleration_reason.is_some() {
+                    accel.push_str(" (no kvm)");
+                }
                 [
                     name.clone(),
-                    format!("{}{}", s.phase, if stale { " (stale)" } else { "" }),
+                    phase,
                     s.first_ip().map_or("-".into(), |ip| ip.to_string()),
-                    s.acceleration.map_or("-".into(), |a| a.to_string()),
+                    accel,
                     s.started_at.as_ref().map_or("-".into(), |t| age(now, t.0)),
                 ]
             }
@@ -305,7 +316,16 @@ fn describe(s: &LauncherStatus, source: StatusSource) -> String {
     field("Namespace:", opt(s.namespace.clone()));
     field("Phase:", s.phase.to_string());
     field("Reason:", opt(s.reason.clone()));
-    field("Acceleration:", opt(s.acceleration.map(|a| a.to_string())));
+    if let Some(why) = s.pause_reason {
+        field("Paused by:", why.to_string());
+    }
+    field(
+        "Acceleration:",
+        match (s.acceleration, &s.acceleration_reason) {
+            (Some(a), Some(why)) => format!("{a} ({why})"),
+            (a, _) => opt(a.map(|a| a.to_string())),
+        },
+    );
     field("Domain:", opt(s.domain.clone()));
     field("Launcher PID:", s.pid.to_string());
     field("QEMU PID:", opt(s.qemu_pid.map(|p| p.to_string())));
@@ -540,6 +560,35 @@ mod tests {
         assert!(
             d.contains("02:00:00:0a:16:05") && d.contains("10.22.0.5"),
             "{d}"
+        );
+        assert!(!d.contains("Paused by:"), "{d}");
+    }
+
+    /// A pause nobody asked for and a KVM abandoned for TCG show in `get` and `status`.
+    #[test]
+    fn pause_and_acceleration_reasons_show() {
+        let mut s = sample_status("vm1");
+        s.set_phase(Phase::Paused, Some("paused by QEMU: KVM gave up".into()));
+        s.pause_reason = Some(vmpod::control::PauseReason::KvmInternalError);
+        s.acceleration_reason = Some("KVM failed on this node before".into());
+        let d = describe(&s, StatusSource::Socket);
+        assert!(d.contains("Paused by:      KVMInternalError"), "{d}");
+        assert!(
+            d.contains("Reason:         paused by QEMU: KVM gave up"),
+            "{d}"
+        );
+        assert!(
+            d.contains("Acceleration:   tcg (KVM failed on this node before)"),
+            "{d}"
+        );
+        let t = table(
+            &[("vm1".into(), Some((s, StatusSource::Socket)))],
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let row = t.lines().nth(1).unwrap();
+        assert!(
+            row.contains("Paused (KVMInternalError)") && row.contains("tcg (no kvm)"),
+            "{t}"
         );
     }
 }

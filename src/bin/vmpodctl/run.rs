@@ -73,7 +73,18 @@ async fn foreground(
     let signals = tokio::spawn(forward_signals(name.clone(), stop_tx));
     let console_task = console.then(|| tokio::spawn(stream_console(pod.client())));
     let mut shown: Option<(vmpod::control::Phase, Option<std::net::IpAddr>)> = None;
+    let mut shown_accel = None;
     let exit = supervise(pod, Some(child), stop_rx, |s: &LauncherStatus| {
+        if s.acceleration.is_some() && s.acceleration != shown_accel {
+            let why = s
+                .acceleration_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            let accel = s.acceleration.map(|a| a.to_string()).unwrap_or_default();
+            say(&s.name, &format!("acceleration {accel}{why}"));
+            shown_accel = s.acceleration;
+        }
         let now = (s.phase, s.first_ip());
         if shown != Some(now) {
             let ip = s

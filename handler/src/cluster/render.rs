@@ -1,0 +1,114 @@
+//! `vmpod-handler render-pod`: print, as YAML documents, the objects the controller would
+//! create for a VMI file (the launcher Pod, then its Secret), from the same
+//! [`launcher_objects`] the controller calls; like `kubectl create --dry-run=client -o yaml`.
+
+use super::launcher_pod::{LauncherPodConfig, launcher_objects};
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// `vmpod-handler render-pod` options.
+#[derive(Args)]
+pub struct RenderArgs {
+    /// The VirtualMachineInstance manifest (YAML or JSON).
+    #[arg(long)]
+    pub vmi: PathBuf,
+    /// The namespace (default: the manifest's, else `default`).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The image launcher pods run.
+    #[arg(long, default_value = "localhost/vmpod:dev")]
+    pub image: String,
+    /// Node directory holding per-pod state directories (the state hostPath).
+    #[arg(long, default_value = super::launcher_pod::DEFAULT_STATE_ROOT)]
+    pub state_root: String,
+}
+
+/// The YAML documents `render-pod` prints for `args`.
+pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(&args.vmi)
+        .with_context(|| format!("read the VMI from {}", args.vmi.display()))?;
+    let mut vmi = vmpod::api::load_valid_vmi(&text).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}: invalid VMI: {}", args.vmi.display(), list.join("; "))
+    })?;
+    if let Some(ns) = &args.namespace {
+        vmi.metadata.namespace = Some(ns.clone());
+    }
+    vmi.metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    if vmi.metadata.uid.is_none() {
+        // What the API server would assign on create.
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+            .context("read a fresh UUID from /proc/sys/kernel/random/uuid")?;
+        vmi.metadata.uid = Some(uuid.trim().to_string());
+    }
+    let config = LauncherPodConfig {
+        image: args.image.clone(),
+        state_root: args.state_root.clone(),
+        ..LauncherPodConfig::default()
+    };
+    let objects = launcher_objects(&vmi, &config)?;
+    let mut docs = vec![to_document(&objects.pod)?];
+    for s in &objects.secrets {
+        docs.push(to_document(s)?);
+    }
+    Ok(docs.concat())
+}
+
+/// One object as a YAML document (`---` first). The one place YAML is written here.
+pub fn to_document(object: &impl Serialize) -> anyhow::Result<String> {
+    let body = vmpod::api::yaml::to_string(object).context("write YAML")?;
+    Ok(format!("---\n{body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_pod_prints_the_pod_then_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmi.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: web}\n\
+             spec:\n  domain:\n    devices: {disks: [{name: ci}]}\n  \
+             volumes: [{name: ci, cloudInitNoCloud: {userData: secret-stuff}}]\n",
+        )
+        .unwrap();
+        let args = RenderArgs {
+            vmi: file.clone(),
+            namespace: Some("prod".into()),
+            image: "reg/vmpod:1".into(),
+            state_root: "/srv/vmpod".into(),
+        };
+        let yaml = render(&args).unwrap();
+        let docs: Vec<serde_json::Value> = vmpod::api::yaml::documents(&yaml).unwrap();
+        assert_eq!(docs.len(), 2, "{yaml}");
+        assert_eq!(docs[0]["kind"], "Pod");
+        assert_eq!(docs[0]["metadata"]["namespace"], "prod");
+        assert_eq!(docs[0]["spec"]["containers"][0]["image"], "reg/vmpod:1");
+        assert_eq!(
+            docs[0]["spec"]["volumes"][0]["hostPath"]["path"],
+            "/srv/vmpod"
+        );
+        let uid = docs[0]["metadata"]["ownerReferences"][0]["uid"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            uid.len(),
+            36,
+            "a fresh UUID, as the API server would give: {uid}"
+        );
+        assert_eq!(docs[1]["kind"], "Secret");
+        assert!(!docs[0].to_string().contains("secret-stuff"));
+
+        // An invalid VMI is refused with its field path.
+        std::fs::write(&file, "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: x}\nspec: {domain: {memory: {guest: lots}}}\n").unwrap();
+        let err = render(&args).unwrap_err().to_string();
+        assert!(err.contains("spec.domain.memory.guest"), "{err}");
+    }
+}

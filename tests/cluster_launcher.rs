@@ -1,0 +1,137 @@
+//! End to end through the kubelet-shaped runner: `vmpod-handler render-pod` prints the
+//! launcher Pod and its Secret for the test guest's VMI, podman (runc) runs them exactly as
+//! specified (net-setup init container, then the unprivileged compute container), and the
+//! guest, booted by kernelBoot.container with the image's disk as a containerDisk, leases
+//! the pod IP with its macAddress; the node reaches it; `podman stop` with the Pod's grace
+//! period powers it off by ACPI and the pod exits 0; a guest power-off ends the pod
+//! Succeeded; nothing of the pod is left on the host.
+mod cluster;
+mod support;
+
+use cluster::launcher::{
+    BOOT, GUEST_MAC, LauncherPod, assert_nothing_left, effective_caps, ping_from_node,
+    run_to_guest_power_off, testguest_vmi,
+};
+use cluster::{ClusterNode, ensure_images, parse_documents};
+use std::path::Path;
+use std::time::Duration;
+use vmpod::control::Phase;
+
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// `vmpod-handler render-pod` for `vmi` (YAML), with the state hostPath at `state_root`.
+fn render(vmi: &str, state_root: &Path) -> String {
+    let dir = support::cargo_build::build_bins("vmpod-handler", &["vmpod-handler"]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vmi).unwrap();
+    let out = std::process::Command::new(dir.join("vmpod-handler"))
+        .args(["render-pod", "--namespace", "e2e", "--vmi"])
+        .arg(file.path())
+        .arg("--state-root")
+        .arg(state_root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "render-pod: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefully() {
+    if !support::privileged(
+        "rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefully",
+    ) {
+        return;
+    }
+    ensure_images();
+    let node = ClusterNode::create();
+    let state_root = tempfile::tempdir().unwrap();
+    let marker = format!("vmpod-e2e-{}", std::process::id());
+    let vmi = testguest_vmi(
+        "e2e-hold",
+        &format!("#cloud-config\n# {marker}\n"),
+        true,
+        20,
+        Some(GUEST_MAC),
+    );
+    let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
+    let grace = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .termination_grace_period_seconds
+        .unwrap();
+    let lp = LauncherPod::start(&node, &pod, &secrets, state_root.path());
+
+    let report = lp.wait_report(BOOT, |r| r.holding);
+    let lease = report
+        .lease
+        .clone()
+        .unwrap_or_else(|| panic!("no lease\n{}", lp.diagnostics()));
+    assert_eq!(lease.ip, lp.pod.pod_ip, "the VM has the pod IP");
+    assert_eq!(lease.mac, GUEST_MAC, "the VMI's macAddress");
+    assert_eq!(lease.router(), Some(node.gateway));
+    assert_eq!(
+        lease.hostname.as_deref(),
+        Some("e2e-hold"),
+        "the VMI's name, never the Pod's ({})",
+        lp.pod.name
+    );
+    assert!(
+        report.user_data().is_some_and(|u| u.contains(&marker)),
+        "cloud-init user data from the Secret: {:?}",
+        report.cidata
+    );
+    ping_from_node(&node, lp.pod.pod_ip).expect("the node reaches the VM at the pod IP");
+
+    // The compute container's processes: none privileged beyond the Pod's set, no zombie.
+    let pids = lp.pod.pids("compute");
+    assert!(pids.len() >= 3, "launcher, libvirtd, QEMU: {pids:?}");
+    for pid in &pids {
+        let caps = effective_caps(*pid);
+        assert_eq!(
+            caps & (CAP_NET_ADMIN | CAP_SYS_ADMIN),
+            0,
+            "pid {pid}: {caps:x}"
+        );
+    }
+    assert_eq!(lp.lasting_zombies(), Vec::<String>::new());
+
+    let (exit, took) = lp.pod.stop().unwrap();
+    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
+    assert!(
+        took < Duration::from_secs(u64::try_from(grace).unwrap()),
+        "stopped in {took:?}, grace {grace} s"
+    );
+    let console = lp.console();
+    assert!(
+        console.contains("VMPOD-POWER-BUTTON"),
+        "no ACPI power button:\n{console}"
+    );
+    assert!(
+        console.contains("VMPOD-POWEROFF"),
+        "no guest power-off:\n{console}"
+    );
+    let status = vmpod::control::read_status(&lp.state_dir).unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    assert_eq!(status.name, "e2e-hold");
+    assert_eq!(status.namespace.as_deref(), Some("e2e"));
+    assert_nothing_left(&node, lp.remove(pids));
+}
+
+#[test]
+fn a_guest_power_off_ends_the_launcher_pod_succeeded() {
+    if !support::privileged("a_guest_power_off_ends_the_launcher_pod_succeeded") {
+        return;
+    }
+    ensure_images();
+    let node = ClusterNode::create();
+    let state_root = tempfile::tempdir().unwrap();
+    let vmi = testguest_vmi("e2e-off", "#cloud-config\n", false, 20, None);
+    let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
+    run_to_guest_power_off(&node, &pod, &secrets, state_root.path());
+}

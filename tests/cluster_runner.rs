@@ -1,0 +1,307 @@
+//! The kubelet-shaped runner (tests/cluster/) on its own, with simple Pods of the vmpod
+//! image: what it refuses, and that what it accepts reaches the container as the Pod says
+//! (capabilities, no-new-privileges, seccomp, user, read-only root, memory limit, downward
+//! API and Secret files, emptyDir sizeLimit, subPathExpr on a hostPath, init container
+//! order, the stop grace period).
+mod cluster;
+mod support;
+
+use cluster::spec::{NodeFacts, PodFacts, plan_pod};
+use cluster::{ClusterNode, ensure_images};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const IMAGE: &str = "localhost/vmpod:dev";
+
+fn facts() -> PodFacts {
+    PodFacts {
+        uid: "u-1".into(),
+        name: "p".into(),
+        namespace: "ns".into(),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::from([("a/b".into(), "hello".into())]),
+        node_name: "n".into(),
+        pod_ip: "10.0.0.2".into(),
+    }
+}
+
+fn minimal(container: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
+                    "containers": [container]}})
+}
+
+fn plan_error(pod: Value) -> String {
+    plan_pod(&pod, &facts(), &NodeFacts::default(), &BTreeMap::new())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn the_runner_refuses_what_it_cannot_honour() {
+    let c = json!({"name": "c", "image": IMAGE});
+    let mut p = minimal(c.clone());
+    p["spec"]["hostNetwork"] = json!(true);
+    assert_eq!(
+        plan_error(p),
+        "spec.hostNetwork: the runner cannot honour this field"
+    );
+    let mut c2 = c.clone();
+    c2["securityContext"] = json!({"procMount": "Unmasked"});
+    assert!(plan_error(minimal(c2)).starts_with("spec.containers[0].securityContext.procMount"));
+    let mut p = minimal(c.clone());
+    p["spec"]["volumes"] = json!([{"name": "v", "nfs": {"server": "x", "path": "/"}}]);
+    assert!(plan_error(p).contains("spec.volumes[0].nfs"));
+    let mut c3 = c.clone();
+    c3["resources"] = json!({"limits": {"nvidia.com/gpu": "1"}});
+    assert!(
+        plan_error(minimal(c3)).contains("no device plugin on this node offers nvidia.com/gpu")
+    );
+    let mut p = minimal(c.clone());
+    p["spec"]["restartPolicy"] = json!("Always");
+    assert!(plan_error(p).starts_with("spec.restartPolicy"));
+    let mut p = minimal(c.clone());
+    p["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": "missing"}}]);
+    assert!(plan_error(p).contains("Secret \"missing\" was not given"));
+    let mut c4 = c;
+    c4["volumeMounts"] = json!([{"name": "h", "mountPath": "/h", "subPathExpr": "$(NOPE)"}]);
+    let mut p = minimal(c4);
+    p["spec"]["volumes"] = json!([{"name": "h", "hostPath": {"path": "/tmp"}}]);
+    assert!(plan_error(p).contains("undefined variable"));
+}
+
+#[test]
+fn capabilities_follow_the_runtime_default_set_then_drop_and_add() {
+    let flags = |sc: Value| {
+        let p = minimal(json!({"name": "c", "image": IMAGE, "securityContext": sc}));
+        let plan = plan_pod(&p, &facts(), &NodeFacts::default(), &BTreeMap::new()).unwrap();
+        plan.containers[0].flags.join(" ")
+    };
+    let f = flags(json!({"capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}));
+    assert!(
+        f.starts_with(
+            "--cap-drop ALL --cap-add NET_BIND_SERVICE --security-opt seccomp=unconfined"
+        ),
+        "{f}"
+    );
+    let f = flags(json!({"capabilities": {"drop": ["NET_RAW"]}}));
+    assert!(
+        f.contains("--cap-add CHOWN") && !f.contains("NET_RAW"),
+        "{f}"
+    );
+    let f = flags(json!({"privileged": true}));
+    assert!(f.starts_with("--privileged"), "{f}");
+    assert!(!f.contains("--cap-add"), "{f}");
+    let f = flags(
+        json!({"allowPrivilegeEscalation": false, "seccompProfile": {"type": "RuntimeDefault"}}),
+    );
+    assert!(f.contains("no-new-privileges"), "{f}");
+    assert!(
+        f.contains("seccomp=/usr/share/containers/seccomp.json"),
+        "{f}"
+    );
+}
+
+#[test]
+fn variables_expand_as_kubelet_expands_them() {
+    use cluster::spec::expand;
+    let env = vec![
+        ("POD_UID".to_string(), "u-1".to_string()),
+        ("A".to_string(), "x".to_string()),
+    ];
+    assert_eq!(expand("$(POD_UID)", &env), "u-1");
+    assert_eq!(expand("a/$(A)/$(A)b", &env), "a/x/xb");
+    assert_eq!(expand("$$(A)", &env), "$(A)", "$$ escapes");
+    assert_eq!(
+        expand("$(NOPE) $A", &env),
+        "$(NOPE) $A",
+        "unknown stays as written"
+    );
+}
+
+/// Bits of `CapEff:` in /proc/self/status -> capability numbers.
+const CAP_NET_BIND_SERVICE: u32 = 10;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn status_field<'a>(log: &'a str, key: &str) -> &'a str {
+    log.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in:\n{log}"))
+}
+
+#[test]
+fn a_pod_gets_what_its_spec_says() {
+    if !support::privileged("a_pod_gets_what_its_spec_says") {
+        return;
+    }
+    ensure_images();
+    let node = ClusterNode::create();
+    let host = tempfile::tempdir().unwrap();
+    let script = r#"
+set -u
+grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status
+echo "uid=$(id -u)"
+echo "marker=$(cat /work/order)"
+echo "vmi=$(cat /etc/info/vmi)"
+echo "uidfile=$(cat /etc/info/uid)"
+echo "secret=$(cat /etc/secret/token)"
+echo "secretmode=$(stat -c %a /etc/secret/token)"
+echo "env_uid=$POD_UID"
+echo "ip=$POD_IP"
+echo "memlimit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"
+if touch /rootfs-write 2>/dev/null; then echo rootfs=rw; else echo rootfs=ro; fi
+if touch /etc/info/x 2>/dev/null; then echo info=rw; else echo info=ro; fi
+if dd if=/dev/zero of=/work/big bs=1M count=3 2>/dev/null; then echo emptydir=unbounded; else echo emptydir=full; fi
+echo hello > /state/file
+"#;
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "spec-check", "namespace": "ns1", "annotations": {"vmpod.io/vmi": "{\"x\":1}"}},
+        "spec": {
+            "restartPolicy": "Never", "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 5,
+            "initContainers": [{
+                "name": "first", "image": IMAGE, "command": ["sh", "-c"],
+                "args": ["echo init-ran > /work/order"],
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+            }],
+            "containers": [{
+                "name": "main", "image": IMAGE, "command": ["sh", "-c", script],
+                "env": [
+                    {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                ],
+                "resources": {"limits": {"memory": "96Mi"}},
+                "securityContext": {
+                    "runAsUser": 0, "privileged": false, "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "volumeMounts": [
+                    {"name": "work", "mountPath": "/work"},
+                    {"name": "info", "mountPath": "/etc/info", "readOnly": true},
+                    {"name": "secret", "mountPath": "/etc/secret", "readOnly": true},
+                    {"name": "state", "mountPath": "/state", "subPathExpr": "$(POD_UID)"},
+                ],
+            }],
+            "volumes": [
+                {"name": "work", "emptyDir": {"sizeLimit": "2Mi"}},
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "vmi", "fieldRef": {"fieldPath": "metadata.annotations['vmpod.io/vmi']"}},
+                    {"path": "uid", "fieldRef": {"fieldPath": "metadata.uid"}},
+                ]}},
+                {"name": "secret", "secret": {"secretName": "s1", "defaultMode": 0o400}},
+                {"name": "state", "hostPath": {"path": host.path().join("pods"), "type": "DirectoryOrCreate"}},
+            ],
+        },
+    });
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("s1".into());
+    secret.data = Some(BTreeMap::from([(
+        "token".to_string(),
+        k8s_openapi::ByteString(b"t0k3n".to_vec()),
+    )]));
+    let running = node.run_pod(&pod, &[secret]).expect("the pod runs");
+    let exit = running.wait(Duration::from_secs(60)).unwrap();
+    let log = running.logs("main");
+    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{log}");
+
+    let cap_eff = u64::from_str_radix(status_field(&log, "CapEff:"), 16).unwrap();
+    assert_eq!(cap_eff, 1 << CAP_NET_BIND_SERVICE, "{log}");
+    assert_eq!(cap_eff & (1 << CAP_NET_ADMIN | 1 << CAP_SYS_ADMIN), 0);
+    assert_eq!(status_field(&log, "NoNewPrivs:"), "1", "{log}");
+    assert_eq!(status_field(&log, "Seccomp:"), "2", "filter mode: {log}");
+    assert_eq!(status_field(&log, "uid="), "0");
+    assert_eq!(
+        status_field(&log, "marker="),
+        "init-ran",
+        "init container first"
+    );
+    assert_eq!(status_field(&log, "vmi="), "{\"x\":1}");
+    assert_eq!(status_field(&log, "uidfile="), running.uid);
+    assert_eq!(status_field(&log, "env_uid="), running.uid);
+    assert_eq!(status_field(&log, "ip="), running.pod_ip.to_string());
+    assert_eq!(status_field(&log, "secret="), "t0k3n");
+    assert_eq!(status_field(&log, "secretmode="), "400");
+    assert_eq!(status_field(&log, "memlimit="), (96u64 << 20).to_string());
+    assert_eq!(status_field(&log, "rootfs="), "ro");
+    assert_eq!(status_field(&log, "info="), "ro");
+    assert_eq!(
+        status_field(&log, "emptydir="),
+        "full",
+        "sizeLimit 2Mi holds no 3Mi"
+    );
+    let written = host.path().join("pods").join(&running.uid).join("file");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "hello\n");
+
+    let dir = running.dir.clone();
+    drop(running);
+    assert!(!dir.exists(), "pod directory removed");
+    assert!(written.exists(), "hostPath content stays");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(dir.to_str().unwrap()), "tmpfs unmounted");
+}
+
+#[test]
+fn stop_sends_sigterm_then_kills_after_the_grace_period() {
+    if !support::privileged("stop_sends_sigterm_then_kills_after_the_grace_period") {
+        return;
+    }
+    ensure_images();
+    let node = ClusterNode::create();
+    let pod = |name: &str, script: &str| -> Pod {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
+                     "terminationGracePeriodSeconds": 3,
+                     "containers": [{"name": "c", "image": IMAGE,
+                                     "command": ["bash", "-c", script]}]}}))
+        .unwrap()
+    };
+    // Honours SIGTERM: exits with its own code at once.
+    let polite = node
+        .run_pod(
+            &pod(
+                "polite",
+                "trap 'exit 7' TERM; echo up; while :; do sleep 0.1; done",
+            ),
+            &[],
+        )
+        .unwrap();
+    wait_for_log(&polite, "c", "up");
+    let (exit, took) = polite.stop().unwrap();
+    assert_eq!(exit.codes, [("c".to_string(), 7)]);
+    assert_eq!(exit.phase, "Failed");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Ignores SIGTERM: killed once the grace period is over.
+    let stubborn = node
+        .run_pod(
+            &pod(
+                "stubborn",
+                "trap '' TERM; echo up; while :; do sleep 0.1; done",
+            ),
+            &[],
+        )
+        .unwrap();
+    wait_for_log(&stubborn, "c", "up");
+    let (exit, took) = stubborn.stop().unwrap();
+    assert_eq!(exit.codes, [("c".to_string(), 137)]);
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+}
+
+fn wait_for_log(pod: &cluster::RunningPod, container: &str, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pod.logs(container).contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
