@@ -2,6 +2,8 @@
 //! `<dir>/kubelet.sock` and, like kubelet's device manager, on each registration it dials
 //! the plugin's endpoint, reads its options and follows its `ListAndWatch`; [`TestKubelet::allocate`]
 //! picks healthy devices of a resource and asks the plugin's `Allocate` for them.
+//! [`NodeDevicePlugins`] is that kubelet with the real plugins, as the kubelet-shaped
+//! runner's device manager.
 
 use super::api::device_plugin_client::DevicePluginClient;
 use super::api::registration_server::{Registration, RegistrationServer};
@@ -150,6 +152,18 @@ impl TestKubelet {
         now.expect("registered")
     }
 
+    /// Healthy devices per registered resource.
+    pub fn allocatable(&self) -> BTreeMap<String, u64> {
+        let plugins = self.plugins.lock().unwrap();
+        plugins
+            .iter()
+            .map(|(r, p)| {
+                let healthy = p.devices.values().filter(|h| *h == HEALTHY).count();
+                (r.clone(), healthy as u64)
+            })
+            .collect()
+    }
+
     /// Allocate `count` healthy devices of `resource` to one container, as kubelet does
     /// before creating it: the plugin's answer for that container.
     pub async fn allocate(
@@ -220,5 +234,96 @@ impl TestKubelet {
             }
         }
         TestKubelet::start(&dir)
+    }
+}
+
+/// The device plugins of `vmpod-handler node` for `devices` (the real paths), serving a
+/// temp device-plugins directory, and a [`TestKubelet`] following them: the kubelet-shaped
+/// runner's device manager. Its own runtime runs both, so the runner (synchronous) can ask.
+pub struct NodeDevicePlugins {
+    kubelet: TestKubelet,
+    stop: watch::Sender<bool>,
+    plugins: Option<JoinHandle<()>>,
+    /// (resource, count) of each Allocate, in order.
+    pub allocations: Mutex<Vec<(String, u64)>>,
+    _dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+}
+
+impl NodeDevicePlugins {
+    /// Start the plugins and the kubelet; return once kubelet has every resource's list.
+    pub fn start(devices: Vec<NodeDevice>) -> NodeDevicePlugins {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = PluginConfig {
+            dir: dir.path().to_path_buf(),
+            poll: Duration::from_millis(200),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let (kubelet, plugins) = rt.block_on(async {
+            let mut kubelet = TestKubelet::start(dir.path());
+            let plugins = tokio::spawn(run(config, devices.clone(), stopped));
+            for d in &devices {
+                let slots = d.slots as usize;
+                kubelet
+                    .plugin_when(&d.resource, Duration::from_secs(10), |p| {
+                        p.devices.len() == slots
+                    })
+                    .await;
+            }
+            (kubelet, plugins)
+        });
+        NodeDevicePlugins {
+            kubelet,
+            stop,
+            plugins: Some(plugins),
+            allocations: Mutex::default(),
+            _dir: dir,
+            rt,
+        }
+    }
+}
+
+impl crate::test_runner::DeviceManager for NodeDevicePlugins {
+    fn allocatable(&self) -> BTreeMap<String, u64> {
+        self.kubelet.allocatable()
+    }
+
+    fn allocate(
+        &self,
+        resource: &str,
+        count: u64,
+    ) -> anyhow::Result<Vec<crate::test_runner::DeviceGrant>> {
+        self.allocations
+            .lock()
+            .unwrap()
+            .push((resource.to_string(), count));
+        let wanted = usize::try_from(count)?;
+        let answer = self
+            .rt
+            .block_on(self.kubelet.allocate(resource, wanted))
+            .map_err(anyhow::Error::msg)?;
+        Ok(answer
+            .devices
+            .into_iter()
+            .map(|d| crate::test_runner::DeviceGrant {
+                host_path: d.host_path,
+                container_path: d.container_path,
+                permissions: d.permissions,
+            })
+            .collect())
+    }
+}
+
+impl Drop for NodeDevicePlugins {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(plugins) = self.plugins.take() {
+            let _ = self.rt.block_on(plugins);
+        }
     }
 }
