@@ -46,7 +46,7 @@ fn options(pod: &PodSandbox, state: &Path) -> SetupOptions {
     }
 }
 
-/// The `ip` / `sysctl` command lines that do what `op` does, inside namespace `ns`.
+/// The `ip` (and, for IPv4 devconf, `sysctl`) command lines that do what `op` does, inside namespace `ns`.
 fn ip_commands(ns: &str, op: &NetOp) -> Vec<Vec<String>> {
     let ip = |args: &[&str]| {
         let mut v: Vec<String> = ["ip", "-n", ns].iter().map(|s| s.to_string()).collect();
@@ -54,13 +54,24 @@ fn ip_commands(ns: &str, op: &NetOp) -> Vec<Vec<String>> {
         v
     };
     match op {
-        NetOp::Sysctl { key, value } => vec![
+        // `ip` has no verb for IPv4 devconf: the sysctl command it would take.
+        NetOp::Ipv4Conf {
+            link,
+            setting,
+            value,
+        } => vec![
             ["ip", "netns", "exec", ns, "sysctl", "-qw"]
                 .iter()
                 .map(|s| s.to_string())
-                .chain([format!("{}={value}", key.replace('/', "."))])
+                .chain([format!("net.ipv4.conf.{link}.{setting}={value}")])
                 .collect(),
         ],
+        NetOp::Ipv6AddrGenMode { link, mode } => {
+            vec![ip(&["link", "set", link, "addrgenmode", &mode.to_string()])]
+        }
+        NetOp::DelIpv6LinkLocal { link } => {
+            vec![ip(&["-6", "addr", "flush", "dev", link, "scope", "link"])]
+        }
         NetOp::CreateBridge { name, mtu, mac } => vec![ip(&[
             "link",
             "add",
@@ -102,6 +113,7 @@ fn ip_commands(ns: &str, op: &NetOp) -> Vec<Vec<String>> {
         }
         NetOp::SetMaster { link, master } => vec![ip(&["link", "set", link, "master", master])],
         NetOp::SetUp { link } => vec![ip(&["link", "set", link, "up"])],
+        NetOp::SetDown { link } => vec![ip(&["link", "set", link, "down"])],
         NetOp::AddRoute { link, route } => {
             let mut v = vec![
                 "route".to_string(),

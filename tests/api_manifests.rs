@@ -300,7 +300,7 @@ fn invalid_manifests_give_exact_field_path_messages() {
         (
             "emptyDisk: {capacity: 1Gi}",
             "cloudInitNoCloud: {networkData: x}",
-            &["spec.volumes[0].cloudInitNoCloud: needs userData or userDataBase64"],
+            &["spec.volumes[0].cloudInitNoCloud: needs userData, userDataBase64 or secretRef"],
         ),
         (
             "emptyDisk: {capacity: 1Gi}",
@@ -425,6 +425,14 @@ fn invalid_manifests_give_exact_field_path_messages() {
             ],
         ),
         (
+            "spec:\n",
+            "spec:\n  hostname: Web_1\n  subdomain: -sub\n",
+            &[
+                r#"spec.hostname: "Web_1" is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)"#,
+                r#"spec.subdomain: "-sub" is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)"#,
+            ],
+        ),
+        (
             "emptyDisk: {capacity: 1Gi}",
             "emptyDisk: {capacity: 9223372036854775807}",
             &[
@@ -449,6 +457,15 @@ fn invalid_manifests_give_exact_field_path_messages() {
             "  name: t\n  annotations: {vmpod.io/acceleration: kvm}\n  annotations: {vmpod.io/acceleration: emulation}\n",
             &[
                 "metadata.annotations: duplicate key: written twice in one mapping (again at line 7, column 3)",
+            ],
+        ),
+        (
+            "emptyDisk: {capacity: 1Gi}",
+            "cloudInitNoCloud: {userData: x, secretRef: {name: s}, networkData: y, networkDataSecretRef: {name: Bad_Name}}",
+            &[
+                "spec.volumes[0].cloudInitNoCloud: set one of userData, userDataBase64, secretRef",
+                "spec.volumes[0].cloudInitNoCloud: set one of networkData, networkDataBase64, networkDataSecretRef",
+                r#"spec.volumes[0].cloudInitNoCloud.networkDataSecretRef.name: "Bad_Name" is not a Secret name"#,
             ],
         ),
         (

@@ -204,15 +204,21 @@ fn assert_rewired(f: &Fixture, facts: &net::InterfaceFacts) {
         .map(|a| a.address.to_string())
         .collect();
     assert_eq!(on_bridge, vec!["169.254.75.10/32"]);
-    assert_eq!(f.sysctl("net/ipv6/conf/k6t-eth0/autoconf"), "0");
-    assert_eq!(f.sysctl("net/ipv6/conf/k6t-eth0/accept_ra"), "0");
-    assert_eq!(
-        f.sysctl("net/ipv6/conf/k6t-eth0/disable_ipv6"),
-        "0",
-        "bridge keeps link-local"
-    );
+    // Set through netlink (IFLA_AF_SPEC), read back through /proc/sys.
     assert_eq!(f.sysctl("net/ipv4/conf/k6t-eth0/arp_ignore"), "1");
-    assert_eq!(f.sysctl("net/ipv6/conf/eth0/disable_ipv6"), "1");
+    assert_eq!(f.sysctl("net/ipv4/conf/k6t-eth0/arp_announce"), "2");
+    for link in ["k6t-eth0", "tap-eth0", "eth0"] {
+        assert_eq!(
+            f.sysctl(&format!("net/ipv6/conf/{link}/addr_gen_mode")),
+            "1",
+            "{link}: no IPv6 link-local address is made"
+        );
+    }
+    let v6_on_bridge = s
+        .addresses_of(bridge.index)
+        .filter(|a| a.address.addr.is_ipv6())
+        .count();
+    assert_eq!(v6_on_bridge, 0, "no IPv6 address on the bridge");
     // The tap is what QEMU opens: a persistent tap with vnet headers, owned by root.
     let t = tap.tun.clone().expect("tun attributes of tap-eth0");
     let want = &f.plan;
@@ -344,7 +350,7 @@ fn restart_reads_the_cache_and_never_discovers_again() {
     assert_eq!(again.cached.facts.routes, first.cached.facts.routes);
     // Asking for other plan options than the cache was made with is refused.
     let mut other = f.opts();
-    other.plan.tap_owner = 107;
+    other.plan.tap_owner = 4242;
     let e = net::setup(&other).unwrap_err();
     assert!(matches!(e, NetError::CacheMismatch { .. }), "{e}");
 }
@@ -388,7 +394,25 @@ fn teardown_restores_the_dual_stack_pod_exactly() {
         "MAC, MTU, addresses and routes are back"
     );
     assert!(s.link("k6t-eth0").is_none() && s.link("tap-eth0").is_none());
-    assert_eq!(f.sysctl("net/ipv6/conf/eth0/disable_ipv6"), "0");
+    assert_eq!(f.sysctl("net/ipv6/conf/eth0/addr_gen_mode"), "0");
+    // The link-local address is back, made from the original MAC again.
+    let eth0 = s.link("eth0").unwrap();
+    let mac = eth0.mac.unwrap().0;
+    let want_ll = std::net::Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([mac[0] ^ 2, mac[1]]),
+        u16::from_be_bytes([mac[2], 0xff]),
+        u16::from_be_bytes([0xfe, mac[3]]),
+        u16::from_be_bytes([mac[4], mac[5]]),
+    );
+    assert!(
+        s.addresses_of(eth0.index)
+            .any(|a| a.address.addr == IpAddr::V6(want_ll)),
+        "eth0 has its link-local {want_ll} again"
+    );
     assert!(
         cache::load(f.state.path(), "eth0").unwrap().is_none(),
         "cache forgotten"
@@ -410,7 +434,7 @@ fn calico_slash32_pod_with_jumbo_mtu_and_multiqueue_tap_round_trips() {
         return;
     }
     let mut f = Fixture::new(calico_pod());
-    // QEMU as an unprivileged user (107, as Debian's libvirt-qemu) with several queues.
+    // QEMU with a group allowed on the tap and several queues.
     f.plan = PlanOptions {
         tap_owner: 107,
         tap_group: Some(107),

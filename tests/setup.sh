@@ -8,6 +8,8 @@ packages=(
   build-essential pkg-config libvirt-dev
   # runtime: the launcher starts its own libvirtd and QEMU
   libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 iproute2 nftables
+  # qemu-img: containerDisk overlays
+  qemu-utils
   # tests: real DHCP clients and peers for the benchmarks
   busybox-static isc-dhcp-client dhcpcd-base dnsmasq-base
   # test guest builder: kernel and busybox come from .deb files unpacked under target/
@@ -41,6 +43,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
   if [ "$had_policy" = 0 ]; then rm -f "$policy"; fi
 fi
+
+# QEMU (and the pod's libvirtd) run as uid/gid 107, KubeVirt's qemu user; libvirt needs
+# a passwd entry for it (the vmpod image has `libvirt-qemu` 107). Any name will do.
+getent group 107 >/dev/null || groupadd --system --gid 107 vmpod-qemu
+getent passwd 107 >/dev/null ||
+  useradd --system --uid 107 --gid 107 --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin vmpod-qemu
+
+# QEMU (uid 107) opens the tap through /dev/net/tun; the tap's owner is the access
+# check. udev makes the node 0666 on a standard system; a machine without udev leaves
+# it 0600.
+chmod 0666 /dev/net/tun
 
 # The virt crate and the tests need these on PATH.
 for cmd in cargo qemu-system-x86_64 libvirtd busybox dhclient dhcpcd dnsmasq ip podman runc mmdebstrap; do

@@ -7,6 +7,7 @@ mod backend;
 mod dhcp_cmd;
 mod lifecycle;
 mod net_cmd;
+mod reaper;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // PID 1 of a container: a reaper stays in front, the launcher runs as its child.
+    if let Some(code) = reaper::init_if_pid1() {
+        return code;
+    }
     vmpod::init_logging("info");
     let cli = Cli::parse();
     let result = match cli.command {

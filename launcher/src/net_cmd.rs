@@ -1,5 +1,5 @@
-//! `vmpod-launcher net setup | teardown`: the network phase alone, e.g. as a privileged
-//! init container so the main launcher needs no NET_ADMIN.
+//! `vmpod-launcher net setup | teardown`: the network phase alone, e.g. as an init
+//! container holding NET_ADMIN (and nothing else) so the main launcher needs none.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -43,7 +43,7 @@ pub struct SetupArgs {
     #[arg(long)]
     hostname: Option<String>,
     /// The uid QEMU runs as (owner of the tap).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = net::plan::DEFAULT_TAP_OWNER)]
     tap_owner: u32,
     /// The gid allowed to use the tap.
     #[arg(long)]

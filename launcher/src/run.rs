@@ -28,7 +28,8 @@ use vmpod::control::{
 };
 use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
 use vmpod::domain::agent::{self, Events, Request, VirtAgent};
-use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, MountPlan};
+use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, RunAs};
+use vmpod::domain::volumes::{CONTAINER_DISKS, VolumeDirs};
 use vmpod::domain::{
     Attachment, DomainEnv, DomainEvent, DomainState, DomainXml, KvmKey, KvmVerdicts, domain_name,
     domain_xml, prepare_volumes,
@@ -41,9 +42,22 @@ pub struct RunArgs {
     /// may hold a path or the manifest itself.
     #[arg(long, env = "VMPOD_VMI")]
     pub vmi: Option<String>,
-    /// Per-pod state directory: control socket, cached facts, libvirt sockets, console log.
+    /// Per-pod state directory, what the node daemon reads: control socket, status.json,
+    /// cached network facts (mode 0700).
     #[arg(long, env = "VMPOD_STATE_DIR", default_value = "/var/run/vmpod")]
     pub state_dir: PathBuf,
+    /// Per-VM scratch (an emptyDir in a cluster): disks, containerDisk overlays,
+    /// cloud-init.img, console log and socket, libvirt/. Default: the state directory.
+    #[arg(long, env = "VMPOD_SCRATCH_DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Where the pod mounts each containerDisk image, as `<dir>/<volume>/`. Default:
+    /// `<state-dir>/container-disks`.
+    #[arg(long, env = "VMPOD_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
+    /// Where the pod mounts each Secret a cloudInitNoCloud `secretRef` names, as
+    /// `<dir>/<secret name>/`.
+    #[arg(long, env = "VMPOD_SECRETS_DIR", default_value = "/etc/vmpod/secrets")]
+    pub secrets_dir: PathBuf,
     /// Force the accelerator (auto, kvm, emulation); default: the VMI's
     /// `vmpod.io/acceleration` annotation, else auto.
     #[arg(long, value_parser = parse_accel)]
@@ -168,7 +182,9 @@ fn decide_accel(
             verdicts.path.display()
         )),
         None if args.skip_kvm_probe => Ok(()),
-        None => vmpod::domain::kvm_usable(Path::new(vmpod::domain::accel::KVM_DEVICE), emulator),
+        None => vmpod::domain::kvm_usable(Path::new(vmpod::domain::accel::KVM_DEVICE), emulator)
+            // QEMU runs as its own user, not as the launcher that probed.
+            .and_then(|()| RunAs::qemu(true).may_open(Path::new(vmpod::domain::accel::KVM_DEVICE))),
     };
     let refused = usable.as_ref().err().cloned();
     let accel = vmpod::domain::choose(request, usable)?;
@@ -216,6 +232,13 @@ impl Ctx {
         &self.args.state_dir
     }
 
+    fn scratch_dir(&self) -> &Path {
+        self.args
+            .scratch_dir
+            .as_deref()
+            .unwrap_or(&self.args.state_dir)
+    }
+
     /// Update the status and write status.json.
     fn publish(&self, f: impl FnOnce(&mut LauncherStatus)) {
         let status = {
@@ -238,8 +261,7 @@ async fn run_pod(
     // Signals first: a SIGTERM during boot must still lead to an orderly teardown.
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("create state dir {}", args.state_dir.display()))?;
+    make_dirs(&args)?;
 
     let mut status = LauncherStatus::pending(vmi.metadata.name.clone().unwrap_or_default());
     status.namespace.clone_from(&vmi.metadata.namespace);
@@ -268,8 +290,8 @@ async fn run_pod(
     let backend = Arc::new(LauncherBackend {
         shared: ctx.shared.clone(),
         actions: act_tx,
-        console_log: ctx.state_dir().join(control::state::CONSOLE_LOG),
-        console_socket: ctx.state_dir().join(control::state::CONSOLE_SOCKET),
+        console_log: ctx.scratch_dir().join(control::state::CONSOLE_LOG),
+        console_socket: ctx.scratch_dir().join(control::state::CONSOLE_SOCKET),
     });
     let server = ControlServer::bind(&socket)?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -311,6 +333,69 @@ async fn run_pod(
     }
     let _ = std::fs::remove_file(&socket);
     Ok(code)
+}
+
+/// The state dir (0700: control socket, status, net cache) and the scratch dir. QEMU,
+/// as its own user, writes its console log and socket into the scratch dir: it gets
+/// the group and group write there (0770), and nothing of the state dir.
+fn make_dirs(args: &RunArgs) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let make = |dir: &Path, mode: u32| -> anyhow::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+            .with_context(|| format!("create {} (mode {mode:o})", dir.display()))
+    };
+    make(&args.state_dir, 0o700)?;
+    if let Some(scratch) = &args.scratch_dir {
+        make(scratch, 0o770)?;
+    } else {
+        // One directory for both (local mode): QEMU needs its group on it.
+        make(&args.state_dir, 0o770)?;
+    }
+    let scratch = args.scratch_dir.as_deref().unwrap_or(&args.state_dir);
+    let qemu = RunAs::qemu(false);
+    if nix::unistd::geteuid().as_raw() != qemu.uid {
+        std::os::unix::fs::chown(scratch, None, Some(qemu.gid))
+            .with_context(|| format!("chgrp {} {}", qemu.gid, scratch.display()))?;
+    }
+    Ok(())
+}
+
+/// The VM's DHCP hostname and search domains, as KubeVirt gives them: `spec.hostname`,
+/// else the VMI's name (never the pod's); with `spec.subdomain`, the domain
+/// `<subdomain>.<namespace>.svc.<cluster domain>` goes first in the search list (and
+/// so becomes the DHCP domain name), made from the pod's `<namespace>.svc.` search
+/// domain.
+fn vm_identity(vmi: &VirtualMachineInstance, facts: &net::InterfaceFacts) -> net::InterfaceFacts {
+    let mut vm = facts.clone();
+    if let Some(name) = vmi
+        .spec
+        .hostname
+        .clone()
+        .or_else(|| vmi.metadata.name.clone())
+    {
+        vm.hostname = name;
+    }
+    if let Some(sub) = &vmi.spec.subdomain {
+        let svc = vmi
+            .metadata
+            .namespace
+            .as_deref()
+            .map(|ns| format!("{ns}.svc."));
+        let base = vm
+            .search
+            .iter()
+            .find(|d| svc.as_deref().is_some_and(|p| d.starts_with(p)))
+            .or(vm.search.first())
+            .cloned();
+        if let Some(base) = base {
+            vm.search.insert(0, format!("{sub}.{base}"));
+        }
+    }
+    vm
 }
 
 /// The DHCP extras of a VMI interface (KubeVirt's `dhcpOptions`).
@@ -368,18 +453,25 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
         .with_context(|| format!("interface {} macAddress", iface.name))?;
     opts.state_dir = ctx.state_dir().to_path_buf();
     opts.resolv_conf.clone_from(&ctx.args.resolv_conf);
+    // Set before: a setup failing halfway is undone too.
     pod.net_rewired = true;
-    let outcome = tokio::task::spawn_blocking(move || net::setup(&opts))
+    let outcome = tokio::task::spawn_blocking(move || net::setup_or_reuse(&opts))
         .await
         .context("network phase task")?
         .with_context(|| format!("network phase on pod interface {}", ctx.args.pod_interface))?;
+    // Rewired by someone else (the pod's init container): theirs to undo, and without
+    // NET_ADMIN this launcher could not.
+    pod.net_rewired = !outcome.reused;
     let facts = outcome.cached.facts.clone();
     tracing::info!(
         interface = %facts.interface, from_cache = outcome.from_cache,
         elapsed_ms = ctx.started.elapsed().as_millis(), "network ready"
     );
 
-    let config = DhcpConfig::for_cached(&outcome.cached, &dhcp_extras(iface))?;
+    // The VM's identity (hostname, subdomain) comes from the VMI, never from the pod.
+    let mut vm = outcome.cached.clone();
+    vm.facts = vm_identity(&ctx.vmi, &vm.facts);
+    let config = DhcpConfig::for_cached(&vm, &dhcp_extras(iface))?;
     let server = DhcpServer::bind(config)?;
     let stats: StatsHandle = server.stats();
     pod.dhcp_tasks.push(tokio::spawn(async move {
@@ -419,10 +511,21 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
 
 async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     let interfaces = network_phase(ctx, pod).await?;
-    let volumes = prepare_volumes(&ctx.vmi, ctx.state_dir())?;
+    // libvirtd, QEMU and the libvirt client run as QEMU's user (see daemons).
+    let run_as = RunAs::qemu(ctx.accel.booted == Acceleration::Kvm);
+    let dirs = VolumeDirs {
+        scratch: ctx.scratch_dir().to_path_buf(),
+        images: ctx
+            .args
+            .images_dir
+            .clone()
+            .unwrap_or_else(|| ctx.state_dir().join(CONTAINER_DISKS)),
+        secrets: ctx.args.secrets_dir.clone(),
+    };
+    let volumes = prepare_volumes(&ctx.vmi, &dirs, &run_as)?;
     let env = DomainEnv {
         accel: ctx.accel.booted,
-        state_dir: ctx.state_dir().to_path_buf(),
+        state_dir: ctx.scratch_dir().to_path_buf(),
         volumes,
         interfaces,
         kernel_boot_root: ctx.state_dir().join("kernel-boot"),
@@ -430,23 +533,22 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     let xml = domain_xml(&ctx.vmi, &env)?;
     pod.env = Some(env);
     // The console log belongs to this boot; an earlier boot's becomes console.log.1.
-    control::rotate_console_log(ctx.state_dir(), 0).context("rotating the console log")?;
+    control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
 
-    let layout = LibvirtLayout::new(ctx.state_dir());
+    let layout = LibvirtLayout::new(ctx.scratch_dir());
     // The libvirt client loads libvirt while libvirtd starts; it connects when asked to
     // define the domain.
     let agent_bin = agent::agent_binary(std::env::current_exe().ok().as_deref());
-    let (agent, events) = VirtAgent::spawn(&agent_bin, &layout.socket())?;
+    daemons::prepare(&layout, &run_as)?;
+    let (agent, events) = VirtAgent::spawn(&agent_bin, &layout.socket(), run_as.clone())?;
     pod.agent = Some(agent);
     pod.events = Some(events);
-    daemons::prepare(&layout)?;
-    match daemons::seed_caps(&layout, &ctx.args.caps_seed) {
+    match daemons::seed_caps(&layout, &ctx.args.caps_seed, &run_as) {
         Ok(n) => tracing::debug!(files = n, "QEMU capabilities cache seeded"),
         Err(e) => tracing::warn!("seeding the QEMU capabilities cache: {e}"),
     }
-    let plan = MountPlan::new(&layout, ctx.accel.booted == Acceleration::Tcg)?;
     // Spawned from this (the main) thread: the daemons' parent-death signal follows it.
-    let daemons = Daemons::start(&layout, plan).await?;
+    let daemons = Daemons::start(&layout, run_as).await?;
     tracing::info!(
         elapsed_ms = ctx.started.elapsed().as_millis(),
         "libvirtd ready"
@@ -489,12 +591,11 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
 /// Define and start the domain from `xml` and publish it; its name.
 async fn start_domain(ctx: &Ctx, agent: &VirtAgent, xml: &DomainXml) -> anyhow::Result<String> {
     lock(&ctx.shared).domain_xml.clone_from(&xml.0);
-    let layout = LibvirtLayout::new(ctx.state_dir());
+    let layout = LibvirtLayout::new(ctx.scratch_dir());
     let name = agent.define_and_start(&xml.0).await?;
-    let qemu_pid =
-        std::fs::read_to_string(layout.dir("run").join("qemu").join(format!("{name}.pid")))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+    let qemu_pid = std::fs::read_to_string(layout.qemu_pid_file(&name))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
     tracing::info!(
         domain = %name, ?qemu_pid,
         elapsed_ms = ctx.started.elapsed().as_millis(), "domain started"
@@ -509,13 +610,13 @@ async fn start_domain(ctx: &Ctx, agent: &VirtAgent, xml: &DomainXml) -> anyhow::
 /// How long QEMU's log is now: the next boot's lines start there (libvirtd appends to
 /// one log across boots of the domain).
 fn qemu_log_len(ctx: &Ctx) -> u64 {
-    let path = LibvirtLayout::new(ctx.state_dir()).qemu_log(&domain_name(&ctx.vmi));
+    let path = LibvirtLayout::new(ctx.scratch_dir()).qemu_log(&domain_name(&ctx.vmi));
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// QEMU's log of the current boot (from byte `from`); empty when unreadable.
 fn qemu_log_since(ctx: &Ctx, from: u64) -> String {
-    let path = LibvirtLayout::new(ctx.state_dir()).qemu_log(&domain_name(&ctx.vmi));
+    let path = LibvirtLayout::new(ctx.scratch_dir()).qemu_log(&domain_name(&ctx.vmi));
     let bytes = std::fs::read(path).unwrap_or_default();
     let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
     String::from_utf8_lossy(&bytes[from..]).into_owned()
@@ -539,7 +640,7 @@ async fn boot_under_tcg(
     remember_kvm_failure(ctx, why);
     env.accel = Acceleration::Tcg;
     let xml = domain_xml(&ctx.vmi, env)?;
-    control::rotate_console_log(ctx.state_dir(), 0).context("rotating the console log")?;
+    control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
     ctx.publish(|s| {
         s.acceleration = Some(Acceleration::Tcg);
         s.acceleration_reason = Some(why.to_string());
@@ -712,7 +813,7 @@ async fn supervise(
                 deadline = None;
             }
             _ = console_check.tick() => {
-                match control::rotate_console_log(ctx.state_dir(), control::state::CONSOLE_LOG_MAX) {
+                match control::rotate_console_log(ctx.scratch_dir(), control::state::CONSOLE_LOG_MAX) {
                     Ok(true) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
                     Ok(false) => {}
                     Err(e) => tracing::warn!("rotating the console log: {e}"),

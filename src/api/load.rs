@@ -365,7 +365,7 @@ spec:
                 r#"apiVersion: "v1" is not vmpod.io/v1alpha1, kubevirt.io/v1 or kubevirt.io/v1alpha3"#,
                 r#"kind: "Pod" is not VirtualMachineInstance"#,
                 r#"metadata.labelz: unsupported field "labelz" (supported here: annotations, creationTimestamp, deletionGracePeriodSeconds, deletionTimestamp, finalizers, generateName, generation, labels, managedFields, name, namespace, ownerReferences, resourceVersion, selfLink, uid)"#,
-                r#"spec.bogus: unsupported field "bogus" (supported here: domain, networks, nodeSelector, terminationGracePeriodSeconds, volumes)"#,
+                r#"spec.bogus: unsupported field "bogus" (supported here: domain, hostname, networks, nodeSelector, subdomain, terminationGracePeriodSeconds, volumes)"#,
                 r#"spec.domain.cpu.cores: expected an integer, found a string "two""#,
                 r#"spec.domain.cpu.model: unsupported field "model" (supported here: cores, sockets, threads)"#,
                 r#"spec.domain.devices.disks[0].name: required"#,

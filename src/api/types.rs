@@ -45,6 +45,14 @@ pub struct VirtualMachineInstanceSpec {
     /// Labels a node must carry for the launcher pod to be scheduled there.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// The VM's hostname (served by DHCP); default: the VMI's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// With a headless Service of this name, the VM's FQDN is
+    /// `<hostname>.<subdomain>.<namespace>.svc.<cluster domain>` (DHCP domain and first
+    /// search domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
 }
 
 /// `spec.domain`: the virtual hardware.
@@ -490,8 +498,8 @@ pub struct ContainerDiskSource {
     pub path: Option<String>,
 }
 
-/// `volumes[].cloudInitNoCloud`. User data is required (plain or base64, not both);
-/// network data is optional (plain or base64, not both).
+/// `volumes[].cloudInitNoCloud`. User data is required (plain, base64 or a Secret: one
+/// of them); network data is optional (plain, base64 or a Secret: at most one).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CloudInitNoCloudSource {
@@ -507,6 +515,21 @@ pub struct CloudInitNoCloudSource {
     /// `network-config`, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_data_base64: Option<String>,
+    /// `user-data` from a Secret (key `userdata`, else `userData`), which the pod
+    /// mounts at `$VMPOD_SECRETS_DIR/<name>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// `network-config` from a Secret (key `networkdata`, else `networkData`), mounted
+    /// the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data_secret_ref: Option<LocalObjectReference>,
+}
+
+/// A reference to an object in the VMI's namespace, by name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalObjectReference {
+    pub name: String,
 }
 
 /// `volumes[].emptyDisk`.

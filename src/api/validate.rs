@@ -89,6 +89,18 @@ pub fn validate(vmi: &VirtualMachineInstance) -> Vec<FieldError> {
     v.domain(&spec.domain);
     v.disks_and_volumes(spec);
     v.interfaces_and_networks(spec);
+    for (field, value) in [("hostname", &spec.hostname), ("subdomain", &spec.subdomain)] {
+        if let Some(h) = value
+            && !is_dns_label(h)
+        {
+            v.push(
+                format!("spec.{field}"),
+                format!(
+                    "{h:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)"
+                ),
+            );
+        }
+    }
     if let Some(g) = spec.termination_grace_period_seconds {
         let path = "spec.terminationGracePeriodSeconds";
         if g < 0 {
@@ -366,18 +378,45 @@ impl Validator {
         }
         if let Some(c) = &vol.cloud_init_no_cloud {
             let p = format!("{path}.cloudInitNoCloud");
-            match (&c.user_data, &c.user_data_base64) {
-                (None, None) => self.push(&p, "needs userData or userDataBase64"),
-                (Some(_), Some(_)) => self.push(&p, "set userData or userDataBase64, not both"),
-                (None, Some(b)) => self.base64(&format!("{p}.userDataBase64"), b),
-                (Some(_), None) => {}
+            let user = [
+                c.user_data.is_some(),
+                c.user_data_base64.is_some(),
+                c.secret_ref.is_some(),
+            ];
+            match user.iter().filter(|s| **s).count() {
+                0 => self.push(&p, "needs userData, userDataBase64 or secretRef"),
+                1 => {}
+                _ => self.push(&p, "set one of userData, userDataBase64, secretRef"),
             }
-            match (&c.network_data, &c.network_data_base64) {
-                (Some(_), Some(_)) => {
-                    self.push(&p, "set networkData or networkDataBase64, not both")
+            if let Some(b) = &c.user_data_base64 {
+                self.base64(&format!("{p}.userDataBase64"), b);
+            }
+            let network = [
+                c.network_data.is_some(),
+                c.network_data_base64.is_some(),
+                c.network_data_secret_ref.is_some(),
+            ];
+            if network.iter().filter(|s| **s).count() > 1 {
+                self.push(
+                    &p,
+                    "set one of networkData, networkDataBase64, networkDataSecretRef",
+                );
+            }
+            if let Some(b) = &c.network_data_base64 {
+                self.base64(&format!("{p}.networkDataBase64"), b);
+            }
+            for (field, r) in [
+                ("secretRef", &c.secret_ref),
+                ("networkDataSecretRef", &c.network_data_secret_ref),
+            ] {
+                if let Some(r) = r
+                    && !is_dns_subdomain(&r.name)
+                {
+                    self.push(
+                        format!("{p}.{field}.name"),
+                        format!("{:?} is not a Secret name", r.name),
+                    );
                 }
-                (None, Some(b)) => self.base64(&format!("{p}.networkDataBase64"), b),
-                _ => {}
             }
         }
         let max_disk = "8Ei - 1Gi (the largest disk QEMU opens)";
@@ -536,6 +575,11 @@ fn is_uuid(s: &str) -> bool {
             .iter()
             .zip([8, 4, 4, 4, 12])
             .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// RFC 1123 subdomain (a Secret's name): dot-separated labels, at most 253 bytes.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// Standard base64 with padding, whitespace allowed between groups.

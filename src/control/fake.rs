@@ -178,9 +178,7 @@ pub fn sample_network() -> NetworkReport {
         &facts,
         Binding::Bridge,
         &PlanOptions::default(),
-        OriginalSettings {
-            ipv6_disabled: false,
-        },
+        OriginalSettings::default(),
     )
     .expect("the sample facts have an IPv4 address");
     let bridge = crate::net::bridge_name(&facts.interface);

@@ -108,13 +108,21 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
         path: path.to_path_buf(),
         source,
     })?;
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
+    // 0600: the state dir is for the node daemon (root) only.
+    let written = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        0o600,
+    )
+    .open(&tmp)
+    .and_then(|mut f| {
+        f.write_all(&json)?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    })
+    .and_then(|()| std::fs::rename(&tmp, path));
     written.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
         StateError::Io {

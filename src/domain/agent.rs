@@ -224,21 +224,23 @@ pub type Events = mpsc::UnboundedReceiver<(String, DomainEvent)>;
 impl VirtAgent {
     /// Start `binary --socket <libvirtd socket>`. It loads libvirt while libvirtd starts;
     /// nothing connects until [`VirtAgent::define_and_start`].
-    pub fn spawn(binary: &Path, socket: &Path) -> Result<(VirtAgent, Events), AgentError> {
+    /// Start the agent as `user` (the daemons' user: libvirtd's session socket is that
+    /// user's).
+    pub fn spawn(
+        binary: &Path,
+        socket: &Path,
+        user: super::daemons::RunAs,
+    ) -> Result<(VirtAgent, Events), AgentError> {
         let mut cmd = Command::new(binary);
         cmd.arg("--socket")
             .arg(socket)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches no state of the parent.
+        // SAFETY: `enter` makes only async-signal-safe syscalls on data prepared before
+        // the fork and touches no state of the parent.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || user.enter());
         }
         let spawn_err = |source| AgentError::Spawn {
             binary: binary.to_path_buf(),
@@ -443,7 +445,12 @@ done
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (agent, mut events) = VirtAgent::spawn(&script, Path::new("/x/libvirt-sock")).unwrap();
+        let (agent, mut events) = VirtAgent::spawn(
+            &script,
+            Path::new("/x/libvirt-sock"),
+            crate::domain::daemons::RunAs::current(),
+        )
+        .unwrap();
         assert!(agent.is_active().await.unwrap());
         assert_eq!(
             events.recv().await,

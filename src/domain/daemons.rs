@@ -1,15 +1,30 @@
-//! The pod's own libvirtd (Debian's system-mode daemon), isolated under
-//! `<state-dir>/libvirt` so two pods on one machine never collide with each other or
-//! with a host libvirtd.
+//! The pod's own libvirtd, in session mode as the QEMU user, with every path it uses
+//! under `<scratch-dir>/libvirt`, so two pods on one machine never collide with each
+//! other or with a host libvirtd.
 //!
-//! Privileged libvirtd has its paths compiled in (`/etc/libvirt`, `/run/libvirt`,
-//! `/var/lib/libvirt`, `/var/cache/libvirt`, `/var/log/libvirt`, no environment knob), so
-//! [`MountPlan`] gives the daemon a mount namespace of its own in which those
-//! five directories are bind mounts of directories under the state dir, and (when KVM is
-//! not used) `/dev/kvm` is covered so libvirt does not probe an unusable device; QEMU
-//! inherits it. The launcher's own namespace is left alone. Owns those directories, the
-//! daemon process and the QEMU capabilities cache seed; does not talk the libvirt API
-//! (see `libvirt`).
+//! # No mount namespace: session mode as the QEMU user
+//!
+//! libvirtd run as root is the system daemon, whose paths are compiled in
+//! (`/etc/libvirt`, `/run/libvirt`, `/var/lib/libvirt`, ...); isolating it took a
+//! private mount namespace with bind mounts, which needs CAP_SYS_ADMIN, which a pod's
+//! compute container does not get. Run as any other uid, libvirtd is the session
+//! daemon: it takes every directory from `XDG_CONFIG_HOME`, `XDG_RUNTIME_DIR`,
+//! `XDG_CACHE_HOME`, `XDG_DATA_HOME` and `HOME`, all pointed under the layout here,
+//! and its socket directory from `unix_sock_dir`. QEMU runs as the daemon's user, so
+//! one switch does both: libvirtd, QEMU and the libvirt client (`vmpod-virt`) run as
+//! [`RunAs`], uid/gid 107 as in KubeVirt, never root. One code path for a bare host
+//! and a container; the launcher needs CAP_SETUID/CAP_SETGID (to switch) and
+//! CAP_CHOWN (to hand the tree and the VM's files to that user) instead of
+//! CAP_SYS_ADMIN.
+//!
+//! `/dev/kvm`: libvirt decides "KVM usable" by whether its user can open the device.
+//! A container gets `/dev/kvm` only when the pod asks for it; on a bare host the device
+//! belongs to root or the `kvm` group. When the launcher chose TCG the daemons get no
+//! supplementary group, so such a device is unusable to them, which is what the old
+//! read-only cover mount achieved. With KVM they get the device's group.
+//!
+//! Owns that directory tree, the daemon process and the QEMU capabilities cache seed;
+//! does not talk the libvirt API (see `libvirt`).
 //!
 //! No virtlogd: QEMU writes its serial console log itself and libvirtd writes QEMU's
 //! stderr log (`stdio_handler = "file"`). virtlogd would only relay those two files, at
@@ -18,10 +33,8 @@
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -44,6 +57,11 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "uid {uid} (QEMU's user) has no passwd entry; libvirt needs one (add e.g. \
+         `useradd --system --uid {uid} --gid {uid} vmpod-qemu`, as tests/setup.sh does)"
+    )]
+    NoAccount { uid: u32 },
     #[error("start {daemon} ({binary}): {source}")]
     Spawn {
         daemon: &'static str,
@@ -73,40 +91,35 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DaemonEr
     move |source| DaemonError::Io { what, path, source }
 }
 
-/// The directory tree under `<state-dir>/libvirt`.
+/// The directory tree under `<scratch-dir>/libvirt`.
 #[derive(Clone, Debug)]
 pub struct LibvirtLayout {
     pub root: PathBuf,
 }
 
-/// The five system directories replaced inside the private mount namespace, by the name
-/// of their stand-in under the layout root.
-pub const BIND_TARGETS: [(&str, &str); 5] = [
-    ("etc", "/etc/libvirt"),
-    ("run", "/run/libvirt"),
-    ("lib", "/var/lib/libvirt"),
-    ("cache", "/var/cache/libvirt"),
-    ("log", "/var/log/libvirt"),
-];
+/// The directories of the tree, by name under the layout root: the session daemon's
+/// XDG directories, its home and its socket directory.
+pub const DIRS: [&str; 6] = ["config", "run", "cache", "data", "home", "sock"];
 
 impl LibvirtLayout {
-    pub fn new(state_dir: &Path) -> Self {
+    pub fn new(scratch_dir: &Path) -> Self {
         LibvirtLayout {
-            root: state_dir.join("libvirt"),
+            root: scratch_dir.join("libvirt"),
         }
     }
     pub fn dir(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
-    /// libvirtd's read-write socket, reachable from outside the namespace too.
+    /// libvirtd's read-write socket.
     pub fn socket(&self) -> PathBuf {
-        self.dir("run").join("libvirt-sock")
+        self.dir("sock").join("libvirt-sock")
     }
     pub fn libvirtd_conf(&self) -> PathBuf {
         self.root.join("libvirtd.conf")
     }
+    /// The session daemon reads `$XDG_CONFIG_HOME/libvirt/qemu.conf`.
     pub fn qemu_conf(&self) -> PathBuf {
-        self.dir("etc").join("qemu.conf")
+        self.dir("config").join("libvirt").join("qemu.conf")
     }
     pub fn drivers(&self) -> PathBuf {
         self.root.join("drivers")
@@ -114,12 +127,168 @@ impl LibvirtLayout {
     pub fn log(&self, daemon: &str) -> PathBuf {
         self.root.join(format!("{daemon}.log"))
     }
-    /// QEMU's own log for domain `name` (its stderr, written by libvirtd).
+    /// QEMU's own log for domain `name` (its stderr, written by the session libvirtd
+    /// under `$XDG_CACHE_HOME/libvirt/qemu/log`).
     pub fn qemu_log(&self, name: &str) -> PathBuf {
-        self.dir("log").join("qemu").join(format!("{name}.log"))
+        self.dir("cache")
+            .join("libvirt")
+            .join("qemu")
+            .join("log")
+            .join(format!("{name}.log"))
     }
+    /// Where the session daemon keeps its QEMU capabilities cache:
+    /// `$XDG_CACHE_HOME/libvirt/qemu/cache/capabilities`.
     pub fn caps_cache(&self) -> PathBuf {
-        self.dir("cache").join("qemu").join("capabilities")
+        self.dir("cache")
+            .join("libvirt")
+            .join("qemu")
+            .join("cache")
+            .join("capabilities")
+    }
+    /// The pid file libvirt writes for a running domain's QEMU.
+    pub fn qemu_pid_file(&self, domain: &str) -> PathBuf {
+        self.dir("run")
+            .join("libvirt")
+            .join("qemu")
+            .join("run")
+            .join(format!("{domain}.pid"))
+    }
+    /// The session daemon's environment: every directory it uses is under the layout.
+    pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("HOME", self.dir("home")),
+            ("XDG_CONFIG_HOME", self.dir("config")),
+            ("XDG_RUNTIME_DIR", self.dir("run")),
+            ("XDG_CACHE_HOME", self.dir("cache")),
+            ("XDG_DATA_HOME", self.dir("data")),
+            ("LIBVIRT_DRIVER_DIR", self.drivers()),
+        ]
+    }
+}
+
+/// The uid QEMU runs as, as in KubeVirt (`qemu`, 107).
+pub const QEMU_UID: u32 = 107;
+/// Its gid.
+pub const QEMU_GID: u32 = 107;
+
+/// Who the pod's libvirt processes (libvirtd, QEMU, `vmpod-virt`) run as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the `/dev/kvm` group with KVM).
+    pub groups: Vec<u32>,
+}
+
+impl RunAs {
+    /// The QEMU user, with `/dev/kvm`'s group when KVM is used. A launcher that is not
+    /// root cannot switch: its processes keep its own ids. libvirt needs a passwd entry
+    /// for the uid (the vmpod image has `libvirt-qemu` 107; `tests/setup.sh` adds one
+    /// on a bare host): see [`RunAs::check_account`].
+    pub fn qemu(kvm: bool) -> RunAs {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return RunAs::current();
+        }
+        let groups = if kvm {
+            fs::metadata(super::accel::KVM_DEVICE)
+                .map(|m| vec![m.gid()])
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        RunAs {
+            uid: QEMU_UID,
+            gid: QEMU_GID,
+            groups,
+        }
+    }
+
+    /// libvirt resolves the user's name when it starts QEMU ("Failed to find user
+    /// record"): fail early and say so.
+    pub fn check_account(&self) -> Result<(), DaemonError> {
+        match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(self.uid)) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(DaemonError::NoAccount { uid: self.uid }),
+            Err(e) => Err(DaemonError::Io {
+                what: "look up the passwd entry of uid",
+                path: PathBuf::from(self.uid.to_string()),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// The calling process's own ids: no switch.
+    pub fn current() -> RunAs {
+        RunAs {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// Switch the calling process to these ids, then ask for SIGTERM when the parent
+    /// dies (a uid change clears that request, so it comes second). Async-signal-safe:
+    /// for use between fork and exec.
+    pub fn enter(&self) -> io::Result<()> {
+        fn check(r: libc::c_int) -> io::Result<()> {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        // SAFETY: plain syscalls on values owned by self, which outlives the calls.
+        unsafe {
+            if libc::geteuid() != self.uid {
+                check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
+                check(libc::setresgid(self.gid, self.gid, self.gid))?;
+                check(libc::setresuid(self.uid, self.uid, self.uid))?;
+            }
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM))
+        }
+    }
+
+    /// Whether these ids may open `path` for reading and writing, by its mode bits
+    /// (what `/dev/kvm` needs); the reason when not.
+    pub fn may_open(&self, path: &Path) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let rw = |shift: u32| (m.mode() >> shift) & 0o6 == 0o6;
+        let ok = self.uid == 0
+            || (m.uid() == self.uid && rw(6))
+            || ((m.gid() == self.gid || self.groups.contains(&m.gid())) && rw(3))
+            || rw(0);
+        if ok {
+            return Ok(());
+        }
+        Err(format!(
+            "{} (mode {:o}, uid {}, gid {}) is not usable by QEMU's user {}",
+            path.display(),
+            m.mode() & 0o777,
+            m.uid(),
+            m.gid(),
+            self.uid
+        ))
+    }
+
+    /// Give `path` to these ids (not following a symlink); a no-op when they are ours.
+    pub fn chown(&self, path: &Path) -> io::Result<()> {
+        if nix::unistd::geteuid().as_raw() == self.uid {
+            return Ok(());
+        }
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
+    }
+
+    /// [`RunAs::chown`] for `path` and everything under it, deepest first (a directory
+    /// given away may no longer be ours to list).
+    pub fn chown_tree(&self, path: &Path) -> io::Result<()> {
+        if fs::symlink_metadata(path)?.is_dir() {
+            for entry in fs::read_dir(path)? {
+                self.chown_tree(&entry?.path())?;
+            }
+        }
+        self.chown(path)
     }
 }
 
@@ -141,17 +310,16 @@ pub fn libvirtd_conf(layout: &LibvirtLayout) -> String {
          max_clients = 16\n\
          max_anonymous_clients = 4\n\
          log_outputs = \"3:file:{log}\"\n",
-        run = layout.dir("run").display(),
+        run = layout.dir("sock").display(),
         log = layout.log("libvirtd").display(),
     )
 }
 
-/// qemu.conf: QEMU runs as root without a security driver, cgroups or its own mount
-/// namespace: the pod is the sandbox. QEMU and libvirtd write their logs directly.
+/// qemu.conf: QEMU runs as the daemon's user (session mode) without a security driver,
+/// cgroups or its own mount namespace: the pod is the sandbox. QEMU and libvirtd write
+/// their logs directly.
 pub fn qemu_conf() -> &'static str {
     "# written by vmpod-launcher\n\
-     user = \"root\"\n\
-     group = \"root\"\n\
      dynamic_ownership = 0\n\
      remember_owner = 0\n\
      security_driver = \"none\"\n\
@@ -160,14 +328,18 @@ pub fn qemu_conf() -> &'static str {
      stdio_handler = \"file\"\n"
 }
 
-/// Create the tree and write the configuration files. Idempotent.
-pub fn prepare(layout: &LibvirtLayout) -> Result<(), DaemonError> {
-    for (name, _) in BIND_TARGETS {
+/// Create the tree, write the configuration files and give it all to `user`.
+/// Idempotent.
+pub fn prepare(layout: &LibvirtLayout, user: &RunAs) -> Result<(), DaemonError> {
+    for name in DIRS {
         let d = layout.dir(name);
         fs::create_dir_all(&d).map_err(io_err("create", &d))?;
     }
-    let run = layout.dir("run");
-    set_mode(&run, 0o700)?;
+    let conf_dir = layout.dir("config").join("libvirt");
+    fs::create_dir_all(&conf_dir).map_err(io_err("create", &conf_dir))?;
+    for name in ["run", "sock"] {
+        set_mode(&layout.dir(name), 0o700)?;
+    }
     for (path, body) in [
         (layout.libvirtd_conf(), libvirtd_conf(layout)),
         (layout.qemu_conf(), qemu_conf().to_string()),
@@ -183,157 +355,13 @@ pub fn prepare(layout: &LibvirtLayout) -> Result<(), DaemonError> {
         let target = Path::new(DRIVER_DIR).join("libvirt_driver_qemu.so");
         std::os::unix::fs::symlink(&target, &link).map_err(io_err("symlink", &link))?;
     }
-    Ok(())
+    user.chown_tree(&layout.root)
+        .map_err(io_err("chown", &layout.root))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), DaemonError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
-}
-
-/// The account privileged libvirtd resolves at start-up, before it reads qemu.conf
-/// (Debian builds it with `qemu_user=libvirt-qemu`); `libvirt-daemon-system` creates it.
-pub const QEMU_ACCOUNT: &str = "libvirt-qemu";
-
-/// The passwd and group lines libvirtd needs when the host lacks [`QEMU_ACCOUNT`] (pure).
-pub fn account_lines() -> (String, String) {
-    (
-        format!("{QEMU_ACCOUNT}:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin\n"),
-        format!("{QEMU_ACCOUNT}:x:64055:\n"),
-    )
-}
-
-/// When the host has no [`QEMU_ACCOUNT`], write copies of `/etc/passwd` and `/etc/group`
-/// with it added under the layout, to be bind-mounted in the daemons' namespace only.
-/// Returns (copy, path it covers) pairs; empty when the host has the account.
-fn account_overlay(layout: &LibvirtLayout) -> Result<Vec<(PathBuf, &'static str)>, DaemonError> {
-    let has_user = nix::unistd::User::from_name(QEMU_ACCOUNT)
-        .ok()
-        .flatten()
-        .is_some();
-    let has_group = nix::unistd::Group::from_name(QEMU_ACCOUNT)
-        .ok()
-        .flatten()
-        .is_some();
-    if has_user && has_group {
-        return Ok(Vec::new());
-    }
-    let (pw, gr) = account_lines();
-    let mut out = Vec::new();
-    for (host, extra, name) in [("/etc/passwd", pw, "passwd"), ("/etc/group", gr, "group")] {
-        let hp = Path::new(host);
-        let mut body = fs::read_to_string(hp).map_err(io_err("read", hp))?;
-        if !body
-            .lines()
-            .any(|l| l.starts_with(&format!("{QEMU_ACCOUNT}:")))
-        {
-            if !body.is_empty() && !body.ends_with('\n') {
-                body.push('\n');
-            }
-            body.push_str(&extra);
-        }
-        let copy = layout.root.join(name);
-        fs::write(&copy, body).map_err(io_err("write", &copy))?;
-        out.push((copy, host));
-    }
-    Ok(out)
-}
-
-/// The private mount namespace the daemons run in: libvirt's five system directories
-/// replaced by the layout's, and `/dev/kvm` covered with an empty read-only file when KVM is
-/// not used.
-///
-/// Built in the launcher (allocations, mount points created on the host when missing,
-/// e.g. no `/etc/libvirt`), applied in the first daemon's child between fork and exec with
-/// raw syscalls only; the second daemon joins that namespace. The launcher's own mount
-/// namespace is never changed.
-pub struct MountPlan {
-    binds: Vec<(CString, CString)>,
-    /// An empty file to cover `/dev/kvm` with, read-only.
-    cover_kvm: Option<CString>,
-}
-
-fn cpath(p: &Path) -> Result<CString, DaemonError> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|e| DaemonError::Io {
-        what: "path with a NUL byte",
-        path: p.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, e),
-    })
-}
-
-impl MountPlan {
-    pub fn new(layout: &LibvirtLayout, hide_kvm: bool) -> Result<Self, DaemonError> {
-        let mut binds = Vec::new();
-        for (name, target) in BIND_TARGETS {
-            let target = Path::new(target);
-            fs::create_dir_all(target).map_err(io_err("create mount point", target))?;
-            binds.push((cpath(&layout.dir(name))?, cpath(target)?));
-        }
-        for (file, line) in account_overlay(layout)? {
-            binds.push((cpath(&file)?, cpath(Path::new(line))?));
-        }
-        let cover_kvm = if hide_kvm && Path::new(super::accel::KVM_DEVICE).exists() {
-            let stand_in = layout.root.join("kvm-hidden");
-            fs::write(&stand_in, b"").map_err(io_err("write", &stand_in))?;
-            Some(cpath(&stand_in)?)
-        } else {
-            None
-        };
-        Ok(MountPlan { binds, cover_kvm })
-    }
-
-    /// Enter a new mount namespace and mount the plan. Async-signal-safe: only syscalls
-    /// on prepared strings, so it may run between fork and exec.
-    fn apply(&self) -> io::Result<()> {
-        fn check(r: libc::c_int) -> io::Result<()> {
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        }
-        // SAFETY: plain syscalls with NUL-terminated strings that outlive the calls.
-        unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            check(libc::mount(
-                c"none".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            for (src, dst) in &self.binds {
-                check(libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
-            }
-            if let Some(stand_in) = &self.cover_kvm {
-                // libvirt decides "KVM usable" by stat + access(R_OK|W_OK); an empty
-                // regular file on a read-only bind fails the write check (EROFS) while
-                // keeping a stable ctime, so its capabilities cache stays valid.
-                let kvm = c"/dev/kvm".as_ptr();
-                check(libc::mount(
-                    stand_in.as_ptr(),
-                    kvm,
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
-                check(libc::mount(
-                    std::ptr::null(),
-                    kvm,
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                    std::ptr::null(),
-                ))?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Copy the `*.xml` files of `from` into `to` (creating it); missing `from` copies
@@ -366,9 +394,13 @@ pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
 }
 
 /// Seed the private QEMU capabilities cache from the node's `seed` directory, so
-/// libvirtd's first call takes milliseconds instead of seconds of QEMU probing.
-pub fn seed_caps(layout: &LibvirtLayout, seed: &Path) -> Result<usize, DaemonError> {
-    copy_caps(seed, &layout.caps_cache())
+/// libvirtd's first call takes milliseconds instead of seconds of QEMU probing. The
+/// copies (and the directories made for them) belong to `user`, the daemon's.
+pub fn seed_caps(layout: &LibvirtLayout, seed: &Path, user: &RunAs) -> Result<usize, DaemonError> {
+    let n = copy_caps(seed, &layout.caps_cache())?;
+    let cache = layout.dir("cache");
+    user.chown_tree(&cache).map_err(io_err("chown", &cache))?;
+    Ok(n)
 }
 
 /// Copy what libvirtd cached back into the node's `seed` directory for the next pod.
@@ -400,15 +432,17 @@ fn spawn(
     name: &'static str,
     binary: &Path,
     args: &[&std::ffi::OsStr],
-    envs: &[(&str, &Path)],
+    envs: &[(&str, PathBuf)],
     log: &Path,
-    plan: MountPlan,
+    user: RunAs,
 ) -> Result<Daemon, DaemonError> {
     let stderr = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(io_err("open", log))?;
+    // The daemon appends to it too (its log_outputs).
+    user.chown(log).map_err(io_err("chown", log))?;
     let mut cmd = Command::new(binary);
     cmd.args(args)
         .env_clear()
@@ -421,15 +455,10 @@ fn spawn(
         cmd.env(k, v);
     }
     // SAFETY: the closure only makes syscalls on data prepared before the fork
-    // (async-signal-safe), as required between fork and exec.
+    // (async-signal-safe), as required between fork and exec. The daemon dies with the
+    // launcher (parent-death signal): no orphans even on SIGKILL.
     unsafe {
-        cmd.pre_exec(move || {
-            // The daemon dies with the launcher: no orphans even on SIGKILL.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            plan.apply()
-        });
+        cmd.pre_exec(move || user.enter());
     }
     let child = cmd.spawn().map_err(|source| DaemonError::Spawn {
         daemon: name,
@@ -498,14 +527,14 @@ impl Daemon {
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Daemons {
-    /// Start libvirtd in a new private mount namespace made from `plan` and wait until
-    /// its socket answers. The caller has already run [`prepare`].
-    pub async fn start(layout: &LibvirtLayout, plan: MountPlan) -> Result<Daemons, DaemonError> {
+    /// Start libvirtd as `user` and wait until its socket answers. The caller has
+    /// already run [`prepare`].
+    pub async fn start(layout: &LibvirtLayout, user: RunAs) -> Result<Daemons, DaemonError> {
+        user.check_account()?;
         let os = |s: &'static str| std::ffi::OsStr::new(s);
         let conf = layout.libvirtd_conf();
         let log = layout.log("libvirtd");
         let pid = layout.root.join("libvirtd.pid");
-        let drivers = layout.drivers();
         let mut libvirtd = spawn(
             "libvirtd",
             Path::new(LIBVIRTD),
@@ -515,9 +544,9 @@ impl Daemons {
                 os("--pid-file"),
                 pid.as_os_str(),
             ],
-            &[("LIBVIRT_DRIVER_DIR", &drivers)],
+            &layout.env(),
             &log,
-            plan,
+            user,
         )?;
         if let Err(e) = libvirtd.ready(&layout.socket(), &log, READY_TIMEOUT).await {
             let _ = libvirtd.child.start_kill();
@@ -540,11 +569,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn configs_point_into_the_state_dir() {
+    fn configs_point_into_the_scratch_dir() {
         let l = LibvirtLayout::new(Path::new("/run/vmpod/pod1"));
         let c = libvirtd_conf(&l);
         assert!(
-            c.contains("unix_sock_dir = \"/run/vmpod/pod1/libvirt/run\""),
+            c.contains("unix_sock_dir = \"/run/vmpod/pod1/libvirt/sock\""),
             "{c}"
         );
         assert!(c.contains("auth_unix_rw = \"none\""));
@@ -553,27 +582,71 @@ mod tests {
         assert!(qemu_conf().contains("stdio_handler = \"file\""));
         assert_eq!(
             l.socket(),
-            Path::new("/run/vmpod/pod1/libvirt/run/libvirt-sock")
+            Path::new("/run/vmpod/pod1/libvirt/sock/libvirt-sock")
         );
         assert_eq!(
             l.caps_cache(),
-            Path::new("/run/vmpod/pod1/libvirt/cache/qemu/capabilities")
+            Path::new("/run/vmpod/pod1/libvirt/cache/libvirt/qemu/cache/capabilities")
         );
+        // Every directory the session daemon uses is under the layout.
+        for (var, dir) in l.env() {
+            assert!(dir.starts_with("/run/vmpod/pod1/libvirt"), "{var}");
+        }
+        assert!(
+            !qemu_conf().contains("user ="),
+            "QEMU runs as the daemon's user"
+        );
+    }
+
+    #[test]
+    fn may_open_follows_the_mode_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("kvm");
+        fs::write(&dev, b"").unwrap();
+        let me = RunAs::current();
+        let (uid, gid) = (me.uid, me.gid);
+        let other = RunAs {
+            uid: uid + 1000,
+            gid: gid + 1000,
+            groups: Vec::new(),
+        };
+        let in_group = RunAs {
+            groups: vec![gid],
+            ..other.clone()
+        };
+        for (mode, other_ok, group_ok) in [
+            (0o600, false, false),
+            (0o660, false, true),
+            (0o666, true, true),
+        ] {
+            fs::set_permissions(&dev, fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                other.may_open(&dev).is_ok(),
+                other_ok || uid + 1000 == 0,
+                "{mode:o}"
+            );
+            assert_eq!(in_group.may_open(&dev).is_ok(), group_ok, "{mode:o}");
+        }
+        fs::set_permissions(&dev, fs::Permissions::from_mode(0o600)).unwrap();
+        let e = other.may_open(&dev).unwrap_err();
+        assert!(e.contains("mode 600") && e.contains("not usable"), "{e}");
     }
 
     #[test]
     fn prepare_writes_tree_and_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let l = LibvirtLayout::new(dir.path());
-        prepare(&l).unwrap();
-        prepare(&l).unwrap();
-        for (name, _) in BIND_TARGETS {
+        let me = RunAs::current();
+        prepare(&l, &me).unwrap();
+        prepare(&l, &me).unwrap();
+        for name in DIRS {
             assert!(l.dir(name).is_dir(), "{name}");
         }
         assert!(
             fs::read_to_string(l.qemu_conf())
                 .unwrap()
-                .contains("user = \"root\"")
+                .contains("security_driver = \"none\"")
         );
         assert!(fs::symlink_metadata(l.drivers().join("libvirt_driver_qemu.so")).is_ok());
     }

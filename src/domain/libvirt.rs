@@ -213,9 +213,9 @@ pub fn start_event_loop() {
     });
 }
 
-/// The URI of a libvirtd listening on `socket` (system mode, private socket).
+/// The URI of a libvirtd listening on `socket` (session mode, private socket).
 pub fn socket_uri(socket: &Path) -> String {
-    format!("qemu+unix:///system?socket={}", socket.display())
+    format!("qemu+unix:///session?socket={}", socket.display())
 }
 
 /// An open connection to the pod's libvirtd.
@@ -502,7 +502,7 @@ mod tests {
     fn uri_names_the_socket() {
         assert_eq!(
             socket_uri(Path::new("/run/vmpod/libvirt/run/libvirt-sock")),
-            "qemu+unix:///system?socket=/run/vmpod/libvirt/run/libvirt-sock"
+            "qemu+unix:///session?socket=/run/vmpod/libvirt/run/libvirt-sock"
         );
     }
 }

@@ -1,15 +1,22 @@
-//! Applying [`NetOp`]s through netlink (and `/proc/sys`, `/dev/net/tun` where netlink has
-//! no verb). Every op is idempotent: "already so" is success, so applying a plan to an
-//! untouched, half-rewired or fully rewired pod converges on the same state.
-//! Runs on a thread inside the pod's namespace (see [`super::netns`]).
+//! Applying [`NetOp`]s through netlink (and `/dev/net/tun`, which has no netlink verb
+//! for creating taps). Never `/proc/sys`: a container runtime mounts it read-only for
+//! anything not privileged, NET_ADMIN or not; per-link settings go through
+//! `RTM_SETLINK` / `IFLA_AF_SPEC` instead. Every op is idempotent: "already so" is
+//! success, so applying a plan to an untouched, half-rewired or fully rewired pod
+//! converges on the same state. Runs on a thread inside the pod's namespace (see
+//! [`super::netns`]).
 
 use super::error::{NetError, errno};
 use super::facts::{IpCidr, Route};
-use super::plan::NetOp;
+use super::plan::{AddrGenMode, Ipv4Setting, NetOp};
 use super::tap::{TapSpec, create_persistent};
 use futures::TryStreamExt;
+use netlink_packet_core::{DefaultNla, Emitable, NLA_F_NESTED};
 use netlink_packet_route::address::AddressHeaderFlags;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoKind, LinkAttribute, LinkInfo,
+    LinkMessage,
+};
 use netlink_packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 use std::collections::HashMap;
@@ -46,7 +53,52 @@ async fn apply_one(
     op: &NetOp,
 ) -> Result<(), NetError> {
     match op {
-        NetOp::Sysctl { key, value } => write_sysctl(key, value),
+        NetOp::Ipv4Conf {
+            link,
+            setting,
+            value,
+        } => {
+            let index = link_index(h, known, link).await?;
+            change(
+                h,
+                ipv4_conf_message(index, *setting, *value),
+                op.to_string(),
+            )
+            .await
+        }
+        NetOp::Ipv6AddrGenMode { link, mode } => {
+            if !kernel_has_ipv6() {
+                tracing::debug!(%link, "IPv6 is off in this kernel; skipping");
+                return Ok(());
+            }
+            let index = link_index(h, known, link).await?;
+            change(h, addr_gen_mode_message(index, *mode), op.to_string()).await
+        }
+        NetOp::DelIpv6LinkLocal { link } => {
+            let index = link_index(h, known, link).await?;
+            let mut addrs = h.address().get().set_link_index_filter(index).execute();
+            let mut link_local = Vec::new();
+            while let Some(m) = addrs
+                .try_next()
+                .await
+                .map_err(|e| NetError::netlink(format!("list addresses of {link}"), e))?
+            {
+                let is_ll = m.attributes.iter().any(|a| {
+                    matches!(a, netlink_packet_route::address::AddressAttribute::Address(IpAddr::V6(v6))
+                        if v6.segments()[0] & 0xffc0 == 0xfe80)
+                });
+                if is_ll && m.header.index == index {
+                    link_local.push(m);
+                }
+            }
+            for m in link_local {
+                match h.address().del(m).execute().await {
+                    Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENOENT)) => {}
+                    r => r.map_err(|e| NetError::netlink(op.to_string(), e))?,
+                }
+            }
+            Ok(())
+        }
         NetOp::CreateBridge { name, mtu, mac } => match find_link(h, name).await? {
             Some(existing) => {
                 expect_kind(&existing, name, "bridge")?;
@@ -136,6 +188,11 @@ async fn apply_one(
             let index = link_index(h, known, link).await?;
             let msg = LinkUnspec::new_with_index(index).up().build();
             change(h, msg, format!("set {link} up")).await
+        }
+        NetOp::SetDown { link } => {
+            let index = link_index(h, known, link).await?;
+            let msg = LinkUnspec::new_with_index(index).down().build();
+            change(h, msg, format!("set {link} down")).await
         }
         NetOp::AddRoute { link, route } => {
             let index = link_index(h, known, link).await?;
@@ -262,17 +319,35 @@ fn route_message(index: u32, r: &Route) -> netlink_packet_route::route::RouteMes
     msg
 }
 
-fn write_sysctl(key: &str, value: &str) -> Result<(), NetError> {
-    let err = |source| NetError::Sysctl {
-        key: key.to_owned(),
-        value: value.to_owned(),
-        source,
-    };
-    if key.starts_with("net/ipv6/") && !Path::new("/proc/sys/net/ipv6").exists() {
-        tracing::debug!(key, "IPv6 is off in this kernel; skipping");
-        return Ok(());
-    }
-    std::fs::write(Path::new("/proc/sys").join(key), value).map_err(err)
+/// `IFLA_INET_CONF` as the kernel takes it in a request: nested `u32` attributes typed
+/// by `IPV4_DEVCONF_*` number (netlink-packet-route's request form leaves out zeros, so
+/// the attribute is built here).
+fn ipv4_conf_message(index: u32, setting: Ipv4Setting, value: u32) -> LinkMessage {
+    const IFLA_INET_CONF: u16 = 1;
+    let entry = DefaultNla::new(setting.devconf_id(), value.to_ne_bytes().to_vec());
+    let mut nested = vec![0u8; entry.buffer_len()];
+    entry.emit(&mut nested);
+    let conf = DefaultNla::new(IFLA_INET_CONF | NLA_F_NESTED, nested);
+    LinkUnspec::new_with_index(index)
+        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+            AfSpecInet::Other(conf),
+        ])]))
+        .build()
+}
+
+fn addr_gen_mode_message(index: u32, mode: AddrGenMode) -> LinkMessage {
+    LinkUnspec::new_with_index(index)
+        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::from(
+                mode.to_kernel(),
+            ))],
+        )]))
+        .build()
+}
+
+/// The kernel runs IPv6 (not booted with `ipv6.disable=1`).
+fn kernel_has_ipv6() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
 }
 
 /// Read a sysctl of the current thread's namespace, trimmed; `None` if it does not exist.
@@ -282,7 +357,6 @@ pub(crate) fn read_sysctl(key: &str) -> Result<Option<String>, NetError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(NetError::Sysctl {
             key: key.to_owned(),
-            value: "(read)".into(),
             source,
         }),
     }

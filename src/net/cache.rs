@@ -76,14 +76,23 @@ fn cache_err(path: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
 pub fn store(state_dir: &Path, entry: &CachedInterface) -> Result<PathBuf, NetError> {
     let final_path = path(state_dir, &entry.facts.interface);
     let dir = dir(state_dir);
-    fs::create_dir_all(&dir).map_err(cache_err(&dir))?;
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .map_err(cache_err(&dir))?;
     let tmp = dir.join(format!(".{}.json.tmp", entry.facts.interface));
     let json = serde_json::to_vec_pretty(entry).map_err(|source| NetError::CacheFormat {
         path: final_path.clone(),
         source,
     })?;
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            0o600,
+        )
+        .open(&tmp)?;
         f.write_all(&json)?;
         f.write_all(b"\n")?;
         f.sync_all()

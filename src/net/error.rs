@@ -58,11 +58,10 @@ pub enum NetError {
     /// A link an op works on is missing.
     #[error("link {name} not found")]
     LinkNotFound { name: String },
-    /// A sysctl could not be written.
-    #[error("writing sysctl /proc/sys/{key} = {value}: {source}")]
+    /// A sysctl could not be read.
+    #[error("reading sysctl /proc/sys/{key}: {source}")]
     Sysctl {
         key: String,
-        value: String,
         #[source]
         source: io::Error,
     },

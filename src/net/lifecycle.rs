@@ -8,6 +8,7 @@ use super::cache::{self, CachedInterface};
 use super::discover::{discover_with, with_handle};
 use super::error::NetError;
 use super::facts::Binding;
+use super::plan::AddrGenMode;
 use super::plan::{NetOp, OriginalSettings, PlanOptions, plan, plan_teardown};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,10 @@ pub struct SetupOutcome {
     pub ops: Vec<NetOp>,
     /// The facts came from the cache, not from discovery.
     pub from_cache: bool,
+    /// A completed setup was found cached and nothing was applied
+    /// ([`setup_or_reuse`]): whoever did the setup tears it down.
+    #[serde(default)]
+    pub reused: bool,
     pub cache_path: PathBuf,
 }
 
@@ -73,9 +78,32 @@ pub fn setup(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
             cached: entry,
             ops,
             from_cache,
+            reused: false,
             cache_path,
         })
     })
+}
+
+/// The launcher's network phase: when a completed setup is cached for this namespace
+/// (an init container did it, or an earlier launcher of this pod), use it and change
+/// nothing, so the launcher needs no NET_ADMIN; otherwise [`setup`].
+pub fn setup_or_reuse(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
+    let here = cache::current_netns_id();
+    if let Some(entry) = cache::load(&o.state_dir, &o.interface)?
+        && (entry.netns_id.is_none() || entry.netns_id == here)
+        && !entry.applied.is_empty()
+        && entry.binding == o.binding
+    {
+        tracing::info!(interface = %o.interface, "pod network already rewired (cached); not touching it");
+        return Ok(SetupOutcome {
+            ops: entry.applied.clone(),
+            cached: entry,
+            from_cache: true,
+            reused: true,
+            cache_path: cache::path(&o.state_dir, &o.interface),
+        });
+    }
+    setup(o)
 }
 
 /// What [`setup`] would do, changing nothing (no cache written either).
@@ -88,6 +116,7 @@ pub fn dry_run(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
             cached: entry,
             ops,
             from_cache,
+            reused: false,
             cache_path,
         })
     })
@@ -133,9 +162,14 @@ async fn facts_for(
         o.hostname.as_deref(),
     )
     .await?;
-    let disable = read_sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", o.interface))?;
+    // Reading /proc/sys works in a container too (it is mounted read-only).
+    let conf = |name: &str| read_sysctl(&format!("net/ipv6/conf/{}/{name}", o.interface));
     let original = OriginalSettings {
-        ipv6_disabled: disable.as_deref() != Some("0"),
+        ipv6_disabled: conf("disable_ipv6")?.as_deref() != Some("0"),
+        addr_gen_mode: conf("addr_gen_mode")?
+            .and_then(|n| n.parse().ok())
+            .and_then(AddrGenMode::from_kernel)
+            .unwrap_or_default(),
     };
     let entry = CachedInterface {
         facts,

@@ -2,10 +2,10 @@
 //!
 //! [`InterfaceFacts`] is what the pod's CNI gave us, captured once before anything is
 //! changed; it is the single source of truth for DHCP and the domain XML afterwards.
-//! This module owns links, addresses, routes and sysctls inside the pod's network
-//! namespace, and the `<state-dir>/net/` cache. It must not start processes (never
-//! `ip`: everything goes through netlink, `/proc/sys` and `/dev/net/tun`) and must not
-//! talk to libvirt.
+//! This module owns links, addresses, routes and per-link settings inside the pod's
+//! network namespace, and the `<state-dir>/net/` cache. It must not start processes
+//! (never `ip`: everything goes through netlink and `/dev/net/tun`), must not write
+//! `/proc/sys` (read-only in a container) and must not talk to libvirt.
 //!
 //! - [`discover`] reads one interface into [`InterfaceFacts`] ([`state`] decodes the
 //!   netlink dumps, also used by `vmpodctl net inspect`).
@@ -25,10 +25,44 @@
 //! identity; the IPv6 facts stay cached for DHCPv6/RA later) and gets a derived, locally
 //! administered MAC; bridge `k6t-<iface>` and tap `tap-<iface>` (vnet_hdr, owned by
 //! QEMU's uid) are created with the pod MTU and enslaved; the bridge gets
-//! `169.254.75.10/32` for the DHCP server, keeps its IPv6 link-local address but does
-//! no autoconf and accepts no RAs, and answers ARP only for its own address
-//! (`arp_ignore=1`). IPv6 is disabled on the pod interface while it is a bridge port:
-//! its link-local address derives from the MAC the VM now uses and would collide.
+//! `169.254.75.10/32` for the DHCP server and answers ARP only for its own address
+//! (`arp_ignore=1`, `arp_announce=2`). The pod interface loses its IPv6 link-local
+//! address while it is a bridge port: it derives from the MAC the VM now uses and
+//! would collide.
+//!
+//! # Per-link settings without `/proc/sys`
+//!
+//! A container runtime mounts `/proc/sys` read-only unless the container is
+//! privileged, so the init container that holds NET_ADMIN still cannot write sysctls,
+//! and Pod-level `securityContext.sysctls` cannot name links that do not exist yet.
+//! Everything goes through `RTM_SETLINK` instead:
+//! - IPv4 devconf (`arp_ignore`, `arp_announce`) is settable by netlink:
+//!   `IFLA_AF_SPEC` / `AF_INET` / `IFLA_INET_CONF` ([`NetOp::Ipv4Conf`]).
+//! - For IPv6 the kernel takes only `IFLA_INET6_ADDR_GEN_MODE` and
+//!   `IFLA_INET6_TOKEN` by netlink; `disable_ipv6`, `autoconf` and `accept_ra` are
+//!   `/proc/sys` only. So the plan stops wanting them. What it needed them for:
+//!   - no link-local address on the pod interface (it would collide with the VM's):
+//!     `addr_gen_mode none` (no new one on the next up or MAC change) and removing the
+//!     one there ([`NetOp::Ipv6AddrGenMode`], [`NetOp::DelIpv6LinkLocal`]). Teardown
+//!     puts the original mode back and bounces the link, and the kernel makes the
+//!     original link-local address again.
+//!   - no SLAAC address or RA routes on the bridge ports: a bridge port never
+//!     receives IPv6 itself (the bridge takes every frame), so `autoconf`/`accept_ra`
+//!     on the pod interface and the tap had nothing to stop; `addr_gen_mode none`
+//!     keeps them without a link-local address.
+//!   - the bridge: nothing in the pod speaks IPv6 on it yet, so it gets
+//!     `addr_gen_mode none` (no link-local address) instead of keeping one with
+//!     `autoconf`/`accept_ra` off. What that does not stop, measured on 6.18 with a
+//!     router advertisement sent into a bridge set up this way: the bridge still takes
+//!     a SLAAC address (from its own derived MAC, never the VM's, so no collision) and
+//!     a default route from the router. Only the pod's own IPv6 traffic would use
+//!     them; the VM's is bridged and does not care, and CNI plugins give pods IPv6
+//!     statically rather than advertise into them. When it matters (DHCPv6/RA for the
+//!     VM), an nftables rule dropping RAs at the bridge's input is the netlink-era
+//!     equivalent of `accept_ra=0`, one more op of the plan.
+//!
+//! Reading `/proc/sys` (to record the pod interface's original settings) works
+//! read-only.
 //! Routes through the pod interface disappear with its addresses; the VM gets them by
 //! DHCP, and teardown restores them (on-link routes first, so a Calico-style
 //! `/32` with gateway `169.254.1.1` comes back).
@@ -71,7 +105,7 @@ pub use cache::CachedInterface;
 pub use discover::{discover, parse_resolv_conf};
 pub use error::NetError;
 pub use facts::{Binding, InterfaceFacts, IpCidr, MacAddr, ParseMacError, Route};
-pub use lifecycle::{SetupOptions, SetupOutcome, dry_run, setup, teardown};
+pub use lifecycle::{SetupOptions, SetupOutcome, dry_run, setup, setup_or_reuse, teardown};
 pub use plan::{
     NetOp, OriginalSettings, PlanError, PlanOptions, bridge_name, plan, plan_teardown, tap_name,
 };

@@ -17,6 +17,9 @@ pub const MAX_IFNAME: usize = 15;
 /// The address the bridge gets for the DHCP server to speak from.
 pub const DEFAULT_BRIDGE_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
 
+/// The uid QEMU runs as, owner of the tap: KubeVirt's `qemu` user.
+pub const DEFAULT_TAP_OWNER: u32 = 107;
+
 /// The bridge of a bridge-bound pod interface: `k6t-<iface>`.
 pub fn bridge_name(interface: &str) -> String {
     format!("k6t-{interface}")
@@ -32,9 +35,20 @@ pub fn tap_name(interface: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum NetOp {
-    /// Write `value` to `/proc/sys/<key>` inside the namespace. Keys under `net/ipv6/`
-    /// are skipped when the kernel has IPv6 off.
-    Sysctl { key: String, value: String },
+    /// Set one of a link's IPv4 settings (`net/ipv4/conf/<link>/<setting>`) through
+    /// netlink (`IFLA_AF_SPEC` / `IFLA_INET_CONF`), not `/proc/sys`: container runtimes
+    /// mount `/proc/sys` read-only.
+    Ipv4Conf {
+        link: String,
+        setting: Ipv4Setting,
+        value: u32,
+    },
+    /// Set how the kernel makes a link's IPv6 link-local address
+    /// (`IFLA_INET6_ADDR_GEN_MODE`); `none`: no address at all. Skipped when the kernel
+    /// has IPv6 off.
+    Ipv6AddrGenMode { link: String, mode: AddrGenMode },
+    /// Remove every IPv6 link-local address from a link; none left is fine.
+    DelIpv6LinkLocal { link: String },
     /// Create a bridge (down), or make an existing one have this MTU and MAC.
     CreateBridge {
         name: String,
@@ -62,6 +76,8 @@ pub enum NetOp {
     SetMaster { link: String, master: String },
     /// Bring a link up.
     SetUp { link: String },
+    /// Take a link down.
+    SetDown { link: String },
     /// Add a route through `link` (on-link when it has no gateway); present is fine.
     AddRoute { link: String, route: Route },
     /// Delete a link; absent already is fine.
@@ -71,7 +87,17 @@ pub enum NetOp {
 impl fmt::Display for NetOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NetOp::Sysctl { key, value } => write!(f, "sysctl {key} = {value}"),
+            NetOp::Ipv4Conf {
+                link,
+                setting,
+                value,
+            } => write!(f, "set ipv4 {setting} = {value} on {link}"),
+            NetOp::Ipv6AddrGenMode { link, mode } => {
+                write!(f, "set ipv6 addrgenmode {mode} on {link}")
+            }
+            NetOp::DelIpv6LinkLocal { link } => {
+                write!(f, "remove ipv6 link-local addresses from {link}")
+            }
             NetOp::CreateBridge { name, mtu, mac } => {
                 write!(f, "create bridge {name} (mtu {mtu}, mac {mac})")
             }
@@ -96,6 +122,7 @@ impl fmt::Display for NetOp {
             NetOp::SetMac { link, mac } => write!(f, "set mac of {link} to {mac}"),
             NetOp::SetMaster { link, master } => write!(f, "enslave {link} to {master}"),
             NetOp::SetUp { link } => write!(f, "set {link} up"),
+            NetOp::SetDown { link } => write!(f, "set {link} down"),
             NetOp::AddRoute { link, route } => {
                 write!(f, "add route {} ", route.destination)?;
                 match route.gateway {
@@ -112,14 +139,93 @@ impl fmt::Display for NetOp {
     }
 }
 
+/// The per-link IPv4 settings a plan makes (`IPV4_DEVCONF_*` of `linux/ip.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ipv4Setting {
+    /// Which ARP requests to answer: 1 = only for addresses on the receiving link.
+    ArpIgnore,
+    /// Which source address ARP requests use: 2 = the best one on the sending link.
+    ArpAnnounce,
+}
+
+impl Ipv4Setting {
+    /// The kernel's `IPV4_DEVCONF_*` number.
+    pub fn devconf_id(self) -> u16 {
+        match self {
+            Ipv4Setting::ArpAnnounce => 18,
+            Ipv4Setting::ArpIgnore => 19,
+        }
+    }
+}
+
+impl fmt::Display for Ipv4Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ipv4Setting::ArpIgnore => "arp_ignore",
+            Ipv4Setting::ArpAnnounce => "arp_announce",
+        })
+    }
+}
+
+/// How the kernel makes a link's IPv6 link-local address (`IN6_ADDR_GEN_MODE_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddrGenMode {
+    /// From the MAC (the kernel's default).
+    #[default]
+    Eui64,
+    /// No link-local address.
+    None,
+    /// RFC 7217, from a secret.
+    StablePrivacy,
+    /// Random.
+    Random,
+}
+
+impl AddrGenMode {
+    /// The kernel's number.
+    pub fn to_kernel(self) -> u8 {
+        match self {
+            AddrGenMode::Eui64 => 0,
+            AddrGenMode::None => 1,
+            AddrGenMode::StablePrivacy => 2,
+            AddrGenMode::Random => 3,
+        }
+    }
+
+    /// From the kernel's number (`/proc/sys/net/ipv6/conf/<link>/addr_gen_mode`).
+    pub fn from_kernel(n: u8) -> Option<Self> {
+        [
+            AddrGenMode::Eui64,
+            AddrGenMode::None,
+            AddrGenMode::StablePrivacy,
+            AddrGenMode::Random,
+        ]
+        .into_iter()
+        .find(|m| m.to_kernel() == n)
+    }
+}
+
+impl fmt::Display for AddrGenMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddrGenMode::Eui64 => "eui64",
+            AddrGenMode::None => "none",
+            AddrGenMode::StablePrivacy => "stable_privacy",
+            AddrGenMode::Random => "random",
+        })
+    }
+}
+
 /// Knobs of a plan that do not come from the pod.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanOptions {
     /// The link-local address the bridge gets (as /32) for the DHCP server.
     pub bridge_address: Ipv4Addr,
-    /// The uid QEMU runs as; it must be able to open the tap. Our launcher runs QEMU as
-    /// root by default.
+    /// The uid QEMU runs as; it must be able to open the tap (KubeVirt's 107 by
+    /// default, as the launcher runs QEMU).
     pub tap_owner: u32,
     /// The gid allowed to open the tap, if any.
     pub tap_group: Option<u32>,
@@ -135,7 +241,7 @@ impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             bridge_address: DEFAULT_BRIDGE_ADDRESS,
-            tap_owner: 0,
+            tap_owner: DEFAULT_TAP_OWNER,
             tap_group: None,
             multiqueue: false,
             vm_mac: None,
@@ -150,6 +256,9 @@ impl Default for PlanOptions {
 pub struct OriginalSettings {
     /// `net/ipv6/conf/<iface>/disable_ipv6` was 1 (or the kernel has no IPv6).
     pub ipv6_disabled: bool,
+    /// How the pod interface made its IPv6 link-local address.
+    #[serde(default)]
+    pub addr_gen_mode: AddrGenMode,
 }
 
 /// Why no plan can be made for these facts.
@@ -202,10 +311,18 @@ fn link_names(facts: &InterfaceFacts) -> Result<(String, String), PlanError> {
     Ok(names)
 }
 
-fn sysctl(family: &str, link: &str, name: &str, value: &str) -> NetOp {
-    NetOp::Sysctl {
-        key: format!("net/{family}/conf/{link}/{name}"),
-        value: value.to_owned(),
+fn ipv4_conf(link: &str, setting: Ipv4Setting, value: u32) -> NetOp {
+    NetOp::Ipv4Conf {
+        link: link.to_owned(),
+        setting,
+        value,
+    }
+}
+
+fn addr_gen_mode(link: &str, mode: AddrGenMode) -> NetOp {
+    NetOp::Ipv6AddrGenMode {
+        link: link.to_owned(),
+        mode,
     }
 }
 
@@ -227,15 +344,13 @@ fn plan_bridge(
             mtu: facts.mtu,
             mac: derived_mac(facts.mac, "bridge"),
         },
-        // Before the bridge goes up: it keeps its link-local IPv6 address (DHCPv6 and
-        // router advertisements will speak from it) but takes no global address and no
-        // default route from the pod network's routers.
-        sysctl("ipv6", &bridge, "autoconf", "0"),
-        sysctl("ipv6", &bridge, "accept_ra", "0"),
+        // Before the bridge goes up: no IPv6 link-local address (nothing in the pod
+        // speaks IPv6 on the bridge yet; see the module docs).
+        addr_gen_mode(&bridge, AddrGenMode::None),
         // Answer ARP only for addresses on the bridge itself (the DHCP server's), never
         // for the VM's.
-        sysctl("ipv4", &bridge, "arp_ignore", "1"),
-        sysctl("ipv4", &bridge, "arp_announce", "2"),
+        ipv4_conf(&bridge, Ipv4Setting::ArpIgnore, 1),
+        ipv4_conf(&bridge, Ipv4Setting::ArpAnnounce, 2),
         NetOp::CreateTap {
             name: tap.clone(),
             mtu: facts.mtu,
@@ -243,16 +358,19 @@ fn plan_bridge(
             group: opts.tap_group,
             multiqueue: opts.multiqueue,
         },
-        sysctl("ipv6", &tap, "disable_ipv6", "1"),
+        addr_gen_mode(&tap, AddrGenMode::None),
     ];
     ops.extend(facts.addresses.iter().map(|&address| NetOp::DelAddress {
         link: pod.to_owned(),
         address,
     }));
     if !original.ipv6_disabled {
-        // Drops the pod interface's remaining IPv6 addresses, its link-local one too:
-        // that one derives from the original MAC, which the VM now uses.
-        ops.push(sysctl("ipv6", pod, "disable_ipv6", "1"));
+        // The pod interface's link-local address derives from the original MAC, which
+        // the VM now uses: none is made again, and the one there goes.
+        ops.push(addr_gen_mode(pod, AddrGenMode::None));
+        ops.push(NetOp::DelIpv6LinkLocal {
+            link: pod.to_owned(),
+        });
     }
     ops.extend([
         NetOp::SetMac {
@@ -294,16 +412,20 @@ fn teardown_bridge(
             link: pod.to_owned(),
             mac: facts.mac,
         },
-        sysctl(
-            "ipv6",
-            pod,
-            "disable_ipv6",
-            if original.ipv6_disabled { "1" } else { "0" },
-        ),
-        NetOp::SetUp {
-            link: pod.to_owned(),
-        },
     ];
+    if !original.ipv6_disabled {
+        // The kernel makes a link-local address when a link comes up: down and up again
+        // with the original mode and MAC gives back the original one.
+        ops.extend([
+            addr_gen_mode(pod, original.addr_gen_mode),
+            NetOp::SetDown {
+                link: pod.to_owned(),
+            },
+        ]);
+    }
+    ops.push(NetOp::SetUp {
+        link: pod.to_owned(),
+    });
     ops.extend(facts.addresses.iter().map(|&address| NetOp::AddAddress {
         link: pod.to_owned(),
         address,
@@ -405,23 +527,25 @@ mod tests {
                     mtu: 1500,
                     mac: bridge_mac
                 },
-                sysctl("ipv6", "k6t-eth0", "autoconf", "0"),
-                sysctl("ipv6", "k6t-eth0", "accept_ra", "0"),
-                sysctl("ipv4", "k6t-eth0", "arp_ignore", "1"),
-                sysctl("ipv4", "k6t-eth0", "arp_announce", "2"),
+                addr_gen_mode("k6t-eth0", AddrGenMode::None),
+                ipv4_conf("k6t-eth0", Ipv4Setting::ArpIgnore, 1),
+                ipv4_conf("k6t-eth0", Ipv4Setting::ArpAnnounce, 2),
                 NetOp::CreateTap {
                     name: "tap-eth0".into(),
                     mtu: 1500,
-                    owner: 0,
+                    owner: 107,
                     group: None,
                     multiqueue: false
                 },
-                sysctl("ipv6", "tap-eth0", "disable_ipv6", "1"),
+                addr_gen_mode("tap-eth0", AddrGenMode::None),
                 NetOp::DelAddress {
                     link: "eth0".into(),
                     address: cidr("10.244.0.5/24")
                 },
-                sysctl("ipv6", "eth0", "disable_ipv6", "1"),
+                addr_gen_mode("eth0", AddrGenMode::None),
+                NetOp::DelIpv6LinkLocal {
+                    link: "eth0".into()
+                },
                 NetOp::SetMac {
                     link: "eth0".into(),
                     mac: pod_mac
@@ -468,9 +592,27 @@ mod tests {
                 address: *a
             }));
         }
-        // The pod keeps the IPv6 facts; teardown gives them back, IPv6 re-enabled first.
-        let down = plan_teardown(&f, Binding::Bridge, OriginalSettings::default()).unwrap();
-        let enable = position(&down, |o| *o == sysctl("ipv6", "eth0", "disable_ipv6", "0"));
+        // The pod keeps the IPv6 facts; teardown gives them back after the link-local
+        // address: original mode, down, up.
+        let original = OriginalSettings {
+            addr_gen_mode: AddrGenMode::StablePrivacy,
+            ..OriginalSettings::default()
+        };
+        let down = plan_teardown(&f, Binding::Bridge, original).unwrap();
+        let mode = position(&down, |o| {
+            *o == addr_gen_mode("eth0", AddrGenMode::StablePrivacy)
+        });
+        let link_down = position(&down, |o| {
+            *o == NetOp::SetDown {
+                link: "eth0".into(),
+            }
+        });
+        let enable = position(&down, |o| {
+            *o == NetOp::SetUp {
+                link: "eth0".into(),
+            }
+        });
+        assert!(mode < link_down && link_down < enable);
         let add6 = position(
             &down,
             |o| matches!(o, NetOp::AddAddress { address, .. } if address.addr.is_ipv6()),
@@ -488,13 +630,14 @@ mod tests {
         let f = ipv4_only();
         let orig = OriginalSettings {
             ipv6_disabled: true,
+            ..OriginalSettings::default()
         };
+        let touches_eth0_v6 = |o: &NetOp| matches!(o, NetOp::Ipv6AddrGenMode { link, .. } | NetOp::DelIpv6LinkLocal { link } if link == "eth0");
         let ops = plan(&f, Binding::Bridge, &PlanOptions::default(), orig).unwrap();
-        assert!(!ops.iter().any(
-            |o| matches!(o, NetOp::Sysctl { key, .. } if key == "net/ipv6/conf/eth0/disable_ipv6")
-        ));
+        assert!(!ops.iter().any(touches_eth0_v6), "{ops:?}");
         let down = plan_teardown(&f, Binding::Bridge, orig).unwrap();
-        assert!(down.contains(&sysctl("ipv6", "eth0", "disable_ipv6", "1")));
+        assert!(!down.iter().any(touches_eth0_v6), "{down:?}");
+        assert!(!down.iter().any(|o| matches!(o, NetOp::SetDown { .. })));
     }
 
     #[test]
@@ -685,6 +828,25 @@ mod tests {
         let back: Vec<NetOp> = serde_json::from_str(&serde_json::to_string(&all).unwrap()).unwrap();
         assert_eq!(back, all);
         assert_eq!(op.to_string(), "enslave eth0 to k6t-eth0");
+        assert_eq!(
+            serde_json::to_value(ipv4_conf("k6t-eth0", Ipv4Setting::ArpIgnore, 1)).unwrap(),
+            serde_json::json!({"op": "ipv4Conf", "link": "k6t-eth0", "setting": "arp_ignore", "value": 1})
+        );
+        assert_eq!(
+            addr_gen_mode("eth0", AddrGenMode::None).to_string(),
+            "set ipv6 addrgenmode none on eth0"
+        );
+    }
+
+    #[test]
+    fn kernel_numbers() {
+        assert_eq!(Ipv4Setting::ArpIgnore.devconf_id(), 19);
+        assert_eq!(Ipv4Setting::ArpAnnounce.devconf_id(), 18);
+        for n in 0..4 {
+            assert_eq!(AddrGenMode::from_kernel(n).unwrap().to_kernel(), n);
+        }
+        assert_eq!(AddrGenMode::from_kernel(1), Some(AddrGenMode::None));
+        assert_eq!(AddrGenMode::from_kernel(9), None);
     }
 
     #[test]

@@ -102,6 +102,25 @@ pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[
         "signals libvirtd and QEMU, which run as another uid (107)",
     ),
 ];
+/// `net setup`'s arguments: with the VMI's own `macAddress` on its pod interface, that MAC
+/// is cached with the facts, so the DHCP server (reading the cache) answers the MAC the
+/// VM really has.
+fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
+    let mut args = vec!["net".to_string(), "setup".to_string()];
+    let spec = &vmi.spec;
+    if let Some(mac) = spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .filter(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
+        .find_map(|i| i.mac_address.clone())
+    {
+        args.extend(["--vm-mac".to_string(), mac]);
+    }
+    args
+}
+
 /// Capabilities the `net-setup` init container adds back after dropping ALL.
 pub const NET_SETUP_CAPABILITIES: &[(&str, &str)] = &[(
     "NET_ADMIN",
@@ -657,7 +676,7 @@ pub fn launcher_objects(
                 "name": "net-setup",
                 "image": config.image,
                 "command": ["vmpod-launcher"],
-                "args": ["net", "setup"],
+                "args": net_setup_args(vmi),
                 "env": env,
                 "resources": init_resources,
                 "securityContext": security(NET_SETUP_CAPABILITIES),
