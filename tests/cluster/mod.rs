@@ -6,8 +6,9 @@
 //! - the pod network: a namespace with `eth0` on a node bridge (the sandbox of
 //!   `vmpod::sandbox`), the node living in a namespace of its own;
 //! - volumes under a pod directory keyed by the pod's UID: hostPath (DirectoryOrCreate
-//!   creates it; a CharDevice is handed to the container as a device, as a device plugin
-//!   would), emptyDir (a tmpfs of `sizeLimit` bytes when given: the limit is enforced, not
+//!   creates it; a CharDevice is bind-mounted like any hostPath, so the device cgroup
+//!   refuses it to an unprivileged container unless the runtime allows it by default, as
+//!   runc does /dev/net/tun and not /dev/kvm), emptyDir (a tmpfs of `sizeLimit` bytes when given: the limit is enforced, not
 //!   watched as kubelet does; unlike a node-disk emptyDir, its pages are charged to the
 //!   writing container's memory cgroup), downwardAPI and Secret files (mounted read-only),
 //!   image volumes as
@@ -413,13 +414,6 @@ impl RunningPod {
                         "--mount=type=image,source={reference},destination={}",
                         m.mount_path
                     ));
-                }
-                VolumePlan::HostPath {
-                    char_device: true,
-                    path,
-                    ..
-                } => {
-                    cmd.arg(format!("--device={path}:{}", m.mount_path));
                 }
                 VolumePlan::Files { .. }
                 | VolumePlan::HostPath { .. }
