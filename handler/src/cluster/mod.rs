@@ -277,4 +277,38 @@ mod args_tests {
             [None, None, None]
         );
     }
+
+    #[test]
+    fn the_node_serves_the_device_plugin_unless_told_not_to() {
+        #[derive(Parser)]
+        struct Node {
+            #[command(flatten)]
+            args: super::NodeArgs,
+        }
+        let parse = |argv: &[&str]| {
+            let argv = ["node", "--node-name", "n1"]
+                .into_iter()
+                .chain(argv.iter().copied());
+            Node::parse_from(argv).args
+        };
+        let n = parse(&[]);
+        assert_eq!(
+            n.device_plugin_dir.to_str(),
+            Some("/var/lib/kubelet/device-plugins")
+        );
+        assert_eq!(n.device_slots, 110);
+        assert!(!n.no_device_plugin);
+        let n = parse(&[
+            "--device-slots",
+            "8",
+            "--device-plugin-dir",
+            "/x",
+            "--no-device-plugin",
+        ]);
+        assert_eq!(
+            (n.device_slots, n.device_plugin_dir.to_str()),
+            (8, Some("/x"))
+        );
+        assert!(n.no_device_plugin);
+    }
 }
