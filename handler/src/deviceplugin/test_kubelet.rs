@@ -20,6 +20,18 @@ pub struct Plugin {
     pub endpoint: String,
     /// Device ID -> health, from its last ListAndWatch message.
     pub devices: BTreeMap<String, String>,
+    /// Devices given to containers (never given back: a test node runs a few pods).
+    pub in_use: std::collections::BTreeSet<String>,
+}
+
+impl Plugin {
+    /// Healthy devices no container holds.
+    fn free(&self) -> impl Iterator<Item = &String> {
+        self.devices
+            .iter()
+            .filter(|(id, h)| *h == HEALTHY && !self.in_use.contains(*id))
+            .map(|(id, _)| id)
+    }
 }
 
 type Plugins = Arc<Mutex<BTreeMap<String, Plugin>>>;
@@ -48,7 +60,7 @@ impl Registration for Registrar {
             r.resource_name.clone(),
             Plugin {
                 endpoint: r.endpoint.clone(),
-                devices: BTreeMap::new(),
+                ..Plugin::default()
             },
         );
         tokio::spawn(follow(
@@ -152,44 +164,36 @@ impl TestKubelet {
         now.expect("registered")
     }
 
-    /// Healthy devices per registered resource.
+    /// Free healthy devices per registered resource.
     pub fn allocatable(&self) -> BTreeMap<String, u64> {
         let plugins = self.plugins.lock().unwrap();
         plugins
             .iter()
-            .map(|(r, p)| {
-                let healthy = p.devices.values().filter(|h| *h == HEALTHY).count();
-                (r.clone(), healthy as u64)
-            })
+            .map(|(r, p)| (r.clone(), p.free().count() as u64))
             .collect()
     }
 
-    /// Allocate `count` healthy devices of `resource` to one container, as kubelet does
-    /// before creating it: the plugin's answer for that container.
+    /// Allocate `count` free healthy devices of `resource` to one container, as kubelet
+    /// does before creating it: the plugin's answer for that container.
     pub async fn allocate(
         &self,
         resource: &str,
         count: usize,
     ) -> Result<api::ContainerAllocateResponse, String> {
         let (endpoint, ids) = {
-            let plugins = self.plugins.lock().unwrap();
+            let mut plugins = self.plugins.lock().unwrap();
             let p = plugins
-                .get(resource)
+                .get_mut(resource)
                 .ok_or_else(|| format!("{resource}: no plugin registered"))?;
-            let healthy: Vec<String> = p
-                .devices
-                .iter()
-                .filter(|(_, h)| *h == HEALTHY)
-                .map(|(id, _)| id.clone())
-                .take(count)
-                .collect();
-            if healthy.len() < count {
+            let free: Vec<String> = p.free().take(count).cloned().collect();
+            if free.len() < count {
                 return Err(format!(
-                    "{resource}: {} healthy devices, {count} wanted",
-                    healthy.len()
+                    "{resource}: {} free healthy devices, {count} wanted",
+                    free.len()
                 ));
             }
-            (p.endpoint.clone(), healthy)
+            p.in_use.extend(free.iter().cloned());
+            (p.endpoint.clone(), free)
         };
         let socket = self.dir.join(endpoint);
         let channel = unix_channel(&socket)

@@ -244,6 +244,9 @@ async fn registers_each_resource_and_allocates_its_device() {
     );
     let spec = kubelet.allocate("vmpod.io/kvm", 1).await.unwrap();
     assert_eq!(spec.devices[0].host_path, kvm_path);
+    assert_eq!(kubelet.allocatable()["vmpod.io/kvm"], 2, "kvm-0 is in use");
+    let more = kubelet.allocate("vmpod.io/kvm", 3).await.unwrap_err();
+    assert!(more.contains("2 free healthy devices, 3 wanted"), "{more}");
 
     // A clean stop ends the open stream and removes both sockets.
     let dir = node.stop().await;
