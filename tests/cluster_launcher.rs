@@ -20,7 +20,9 @@ use vmpod::control::Phase;
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_SYS_ADMIN: u64 = 1 << 21;
 
-/// `vmpod-handler render-pod` for `vmi` (YAML), with the state hostPath at `state_root`.
+/// `vmpod-handler render-pod` for `vmi` (YAML), with the state hostPath at `state_root` and
+/// `--device-hostpath`: /dev/net/tun as a hostPath (the runner here has no device plugin;
+/// the handler's controller-to-runner test gets it from the real one's Allocate).
 fn render(vmi: &str, state_root: &Path) -> String {
     let dir = support::cargo_build::build_bins("vmpod-handler", &["vmpod-handler"]);
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -30,6 +32,7 @@ fn render(vmi: &str, state_root: &Path) -> String {
         .arg(file.path())
         .arg("--state-root")
         .arg(state_root)
+        .arg("--device-hostpath")
         .output()
         .unwrap();
     assert!(

@@ -73,6 +73,35 @@ fn the_runner_refuses_what_it_cannot_honour() {
 }
 
 #[test]
+fn extended_resources_are_planned_against_what_the_node_offers() {
+    let node = NodeFacts {
+        extended_resources: BTreeMap::from([("vmpod.io/tun".into(), 4)]),
+        ..NodeFacts::default()
+    };
+    let plan = |res: Value| {
+        let p = minimal(json!({"name": "c", "image": IMAGE, "resources": res}));
+        plan_pod(&p, &facts(), &node, &BTreeMap::new())
+    };
+    let ok = plan(json!({"limits": {"vmpod.io/tun": "2"}, "requests": {"vmpod.io/tun": 2}}));
+    assert_eq!(
+        ok.unwrap().containers[0].devices,
+        BTreeMap::from([("vmpod.io/tun".to_string(), 2)]),
+        "allocated when the container starts, not a flag of the plan"
+    );
+    let err = |res| plan(res).unwrap_err().to_string();
+    assert!(err(json!({"limits": {"vmpod.io/tun": "5"}})).contains("5 wanted, the node has 4"));
+    assert!(
+        err(json!({"limits": {"vmpod.io/tun": "1"}, "requests": {"vmpod.io/tun": "2"}}))
+            .contains("requests/limits")
+    );
+    assert!(err(json!({"limits": {"vmpod.io/tun": "500m"}})).contains("a whole number"));
+    assert!(
+        err(json!({"limits": {"vmpod.io/kvm": "1"}}))
+            .contains("no device plugin on this node offers vmpod.io/kvm")
+    );
+}
+
+#[test]
 fn capabilities_follow_the_runtime_default_set_then_drop_and_add() {
     let flags = |sc: Value| {
         let p = minimal(json!({"name": "c", "image": IMAGE, "securityContext": sc}));
@@ -131,6 +160,50 @@ fn status_field<'a>(log: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(key))
         .map(str::trim)
         .unwrap_or_else(|| panic!("no {key} in:\n{log}"))
+}
+
+/// A hostPath char device is a bind mount, as under kubelet: the device cgroup of an
+/// unprivileged container refuses /dev/kvm (a device plugin's Allocate is the way in), and
+/// lets the runtime's default devices such as /dev/net/tun through.
+#[test]
+fn a_host_path_device_is_only_a_mount() {
+    if !support::privileged("a_host_path_device_is_only_a_mount") {
+        return;
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED a_host_path_device_is_only_a_mount: this host has no /dev/kvm");
+        return;
+    }
+    ensure_images();
+    let node = ClusterNode::create();
+    let script = r#"
+for d in /dev/kvm /dev/net/tun; do
+  if (exec 3<>"$d") 2>/dev/null; then echo "$d=opens"; else echo "$d=refused"; fi
+done
+"#;
+    let device = |name: &str, path: &str| json!({"name": name, "hostPath": {"path": path, "type": "CharDevice"}});
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hostpath-dev"},
+        "spec": {
+            "restartPolicy": "Never", "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "main", "image": IMAGE, "command": ["sh", "-c", script],
+                "securityContext": {"runAsUser": 0, "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [
+                    {"name": "kvm", "mountPath": "/dev/kvm"},
+                    {"name": "tun", "mountPath": "/dev/net/tun"},
+                ],
+            }],
+            "volumes": [device("kvm", "/dev/kvm"), device("tun", "/dev/net/tun")],
+        },
+    });
+    let pod: Pod = serde_json::from_value(pod).unwrap();
+    let running = node.run_pod(&pod, &[]).expect("the pod runs");
+    let exit = running.wait(Duration::from_secs(60)).unwrap();
+    let log = running.logs("main");
+    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{log}");
+    assert_eq!(status_field(&log, "/dev/kvm="), "refused", "{log}");
+    assert_eq!(status_field(&log, "/dev/net/tun="), "opens", "{log}");
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! vmpod-handler: the node daemon and controller. `controller` turns VMIs into launcher
-//! pods, `node` reports launcher status into VMI status, `local` runs VMIs from a
-//! directory on this machine with no cluster, `render-pod` prints the controller's launcher
-//! Pod for a VMI file.
+//! pods, `node` reports launcher status into VMI status and serves kubelet the devices
+//! launcher pods use (`deviceplugin`), `local` runs VMIs from a directory on this machine
+//! with no cluster, `render-pod` prints the controller's launcher Pod for a VMI file.
 
 mod cluster;
+mod deviceplugin;
 mod local;
 
 // The integration tests' support and kubelet-shaped runner, for the test that runs the Pod
@@ -33,7 +34,8 @@ struct Cli {
 enum Command {
     /// Watch VirtualMachineInstances and create a launcher pod for each.
     Controller(cluster::ControllerArgs),
-    /// Report the status of launchers on this node into their VMIs.
+    /// Report the status of launchers on this node into their VMIs; serve kubelet
+    /// vmpod.io/kvm, vmpod.io/tun and vmpod.io/vhost-net.
     Node(cluster::NodeArgs),
     /// No cluster: keep the VMIs in a directory running on this machine.
     Local(local::LocalArgs),

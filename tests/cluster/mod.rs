@@ -6,15 +6,19 @@
 //! - the pod network: a namespace with `eth0` on a node bridge (the sandbox of
 //!   `vmpod::sandbox`), the node living in a namespace of its own;
 //! - volumes under a pod directory keyed by the pod's UID: hostPath (DirectoryOrCreate
-//!   creates it; a CharDevice is handed to the container as a device, as a device plugin
-//!   would), emptyDir (a tmpfs of `sizeLimit` bytes when given: the limit is enforced, not
+//!   creates it; a CharDevice is bind-mounted like any hostPath, so the device cgroup
+//!   refuses it to an unprivileged container unless the runtime allows it by default, as
+//!   runc does /dev/net/tun and not /dev/kvm), emptyDir (a tmpfs of `sizeLimit` bytes when given: the limit is enforced, not
 //!   watched as kubelet does; unlike a node-disk emptyDir, its pages are charged to the
 //!   writing container's memory cgroup), downwardAPI and Secret files (mounted read-only),
 //!   image volumes as
 //!   read-only image mounts, subPath and subPathExpr;
 //! - init containers in order, each to a zero exit, then the containers;
 //! - securityContext, env (values, `$(VAR)`, fieldRef), command/args, memory and CPU limits,
-//!   extended resources from [`spec::NodeFacts::devices`];
+//!   extended resources as kubelet's device manager does: the node offers what its
+//!   [`DeviceManager`] has healthy, and before the pod's containers are created each
+//!   container's devices are asked of the resource's device plugin (its `Allocate`) and
+//!   added to the container (`--device host:container:permissions`);
 //! - stop: SIGTERM, then SIGKILL after `terminationGracePeriodSeconds` (`podman stop -t`).
 //!
 //! Every other field of the Pod is an error naming its path ([`spec::plan_pod`]).
@@ -125,6 +129,23 @@ pub fn parse_documents(yaml: &str) -> Result<(Pod, Vec<Secret>)> {
     Ok((pod.context("no Pod document")?, secrets))
 }
 
+/// A device as a device plugin's `Allocate` hands it out (its DeviceSpec).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceGrant {
+    pub host_path: String,
+    pub container_path: String,
+    /// Device cgroup permissions: any of `r`, `w`, `m`.
+    pub permissions: String,
+}
+
+/// Kubelet's device manager: the node's device plugins as kubelet sees them.
+pub trait DeviceManager: Send + Sync {
+    /// Healthy devices per extended resource (what the node can allocate).
+    fn allocatable(&self) -> BTreeMap<String, u64>;
+    /// `count` devices of `resource` for one container, from the plugin's `Allocate`.
+    fn allocate(&self, resource: &str, count: u64) -> Result<Vec<DeviceGrant>>;
+}
+
 /// The node: a bridge in a network namespace of its own holding the pods' gateway.
 pub struct ClusterNode {
     pub name: String,
@@ -132,24 +153,23 @@ pub struct ClusterNode {
     pub gateway: std::net::Ipv4Addr,
     next_host: AtomicU8,
     pub facts: NodeFacts,
+    /// The node's device plugins (none: no extended resources).
+    pub devices: Option<Arc<dyn DeviceManager>>,
 }
 
 impl ClusterNode {
     /// A node with pod subnet 10.88.0.0/24 (the node namespace is private, so nodes of
-    /// concurrent tests do not collide), offering /dev/net/tun and /dev/kvm as
-    /// `devices.vmpod.io/{tun,kvm}`.
+    /// concurrent tests do not collide) and no device plugins.
     pub fn create() -> ClusterNode {
         let gw = IpCidr::new("10.88.0.1".parse().unwrap(), 24);
         let node = Node::create(&NodeSpec::isolated(vec![gw])).expect("create the node netns");
         let name = format!("node-{}", vmpod::sandbox::unique_id());
         ClusterNode {
             facts: NodeFacts {
-                devices: BTreeMap::from([
-                    ("devices.vmpod.io/tun".into(), "/dev/net/tun".into()),
-                    ("devices.vmpod.io/kvm".into(), "/dev/kvm".into()),
-                ]),
+                extended_resources: BTreeMap::new(),
                 labels: BTreeMap::from([("kubernetes.io/hostname".into(), name.clone())]),
             },
+            devices: None,
             name,
             node,
             gateway: "10.88.0.1".parse().unwrap(),
@@ -203,7 +223,22 @@ impl ClusterNode {
             }
             secret_data.insert(s.metadata.name.clone().unwrap_or_default(), data);
         }
-        let plan = plan_pod(&doc, &facts, &self.facts, &secret_data)?;
+        let mut node_facts = self.facts.clone();
+        if let Some(dm) = &self.devices {
+            node_facts.extended_resources = dm.allocatable();
+        }
+        let plan = plan_pod(&doc, &facts, &node_facts, &secret_data)?;
+        // Admission: every container's devices, before anything is created.
+        let mut grants: BTreeMap<String, Vec<DeviceGrant>> = BTreeMap::new();
+        for c in plan.init_containers.iter().chain(&plan.containers) {
+            for (resource, count) in &c.devices {
+                let dm = self.devices.as_ref().context("no device manager")?;
+                let got = dm
+                    .allocate(resource, *count)
+                    .with_context(|| format!("container {}: allocate {resource}", c.name))?;
+                grants.entry(c.name.clone()).or_default().extend(got);
+            }
+        }
 
         let mut spec = PodSpec::new("cl", IpCidr::new(pod_ip.into(), 24), self.gateway);
         spec.hostname = name.clone();
@@ -225,7 +260,7 @@ impl ClusterNode {
         };
         running.make_volumes(&plan)?;
         for c in &plan.init_containers {
-            let name = running.start(c)?;
+            let name = running.start(c, grants.get(&c.name))?;
             let code = running.wait_container(&name, Duration::from_secs(300))?;
             if code != 0 {
                 bail!(
@@ -236,7 +271,7 @@ impl ClusterNode {
             }
         }
         for c in &plan.containers {
-            let name = running.start(c)?;
+            let name = running.start(c, grants.get(&c.name))?;
             running.containers.push((c.name.clone(), name));
         }
         Ok(running)
@@ -349,7 +384,7 @@ impl RunningPod {
     }
 
     /// Create and start one container; returns its podman name.
-    fn start(&mut self, c: &ContainerPlan) -> Result<String> {
+    fn start(&mut self, c: &ContainerPlan, devices: Option<&Vec<DeviceGrant>>) -> Result<String> {
         let name = format!("{}-{}-{}", self.name, c.name, &self.uid[..8]);
         let mut cmd = podman();
         cmd.args(["run", "--detach", "--pull=never", "--name", &name])
@@ -365,6 +400,12 @@ impl RunningPod {
             cmd.arg(format!("--dns-search={s}"));
         }
         cmd.args(&c.flags);
+        for d in devices.into_iter().flatten() {
+            cmd.arg(format!(
+                "--device={}:{}:{}",
+                d.host_path, d.container_path, d.permissions
+            ));
+        }
         for m in &c.mounts {
             let plan = &self.plan_volumes[&m.volume];
             match plan {
@@ -373,13 +414,6 @@ impl RunningPod {
                         "--mount=type=image,source={reference},destination={}",
                         m.mount_path
                     ));
-                }
-                VolumePlan::HostPath {
-                    char_device: true,
-                    path,
-                    ..
-                } => {
-                    cmd.arg(format!("--device={path}:{}", m.mount_path));
                 }
                 VolumePlan::Files { .. }
                 | VolumePlan::HostPath { .. }

@@ -69,6 +69,9 @@ pub struct ContainerPlan {
     /// `args` (`command` is `--entrypoint` in `flags`).
     pub args: Vec<String>,
     pub mounts: Vec<MountPlan>,
+    /// Extended resources and how many of each: the node's device plugins allocate them
+    /// when the container starts.
+    pub devices: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -88,11 +91,12 @@ pub struct PodPlan {
     pub grace_seconds: u64,
 }
 
-/// The node's answers to what a Pod may ask beyond the plain runtime: extended resources
-/// (a device plugin's: resource name -> device path) and the node's labels.
+/// The node's answers to what a Pod may ask beyond the plain runtime: its allocatable
+/// extended resources (the device plugins' healthy devices, as in the Node's
+/// `status.allocatable`) and its labels.
 #[derive(Clone, Debug, Default)]
 pub struct NodeFacts {
-    pub devices: BTreeMap<String, String>,
+    pub extended_resources: BTreeMap<String, u64>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -461,14 +465,21 @@ fn security_flags(c: &Value, path: &str) -> Result<Vec<String>> {
     Ok(flags)
 }
 
-fn resource_flags(c: &Value, path: &str, node: &NodeFacts) -> Result<Vec<String>> {
+/// The `podman run` flags of a container's memory and CPU, and its extended resources
+/// (whole numbers; requests, when given, equal to limits, as the API server demands; no
+/// more than the node has).
+fn resource_flags(
+    c: &Value,
+    path: &str,
+    node: &NodeFacts,
+) -> Result<(Vec<String>, BTreeMap<String, u64>)> {
     let rp = format!("{path}.resources");
     let Some(res) = c.get("resources") else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), BTreeMap::new()));
     };
     only(res, &rp, &["requests", "limits"])?;
     let mut flags = Vec::new();
-    let mut devices = Vec::new();
+    let mut devices: BTreeMap<String, u64> = BTreeMap::new();
     for kind in ["requests", "limits"] {
         let Some(m) = res.get(kind) else { continue };
         for (k, v) in obj(m, &format!("{rp}.{kind}"))? {
@@ -492,23 +503,34 @@ fn resource_flags(c: &Value, path: &str, node: &NodeFacts) -> Result<Vec<String>
                     quantity_bytes(v, &kp)?;
                 }
                 (_, resource) => {
-                    let dev = node.devices.get(resource).with_context(|| {
-                        format!("{kp}: no device plugin on this node offers {resource}")
-                    })?;
-                    if v.as_str() != Some("1") && v.as_u64() != Some(1) {
-                        bail!("{kp}: only 1 is supported");
+                    let count = v
+                        .as_u64()
+                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                        .filter(|n| *n > 0)
+                        .with_context(|| {
+                            format!("{kp}: {v}: an extended resource is a whole number")
+                        })?;
+                    let allocatable = node
+                        .extended_resources
+                        .get(resource)
+                        .copied()
+                        .unwrap_or_default();
+                    if allocatable == 0 {
+                        bail!("{kp}: no device plugin on this node offers {resource}");
                     }
-                    if !devices.contains(dev) {
-                        devices.push(dev.clone());
+                    if count > allocatable {
+                        bail!("{kp}: {count} wanted, the node has {allocatable}");
+                    }
+                    if let Some(other) = devices.insert(resource.to_string(), count)
+                        && other != count
+                    {
+                        bail!("{kp}: {count}, but {other} in the other of requests/limits");
                     }
                 }
             }
         }
     }
-    for d in devices {
-        flags.extend(["--device".into(), d]);
-    }
-    Ok(flags)
+    Ok((flags, devices))
 }
 
 fn container_plan(
@@ -541,7 +563,8 @@ fn container_plan(
     }
     let env = env_of(c, path, facts)?;
     let mut flags = security_flags(c, path)?;
-    flags.extend(resource_flags(c, path, node)?);
+    let (resource_flags, devices) = resource_flags(c, path, node)?;
+    flags.extend(resource_flags);
     for (k, v) in &env {
         flags.extend(["--env".into(), format!("{k}={v}")]);
     }
@@ -623,6 +646,7 @@ fn container_plan(
         flags,
         args,
         mounts,
+        devices,
     })
 }
 

@@ -21,8 +21,12 @@
 //!   at `/var/lib/vmpod/scratch` (`VMPOD_SCRATCH_DIR`) whose sizeLimit follows from the VMI
 //!   ([`scratch_size_bytes`]).
 //! - memory = guest memory + [`memory_overhead_bytes`] (requests and limits);
-//! - /dev/kvm (compute) and /dev/net/tun (both containers): hostPath char devices, or
-//!   extended resources from a device plugin when configured;
+//! - /dev/kvm and /dev/vhost-net (compute) and /dev/net/tun (both containers) as the
+//!   extended resources `vmpod.io/kvm`, `vhost-net`, `tun` of the node daemon's device
+//!   plugin (`crate::deviceplugin`); only tun with `vmpod.io/acceleration: emulation` (TCG
+//!   uses neither KVM nor vhost-net). With `--device-hostpath` instead: /dev/kvm and
+//!   /dev/net/tun as hostPath char devices (a device cgroup may refuse them to an
+//!   unprivileged container) and no /dev/vhost-net (not every host has it);
 //! - an owner reference to the VMI, so deleting the VMI deletes the pod and the Secret.
 //!
 //! Images named by the VMI are mounted as Kubernetes image volumes (Kubernetes 1.33+,
@@ -32,6 +36,7 @@
 //! `<volume name>`, where `vmpod::domain::volumes` looks for it (`containerDisk.path` stays
 //! relative to the image).
 
+use crate::deviceplugin;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Resource;
@@ -147,10 +152,25 @@ pub struct LauncherPodConfig {
     pub image: String,
     /// Node directory holding the per-pod state directories.
     pub state_root: String,
-    /// Extended resource giving /dev/kvm (e.g. `devices.kubevirt.io/kvm`); `None`: hostPath.
+    /// Extended resource giving /dev/kvm (default `vmpod.io/kvm`); `None`: hostPath.
     pub kvm_resource: Option<String>,
-    /// Extended resource giving /dev/net/tun; `None`: hostPath.
+    /// Extended resource giving /dev/net/tun (default `vmpod.io/tun`); `None`: hostPath.
     pub tun_resource: Option<String>,
+    /// Extended resource giving /dev/vhost-net (default `vmpod.io/vhost-net`); `None`: none
+    /// (libvirt then uses QEMU's userspace virtio-net).
+    pub vhost_net_resource: Option<String>,
+}
+
+impl LauncherPodConfig {
+    /// Devices as hostPath mounts instead of extended resources (`--device-hostpath`).
+    pub fn with_hostpath_devices(self) -> Self {
+        LauncherPodConfig {
+            kvm_resource: None,
+            tun_resource: None,
+            vhost_net_resource: None,
+            ..self
+        }
+    }
 }
 
 impl Default for LauncherPodConfig {
@@ -158,8 +178,9 @@ impl Default for LauncherPodConfig {
         LauncherPodConfig {
             image: "localhost/vmpod:dev".into(),
             state_root: DEFAULT_STATE_ROOT.into(),
-            kvm_resource: None,
-            tun_resource: None,
+            kvm_resource: Some(deviceplugin::KVM_RESOURCE.into()),
+            tun_resource: Some(deviceplugin::TUN_RESOURCE.into()),
+            vhost_net_resource: Some(deviceplugin::VHOST_NET_RESOURCE.into()),
         }
     }
 }
@@ -450,11 +471,8 @@ pub fn launcher_objects(
     let guest = domain
         .guest_memory_bytes()
         .map_err(|e| quantity_err("spec.domain.memory.guest", e))?;
-    let overhead = memory_overhead_bytes(
-        guest,
-        domain.vcpus(),
-        vmi.acceleration().unwrap_or_default(),
-    );
+    let acceleration = vmi.acceleration().unwrap_or_default();
+    let overhead = memory_overhead_bytes(guest, domain.vcpus(), acceleration);
     let resources = domain.resources.clone().unwrap_or_default();
     let request_memory = match resources.requests.get("memory") {
         Some(q) => quantity_bytes(&q.0)
@@ -513,7 +531,16 @@ pub fn launcher_objects(
     for (dev, host, resource, init_too) in [
         ("kvm", "/dev/kvm", &config.kvm_resource, false),
         ("tun", "/dev/net/tun", &config.tun_resource, true),
+        (
+            "vhost-net",
+            "/dev/vhost-net",
+            &config.vhost_net_resource,
+            false,
+        ),
     ] {
+        if dev != "tun" && acceleration == Acceleration::Emulation {
+            continue; // TCG uses neither; a request would keep the pod off nodes without them
+        }
         match resource {
             Some(r) => {
                 requests.insert(r.clone(), "1".into());
@@ -523,6 +550,7 @@ pub fn launcher_objects(
                     init_resources["limits"][r] = json!("1");
                 }
             }
+            None if dev == "vhost-net" => {}
             None => {
                 volumes
                     .push(json!({"name": dev, "hostPath": {"path": host, "type": "CharDevice"}}));
@@ -755,7 +783,8 @@ mod tests {
     #[test]
     fn pod_carries_memory_devices_state_dir_and_owner() {
         let vmi = vmi("    resources: {requests: {cpu: 500m}, limits: {memory: 1Gi}}\n");
-        let pod = pod(&vmi);
+        let hostpath = LauncherPodConfig::default().with_hostpath_devices();
+        let pod = launcher_objects(&vmi, &hostpath).unwrap().pod;
         assert_eq!(pod.metadata.name.as_deref(), Some("vmpod-launcher-vm1"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ns1"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
@@ -783,13 +812,19 @@ mod tests {
             format!("{}Mi", (1024 * MI + overhead) / MI)
         );
         let m = mounts(c);
-        assert_eq!(m["kvm"], "/dev/kvm");
+        assert!(!m.contains_key("kvm"), "not with emulation");
+        assert!(!m.contains_key("vhost-net"), "never as a hostPath");
         assert_eq!(m["tun"], "/dev/net/tun");
         assert_eq!(m["scratch"], SCRATCH_DIR_IN_POD);
         let init = mounts(init_container(&pod));
         assert_eq!(init["tun"], "/dev/net/tun", "net setup creates the tap");
         assert!(!init.contains_key("kvm"));
         assert!(!init.contains_key("scratch"));
+        let mut vmi_kvm = vmi.clone();
+        set_acceleration(&mut vmi_kvm, "auto");
+        let pod = launcher_objects(&vmi_kvm, &hostpath).unwrap().pod;
+        assert_eq!(mounts(container(&pod))["kvm"], "/dev/kvm");
+        assert!(!mounts(init_container(&pod)).contains_key("kvm"));
         let kvm = volume(&pod, "kvm");
         assert_eq!(
             kvm.host_path.as_ref().unwrap().type_.as_deref(),
@@ -799,6 +834,59 @@ mod tests {
             pod.spec.as_ref().unwrap().termination_grace_period_seconds,
             Some(45)
         );
+    }
+
+    fn set_acceleration(vmi: &mut VirtualMachineInstance, mode: &str) {
+        let annotations = vmi.metadata.annotations.get_or_insert_default();
+        annotations.insert("vmpod.io/acceleration".into(), mode.into());
+    }
+
+    /// The `vmpod.io/` resources of `c`, in requests and in limits.
+    fn device_resources(c: &Container) -> [Vec<(&str, &str)>; 2] {
+        let res = c.resources.as_ref().unwrap();
+        [&res.requests, &res.limits].map(|map| {
+            map.iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("vmpod.io/"))
+                .map(|(k, v)| (k.as_str(), v.0.as_str()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn devices_come_from_the_device_plugin_by_default() {
+        let mut vmi = vmi("");
+        set_acceleration(&mut vmi, "auto");
+        let with_kvm = pod(&vmi);
+        set_acceleration(&mut vmi, "emulation");
+        let emulated = pod(&vmi);
+        let tun = vec![("vmpod.io/tun", "1")];
+        for (pod, compute) in [
+            (
+                &with_kvm,
+                vec![
+                    ("vmpod.io/kvm", "1"),
+                    ("vmpod.io/tun", "1"),
+                    ("vmpod.io/vhost-net", "1"),
+                ],
+            ),
+            (&emulated, tun.clone()),
+        ] {
+            assert_eq!(device_resources(container(pod)), [compute.clone(), compute]);
+            assert_eq!(
+                device_resources(init_container(pod)),
+                [tun.clone(), tun.clone()],
+                "net-setup creates the tap"
+            );
+            let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+            assert!(
+                vols.iter().all(|v| v
+                    .host_path
+                    .as_ref()
+                    .is_none_or(|h| h.path == DEFAULT_STATE_ROOT)),
+                "no hostPath devices: {vols:?}"
+            );
+        }
     }
 
     #[test]
@@ -1015,12 +1103,12 @@ mod tests {
         assert_eq!(image_of("disk-root"), "reg/disk:1");
         let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
         assert!(
-            vols.iter().all(|v| v.name != "kvm"),
+            vols.iter().all(|v| v.name != "tun"),
             "device plugin instead"
         );
         let res = container(&pod).resources.as_ref().unwrap();
         assert_eq!(
-            res.limits.as_ref().unwrap()["devices.kubevirt.io/kvm"].0,
+            res.limits.as_ref().unwrap()["devices.kubevirt.io/tun"].0,
             "1"
         );
         let init_res = init_container(&pod).resources.as_ref().unwrap();

@@ -25,6 +25,7 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
+use crate::deviceplugin;
 use clap::Args;
 use futures::{Stream, StreamExt};
 use kube::runtime::controller::Action;
@@ -34,6 +35,7 @@ use metrics::{CONTROLLER_METRICS_ADDR, Metrics, NODE_METRICS_ADDR};
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,15 +52,41 @@ pub struct ControllerArgs {
     /// Node directory holding per-pod state directories (a hostPath in launcher pods).
     #[arg(long, default_value = DEFAULT_STATE_ROOT)]
     pub state_root: String,
-    /// Extended resource for /dev/kvm from a device plugin (default: hostPath).
-    #[arg(long, env = "VMPOD_KVM_RESOURCE")]
-    pub kvm_resource: Option<String>,
-    /// Extended resource for /dev/net/tun from a device plugin (default: hostPath).
-    #[arg(long, env = "VMPOD_TUN_RESOURCE")]
-    pub tun_resource: Option<String>,
+    /// Extended resource giving /dev/kvm (served by `vmpod-handler node`).
+    #[arg(long, env = "VMPOD_KVM_RESOURCE", default_value = deviceplugin::KVM_RESOURCE)]
+    pub kvm_resource: String,
+    /// Extended resource giving /dev/net/tun.
+    #[arg(long, env = "VMPOD_TUN_RESOURCE", default_value = deviceplugin::TUN_RESOURCE)]
+    pub tun_resource: String,
+    /// Extended resource giving /dev/vhost-net.
+    #[arg(long, env = "VMPOD_VHOST_NET_RESOURCE", default_value = deviceplugin::VHOST_NET_RESOURCE)]
+    pub vhost_net_resource: String,
+    /// No device plugin: mount /dev/kvm and /dev/net/tun as hostPath char devices instead
+    /// of requesting the resources above (works where the runtime lets a container open
+    /// them; no /dev/vhost-net).
+    #[arg(long, env = "VMPOD_DEVICE_HOSTPATH")]
+    pub device_hostpath: bool,
     /// Where Prometheus scrapes `GET /metrics` (use 0.0.0.0:9153 to expose it off the host).
     #[arg(long, default_value = CONTROLLER_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
+}
+
+impl ControllerArgs {
+    /// How the controller builds launcher pods, from these options.
+    pub fn launcher_pod_config(self) -> LauncherPodConfig {
+        let config = LauncherPodConfig {
+            image: self.launcher_image,
+            state_root: self.state_root,
+            kvm_resource: Some(self.kvm_resource),
+            tun_resource: Some(self.tun_resource),
+            vhost_net_resource: Some(self.vhost_net_resource),
+        };
+        if self.device_hostpath {
+            config.with_hostpath_devices()
+        } else {
+            config
+        }
+    }
 }
 
 /// `vmpod-handler node` options.
@@ -76,18 +104,22 @@ pub struct NodeArgs {
     /// Where Prometheus scrapes `GET /metrics` (use 0.0.0.0:9154 to expose it off the host).
     #[arg(long, default_value = NODE_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
+    /// Kubelet's device-plugins directory, where the device plugin registers and listens.
+    #[arg(long, default_value = deviceplugin::DEFAULT_DIR)]
+    pub device_plugin_dir: PathBuf,
+    /// How many containers on this node may hold each of vmpod.io/kvm, tun, vhost-net.
+    #[arg(long, default_value_t = deviceplugin::DEFAULT_SLOTS)]
+    pub device_slots: u32,
+    /// Do not run the device plugin (the controller then needs --device-hostpath).
+    #[arg(long)]
+    pub no_device_plugin: bool,
 }
 
 /// Run the controller against the cluster in the environment (in-cluster or kubeconfig).
 pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics = serve_metrics(args.metrics_addr).await?;
     let client = kube::Client::try_default().await?;
-    let config = LauncherPodConfig {
-        image: args.launcher_image,
-        state_root: args.state_root,
-        kvm_resource: args.kvm_resource,
-        tun_resource: args.tun_resource,
-    };
+    let config = args.launcher_pod_config();
     tracing::info!(image = %config.image, "controller starting");
     controller::run(client, config, metrics).await;
     Ok(())
@@ -107,7 +139,20 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         metrics,
     };
     tracing::info!(node = %args.node_name, "node daemon starting");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let plugins = (!args.no_device_plugin).then(|| {
+        let config = deviceplugin::PluginConfig {
+            dir: args.device_plugin_dir,
+            poll: Duration::from_secs(1),
+        };
+        let devices = deviceplugin::node_devices(args.device_slots);
+        tokio::spawn(deviceplugin::run(config, devices, stopped))
+    });
     node::run(client, &args.node_name, ctx).await;
+    let _ = stop.send(true);
+    if let Some(plugins) = plugins {
+        plugins.await?;
+    }
     Ok(())
 }
 
@@ -251,5 +296,76 @@ impl ReconcileError {
             ReconcileError::Conflict { .. } => "conflict",
             ReconcileError::Unaddressable(_) => "unaddressable",
         }
+    }
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::ControllerArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn config(argv: &[&str]) -> super::LauncherPodConfig {
+        let argv = std::iter::once("controller").chain(argv.iter().copied());
+        Cli::parse_from(argv).args.launcher_pod_config()
+    }
+
+    #[test]
+    fn devices_are_the_plugins_resources_unless_hostpath_is_asked_for() {
+        let c = config(&[]);
+        assert_eq!(
+            [c.kvm_resource, c.tun_resource, c.vhost_net_resource],
+            [
+                Some("vmpod.io/kvm".to_string()),
+                Some("vmpod.io/tun".to_string()),
+                Some("vmpod.io/vhost-net".to_string())
+            ]
+        );
+        let c = config(&["--kvm-resource", "devices.kubevirt.io/kvm"]);
+        assert_eq!(c.kvm_resource.as_deref(), Some("devices.kubevirt.io/kvm"));
+        let c = config(&["--device-hostpath"]);
+        assert_eq!(
+            [c.kvm_resource, c.tun_resource, c.vhost_net_resource],
+            [None, None, None]
+        );
+    }
+
+    #[test]
+    fn the_node_serves_the_device_plugin_unless_told_not_to() {
+        #[derive(Parser)]
+        struct Node {
+            #[command(flatten)]
+            args: super::NodeArgs,
+        }
+        let parse = |argv: &[&str]| {
+            let argv = ["node", "--node-name", "n1"]
+                .into_iter()
+                .chain(argv.iter().copied());
+            Node::parse_from(argv).args
+        };
+        let n = parse(&[]);
+        assert_eq!(
+            n.device_plugin_dir.to_str(),
+            Some("/var/lib/kubelet/device-plugins")
+        );
+        assert_eq!(n.device_slots, 110);
+        assert!(!n.no_device_plugin);
+        let n = parse(&[
+            "--device-slots",
+            "8",
+            "--device-plugin-dir",
+            "/x",
+            "--no-device-plugin",
+        ]);
+        assert_eq!(
+            (n.device_slots, n.device_plugin_dir.to_str()),
+            (8, Some("/x"))
+        );
+        assert!(n.no_device_plugin);
     }
 }

@@ -23,6 +23,9 @@ pub struct RenderArgs {
     /// Node directory holding per-pod state directories (the state hostPath).
     #[arg(long, default_value = super::launcher_pod::DEFAULT_STATE_ROOT)]
     pub state_root: String,
+    /// As the controller's `--device-hostpath`: hostPath devices, no device plugin resources.
+    #[arg(long)]
+    pub device_hostpath: bool,
 }
 
 /// The YAML documents `render-pod` prints for `args`.
@@ -49,6 +52,11 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         image: args.image.clone(),
         state_root: args.state_root.clone(),
         ..LauncherPodConfig::default()
+    };
+    let config = if args.device_hostpath {
+        config.with_hostpath_devices()
+    } else {
+        config
     };
     let objects = launcher_objects(&vmi, &config)?;
     let mut docs = vec![to_document(&objects.pod)?];
@@ -84,6 +92,7 @@ mod tests {
             namespace: Some("prod".into()),
             image: "reg/vmpod:1".into(),
             state_root: "/srv/vmpod".into(),
+            device_hostpath: false,
         };
         let yaml = render(&args).unwrap();
         let docs: Vec<serde_json::Value> = vmpod::api::yaml::documents(&yaml).unwrap();
@@ -105,6 +114,19 @@ mod tests {
         );
         assert_eq!(docs[1]["kind"], "Secret");
         assert!(!docs[0].to_string().contains("secret-stuff"));
+        let limits = &docs[0]["spec"]["containers"][0]["resources"]["limits"];
+        assert_eq!(limits["vmpod.io/tun"], "1", "{limits}");
+        let hostpath = RenderArgs {
+            device_hostpath: true,
+            vmi: file.clone(),
+            ..args
+        };
+        let docs =
+            vmpod::api::yaml::documents::<serde_json::Value>(&render(&hostpath).unwrap()).unwrap();
+        let limits = &docs[0]["spec"]["containers"][0]["resources"]["limits"];
+        assert!(limits.get("vmpod.io/tun").is_none(), "{limits}");
+        assert!(docs[0].to_string().contains("/dev/net/tun"));
+        let args = hostpath;
 
         // An invalid VMI is refused with its field path.
         std::fs::write(&file, "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: x}\nspec: {domain: {memory: {guest: lots}}}\n").unwrap();

@@ -366,20 +366,21 @@ async fn controller_follows_watch_events() {
     );
 }
 
-/// Deliverable 6: the Pod and Secret the controller creates (as POSTed to the API server)
-/// run under the kubelet-shaped runner: the test guest boots from images, leases the pod
-/// IP, powers off, and the pod ends Succeeded with nothing left behind.
-#[test]
-fn the_pod_the_controller_creates_runs_under_the_runner() {
-    use crate::test_runner::launcher::{run_to_guest_power_off, testguest_vmi};
-    use k8s_openapi::api::core::v1::{Pod, Secret};
-    if !crate::support::privileged("the_pod_the_controller_creates_runs_under_the_runner") {
-        return;
-    }
-    crate::test_runner::ensure_images();
-    let state_root = tempfile::tempdir().unwrap();
-    let mut vmi =
-        vmpod::api::load_vmi(&testguest_vmi("vm1", "#cloud-config\n", false, 20, None)).unwrap();
+/// The Pod and Secret the controller creates (as POSTed to the mock API server) for the
+/// test guest's VMI with `acceleration`, its state hostPath at `state_root`.
+fn controller_objects(
+    acceleration: &str,
+    state_root: &Path,
+) -> (
+    k8s_openapi::api::core::v1::Pod,
+    k8s_openapi::api::core::v1::Secret,
+) {
+    use crate::test_runner::launcher::testguest_vmi;
+    let manifest = testguest_vmi("vm1", "#cloud-config\n", false, 20, None).replace(
+        "vmpod.io/acceleration: emulation",
+        &format!("vmpod.io/acceleration: {acceleration}"),
+    );
+    let mut vmi = vmpod::api::load_vmi(&manifest).unwrap();
     vmi.metadata.namespace = Some("ns1".into());
     // The API server's UIDs are UUIDs (libvirt takes the VMI's as the domain's).
     vmi.metadata.uid = Some("6d2c9a4e-5b1f-4c3e-9a7d-0e8f1b2c3d4e".into());
@@ -401,7 +402,7 @@ fn the_pod_the_controller_creates_runs_under_the_runner() {
         let ctx = Arc::new(ControllerContext {
             client,
             config: LauncherPodConfig {
-                state_root: state_root.path().to_str().unwrap().into(),
+                state_root: state_root.to_str().unwrap().into(),
                 ..LauncherPodConfig::default()
             },
             metrics: Arc::default(),
@@ -414,10 +415,110 @@ fn the_pod_the_controller_creates_runs_under_the_runner() {
             server.seen_on(Method::POST, SECRETS_PATH)[0].body.clone(),
         )
     });
-    let pod: Pod = serde_json::from_value(pod).unwrap();
-    let secret: Secret = serde_json::from_value(secret).unwrap();
-    let node = crate::test_runner::ClusterNode::create();
+    (
+        serde_json::from_value(pod).unwrap(),
+        serde_json::from_value(secret).unwrap(),
+    )
+}
+
+/// A runner node whose devices come from `vmpod-handler node`'s device plugins (the real
+/// /dev paths, 4 slots each) through a kubelet that asks their Allocate.
+fn node_with_device_plugins() -> (
+    crate::test_runner::ClusterNode,
+    Arc<crate::deviceplugin::test_kubelet::NodeDevicePlugins>,
+) {
+    let plugins = Arc::new(crate::deviceplugin::test_kubelet::NodeDevicePlugins::start(
+        crate::deviceplugin::node_devices(4),
+    ));
+    let mut node = crate::test_runner::ClusterNode::create();
+    node.devices = Some(plugins.clone());
+    (node, plugins)
+}
+
+/// No volume of `pod` is a hostPath device: its devices come from the device plugin.
+fn assert_no_hostpath_devices(pod: &k8s_openapi::api::core::v1::Pod) {
+    let volumes = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    let devices: Vec<_> = volumes
+        .iter()
+        .filter(|v| {
+            v.host_path
+                .as_ref()
+                .is_some_and(|h| h.path.starts_with("/dev"))
+        })
+        .collect();
+    assert!(devices.is_empty(), "{devices:?}");
+}
+
+/// Deliverable 6 (issue 11) and issue 16: the Pod and Secret the controller creates run
+/// under the kubelet-shaped runner, /dev/net/tun given to both containers by the device
+/// plugin's Allocate (vmpod.io/tun), not by a hostPath: the test guest boots from images,
+/// leases the pod IP, powers off, and the pod ends Succeeded with nothing left behind.
+#[test]
+fn the_pod_the_controller_creates_runs_under_the_runner() {
+    use crate::test_runner::launcher::run_to_guest_power_off;
+    if !crate::support::privileged("the_pod_the_controller_creates_runs_under_the_runner") {
+        return;
+    }
+    crate::test_runner::ensure_images();
+    let state_root = tempfile::tempdir().unwrap();
+    let (pod, secret) = controller_objects("emulation", state_root.path());
+    assert_no_hostpath_devices(&pod);
+    let (node, plugins) = node_with_device_plugins();
     run_to_guest_power_off(&node, &pod, &[secret], state_root.path());
+    assert_eq!(
+        *plugins.allocations.lock().unwrap(),
+        [
+            ("vmpod.io/tun".to_string(), 1),
+            ("vmpod.io/tun".to_string(), 1)
+        ],
+        "net-setup's, then compute's"
+    );
+}
+
+/// Issue 16: a launcher pod asking for KVM gets /dev/kvm (and /dev/vhost-net) from the
+/// device plugin and its guest runs under KVM. Skipped, with the reason, where this host's
+/// KVM (or vhost-net) does not work: that is the host, not vmpod.
+#[test]
+fn a_launcher_pod_given_kvm_by_the_device_plugin_runs_its_guest_under_kvm() {
+    use crate::test_runner::launcher::{BOOT, LauncherPod};
+    let test = "a_launcher_pod_given_kvm_by_the_device_plugin_runs_its_guest_under_kvm";
+    if !crate::support::privileged(test) {
+        return;
+    }
+    let kvm = vmpod::domain::kvm_usable(
+        Path::new(vmpod::domain::accel::KVM_DEVICE),
+        Path::new(vmpod::domain::xml::EMULATOR),
+    );
+    let vhost = crate::deviceplugin::probe(Path::new("/dev/vhost-net"));
+    if let Err(why) = kvm.and(vhost) {
+        eprintln!("SKIPPED {test}: KVM is unusable on this host ({why}); not a failure");
+        return;
+    }
+    crate::test_runner::ensure_images();
+    let state_root = tempfile::tempdir().unwrap();
+    let (pod, secret) = controller_objects("kvm", state_root.path());
+    assert_no_hostpath_devices(&pod);
+    let (node, plugins) = node_with_device_plugins();
+    let lp = LauncherPod::start(&node, &pod, &[secret], state_root.path());
+    lp.wait_report(BOOT, |r| r.lease.is_some());
+    let status = vmpod::control::read_status(&lp.state_dir).unwrap();
+    assert_eq!(
+        status.acceleration,
+        Some(vmpod::control::Acceleration::Kvm),
+        "{status:?}\n{}",
+        lp.diagnostics()
+    );
+    let mut allocated = plugins.allocations.lock().unwrap().clone();
+    allocated.sort();
+    assert_eq!(
+        allocated,
+        [
+            ("vmpod.io/kvm".to_string(), 1),
+            ("vmpod.io/tun".to_string(), 1),
+            ("vmpod.io/tun".to_string(), 1),
+            ("vmpod.io/vhost-net".to_string(), 1),
+        ]
+    );
 }
 
 /// A launcher status source that answers from a table, keyed by state directory.
