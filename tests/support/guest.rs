@@ -58,6 +58,18 @@ pub struct GuestLease {
     pub routes: Vec<GuestRoute>,
     /// Option 54.
     pub server: Option<Ipv4Addr>,
+    /// Option 42.
+    #[serde(default)]
+    pub ntp: Vec<Ipv4Addr>,
+    /// Option 66.
+    #[serde(default)]
+    pub tftp: Option<String>,
+    /// Option 67.
+    #[serde(default)]
+    pub bootfile: Option<String>,
+    /// Options udhcpc does not know (the private 224-254), by code, value in hex.
+    #[serde(default)]
+    pub private: std::collections::BTreeMap<u8, String>,
     pub lease_s: Option<u64>,
     /// Guest uptime in seconds when the lease was applied: boot-to-lease time.
     pub uptime: f64,

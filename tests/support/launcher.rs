@@ -20,6 +20,13 @@ pub fn launcher_bin() -> PathBuf {
     .clone()
 }
 
+/// The QEMU capabilities seed the tests' launchers share, instead of the host's
+/// default (`/var/cache/vmpod/qemu-capabilities`): under this build's target dir, so
+/// tests neither read nor fill the host's cache, and later launchers start seeded.
+pub fn test_caps_seed() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vmpod-caps-seed")
+}
+
 /// A VMI for the test guest: kernel boot, one bridged pod interface, a cidata disk with
 /// `user_data`; `hold` keeps the guest up until the ACPI power button.
 pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> String {
@@ -80,31 +87,73 @@ pub struct Launcher {
     pub started: Instant,
 }
 
+/// How a test hands the launcher its VMI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmiFrom {
+    /// `--vmi <state dir>/vmi.yaml`
+    File,
+    /// `VMPOD_VMI` holding the manifest itself, no `--vmi`.
+    EnvText,
+    /// `--vmi -`, the manifest on standard input.
+    Stdin,
+}
+
 impl Launcher {
     /// Start `vmpod-launcher run` in the pod with `vmi` (written to the state dir).
     pub fn start(sb: &PodSandbox, state_dir: &Path, vmi: &str, extra: &[&str]) -> Launcher {
+        Self::start_with(sb, state_dir, vmi, VmiFrom::File, extra)
+    }
+
+    /// [`Launcher::start`], handing over the VMI as `from` says. The tests' own
+    /// capabilities seed ([`test_caps_seed`]) unless `extra` names one.
+    pub fn start_with(
+        sb: &PodSandbox,
+        state_dir: &Path,
+        vmi: &str,
+        from: VmiFrom,
+        extra: &[&str],
+    ) -> Launcher {
         std::fs::create_dir_all(state_dir).unwrap();
         let vmi_path = state_dir.join("vmi.yaml");
         std::fs::write(&vmi_path, vmi).unwrap();
         let stderr = state_dir.join("launcher.log");
         let started = Instant::now();
-        let child = sb
-            .command(launcher_bin())
-            .unwrap()
-            .arg("run")
-            .arg("--vmi")
-            .arg(&vmi_path)
-            .arg("--state-dir")
+        let mut cmd = sb.command(launcher_bin()).unwrap();
+        cmd.arg("run");
+        match from {
+            VmiFrom::File => {
+                cmd.arg("--vmi").arg(&vmi_path);
+            }
+            VmiFrom::EnvText => {
+                cmd.env("VMPOD_VMI", vmi);
+            }
+            VmiFrom::Stdin => {
+                cmd.args(["--vmi", "-"]);
+            }
+        }
+        cmd.arg("--state-dir")
             .arg(state_dir)
             .arg("--resolv-conf")
-            .arg(sb.resolv_conf_path())
+            .arg(sb.resolv_conf_path());
+        if !extra.contains(&"--caps-seed") {
+            cmd.arg("--caps-seed").arg(test_caps_seed());
+        }
+        let mut child = cmd
             .args(extra)
             .env("VMPOD_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(if from == VmiFrom::Stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("spawn vmpod-launcher");
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(vmi.as_bytes()).unwrap(); // closed when dropped
+        }
         Launcher {
             child,
             state_dir: state_dir.to_path_buf(),
