@@ -59,8 +59,8 @@ fn console_log_rotates_at_boot_and_past_4_mib() {
     let mut l = Launcher::start_with(&sb, &state, &vmi, VmiFrom::EnvText, EMULATION);
     l.wait_report(BOOT, |r| r.holding);
     assert_eq!(
-        read(&previous),
-        b"PREVIOUS-BOOT console output\n",
+        String::from_utf8_lossy(&read(&previous)),
+        "PREVIOUS-BOOT console output\n",
         "the previous boot's log is console.log.1"
     );
     let this_boot = read(&log);
@@ -153,8 +153,8 @@ fn caps_seed_is_read_before_libvirtd_and_written_back() {
 
     let cache = vmpod::domain::daemons::LibvirtLayout::new(&state).caps_cache();
     assert_eq!(
-        read(&cache.join("vmpod-test-marker.xml")),
-        b"<marker/>\n",
+        String::from_utf8_lossy(&read(&cache.join("vmpod-test-marker.xml"))),
+        "<marker/>\n",
         "the private cache was seeded from {}",
         seed.display()
     );

@@ -148,7 +148,10 @@ impl GuestReport {
     pub fn parse(console: &str) -> Result<GuestReport, ReportError> {
         let mut report = GuestReport::default();
         let mut open: Option<(String, String)> = None;
-        for raw in console.lines() {
+        // A console read while the guest writes may end inside a line: that line is
+        // parsed on a later read, once complete.
+        let complete = console.rfind('\n').map_or("", |i| &console[..=i]);
+        for raw in complete.lines() {
             let line = raw.trim_end_matches('\r');
             let tagged = line.find("VMPOD-").map(|i| &line[i..]);
             match (&mut open, tagged) {
@@ -617,6 +620,13 @@ VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
         );
         assert_eq!(r.cidata_source, Some(("/dev/vda".into(), "vfat".into())));
         assert!(r.powered_off && !r.holding && !r.lease_failed);
+    }
+
+    #[test]
+    fn a_line_still_being_written_waits_for_its_end() {
+        let partial = "VMPOD-BOOT {\"kernel\":\"k\",\"uptime\":1.0}\nVMPOD-LEASE {\"event\":\"bou";
+        let r = GuestReport::parse(partial).unwrap();
+        assert!(r.boot.is_some() && r.lease.is_none());
     }
 
     #[test]
