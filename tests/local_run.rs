@@ -756,23 +756,35 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
     };
     let launcher_pid = running["pid"].as_u64().unwrap();
     let qemu_pid = running["qemuPid"].as_u64().unwrap();
+    // The guest up and waiting for its power button, so the final stop is prompt.
+    let console = site.root().join(&site.name).join("console.log");
+    eventually(VM_TIMEOUT, "the guest to hold", || {
+        std::fs::read_to_string(&console).is_ok_and(|c| c.contains("VMPOD-HOLD"))
+    });
     first.kill().unwrap();
     first.wait().unwrap();
     drain(&err, &mut log);
-    let alive = |pid: u64| Path::new(&format!("/proc/{pid}")).exists();
+    // Orphans are reaped by init, or linger as zombies where it does not reap.
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
     assert!(
         alive(launcher_pid) && alive(qemu_pid),
         "the VM died with its handler"
     );
 
+    // The status file is written again by the new handler, from the same launcher.
+    std::fs::remove_file(&status_file).unwrap();
     let (mut second, err) = handler();
     let mut log2 = String::new();
     eventually(Duration::from_secs(30), "the new handler to adopt", || {
         drain_now(&err, &mut log2);
         log2.contains("adopting the running launcher")
     });
-    // Its status is reported again, by the new handler, from the same launcher.
-    std::fs::remove_file(&status_file).unwrap();
     eventually(Duration::from_secs(30), "the adopted VM's status", || {
         status().is_some_and(|s| s["phase"] == "Running")
     });
@@ -801,5 +813,10 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
     drain(&err, &mut log2);
     assert!(code.success(), "{code}\n{log2}");
     assert!(!alive(launcher_pid) && !alive(qemu_pid), "{log2}");
+    // The node bridge belongs to the run that created it (the killed handler), which
+    // never got to delete it; the adopting handler leaves it alone.
+    let _ = Command::new("ip")
+        .args(["link", "del", &site.bridge])
+        .status();
     site.assert_nothing_left(&pod);
 }
