@@ -222,7 +222,7 @@ async fn console_log_follow_and_piped_attach() {
     std::fs::write(dir.join("console.log"), "Booting\nreboot: Power down\n").unwrap();
     read_until(&mut stdout, &mut seen, b"Booting\nreboot: Power down\n").await;
     fake.backend.set_phase(Phase::Succeeded, None);
-    stdout.read_to_end(&mut seen).await.unwrap();
+    read_to_end(&mut stdout, &mut seen).await;
     let out = wait_output(follow, &["console", "--follow"]).await;
     ok(&out);
     assert_eq!(
@@ -253,7 +253,7 @@ async fn console_log_follow_and_piped_attach() {
         .unwrap();
     assert_eq!(got, b"uname\n");
     drop(input); // stdin ends: vmpodctl prints what is left and exits once it is quiet
-    stdout.read_to_end(&mut seen).await.unwrap();
+    read_to_end(&mut stdout, &mut seen).await;
     ok(&wait_output(attach, &["console", "--attach"]).await);
     assert_eq!(String::from_utf8_lossy(&seen), "UNAME\n");
     drop(serial_conn);
@@ -296,6 +296,19 @@ async fn read_until(from: &mut (impl AsyncReadExt + Unpin), seen: &mut Vec<u8>, 
         );
         seen.extend_from_slice(&buf[..n]);
     }
+}
+
+/// Read `from` to its end (the process exited) into `seen`; fails after [`TIMEOUT`].
+async fn read_to_end(from: &mut (impl AsyncReadExt + Unpin), seen: &mut Vec<u8>) {
+    tokio::time::timeout(TIMEOUT, from.read_to_end(seen))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "vmpodctl still writing after {TIMEOUT:?}; got {:?}",
+                String::from_utf8_lossy(seen)
+            )
+        })
+        .unwrap();
 }
 
 /// Wait (bounded) for a spawned vmpodctl to exit.

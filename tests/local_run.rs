@@ -712,6 +712,16 @@ fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
     site.assert_nothing_left(&pod);
 }
 
+/// SIGTERM to a launcher still running when the test ends (it stops its VM).
+struct StopOnDrop(u64);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
 /// A handler that dies (SIGKILL) leaves its VMs running; the next handler on the same
 /// directory adopts the running launcher (same launcher and QEMU) instead of starting
 /// the VM again, reports its status, and stops it on SIGTERM.
@@ -756,6 +766,8 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
     };
     let launcher_pid = running["pid"].as_u64().unwrap();
     let qemu_pid = running["qemuPid"].as_u64().unwrap();
+    // A failed run leaves no VM behind: no handler would stop it.
+    let _stop = StopOnDrop(launcher_pid);
     // The guest up and waiting for its power button, so the final stop is prompt.
     let console = site.root().join(&site.name).join("console.log");
     eventually(VM_TIMEOUT, "the guest to hold", || {
