@@ -796,10 +796,16 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
     std::fs::remove_file(&status_file).unwrap();
     let (mut second, err) = handler();
     let mut log2 = String::new();
-    eventually(Duration::from_secs(30), "the new handler to adopt", || {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log2.contains("adopting the running launcher") {
+        assert!(
+            Instant::now() < deadline,
+            "the new handler did not adopt the launcher within 30 s:\n{log2}\n\
+             --- first handler ---\n{log}"
+        );
         drain_now(&err, &mut log2);
-        log2.contains("adopting the running launcher")
-    });
+        std::thread::sleep(Duration::from_millis(100));
+    }
     eventually(Duration::from_secs(30), "the adopted VM's status", || {
         status().is_some_and(|s| s["phase"] == "Running")
     });
