@@ -197,13 +197,39 @@ async fn status_of_prefers_the_socket_and_falls_back_to_status_json() {
 async fn many_concurrent_clients() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    // 20 connections stay open with half a request each: a server that served one
+    // connection at a time would wait on the first of them forever.
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::UnixStream::connect(&fake.socket).await.unwrap();
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
     let client = ControlClient::new(&fake.socket);
-    let calls = (0..50).map(|_| {
-        let c = client.clone();
-        tokio::spawn(async move { c.status().await })
-    });
-    for call in calls {
-        assert_eq!(call.await.unwrap().unwrap().name, "vm1");
+    // All 50 calls in flight at once, not one after the other.
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.status().await })
+        })
+        .collect();
+    let answers = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+        .await
+        .expect("50 concurrent status calls not all answered within 30 s");
+    for a in answers {
+        assert_eq!(a.unwrap().unwrap().name, "vm1");
+    }
+    // The stalled connections are still served once their requests are complete.
+    for mut s in stalled {
+        s.write_all(b"Connection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+            .await
+            .expect("a stalled connection was never answered")
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     }
     fake.stop().await.unwrap();
 }

@@ -215,30 +215,108 @@ async fn console_log_follow_and_piped_attach() {
     );
 
     // --follow keeps printing until the VM stops.
-    let follow = tokio::spawn({
-        let root = root.path().to_path_buf();
-        async move { vmpodctl(&root, &["console", "vm1", "--follow"], b"").await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut follow = spawn_vmpodctl(root.path(), &["console", "vm1", "--follow"]);
+    let mut stdout = follow.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stdout, &mut seen, b"Booting\n").await;
     std::fs::write(dir.join("console.log"), "Booting\nreboot: Power down\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    read_until(&mut stdout, &mut seen, b"Booting\nreboot: Power down\n").await;
     fake.backend.set_phase(Phase::Succeeded, None);
-    let out = follow.await.unwrap();
-    assert_eq!(ok(&out), "Booting\nreboot: Power down\n");
+    read_to_end(&mut stdout, &mut seen).await;
+    let out = wait_output(follow, &["console", "--follow"]).await;
+    ok(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        "Booting\nreboot: Power down\n"
+    );
 
-    // --attach with piped stdin: the input reaches the serial socket, the answer comes back.
+    // --attach with piped stdin: the input reaches the serial socket, the answer comes
+    // back. Stdin stays open until the answer is out, so no timing decides what is read.
     let serial = UnixListener::bind(dir.join("console.sock")).unwrap();
     let echo = tokio::spawn(async move {
         let (mut s, _) = serial.accept().await.unwrap();
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf).await.unwrap();
         s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
-        buf[..n].to_vec()
+        // Held open: vmpodctl must not take the serial side closing as its cue.
+        (s, buf[..n].to_vec())
     });
-    let out = vmpodctl(root.path(), &["console", "vm1", "--attach"], b"uname\n").await;
-    assert_eq!(ok(&out), "UNAME\n");
-    assert_eq!(echo.await.unwrap(), b"uname\n");
+    let mut attach = spawn_vmpodctl(root.path(), &["console", "vm1", "--attach"]);
+    let mut input = attach.stdin.take().unwrap();
+    input.write_all(b"uname\n").await.unwrap();
+    let mut stdout = attach.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stdout, &mut seen, b"UNAME\n").await;
+    let (serial_conn, got) = tokio::time::timeout(TIMEOUT, echo)
+        .await
+        .expect("the serial socket got nothing")
+        .unwrap();
+    assert_eq!(got, b"uname\n");
+    drop(input); // stdin ends: vmpodctl prints what is left and exits once it is quiet
+    read_to_end(&mut stdout, &mut seen).await;
+    ok(&wait_output(attach, &["console", "--attach"]).await);
+    assert_eq!(String::from_utf8_lossy(&seen), "UNAME\n");
+    drop(serial_conn);
     fake.stop().await.unwrap();
+}
+
+/// vmpodctl with `args` under `root`, its stdio piped, for a test to drive.
+fn spawn_vmpodctl(root: &Path, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args(args)
+        .env("VMPOD_LOCAL_ROOT", root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Read `from` into `seen` until `seen` ends with `want`; fails after [`TIMEOUT`] or
+/// at end of output.
+async fn read_until(from: &mut (impl AsyncReadExt + Unpin), seen: &mut Vec<u8>, want: &[u8]) {
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(want) {
+        let n = tokio::time::timeout(TIMEOUT, from.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "waited {TIMEOUT:?} for {:?}; got {:?}",
+                    String::from_utf8_lossy(want),
+                    String::from_utf8_lossy(seen)
+                )
+            })
+            .unwrap();
+        assert!(
+            n > 0,
+            "output ended before {:?}; got {:?}",
+            String::from_utf8_lossy(want),
+            String::from_utf8_lossy(seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Read `from` to its end (the process exited) into `seen`; fails after [`TIMEOUT`].
+async fn read_to_end(from: &mut (impl AsyncReadExt + Unpin), seen: &mut Vec<u8>) {
+    tokio::time::timeout(TIMEOUT, from.read_to_end(seen))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "vmpodctl still writing after {TIMEOUT:?}; got {:?}",
+                String::from_utf8_lossy(seen)
+            )
+        })
+        .unwrap();
+}
+
+/// Wait (bounded) for a spawned vmpodctl to exit.
+async fn wait_output(child: tokio::process::Child, args: &[&str]) -> Output {
+    tokio::time::timeout(TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("vmpodctl {args:?} hung"))
+        .unwrap()
 }
 
 /// A pseudo-terminal pair (master, slave), so vmpodctl sees a real terminal on stdin.
@@ -308,25 +386,34 @@ async fn interactive_attach_on_a_terminal_detaches_with_ctrl_bracket() {
         .spawn()
         .unwrap();
     let mut term = std::fs::File::from(master.try_clone().unwrap());
-    let reader = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut out = Vec::new();
-        let mut buf = [0u8; 256];
-        // Ends with EIO once the child exits and the last slave fd closes.
-        while let Ok(n) = term.read(&mut buf) {
-            if n == 0 {
-                break;
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = std::thread::spawn({
+        let screen = screen.clone();
+        move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            // Ends with EIO once the child exits and the last slave fd closes.
+            while let Ok(n) = term.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
             }
-            out.extend_from_slice(&buf[..n]);
         }
-        String::from_utf8_lossy(&out).into_owned()
     });
+    let screen_text = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
     let mut term = std::fs::File::from(master.try_clone().unwrap());
-    // Wait for the greeting (raw mode is on by then), type, then detach.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Type only once the terminal is in raw mode (no echo, no line editing).
+    wait_for("raw mode on the terminal", || {
+        lflag(&master) & (libc::ECHO | libc::ICANON) == 0
+    })
+    .await;
     use std::io::Write as _;
     term.write_all(b"ls\r").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the serial side's answer on the terminal", || {
+        screen_text().contains("LS\r")
+    })
+    .await;
     term.write_all(&[0x1d]).unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -348,9 +435,22 @@ async fn interactive_attach_on_a_terminal_detaches_with_ctrl_bracket() {
     );
     drop(term);
     drop(master);
-    let screen = reader.join().unwrap();
+    reader.join().unwrap();
+    let screen = screen_text();
     assert!(screen.contains("Escape character is ^]"), "{screen:?}");
     assert!(screen.contains("LS\r"), "{screen:?}");
     assert!(screen.contains("[detached from vm1]"), "{screen:?}");
     fake.stop().await.unwrap();
+}
+
+/// Poll `cond` until it holds; fails naming `what` after [`TIMEOUT`].
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {what} within {TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
-use vmpod::control::{ControlClient, Phase};
+use vmpod::control::{ClientError, ConsoleFollow, ControlClient, Phase};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -20,6 +20,15 @@ fn append(path: &Path, text: &str) {
         .open(path)
         .unwrap();
     f.write_all(text.as_bytes()).unwrap();
+}
+
+/// The next chunk of a followed log (`None`: the stream ended); fails the test when
+/// neither comes within [`TIMEOUT`].
+async fn next_chunk(follow: &mut ConsoleFollow) -> Option<Result<Vec<u8>, ClientError>> {
+    tokio::time::timeout(TIMEOUT, follow.next_chunk())
+        .await
+        .unwrap_or_else(|_| panic!("no console output and no end of stream within {TIMEOUT:?}"))
+        .map(|r| r.map(|b| b.to_vec()))
 }
 
 /// A fake serial console: answers every byte it reads uppercased, and greets first.
@@ -67,31 +76,20 @@ async fn follow_streams_new_output_and_ends_when_the_vm_stops() {
         .unwrap();
 
     let mut got = Vec::new();
-    let first = tokio::time::timeout(TIMEOUT, follow.next_chunk())
-        .await
-        .unwrap();
-    got.extend_from_slice(&first.unwrap().unwrap());
+    got.extend_from_slice(&next_chunk(&mut follow).await.unwrap().unwrap());
     assert_eq!(got, b"early line\n");
 
     append(&log, "late line\n");
-    let second = tokio::time::timeout(TIMEOUT, follow.next_chunk())
-        .await
-        .unwrap();
-    got.extend_from_slice(&second.unwrap().unwrap());
+    got.extend_from_slice(&next_chunk(&mut follow).await.unwrap().unwrap());
     assert_eq!(got, b"early line\nlate line\n");
 
     // Output written just before the VM ends is still delivered, then the stream ends.
     append(&log, "reboot: Power down\n");
     fake.backend.set_phase(Phase::Succeeded, None);
-    let rest = tokio::time::timeout(TIMEOUT, async {
-        let mut rest = Vec::new();
-        while let Some(chunk) = follow.next_chunk().await {
-            rest.extend_from_slice(&chunk.unwrap());
-        }
-        rest
-    })
-    .await
-    .expect("follow did not end after the VM stopped");
+    let mut rest = Vec::new();
+    while let Some(chunk) = next_chunk(&mut follow).await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
     assert_eq!(rest, b"reboot: Power down\n");
     fake.stop().await.unwrap();
 }
@@ -105,14 +103,12 @@ async fn follow_ends_when_the_launcher_stops() {
         .console_follow()
         .await
         .unwrap();
-    assert_eq!(&follow.next_chunk().await.unwrap().unwrap()[..], b"x");
+    assert_eq!(&next_chunk(&mut follow).await.unwrap().unwrap()[..], b"x");
     tokio::time::timeout(TIMEOUT, fake.stop())
         .await
         .expect("stop hung")
         .unwrap();
-    let end = tokio::time::timeout(TIMEOUT, follow.next_chunk())
-        .await
-        .unwrap();
+    let end = next_chunk(&mut follow).await;
     assert!(
         end.as_ref().is_none_or(|r| r.is_err()),
         "stream still open: {end:?}"

@@ -4,7 +4,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, RunAs};
-use vmpod::domain::libvirt::paused_reason;
+use vmpod::domain::libvirt::{RunningDomain, paused_reason};
 use vmpod::domain::{DomainEvent, DomainState, Libvirt, PausedReason, StopReason};
 
 fn bare_domain_xml(name: &str, console: &Path) -> String {
@@ -35,33 +35,97 @@ async fn wait_state(
     state
 }
 
+/// The `*.xml` entries of a capabilities cache directory with their modification times.
+fn cache_entries(dir: &Path) -> Vec<(String, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".xml"))
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, e.metadata().unwrap().modified().unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A private libvirtd in `dir` and domain `name` started through it.
+struct Started {
+    layout: LibvirtLayout,
+    daemons: Daemons,
+    lv: Libvirt,
+    dom: RunningDomain,
+    events: Events,
+    /// Cache entries copied in from the seed.
+    seeded: usize,
+    /// When libvirtd was started (after the seed was copied in).
+    libvirtd_started: std::time::SystemTime,
+    /// From starting libvirtd to the domain started.
+    took: Duration,
+}
+
+async fn start_domain(dir: &Path, seed: &Path, name: &str) -> Started {
+    // The daemons run as QEMU's user (107), and QEMU writes the console log here.
+    let user = RunAs::qemu(false);
+    std::fs::create_dir_all(dir).unwrap();
+    user.chown(dir).unwrap();
+    let layout = LibvirtLayout::new(dir);
+    daemons::prepare(&layout, &user).unwrap();
+    let seeded = daemons::seed_caps(&layout, seed, &user).unwrap();
+    let libvirtd_started = std::time::SystemTime::now();
+    let t0 = Instant::now();
+    let d = Daemons::start(&layout, user).await.unwrap();
+    let mut lv = Libvirt::connect(&layout.socket()).unwrap();
+    let events = lv.subscribe().unwrap();
+    let dom = lv
+        .define_and_start(&bare_domain_xml(name, &dir.join("console.log")))
+        .unwrap();
+    Started {
+        layout,
+        daemons: d,
+        lv,
+        dom,
+        events,
+        seeded,
+        libvirtd_started,
+        took: t0.elapsed(),
+    }
+}
+
+/// A private libvirtd runs a domain through its lifecycle, events reported; its QEMU
+/// capabilities, written back to a seed, make the next libvirtd start without probing
+/// QEMU again: every seed entry is taken, none is rewritten, and it starts faster.
 #[tokio::test(flavor = "current_thread")]
 async fn private_libvirtd_runs_a_domain_and_reports_events() {
     if !support::privileged("private_libvirtd_runs_a_domain_and_reports_events") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // The daemons run as QEMU's user (107) and QEMU writes the console log here.
+    // The daemons run as QEMU's user (107): it must reach what is made under here.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let user = RunAs::qemu(false);
-    user.chown(dir.path()).unwrap();
-    let layout = LibvirtLayout::new(dir.path());
-    daemons::prepare(&layout, &user).unwrap();
-    let seed = Path::new(daemons::DEFAULT_CAPS_SEED);
-    let seeded = daemons::seed_caps(&layout, seed, &user).unwrap();
-    let t0 = Instant::now();
-    let mut d = Daemons::start(&layout, user.clone()).await.unwrap();
-    let t_up = t0.elapsed();
-    let mut lv = Libvirt::connect(&layout.socket()).unwrap();
-    let mut rx = lv.subscribe().unwrap();
+    // A seed of this test's own, empty: the first libvirtd probes QEMU.
+    let seed = dir.path().join("seed");
+    let first = dir.path().join("first");
     let name = format!("vmpod-test-{}", std::process::id());
-    let console = dir.path().join("console.log");
-    let dom = lv
-        .define_and_start(&bare_domain_xml(&name, &console))
-        .unwrap();
-    let t_run = t0.elapsed();
-    eprintln!(
-        "daemons up {t_up:?}, domain running {t_run:?} ({seeded} cached capabilities seeded)"
-    );
+    let Started {
+        layout,
+        daemons: mut d,
+        lv,
+        dom,
+        events: mut rx,
+        seeded,
+        took: t_unseeded,
+        ..
+    } = start_domain(&first, &seed, &name).await;
+    assert_eq!(seeded, 0);
     let state = wait_state(&mut rx, DomainState::Pending, |s| s == DomainState::Running).await;
     assert!(dom.is_active().unwrap());
     // The host's libvirt directories were not touched: the domain lives in ours, and
@@ -111,8 +175,35 @@ async fn private_libvirtd_runs_a_domain_and_reports_events() {
     let mut found = Vec::new();
     dirs_named(&layout.dir("cache"), "capabilities", &mut found);
     assert_eq!(found, vec![layout.caps_cache()]);
-    assert!(daemons::refresh_caps_seed(&layout, seed).unwrap() >= 1);
+    let written = daemons::refresh_caps_seed(&layout, &seed).unwrap();
+    assert!(written >= 1, "libvirtd cached QEMU's capabilities");
     drop(lv);
     d.stop().await;
     assert!(d.libvirtd.child.try_wait().unwrap().is_some());
+
+    // The next libvirtd, seeded.
+    let second = dir.path().join("second");
+    let mut next = start_domain(&second, &seed, &name).await;
+    let t_seeded = next.took;
+    eprintln!("libvirtd start -> domain started: unseeded {t_unseeded:?}, seeded {t_seeded:?}");
+    assert_eq!(next.seeded, written, "every seed entry copied in");
+    let names = |v: Vec<(String, std::time::SystemTime)>| -> Vec<String> {
+        v.into_iter().map(|e| e.0).collect()
+    };
+    let cache = cache_entries(&next.layout.caps_cache());
+    assert_eq!(names(cache.clone()), names(cache_entries(&seed)));
+    // Copied in before libvirtd started; a new probe of QEMU would have rewritten them.
+    for (entry, modified) in &cache {
+        assert!(
+            *modified < next.libvirtd_started,
+            "{entry} was rewritten after libvirtd started: it probed QEMU again"
+        );
+    }
+    assert!(
+        t_seeded < t_unseeded,
+        "seeded ({t_seeded:?}) is not faster than unseeded ({t_unseeded:?})"
+    );
+    next.dom.destroy().unwrap();
+    drop(next.lv);
+    next.daemons.stop().await;
 }

@@ -1,6 +1,9 @@
 //! Golden files for the domain XML: VMI manifests + a fixed environment -> the exact XML
 //! in src/domain/testdata/. `VMPOD_UPDATE_GOLDEN=1 cargo test --test domain_xml` rewrites
-//! them; review the diff.
+//! them; review the diff. Under CI that variable is refused: the tests would compare each
+//! file with what they just wrote.
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,11 +68,19 @@ fn env(accel: Acceleration, volumes: &[(&str, &str, DiskFormat)]) -> DomainEnv {
     }
 }
 
+const UPDATE_GOLDEN: &str = "VMPOD_UPDATE_GOLDEN";
+
 fn check_golden(name: &str, xml: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("src/domain/testdata")
         .join(name);
-    if std::env::var_os("VMPOD_UPDATE_GOLDEN").is_some() {
+    if std::env::var_os(UPDATE_GOLDEN).is_some() {
+        assert!(
+            !support::ci(),
+            "{UPDATE_GOLDEN} is set under CI: {} would be compared with what this run \
+             writes into it; unset {UPDATE_GOLDEN}",
+            path.display()
+        );
         std::fs::write(&path, xml).unwrap();
     }
     let want = std::fs::read_to_string(&path)
@@ -220,4 +231,53 @@ fn kubevirt_v1alpha3_shape_with_chassis_under_tcg() {
     );
     let xml = domain_xml(&vmi, &env).unwrap();
     check_golden("kubevirt-v1alpha3-chassis-tcg.xml", &xml.0);
+}
+
+/// Under CI, `VMPOD_UPDATE_GOLDEN` fails the golden tests instead of rewriting the files
+/// (this test binary runs one golden test again with both set).
+#[test]
+fn update_golden_is_refused_under_ci() {
+    if std::env::var_os(UPDATE_GOLDEN).is_some() {
+        return; // the run below, or a developer updating the files
+    }
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain/testdata/testguest-tcg.xml");
+    let before = std::fs::read(&golden).unwrap();
+    for ci in ["true", "1", "yes", "woodpecker"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "testguest_example_under_tcg", "--test-threads=1"])
+            .env("CI", ci)
+            .env(UPDATE_GOLDEN, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && text.contains("is set under CI"),
+            "CI={ci} {UPDATE_GOLDEN}=1 must fail the golden test:\n{text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&golden).unwrap(),
+        before,
+        "{} was rewritten",
+        golden.display()
+    );
+}
+
+#[test]
+fn ci_is_any_nonempty_value_but_false_and_0() {
+    for v in ["true", "1", "yes", "TRUE", "github-actions"] {
+        assert!(support::is_ci_value(Some(v)), "CI={v}");
+    }
+    for v in [
+        None,
+        Some(""),
+        Some(" "),
+        Some("0"),
+        Some("false"),
+        Some("False"),
+    ] {
+        assert!(!support::is_ci_value(v), "CI={v:?}");
+    }
 }

@@ -62,7 +62,10 @@ impl Site {
         cmd.env("VMPOD_LOCAL_ROOT", self.root())
             .env("VMPOD_BRIDGE", &self.bridge)
             .env("VMPOD_SUBNET", format!("10.222.{}.0/24", self.subnet_octet))
-            .env("VMPOD_LAUNCHER", bin("vmpod-launcher"));
+            .env("VMPOD_LAUNCHER", bin("vmpod-launcher"))
+            // The tests' own QEMU capabilities seed, through the environment the runtime
+            // passes on to the launcher.
+            .env("VMPOD_CAPS_SEED", support::launcher::test_caps_seed());
     }
 
     /// A test guest manifest; `hold` keeps it up until the ACPI power button.
@@ -281,13 +284,25 @@ fn run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left() {
     let site = Site::new("lrun");
     let manifest = site.dir.path().join("vm.yaml");
     site.manifest(&manifest, &site.name, false);
-    let Finished {
-        pod,
-        report,
-        console,
-        log,
-    } = site.run_to_the_end(&manifest);
-    let lease = report.lease.as_ref().expect("checked by run_to_the_end");
+    // VMPOD_CAPS_SEED naming a seed of this run's own, empty: filled once the VM runs.
+    let seed = site.dir.path().join("caps-seed");
+    let mut child = site.vmpodctl_run(&manifest, &[("VMPOD_CAPS_SEED", &seed)]);
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    let status = wait_or_kill(&mut child, VM_TIMEOUT);
+    let (mut console, mut log) = (String::new(), String::new());
+    drain(&out, &mut console);
+    drain(&err, &mut log);
+    assert!(
+        status.success(),
+        "vmpodctl run: {status}\nstderr:\n{log}\nconsole:\n{console}"
+    );
+    let pod = parse_pod_line(&log);
+    let report = GuestReport::parse(&console).unwrap();
+    let lease = report
+        .lease
+        .as_ref()
+        .unwrap_or_else(|| panic!("no lease on the console:\n{console}\n{log}"));
     assert_eq!(lease.ip.to_string(), pod.ip, "the guest leased the pod IP");
     assert_eq!(
         lease.router().map(|r| r.to_string()),
@@ -300,6 +315,14 @@ fn run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left() {
     );
     assert!(report.powered_off);
     assert!(log.contains("Running"), "phase changes printed:\n{log}");
+    let seeded: Vec<_> = std::fs::read_dir(&seed)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        seeded.iter().any(|n| n.to_string_lossy().ends_with(".xml")),
+        "VMPOD_CAPS_SEED {} not written back: {seeded:?}",
+        seed.display()
+    );
     site.assert_nothing_left(&pod);
 }
 
@@ -336,6 +359,72 @@ fn sigint_stops_a_holding_guest_gracefully() {
     );
     assert!(status.success(), "graceful stop exits 0: {status}\n{log}");
     assert!(log.contains("stopping gracefully"), "{log}");
+    site.assert_nothing_left(&parse_pod_line(&log));
+}
+
+/// Ctrl-C asks the guest to power off; a guest that ignores the power button
+/// (`vmpod.deaf=1`) keeps running until the second Ctrl-C, which kills it, well before
+/// its 60 s grace period.
+#[test]
+fn a_second_ctrl_c_kills_a_guest_that_ignores_the_first() {
+    if !support::privileged("a_second_ctrl_c_kills_a_guest_that_ignores_the_first") {
+        return;
+    }
+    let site = Site::new("lkill");
+    let manifest = site.dir.path().join("vm.yaml");
+    site.manifest(&manifest, &site.name, true);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("vmpod.hold=1", "vmpod.hold=1 vmpod.deaf=1"),
+    )
+    .unwrap();
+    let mut child = site.vmpodctl_run(&manifest, &[]);
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    let mut console = String::new();
+    let fail = |child: &mut Child, console: &str, what: &str| -> ! {
+        let _ = child.kill();
+        let mut log = String::new();
+        drain(&err, &mut log);
+        panic!("{what}:\n{console}\n{log}");
+    };
+    if !collect_until(&out, &mut console, Instant::now() + VM_TIMEOUT, |l| {
+        l.contains("VMPOD-HOLD")
+    }) {
+        fail(&mut child, &console, "the guest never held");
+    }
+    sigint(&child);
+    if !collect_until(
+        &out,
+        &mut console,
+        Instant::now() + Duration::from_secs(60),
+        |l| l.contains("VMPOD-POWER-BUTTON"),
+    ) {
+        fail(
+            &mut child,
+            &console,
+            "the first Ctrl-C did not reach the guest",
+        );
+    }
+    let second = Instant::now();
+    sigint(&child);
+    // The grace period is 60 s: only a kill ends the run well before that.
+    let status = wait_or_kill(&mut child, Duration::from_secs(40));
+    let took = second.elapsed();
+    let mut log = String::new();
+    drain(&out, &mut console);
+    drain(&err, &mut log);
+    let report = GuestReport::parse(&console).unwrap();
+    assert!(
+        report.power_button && !report.powered_off,
+        "the guest never powered off itself:\n{console}"
+    );
+    assert!(
+        log.contains("stopping gracefully") && log.contains("killing"),
+        "{log}"
+    );
+    eprintln!("second Ctrl-C -> vmpodctl exited ({status}) in {took:?}");
     site.assert_nothing_left(&parse_pod_line(&log));
 }
 
@@ -739,4 +828,134 @@ fn run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease() {
     );
     assert!(run.report.powered_off, "{}\n{}", run.console, run.log);
     site.assert_nothing_left(&run.pod);
+}
+
+/// SIGTERM to a launcher still running when the test ends (it stops its VM).
+struct StopOnDrop(u64);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("vmpod-launcher") {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+}
+
+/// A handler that dies (SIGKILL) leaves its VMs running; the next handler on the same
+/// directory adopts the running launcher (same launcher and QEMU) instead of starting
+/// the VM again, reports its status, and stops it on SIGTERM.
+#[test]
+fn handler_local_adopts_running_launchers_after_a_restart() {
+    if !support::privileged("handler_local_adopts_running_launchers_after_a_restart") {
+        return;
+    }
+    let site = Site::new("ladopt");
+    let dir = site.dir.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let handler = || {
+        let mut cmd = Command::new(bin("vmpod-handler"));
+        site.env(&mut cmd);
+        let mut child = cmd
+            .args(["local", "--poll-ms", "200", "--manifests"])
+            .arg(&dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = lines_of(child.stderr.take().unwrap());
+        (child, err)
+    };
+    let status_file = dir.join("vm.status.json");
+    let status = || -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok()
+    };
+    let (mut first, err) = handler();
+    site.manifest(&dir.join("vm.yaml"), &site.name, true);
+    let mut log = String::new();
+    let deadline = Instant::now() + VM_TIMEOUT;
+    let running = loop {
+        drain_now(&err, &mut log);
+        match status() {
+            Some(s) if s["phase"] == "Running" && s["qemuPid"].is_u64() => break s,
+            _ if Instant::now() > deadline => {
+                let _ = first.kill();
+                panic!("no Running status with a QEMU pid: {:?}\n{log}", status());
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let launcher_pid = running["pid"].as_u64().unwrap();
+    let qemu_pid = running["qemuPid"].as_u64().unwrap();
+    // A failed run leaves no VM behind: no handler would stop it.
+    let _stop = StopOnDrop(launcher_pid);
+    // The guest up and waiting for its power button, so the final stop is prompt.
+    let console = site.root().join(&site.name).join("console.log");
+    eventually(VM_TIMEOUT, "the guest to hold", || {
+        std::fs::read_to_string(&console).is_ok_and(|c| c.contains("VMPOD-HOLD"))
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drain(&err, &mut log);
+    // Orphans are reaped by init, or linger as zombies where it does not reap.
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(
+        alive(launcher_pid) && alive(qemu_pid),
+        "the VM died with its handler"
+    );
+
+    // The status file is written again by the new handler, from the same launcher.
+    std::fs::remove_file(&status_file).unwrap();
+    let (mut second, err) = handler();
+    let mut log2 = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log2.contains("adopting the running launcher") {
+        assert!(
+            Instant::now() < deadline,
+            "the new handler did not adopt the launcher within 30 s:\n{log2}\n\
+             --- first handler ---\n{log}"
+        );
+        drain_now(&err, &mut log2);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eventually(Duration::from_secs(30), "the adopted VM's status", || {
+        status().is_some_and(|s| s["phase"] == "Running")
+    });
+    let s = status().unwrap();
+    assert_eq!(
+        (s["pid"].as_u64(), s["qemuPid"].as_u64()),
+        (Some(launcher_pid), Some(qemu_pid)),
+        "the same launcher and QEMU, not a new VM: {s}"
+    );
+    let state_dir = site.root().join(&site.name);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("pod/pod.json")).unwrap()).unwrap();
+    let pod = PodLine {
+        ip: String::new(),
+        gateway: site.gateway(),
+        netns: record["netns"].as_str().unwrap().into(),
+        veth: record["nodeVeth"].as_str().unwrap().into(),
+    };
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(second.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let code = wait_or_kill(&mut second, Duration::from_secs(90));
+    drain(&err, &mut log2);
+    assert!(code.success(), "{code}\n{log2}");
+    assert!(!alive(launcher_pid) && !alive(qemu_pid), "{log2}");
+    // The node bridge belongs to the run that created it (the killed handler), which
+    // never got to delete it; the adopting handler leaves it alone.
+    let _ = Command::new("ip")
+        .args(["link", "del", &site.bridge])
+        .status();
+    site.assert_nothing_left(&pod);
 }

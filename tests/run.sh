@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: set up a fresh Debian 12 machine and run every test.
-# Under CI=true a privileged test that cannot run fails instead of skipping.
+# Under CI (CI set to anything but empty, false or 0) a privileged test that cannot run
+# fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -23,7 +23,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vmpod::control::{LauncherStatus, Phase};
-use vmpod::sandbox::{LocalConfig, LocalRuntime, StopLevel, load_manifest, supervise};
+use vmpod::sandbox::{
+    LocalConfig, LocalPod, LocalRuntime, RuntimeError, StopLevel, load_manifest, supervise,
+};
 
 #[derive(Args)]
 pub struct LocalArgs {
@@ -263,7 +265,23 @@ async fn run_manifest(
         }
         None => {
             let rt = Arc::clone(runtime);
-            let mut pod = tokio::task::spawn_blocking(move || rt.create_pod(&vmi)).await??;
+            let created = tokio::task::spawn_blocking(move || rt.create_pod(&vmi)).await?;
+            let mut pod = match created {
+                Ok(pod) => pod,
+                // The first look missed a launcher that is running (its pod record was
+                // being rewritten, or /proc was read mid-change): adopt it, never fail it.
+                Err(RuntimeError::AlreadyRunning { name, pid }) => {
+                    let rt = Arc::clone(runtime);
+                    let again = name.clone();
+                    let found = tokio::task::spawn_blocking(move || rt.find(&again)).await??;
+                    let pod = found.filter(|p| p.launcher_alive()).with_context(|| {
+                        format!("VMI {name}: launcher pid {pid} runs but its pod cannot be adopted")
+                    })?;
+                    tracing::info!(vmi = %pod.name(), "adopting the running launcher (second look)");
+                    return finish(pod, None, stop, status_file).await;
+                }
+                Err(e) => return Err(e.into()),
+            };
             // No PR_SET_PDEATHSIG: VMs outlive a handler restart, which adopts them.
             let child = match pod.spawn_launcher(&runtime.config().launcher, host_disk_dirs, false)
             {
@@ -277,6 +295,16 @@ async fn run_manifest(
             (pod, Some(child))
         }
     };
+    finish(pod, child, stop, status_file).await
+}
+
+/// Supervise the pod's launcher (our child, or adopted) to its end and report it.
+async fn finish(
+    pod: LocalPod,
+    child: Option<tokio::process::Child>,
+    stop: watch::Receiver<StopLevel>,
+    status_file: &Path,
+) -> anyhow::Result<()> {
     let name = pod.name().to_string();
     let exit = supervise(pod, child, stop, |s| write_status_file(status_file, s)).await?;
     if let Some(t) = &exit.log_tail {

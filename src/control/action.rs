@@ -238,10 +238,29 @@ mod tests {
     }
 
     #[test]
-    fn every_route_parses_to_an_action() {
+    fn every_route_parses_to_its_action() {
+        let expected = |path: &str| match path {
+            "/v1/status" => Action::GetStatus,
+            "/v1/network" => Action::GetNetwork,
+            "/v1/domain" => Action::GetDomain,
+            "/v1/console" => Action::GetConsole { follow: false },
+            "/v1/shutdown" => Action::Lifecycle(LifecycleAction::Shutdown {
+                grace_period_seconds: None,
+            }),
+            "/v1/pause" => Action::Lifecycle(LifecycleAction::Pause),
+            "/v1/resume" => Action::Lifecycle(LifecycleAction::Resume),
+            "/v1/kill" => Action::Lifecycle(LifecycleAction::Kill),
+            other => panic!("route {other} has no expected action in this test"),
+        };
         for r in ROUTES {
             let m = Method::from_bytes(r.method.as_bytes()).unwrap();
-            parse(req(&m, r.path)).unwrap_or_else(|e| panic!("{} {}: {e}", r.method, r.path));
+            let action =
+                parse(req(&m, r.path)).unwrap_or_else(|e| panic!("{} {}: {e}", r.method, r.path));
+            assert_eq!(action, expected(r.path), "{} {}", r.method, r.path);
+            // Each lifecycle action is served on the path it names.
+            if let Action::Lifecycle(l) = action {
+                assert_eq!(l.path(), r.path);
+            }
         }
     }
 

@@ -366,6 +366,42 @@ mod tests {
         assert_eq!(domain_type(Acceleration::Tcg), "qemu");
     }
 
+    /// A stand-in emulator that hangs (ignores `quit` on its monitor): the probe gives up
+    /// after its timeout, says so, and the stand-in is killed and reaped.
+    #[test]
+    fn qemu_probe_gives_up_on_a_hanging_emulator_and_kills_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let emulator = dir.path().join("qemu-hangs");
+        std::fs::write(
+            &emulator,
+            format!(
+                "#!/bin/sh\necho $$ > {}\nexec sleep 600\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&emulator, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let timeout = std::time::Duration::from_secs(1);
+        let started = std::time::Instant::now();
+        let e = probe_kvm_qemu(&emulator, timeout).unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e, "QEMU with KVM did not answer within 1s");
+        assert!(
+            took >= timeout && took < std::time::Duration::from_secs(20),
+            "{took:?}"
+        );
+        // (No pid file: it was killed before its first line ran.)
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            assert!(
+                !Path::new("/proc").join(pid.trim()).exists(),
+                "the hanging emulator (pid {}) is still there",
+                pid.trim()
+            );
+        }
+    }
+
     #[test]
     fn qemu_probe_reports_a_missing_emulator() {
         let e = probe_kvm_qemu(Path::new("/nonexistent/qemu"), QEMU_PROBE_TIMEOUT).unwrap_err();

@@ -101,7 +101,12 @@ pub enum AgentError {
 
 /// Where the agent is: `$VMPOD_VIRT`, else beside `launcher_exe`, else on PATH.
 pub fn agent_binary(launcher_exe: Option<&Path>) -> PathBuf {
-    if let Some(p) = std::env::var_os(AGENT_ENV).filter(|p| !p.is_empty()) {
+    locate_agent(std::env::var_os(AGENT_ENV), launcher_exe)
+}
+
+/// [`agent_binary`] with the value of `$VMPOD_VIRT` given (empty counts as unset).
+fn locate_agent(env: Option<std::ffi::OsString>, launcher_exe: Option<&Path>) -> PathBuf {
+    if let Some(p) = env.filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     launcher_exe
@@ -209,6 +214,8 @@ fn call(dom: &RunningDomain, req: &Request) -> Result<Answer, String> {
 pub struct VirtAgent {
     child: Child,
     pid: Option<u32>,
+    /// How long a call waits for its answer: [`CALL_TIMEOUT`].
+    call_timeout: std::time::Duration,
     /// Requests are answered in order: one call at a time holds both ends.
     io: tokio::sync::Mutex<(ChildStdin, mpsc::UnboundedReceiver<Result<Answer, String>>)>,
 }
@@ -266,6 +273,7 @@ impl VirtAgent {
             VirtAgent {
                 pid: child.id(),
                 child,
+                call_timeout: CALL_TIMEOUT,
                 io: tokio::sync::Mutex::new((stdin, reply_rx)),
             },
             ev_rx,
@@ -282,7 +290,7 @@ impl VirtAgent {
             .write_all(&line)
             .await
             .map_err(|e| AgentError::Gone(e.to_string()))?;
-        match tokio::time::timeout(CALL_TIMEOUT, replies.recv()).await {
+        match tokio::time::timeout(self.call_timeout, replies.recv()).await {
             Ok(Some(r)) => r.map_err(AgentError::Call),
             Ok(None) => Err(AgentError::Gone("it exited".into())),
             Err(_) => {
@@ -292,8 +300,9 @@ impl VirtAgent {
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
                 Err(AgentError::Gone(format!(
-                    "no answer to {} within {CALL_TIMEOUT:?}; killed it",
-                    req.op()
+                    "no answer to {} within {:?}; killed it",
+                    req.op(),
+                    self.call_timeout
                 )))
             }
         }
@@ -412,12 +421,26 @@ mod tests {
     fn agent_binary_prefers_the_env_then_the_launcher_dir() {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("vmpod-launcher");
-        // Not there: PATH lookup by name.
-        if std::env::var_os(AGENT_ENV).is_none() {
-            assert_eq!(agent_binary(Some(&exe)), PathBuf::from(AGENT_BINARY));
-            std::fs::write(dir.path().join(AGENT_BINARY), "").unwrap();
-            assert_eq!(agent_binary(Some(&exe)), dir.path().join(AGENT_BINARY));
-        }
+        let beside = dir.path().join(AGENT_BINARY);
+        let env = |v: &str| Some(std::ffi::OsString::from(v));
+        // Not beside the launcher: PATH lookup by name; the env wins whenever set.
+        assert_eq!(locate_agent(None, Some(&exe)), PathBuf::from(AGENT_BINARY));
+        assert_eq!(
+            locate_agent(env(""), Some(&exe)),
+            PathBuf::from(AGENT_BINARY)
+        );
+        assert_eq!(
+            locate_agent(env("/opt/virt"), Some(&exe)),
+            PathBuf::from("/opt/virt")
+        );
+        std::fs::write(&beside, "").unwrap();
+        assert_eq!(locate_agent(None, Some(&exe)), beside);
+        assert_eq!(locate_agent(env(""), Some(&exe)), beside);
+        assert_eq!(
+            locate_agent(env("/opt/virt"), Some(&exe)),
+            PathBuf::from("/opt/virt")
+        );
+        assert_eq!(locate_agent(None, None), PathBuf::from(AGENT_BINARY));
     }
 
     /// The launcher's side against a stand-in agent (a shell script speaking the same
@@ -474,6 +497,40 @@ done
             agent.act(Request::Resume).await,
             Err(AgentError::Gone(_))
         ));
+        agent.stop(std::time::Duration::from_secs(5)).await;
+    }
+
+    /// An agent that never answers (a stand-in that only sleeps): the call gives up after
+    /// the call timeout (1 s here instead of [`CALL_TIMEOUT`]), fails naming the
+    /// operation, and the agent is killed, so its event stream ends.
+    #[tokio::test]
+    async fn an_unanswered_call_times_out_and_the_agent_is_killed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("hung-virt");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (mut agent, mut events) = VirtAgent::spawn(
+            &script,
+            Path::new("/x/libvirt-sock"),
+            crate::domain::daemons::RunAs::current(),
+        )
+        .unwrap();
+        agent.call_timeout = std::time::Duration::from_secs(1);
+        let asked = std::time::Instant::now();
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(30), agent.is_active())
+            .await
+            .expect("the call did not time out within 30 s");
+        match answer {
+            Err(AgentError::Gone(e)) => {
+                assert_eq!(e, "no answer to isActive within 1s; killed it");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(asked.elapsed() >= agent.call_timeout);
+        // The killed agent's stdout closes, which ends the events.
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv()).await;
+        assert_eq!(end, Ok(None), "the agent is still alive after the timeout");
         agent.stop(std::time::Duration::from_secs(5)).await;
     }
 

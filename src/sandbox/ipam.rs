@@ -101,6 +101,16 @@ mod tests {
     use super::*;
     use crate::sandbox::test_cidr as cidr;
 
+    /// `r` is the IPAM error for `subnet` with reason `why`.
+    fn refused<T: std::fmt::Debug>(r: Result<T, SandboxError>, subnet: &str, why: &str) {
+        match r {
+            Err(SandboxError::Ipam { subnet: s, why: w }) => {
+                assert_eq!((s, w.as_str()), (cidr(subnet), why));
+            }
+            other => panic!("want Ipam({subnet}: {why}), got {other:?}"),
+        }
+    }
+
     #[test]
     fn allocates_lowest_free_skipping_gateway_network_broadcast() {
         let mut ipam = Ipam::new(cidr("10.77.0.0/30"), "10.77.0.1".parse().unwrap()).unwrap();
@@ -119,9 +129,22 @@ mod tests {
     fn reserve_rebuilds_state_and_rejects_conflicts() {
         let mut ipam = Ipam::new(cidr("10.77.0.0/24"), "10.77.0.1".parse().unwrap()).unwrap();
         ipam.reserve("10.77.0.2".parse().unwrap()).unwrap();
-        assert!(ipam.reserve("10.77.0.2".parse().unwrap()).is_err());
-        assert!(ipam.reserve("10.78.0.2".parse().unwrap()).is_err());
-        assert!(ipam.reserve("10.77.0.1".parse().unwrap()).is_err());
+        let net = "10.77.0.0/24";
+        refused(
+            ipam.reserve("10.77.0.2".parse().unwrap()),
+            net,
+            "10.77.0.2 is already in use",
+        );
+        refused(
+            ipam.reserve("10.78.0.2".parse().unwrap()),
+            net,
+            "10.78.0.2 is outside the subnet",
+        );
+        refused(
+            ipam.reserve("10.77.0.1".parse().unwrap()),
+            net,
+            "10.77.0.1 is already in use",
+        );
         assert_eq!(ipam.allocate().unwrap(), cidr("10.77.0.3/24"));
     }
 
@@ -129,9 +152,25 @@ mod tests {
     fn ipv6_and_bad_subnets() {
         let mut ipam = Ipam::new(cidr("fd77::/64"), "fd77::1".parse().unwrap()).unwrap();
         assert_eq!(ipam.allocate().unwrap(), cidr("fd77::2/64"));
-        assert!(Ipam::new(cidr("10.77.0.0/31"), "10.77.0.1".parse().unwrap()).is_err());
-        assert!(Ipam::new(cidr("10.77.0.0/24"), "10.78.0.1".parse().unwrap()).is_err());
-        assert!(Ipam::new(cidr("fd77::/64"), "10.77.0.1".parse().unwrap()).is_err());
-        assert!(ipam.reserve("10.77.0.1".parse().unwrap()).is_err());
+        refused(
+            Ipam::new(cidr("10.77.0.0/31"), "10.77.0.1".parse().unwrap()),
+            "10.77.0.0/31",
+            "fewer than two host addresses",
+        );
+        refused(
+            Ipam::new(cidr("10.77.0.0/24"), "10.78.0.1".parse().unwrap()),
+            "10.77.0.0/24",
+            "gateway 10.78.0.1 is outside the subnet",
+        );
+        refused(
+            Ipam::new(cidr("fd77::/64"), "10.77.0.1".parse().unwrap()),
+            "fd77::/64",
+            "gateway 10.77.0.1 is outside the subnet",
+        );
+        refused(
+            ipam.reserve("10.77.0.1".parse().unwrap()),
+            "fd77::/64",
+            "10.77.0.1 is outside the subnet",
+        );
     }
 }

@@ -284,18 +284,24 @@ mod tests {
     fn validate_rejects_mismatches() {
         let good = PodSpec::new("v", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
         good.validate().unwrap();
+        let refused = |p: PodSpec, why: &str| match p.validate() {
+            Err(SandboxError::Invalid { pod, why: got }) => {
+                assert_eq!((pod, got.as_str()), (p.name, why));
+            }
+            other => panic!("want Invalid({why:?}), got {other:?}"),
+        };
         let mut p = good.clone();
         p.ipv4 = cidr("fd00::1/64");
-        assert!(p.validate().is_err());
+        refused(p, "ipv4 fd00::1/64 is not an IPv4 address/prefix");
         let mut p = good.clone();
         p.gateway6 = Some("fd00::1".parse().unwrap());
-        assert!(p.validate().unwrap_err().to_string().contains("gateway6"));
+        refused(p, "gateway6 without ipv6");
         let mut p = good.clone();
         p.mtu = 10;
-        assert!(p.validate().is_err());
+        refused(p, "mtu 10 out of range 68..=65535");
         let mut p = good;
         p.mac = "01:00:5e:00:00:01".parse().unwrap();
-        assert!(p.validate().is_err());
+        refused(p, "mac 01:00:5e:00:00:01 is multicast");
     }
 
     #[test]

@@ -126,7 +126,46 @@ impl Topology {
             vm_ns,
         };
         t.attach_vm();
+        t.wait_link_ready();
         t
+    }
+
+    /// Wait (bounded) until frames pass between the VM side and the bridge: the VM's
+    /// `eth0` up, its bridge port forwarding and the bridge up. The kernel applies
+    /// carrier changes asynchronously (linkwatch, up to a second later under load), and
+    /// a DISCOVER sent before that is lost.
+    fn wait_link_ready(&self) {
+        let read = |mut c: Command, files: &str| {
+            let out = c
+                .args(["sh", "-c", &format!("cat {files}")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let bridge = self.bridge();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pod = read(
+                self.in_pod("env"),
+                &format!("/sys/class/net/vmport/brport/state /sys/class/net/{bridge}/operstate"),
+            );
+            let vm = read(
+                self.in_vm("env"),
+                &format!("/sys/class/net/{VM_IF}/operstate"),
+            );
+            // brport state 3: forwarding.
+            if pod == ["3", "up"] && vm == ["up"] {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "VM link not ready after 10 s: port state and bridge {pod:?}, VM {VM_IF} {vm:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A veth `vmport` on the bridge in place of the tap; its peer becomes `eth0` with

@@ -67,6 +67,18 @@ pub struct GuestLease {
     pub routes: Vec<GuestRoute>,
     /// Option 54.
     pub server: Option<Ipv4Addr>,
+    /// Option 42.
+    #[serde(default)]
+    pub ntp: Vec<Ipv4Addr>,
+    /// Option 66.
+    #[serde(default)]
+    pub tftp: Option<String>,
+    /// Option 67.
+    #[serde(default)]
+    pub bootfile: Option<String>,
+    /// Options udhcpc does not know (the private 224-254), by code, value in hex.
+    #[serde(default)]
+    pub private: std::collections::BTreeMap<u8, String>,
     pub lease_s: Option<u64>,
     /// Guest uptime in seconds when the lease was applied: boot-to-lease time.
     pub uptime: f64,
@@ -146,7 +158,10 @@ impl GuestReport {
     pub fn parse(console: &str) -> Result<GuestReport, ReportError> {
         let mut report = GuestReport::default();
         let mut open: Option<(String, String)> = None;
-        for raw in console.lines() {
+        // A console read while the guest writes may end inside a line: that line is
+        // parsed on a later read, once complete.
+        let complete = console.rfind('\n').map_or("", |i| &console[..=i]);
+        for raw in complete.lines() {
             let line = raw.trim_end_matches('\r');
             let tagged = line.find("VMPOD-").map(|i| &line[i..]);
             match (&mut open, tagged) {
@@ -622,6 +637,13 @@ VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
         );
         assert_eq!(r.cidata_source, Some(("/dev/vda".into(), "vfat".into())));
         assert!(r.powered_off && !r.holding && !r.lease_failed);
+    }
+
+    #[test]
+    fn a_line_still_being_written_waits_for_its_end() {
+        let partial = "VMPOD-BOOT {\"kernel\":\"k\",\"uptime\":1.0}\nVMPOD-LEASE {\"event\":\"bou";
+        let r = GuestReport::parse(partial).unwrap();
+        assert!(r.boot.is_some() && r.lease.is_none());
     }
 
     #[test]

@@ -20,6 +20,20 @@ pub fn launcher_bin() -> PathBuf {
     .clone()
 }
 
+/// The QEMU capabilities seed the tests' launchers share, instead of the host's
+/// default (`/var/cache/vmpod/qemu-capabilities`): under this build's target dir, so
+/// tests neither read nor fill the host's cache, and later launchers start seeded.
+pub fn test_caps_seed() -> PathBuf {
+    // target/<profile>/deps/<test binary> -> target/tmp (where CARGO_TARGET_TMPDIR
+    // points; worked out, since the handler's unit tests include this file too).
+    let exe = std::env::current_exe().expect("the running test binary");
+    exe.ancestors()
+        .nth(3)
+        .expect("test binaries live in target/<profile>/deps")
+        .join("tmp")
+        .join("vmpod-caps-seed")
+}
+
 /// A VMI for the test guest: kernel boot, one bridged pod interface, a cidata disk with
 /// `user_data`; `hold` keeps the guest up until the ACPI power button. It asks for
 /// emulation (TCG), so tests that are not about acceleration behave the same whether
@@ -85,10 +99,21 @@ pub struct Launcher {
     pub started: Instant,
 }
 
+/// How a test hands the launcher its VMI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmiFrom {
+    /// `--vmi <state dir>/vmi.yaml`
+    File,
+    /// `VMPOD_VMI` holding the manifest itself, no `--vmi`.
+    EnvText,
+    /// `--vmi -`, the manifest on standard input.
+    Stdin,
+}
+
 impl Launcher {
     /// Start `vmpod-launcher run` in the pod with `vmi` (written to the state dir).
     pub fn start(sb: &PodSandbox, state_dir: &Path, vmi: &str, extra: &[&str]) -> Launcher {
-        Launcher::start_with_env(sb, state_dir, vmi, extra, &[])
+        Self::start_with(sb, state_dir, vmi, VmiFrom::File, extra, &[])
     }
 
     /// [`Launcher::start`] with extra environment variables.
@@ -99,29 +124,62 @@ impl Launcher {
         extra: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Launcher {
+        Self::start_with(sb, state_dir, vmi, VmiFrom::File, extra, env)
+    }
+
+    /// [`Launcher::start`], handing over the VMI as `from` says, with extra environment
+    /// variables. The tests' own capabilities seed ([`test_caps_seed`]) unless `extra`
+    /// names one.
+    pub fn start_with(
+        sb: &PodSandbox,
+        state_dir: &Path,
+        vmi: &str,
+        from: VmiFrom,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Launcher {
         std::fs::create_dir_all(state_dir).unwrap();
         let vmi_path = state_dir.join("vmi.yaml");
         std::fs::write(&vmi_path, vmi).unwrap();
         let stderr = state_dir.join("launcher.log");
         let started = Instant::now();
-        let child = sb
-            .command(launcher_bin())
-            .unwrap()
-            .arg("run")
-            .arg("--vmi")
-            .arg(&vmi_path)
-            .arg("--state-dir")
+        let mut cmd = sb.command(launcher_bin()).unwrap();
+        cmd.arg("run");
+        match from {
+            VmiFrom::File => {
+                cmd.arg("--vmi").arg(&vmi_path);
+            }
+            VmiFrom::EnvText => {
+                cmd.env("VMPOD_VMI", vmi);
+            }
+            VmiFrom::Stdin => {
+                cmd.args(["--vmi", "-"]);
+            }
+        }
+        cmd.arg("--state-dir")
             .arg(state_dir)
             .arg("--resolv-conf")
-            .arg(sb.resolv_conf_path())
+            .arg(sb.resolv_conf_path());
+        if !extra.contains(&"--caps-seed") {
+            cmd.arg("--caps-seed").arg(test_caps_seed());
+        }
+        let mut child = cmd
             .args(extra)
             .envs(env.iter().copied())
             .env("VMPOD_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(if from == VmiFrom::Stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .expect("spawn vmpod-launcher");
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(vmi.as_bytes()).unwrap(); // closed when dropped
+        }
         Launcher {
             child,
             state_dir: state_dir.to_path_buf(),

@@ -352,8 +352,14 @@ async fn controller_follows_watch_events() {
     assert_eq!(patches[1].body["status"]["nodeName"], "n1");
 
     // Deleting the VMI: garbage collection removes the pod; the controller deletes nothing.
-    vmi_feed.send("DELETED", vmi_json("13", json!({})));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The reconcile that could act is the one for the VMI marked for deletion (kube-rs
+    // reconciles nothing after DELETED): wait until it has finished, then look.
+    let finished = finished_reconciles(&metrics);
+    let mut deleting = vmi_json("13", json!({}));
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    vmi_feed.send("MODIFIED", deleting);
+    wait_finished_reconciles(&metrics, finished + 1).await;
+    vmi_feed.send("DELETED", vmi_json("14", json!({})));
     assert!(server.seen().iter().all(|r| r.method != Method::DELETE));
     assert_eq!(server.unexpected(), Vec::<String>::new());
     run.abort();
@@ -521,6 +527,28 @@ fn a_launcher_pod_given_kvm_by_the_device_plugin_runs_its_guest_under_kvm() {
     );
 }
 
+/// Reconciles that have run to their end (the duration histogram's count).
+fn finished_reconciles(metrics: &Metrics) -> u64 {
+    let text = metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix("vmpod_handler_reconcile_duration_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no reconcile duration count in\n{text}"))
+}
+
+/// Wait until at least `n` reconciles have finished; fails after 10 s.
+async fn wait_finished_reconciles(metrics: &Metrics, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while finished_reconciles(metrics) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} reconciles not finished within 10 s\n{}",
+            metrics.encode()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A launcher status source that answers from a table, keyed by state directory.
 struct FakeLaunchers(Mutex<Vec<(String, Result<LauncherStatus, String>)>>);
 
@@ -637,12 +665,13 @@ async fn node_restart_relists_and_loses_nothing() {
         }
         let (client, server) = MockApiServer::start(script);
         let ctx = node_ctx(client.clone(), Ok(running_launcher()));
+        let metrics = ctx.metrics.clone();
         let run = tokio::spawn(async move { node::run(client, "n1", ctx).await });
-        (server, run, _feed)
+        (server, run, _feed, metrics)
     };
 
     // First life: the pod is listed, the launcher is read, the status is written.
-    let (server, run, _feed) = start(vmi_json("41", json!({"phase": "Scheduled"})), true);
+    let (server, run, _feed, _) = start(vmi_json("41", json!({"phase": "Scheduled"})), true);
     let lists = server.wait_for(Method::GET, all_pods, 1).await;
     assert!(
         lists[0].query.contains("fieldSelector=spec.nodeName%3Dn1"),
@@ -656,9 +685,9 @@ async fn node_restart_relists_and_loses_nothing() {
     // re-reading the launcher gives the same status, so nothing needs patching.
     let mut stored: Value = patch.clone();
     stored.as_object_mut().unwrap().retain(|_, v| !v.is_null());
-    let (server, run, _feed) = start(vmi_json("42", stored), false);
+    let (server, run, _feed, metrics) = start(vmi_json("42", stored), false);
     server.wait_for(Method::GET, VMI_PATH, 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_finished_reconciles(&metrics, 1).await;
     assert!(server.seen_on(Method::PATCH, STATUS_PATH).is_empty());
     assert_eq!(server.unexpected(), Vec::<String>::new());
     assert_eq!(patch["interfaces"][0]["ipAddress"], "10.244.1.7");

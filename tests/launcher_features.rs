@@ -1,0 +1,227 @@
+//! Launcher features a user sees, each through the real `vmpod-launcher` booting the test
+//! guest in a pod sandbox (TCG): the console log rotated at boot and past 4 MiB, the
+//! QEMU capabilities seed read from and written back to the directory given, the VMI
+//! taken from `VMPOD_VMI` (the manifest itself) or from standard input, and the VMI's
+//! `dhcpOptions` in the guest's lease.
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::launcher::{Launcher, VmiFrom, processes_mentioning, testguest_vmi};
+use vmpod::control::{Phase, read_status};
+use vmpod::net::IpCidr;
+use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
+
+const BOOT: Duration = Duration::from_secs(150);
+const EMULATION: &[&str] = &["--accel", "emulation"];
+
+fn cidr(s: &str) -> IpCidr {
+    let (a, p) = s.split_once('/').unwrap();
+    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
+}
+
+/// A pod on a node of its own (its own namespace, so addresses may repeat across tests).
+fn pod(name: &str) -> PodSandbox {
+    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
+    let spec = PodSpec::new(name, cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    PodSandbox::create(&node, &spec).unwrap()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// At boot the launcher moves the previous boot's console log to `console.log.1`; while
+/// the VM runs it does the same whenever the log passes 4 MiB, and the guest's later
+/// output lands at the start of the emptied log (QEMU appends). The VMI comes from
+/// `VMPOD_VMI` holding the manifest itself.
+#[test]
+fn console_log_rotates_at_boot_and_past_4_mib() {
+    if !support::privileged("console_log_rotates_at_boot_and_past_4_mib") {
+        return;
+    }
+    let sb = pod("lrot");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let log = state.join("console.log");
+    let previous = state.join("console.log.1");
+    std::fs::write(&log, "PREVIOUS-BOOT console output\n").unwrap();
+
+    let vmi = testguest_vmi("lrot-env", "#cloud-config\n", true, 30);
+    let mut l = Launcher::start_with(&sb, &state, &vmi, VmiFrom::EnvText, EMULATION, &[]);
+    l.wait_report(BOOT, |r| r.holding);
+    assert_eq!(
+        String::from_utf8_lossy(&read(&previous)),
+        "PREVIOUS-BOOT console output\n",
+        "the previous boot's log is console.log.1"
+    );
+    let this_boot = read(&log);
+    assert!(
+        contains(&this_boot, "VMPOD-BOOT") && !contains(&this_boot, "PREVIOUS-BOOT"),
+        "console.log holds this boot only:\n{}",
+        String::from_utf8_lossy(&this_boot)
+    );
+    assert_eq!(
+        read_status(&state).unwrap().name,
+        "lrot-env",
+        "the VMI from VMPOD_VMI"
+    );
+
+    // The log passes 4 MiB (as a chatty guest would make it).
+    let max = vmpod::control::state::CONSOLE_LOG_MAX;
+    let filler = "FILLER 0123456789abcdef0123456789abcdef0123456789abcdef0123456789\n";
+    let lines = usize::try_from(max).unwrap() / filler.len() + 1;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(filler.repeat(lines).as_bytes()).unwrap();
+    drop(f);
+    // The launcher checks every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rotated = std::fs::metadata(&previous).map_or(0, |m| m.len());
+        if rotated > max {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "console.log not rotated within 30 s of passing 4 MiB (console.log {} bytes, \
+             console.log.1 {rotated} bytes)\n{}",
+            std::fs::metadata(&log).map_or(0, |m| m.len()),
+            l.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let old = read(&previous);
+    assert!(
+        old.starts_with(&this_boot) && contains(&old, "FILLER"),
+        "console.log.1 holds the whole log up to the rotation"
+    );
+    assert!(std::fs::metadata(&log).unwrap().len() < max);
+
+    // The guest's next output goes to the start of the emptied log.
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(60));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    let after = read(&log);
+    assert!(
+        contains(&after, "VMPOD-POWEROFF") && !contains(&after, "FILLER"),
+        "the log after the rotation:\n{}",
+        String::from_utf8_lossy(&after)
+    );
+    assert!(
+        !after.contains(&0),
+        "QEMU wrote past a hole: it does not append"
+    );
+}
+
+/// `--caps-seed DIR`: libvirtd's private capabilities cache starts from DIR's files, and
+/// what libvirtd cached is copied back there once the domain runs. The VMI comes from
+/// standard input (`--vmi -`).
+#[test]
+fn caps_seed_is_read_before_libvirtd_and_written_back() {
+    if !support::privileged("caps_seed_is_read_before_libvirtd_and_written_back") {
+        return;
+    }
+    let sb = pod("lseed");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let seed = dir.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    // libvirtd reads only the entry named after its emulator: a marker is left alone.
+    std::fs::write(seed.join("vmpod-test-marker.xml"), "<marker/>\n").unwrap();
+
+    let vmi = testguest_vmi("lseed-stdin", "#cloud-config\n", false, 10);
+    let seed_arg = seed.to_str().unwrap();
+    let mut l = Launcher::start_with(
+        &sb,
+        &state,
+        &vmi,
+        VmiFrom::Stdin,
+        &["--accel", "emulation", "--caps-seed", seed_arg],
+        &[],
+    );
+    l.wait_report(BOOT, |r| r.powered_off);
+    let st = l.wait_exit(Duration::from_secs(60));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    assert_eq!(read_status(&state).unwrap().name, "lseed-stdin");
+
+    let cache = vmpod::domain::daemons::LibvirtLayout::new(&state).caps_cache();
+    assert_eq!(
+        String::from_utf8_lossy(&read(&cache.join("vmpod-test-marker.xml"))),
+        "<marker/>\n",
+        "the private cache was seeded from {}",
+        seed.display()
+    );
+    let xml_files = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".xml"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let cached = xml_files(&cache);
+    assert!(
+        cached.len() >= 2,
+        "libvirtd cached QEMU's capabilities: {cached:?}"
+    );
+    assert_eq!(
+        xml_files(&seed),
+        cached,
+        "what libvirtd cached was written back to the seed"
+    );
+    assert!(processes_mentioning(&state.to_string_lossy()).is_empty());
+}
+
+/// KubeVirt's `dhcpOptions` on the VMI's interface reach the guest's lease: NTP servers
+/// (42), TFTP server (66), boot file (67) and a private option (224-254).
+#[test]
+fn dhcp_options_from_the_vmi_reach_the_guests_lease() {
+    if !support::privileged("dhcp_options_from_the_vmi_reach_the_guests_lease") {
+        return;
+    }
+    let sb = pod("ldopt");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let vmi = testguest_vmi("ldopt", "#cloud-config\n", false, 10);
+    let bridge = "          bridge: {}\n";
+    assert!(vmi.contains(bridge), "{vmi}");
+    let vmi = vmi.replacen(
+        bridge,
+        &format!(
+            "{bridge}          dhcpOptions:\n            bootFileName: pxelinux.0\n            \
+             tftpServerName: tftp.vmpod.test\n            ntpServers: [10.77.0.123, 10.77.0.124]\n            \
+             privateOptions:\n              - option: 240\n                value: vmpod\n"
+        ),
+        1,
+    );
+    let mut l = Launcher::start(&sb, &state, &vmi, EMULATION);
+    let report = l.wait_report(BOOT, |r| r.lease.is_some());
+    let lease = report.lease.unwrap();
+    assert_eq!(lease.ip, "10.77.0.5".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(
+        lease.ntp,
+        ["10.77.0.123", "10.77.0.124"].map(|a| a.parse::<std::net::Ipv4Addr>().unwrap())
+    );
+    assert_eq!(lease.tftp.as_deref(), Some("tftp.vmpod.test"));
+    assert_eq!(lease.bootfile.as_deref(), Some("pxelinux.0"));
+    // udhcpc reports options it does not know in hex: "vmpod".
+    assert_eq!(
+        lease.private.get(&240).map(|v| v.to_ascii_lowercase()),
+        Some("766d706f64".to_string())
+    );
+    let st = l.wait_exit(Duration::from_secs(90));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    assert_eq!(read_status(&state).unwrap().phase, Phase::Succeeded);
+}
