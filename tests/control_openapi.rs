@@ -206,7 +206,7 @@ fn the_validator_catches_mismatches() {
     bad_net["interfaces"][0]["plan"][1]
         .as_object_mut()
         .unwrap()
-        .remove("value");
+        .remove("link");
     bad_net["interfaces"][0]["dhcp"]["replies"]["sendErrors"] = 0.into();
     let net_schema = response_schema(&spec, "/v1/network", "get", "200");
     let mut errors = Vec::new();
@@ -219,7 +219,7 @@ fn the_validator_catches_mismatches() {
         "$.interfaces[0].ipAddresses",
         "surprise",
         "$.interfaces[0].plan[0].op: \"frobnicate\" is not a documented variant",
-        "$.interfaces[0].plan[1]: missing required property value",
+        "$.interfaces[0].plan[1]: missing required property link",
         "$.interfaces[0].dhcp.replies: undocumented property sendErrors",
     ] {
         assert!(all.contains(expect), "validator missed {expect}: {all}");

@@ -366,6 +366,92 @@ pub struct DropCount {
     pub bytes: u64,
 }
 
+/// A table's drop counters as reports show them, or why they cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AntiSpoofReport {
+    /// The nftables bridge-family table.
+    pub table: String,
+    /// Packets and bytes dropped, per kind; absent when they could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Vec<DropCount>>,
+    /// Why `dropped` is absent (reading nftables needs CAP_NET_ADMIN, which the
+    /// launcher's compute container does not hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+impl AntiSpoofReport {
+    /// Read the counters of `table` now, in the calling thread's network namespace
+    /// (runs `nft`: call it off the async runtime).
+    pub fn read(table: &str) -> Self {
+        match read_counters(table) {
+            Ok(dropped) => AntiSpoofReport {
+                table: table.to_owned(),
+                dropped: Some(dropped),
+                unavailable: None,
+            },
+            Err(e) => Self::unavailable(table, &e),
+        }
+    }
+
+    fn unavailable(table: &str, e: &CounterError) -> Self {
+        AntiSpoofReport {
+            table: table.to_owned(),
+            dropped: None,
+            unavailable: Some(format!(
+                "{e} (reading nftables needs CAP_NET_ADMIN in the pod's network namespace; \
+                 as root on the node: vmpodctl net inspect --netns <pod netns>)"
+            )),
+        }
+    }
+
+    /// Every anti-spoofing table in the calling thread's network namespace, read now.
+    pub fn read_all() -> Vec<Self> {
+        let pattern = table_name("*");
+        let listed = nftables::helper::get_current_ruleset_raw(
+            nftables::helper::DEFAULT_NFT,
+            ["list", "tables", "bridge"],
+        )
+        .map_err(|e| nft_error(&pattern, e))
+        .and_then(|raw| table_names(&pattern, &raw));
+        match listed {
+            Ok(tables) => tables.iter().map(|t| Self::read(t)).collect(),
+            Err(e) => vec![Self::unavailable(&pattern, &e)],
+        }
+    }
+}
+
+/// The anti-spoofing tables in `nft -j list tables` output.
+fn table_names(pattern: &str, raw: &str) -> Result<Vec<String>, CounterError> {
+    let prefix = table_name("");
+    let doc: serde_json::Value = serde_json::from_str(raw).map_err(|e| CounterError::Output {
+        table: pattern.to_owned(),
+        detail: e.to_string(),
+    })?;
+    Ok(doc["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["table"]["family"] == "bridge")
+        .filter_map(|o| o["table"]["name"].as_str())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+fn nft_error(table: &str, e: nftables::helper::NftablesError) -> CounterError {
+    CounterError::Nft {
+        table: table.to_owned(),
+        detail: match e {
+            nftables::helper::NftablesError::NftFailed { stderr, .. } => {
+                stderr.trim().lines().next().unwrap_or_default().to_owned()
+            }
+            other => other.to_string(),
+        },
+    }
+}
+
 /// Why the counters could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
@@ -386,15 +472,7 @@ pub fn read_counters(table: &str) -> Result<Vec<DropCount>, CounterError> {
         nftables::helper::DEFAULT_NFT,
         ["list", "counters", "table", "bridge", table],
     )
-    .map_err(|e| CounterError::Nft {
-        table: table.to_owned(),
-        detail: match e {
-            nftables::helper::NftablesError::NftFailed { stderr, .. } => {
-                stderr.trim().lines().next().unwrap_or_default().to_owned()
-            }
-            other => other.to_string(),
-        },
-    })?;
+    .map_err(|e| nft_error(table, e))?;
     parse_counters(table, &raw)
 }
 
@@ -600,6 +678,16 @@ mod tests {
         assert_eq!(
             doc.to_string(),
             r#"{"nftables":[{"add":{"table":{"family":"bridge","name":"vmpod-as-eth0"}}},{"delete":{"table":{"family":"bridge","name":"vmpod-as-eth0"}}}]}"#
+        );
+    }
+
+    #[test]
+    fn only_our_bridge_tables_are_listed() {
+        let raw = r#"{"nftables":[{"metainfo":{}},{"table":{"family":"bridge","name":"vmpod-as-eth0"}},
+            {"table":{"family":"bridge","name":"filter"}},{"table":{"family":"bridge","name":"vmpod-as-net1"}}]}"#;
+        assert_eq!(
+            table_names("vmpod-as-*", raw).unwrap(),
+            ["vmpod-as-eth0", "vmpod-as-net1"]
         );
     }
 
