@@ -291,15 +291,15 @@ fn forged_frames_from_the_vm_never_leave_the_bridge() {
     if !support::privileged("forged_frames_from_the_vm_never_leave_the_bridge") {
         return;
     }
-    let f = Fixture::new("aspoof", "10.79.0.5", "10.79.0.1");
+    let f = Fixture::new("aspoof", "10.81.0.5", "10.81.0.1");
     let capture = f.node_capture();
     let mut vm = f.vm();
     let (mac, ip, gw) = (f.vm_mac, f.vm_ip, f.gateway);
     let marked = |tag: &str, src: Ipv4Addr| udp4(src, gw, 4000, 9, tag.as_bytes());
     let mut vlan = vec![0x00, 0x05, 0x08, 0x00];
-    vlan.extend(marked("BAD-VLAN", Ipv4Addr::new(10, 79, 0, 66)));
+    vlan.extend(marked("BAD-VLAN", Ipv4Addr::new(10, 81, 0, 66)));
     let mut ipv6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
-    ipv6.extend("fd79::66".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    ipv6.extend("fd81::66".parse::<std::net::Ipv6Addr>().unwrap().octets());
     ipv6.extend("ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
     ipv6.extend(b"BAD-IPV6");
     let forged: Vec<(&str, Vec<u8>)> = vec![
@@ -313,7 +313,7 @@ fn forged_frames_from_the_vm_never_leave_the_bridge() {
                 BROADCAST,
                 mac,
                 0x0800,
-                &marked("BAD-IP", Ipv4Addr::new(10, 79, 0, 99)),
+                &marked("BAD-IP", Ipv4Addr::new(10, 81, 0, 99)),
             ),
         ),
         (
@@ -421,7 +421,7 @@ fn dhcp_from_the_pod_network_gets_no_answer_from_the_launcher() {
     if !support::privileged("dhcp_from_the_pod_network_gets_no_answer_from_the_launcher") {
         return;
     }
-    let f = Fixture::new("adhcp", "10.79.1.5", "10.79.1.1");
+    let f = Fixture::new("adhcp", "10.81.1.5", "10.81.1.1");
     let launcher = support::launcher::launcher_bin();
     let serve = f
         .pod
