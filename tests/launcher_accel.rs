@@ -23,7 +23,7 @@ use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 const STANDIN: &str = r#"#!/bin/sh
 [ "$1" = --socket ] || exit 3
 root=$(dirname "$(dirname "$2")")
-log="$root/log/qemu/$STANDIN_DOMAIN.log"
+log="$root/cache/libvirt/qemu/log/$STANDIN_DOMAIN.log"
 mkdir -p "$(dirname "$log")"
 d=$STANDIN_DOMAIN
 ev() { echo "{\"kind\":\"event\",\"domain\":\"$d\",\"event\":$1}"; }
@@ -40,8 +40,14 @@ while read -r line; do
         printf 'KVM internal error. Suberror: 1\nextra data[0]: 0x0\nemulation failure\n' >> "$log"
         ev '{"paused":"unknown"}' ;;
       esac ;;
-    *'"op":"destroy"'*) active=false; ok '{"answer":"done"}'; ev '{"stopped":"destroyed"}' ;;
-    *'"op":"shutdown"'*) active=false; ok '{"answer":"done"}'; ev '{"stopped":"shutdown"}' ;;
+    *'"op":"destroy"'*)
+      # STANDIN_STUCK: libvirt never returns from destroy.
+      [ -n "$STANDIN_STUCK" ] && exec sleep 600
+      active=false; ok '{"answer":"done"}'; ev '{"stopped":"destroyed"}' ;;
+    *'"op":"shutdown"'*)
+      # STANDIN_STUCK: the guest ignores the ACPI power button.
+      if [ -n "$STANDIN_STUCK" ]; then ok '{"answer":"done"}'; continue; fi
+      active=false; ok '{"answer":"done"}'; ev '{"stopped":"shutdown"}' ;;
     *'"op":"pause"'*) ok '{"answer":"done"}'; ev '{"paused":"user"}' ;;
     *'"op":"resume"'*) ok '{"answer":"done"}'; ev '"resumed"' ;;
     *'"op":"isActive"'*) ok "{\"answer\":\"active\",\"value\":$active}" ;;
@@ -85,6 +91,9 @@ impl Node {
     fn new() -> Node {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
+        // The stand-in runs as QEMU's user (uid 107), as vmpod-virt does: it must reach
+        // its script and write its record under here.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let agent = root.join("standin-virt");
         std::fs::write(&agent, STANDIN).unwrap();
         std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -103,9 +112,22 @@ impl Node {
     /// the stand-in records its requests under `<run>-agent/`. The stand-in plays QEMU,
     /// so whether this machine's /dev/kvm works is beside the point: no probe.
     fn launch(&self, sb: &PodSandbox, run: &str, accel: &str, extra: &[&str]) -> Launcher {
+        self.launch_with_env(sb, run, accel, extra, &[])
+    }
+
+    /// [`Node::launch`] with more environment for the stand-in.
+    fn launch_with_env(
+        &self,
+        sb: &PodSandbox,
+        run: &str,
+        accel: &str,
+        extra: &[&str],
+        env: &[(&str, &OsStr)],
+    ) -> Launcher {
         let state = self.root.join(run);
         let rec = self.root.join(format!("{run}-agent"));
         std::fs::create_dir_all(&rec).unwrap();
+        std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o777)).unwrap();
         let caps = self.caps_seed();
         let mut args = vec![
             "--accel",
@@ -115,17 +137,13 @@ impl Node {
             "--skip-kvm-probe",
         ];
         args.extend_from_slice(extra);
-        Launcher::start_with_env(
-            sb,
-            &state,
-            VMI,
-            &args,
-            &[
-                ("VMPOD_VIRT", self.agent.as_os_str()),
-                ("STANDIN_DIR", rec.as_os_str()),
-                ("STANDIN_DOMAIN", OsStr::new("standin")),
-            ],
-        )
+        let mut all = vec![
+            ("VMPOD_VIRT", self.agent.as_os_str()),
+            ("STANDIN_DIR", rec.as_os_str()),
+            ("STANDIN_DOMAIN", OsStr::new("standin")),
+        ];
+        all.extend_from_slice(env);
+        Launcher::start_with_env(sb, &state, VMI, &args, &all)
     }
 
     fn requests(&self, run: &str) -> Vec<String> {
@@ -501,4 +519,52 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     l.sigterm();
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());
+}
+
+/// libvirt stuck: the guest ignores the power button and destroy never returns. SIGTERM
+/// still ends in a teardown inside the time kubelet gives the pod (the VMI's grace, 5 s,
+/// plus 15 s): the destroy call is cut at its timeout, the agent killed, QEMU's pid
+/// (none here) killed directly, the network restored and the final status written.
+#[test]
+fn libvirt_stuck_in_destroy_still_tears_down_inside_the_grace() {
+    if !support::privileged("libvirt_stuck_in_destroy_still_tears_down_inside_the_grace") {
+        return;
+    }
+    let sb = pod("stuck", 96);
+    let node = Node::new();
+    let mut l = node.launch_with_env(
+        &sb,
+        "stuck",
+        "emulation",
+        &[],
+        &[("STANDIN_STUCK", OsStr::new("1"))],
+    );
+    wait_status(&mut l, "Running", |s| s.phase == Phase::Running);
+    let sent = Instant::now();
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(60));
+    let took = sent.elapsed();
+    let budget = Duration::from_secs(5 + 15);
+    assert!(
+        took < budget,
+        "teardown took {took:?}, kubelet would SIGKILL at {budget:?}\n{}",
+        l.log()
+    );
+    let requests = node.requests("stuck");
+    assert!(
+        requests.iter().any(|r| r.contains(r#""op":"destroy""#)),
+        "{requests:#?}"
+    );
+    let log = l.log();
+    assert!(
+        log.contains("no answer to destroy within 10s"),
+        "the log says why:\n{log}"
+    );
+    assert!(log.contains("pod network restored"), "{log}");
+    let status = vmpod::control::read_status(&l.state_dir).unwrap();
+    assert!(
+        status.phase.is_terminal(),
+        "final status written: {status:?} ({st})"
+    );
+    eprintln!("SIGTERM -> exit with libvirt stuck in destroy: {took:?} (exit {st})");
 }
