@@ -33,6 +33,8 @@ while read -r line; do
   echo "$line" >> "$STANDIN_DIR/requests"
   case "$line" in
     *'"op":"defineAndStart"'*)
+      # STANDIN_SLOW_START: libvirt never comes back from starting the domain.
+      [ -n "$STANDIN_SLOW_START" ] && exec sleep 600
       active=true
       ok "{\"answer\":\"started\",\"value\":\"$d\"}"
       ev '"started"'
@@ -567,4 +569,58 @@ fn libvirt_stuck_in_destroy_still_tears_down_inside_the_grace() {
         "final status written: {status:?} ({st})"
     );
     eprintln!("SIGTERM -> exit with libvirt stuck in destroy: {took:?} (exit {st})");
+}
+
+/// SIGTERM while the domain is still starting (libvirt does not come back from it): the
+/// boot is abandoned, the teardown runs (the agent, stuck, is killed at the next call's
+/// timeout), the network is restored and the final status written, inside the grace.
+#[test]
+fn sigterm_during_boot_leads_to_an_orderly_teardown() {
+    if !support::privileged("sigterm_during_boot_leads_to_an_orderly_teardown") {
+        return;
+    }
+    let sb = pod("bootterm", 97);
+    let node = Node::new();
+    let mut l = node.launch_with_env(
+        &sb,
+        "bootterm",
+        "emulation",
+        &[],
+        &[("STANDIN_SLOW_START", OsStr::new("1"))],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node
+        .requests("bootterm")
+        .iter()
+        .any(|r| r.contains(r#""op":"defineAndStart""#))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no defineAndStart within 60 s\n{}",
+            l.log()
+        );
+        assert!(l.child.try_wait().unwrap().is_none(), "{}", l.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Instant::now();
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(60));
+    let took = sent.elapsed();
+    let log = l.log();
+    assert!(
+        took < Duration::from_secs(5 + 15),
+        "teardown took {took:?}\n{log}"
+    );
+    assert!(log.contains("SIGTERM during boot: tearing down"), "{log}");
+    assert!(log.contains("pod network restored"), "{log}");
+    let status = vmpod::control::read_status(&l.state_dir).unwrap();
+    assert_eq!(status.phase, Phase::Failed, "{status:?}");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("stopped by SIGTERM during boot")),
+        "{status:?}"
+    );
+    eprintln!("SIGTERM during the domain's start -> exit: {took:?} (exit {st})");
 }

@@ -300,10 +300,24 @@ async fn run_pod(
     }));
 
     let mut pod = Pod::default();
-    let result = match boot(&ctx, &mut pod).await {
-        Ok(()) => supervise(&ctx, &mut pod, &mut sigterm, &mut sigint, &mut act_rx).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        // The network phase is not raced: it is netlink only and sub-second, and a
+        // blocking setup cancelled halfway would go on beside the teardown. A signal
+        // meanwhile waits in its stream for the race below.
+        let interfaces = network_phase(&ctx, &mut pod).await?;
+        // The rest of boot is raced against SIGTERM/SIGINT: libvirtd's start and the
+        // domain's can take long, and kubelet's grace runs meanwhile. `pod` records what
+        // was acquired so far; teardown gives it back.
+        tokio::select! {
+            r = boot(&ctx, &mut pod, interfaces) => r?,
+            signal = first_signal(&mut sigterm, &mut sigint) => {
+                tracing::info!("{signal} during boot: tearing down");
+                bail!("stopped by {signal} during boot");
+            }
+        }
+        supervise(&ctx, &mut pod, &mut sigterm, &mut sigint, &mut act_rx).await
+    }
+    .await;
     teardown(&ctx, &mut pod).await;
 
     let code = match &result {
@@ -509,8 +523,19 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
     Ok(attachments)
 }
 
-async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
-    let interfaces = network_phase(ctx, pod).await?;
+/// The first of SIGTERM and SIGINT, by name.
+async fn first_signal(sigterm: &mut Signal, sigint: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    }
+}
+
+async fn boot(
+    ctx: &Ctx,
+    pod: &mut Pod,
+    interfaces: BTreeMap<String, Attachment>,
+) -> anyhow::Result<()> {
     // libvirtd, QEMU and the libvirt client run as QEMU's user (see daemons).
     let run_as = RunAs::qemu(ctx.accel.booted == Acceleration::Kvm);
     let dirs = VolumeDirs {
@@ -558,6 +583,9 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     let agent = pod.agent.as_ref().context("no libvirt agent")?;
     let env = pod.env.as_mut().context("no domain environment")?;
     pod.qemu_log_from = qemu_log_len(ctx);
+    // Before the start: a boot cancelled while it is in flight still has the domain
+    // destroyed by teardown.
+    pod.domain = Some(domain_name(&ctx.vmi));
     let name = match start_domain(ctx, agent, &xml).await {
         Ok(name) => name,
         Err(e) => {
@@ -787,12 +815,7 @@ async fn supervise(
                     return Ok(state);
                 }
             }
-            signal = async {
-                tokio::select! {
-                    _ = sigterm.recv() => "SIGTERM",
-                    _ = sigint.recv() => "SIGINT",
-                }
-            } => {
+            signal = first_signal(sigterm, sigint) => {
                 tracing::info!(?grace, "{signal}: ACPI shutdown");
                 if deadline.is_none() {
                     deadline = Some(request_shutdown(agent, grace).await);
