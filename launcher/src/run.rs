@@ -225,6 +225,61 @@ struct Ctx {
     accel: Accel,
     shared: Arc<Mutex<Shared>>,
     started: Instant,
+    status_file: StatusWriter,
+}
+
+/// Writes `status.json` (atomically, fsynced) on a thread of its own, so the runtime
+/// thread (DHCP server, control API, supervision) never waits on the disk. Updates
+/// queued meanwhile collapse into the newest; [`StatusWriter::finish`] writes the last
+/// one before the launcher exits.
+struct StatusWriter {
+    tx: Mutex<Option<std::sync::mpsc::Sender<LauncherStatus>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl StatusWriter {
+    fn start(state_dir: PathBuf) -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<LauncherStatus>();
+        let thread = std::thread::Builder::new()
+            .name("status.json".into())
+            .spawn(move || {
+                while let Ok(mut status) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        status = newer;
+                    }
+                    if let Err(e) = control::write_status(&state_dir, &status) {
+                        tracing::warn!("status.json: {e}");
+                    }
+                }
+            })
+            .context("start the status.json writer thread")?;
+        Ok(StatusWriter {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn write(&self, status: LauncherStatus) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = tx.as_ref() {
+            let _ = tx.send(status);
+        }
+    }
+
+    /// Write what is queued and stop the thread (waits for the disk: at exit only; also
+    /// on drop, so an early return still leaves the last status on disk).
+    fn finish(&self) {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Ctx {
@@ -246,9 +301,7 @@ impl Ctx {
             f(&mut s.status);
             s.status.clone()
         };
-        if let Err(e) = control::write_status(self.state_dir(), &status) {
-            tracing::warn!("status.json: {e}");
-        }
+        self.status_file.write(status);
     }
 }
 
@@ -275,12 +328,14 @@ async fn run_pod(
         dhcp: Vec::new(),
         domain_xml: String::new(),
     }));
+    let status_file = StatusWriter::start(args.state_dir.clone())?;
     let ctx = Ctx {
         args,
         vmi,
         accel,
         shared,
         started,
+        status_file,
     };
     ctx.publish(|_| {});
 
@@ -346,6 +401,7 @@ async fn run_pod(
         Err(_) => tracing::warn!("control server did not stop within 3 s"),
     }
     let _ = std::fs::remove_file(&socket);
+    ctx.status_file.finish();
     Ok(code)
 }
 
@@ -836,10 +892,17 @@ async fn supervise(
                 deadline = None;
             }
             _ = console_check.tick() => {
-                match control::rotate_console_log(ctx.scratch_dir(), control::state::CONSOLE_LOG_MAX) {
-                    Ok(true) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("rotating the console log: {e}"),
+                // A copy of up to the cap: off the runtime thread.
+                let scratch = ctx.scratch_dir().to_path_buf();
+                let rotated = tokio::task::spawn_blocking(move || {
+                    control::rotate_console_log(&scratch, control::state::CONSOLE_LOG_MAX)
+                })
+                .await;
+                match rotated {
+                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!("rotating the console log: {e}"),
+                    Err(e) => tracing::warn!("console log rotation task: {e}"),
                 }
             }
             st = daemons.libvirtd.child.wait() => {
