@@ -46,6 +46,14 @@ fn options(pod: &PodSandbox, state: &Path) -> SetupOptions {
     }
 }
 
+fn nft(ns: &str, doc: &nftables::schema::Nftables) -> Vec<String> {
+    ["ip", "netns", "exec", ns, "nft", "-j"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([serde_json::to_string(doc).unwrap()])
+        .collect()
+}
+
 /// The `ip` (and, for IPv4 devconf, `sysctl`) command lines that do what `op` does, inside namespace `ns`.
 fn ip_commands(ns: &str, op: &NetOp) -> Vec<Vec<String>> {
     let ip = |args: &[&str]| {
@@ -128,6 +136,11 @@ fn ip_commands(ns: &str, op: &NetOp) -> Vec<Vec<String>> {
             vec![ip(&refs)]
         }
         NetOp::DelLink { name } => vec![ip(&["link", "del", name])],
+        // The same JSON, given to `nft` as its command line.
+        NetOp::AntiSpoof(rules) => vec![nft(ns, &rules.ruleset())],
+        NetOp::DelNftTable { table } => {
+            vec![nft(ns, &vmpod::net::antispoof::remove_ruleset(table))]
+        }
     }
 }
 

@@ -33,6 +33,8 @@ while read -r line; do
   echo "$line" >> "$STANDIN_DIR/requests"
   case "$line" in
     *'"op":"defineAndStart"'*)
+      # STANDIN_SLOW_START: libvirt never comes back from starting the domain.
+      [ -n "$STANDIN_SLOW_START" ] && exec sleep 600
       active=true
       ok "{\"answer\":\"started\",\"value\":\"$d\"}"
       ev '"started"'
@@ -40,8 +42,14 @@ while read -r line; do
         printf 'KVM internal error. Suberror: 1\nextra data[0]: 0x0\nemulation failure\n' >> "$log"
         ev '{"paused":"unknown"}' ;;
       esac ;;
-    *'"op":"destroy"'*) active=false; ok '{"answer":"done"}'; ev '{"stopped":"destroyed"}' ;;
-    *'"op":"shutdown"'*) active=false; ok '{"answer":"done"}'; ev '{"stopped":"shutdown"}' ;;
+    *'"op":"destroy"'*)
+      # STANDIN_STUCK: libvirt never returns from destroy.
+      [ -n "$STANDIN_STUCK" ] && exec sleep 600
+      active=false; ok '{"answer":"done"}'; ev '{"stopped":"destroyed"}' ;;
+    *'"op":"shutdown"'*)
+      # STANDIN_STUCK: the guest ignores the ACPI power button.
+      if [ -n "$STANDIN_STUCK" ]; then ok '{"answer":"done"}'; continue; fi
+      active=false; ok '{"answer":"done"}'; ev '{"stopped":"shutdown"}' ;;
     *'"op":"pause"'*) ok '{"answer":"done"}'; ev '{"paused":"user"}' ;;
     *'"op":"resume"'*) ok '{"answer":"done"}'; ev '"resumed"' ;;
     *'"op":"isActive"'*) ok "{\"answer\":\"active\",\"value\":$active}" ;;
@@ -106,6 +114,18 @@ impl Node {
     /// the stand-in records its requests under `<run>-agent/`. The stand-in plays QEMU,
     /// so whether this machine's /dev/kvm works is beside the point: no probe.
     fn launch(&self, sb: &PodSandbox, run: &str, accel: &str, extra: &[&str]) -> Launcher {
+        self.launch_with_env(sb, run, accel, extra, &[])
+    }
+
+    /// [`Node::launch`] with more environment for the stand-in.
+    fn launch_with_env(
+        &self,
+        sb: &PodSandbox,
+        run: &str,
+        accel: &str,
+        extra: &[&str],
+        env: &[(&str, &OsStr)],
+    ) -> Launcher {
         let state = self.root.join(run);
         let rec = self.root.join(format!("{run}-agent"));
         std::fs::create_dir_all(&rec).unwrap();
@@ -119,17 +139,13 @@ impl Node {
             "--skip-kvm-probe",
         ];
         args.extend_from_slice(extra);
-        Launcher::start_with_env(
-            sb,
-            &state,
-            VMI,
-            &args,
-            &[
-                ("VMPOD_VIRT", self.agent.as_os_str()),
-                ("STANDIN_DIR", rec.as_os_str()),
-                ("STANDIN_DOMAIN", OsStr::new("standin")),
-            ],
-        )
+        let mut all = vec![
+            ("VMPOD_VIRT", self.agent.as_os_str()),
+            ("STANDIN_DIR", rec.as_os_str()),
+            ("STANDIN_DOMAIN", OsStr::new("standin")),
+        ];
+        all.extend_from_slice(env);
+        Launcher::start_with_env(sb, &state, VMI, &args, &all)
     }
 
     fn requests(&self, run: &str) -> Vec<String> {
@@ -505,4 +521,106 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     l.sigterm();
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());
+}
+
+/// libvirt stuck: the guest ignores the power button and destroy never returns. SIGTERM
+/// still ends in a teardown inside the time kubelet gives the pod (the VMI's grace, 5 s,
+/// plus 15 s): the destroy call is cut at its timeout, the agent killed, QEMU's pid
+/// (none here) killed directly, the network restored and the final status written.
+#[test]
+fn libvirt_stuck_in_destroy_still_tears_down_inside_the_grace() {
+    if !support::privileged("libvirt_stuck_in_destroy_still_tears_down_inside_the_grace") {
+        return;
+    }
+    let sb = pod("stuck", 96);
+    let node = Node::new();
+    let mut l = node.launch_with_env(
+        &sb,
+        "stuck",
+        "emulation",
+        &[],
+        &[("STANDIN_STUCK", OsStr::new("1"))],
+    );
+    wait_status(&mut l, "Running", |s| s.phase == Phase::Running);
+    let sent = Instant::now();
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(60));
+    let took = sent.elapsed();
+    let budget = Duration::from_secs(5 + 15);
+    assert!(
+        took < budget,
+        "teardown took {took:?}, kubelet would SIGKILL at {budget:?}\n{}",
+        l.log()
+    );
+    let requests = node.requests("stuck");
+    assert!(
+        requests.iter().any(|r| r.contains(r#""op":"destroy""#)),
+        "{requests:#?}"
+    );
+    let log = l.log();
+    assert!(
+        log.contains("no answer to destroy within 10s"),
+        "the log says why:\n{log}"
+    );
+    assert!(log.contains("pod network restored"), "{log}");
+    let status = vmpod::control::read_status(&l.state_dir).unwrap();
+    assert!(
+        status.phase.is_terminal(),
+        "final status written: {status:?} ({st})"
+    );
+    eprintln!("SIGTERM -> exit with libvirt stuck in destroy: {took:?} (exit {st})");
+}
+
+/// SIGTERM while the domain is still starting (libvirt does not come back from it): the
+/// boot is abandoned, the teardown runs (the agent, stuck, is killed at the next call's
+/// timeout), the network is restored and the final status written, inside the grace.
+#[test]
+fn sigterm_during_boot_leads_to_an_orderly_teardown() {
+    if !support::privileged("sigterm_during_boot_leads_to_an_orderly_teardown") {
+        return;
+    }
+    let sb = pod("bootterm", 97);
+    let node = Node::new();
+    let mut l = node.launch_with_env(
+        &sb,
+        "bootterm",
+        "emulation",
+        &[],
+        &[("STANDIN_SLOW_START", OsStr::new("1"))],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node
+        .requests("bootterm")
+        .iter()
+        .any(|r| r.contains(r#""op":"defineAndStart""#))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no defineAndStart within 60 s\n{}",
+            l.log()
+        );
+        assert!(l.child.try_wait().unwrap().is_none(), "{}", l.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Instant::now();
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(60));
+    let took = sent.elapsed();
+    let log = l.log();
+    assert!(
+        took < Duration::from_secs(5 + 15),
+        "teardown took {took:?}\n{log}"
+    );
+    assert!(log.contains("SIGTERM during boot: tearing down"), "{log}");
+    assert!(log.contains("pod network restored"), "{log}");
+    let status = vmpod::control::read_status(&l.state_dir).unwrap();
+    assert_eq!(status.phase, Phase::Failed, "{status:?}");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("stopped by SIGTERM during boot")),
+        "{status:?}"
+    );
+    eprintln!("SIGTERM during the domain's start -> exit: {took:?} (exit {st})");
 }

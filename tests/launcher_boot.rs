@@ -87,6 +87,21 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
     assert_eq!(status.phase, Phase::Running);
     assert_eq!(status.first_ip(), Some("10.77.0.5".parse().unwrap()));
     assert!(status.qemu_pid.is_some(), "{status:?}");
+    // The tap's anti-spoofing rules are in place (the guest leased and pinged through
+    // them) and their counters readable: this launcher runs as root with NET_ADMIN.
+    let network = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.network()).await })
+        .expect("network report within 10 s")
+        .expect("network report");
+    let anti = network.interfaces[0]
+        .anti_spoofing
+        .clone()
+        .expect("an anti-spoofing report");
+    assert_eq!(anti.table, "vmpod-as-eth0");
+    assert!(
+        anti.dropped.as_ref().is_some_and(|d| d.len() == 8) && anti.unavailable.is_none(),
+        "{anti:?}"
+    );
     let xml = rt
         .block_on(async {
             tokio::time::timeout(Duration::from_secs(10), client.domain_xml()).await
@@ -157,6 +172,14 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         !links.iter().any(|l| l == "k6t-eth0" || l == "tap-eth0"),
         "{links:?}"
     );
+    let tables = sb
+        .command("nft")
+        .unwrap()
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(!tables.contains("vmpod-as-eth0"), "table left: {tables}");
     let addrs = sb
         .block_on(|| async {
             let (conn, handle, _) = rtnetlink::new_connection().unwrap();

@@ -364,6 +364,31 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
         diag()
     );
 
+    // The init container installed the anti-spoofing table (the guest leased through
+    // it); the compute container, without NET_ADMIN, cannot read its counters and the
+    // report says so instead of showing zeros.
+    let network = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = vmpod::control::ControlClient::new(state.join("control.sock"));
+            tokio::time::timeout(Duration::from_secs(10), client.network()).await
+        })
+        .expect("network report within 10 s")
+        .expect("network report");
+    let anti = network.interfaces[0]
+        .anti_spoofing
+        .clone()
+        .expect("an anti-spoofing report");
+    assert_eq!(anti.table, "vmpod-as-eth0");
+    assert!(anti.dropped.is_none(), "{anti:?}");
+    let why = anti.unavailable.unwrap_or_default();
+    assert!(
+        why.contains("Operation not permitted") && why.contains("CAP_NET_ADMIN"),
+        "{why}"
+    );
+
     let lease = report.lease.clone().expect("a lease");
     assert_eq!(lease.ip, "10.79.0.5".parse::<std::net::Ipv4Addr>().unwrap());
     assert_eq!(lease.hostname.as_deref(), Some("vm-host"));

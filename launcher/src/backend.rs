@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 use vmpod::control::{
-    Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport, Phase,
+    AntiSpoofReport, Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport, Phase,
 };
 use vmpod::dhcp::StatsHandle;
 
@@ -55,12 +55,32 @@ impl Backend for LauncherBackend {
     }
 
     async fn network(&self) -> Result<NetworkReport, BackendError> {
-        let s = lock(&self.shared);
-        let mut report = s.network.clone();
-        for (iface, stats) in report.interfaces.iter_mut().zip(&s.dhcp) {
-            if let Some(h) = stats {
-                iface.dhcp = Some(h.snapshot());
+        let mut report = {
+            let s = lock(&self.shared);
+            let mut report = s.network.clone();
+            for (iface, stats) in report.interfaces.iter_mut().zip(&s.dhcp) {
+                if let Some(h) = stats {
+                    iface.dhcp = Some(h.snapshot());
+                }
             }
+            report
+        };
+        // The drop counters, live: `nft` is a process, so off the runtime thread.
+        let tables: Vec<Option<String>> = report
+            .interfaces
+            .iter()
+            .map(|i| i.anti_spoof_table().map(str::to_owned))
+            .collect();
+        let read = tokio::task::spawn_blocking(move || {
+            tables
+                .into_iter()
+                .map(|t| t.map(|t| AntiSpoofReport::read(&t)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| BackendError::Failed(format!("reading anti-spoofing counters: {e}")))?;
+        for (iface, anti) in report.interfaces.iter_mut().zip(read) {
+            iface.anti_spoofing = anti;
         }
         Ok(report)
     }

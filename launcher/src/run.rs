@@ -238,6 +238,61 @@ struct Ctx {
     accel: Accel,
     shared: Arc<Mutex<Shared>>,
     started: Instant,
+    status_file: StatusWriter,
+}
+
+/// Writes `status.json` (atomically, fsynced) on a thread of its own, so the runtime
+/// thread (DHCP server, control API, supervision) never waits on the disk. Updates
+/// queued meanwhile collapse into the newest; [`StatusWriter::finish`] writes the last
+/// one before the launcher exits.
+struct StatusWriter {
+    tx: Mutex<Option<std::sync::mpsc::Sender<LauncherStatus>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl StatusWriter {
+    fn start(state_dir: PathBuf) -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<LauncherStatus>();
+        let thread = std::thread::Builder::new()
+            .name("status.json".into())
+            .spawn(move || {
+                while let Ok(mut status) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        status = newer;
+                    }
+                    if let Err(e) = control::write_status(&state_dir, &status) {
+                        tracing::warn!("status.json: {e}");
+                    }
+                }
+            })
+            .context("start the status.json writer thread")?;
+        Ok(StatusWriter {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn write(&self, status: LauncherStatus) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = tx.as_ref() {
+            let _ = tx.send(status);
+        }
+    }
+
+    /// Write what is queued and stop the thread (waits for the disk: at exit only; also
+    /// on drop, so an early return still leaves the last status on disk).
+    fn finish(&self) {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Ctx {
@@ -259,9 +314,7 @@ impl Ctx {
             f(&mut s.status);
             s.status.clone()
         };
-        if let Err(e) = control::write_status(self.state_dir(), &status) {
-            tracing::warn!("status.json: {e}");
-        }
+        self.status_file.write(status);
     }
 }
 
@@ -288,12 +341,14 @@ async fn run_pod(
         dhcp: Vec::new(),
         domain_xml: String::new(),
     }));
+    let status_file = StatusWriter::start(args.state_dir.clone())?;
     let ctx = Ctx {
         args,
         vmi,
         accel,
         shared,
         started,
+        status_file,
     };
     ctx.publish(|_| {});
 
@@ -313,10 +368,24 @@ async fn run_pod(
     }));
 
     let mut pod = Pod::default();
-    let result = match boot(&ctx, &mut pod).await {
-        Ok(()) => supervise(&ctx, &mut pod, &mut sigterm, &mut sigint, &mut act_rx).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        // The network phase is not raced: it is netlink only and sub-second, and a
+        // blocking setup cancelled halfway would go on beside the teardown. A signal
+        // meanwhile waits in its stream for the race below.
+        let interfaces = network_phase(&ctx, &mut pod).await?;
+        // The rest of boot is raced against SIGTERM/SIGINT: libvirtd's start and the
+        // domain's can take long, and kubelet's grace runs meanwhile. `pod` records what
+        // was acquired so far; teardown gives it back.
+        tokio::select! {
+            r = boot(&ctx, &mut pod, interfaces) => r?,
+            signal = first_signal(&mut sigterm, &mut sigint) => {
+                tracing::info!("{signal} during boot: tearing down");
+                bail!("stopped by {signal} during boot");
+            }
+        }
+        supervise(&ctx, &mut pod, &mut sigterm, &mut sigint, &mut act_rx).await
+    }
+    .await;
     teardown(&ctx, &mut pod).await;
 
     let code = match &result {
@@ -345,6 +414,7 @@ async fn run_pod(
         Err(_) => tracing::warn!("control server did not stop within 3 s"),
     }
     let _ = std::fs::remove_file(&socket);
+    ctx.status_file.finish();
     Ok(code)
 }
 
@@ -522,8 +592,19 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
     Ok(attachments)
 }
 
-async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
-    let interfaces = network_phase(ctx, pod).await?;
+/// The first of SIGTERM and SIGINT, by name.
+async fn first_signal(sigterm: &mut Signal, sigint: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    }
+}
+
+async fn boot(
+    ctx: &Ctx,
+    pod: &mut Pod,
+    interfaces: BTreeMap<String, Attachment>,
+) -> anyhow::Result<()> {
     // libvirtd, QEMU and the libvirt client run as QEMU's user (see daemons).
     let run_as = RunAs::qemu(ctx.accel.booted == Acceleration::Kvm);
     let dirs = VolumeDirs {
@@ -571,6 +652,9 @@ async fn boot(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<()> {
     let agent = pod.agent.as_ref().context("no libvirt agent")?;
     let env = pod.env.as_mut().context("no domain environment")?;
     pod.qemu_log_from = qemu_log_len(ctx);
+    // Before the start: a boot cancelled while it is in flight still has the domain
+    // destroyed by teardown.
+    pod.domain = Some(domain_name(&ctx.vmi));
     let name = match start_domain(ctx, agent, &xml).await {
         Ok(name) => name,
         Err(e) => {
@@ -803,12 +887,7 @@ async fn supervise(
                     return Ok(state);
                 }
             }
-            signal = async {
-                tokio::select! {
-                    _ = sigterm.recv() => "SIGTERM",
-                    _ = sigint.recv() => "SIGINT",
-                }
-            } => {
+            signal = first_signal(sigterm, sigint) => {
                 tracing::info!(?grace, "{signal}: ACPI shutdown");
                 if deadline.is_none() {
                     deadline = Some(request_shutdown(agent, grace).await);
@@ -829,10 +908,17 @@ async fn supervise(
                 deadline = None;
             }
             _ = console_check.tick() => {
-                match control::rotate_console_log(ctx.scratch_dir(), control::state::CONSOLE_LOG_MAX) {
-                    Ok(true) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("rotating the console log: {e}"),
+                // A copy of up to the cap: off the runtime thread.
+                let scratch = ctx.scratch_dir().to_path_buf();
+                let rotated = tokio::task::spawn_blocking(move || {
+                    control::rotate_console_log(&scratch, control::state::CONSOLE_LOG_MAX)
+                })
+                .await;
+                match rotated {
+                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!("rotating the console log: {e}"),
+                    Err(e) => tracing::warn!("console log rotation task: {e}"),
                 }
             }
             st = daemons.libvirtd.child.wait() => {

@@ -13,6 +13,7 @@ use crate::dhcp::config::DroppedSearchDomain;
 use crate::dhcp::stats::{LastClient, LeaseState};
 use crate::dhcp::v4::{ClientSeen, RequestKind};
 use crate::dhcp::{DEFAULT_SERVER_IP, DhcpConfig, DhcpExtras, DhcpStats};
+use crate::net::antispoof::{AntiSpoofReport, DropCount, DropKind};
 use crate::net::{Binding, InterfaceFacts, IpCidr, MacAddr, OriginalSettings, PlanOptions, Route};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -214,6 +215,20 @@ pub fn sample_network() -> NetworkReport {
             facts,
             plan,
             dhcp: Some(dhcp),
+            anti_spoofing: Some(AntiSpoofReport {
+                table: "vmpod-as-eth0".into(),
+                dropped: Some(
+                    DropKind::ALL
+                        .into_iter()
+                        .map(|kind| DropCount {
+                            kind,
+                            packets: 1,
+                            bytes: 64,
+                        })
+                        .collect(),
+                ),
+                unavailable: None,
+            }),
         }],
     }
 }

@@ -2,6 +2,7 @@
 //! follow KubeVirt's VMI status where it has the same field (`interfaces[].ipAddress`).
 
 use crate::dhcp::DhcpStats;
+pub use crate::net::antispoof::AntiSpoofReport;
 use crate::net::{Binding, CachedInterface, InterfaceFacts, MacAddr, NetOp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
@@ -238,9 +239,21 @@ pub struct InterfaceReport {
     /// The DHCP server's lease and counters; absent when no server runs for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<DhcpStats>,
+    /// The tap's anti-spoofing rules and what they dropped; absent when the plan
+    /// installed none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_spoofing: Option<AntiSpoofReport>,
 }
 
 impl InterfaceReport {
+    /// The anti-spoofing table the applied plan installed, if any.
+    pub fn anti_spoof_table(&self) -> Option<&str> {
+        self.plan.iter().find_map(|op| match op {
+            NetOp::AntiSpoof(a) => Some(a.table.as_str()),
+            _ => None,
+        })
+    }
+
     /// The report for VMI network `name` from its cache entry and DHCP stats.
     pub fn new(name: impl Into<String>, cached: &CachedInterface, dhcp: Option<DhcpStats>) -> Self {
         InterfaceReport {
@@ -249,6 +262,7 @@ impl InterfaceReport {
             facts: cached.facts.clone(),
             plan: cached.applied.clone(),
             dhcp,
+            anti_spoofing: None,
         }
     }
 }

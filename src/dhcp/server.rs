@@ -123,7 +123,6 @@ impl DhcpServer {
 /// broadcasting instead, and every client hears a broadcast, so we broadcast.
 pub fn socket_address(to: Destination) -> SocketAddrV4 {
     match to {
-        Destination::Relay(ip) => SocketAddrV4::new(ip, SERVER_PORT),
         Destination::Client(ip) => SocketAddrV4::new(ip, CLIENT_PORT),
         Destination::Hardware(_) | Destination::Broadcast => {
             SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)

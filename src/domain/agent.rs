@@ -63,7 +63,35 @@ impl Request {
             Request::Undefine => "undefine",
         }
     }
+
+    /// How long the launcher waits for the answer (queueing behind another call
+    /// included) before it kills the agent. Sized to what libvirt does: starting a
+    /// domain can take tens of seconds when libvirtd first probes QEMU (an unusable
+    /// /dev/kvm makes it re-probe for ~48 s); destroy is SIGTERM then SIGKILL to QEMU
+    /// and is cut at [`DESTROY_TIMEOUT`] so a teardown that starts when the VMI's grace
+    /// runs out fits in the 15 s kubelet adds; the rest are quick monitor or libvirtd
+    /// calls.
+    pub fn timeout(&self) -> std::time::Duration {
+        match self {
+            Request::DefineAndStart { .. } => START_TIMEOUT,
+            Request::Destroy => DESTROY_TIMEOUT,
+            Request::Shutdown
+            | Request::Pause
+            | Request::Resume
+            | Request::Xml
+            | Request::IsActive
+            | Request::Undefine => QUICK_TIMEOUT,
+        }
+    }
 }
+
+/// See [`Request::timeout`].
+pub const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// See [`Request::timeout`]: at most 15 s (the grace kubelet adds to the VMI's), less
+/// what the rest of the teardown (daemons, network) needs.
+pub const DESTROY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// See [`Request::timeout`].
+pub const QUICK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A successful answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,16 +242,13 @@ fn call(dom: &RunningDomain, req: &Request) -> Result<Answer, String> {
 pub struct VirtAgent {
     child: Child,
     pid: Option<u32>,
-    /// How long a call waits for its answer: [`CALL_TIMEOUT`].
+    /// A cap on every call's own [`Request::timeout`] (tests shorten it).
     call_timeout: std::time::Duration,
     /// Requests are answered in order: one call at a time holds both ends.
     io: tokio::sync::Mutex<(ChildStdin, mpsc::UnboundedReceiver<Result<Answer, String>>)>,
+    /// Killed after a call went unanswered: later calls fail at once.
+    killed: std::sync::atomic::AtomicBool,
 }
-
-/// How long one call may take. Starting a domain can take tens of seconds when libvirtd
-/// first probes QEMU (an unusable /dev/kvm makes it re-probe for ~48 s); nothing else
-/// comes near.
-pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Domain lifecycle events, (domain name, event); ends when the agent exits.
 pub type Events = mpsc::UnboundedReceiver<(String, DomainEvent)>;
@@ -273,36 +298,52 @@ impl VirtAgent {
             VirtAgent {
                 pid: child.id(),
                 child,
-                call_timeout: CALL_TIMEOUT,
+                call_timeout: std::time::Duration::MAX,
                 io: tokio::sync::Mutex::new((stdin, reply_rx)),
+                killed: std::sync::atomic::AtomicBool::new(false),
             },
             ev_rx,
         ))
     }
 
-    /// Send `req` and wait for its answer.
+    /// Send `req` and wait for its answer, at most [`Request::timeout`] (waiting for an
+    /// earlier call included). Unanswered in time, the agent is killed: a late answer
+    /// would be taken for the next call's, and a stuck libvirt call must not stall the
+    /// launcher.
     pub async fn call(&self, req: &Request) -> Result<Answer, AgentError> {
-        let mut io = self.io.lock().await;
-        let (stdin, replies) = &mut *io;
-        let mut line = serde_json::to_vec(req).map_err(|e| AgentError::Call(e.to_string()))?;
-        line.push(b'\n');
-        stdin
-            .write_all(&line)
-            .await
-            .map_err(|e| AgentError::Gone(e.to_string()))?;
-        match tokio::time::timeout(self.call_timeout, replies.recv()).await {
-            Ok(Some(r)) => r.map_err(AgentError::Call),
-            Ok(None) => Err(AgentError::Gone("it exited".into())),
+        use std::sync::atomic::Ordering;
+        if self.killed.load(Ordering::Relaxed) {
+            return Err(AgentError::Gone(format!(
+                "killed after an earlier call went unanswered; not sending {}",
+                req.op()
+            )));
+        }
+        let limit = req.timeout().min(self.call_timeout);
+        let exchange = async {
+            let mut io = self.io.lock().await;
+            let (stdin, replies) = &mut *io;
+            let mut line = serde_json::to_vec(req).map_err(|e| AgentError::Call(e.to_string()))?;
+            line.push(b'\n');
+            stdin
+                .write_all(&line)
+                .await
+                .map_err(|e| AgentError::Gone(e.to_string()))?;
+            match replies.recv().await {
+                Some(r) => r.map_err(AgentError::Call),
+                None => Err(AgentError::Gone("it exited".into())),
+            }
+        };
+        match tokio::time::timeout(limit, exchange).await {
+            Ok(r) => r,
             Err(_) => {
-                // A late answer would be taken for the next call's: end the agent.
+                self.killed.store(true, Ordering::Relaxed);
                 if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
                     // SAFETY: kill(2) on our own child's pid.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
                 Err(AgentError::Gone(format!(
-                    "no answer to {} within {:?}; killed it",
-                    req.op(),
-                    self.call_timeout
+                    "no answer to {} within {limit:?}; killed it",
+                    req.op()
                 )))
             }
         }
@@ -501,7 +542,7 @@ done
     }
 
     /// An agent that never answers (a stand-in that only sleeps): the call gives up after
-    /// the call timeout (1 s here instead of [`CALL_TIMEOUT`]), fails naming the
+    /// the call timeout (1 s here instead of the call's own [`Request::timeout`]), fails naming the
     /// operation, and the agent is killed, so its event stream ends.
     #[tokio::test]
     async fn an_unanswered_call_times_out_and_the_agent_is_killed() {

@@ -1,5 +1,6 @@
 //! Applying [`NetOp`]s through netlink (and `/dev/net/tun`, which has no netlink verb
-//! for creating taps). Never `/proc/sys`: a container runtime mounts it read-only for
+//! for creating taps; and `nft` fed JSON for the anti-spoofing table, which runs in the
+//! namespace of the thread that starts it). Never `/proc/sys`: a container runtime mounts it read-only for
 //! anything not privileged, NET_ADMIN or not; per-link settings go through
 //! `RTM_SETLINK` / `IFLA_AF_SPEC` instead. Every op is idempotent: "already so" is
 //! success, so applying a plan to an untouched, half-rewired or fully rewired pod
@@ -149,6 +150,20 @@ async fn apply_one(
             };
             let msg = LinkUnspec::new_with_index(index).mtu(*mtu).build();
             change(h, msg, format!("set mtu {mtu} on tap {name}")).await
+        }
+        NetOp::AntiSpoof(rules) => {
+            super::antispoof::apply(&rules.ruleset()).map_err(|source| NetError::Nft {
+                table: rules.table.clone(),
+                source,
+            })
+        }
+        NetOp::DelNftTable { table } => {
+            super::antispoof::apply(&super::antispoof::remove_ruleset(table)).map_err(|source| {
+                NetError::Nft {
+                    table: table.clone(),
+                    source,
+                }
+            })
         }
         NetOp::DelAddress { link, address } => {
             let index = link_index(h, known, link).await?;

@@ -73,6 +73,13 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
+    /// `nft` refused or failed to run a rule set (anti-spoofing table `table`).
+    #[error("nftables table bridge {table}: {source}")]
+    Nft {
+        table: String,
+        #[source]
+        source: nftables::helper::NftablesError,
+    },
     /// Reading or writing the cache failed.
     #[error("net cache {path}: {source}")]
     Cache {

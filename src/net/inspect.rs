@@ -2,6 +2,7 @@
 //! addresses, routes, bridges with their ports, taps, and the cached facts. Changes
 //! nothing.
 
+use super::antispoof::AntiSpoofReport;
 use super::cache::{self, CachedInterface};
 use super::discover::with_handle;
 use super::error::NetError;
@@ -55,10 +56,18 @@ pub struct Inspection {
     pub bridges: Vec<BridgeView>,
     pub taps: Vec<TapView>,
     pub cached: Vec<CachedInterface>,
+    /// The anti-spoofing tables in the namespace and their drop counters.
+    #[serde(default)]
+    pub anti_spoofing: Vec<AntiSpoofReport>,
 }
 
 /// Arrange a snapshot and the cache for reading. Pure.
-pub fn inspection(netns: String, snap: &NetSnapshot, cached: Vec<CachedInterface>) -> Inspection {
+pub fn inspection(
+    netns: String,
+    snap: &NetSnapshot,
+    cached: Vec<CachedInterface>,
+    anti_spoofing: Vec<AntiSpoofReport>,
+) -> Inspection {
     let name = |i: Option<u32>| i.and_then(|i| snap.link_name(i)).map(str::to_owned);
     let links = snap
         .links
@@ -103,6 +112,7 @@ pub fn inspection(netns: String, snap: &NetSnapshot, cached: Vec<CachedInterface
         bridges,
         taps,
         cached,
+        anti_spoofing,
     }
 }
 
@@ -110,9 +120,17 @@ pub fn inspection(netns: String, snap: &NetSnapshot, cached: Vec<CachedInterface
 pub fn inspect(netns: Option<&Path>, state_dir: &Path) -> Result<Inspection, NetError> {
     let cached = cache::load_all(state_dir)?;
     let snap = with_handle(netns, |h| async move { snapshot(&h).await })?;
+    let anti_spoofing =
+        super::netns::run_in(netns, AntiSpoofReport::read_all).map_err(|source| {
+            NetError::Netns {
+                netns: super::discover::netns_label(netns),
+                source,
+            }
+        })?;
     Ok(inspection(
         super::discover::netns_label(netns),
         &snap,
         cached,
+        anti_spoofing,
     ))
 }

@@ -3,8 +3,10 @@
 //! [`InterfaceFacts`] is what the pod's CNI gave us, captured once before anything is
 //! changed; it is the single source of truth for DHCP and the domain XML afterwards.
 //! This module owns links, addresses, routes and per-link settings inside the pod's
-//! network namespace, and the `<state-dir>/net/` cache. It must not start processes
-//! (never `ip`: everything goes through netlink and `/dev/net/tun`), must not write
+//! network namespace, the anti-spoofing nftables table of each tap, and the
+//! `<state-dir>/net/` cache. It must not start processes other than `nft` (never `ip`:
+//! links, addresses and settings go through netlink and `/dev/net/tun`; nftables rules
+//! go to `nft` as JSON through the `nftables` crate, see [`antispoof`]), must not write
 //! `/proc/sys` (read-only in a container) and must not talk to libvirt.
 //!
 //! - [`discover`] reads one interface into [`InterfaceFacts`] ([`state`] decodes the
@@ -26,7 +28,9 @@
 //! administered MAC; bridge `k6t-<iface>` and tap `tap-<iface>` (vnet_hdr, owned by
 //! QEMU's uid) are created with the pod MTU and enslaved; the bridge gets
 //! `169.254.75.10/32` for the DHCP server and answers ARP only for its own address
-//! (`arp_ignore=1`, `arp_announce=2`). The pod interface loses its IPv6 link-local
+//! (`arp_ignore=1`, `arp_announce=2`). Before the tap and the pod interface go up, the
+//! tap's anti-spoofing rules are in place ([`antispoof`]: the VM's MAC and IPv4 address
+//! only, no DHCP across the bridge). The pod interface loses its IPv6 link-local
 //! address while it is a bridge port: it derives from the MAC the VM now uses and
 //! would collide.
 //!
@@ -88,6 +92,7 @@
 //! forwarding sysctls; IPv6 for the VM reads the cached IPv6 facts and the bridge's
 //! link-local address. `discover`, `apply` and the cache do not change.
 
+pub mod antispoof;
 pub mod apply;
 pub mod cache;
 pub mod discover;

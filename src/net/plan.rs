@@ -6,6 +6,7 @@
 //! port forwarding) add their own function and, where netlink has no verb for it, their
 //! own `NetOp` variants, and reuse the rest.
 
+use super::antispoof::{AntiSpoof, table_name};
 use super::facts::{Binding, InterfaceFacts, IpCidr, MacAddr, Route};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -82,6 +83,11 @@ pub enum NetOp {
     AddRoute { link: String, route: Route },
     /// Delete a link; absent already is fine.
     DelLink { name: String },
+    /// Install (or re-install) the anti-spoofing rules of a tap: an nftables
+    /// bridge-family table (see [`super::antispoof`]).
+    AntiSpoof(AntiSpoof),
+    /// Remove an nftables bridge-family table; absent already is fine.
+    DelNftTable { table: String },
 }
 
 impl fmt::Display for NetOp {
@@ -135,6 +141,12 @@ impl fmt::Display for NetOp {
                 }
             }
             NetOp::DelLink { name } => write!(f, "delete link {name}"),
+            NetOp::AntiSpoof(a) => write!(
+                f,
+                "install anti-spoofing table bridge {} (from {}: mac {}, ipv4 {}; no DHCP across {})",
+                a.table, a.tap, a.mac, a.ipv4, a.pod
+            ),
+            NetOp::DelNftTable { table } => write!(f, "delete nftables table bridge {table}"),
         }
     }
 }
@@ -331,11 +343,11 @@ fn plan_bridge(
     opts: &PlanOptions,
     original: OriginalSettings,
 ) -> Result<Vec<NetOp>, PlanError> {
-    if facts.ipv4().is_none() {
+    let Some(IpAddr::V4(ipv4)) = facts.ipv4().map(|a| a.addr) else {
         return Err(PlanError::NoIpv4 {
             interface: facts.interface.clone(),
         });
-    }
+    };
     let (bridge, tap) = link_names(facts)?;
     let pod = facts.interface.as_str();
     let mut ops = vec![
@@ -385,6 +397,15 @@ fn plan_bridge(
             link: tap.clone(),
             master: bridge.clone(),
         },
+        // Before the tap and the pod interface go up: the VM's first frame already
+        // meets the rules.
+        NetOp::AntiSpoof(AntiSpoof {
+            table: table_name(pod),
+            tap: tap.clone(),
+            pod: pod.to_owned(),
+            mac: opts.vm_mac.unwrap_or(facts.mac),
+            ipv4,
+        }),
         NetOp::AddAddress {
             link: bridge.clone(),
             address: IpCidr::new(IpAddr::V4(opts.bridge_address), 32),
@@ -405,6 +426,9 @@ fn teardown_bridge(
     let (bridge, tap) = link_names(facts)?;
     let pod = facts.interface.as_str();
     let mut ops = vec![
+        NetOp::DelNftTable {
+            table: table_name(pod),
+        },
         NetOp::DelLink { name: tap },
         // Deleting the bridge releases the pod interface.
         NetOp::DelLink { name: bridge },
@@ -558,6 +582,13 @@ mod tests {
                     link: "tap-eth0".into(),
                     master: "k6t-eth0".into()
                 },
+                NetOp::AntiSpoof(AntiSpoof {
+                    table: "vmpod-as-eth0".into(),
+                    tap: "tap-eth0".into(),
+                    pod: "eth0".into(),
+                    mac: f.mac,
+                    ipv4: Ipv4Addr::new(10, 244, 0, 5),
+                }),
                 NetOp::AddAddress {
                     link: "k6t-eth0".into(),
                     address: cidr("169.254.75.10/32")
@@ -737,7 +768,7 @@ mod tests {
             tap_owner: 107,
             tap_group: Some(107),
             multiqueue: true,
-            vm_mac: None,
+            vm_mac: Some(MacAddr([0x02, 0, 0, 0, 0, 0x42])),
         };
         let ops = plan(
             &ipv4_only(),
@@ -757,6 +788,10 @@ mod tests {
             link: "k6t-eth0".into(),
             address: cidr("169.254.99.1/32")
         }));
+        // The VMI's macAddress is the only source MAC the tap lets through.
+        assert!(ops.iter().any(
+            |o| matches!(o, NetOp::AntiSpoof(a) if a.mac == MacAddr([0x02, 0, 0, 0, 0, 0x42]))
+        ));
     }
 
     #[test]
@@ -793,8 +828,11 @@ mod tests {
         let f = ipv4_only();
         let down = plan_teardown(&f, Binding::Bridge, OriginalSettings::default()).unwrap();
         assert_eq!(
-            &down[..3],
+            &down[..4],
             &[
+                NetOp::DelNftTable {
+                    table: "vmpod-as-eth0".into()
+                },
                 NetOp::DelLink {
                     name: "tap-eth0".into()
                 },

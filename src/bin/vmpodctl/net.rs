@@ -159,6 +159,20 @@ fn render_inspection(v: &Inspection) -> String {
             t.tun.persist
         );
     }
+    s.push_str("\nANTI-SPOOFING (packets dropped)\n");
+    if v.anti_spoofing.is_empty() {
+        s.push_str("(no table)\n");
+    }
+    for a in &v.anti_spoofing {
+        let _ = write!(s, "table bridge {}:", a.table);
+        for d in a.dropped.iter().flatten() {
+            let _ = write!(s, " {} {}", d.kind, d.packets);
+        }
+        if let Some(why) = &a.unavailable {
+            let _ = write!(s, " unavailable: {why}");
+        }
+        s.push('\n');
+    }
     s.push_str("\nCACHED FACTS\n");
     if v.cached.is_empty() {
         s.push_str("(none)\n");
@@ -260,7 +274,7 @@ mod tests {
             }],
             routes: vec![],
         };
-        let t = render_inspection(&inspection("pod1".into(), &snap, vec![]));
+        let t = render_inspection(&inspection("pod1".into(), &snap, vec![], vec![]));
         assert!(t.contains("k6t-eth0: eth0, tap-eth0"), "{t}");
         assert!(
             t.contains("tap-eth0: tap owner 0 group - vnet_hdr true multiqueue false persist true"),

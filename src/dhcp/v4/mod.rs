@@ -294,7 +294,7 @@ fn encode_reply(
     what: ReplyOptions,
     yiaddr: Ipv4Addr,
 ) -> Decision {
-    let to = addressing::destination(msg, kind, yiaddr);
+    let to = addressing::destination(msg, kind, yiaddr, config.client_ip);
     // ciaddr is echoed in an ACK to a RENEW or INFORM, zero otherwise.
     let ciaddr = if kind == ReplyKind::Ack {
         msg.ciaddr()
@@ -306,13 +306,11 @@ fn encode_reply(
         ciaddr,
         yiaddr,
         Ipv4Addr::UNSPECIFIED,
-        msg.giaddr(),
+        // No relay can sit between the tap and the server: giaddr is not echoed.
+        Ipv4Addr::UNSPECIFIED,
         &config.client_mac.0,
     );
-    let mut flags = msg.flags();
-    if kind == ReplyKind::Nak && !msg.giaddr().is_unspecified() {
-        flags = flags.set_broadcast(); // a relay must broadcast a NAK to the client
-    }
+    let flags = msg.flags();
     out.set_opcode(Opcode::BootReply)
         .set_htype(HType::Eth)
         .set_flags(flags);

@@ -337,19 +337,22 @@ fn reply_addressing_follows_rfc2131() {
     let (r, offer) = answer(&cfg, &d);
     assert_eq!(
         (r.to, offer.giaddr()),
-        (
-            Destination::Relay(Ipv4Addr::new(10, 0, 0, 1)),
-            Ipv4Addr::new(10, 0, 0, 1)
-        )
+        (Destination::Broadcast, Ipv4Addr::UNSPECIFIED),
+        "giaddr is ignored: no relay sits on the tap, and a VM must not pick where we unicast"
     );
     let mut bad = request(Some(Ipv4Addr::new(1, 1, 1, 1)), None);
     bad.set_flags(Flags::default())
         .set_giaddr(Ipv4Addr::new(10, 0, 0, 1));
-    let (r, nak) = answer(&cfg, &bad);
-    assert_eq!(r.to, Destination::Relay(Ipv4Addr::new(10, 0, 0, 1)));
-    assert!(
-        nak.flags().broadcast(),
-        "a relayed NAK has the broadcast bit"
+    let (r, _) = answer(&cfg, &bad);
+    assert_eq!(r.to, Destination::Broadcast);
+    let mut other = client_message(mac(), 7, MessageType::Inform);
+    other.set_flags(Flags::default());
+    other.set_ciaddr(Ipv4Addr::new(10, 0, 0, 99));
+    let (r, _) = answer(&cfg, &other);
+    assert_eq!(
+        r.to,
+        Destination::Broadcast,
+        "a ciaddr other than the VM's own is not unicast to"
     );
 }
 
