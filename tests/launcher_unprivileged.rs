@@ -310,12 +310,13 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
         if children.is_empty() {
             return None;
         }
-        Some(
-            children
-                .into_iter()
-                .find(|p| comm(*p).trim() == "vmpod-launcher")
-                .unwrap_or(pid1),
-        )
+        let is_launcher = |p: &u32| comm(*p).trim() == "vmpod-launcher";
+        // Only once exec'd: before that the process still holds what its starter had.
+        children
+            .iter()
+            .copied()
+            .find(is_launcher)
+            .or_else(|| is_launcher(&pid1).then_some(pid1))
     });
     assert_eq!(
         cap_eff(launcher_pid),

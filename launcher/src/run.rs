@@ -628,6 +628,14 @@ async fn boot(
     pod.env = Some(env);
     // The console log belongs to this boot; an earlier boot's becomes console.log.1.
     control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
+    // Emptied in place, it keeps its owner: QEMU (not root) appends to it.
+    let log = ctx.scratch_dir().join(control::state::CONSOLE_LOG);
+    match run_as.chown(&log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("giving {} to QEMU's user", log.display()));
+        }
+        _ => {}
+    }
 
     let layout = LibvirtLayout::new(ctx.scratch_dir());
     // The libvirt client loads libvirt while libvirtd starts; it connects when asked to
