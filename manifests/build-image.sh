@@ -65,7 +65,7 @@ build() {
 
 # --- 1. Debian 12 base: runtime packages from Debian, no registry -------------------------
 suite=bookworm
-packages=libvirt-daemon,libvirt-daemon-driver-qemu,libvirt-clients,qemu-system-x86,qemu-utils,ovmf,ca-certificates
+packages=libvirt-daemon,libvirt-daemon-driver-qemu,libvirt-clients,qemu-system-x86,qemu-utils,ovmf,nftables,ca-certificates
 base_key=$(printf '%s %s %s' "$suite" "$packages" "$(sed -n '/^# --- 1\./,/^# --- 2\./p' "$0")" | hash)
 base=localhost/vmpod-base:$base_key
 if ! podman image exists "$base"; then

@@ -36,7 +36,7 @@ FROM ${BASE}
 RUN set -eu; \
     missing=; \
     for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
-             qemu-utils ovmf ca-certificates; do \
+             qemu-utils ovmf nftables ca-certificates; do \
       dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
         || missing="$missing $p"; \
     done; \

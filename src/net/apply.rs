@@ -211,7 +211,21 @@ async fn apply_one(
                 },
             }
         }
+        NetOp::Nat(rules) => nft(&super::masquerade::ruleset(rules), op),
+        NetOp::DelNftTable { table } => nft(&super::masquerade::teardown_ruleset(table), op),
     }
+}
+
+/// Run one nft batch (`nft -j -f -`, a child of this thread, so in its namespace). nft
+/// applies a batch as one transaction: all of it or nothing.
+fn nft(batch: &nftables::schema::Nftables, op: &NetOp) -> Result<(), NetError> {
+    nftables::helper::apply_ruleset(batch).map_err(|e| NetError::Nft {
+        what: op.to_string(),
+        detail: match e {
+            nftables::helper::NftablesError::NftFailed { stderr, .. } => stderr.trim().to_owned(),
+            other => other.to_string(),
+        },
+    })
 }
 
 async fn change(h: &Handle, msg: LinkMessage, what: String) -> Result<(), NetError> {

@@ -55,6 +55,9 @@ pub enum NetError {
         found: String,
         want: String,
     },
+    /// `nft` failed on a batch (its stderr says why).
+    #[error("nft {what}: {detail}")]
+    Nft { what: String, detail: String },
     /// A link an op works on is missing.
     #[error("link {name} not found")]
     LinkNotFound { name: String },

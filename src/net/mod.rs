@@ -95,6 +95,7 @@ mod error;
 mod facts;
 pub mod inspect;
 mod lifecycle;
+pub mod masquerade;
 pub mod netns;
 pub mod plan;
 pub mod state;

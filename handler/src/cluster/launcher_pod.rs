@@ -103,15 +103,32 @@ pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[
 fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
     let mut args = vec!["net".to_string(), "setup".to_string()];
     let spec = &vmi.spec;
-    if let Some(mac) = spec
+    let Some(iface) = spec
         .domain
         .devices
         .interfaces
         .iter()
-        .filter(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
-        .find_map(|i| i.mac_address.clone())
+        .find(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
+    else {
+        return args;
+    };
+    if let Some(mac) = &iface.mac_address {
+        args.extend(["--vm-mac".to_string(), mac.clone()]);
+    }
+    // Validated before rendering: a binding or masquerade option that does not parse
+    // here has already been refused.
+    if iface.binding() == Ok(vmpod::net::Binding::Masquerade)
+        && let Ok(m) = spec.masquerade_options(iface)
     {
-        args.extend(["--vm-mac".to_string(), mac]);
+        args.extend([
+            "--binding".to_string(),
+            "masquerade".to_string(),
+            "--vm-network".to_string(),
+            m.vm_network.to_string(),
+        ]);
+        for p in m.ports {
+            args.extend(["--port".to_string(), p.to_string()]);
+        }
     }
     args
 }
