@@ -17,7 +17,7 @@
 use super::facts::{InterfaceFacts, IpCidr, Route};
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
 use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
-use nftables::stmt::{Match, NAT, Operator, Statement};
+use nftables::stmt::{Counter, Match, NAT, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -222,6 +222,11 @@ fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'stati
     })
 }
 
+/// Counted, so `vmpod-launcher net inspect` and `nft list` show what each rule matched.
+fn counter() -> Statement<'static> {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
 fn nat_to(addr: Ipv4Addr) -> Option<NAT<'static>> {
     Some(NAT {
         addr: Some(s(addr)),
@@ -308,7 +313,7 @@ pub fn ruleset(r: &NatRules) -> Nftables<'static> {
             eq(payload("ip", "daddr"), s(r.pod_ip)),
         ];
         inbound.extend(ports.iter().cloned());
-        inbound.push(Statement::DNAT(nat_to(r.vm_ip)));
+        inbound.extend([counter(), Statement::DNAT(nat_to(r.vm_ip))]);
         objects.push(rule("prerouting", inbound));
     }
     // Loopback forwarding only for listed ports: with none listed, taking every
@@ -316,7 +321,7 @@ pub fn ruleset(r: &NatRules) -> Nftables<'static> {
     for ports in port_matches(&r.ports).into_iter().filter(|p| !p.is_empty()) {
         let mut local = vec![eq(payload("ip", "daddr"), s(LOCALHOST))];
         local.extend(ports);
-        local.push(Statement::DNAT(nat_to(r.vm_ip)));
+        local.extend([counter(), Statement::DNAT(nat_to(r.vm_ip))]);
         objects.push(rule("output", local));
     }
     objects.push(rule(
@@ -330,6 +335,7 @@ pub fn ruleset(r: &NatRules) -> Nftables<'static> {
                     len: u32::from(r.vm_network.prefix),
                 })),
             ),
+            counter(),
             Statement::Masquerade(None),
         ],
     ));
@@ -338,6 +344,7 @@ pub fn ruleset(r: &NatRules) -> Nftables<'static> {
         vec![
             eq(meta(MetaKey::Oifname), s(&r.bridge)),
             eq(payload("ip", "saddr"), s(LOCALHOST)),
+            counter(),
             Statement::SNAT(nat_to(r.gateway)),
         ],
     ));
@@ -408,6 +415,7 @@ mod tests {
                 {"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0", "op": "=="}},
                 {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.244.0.5", "op": "=="}},
                 {"match": {"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80, "op": "=="}},
+                {"counter": null},
                 {"dnat": {"addr": "10.0.2.2"}}
             ])
         );
@@ -416,6 +424,7 @@ mod tests {
             json!([
                 {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.0.0.1", "op": "=="}},
                 {"match": {"left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53, "op": "=="}},
+                {"counter": null},
                 {"dnat": {"addr": "10.0.2.2"}}
             ])
         );
@@ -424,6 +433,7 @@ mod tests {
             json!([
                 {"match": {"left": {"meta": {"key": "oifname"}}, "right": "eth0", "op": "=="}},
                 {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.0.2.0", "len": 24}}, "op": "=="}},
+                {"counter": null},
                 {"masquerade": null}
             ])
         );
@@ -432,6 +442,7 @@ mod tests {
             json!([
                 {"match": {"left": {"meta": {"key": "oifname"}}, "right": "k6t-eth0", "op": "=="}},
                 {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "127.0.0.1", "op": "=="}},
+                {"counter": null},
                 {"snat": {"addr": "10.0.2.1"}}
             ])
         );
@@ -443,8 +454,8 @@ mod tests {
         let chains: Vec<&str> = got.iter().map(|(c, _)| c.as_str()).collect();
         assert_eq!(chains, ["prerouting", "postrouting", "postrouting"]);
         let pre = got[0].1.as_array().unwrap();
-        assert_eq!(pre.len(), 3, "iifname, daddr, dnat: {pre:?}");
-        assert_eq!(pre[2], json!({"dnat": {"addr": "10.0.2.2"}}));
+        assert_eq!(pre.len(), 4, "iifname, daddr, counter, dnat: {pre:?}");
+        assert_eq!(pre[3], json!({"dnat": {"addr": "10.0.2.2"}}));
     }
 
     #[test]
