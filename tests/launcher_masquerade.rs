@@ -238,6 +238,30 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
     let closed = fetch(&node_ns, POD_IP, 8080);
     assert!(closed.is_err(), "8080 was forwarded: {closed:?}");
 
+    // `vmpodctl net inspect` shows the binding, the VM's address and the live rules,
+    // counted.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args(["net", "inspect", "--netns"])
+        .arg(sb.netns_path())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for want in [
+        "MASQUERADE eth0",
+        "vm 10.0.2.2/24",
+        "gateway 10.0.2.1; forwarded: tcp/80",
+        &format!(
+            "prerouting: iifname eth0, ip daddr {POD_IP}, tcp dport 80 -> dnat to 10.0.2.2 [1 packets]"
+        ),
+        "output: ip daddr 127.0.0.1, tcp dport 80 -> dnat to 10.0.2.2 [1 packets]",
+        "postrouting: oifname eth0, ip saddr 10.0.2.0/24 -> masquerade",
+    ] {
+        assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
+    }
+
     l.sigterm();
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());

@@ -353,6 +353,81 @@ pub fn ruleset(r: &NatRules) -> Nftables<'static> {
     }
 }
 
+/// The rules of table `name` as the kernel has them now, one line each
+/// (`prerouting: iifname eth0, ip daddr 10.79.0.5, tcp dport 80 -> dnat to 10.0.2.2
+/// [12 packets]`); empty when the table does not exist. Runs `nft -j list table` in
+/// the calling thread's namespace.
+pub fn live_rules(name: &str) -> Result<Vec<String>, super::NetError> {
+    let listed = nftables::helper::get_current_ruleset_with_args(
+        nftables::helper::DEFAULT_NFT,
+        ["list", "table", "ip", name],
+    );
+    match listed {
+        Ok(ruleset) => Ok(ruleset
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                NfObject::ListObject(NfListObject::Rule(r)) => Some(describe_rule(r)),
+                _ => None,
+            })
+            .collect()),
+        // nft says "No such file or directory" for a table that is not there.
+        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(super::NetError::Nft {
+            what: format!("list table ip {name}"),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// One rule as a line: its chain, its matches, its verdict and its counter.
+pub fn describe_rule(r: &Rule<'_>) -> String {
+    fn value(e: &Expression<'_>) -> String {
+        match e {
+            Expression::String(v) => v.to_string(),
+            Expression::Number(n) => n.to_string(),
+            Expression::Named(NamedExpression::Payload(Payload::PayloadField(f))) => {
+                format!("{} {}", f.protocol, f.field)
+            }
+            Expression::Named(NamedExpression::Meta(m)) => format!("{:?}", m.key).to_lowercase(),
+            Expression::Named(NamedExpression::Prefix(p)) => {
+                format!("{}/{}", value(&p.addr), p.len)
+            }
+            other => serde_json::to_string(other).unwrap_or_default(),
+        }
+    }
+    let to = |n: &Option<NAT<'_>>| {
+        n.as_ref()
+            .and_then(|n| n.addr.as_ref())
+            .map(|a| format!(" to {}", value(a)))
+            .unwrap_or_default()
+    };
+    let mut matches = Vec::new();
+    let mut verdict = String::new();
+    let mut packets = None;
+    for st in r.expr.iter() {
+        match st {
+            Statement::Match(m) => matches.push(format!("{} {}", value(&m.left), value(&m.right))),
+            Statement::Counter(Counter::Anonymous(c)) => {
+                packets = Some(c.as_ref().and_then(|c| c.packets).unwrap_or(0));
+            }
+            Statement::DNAT(n) => verdict = format!("dnat{}", to(n)),
+            Statement::SNAT(n) => verdict = format!("snat{}", to(n)),
+            Statement::Masquerade(_) => verdict = "masquerade".into(),
+            other => verdict = serde_json::to_string(other).unwrap_or_default(),
+        }
+    }
+    let mut line = format!("{}: {} -> {verdict}", r.chain, matches.join(", "));
+    if let Some(p) = packets {
+        line.push_str(&format!(" [{p} packets]"));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,6 +554,28 @@ mod tests {
         assert_eq!(
             down,
             json!({"nftables": [{"add": {"table": t}}, {"delete": {"table": t}}]})
+        );
+    }
+
+    #[test]
+    fn rules_read_back_as_lines() {
+        let batch = ruleset(&rules(vec![HTTP]));
+        let lines: Vec<String> = batch
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                NfObject::CmdObject(NfCmd::Add(NfListObject::Rule(r))) => Some(describe_rule(r)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "prerouting: iifname eth0, ip daddr 10.244.0.5, tcp dport 80 -> dnat to 10.0.2.2 [0 packets]",
+                "output: ip daddr 127.0.0.1, tcp dport 80 -> dnat to 10.0.2.2 [0 packets]",
+                "postrouting: oifname eth0, ip saddr 10.0.2.0/24 -> masquerade [0 packets]",
+                "postrouting: oifname k6t-eth0, ip saddr 127.0.0.1 -> snat to 10.0.2.1 [0 packets]",
+            ]
         );
     }
 

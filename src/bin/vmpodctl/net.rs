@@ -159,6 +159,24 @@ fn render_inspection(v: &Inspection) -> String {
             t.tun.persist
         );
     }
+    for m in &v.masquerade {
+        let _ = writeln!(
+            s,
+            "\nMASQUERADE {}\nvm {} (mac {}) gateway {}; forwarded: {}\nnft table ip {}:",
+            m.interface,
+            m.vm_address,
+            m.vm_mac,
+            m.gateway,
+            m.forwarded.join(", "),
+            m.table
+        );
+        if m.rules.is_empty() {
+            s.push_str("  (missing)\n");
+        }
+        for r in &m.rules {
+            let _ = writeln!(s, "  {r}");
+        }
+    }
     s.push_str("\nCACHED FACTS\n");
     if v.cached.is_empty() {
         s.push_str("(none)\n");
