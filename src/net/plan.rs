@@ -2,9 +2,9 @@
 //! interface. Pure: no I/O, no randomness, no clock. Same input, same plan, so a rerun
 //! after a crash or a restart converges on the same state.
 //!
-//! A binding is one function from facts to [`NetOp`]s; new bindings (masquerade: NAT and
-//! port forwarding) add their own function and, where netlink has no verb for it, their
-//! own `NetOp` variants, and reuse the rest.
+//! A binding is one function from facts to [`NetOp`]s (`plan_bridge`, `plan_masquerade`);
+//! where netlink has no verb for something (the masquerade binding's NAT), it has its own
+//! `NetOp` variants, and the rest is shared.
 
 use super::facts::{Binding, InterfaceFacts, IpCidr, MacAddr, Route};
 use super::masquerade::{MasqueradeOptions, NatRules, table_name};
