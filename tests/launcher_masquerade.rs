@@ -61,22 +61,31 @@ fn masquerade_vmi(name: &str, ports: &str) -> String {
 /// `GET http://addr:port/` from a thread inside `netns` with a plain TCP client (the
 /// host's busybox wget crashes): the body, or what failed.
 fn fetch(netns: &Path, addr: &str, port: u16) -> Result<String, String> {
+    get(netns, addr, port, "/").map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// `GET http://addr:port{path}` from a thread inside `netns`: the body's bytes.
+fn get(netns: &Path, addr: &str, port: u16, path: &str) -> Result<Vec<u8>, String> {
     use std::io::{Read, Write};
     let target: std::net::SocketAddr = format!("{addr}:{port}").parse().unwrap();
     vmpod::net::netns::run_in(Some(netns), move || {
-        let t = Duration::from_secs(5);
-        let mut s = std::net::TcpStream::connect_timeout(&target, t)
+        let t = Duration::from_secs(30);
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
             .map_err(|e| format!("connect {target}: {e}"))?;
         s.set_read_timeout(Some(t)).unwrap();
-        write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        s.read_to_end(&mut response)
             .map_err(|e| format!("read from {target}: {e}"))?;
-        match response.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
-                Ok(body.to_owned())
-            }
-            _ => Err(format!("{target}: not a 200 response: {response:?}")),
+        let end = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| format!("{target}: no HTTP header in {} bytes", response.len()))?;
+        let head = String::from_utf8_lossy(&response[..end]);
+        if head.starts_with("HTTP/1.") && head.contains(" 200 ") {
+            Ok(response[end + 4..].to_vec())
+        } else {
+            Err(format!("{target}: not a 200 response: {head:?}"))
         }
     })
     .unwrap()
@@ -342,4 +351,56 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
     assert!(nft_tables(sb.netns_path()).contains(&"ip vmpod_masq_eth0".to_string()));
     net(&["teardown"]);
     nothing_left(&sb, &state, &forwarding_before);
+}
+
+/// Bridge versus masquerade, one run each, from the node's namespace to the guest's
+/// httpd through the pod IP: TCP connect time (median of 50) and one 10 MiB GET.
+/// `cargo test --test launcher_masquerade -- --ignored --nocapture bench_`
+#[test]
+#[ignore = "benchmark"]
+fn bench_bridge_vs_masquerade_connect_and_10mib_from_the_node() {
+    if !support::privileged("bench_bridge_vs_masquerade_connect_and_10mib_from_the_node") {
+        return;
+    }
+    for binding in ["bridge", "masquerade"] {
+        let name = format!("lbench{}", &binding[..1]);
+        let sb = pod(&name);
+        let node_ns = sb.node_netns_path().unwrap().to_path_buf();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut vmi = masquerade_vmi(&name, "");
+        if binding == "bridge" {
+            vmi = vmi.replacen("masquerade: {}", "bridge: {}", 1);
+        }
+        let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+        l.wait_report(BOOT, |r| r.http.is_some());
+        let target: std::net::SocketAddr = format!("{POD_IP}:80").parse().unwrap();
+        let mut connects: Vec<Duration> = vmpod::net::netns::run_in(Some(&node_ns), || {
+            (0..50)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    let s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                        .expect("connect");
+                    let d = t.elapsed();
+                    drop(s);
+                    d
+                })
+                .collect()
+        })
+        .unwrap();
+        connects.sort();
+        let t = std::time::Instant::now();
+        let body = get(&node_ns, POD_IP, 80, "/10m").unwrap();
+        let transfer = t.elapsed();
+        assert_eq!(body.len(), 10 << 20);
+        println!(
+            "BENCH {binding}: connect median {:?} (p90 {:?}), 10 MiB GET {:?} ({:.1} MiB/s)",
+            connects[connects.len() / 2],
+            connects[connects.len() * 9 / 10],
+            transfer,
+            10.0 / transfer.as_secs_f64()
+        );
+        l.sigterm();
+        l.wait_exit(Duration::from_secs(30));
+    }
 }
