@@ -5,8 +5,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vmpod::net::masquerade::{ForwardPort, MasqueradeOptions};
-use vmpod::net::{self, Binding, IpCidr, MacAddr, PlanOptions, SetupOptions};
+use vmpod::net::masquerade::MasqueradeArgs;
+use vmpod::net::{self, Binding, MacAddr, PlanOptions, SetupOptions};
 
 #[derive(Subcommand)]
 pub enum NetCommand {
@@ -56,13 +56,8 @@ pub struct SetupArgs {
     /// takes over the pod's MAC). Cached, so the DHCP server answers this MAC.
     #[arg(long)]
     vm_mac: Option<MacAddr>,
-    /// Masquerade binding: the VM's private network (`networks[].pod.vmNetworkCIDR`).
-    #[arg(long, default_value = "10.0.2.0/24")]
-    vm_network: IpCidr,
-    /// Masquerade binding: a port forwarded from the pod IP to the VM, `tcp/80` or
-    /// `udp/53` (repeat it); none forwards every port.
-    #[arg(long = "port")]
-    ports: Vec<ForwardPort>,
+    #[command(flatten)]
+    masquerade: MasqueradeArgs,
     /// Print the cached facts and applied ops as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -83,10 +78,7 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
                     tap_group: a.tap_group,
                     multiqueue: a.multiqueue,
                     vm_mac: a.vm_mac,
-                    masquerade: MasqueradeOptions {
-                        vm_network: a.vm_network,
-                        ports: a.ports,
-                    },
+                    masquerade: a.masquerade.into(),
                     ..PlanOptions::default()
                 },
             };

@@ -86,6 +86,30 @@ impl std::str::FromStr for ForwardPort {
     }
 }
 
+/// `--vm-network` and `--port`: the masquerade options on the command line of
+/// `vmpod-launcher net setup` and `vmpodctl net plan`.
+#[cfg(feature = "runtime")]
+#[derive(clap::Args, Clone, Debug)]
+pub struct MasqueradeArgs {
+    /// Masquerade binding: the VM's private network (`networks[].pod.vmNetworkCIDR`).
+    #[arg(long, default_value = "10.0.2.0/24")]
+    pub vm_network: IpCidr,
+    /// Masquerade binding: a port forwarded from the pod IP to the VM, `tcp/80` or
+    /// `udp/53` (repeat it); none forwards every port.
+    #[arg(long = "port")]
+    pub ports: Vec<ForwardPort>,
+}
+
+#[cfg(feature = "runtime")]
+impl From<MasqueradeArgs> for MasqueradeOptions {
+    fn from(a: MasqueradeArgs) -> Self {
+        MasqueradeOptions {
+            vm_network: a.vm_network,
+            ports: a.ports,
+        }
+    }
+}
+
 /// What a masquerade plan needs beyond the pod's facts: the VMI's
 /// `networks[].pod.vmNetworkCIDR` and `interfaces[].ports`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -52,6 +52,8 @@ pub struct PlanArgs {
     /// is reported as a mismatch).
     #[arg(long)]
     vm_mac: Option<net::MacAddr>,
+    #[command(flatten)]
+    masquerade: net::masquerade::MasqueradeArgs,
 }
 
 pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
@@ -74,6 +76,7 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
                 resolv_conf: a.resolv_conf,
                 plan: net::PlanOptions {
                     vm_mac: a.vm_mac,
+                    masquerade: a.masquerade.into(),
                     ..net::PlanOptions::default()
                 },
                 ..SetupOptions::new(a.interface)
