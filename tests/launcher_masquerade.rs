@@ -284,7 +284,15 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
     let resolv = sb.resolv_conf_path();
     // `vmpodctl net plan` shows the NAT op with the ports asked for, changing nothing.
     let plan = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args(["net", "plan", "--binding", "masquerade", "--port", "tcp/80", "--json"])
+        .args([
+            "net",
+            "plan",
+            "--binding",
+            "masquerade",
+            "--port",
+            "tcp/80",
+            "--json",
+        ])
         .args(["--resolv-conf", resolv.to_str().unwrap(), "--netns"])
         .arg(sb.netns_path())
         .arg("--state-dir")
@@ -296,8 +304,14 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
     let nat = plan["ops"].as_array().unwrap().last().unwrap();
     assert_eq!(nat["op"], "nat");
     assert_eq!(nat["vmIp"], "10.0.2.2");
-    assert_eq!(nat["ports"], serde_json::json!([{"protocol": "tcp", "port": 80}]));
-    assert!(nft_tables(sb.netns_path()).is_empty(), "plan changed nothing");
+    assert_eq!(
+        nat["ports"],
+        serde_json::json!([{"protocol": "tcp", "port": 80}])
+    );
+    assert!(
+        nft_tables(sb.netns_path()).is_empty(),
+        "plan changed nothing"
+    );
     net(&[
         "setup",
         "--binding",
