@@ -47,7 +47,7 @@ fn kubevirt_shapes() -> Vec<PathBuf> {
 #[test]
 fn kubevirt_example_shapes_load_unchanged() {
     let files = kubevirt_shapes();
-    assert_eq!(files.len(), 5, "{files:?}");
+    assert_eq!(files.len(), 6, "{files:?}");
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         let vmi = api::load_valid_vmi(&text).unwrap_or_else(|errors| {
@@ -73,6 +73,16 @@ fn kubevirt_example_shapes_load_unchanged() {
         assert!(out.status.success(), "{}: {:?}", file.display(), out);
         assert!(String::from_utf8(out.stdout).unwrap().contains("is valid"));
     }
+    let masq = api::load_valid_vmi(
+        &std::fs::read_to_string(repo().join("tests/kubevirt-shapes/masquerade-ports.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let iface = &masq.spec.domain.devices.interfaces[0];
+    assert_eq!(iface.binding().unwrap(), vmpod::net::Binding::Masquerade);
+    let m = masq.spec.masquerade_options(iface).unwrap();
+    assert_eq!(m.vm_network.to_string(), "10.0.2.0/24");
+    assert_eq!(m.ports, ["tcp/80".parse().unwrap()]);
     let text = std::fs::read_to_string(repo().join("tests/kubevirt-shapes/v1alpha3-chassis.yaml"))
         .unwrap();
     assert!(text.contains("apiVersion: kubevirt.io/v1alpha3\n"));
@@ -248,9 +258,35 @@ fn invalid_manifests_give_exact_field_path_messages() {
         ),
         (
             "interfaces: [{name: default, bridge: {}}]",
-            "interfaces: [{name: default, masquerade: {}}]",
+            "interfaces: [{name: default, bridge: {}, ports: [{port: 80}]}]",
             &[
-                "spec.domain.devices.interfaces[0].masquerade: masquerade binding is not supported yet (use bridge)",
+                "spec.domain.devices.interfaces[0].ports: ports are forwarded by the masquerade binding only",
+            ],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: default, masquerade: {}, ports: [{name: http, port: 80}, {port: 0}, {port: 53, protocol: SCTP}]}]",
+            &["spec.domain.devices.interfaces[0].ports[1].port: 0 is not a port number (1-65535)"],
+        ),
+        (
+            "interfaces: [{name: default, bridge: {}}]",
+            "interfaces: [{name: default, masquerade: {}, ports: [{port: 53, protocol: SCTP}]}]",
+            &[
+                r#"spec.domain.devices.interfaces[0].ports[0].protocol: "SCTP" is not a supported protocol (TCP, UDP)"#,
+            ],
+        ),
+        (
+            "networks: [{name: default, pod: {}}]",
+            "networks: [{name: default, pod: {vmNetworkCIDR: 10.1.0.0/31}}]",
+            &[
+                "spec.networks[0].pod.vmNetworkCIDR: 10.1.0.0/31: a /31 has no room for a gateway and a VM (at most /30)",
+            ],
+        ),
+        (
+            "networks: [{name: default, pod: {}}]",
+            "networks: [{name: default, pod: {vmNetworkCIDR: banana}}]",
+            &[
+                r#"spec.networks[0].pod.vmNetworkCIDR: "banana" is not an IPv4 CIDR like 10.0.2.0/24"#,
             ],
         ),
         (
@@ -264,7 +300,7 @@ fn invalid_manifests_give_exact_field_path_messages() {
             "interfaces: [{name: default, bridge: {}}]",
             "interfaces: [{name: default, sriov: {}}]",
             &[
-                r#"spec.domain.devices.interfaces[0].sriov: unsupported field "sriov" (supported here: bridge, dhcpOptions, macAddress, masquerade, model, name)"#,
+                r#"spec.domain.devices.interfaces[0].sriov: unsupported field "sriov" (supported here: bridge, dhcpOptions, macAddress, masquerade, model, name, ports)"#,
             ],
         ),
         (

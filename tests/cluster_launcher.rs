@@ -138,3 +138,43 @@ fn a_guest_power_off_ends_the_launcher_pod_succeeded() {
     let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
     run_to_guest_power_off(&node, &pod, &secrets, state_root.path());
 }
+
+/// The masquerade binding under the kubelet-shaped runner: render-pod passes the
+/// binding and the port to the net-setup init container, which sets up the NAT with
+/// NET_ADMIN; the compute container (without it) reuses that. The guest leases
+/// 10.0.2.2, and the node reaches its page through the pod IP on the listed port only.
+#[test]
+fn rendered_launcher_pod_with_masquerade_forwards_the_listed_port() {
+    if !support::privileged("rendered_launcher_pod_with_masquerade_forwards_the_listed_port") {
+        return;
+    }
+    ensure_images();
+    let node = ClusterNode::create();
+    let state_root = tempfile::tempdir().unwrap();
+    let vmi = testguest_vmi("e2e-masq", "#cloud-config\n", true, 20, None)
+        .replacen(
+            "          bridge: {}\n",
+            "          masquerade: {}\n          ports: [{name: http, port: 80}]\n",
+            1,
+        )
+        .replacen("vmpod.hold=1", "vmpod.http=1", 1);
+    assert!(vmi.contains("masquerade: {}") && vmi.contains("vmpod.http=1"));
+    let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
+    let lp = LauncherPod::start(&node, &pod, &secrets, state_root.path());
+    let report = lp.wait_report(BOOT, |r| r.http.is_some());
+    let lease = report
+        .lease
+        .clone()
+        .unwrap_or_else(|| panic!("no lease\n{}", lp.diagnostics()));
+    assert_eq!(lease.ip, std::net::Ipv4Addr::new(10, 0, 2, 2));
+    assert_eq!(lease.router(), Some(std::net::Ipv4Addr::new(10, 0, 2, 1)));
+    let ip = lp.pod.pod_ip.to_string();
+    let page = support::http::fetch(node.netns(), &ip, 80)
+        .unwrap_or_else(|e| panic!("node -> pod IP:80: {e}\n{}", lp.diagnostics()));
+    assert_eq!(page.trim(), "vmpod test guest page");
+    assert!(support::http::fetch(node.netns(), &ip, 8080).is_err());
+    let pids = lp.pod.pids("compute");
+    let (exit, _) = lp.pod.stop().unwrap();
+    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
+    assert_nothing_left(&node, lp.remove(pids));
+}

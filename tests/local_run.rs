@@ -959,3 +959,55 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
         .status();
     site.assert_nothing_left(&pod);
 }
+
+/// KubeVirt's masquerade shape in local mode: `masquerade: {}` with
+/// `ports: [{name: http, port: 80}]` under `kubevirt.io/v1`; the guest leases the private
+/// 10.0.2.2/24 behind gateway 10.0.2.1, reaches the node's gateway through the NAT, and
+/// nothing is left afterwards.
+#[test]
+fn run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address() {
+    if !support::privileged(
+        "run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address",
+    ) {
+        return;
+    }
+    let site = Site::new("lmasq");
+    let manifest = site.dir.path().join("vm.yaml");
+    site.manifest(&manifest, &site.name, false);
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replacen("apiVersion: vmpod.io/v1alpha1", "apiVersion: kubevirt.io/v1", 1)
+        .replacen(
+            "          bridge: {}\n",
+            "          masquerade: {}\n          ports:\n            - name: http\n              port: 80\n",
+            1,
+        )
+        .replacen(
+            "panic=-1",
+            &format!("panic=-1 vmpod.ping={}", site.gateway()),
+            1,
+        );
+    assert!(text.contains("masquerade: {}") && text.contains("kubevirt.io/v1"));
+    std::fs::write(&manifest, text).unwrap();
+    let run = site.run_to_the_end(&manifest);
+    let lease = run
+        .report
+        .lease
+        .as_ref()
+        .expect("checked by run_to_the_end");
+    assert_eq!(lease.ip.to_string(), "10.0.2.2", "{}", run.console);
+    assert_eq!(lease.prefix, 24);
+    assert_eq!(
+        lease.router().map(|r| r.to_string()).as_deref(),
+        Some("10.0.2.1")
+    );
+    let ping = run.report.ping.as_ref().expect("a ping report");
+    assert_eq!(ping.target.to_string(), site.gateway());
+    assert!(
+        ping.ok,
+        "the guest reaches the node through the NAT:\n{}",
+        run.console
+    );
+    assert!(run.report.powered_off, "{}\n{}", run.console, run.log);
+    site.assert_nothing_left(&run.pod);
+}

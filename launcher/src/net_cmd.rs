@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vmpod::net::masquerade::MasqueradeArgs;
 use vmpod::net::{self, Binding, MacAddr, PlanOptions, SetupOptions};
 
 #[derive(Subcommand)]
@@ -55,6 +56,8 @@ pub struct SetupArgs {
     /// takes over the pod's MAC). Cached, so the DHCP server answers this MAC.
     #[arg(long)]
     vm_mac: Option<MacAddr>,
+    #[command(flatten)]
+    masquerade: MasqueradeArgs,
     /// Print the cached facts and applied ops as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -75,6 +78,7 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
                     tap_group: a.tap_group,
                     multiqueue: a.multiqueue,
                     vm_mac: a.vm_mac,
+                    masquerade: a.masquerade.into(),
                     ..PlanOptions::default()
                 },
             };

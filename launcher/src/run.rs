@@ -534,6 +534,11 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
         .map(str::parse)
         .transpose()
         .with_context(|| format!("interface {} macAddress", iface.name))?;
+    if binding == net::Binding::Masquerade {
+        opts.plan.masquerade = spec
+            .masquerade_options(iface)
+            .map_err(|e| anyhow::anyhow!("interface {}: {e}", iface.name))?;
+    }
     opts.state_dir = ctx.state_dir().to_path_buf();
     opts.resolv_conf.clone_from(&ctx.args.resolv_conf);
     // Set before: a setup failing halfway is undone too.

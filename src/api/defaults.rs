@@ -5,6 +5,8 @@
 use super::quantity::{QuantityError, quantity_bytes};
 use super::types::*;
 use crate::net::Binding;
+use crate::net::IpCidr;
+use crate::net::masquerade::{ForwardPort, MasqueradeOptions, Protocol};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::fmt;
 use std::path::Path;
@@ -54,9 +56,6 @@ impl fmt::Display for Acceleration {
 /// An interface's binding that vmpod cannot serve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BindingError {
-    /// `masquerade: {}`: reserved, not implemented.
-    #[error("masquerade binding is not supported yet (use bridge)")]
-    MasqueradeUnsupported,
     /// Both `bridge` and `masquerade`.
     #[error("more than one binding (bridge, masquerade): pick one")]
     Several,
@@ -67,11 +66,80 @@ impl Interface {
     pub fn binding(&self) -> Result<Binding, BindingError> {
         match (&self.bridge, &self.masquerade) {
             (Some(_), Some(_)) => Err(BindingError::Several),
-            (_, Some(_)) => Err(BindingError::MasqueradeUnsupported),
+            (_, Some(_)) => Ok(Binding::Masquerade),
             _ => Ok(Binding::Bridge),
         }
     }
 
+    /// `ports` as the masquerade binding forwards them; the error names the field
+    /// (relative to the interface) and what is wrong with it.
+    pub fn forward_ports(&self) -> Result<Vec<ForwardPort>, (String, String)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let path = format!("ports[{i}]");
+                let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                    "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
+                    other => {
+                        return Err((
+                            format!("{path}.protocol"),
+                            format!("{other:?} is not a supported protocol (TCP, UDP)"),
+                        ));
+                    }
+                };
+                let port = u16::try_from(p.port)
+                    .ok()
+                    .filter(|&n| n != 0)
+                    .ok_or_else(|| {
+                        (
+                            format!("{path}.port"),
+                            format!("{} is not a port number (1-65535)", p.port),
+                        )
+                    })?;
+                Ok(ForwardPort { protocol, port })
+            })
+            .collect()
+    }
+}
+
+impl PodNetwork {
+    /// `vmNetworkCIDR`, default `10.0.2.0/24`; the error says what is wrong with it.
+    pub fn vm_network(&self) -> Result<IpCidr, String> {
+        let Some(text) = &self.vm_network_cidr else {
+            return Ok(MasqueradeOptions::default().vm_network);
+        };
+        let net: ipnet::Ipv4Net = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IPv4 CIDR like 10.0.2.0/24"))?;
+        let options = MasqueradeOptions {
+            vm_network: IpCidr::new(std::net::IpAddr::V4(net.network()), net.prefix_len()),
+            ports: Vec::new(),
+        };
+        options.check()?;
+        Ok(options.vm_network)
+    }
+}
+
+impl VirtualMachineInstanceSpec {
+    /// The masquerade options of `iface` (its ports, its pod network's VM network).
+    /// Validation reports the same problems with their field paths.
+    pub fn masquerade_options(&self, iface: &Interface) -> Result<MasqueradeOptions, String> {
+        let vm_network = match self.network(&iface.name).and_then(|n| n.pod.as_ref()) {
+            Some(pod) => pod
+                .vm_network()
+                .map_err(|e| format!("vmNetworkCIDR: {e}"))?,
+            None => MasqueradeOptions::default().vm_network,
+        };
+        let ports = iface
+            .forward_ports()
+            .map_err(|(path, e)| format!("{path}: {e}"))?;
+        Ok(MasqueradeOptions { vm_network, ports })
+    }
+}
+
+impl Interface {
     /// The NIC model; default virtio.
     pub fn model_or_default(&self) -> InterfaceModel {
         self.model.unwrap_or(InterfaceModel::Virtio)
@@ -197,7 +265,7 @@ pub fn apply_defaults(spec: &mut VirtualMachineInstanceSpec) {
     if spec.networks.is_empty() && domain.devices.interfaces.is_empty() {
         spec.networks.push(Network {
             name: DEFAULT_NETWORK_NAME.to_string(),
-            pod: Some(PodNetwork {}),
+            pod: Some(PodNetwork::default()),
         });
         domain.devices.interfaces.push(Interface {
             name: DEFAULT_NETWORK_NAME.to_string(),
@@ -335,7 +403,7 @@ mod tests {
         ];
         spec.networks = vec![Network {
             name: "n".into(),
-            pod: Some(PodNetwork {}),
+            pod: Some(PodNetwork::default()),
         }];
         spec.domain.devices.interfaces = vec![Interface {
             name: "n".into(),
@@ -350,7 +418,7 @@ mod tests {
         assert_eq!(buses, [DiskBus::Sata, DiskBus::Virtio, DiskBus::Scsi]);
         let iface = &spec.domain.devices.interfaces[0];
         assert!(iface.bridge.is_none(), "masquerade stays masquerade");
-        assert_eq!(iface.binding(), Err(BindingError::MasqueradeUnsupported));
+        assert_eq!(iface.binding(), Ok(Binding::Masquerade));
         assert_eq!(iface.model, Some(InterfaceModel::E1000));
         assert_eq!(spec.networks.len(), 1);
     }

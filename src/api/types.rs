@@ -284,7 +284,7 @@ impl DiskBus {
 }
 
 /// `spec.domain.devices.interfaces[]`. The binding is one of `bridge: {}` (default for the pod
-/// network) or `masquerade: {}` (parsed, reported unsupported by validation).
+/// network) or `masquerade: {}` (NAT behind the pod IP, `ports` forwarded).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Interface {
@@ -293,9 +293,14 @@ pub struct Interface {
     /// Bridge binding: the VM takes over the pod's IP and MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<InterfaceBridge>,
-    /// Masquerade binding (NAT). Reserved: not supported yet.
+    /// Masquerade binding: the VM gets a private address (`networks[].pod.vmNetworkCIDR`)
+    /// behind the pod IP; its traffic is NATed out and `ports` are forwarded to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masquerade: Option<InterfaceMasquerade>,
+    /// Masquerade binding: the ports on the pod IP forwarded to the VM; none listed
+    /// forwards every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
     /// The guest MAC. Default: the pod interface's original MAC (bridge binding).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
@@ -316,6 +321,20 @@ pub struct InterfaceBridge {}
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceMasquerade {}
+
+/// `interfaces[].ports[]`: one port forwarded from the pod IP to the VM.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port {
+    /// A name for the port (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The port number, 1-65535.
+    pub port: i64,
+}
 
 /// The NIC model the guest sees.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -464,8 +483,17 @@ pub struct Network {
 
 /// `networks[].pod`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PodNetwork {}
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodNetwork {
+    /// Masquerade binding: the VM's private IPv4 network, default `10.0.2.0/24`
+    /// (gateway `.1` on the pod's bridge, the VM `.2`).
+    #[serde(
+        default,
+        rename = "vmNetworkCIDR",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vm_network_cidr: Option<String>,
+}
 
 /// `spec.volumes[]`: a name plus exactly one source.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

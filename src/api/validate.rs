@@ -6,10 +6,9 @@
 //! quantity`. Works on the manifest as written: absent fields are judged by their defaults
 //! (a volume no disk names is fine: defaulting gives it a virtio disk). Pure.
 
-use super::defaults::BindingError;
 use super::quantity::{QuantityError, parse_quantity, quantity_bytes};
 use super::types::*;
-use crate::net::MacAddr;
+use crate::net::{Binding, MacAddr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -467,11 +466,15 @@ impl Validator {
                 );
             }
             match iface.binding() {
+                Ok(Binding::Bridge) if !iface.ports.is_empty() => self.push(
+                    format!("{path}.ports"),
+                    "ports are forwarded by the masquerade binding only",
+                ),
                 Ok(_) => {}
-                Err(e @ BindingError::MasqueradeUnsupported) => {
-                    self.push(format!("{path}.masquerade"), e.to_string())
-                }
                 Err(e) => self.push(&path, e.to_string()),
+            }
+            if let Err((field, e)) = iface.forward_ports() {
+                self.push(format!("{path}.{field}"), e);
             }
             if let Some(mac) = &iface.mac_address {
                 let p = format!("{path}.macAddress");
@@ -496,9 +499,14 @@ impl Validator {
         for (i, net) in spec.networks.iter().enumerate() {
             let path = index_path("spec.networks", i);
             self.unique_name(&path, &net.name, &mut seen);
-            match net.pod {
+            match &net.pod {
                 None => self.push(&path, "needs a source: pod"),
-                Some(_) => pod_networks += 1,
+                Some(pod) => {
+                    pod_networks += 1;
+                    if let Err(e) = pod.vm_network() {
+                        self.push(format!("{path}.pod.vmNetworkCIDR"), e);
+                    }
+                }
             }
             if pod_networks > 1 && net.pod.is_some() {
                 self.push(format!("{path}.pod"), "only one pod network is allowed");

@@ -195,12 +195,24 @@ impl DhcpConfig {
 
     /// The configuration for an interface the net phase rewired: its cached facts, the
     /// bridge it built, the address it gave that bridge and the VM's MAC it recorded.
+    /// With the masquerade binding, the VM's private address, prefix and gateway (see
+    /// [`crate::net::masquerade::MasqueradeOptions::vm_facts`]).
     pub fn for_cached(
         entry: &CachedInterface,
         extras: &DhcpExtras,
     ) -> Result<Self, DhcpConfigError> {
         let bridge = crate::net::bridge_name(&entry.facts.interface);
-        let config = Self::from_facts(&entry.facts, &bridge, entry.options.bridge_address, extras)?;
+        let config = match entry.binding {
+            crate::net::Binding::Bridge => {
+                Self::from_facts(&entry.facts, &bridge, entry.options.bridge_address, extras)?
+            }
+            // The VM's private address behind the gateway on the bridge; the pod's DNS,
+            // search domains, hostname and MTU.
+            crate::net::Binding::Masquerade => {
+                let m = &entry.options.masquerade;
+                Self::from_facts(&m.vm_facts(&entry.facts), &bridge, m.gateway(), extras)?
+            }
+        };
         Ok(DhcpConfig {
             client_mac: entry.vm_mac(),
             ..config
@@ -374,6 +386,50 @@ mod tests {
                 Ipv4Addr::new(169, 254, 1, 9),
                 Ipv4Addr::new(10, 244, 1, 5)
             )
+        );
+    }
+
+    /// Masquerade: the VM's private address from the VM network, the gateway on the
+    /// bridge as server and router, the pod's DNS, search domains, hostname and MTU,
+    /// and a MAC derived from the pod's (the pod keeps its own).
+    #[test]
+    fn for_cached_masquerade_serves_the_private_network() {
+        let mut entry = crate::net::CachedInterface {
+            facts: crate::dhcp::v4::tests::facts(),
+            binding: crate::net::Binding::Masquerade,
+            options: crate::net::PlanOptions::default(),
+            original: crate::net::OriginalSettings::default(),
+            applied: vec![],
+            netns_id: None,
+        };
+        let cfg = DhcpConfig::for_cached(&entry, &DhcpExtras::default()).unwrap();
+        let gw = Ipv4Addr::new(10, 0, 2, 1);
+        assert_eq!(
+            (cfg.client_ip, cfg.prefix, cfg.server_ip, cfg.router),
+            (Ipv4Addr::new(10, 0, 2, 2), 24, gw, Some(gw))
+        );
+        assert!(
+            cfg.routes.iter().all(|r| r.gateway == gw),
+            "{:?}",
+            cfg.routes
+        );
+        let facts = &entry.facts;
+        assert_eq!(u32::from(cfg.mtu), facts.mtu);
+        assert_eq!(cfg.hostname.as_deref(), Some(facts.hostname.as_str()));
+        assert!(!cfg.dns.is_empty());
+        assert_eq!(
+            cfg.dns.len(),
+            facts.dns.iter().filter(|d| d.is_ipv4()).count()
+        );
+        assert_eq!(cfg.search.len(), facts.search.len());
+        assert_ne!(cfg.client_mac, facts.mac);
+        assert!(cfg.client_mac.is_local());
+        entry.options.masquerade.vm_network =
+            crate::net::IpCidr::new("192.168.100.0".parse().unwrap(), 28);
+        let cfg = DhcpConfig::for_cached(&entry, &DhcpExtras::default()).unwrap();
+        assert_eq!(
+            (cfg.client_ip, cfg.prefix),
+            (Ipv4Addr::new(192, 168, 100, 2), 28)
         );
     }
 

@@ -152,14 +152,14 @@ async fn apply_one(
             change(h, msg, format!("set mtu {mtu} on tap {name}")).await
         }
         NetOp::AntiSpoof(rules) => {
-            super::antispoof::apply(&rules.ruleset()).map_err(|source| NetError::Nft {
+            super::antispoof::apply(&rules.ruleset()).map_err(|source| NetError::AntiSpoofTable {
                 table: rules.table.clone(),
                 source,
             })
         }
         NetOp::DelNftTable { table } => {
             super::antispoof::apply(&super::antispoof::remove_ruleset(table)).map_err(|source| {
-                NetError::Nft {
+                NetError::AntiSpoofTable {
                     table: table.clone(),
                     source,
                 }
@@ -226,7 +226,21 @@ async fn apply_one(
                 },
             }
         }
+        NetOp::Nat(rules) => nft(&super::masquerade::ruleset(rules), op),
+        NetOp::DelNatTable { table } => nft(&super::masquerade::teardown_ruleset(table), op),
     }
+}
+
+/// Run one nft batch (`nft -j -f -`, a child of this thread, so in its namespace). nft
+/// applies a batch as one transaction: all of it or nothing.
+fn nft(batch: &nftables::schema::Nftables, op: &NetOp) -> Result<(), NetError> {
+    nftables::helper::apply_ruleset(batch).map_err(|e| NetError::Nft {
+        what: op.to_string(),
+        detail: match e {
+            nftables::helper::NftablesError::NftFailed { stderr, .. } => stderr.trim().to_owned(),
+            other => other.to_string(),
+        },
+    })
 }
 
 async fn change(h: &Handle, msg: LinkMessage, what: String) -> Result<(), NetError> {

@@ -55,6 +55,9 @@ pub enum NetError {
         found: String,
         want: String,
     },
+    /// `nft` failed on a batch (its stderr says why).
+    #[error("nft {what}: {detail}")]
+    Nft { what: String, detail: String },
     /// A link an op works on is missing.
     #[error("link {name} not found")]
     LinkNotFound { name: String },
@@ -75,7 +78,7 @@ pub enum NetError {
     },
     /// `nft` refused or failed to run a rule set (anti-spoofing table `table`).
     #[error("nftables table bridge {table}: {source}")]
-    Nft {
+    AntiSpoofTable {
         table: String,
         #[source]
         source: nftables::helper::NftablesError,

@@ -119,6 +119,22 @@ impl IpCidr {
     }
 }
 
+impl FromStr for IpCidr {
+    type Err = String;
+    /// `10.0.2.0/24` or `fd00::/64`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an address with a prefix like 10.0.2.0/24");
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(IpCidr::new(addr, prefix))
+    }
+}
+
 impl fmt::Display for IpCidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -198,6 +214,8 @@ pub enum Binding {
     /// The VM takes over the pod's IP and MAC through a bridge and a tap.
     #[default]
     Bridge,
+    /// The VM gets a private address behind the pod IP: NAT out, ports forwarded in.
+    Masquerade,
 }
 
 impl FromStr for Binding {
@@ -205,7 +223,10 @@ impl FromStr for Binding {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "bridge" => Ok(Binding::Bridge),
-            other => Err(format!("unknown binding {other:?} (supported: bridge)")),
+            "masquerade" => Ok(Binding::Masquerade),
+            other => Err(format!(
+                "unknown binding {other:?} (supported: bridge, masquerade)"
+            )),
         }
     }
 }
@@ -214,6 +235,7 @@ impl fmt::Display for Binding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Binding::Bridge => "bridge",
+            Binding::Masquerade => "masquerade",
         })
     }
 }

@@ -1,14 +1,17 @@
 //! A read-only view of a pod's network for people and the control API: links,
-//! addresses, routes, bridges with their ports, taps, and the cached facts. Changes
-//! nothing.
+//! addresses, routes, bridges with their ports, taps, the cached facts, and for the
+//! masquerade binding the VM's address and the NAT rules read back from the kernel.
+//! Changes nothing.
 
 use super::antispoof::AntiSpoofReport;
 use super::cache::{self, CachedInterface};
 use super::discover::with_handle;
 use super::error::NetError;
-use super::facts::IpCidr;
+use super::facts::{Binding, IpCidr};
+use super::masquerade;
 use super::state::{LinkState, NetSnapshot, RouteState, TunState, snapshot};
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 use std::path::Path;
 
 /// One link with its addresses.
@@ -47,6 +50,22 @@ pub struct RouteView {
     pub dev: Option<String>,
 }
 
+/// A masquerade-bound pod interface: the VM's address and the NAT rules the kernel
+/// holds for it now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MasqueradeView {
+    pub interface: String,
+    pub vm_address: IpCidr,
+    pub gateway: std::net::Ipv4Addr,
+    pub vm_mac: super::facts::MacAddr,
+    /// The forwarded ports (`tcp/80`), or `every port`.
+    pub forwarded: Vec<String>,
+    pub table: String,
+    /// The table's rules, read back from the kernel (empty: no table).
+    pub rules: Vec<String>,
+}
+
 /// Everything `vmpodctl net inspect` shows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inspection {
@@ -59,6 +78,9 @@ pub struct Inspection {
     /// The anti-spoofing tables in the namespace and their drop counters.
     #[serde(default)]
     pub anti_spoofing: Vec<AntiSpoofReport>,
+    /// The masquerade bindings: VM address, forwarded ports, the NAT rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masquerade: Vec<MasqueradeView>,
 }
 
 /// Arrange a snapshot and the cache for reading. Pure.
@@ -113,13 +135,45 @@ pub fn inspection(
         taps,
         cached,
         anti_spoofing,
+        masquerade: Vec::new(),
     }
+}
+
+fn masquerade_view(c: &CachedInterface) -> Result<Option<MasqueradeView>, NetError> {
+    if c.binding != Binding::Masquerade {
+        return Ok(None);
+    }
+    let m = &c.options.masquerade;
+    let table = masquerade::table_name(&c.facts.interface);
+    Ok(Some(MasqueradeView {
+        interface: c.facts.interface.clone(),
+        vm_address: IpCidr::new(IpAddr::V4(m.vm_address()), m.vm_network.prefix),
+        gateway: m.gateway(),
+        vm_mac: c.vm_mac(),
+        forwarded: if m.ports.is_empty() {
+            vec!["every port".to_owned()]
+        } else {
+            m.ports.iter().map(ToString::to_string).collect()
+        },
+        rules: masquerade::live_rules(&table)?,
+        table,
+    }))
 }
 
 /// Inspect `netns` (the current namespace when `None`) and the cache in `state_dir`.
 pub fn inspect(netns: Option<&Path>, state_dir: &Path) -> Result<Inspection, NetError> {
     let cached = cache::load_all(state_dir)?;
-    let snap = with_handle(netns, |h| async move { snapshot(&h).await })?;
+    let (snap, masquerade) = with_handle(netns, |h| {
+        let cached = &cached;
+        async move {
+            // nft runs as a child of this thread, in the pod's namespace.
+            let views = cached
+                .iter()
+                .filter_map(|c| masquerade_view(c).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, NetError>((snapshot(&h).await?, views))
+        }
+    })?;
     let anti_spoofing =
         super::netns::run_in(netns, AntiSpoofReport::read_all).map_err(|source| {
             NetError::Netns {
@@ -127,10 +181,13 @@ pub fn inspect(netns: Option<&Path>, state_dir: &Path) -> Result<Inspection, Net
                 source,
             }
         })?;
-    Ok(inspection(
-        super::discover::netns_label(netns),
-        &snap,
-        cached,
-        anti_spoofing,
-    ))
+    Ok(Inspection {
+        masquerade,
+        ..inspection(
+            super::discover::netns_label(netns),
+            &snap,
+            cached,
+            anti_spoofing,
+        )
+    })
 }

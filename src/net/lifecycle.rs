@@ -170,6 +170,9 @@ async fn facts_for(
             .and_then(|n| n.parse().ok())
             .and_then(AddrGenMode::from_kernel)
             .unwrap_or_default(),
+        ipv4_forwarding: read_sysctl(&format!("net/ipv4/conf/{}/forwarding", o.interface))?
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
     };
     let entry = CachedInterface {
         facts,

@@ -3,10 +3,11 @@
 //! [`InterfaceFacts`] is what the pod's CNI gave us, captured once before anything is
 //! changed; it is the single source of truth for DHCP and the domain XML afterwards.
 //! This module owns links, addresses, routes and per-link settings inside the pod's
-//! network namespace, the anti-spoofing nftables table of each tap, and the
-//! `<state-dir>/net/` cache. It must not start processes other than `nft` (never `ip`:
-//! links, addresses and settings go through netlink and `/dev/net/tun`; nftables rules
-//! go to `nft` as JSON through the `nftables` crate, see [`antispoof`]), must not write
+//! network namespace, the anti-spoofing nftables table of each tap, the masquerade
+//! binding's NAT table, and the `<state-dir>/net/` cache. It must not start processes
+//! other than `nft` (never `ip`: links, addresses, routes and settings go through netlink
+//! and `/dev/net/tun`; nftables rules go to `nft` as JSON through the `nftables` crate,
+//! see [`antispoof`] and [`masquerade`]), must not write
 //! `/proc/sys` (read-only in a container) and must not talk to libvirt.
 //!
 //! - [`discover`] reads one interface into [`InterfaceFacts`] ([`state`] decodes the
@@ -85,12 +86,23 @@
 //! passes. The cost: a `CHECK` issued while the VM runs would fail; if a runtime starts
 //! doing that, a dummy can be added as one more `NetOp` in the bridge plan.
 //!
+//! # Masquerade binding
+//!
+//! The pod interface keeps its IP and MAC. Bridge `k6t-<iface>` holds the gateway of the
+//! VM's private network (`vmNetworkCIDR`, default `10.0.2.0/24`), tap `tap-<iface>` is its
+//! only port, the VM's NIC gets a MAC derived from the pod's. The pod routes between
+//! them: `forwarding=1` on the pod interface and the bridge, `route_localnet=1` on the
+//! bridge, all per link by netlink ([`NetOp::Ipv4Conf`]): the kernel decides forwarding
+//! by the receiving link's own setting, so `net.ipv4.ip_forward` (a `/proc/sys` write)
+//! is not needed, measured by the launcher tests. The NAT is one nftables table
+//! ([`NetOp::Nat`], see [`masquerade`]); teardown drops it ([`NetOp::DelNatTable`]),
+//! deletes the links and puts the pod interface's `forwarding` back. DHCP serves the
+//! VM's view of the facts ([`masquerade::MasqueradeOptions::vm_facts`]).
+//!
 //! # Next bindings
 //!
-//! Masquerade (NAT + port forwarding) will be a new [`Binding`] variant, a
-//! `plan_masquerade` beside `plan_bridge`, and `NetOp` variants for nftables rules and
-//! forwarding sysctls; IPv6 for the VM reads the cached IPv6 facts and the bridge's
-//! link-local address. `discover`, `apply` and the cache do not change.
+//! IPv6 for the VM reads the cached IPv6 facts and the bridge's link-local address.
+//! `discover`, `apply` and the cache do not change.
 
 pub mod antispoof;
 pub mod apply;
@@ -100,6 +112,7 @@ mod error;
 mod facts;
 pub mod inspect;
 mod lifecycle;
+pub mod masquerade;
 pub mod netns;
 pub mod plan;
 pub mod state;

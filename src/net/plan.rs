@@ -2,12 +2,13 @@
 //! interface. Pure: no I/O, no randomness, no clock. Same input, same plan, so a rerun
 //! after a crash or a restart converges on the same state.
 //!
-//! A binding is one function from facts to [`NetOp`]s; new bindings (masquerade: NAT and
-//! port forwarding) add their own function and, where netlink has no verb for it, their
-//! own `NetOp` variants, and reuse the rest.
+//! A binding is one function from facts to [`NetOp`]s (`plan_bridge`, `plan_masquerade`);
+//! where netlink has no verb for something (the masquerade binding's NAT), it has its own
+//! `NetOp` variants, and the rest is shared.
 
-use super::antispoof::{AntiSpoof, table_name};
+use super::antispoof::{self, AntiSpoof};
 use super::facts::{Binding, InterfaceFacts, IpCidr, MacAddr, Route};
+use super::masquerade::{self, MasqueradeOptions, NatRules};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -88,6 +89,10 @@ pub enum NetOp {
     AntiSpoof(AntiSpoof),
     /// Remove an nftables bridge-family table; absent already is fine.
     DelNftTable { table: String },
+    /// Install (or replace whole) the masquerade binding's nftables table.
+    Nat(NatRules),
+    /// Remove an `ip` family nftables table (the masquerade NAT); absent already is fine.
+    DelNatTable { table: String },
 }
 
 impl fmt::Display for NetOp {
@@ -147,6 +152,8 @@ impl fmt::Display for NetOp {
                 a.table, a.tap, a.mac, a.ipv4, a.pod
             ),
             NetOp::DelNftTable { table } => write!(f, "delete nftables table bridge {table}"),
+            NetOp::Nat(rules) => write!(f, "install {rules}"),
+            NetOp::DelNatTable { table } => write!(f, "delete nft table ip {table}"),
         }
     }
 }
@@ -155,6 +162,11 @@ impl fmt::Display for NetOp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ipv4Setting {
+    /// Route packets arriving on this link that are not for the pod (1 = on). Per link,
+    /// so no `net.ipv4.ip_forward`: the kernel checks the receiving link's setting.
+    Forwarding,
+    /// Allow 127.0.0.0/8 as source or destination on this link (1 = on).
+    RouteLocalnet,
     /// Which ARP requests to answer: 1 = only for addresses on the receiving link.
     ArpIgnore,
     /// Which source address ARP requests use: 2 = the best one on the sending link.
@@ -165,8 +177,10 @@ impl Ipv4Setting {
     /// The kernel's `IPV4_DEVCONF_*` number.
     pub fn devconf_id(self) -> u16 {
         match self {
+            Ipv4Setting::Forwarding => 1,
             Ipv4Setting::ArpAnnounce => 18,
             Ipv4Setting::ArpIgnore => 19,
+            Ipv4Setting::RouteLocalnet => 26,
         }
     }
 }
@@ -174,8 +188,10 @@ impl Ipv4Setting {
 impl fmt::Display for Ipv4Setting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Ipv4Setting::Forwarding => "forwarding",
             Ipv4Setting::ArpIgnore => "arp_ignore",
             Ipv4Setting::ArpAnnounce => "arp_announce",
+            Ipv4Setting::RouteLocalnet => "route_localnet",
         })
     }
 }
@@ -247,6 +263,9 @@ pub struct PlanOptions {
     /// VM takes over the pod's original MAC. The DHCP server answers this MAC only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_mac: Option<MacAddr>,
+    /// The masquerade binding's VM network and forwarded ports (unused by bridge).
+    #[serde(default)]
+    pub masquerade: MasqueradeOptions,
 }
 
 impl Default for PlanOptions {
@@ -257,6 +276,7 @@ impl Default for PlanOptions {
             tap_group: None,
             multiqueue: false,
             vm_mac: None,
+            masquerade: MasqueradeOptions::default(),
         }
     }
 }
@@ -271,6 +291,9 @@ pub struct OriginalSettings {
     /// How the pod interface made its IPv6 link-local address.
     #[serde(default)]
     pub addr_gen_mode: AddrGenMode,
+    /// `net/ipv4/conf/<iface>/forwarding` (masquerade turns it on).
+    #[serde(default)]
+    pub ipv4_forwarding: u32,
 }
 
 /// Why no plan can be made for these facts.
@@ -284,6 +307,9 @@ pub enum PlanError {
         "link name {name:?} derived from pod interface {interface} is longer than {MAX_IFNAME} bytes"
     )]
     NameTooLong { interface: String, name: String },
+    /// The masquerade binding's VM network cannot hold a gateway and a VM.
+    #[error("pod interface {interface}: vmNetworkCIDR {reason}")]
+    VmNetwork { interface: String, reason: String },
 }
 
 /// The ops that wire `facts.interface` for `binding`.
@@ -295,6 +321,7 @@ pub fn plan(
 ) -> Result<Vec<NetOp>, PlanError> {
     match binding {
         Binding::Bridge => plan_bridge(facts, opts, original),
+        Binding::Masquerade => plan_masquerade(facts, opts),
     }
 }
 
@@ -307,6 +334,7 @@ pub fn plan_teardown(
 ) -> Result<Vec<NetOp>, PlanError> {
     match binding {
         Binding::Bridge => teardown_bridge(facts, original),
+        Binding::Masquerade => teardown_masquerade(facts, original),
     }
 }
 
@@ -350,28 +378,14 @@ fn plan_bridge(
     };
     let (bridge, tap) = link_names(facts)?;
     let pod = facts.interface.as_str();
-    let mut ops = vec![
-        NetOp::CreateBridge {
-            name: bridge.clone(),
-            mtu: facts.mtu,
-            mac: derived_mac(facts.mac, "bridge"),
-        },
-        // Before the bridge goes up: no IPv6 link-local address (nothing in the pod
-        // speaks IPv6 on the bridge yet; see the module docs).
-        addr_gen_mode(&bridge, AddrGenMode::None),
-        // Answer ARP only for addresses on the bridge itself (the DHCP server's), never
-        // for the VM's.
+    let mut ops = create_bridge(facts, &bridge).to_vec();
+    // Answer ARP only for addresses on the bridge itself (the DHCP server's), never
+    // for the VM's.
+    ops.extend([
         ipv4_conf(&bridge, Ipv4Setting::ArpIgnore, 1),
         ipv4_conf(&bridge, Ipv4Setting::ArpAnnounce, 2),
-        NetOp::CreateTap {
-            name: tap.clone(),
-            mtu: facts.mtu,
-            owner: opts.tap_owner,
-            group: opts.tap_group,
-            multiqueue: opts.multiqueue,
-        },
-        addr_gen_mode(&tap, AddrGenMode::None),
-    ];
+    ]);
+    ops.extend(create_tap(facts, opts, &tap));
     ops.extend(facts.addresses.iter().map(|&address| NetOp::DelAddress {
         link: pod.to_owned(),
         address,
@@ -400,7 +414,7 @@ fn plan_bridge(
         // Before the tap and the pod interface go up: the VM's first frame already
         // meets the rules.
         NetOp::AntiSpoof(AntiSpoof {
-            table: table_name(pod),
+            table: antispoof::table_name(pod),
             tap: tap.clone(),
             pod: pod.to_owned(),
             mac: opts.vm_mac.unwrap_or(facts.mac),
@@ -419,6 +433,102 @@ fn plan_bridge(
     Ok(ops)
 }
 
+/// The bridge, made before it goes up with no IPv6 link-local address (nothing in
+/// the pod speaks IPv6 on it yet; see the module docs).
+fn create_bridge(facts: &InterfaceFacts, bridge: &str) -> [NetOp; 2] {
+    [
+        NetOp::CreateBridge {
+            name: bridge.to_owned(),
+            mtu: facts.mtu,
+            mac: derived_mac(facts.mac, "bridge"),
+        },
+        addr_gen_mode(bridge, AddrGenMode::None),
+    ]
+}
+
+/// The VM's tap, owned by QEMU's user, without an IPv6 link-local address.
+fn create_tap(facts: &InterfaceFacts, opts: &PlanOptions, tap: &str) -> [NetOp; 2] {
+    [
+        NetOp::CreateTap {
+            name: tap.to_owned(),
+            mtu: facts.mtu,
+            owner: opts.tap_owner,
+            group: opts.tap_group,
+            multiqueue: opts.multiqueue,
+        },
+        addr_gen_mode(tap, AddrGenMode::None),
+    ]
+}
+
+/// Masquerade: the pod interface keeps its IP and MAC; the bridge holds the gateway of
+/// the VM's private network, the tap is its only port, and the pod routes between them
+/// with NAT (see [`super::masquerade`]).
+fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<NetOp>, PlanError> {
+    let Some(IpAddr::V4(pod_ip)) = facts.ipv4().map(|a| a.addr) else {
+        return Err(PlanError::NoIpv4 {
+            interface: facts.interface.clone(),
+        });
+    };
+    let m = &opts.masquerade;
+    m.check().map_err(|reason| PlanError::VmNetwork {
+        interface: facts.interface.clone(),
+        reason,
+    })?;
+    let (bridge, tap) = link_names(facts)?;
+    let pod = facts.interface.as_str();
+    let mut ops = create_bridge(facts, &bridge).to_vec();
+    ops.extend(create_tap(facts, opts, &tap));
+    ops.extend([
+        NetOp::SetMaster {
+            link: tap.clone(),
+            master: bridge.clone(),
+        },
+        NetOp::AddAddress {
+            link: bridge.clone(),
+            address: IpCidr::new(IpAddr::V4(m.gateway()), m.vm_network.prefix),
+        },
+        ipv4_conf(&bridge, Ipv4Setting::Forwarding, 1),
+        // A connection to 127.0.0.1:<port> DNATed to the VM leaves through the bridge
+        // with its loopback source until postrouting rewrites it.
+        ipv4_conf(&bridge, Ipv4Setting::RouteLocalnet, 1),
+        ipv4_conf(pod, Ipv4Setting::Forwarding, 1),
+        NetOp::SetUp {
+            link: bridge.clone(),
+        },
+        NetOp::SetUp { link: tap },
+        NetOp::Nat(NatRules {
+            table: masquerade::table_name(pod),
+            pod_interface: pod.to_owned(),
+            bridge,
+            pod_ip,
+            vm_ip: m.vm_address(),
+            gateway: m.gateway(),
+            vm_network: IpCidr::new(m.vm_network.network(), m.vm_network.prefix),
+            ports: m.ports.clone(),
+        }),
+    ]);
+    Ok(ops)
+}
+
+fn teardown_masquerade(
+    facts: &InterfaceFacts,
+    original: OriginalSettings,
+) -> Result<Vec<NetOp>, PlanError> {
+    let (bridge, tap) = link_names(facts)?;
+    Ok(vec![
+        NetOp::DelNatTable {
+            table: masquerade::table_name(&facts.interface),
+        },
+        NetOp::DelLink { name: tap },
+        NetOp::DelLink { name: bridge },
+        ipv4_conf(
+            &facts.interface,
+            Ipv4Setting::Forwarding,
+            original.ipv4_forwarding,
+        ),
+    ])
+}
+
 fn teardown_bridge(
     facts: &InterfaceFacts,
     original: OriginalSettings,
@@ -427,7 +537,7 @@ fn teardown_bridge(
     let pod = facts.interface.as_str();
     let mut ops = vec![
         NetOp::DelNftTable {
-            table: table_name(pod),
+            table: antispoof::table_name(pod),
         },
         NetOp::DelLink { name: tap },
         // Deleting the bridge releases the pod interface.
@@ -769,6 +879,7 @@ mod tests {
             tap_group: Some(107),
             multiqueue: true,
             vm_mac: Some(MacAddr([0x02, 0, 0, 0, 0, 0x42])),
+            masquerade: MasqueradeOptions::default(),
         };
         let ops = plan(
             &ipv4_only(),
@@ -880,11 +991,101 @@ mod tests {
     fn kernel_numbers() {
         assert_eq!(Ipv4Setting::ArpIgnore.devconf_id(), 19);
         assert_eq!(Ipv4Setting::ArpAnnounce.devconf_id(), 18);
+        assert_eq!(Ipv4Setting::Forwarding.devconf_id(), 1);
+        assert_eq!(Ipv4Setting::RouteLocalnet.devconf_id(), 26);
         for n in 0..4 {
             assert_eq!(AddrGenMode::from_kernel(n).unwrap().to_kernel(), n);
         }
         assert_eq!(AddrGenMode::from_kernel(1), Some(AddrGenMode::None));
         assert_eq!(AddrGenMode::from_kernel(9), None);
+    }
+
+    #[test]
+    fn masquerade_keeps_the_pod_interface_and_nats_behind_it() {
+        let f = ipv4_only();
+        let mut opts = PlanOptions::default();
+        opts.masquerade.ports = vec!["tcp/80".parse().unwrap()];
+        let ops = plan(&f, Binding::Masquerade, &opts, OriginalSettings::default()).unwrap();
+        // eth0 keeps its IP and MAC: nothing removes or changes them, nothing enslaves it.
+        assert!(!ops.iter().any(|o| matches!(o,
+            NetOp::DelAddress { link, .. } | NetOp::SetMac { link, .. }
+            | NetOp::SetMaster { link, .. } | NetOp::DelIpv6LinkLocal { link } if link == "eth0")));
+        assert!(ops.contains(&NetOp::SetMaster {
+            link: "tap-eth0".into(),
+            master: "k6t-eth0".into()
+        }));
+        assert!(ops.contains(&NetOp::AddAddress {
+            link: "k6t-eth0".into(),
+            address: cidr("10.0.2.1/24")
+        }));
+        for (link, setting) in [
+            ("k6t-eth0", Ipv4Setting::Forwarding),
+            ("eth0", Ipv4Setting::Forwarding),
+            ("k6t-eth0", Ipv4Setting::RouteLocalnet),
+        ] {
+            assert!(
+                ops.contains(&ipv4_conf(link, setting, 1)),
+                "{link} {setting}"
+            );
+        }
+        let NetOp::Nat(rules) = ops.last().unwrap() else {
+            panic!("the NAT rules come last, once the links are up: {ops:?}");
+        };
+        assert_eq!(
+            (rules.pod_ip, rules.vm_ip, rules.gateway),
+            (
+                "10.244.0.5".parse().unwrap(),
+                "10.0.2.2".parse().unwrap(),
+                "10.0.2.1".parse().unwrap()
+            )
+        );
+        assert_eq!(rules.table, "vmpod_masq_eth0");
+        assert_eq!(rules.ports, opts.masquerade.ports);
+        assert_eq!(
+            ops,
+            plan(&f, Binding::Masquerade, &opts, OriginalSettings::default()).unwrap()
+        );
+        let back: Vec<NetOp> = serde_json::from_str(&serde_json::to_string(&ops).unwrap()).unwrap();
+        assert_eq!(back, ops);
+    }
+
+    #[test]
+    fn masquerade_teardown_drops_table_links_and_forwarding() {
+        let f = ipv4_only();
+        let original = OriginalSettings {
+            ipv4_forwarding: 0,
+            ..OriginalSettings::default()
+        };
+        let down = plan_teardown(&f, Binding::Masquerade, original).unwrap();
+        assert_eq!(
+            down,
+            vec![
+                NetOp::DelNatTable {
+                    table: "vmpod_masq_eth0".into()
+                },
+                NetOp::DelLink {
+                    name: "tap-eth0".into()
+                },
+                NetOp::DelLink {
+                    name: "k6t-eth0".into()
+                },
+                ipv4_conf("eth0", Ipv4Setting::Forwarding, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn masquerade_refuses_a_vm_network_without_room() {
+        let mut opts = PlanOptions::default();
+        opts.masquerade.vm_network = cidr("10.0.2.0/31");
+        let err = plan(
+            &ipv4_only(),
+            Binding::Masquerade,
+            &opts,
+            OriginalSettings::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PlanError::VmNetwork { .. }), "{err}");
     }
 
     #[test]

@@ -126,10 +126,19 @@ pub struct GuestReport {
     pub cidata: BTreeMap<String, String>,
     /// The device and filesystem the cidata disk was found on.
     pub cidata_source: Option<(String, String)>,
+    /// `VMPOD-HTTP`: serving its page (`vmpod.http=1`).
+    pub http: Option<GuestHttp>,
     /// `VMPOD-HOLD`: waiting for the power button (`vmpod.hold=1`).
     pub holding: bool,
     pub power_button: bool,
     pub powered_off: bool,
+}
+
+/// `VMPOD-HTTP`: the ports busybox httpd listens on and the page it serves.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct GuestHttp {
+    pub ports: Vec<u16>,
+    pub page: Option<String>,
 }
 
 /// A console line that starts a report but does not parse.
@@ -214,6 +223,7 @@ impl GuestReport {
                 self.cidata_source = Some((field("device")?, field("fs")?));
                 return Ok(Some(field("file")?));
             }
+            "VMPOD-HTTP" => self.http = Some(typed(value, tagged)?),
             "VMPOD-HOLD" => self.holding = true,
             "VMPOD-POWER-BUTTON" => self.power_button = true,
             "VMPOD-POWEROFF" => self.powered_off = true,
@@ -596,6 +606,7 @@ VMPOD-CIDATA-BEGIN {\"file\":\"user-data\",\"device\":\"/dev/vda\",\"fs\":\"vfat
 #cloud-config\r\n\
 VMPOD-not-a-tag inside user-data stays\r\n\
 VMPOD-CIDATA-END {\"file\":\"user-data\"}\r\n\
+VMPOD-HTTP {\"ports\":[80,8080],\"page\":\"vmpod test guest page\"}\r\n\
 VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
 [    2.923786] reboot: Power down\r\n";
 
@@ -603,6 +614,9 @@ VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
     fn parses_every_report_line() {
         let r = GuestReport::parse(CONSOLE).unwrap();
         assert_eq!(r.boot.unwrap().kernel, "6.1.0-56-cloud-amd64");
+        let http = r.http.unwrap();
+        assert_eq!(http.ports, [80, 8080]);
+        assert_eq!(http.page.as_deref(), Some("vmpod test guest page"));
         let dmi = r.dmi.unwrap();
         assert_eq!(
             (dmi.chassis_vendor.as_str(), dmi.chassis_serial.as_str()),

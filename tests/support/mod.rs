@@ -6,6 +6,7 @@
 
 pub mod cargo_build;
 pub mod guest;
+pub mod http;
 pub mod launcher;
 
 /// True when the test may go on. Not root: prints why and returns false, or panics in CI.

@@ -104,19 +104,36 @@ pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[
 ];
 /// `net setup`'s arguments: with the VMI's own `macAddress` on its pod interface, that MAC
 /// is cached with the facts, so the DHCP server (reading the cache) answers the MAC the
-/// VM really has.
+/// VM really has; with the masquerade binding, its VM network and forwarded ports.
 fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
     let mut args = vec!["net".to_string(), "setup".to_string()];
     let spec = &vmi.spec;
-    if let Some(mac) = spec
+    let Some(iface) = spec
         .domain
         .devices
         .interfaces
         .iter()
-        .filter(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
-        .find_map(|i| i.mac_address.clone())
+        .find(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
+    else {
+        return args;
+    };
+    if let Some(mac) = &iface.mac_address {
+        args.extend(["--vm-mac".to_string(), mac.clone()]);
+    }
+    // Validated before rendering: a binding or masquerade option that does not parse
+    // here has already been refused.
+    if iface.binding() == Ok(vmpod::net::Binding::Masquerade)
+        && let Ok(m) = spec.masquerade_options(iface)
     {
-        args.extend(["--vm-mac".to_string(), mac]);
+        args.extend([
+            "--binding".to_string(),
+            "masquerade".to_string(),
+            "--vm-network".to_string(),
+            m.vm_network.to_string(),
+        ]);
+        for p in m.ports {
+            args.extend(["--port".to_string(), p.to_string()]);
+        }
     }
     args
 }
@@ -715,6 +732,31 @@ mod tests {
              spec:\n  domain:\n    memory: {{guest: 512Mi}}\n    cpu: {{cores: 2}}\n{extra_spec}"
         );
         load_vmi(&text).unwrap()
+    }
+
+    #[test]
+    fn net_setup_args_carry_the_masquerade_binding_and_ports() {
+        let masq = vmi(
+            "    devices:\n      interfaces:\n        - name: default\n          masquerade: {}\n          \
+             ports: [{name: http, port: 80}, {port: 53, protocol: UDP}]\n  \
+             networks:\n    - name: default\n      pod: {vmNetworkCIDR: 10.9.0.0/24}\n",
+        );
+        assert_eq!(
+            net_setup_args(&masq),
+            [
+                "net",
+                "setup",
+                "--binding",
+                "masquerade",
+                "--vm-network",
+                "10.9.0.0/24",
+                "--port",
+                "tcp/80",
+                "--port",
+                "udp/53"
+            ]
+        );
+        assert_eq!(net_setup_args(&vmi("")), ["net", "setup"]);
     }
 
     fn pod(vmi: &VirtualMachineInstance) -> Pod {

@@ -52,6 +52,8 @@ pub struct PlanArgs {
     /// is reported as a mismatch).
     #[arg(long)]
     vm_mac: Option<net::MacAddr>,
+    #[command(flatten)]
+    masquerade: net::masquerade::MasqueradeArgs,
 }
 
 pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
@@ -74,6 +76,7 @@ pub fn run(cmd: NetCommand) -> anyhow::Result<ExitCode> {
                 resolv_conf: a.resolv_conf,
                 plan: net::PlanOptions {
                     vm_mac: a.vm_mac,
+                    masquerade: a.masquerade.into(),
                     ..net::PlanOptions::default()
                 },
                 ..SetupOptions::new(a.interface)
@@ -172,6 +175,24 @@ fn render_inspection(v: &Inspection) -> String {
             let _ = write!(s, " unavailable: {why}");
         }
         s.push('\n');
+    }
+    for m in &v.masquerade {
+        let _ = writeln!(
+            s,
+            "\nMASQUERADE {}\nvm {} (mac {}) gateway {}; forwarded: {}\nnft table ip {}:",
+            m.interface,
+            m.vm_address,
+            m.vm_mac,
+            m.gateway,
+            m.forwarded.join(", "),
+            m.table
+        );
+        if m.rules.is_empty() {
+            s.push_str("  (missing)\n");
+        }
+        for r in &m.rules {
+            let _ = writeln!(s, "  {r}");
+        }
     }
     s.push_str("\nCACHED FACTS\n");
     if v.cached.is_empty() {

@@ -1,0 +1,658 @@
+//! The masquerade binding's NAT: which ports go to the VM, and the nftables ruleset that
+//! does it, built as nft's JSON (the `nftables` crate's schema, applied by `nft -j -f -`).
+//! Pure: options + addresses -> [`Nftables`]; [`super::apply`] runs it.
+//!
+//! One table of its own, `ip vmpod_masq_<iface>`, replaced whole in one nft transaction
+//! (add, delete, add again), so applying twice converges and teardown (add, delete)
+//! succeeds whether or not the table exists. Three NAT chains:
+//! - `prerouting`: connections arriving on the pod interface for the pod IP go to the
+//!   VM (the listed ports, or every port when none is listed);
+//! - `output`: connections from inside the pod to `127.0.0.1:<listed port>` go to the VM
+//!   too (the bridge needs `route_localnet` for a 127.0.0.1 source to leave it);
+//! - `postrouting`: the VM's own traffic leaving the pod interface is masqueraded to the
+//!   pod IP, and the 127.0.0.1 source of the previous case becomes the gateway.
+//!
+//! Replies need no rule: conntrack reverses the translation.
+
+use super::facts::{InterfaceFacts, IpCidr, Route};
+use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
+use nftables::stmt::{Counter, Match, NAT, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The VM's network when the VMI names none (KubeVirt's default).
+pub const DEFAULT_VM_NETWORK: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 0);
+/// Its prefix length.
+pub const DEFAULT_VM_PREFIX: u8 = 24;
+
+/// A forwarded port's transport protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// nft's payload protocol name.
+    fn nft(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.nft())
+    }
+}
+
+/// One port forwarded from the pod IP (and the pod's 127.0.0.1) to the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ForwardPort {
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl fmt::Display for ForwardPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.protocol, self.port)
+    }
+}
+
+impl std::str::FromStr for ForwardPort {
+    type Err = String;
+    /// `tcp/80`, `udp/53`, or `80` (TCP).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (protocol, port) = match text.split_once('/') {
+            Some(("tcp", p)) => (Protocol::Tcp, p),
+            Some(("udp", p)) => (Protocol::Udp, p),
+            Some((other, _)) => return Err(format!("{other:?}: protocol is tcp or udp")),
+            None => (Protocol::Tcp, text),
+        };
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{text:?}: want tcp/PORT or udp/PORT, PORT 1-65535"))?;
+        Ok(ForwardPort { protocol, port })
+    }
+}
+
+/// `--vm-network` and `--port`: the masquerade options on the command line of
+/// `vmpod-launcher net setup` and `vmpodctl net plan`.
+#[cfg(feature = "runtime")]
+#[derive(clap::Args, Clone, Debug)]
+pub struct MasqueradeArgs {
+    /// Masquerade binding: the VM's private network (`networks[].pod.vmNetworkCIDR`).
+    #[arg(long, default_value = "10.0.2.0/24")]
+    pub vm_network: IpCidr,
+    /// Masquerade binding: a port forwarded from the pod IP to the VM, `tcp/80` or
+    /// `udp/53` (repeat it); none forwards every port.
+    #[arg(long = "port")]
+    pub ports: Vec<ForwardPort>,
+}
+
+#[cfg(feature = "runtime")]
+impl From<MasqueradeArgs> for MasqueradeOptions {
+    fn from(a: MasqueradeArgs) -> Self {
+        MasqueradeOptions {
+            vm_network: a.vm_network,
+            ports: a.ports,
+        }
+    }
+}
+
+/// What a masquerade plan needs beyond the pod's facts: the VMI's
+/// `networks[].pod.vmNetworkCIDR` and `interfaces[].ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MasqueradeOptions {
+    /// The VM's IPv4 network: the gateway is its first host, the VM the second.
+    pub vm_network: IpCidr,
+    /// Forwarded ports; empty forwards every port.
+    #[serde(default)]
+    pub ports: Vec<ForwardPort>,
+}
+
+impl Default for MasqueradeOptions {
+    fn default() -> Self {
+        MasqueradeOptions {
+            vm_network: IpCidr::new(IpAddr::V4(DEFAULT_VM_NETWORK), DEFAULT_VM_PREFIX),
+            ports: Vec::new(),
+        }
+    }
+}
+
+impl MasqueradeOptions {
+    fn host(&self, n: u32) -> Ipv4Addr {
+        match self.vm_network.network() {
+            IpAddr::V4(net) => Ipv4Addr::from(u32::from(net) + n),
+            // The API and the plan refuse anything but IPv4 (see `check`).
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        }
+    }
+
+    /// The gateway, on the bridge: the network's first host (`10.0.2.1`).
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.host(1)
+    }
+
+    /// The VM's address: the network's second host (`10.0.2.2`).
+    pub fn vm_address(&self) -> Ipv4Addr {
+        self.host(2)
+    }
+
+    /// Why this network cannot hold a gateway and a VM, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        match self.vm_network.addr {
+            IpAddr::V4(_) if self.vm_network.prefix <= 30 => Ok(()),
+            IpAddr::V4(_) => Err(format!(
+                "{}: a /{} has no room for a gateway and a VM (at most /30)",
+                self.vm_network, self.vm_network.prefix
+            )),
+            IpAddr::V6(_) => Err(format!("{}: not an IPv4 network", self.vm_network)),
+        }
+    }
+
+    /// The pod facts as the VM sees them: its private address, the gateway as default
+    /// route; DNS, search domains, hostname and MTU unchanged. DHCP serves this.
+    pub fn vm_facts(&self, facts: &InterfaceFacts) -> InterfaceFacts {
+        let gateway = self.gateway();
+        InterfaceFacts {
+            addresses: vec![IpCidr::new(
+                IpAddr::V4(self.vm_address()),
+                self.vm_network.prefix,
+            )],
+            routes: vec![Route {
+                destination: IpCidr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                gateway: Some(IpAddr::V4(gateway)),
+                metric: None,
+            }],
+            ..facts.clone()
+        }
+    }
+}
+
+/// The nftables table of a masquerade-bound pod interface.
+pub fn table_name(interface: &str) -> String {
+    format!("vmpod_masq_{interface}")
+}
+
+/// Everything the NAT rules name; what [`super::NetOp::Nat`] carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NatRules {
+    /// The `ip` family table holding the chains.
+    pub table: String,
+    pub pod_interface: String,
+    pub bridge: String,
+    pub pod_ip: Ipv4Addr,
+    pub vm_ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub vm_network: IpCidr,
+    /// Empty: every port.
+    pub ports: Vec<ForwardPort>,
+}
+
+impl fmt::Display for NatRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nft table ip {}: forward ", self.table)?;
+        if self.ports.is_empty() {
+            write!(f, "every port")?;
+        } else {
+            let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
+            write!(f, "{}", ports.join(","))?;
+        }
+        write!(
+            f,
+            " of {} (and 127.0.0.1) to {}, masquerade {} out {}",
+            self.pod_ip, self.vm_ip, self.vm_network, self.pod_interface
+        )
+    }
+}
+
+const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+fn s(v: impl ToString) -> Expression<'static> {
+    Expression::String(Cow::Owned(v.to_string()))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Borrowed(protocol),
+            field: Cow::Borrowed(field),
+        },
+    )))
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match {
+        left,
+        right,
+        op: Operator::EQ,
+    })
+}
+
+/// Counted, so `vmpod-launcher net inspect` and `nft list` show what each rule matched.
+fn counter() -> Statement<'static> {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
+fn nat_to(addr: Ipv4Addr) -> Option<NAT<'static>> {
+    Some(NAT {
+        addr: Some(s(addr)),
+        family: None,
+        port: None,
+        flags: None,
+    })
+}
+
+/// `tcp dport 80`-style matches, one per listed port; one empty match (any port) when
+/// none is listed.
+fn port_matches(ports: &[ForwardPort]) -> Vec<Vec<Statement<'static>>> {
+    if ports.is_empty() {
+        return vec![Vec::new()];
+    }
+    ports
+        .iter()
+        .map(|p| {
+            vec![eq(
+                payload(p.protocol.nft(), "dport"),
+                Expression::Number(u32::from(p.port)),
+            )]
+        })
+        .collect()
+}
+
+fn table(name: &str) -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: NfFamily::IP,
+        name: Cow::Owned(name.to_owned()),
+        handle: None,
+    })
+}
+
+/// Add then delete the table: removes it whether or not it exists, in one transaction.
+fn drop_table(name: &str) -> [NfObject<'static>; 2] {
+    [
+        NfObject::CmdObject(NfCmd::Add(table(name))),
+        NfObject::CmdObject(NfCmd::Delete(table(name))),
+    ]
+}
+
+/// The batch that removes the table of `name`; absent already is fine.
+pub fn teardown_ruleset(name: &str) -> Nftables<'static> {
+    Nftables {
+        objects: Cow::Owned(drop_table(name).to_vec()),
+    }
+}
+
+/// The batch that (re)creates the whole table for `r`.
+pub fn ruleset(r: &NatRules) -> Nftables<'static> {
+    let t = r.table.as_str();
+    let mut objects: Vec<NfObject<'static>> = drop_table(t).to_vec();
+    objects.push(NfObject::CmdObject(NfCmd::Add(table(t))));
+    let chain = |name: &'static str, hook: NfHook, prio: i32| {
+        NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(Chain {
+            family: NfFamily::IP,
+            table: Cow::Owned(t.to_owned()),
+            name: Cow::Borrowed(name),
+            _type: Some(NfChainType::NAT),
+            hook: Some(hook),
+            prio: Some(prio),
+            policy: Some(NfChainPolicy::Accept),
+            ..Chain::default()
+        })))
+    };
+    objects.extend([
+        chain("prerouting", NfHook::Prerouting, -100),
+        chain("output", NfHook::Output, -100),
+        chain("postrouting", NfHook::Postrouting, 100),
+    ]);
+    let rule = |chain: &'static str, expr: Vec<Statement<'static>>| {
+        NfObject::CmdObject(NfCmd::Add(NfListObject::Rule(Rule {
+            family: NfFamily::IP,
+            table: Cow::Owned(t.to_owned()),
+            chain: Cow::Borrowed(chain),
+            expr: Cow::Owned(expr),
+            ..Rule::default()
+        })))
+    };
+    for ports in port_matches(&r.ports) {
+        let mut inbound = vec![
+            eq(meta(MetaKey::Iifname), s(&r.pod_interface)),
+            eq(payload("ip", "daddr"), s(r.pod_ip)),
+        ];
+        inbound.extend(ports.iter().cloned());
+        inbound.extend([counter(), Statement::DNAT(nat_to(r.vm_ip))]);
+        objects.push(rule("prerouting", inbound));
+    }
+    // Loopback forwarding only for listed ports: with none listed, taking every
+    // 127.0.0.1 port would cut the pod's own processes off from each other.
+    for ports in port_matches(&r.ports).into_iter().filter(|p| !p.is_empty()) {
+        let mut local = vec![eq(payload("ip", "daddr"), s(LOCALHOST))];
+        local.extend(ports);
+        local.extend([counter(), Statement::DNAT(nat_to(r.vm_ip))]);
+        objects.push(rule("output", local));
+    }
+    objects.push(rule(
+        "postrouting",
+        vec![
+            eq(meta(MetaKey::Oifname), s(&r.pod_interface)),
+            eq(
+                payload("ip", "saddr"),
+                Expression::Named(NamedExpression::Prefix(Prefix {
+                    addr: Box::new(s(r.vm_network.network())),
+                    len: u32::from(r.vm_network.prefix),
+                })),
+            ),
+            counter(),
+            Statement::Masquerade(None),
+        ],
+    ));
+    objects.push(rule(
+        "postrouting",
+        vec![
+            eq(meta(MetaKey::Oifname), s(&r.bridge)),
+            eq(payload("ip", "saddr"), s(LOCALHOST)),
+            counter(),
+            Statement::SNAT(nat_to(r.gateway)),
+        ],
+    ));
+    Nftables {
+        objects: Cow::Owned(objects),
+    }
+}
+
+/// The rules of table `name` as the kernel has them now, one line each
+/// (`prerouting: iifname eth0, ip daddr 10.79.0.5, tcp dport 80 -> dnat to 10.0.2.2
+/// [12 packets]`); empty when the table does not exist. Runs `nft -j list table` in
+/// the calling thread's namespace.
+pub fn live_rules(name: &str) -> Result<Vec<String>, super::NetError> {
+    let listed = nftables::helper::get_current_ruleset_with_args(
+        nftables::helper::DEFAULT_NFT,
+        ["list", "table", "ip", name],
+    );
+    match listed {
+        Ok(ruleset) => Ok(ruleset
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                NfObject::ListObject(NfListObject::Rule(r)) => Some(describe_rule(r)),
+                _ => None,
+            })
+            .collect()),
+        // nft says "No such file or directory" for a table that is not there.
+        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(super::NetError::Nft {
+            what: format!("list table ip {name}"),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// One rule as a line: its chain, its matches, its verdict and its counter.
+pub fn describe_rule(r: &Rule<'_>) -> String {
+    fn value(e: &Expression<'_>) -> String {
+        match e {
+            Expression::String(v) => v.to_string(),
+            Expression::Number(n) => n.to_string(),
+            Expression::Named(NamedExpression::Payload(Payload::PayloadField(f))) => {
+                format!("{} {}", f.protocol, f.field)
+            }
+            Expression::Named(NamedExpression::Meta(m)) => format!("{:?}", m.key).to_lowercase(),
+            Expression::Named(NamedExpression::Prefix(p)) => {
+                format!("{}/{}", value(&p.addr), p.len)
+            }
+            other => serde_json::to_string(other).unwrap_or_default(),
+        }
+    }
+    let to = |n: &Option<NAT<'_>>| {
+        n.as_ref()
+            .and_then(|n| n.addr.as_ref())
+            .map(|a| format!(" to {}", value(a)))
+            .unwrap_or_default()
+    };
+    let mut matches = Vec::new();
+    let mut verdict = String::new();
+    let mut packets = None;
+    for st in r.expr.iter() {
+        match st {
+            Statement::Match(m) => matches.push(format!("{} {}", value(&m.left), value(&m.right))),
+            Statement::Counter(Counter::Anonymous(c)) => {
+                packets = Some(c.as_ref().and_then(|c| c.packets).unwrap_or(0));
+            }
+            Statement::DNAT(n) => verdict = format!("dnat{}", to(n)),
+            Statement::SNAT(n) => verdict = format!("snat{}", to(n)),
+            Statement::Masquerade(_) => verdict = "masquerade".into(),
+            other => verdict = serde_json::to_string(other).unwrap_or_default(),
+        }
+    }
+    let mut line = format!("{}: {} -> {verdict}", r.chain, matches.join(", "));
+    if let Some(p) = packets {
+        line.push_str(&format!(" [{p} packets]"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn rules(ports: Vec<ForwardPort>) -> NatRules {
+        NatRules {
+            table: table_name("eth0"),
+            pod_interface: "eth0".into(),
+            bridge: "k6t-eth0".into(),
+            pod_ip: "10.244.0.5".parse().unwrap(),
+            vm_ip: "10.0.2.2".parse().unwrap(),
+            gateway: "10.0.2.1".parse().unwrap(),
+            vm_network: IpCidr::new("10.0.2.0".parse().unwrap(), 24),
+            ports,
+        }
+    }
+
+    fn json_rules(r: &NatRules) -> Vec<(String, Value)> {
+        let v = serde_json::to_value(ruleset(r)).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("add")?.get("rule"))
+            .map(|r| (r["chain"].as_str().unwrap().to_owned(), r["expr"].clone()))
+            .collect()
+    }
+
+    const HTTP: ForwardPort = ForwardPort {
+        protocol: Protocol::Tcp,
+        port: 80,
+    };
+
+    #[test]
+    fn listed_ports_are_dnated_from_the_pod_ip_and_localhost() {
+        let r = rules(vec![
+            HTTP,
+            ForwardPort {
+                protocol: Protocol::Udp,
+                port: 53,
+            },
+        ]);
+        let got = json_rules(&r);
+        let chains: Vec<&str> = got.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            chains,
+            [
+                "prerouting",
+                "prerouting",
+                "output",
+                "output",
+                "postrouting",
+                "postrouting"
+            ]
+        );
+        assert_eq!(
+            got[0].1,
+            json!([
+                {"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0", "op": "=="}},
+                {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.244.0.5", "op": "=="}},
+                {"match": {"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80, "op": "=="}},
+                {"counter": null},
+                {"dnat": {"addr": "10.0.2.2"}}
+            ])
+        );
+        assert_eq!(
+            got[3].1,
+            json!([
+                {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "127.0.0.1", "op": "=="}},
+                {"match": {"left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53, "op": "=="}},
+                {"counter": null},
+                {"dnat": {"addr": "10.0.2.2"}}
+            ])
+        );
+        assert_eq!(
+            got[4].1,
+            json!([
+                {"match": {"left": {"meta": {"key": "oifname"}}, "right": "eth0", "op": "=="}},
+                {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.0.2.0", "len": 24}}, "op": "=="}},
+                {"counter": null},
+                {"masquerade": null}
+            ])
+        );
+        assert_eq!(
+            got[5].1,
+            json!([
+                {"match": {"left": {"meta": {"key": "oifname"}}, "right": "k6t-eth0", "op": "=="}},
+                {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "127.0.0.1", "op": "=="}},
+                {"counter": null},
+                {"snat": {"addr": "10.0.2.1"}}
+            ])
+        );
+    }
+
+    #[test]
+    fn no_ports_forwards_every_port_of_the_pod_ip_but_not_localhost() {
+        let got = json_rules(&rules(vec![]));
+        let chains: Vec<&str> = got.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(chains, ["prerouting", "postrouting", "postrouting"]);
+        let pre = got[0].1.as_array().unwrap();
+        assert_eq!(pre.len(), 4, "iifname, daddr, counter, dnat: {pre:?}");
+        assert_eq!(pre[3], json!({"dnat": {"addr": "10.0.2.2"}}));
+    }
+
+    #[test]
+    fn the_batch_replaces_the_table_and_teardown_drops_it() {
+        let v = serde_json::to_value(ruleset(&rules(vec![HTTP]))).unwrap();
+        let objs = v["nftables"].as_array().unwrap();
+        let t = json!({"family": "ip", "name": "vmpod_masq_eth0"});
+        assert_eq!(objs[0], json!({"add": {"table": t}}));
+        assert_eq!(objs[1], json!({"delete": {"table": t}}));
+        assert_eq!(objs[2], json!({"add": {"table": t}}));
+        let hooks: Vec<(&str, i64)> = objs
+            .iter()
+            .filter_map(|o| o.get("add")?.get("chain"))
+            .map(|c| (c["hook"].as_str().unwrap(), c["prio"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            hooks,
+            [("prerouting", -100), ("output", -100), ("postrouting", 100)]
+        );
+        let down = serde_json::to_value(teardown_ruleset("vmpod_masq_eth0")).unwrap();
+        assert_eq!(
+            down,
+            json!({"nftables": [{"add": {"table": t}}, {"delete": {"table": t}}]})
+        );
+    }
+
+    #[test]
+    fn rules_read_back_as_lines() {
+        let batch = ruleset(&rules(vec![HTTP]));
+        let lines: Vec<String> = batch
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                NfObject::CmdObject(NfCmd::Add(NfListObject::Rule(r))) => Some(describe_rule(r)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "prerouting: iifname eth0, ip daddr 10.244.0.5, tcp dport 80 -> dnat to 10.0.2.2 [0 packets]",
+                "output: ip daddr 127.0.0.1, tcp dport 80 -> dnat to 10.0.2.2 [0 packets]",
+                "postrouting: oifname eth0, ip saddr 10.0.2.0/24 -> masquerade [0 packets]",
+                "postrouting: oifname k6t-eth0, ip saddr 127.0.0.1 -> snat to 10.0.2.1 [0 packets]",
+            ]
+        );
+    }
+
+    #[test]
+    fn ports_parse_and_print() {
+        for (text, want) in [("tcp/80", HTTP), ("80", HTTP)] {
+            assert_eq!(text.parse::<ForwardPort>().unwrap(), want);
+        }
+        let dns: ForwardPort = "udp/53".parse().unwrap();
+        assert_eq!(dns.to_string(), "udp/53");
+        for bad in ["sctp/1", "tcp/0", "tcp/70000", "x"] {
+            assert!(bad.parse::<ForwardPort>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_come_from_the_vm_network() {
+        let o = MasqueradeOptions::default();
+        assert_eq!(o.gateway(), Ipv4Addr::new(10, 0, 2, 1));
+        assert_eq!(o.vm_address(), Ipv4Addr::new(10, 0, 2, 2));
+        let o = MasqueradeOptions {
+            vm_network: IpCidr::new("192.168.7.9".parse().unwrap(), 29),
+            ports: vec![],
+        };
+        assert_eq!(o.gateway(), Ipv4Addr::new(192, 168, 7, 9));
+        assert_eq!(o.vm_address(), Ipv4Addr::new(192, 168, 7, 10));
+        assert!(o.check().is_ok());
+        let tiny = MasqueradeOptions {
+            vm_network: IpCidr::new("10.0.0.0".parse().unwrap(), 31),
+            ports: vec![],
+        };
+        assert!(tiny.check().unwrap_err().contains("/31"));
+    }
+
+    #[test]
+    fn the_vm_sees_its_private_address_and_the_pods_dns() {
+        let facts = InterfaceFacts {
+            interface: "eth0".into(),
+            mac: "0a:58:0a:f4:00:05".parse().unwrap(),
+            mtu: 1450,
+            addresses: vec![IpCidr::new("10.244.0.5".parse().unwrap(), 24)],
+            routes: vec![],
+            dns: vec!["10.96.0.10".parse().unwrap()],
+            search: vec!["svc.cluster.local".into()],
+            hostname: "vm-a".into(),
+        };
+        let vm = MasqueradeOptions::default().vm_facts(&facts);
+        assert_eq!(vm.ipv4().unwrap().to_string(), "10.0.2.2/24");
+        assert_eq!(vm.gateway4(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+        assert_eq!(
+            (vm.mtu, &vm.dns, &vm.search),
+            (1450, &facts.dns, &facts.search)
+        );
+        assert_eq!(vm.hostname, "vm-a");
+    }
+}

@@ -1,0 +1,404 @@
+//! End to end, masquerade binding: the real launcher in a pod sandbox boots the test
+//! guest serving HTTP (`vmpod.http=1`, ports 80 and 8080) behind NAT. The guest must
+//! lease the private address by DHCP and ping the node's gateway through the NAT; the
+//! node reaches the guest's page through the pod IP on a listed port only (every port
+//! when none is listed), the pod itself through 127.0.0.1; teardown leaves no nft table,
+//! link or forwarding setting behind.
+mod support;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+use support::http::{fetch, get};
+use support::launcher::{Launcher, processes_mentioning, testguest_vmi};
+use vmpod::net::IpCidr;
+use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec, command_in};
+
+const PAGE: &str = "vmpod test guest page";
+const BOOT: Duration = Duration::from_secs(150);
+const GATEWAY: &str = "10.79.0.1";
+const POD_IP: &str = "10.79.0.5";
+
+fn cidr(s: &str) -> IpCidr {
+    s.parse().unwrap()
+}
+
+fn pod(name: &str) -> PodSandbox {
+    let node = NodeSpec::isolated(vec![cidr(&format!("{GATEWAY}/24"))]);
+    let mut spec = PodSpec::new(
+        name,
+        cidr(&format!("{POD_IP}/24")),
+        GATEWAY.parse().unwrap(),
+    );
+    spec.mtu = 1400;
+    spec.dns = vec!["10.96.0.10".parse().unwrap()];
+    spec.search = vec!["default.svc.cluster.local".into()];
+    PodSandbox::create(&node, &spec).unwrap()
+}
+
+/// The test guest's VMI with the masquerade binding, `ports` as a YAML flow list (empty:
+/// none listed), serving HTTP and pinging the node's gateway.
+fn masquerade_vmi(name: &str, ports: &str) -> String {
+    let ports = if ports.is_empty() {
+        String::new()
+    } else {
+        format!("          ports: {ports}\n")
+    };
+    let vmi = testguest_vmi(name, "#cloud-config\n", true, 10)
+        .replacen(
+            "          bridge: {}\n",
+            &format!("          masquerade: {{}}\n{ports}"),
+            1,
+        )
+        .replacen(
+            "vmpod.hold=1",
+            &format!("vmpod.http=1 vmpod.ping={GATEWAY}"),
+            1,
+        );
+    assert!(vmi.contains("masquerade: {}") && vmi.contains("vmpod.http=1"));
+    vmi
+}
+
+/// `nft -j list tables` in `netns`: the `ip` family table names.
+fn nft_tables(netns: &Path) -> Vec<String> {
+    let out = command_in(netns, "nft")
+        .unwrap()
+        .args(["-j", "list", "tables"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("table"))
+        .map(|t| {
+            format!(
+                "{} {}",
+                t["family"].as_str().unwrap(),
+                t["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// `nft list ruleset` in `netns`, as text.
+fn nft_ruleset(netns: &Path) -> String {
+    let out = command_in(netns, "nft")
+        .unwrap()
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pod_links(sb: &PodSandbox) -> Vec<String> {
+    sb.block_on(|| async {
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        vmpod::net::state::snapshot(&handle)
+            .await
+            .unwrap()
+            .links
+            .into_iter()
+            .map(|l| l.name)
+            .collect()
+    })
+    .unwrap()
+}
+
+fn pod_addresses(sb: &PodSandbox) -> Vec<IpCidr> {
+    sb.block_on(|| async {
+        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        vmpod::net::state::snapshot(&handle)
+            .await
+            .unwrap()
+            .addresses
+            .into_iter()
+            .map(|a| a.address)
+            .collect()
+    })
+    .unwrap()
+}
+
+/// The guest is up with its private lease, pinged the node through the NAT and serves.
+fn wait_serving(l: &mut Launcher) {
+    let report = l.wait_report(BOOT, |r| r.http.is_some() && r.ping.is_some());
+    let lease = report.lease.clone().expect("a lease");
+    assert_eq!(lease.ip, Ipv4Addr::new(10, 0, 2, 2));
+    assert_eq!(lease.prefix, 24);
+    assert_eq!(lease.router(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+    assert_eq!(lease.mtu, Some(1400));
+    assert_eq!(
+        lease.dns,
+        vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(lease.search, ["default.svc.cluster.local"]);
+    let ping = report.ping.expect("a ping report");
+    assert_eq!(ping.target, GATEWAY.parse::<Ipv4Addr>().unwrap());
+    assert!(
+        ping.ok,
+        "guest could not ping the node through the NAT: {ping:?}"
+    );
+    let http = report.http.expect("VMPOD-HTTP");
+    assert_eq!(http.ports, [80, 8080], "guest httpd did not start");
+}
+
+/// `net/ipv4/conf/eth0/forwarding` in the pod.
+fn eth0_forwarding(sb: &PodSandbox) -> String {
+    let out = sb
+        .command("cat")
+        .unwrap()
+        .arg("/proc/sys/net/ipv4/conf/eth0/forwarding")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// No nft table, bridge, tap or process left, and eth0's forwarding as it was before.
+fn nothing_left(sb: &PodSandbox, state: &Path, forwarding_before: &str) {
+    assert!(
+        !nft_tables(sb.netns_path())
+            .iter()
+            .any(|t| t.contains("vmpod")),
+        "nft ruleset left behind:\n{}",
+        nft_ruleset(sb.netns_path())
+    );
+    let links = pod_links(sb);
+    assert!(
+        !links.iter().any(|l| l == "k6t-eth0" || l == "tap-eth0"),
+        "{links:?}"
+    );
+    assert_eq!(eth0_forwarding(sb), forwarding_before);
+    assert!(processes_mentioning(&state.to_string_lossy()).is_empty());
+}
+
+#[test]
+fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
+    if !support::privileged("masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out") {
+        return;
+    }
+    let sb = pod("lmasq");
+    let node_ns = sb
+        .node_netns_path()
+        .expect("an isolated node")
+        .to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let forwarding_before = eth0_forwarding(&sb);
+    let vmi = masquerade_vmi("lmasq", "[{name: http, port: 80}]");
+    let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+    wait_serving(&mut l);
+
+    // The pod keeps its IP; the bridge holds the gateway.
+    let addrs = pod_addresses(&sb);
+    assert!(addrs.contains(&cidr(&format!("{POD_IP}/24"))), "{addrs:?}");
+    assert!(addrs.contains(&cidr("10.0.2.1/24")), "{addrs:?}");
+    assert!(nft_tables(sb.netns_path()).contains(&"ip vmpod_masq_eth0".to_string()));
+    assert_eq!(eth0_forwarding(&sb), "1");
+
+    // From inside the pod, through 127.0.0.1.
+    let page = fetch(sb.netns_path(), "127.0.0.1", 80)
+        .unwrap_or_else(|e| panic!("pod -> 127.0.0.1:80: {e}\n{}", nft_ruleset(sb.netns_path())));
+    assert_eq!(page.trim(), PAGE);
+    // From the guest's own address inside the pod (the bridge route).
+    let page = fetch(sb.netns_path(), "10.0.2.2", 80)
+        .unwrap_or_else(|e| panic!("pod -> 10.0.2.2:80: {e}"));
+    assert_eq!(page.trim(), PAGE);
+    // From the node, through the pod IP, on the listed port.
+    let page = fetch(&node_ns, POD_IP, 80)
+        .unwrap_or_else(|e| panic!("node -> pod IP:80: {e}\n{}", nft_ruleset(sb.netns_path())));
+    assert_eq!(page.trim(), PAGE);
+    // A port not listed is not forwarded (the guest listens on 8080 too).
+    let closed = fetch(&node_ns, POD_IP, 8080);
+    assert!(closed.is_err(), "8080 was forwarded: {closed:?}");
+
+    // `vmpodctl net inspect` shows the binding, the VM's address and the live rules,
+    // counted.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args(["net", "inspect", "--netns"])
+        .arg(sb.netns_path())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for want in [
+        "MASQUERADE eth0",
+        "vm 10.0.2.2/24",
+        "gateway 10.0.2.1; forwarded: tcp/80",
+        &format!(
+            "prerouting: iifname eth0, ip daddr {POD_IP}, tcp dport 80 -> dnat to 10.0.2.2 [1 packets]"
+        ),
+        "output: ip daddr 127.0.0.1, tcp dport 80 -> dnat to 10.0.2.2 [1 packets]",
+        "postrouting: oifname eth0, ip saddr 10.0.2.0/24 -> masquerade",
+    ] {
+        assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
+    }
+
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    nothing_left(&sb, &state, &forwarding_before);
+    let addrs = pod_addresses(&sb);
+    assert!(addrs.contains(&cidr(&format!("{POD_IP}/24"))), "{addrs:?}");
+}
+
+/// The launcher Pod's shape: the init container `net setup` (NET_ADMIN) sets the pod up
+/// for masquerade with no port listed; the launcher reuses it untouched; every port of
+/// the pod IP reaches the guest; `net teardown` leaves nothing behind.
+#[test]
+fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
+    if !support::privileged(
+        "masquerade_set_up_by_init_container_forwards_every_port_when_none_listed",
+    ) {
+        return;
+    }
+    let sb = pod("lmasqall");
+    let node_ns = sb
+        .node_netns_path()
+        .expect("an isolated node")
+        .to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let forwarding_before = eth0_forwarding(&sb);
+    let net = |args: &[&str]| {
+        let out = sb
+            .command(support::launcher::launcher_bin())
+            .unwrap()
+            .arg("net")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "net {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let resolv = sb.resolv_conf_path();
+    // `vmpodctl net plan` shows the NAT op with the ports asked for, changing nothing.
+    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args([
+            "net",
+            "plan",
+            "--binding",
+            "masquerade",
+            "--port",
+            "tcp/80",
+            "--json",
+        ])
+        .args(["--resolv-conf", resolv.to_str().unwrap(), "--netns"])
+        .arg(sb.netns_path())
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(plan.status.success(), "{plan:?}");
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let nat = plan["ops"].as_array().unwrap().last().unwrap();
+    assert_eq!(nat["op"], "nat");
+    assert_eq!(nat["vmIp"], "10.0.2.2");
+    assert_eq!(
+        nat["ports"],
+        serde_json::json!([{"protocol": "tcp", "port": 80}])
+    );
+    assert!(
+        nft_tables(sb.netns_path()).is_empty(),
+        "plan changed nothing"
+    );
+    net(&[
+        "setup",
+        "--binding",
+        "masquerade",
+        "--resolv-conf",
+        resolv.to_str().unwrap(),
+    ]);
+    // Setup again converges (idempotent) instead of failing on what exists.
+    net(&[
+        "setup",
+        "--binding",
+        "masquerade",
+        "--resolv-conf",
+        resolv.to_str().unwrap(),
+    ]);
+
+    let vmi = masquerade_vmi("lmasqall", "");
+    let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+    wait_serving(&mut l);
+    assert!(
+        l.log().contains("already rewired"),
+        "the launcher did not reuse the init container's setup:\n{}",
+        l.log()
+    );
+    for port in [80, 8080] {
+        let page =
+            fetch(&node_ns, POD_IP, port).unwrap_or_else(|e| panic!("node -> pod IP:{port}: {e}"));
+        assert_eq!(page.trim(), PAGE);
+    }
+
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    // The launcher leaves the init container's setup alone; `net teardown` undoes it.
+    assert!(nft_tables(sb.netns_path()).contains(&"ip vmpod_masq_eth0".to_string()));
+    net(&["teardown"]);
+    nothing_left(&sb, &state, &forwarding_before);
+}
+
+/// Bridge versus masquerade, one run each, from the node's namespace to the guest's
+/// httpd through the pod IP: TCP connect time (median of 50) and one 10 MiB GET.
+/// `cargo test --test launcher_masquerade -- --ignored --nocapture bench_`
+#[test]
+#[ignore = "benchmark"]
+fn bench_bridge_vs_masquerade_connect_and_10mib_from_the_node() {
+    if !support::privileged("bench_bridge_vs_masquerade_connect_and_10mib_from_the_node") {
+        return;
+    }
+    for binding in ["bridge", "masquerade"] {
+        let name = format!("lbench{}", &binding[..1]);
+        let sb = pod(&name);
+        let node_ns = sb.node_netns_path().unwrap().to_path_buf();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut vmi = masquerade_vmi(&name, "");
+        if binding == "bridge" {
+            vmi = vmi.replacen("masquerade: {}", "bridge: {}", 1);
+        }
+        let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+        l.wait_report(BOOT, |r| r.http.is_some());
+        let target: std::net::SocketAddr = format!("{POD_IP}:80").parse().unwrap();
+        let mut connects: Vec<Duration> = vmpod::net::netns::run_in(Some(&node_ns), || {
+            (0..50)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    let s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                        .expect("connect");
+                    let d = t.elapsed();
+                    drop(s);
+                    d
+                })
+                .collect()
+        })
+        .unwrap();
+        connects.sort();
+        let t = std::time::Instant::now();
+        let body = get(&node_ns, POD_IP, 80, "/10m").unwrap();
+        let transfer = t.elapsed();
+        assert_eq!(body.len(), 10 << 20);
+        println!(
+            "BENCH {binding}: connect median {:?} (p90 {:?}), 10 MiB GET {:?} ({:.1} MiB/s)",
+            connects[connects.len() / 2],
+            connects[connects.len() * 9 / 10],
+            transfer,
+            10.0 / transfer.as_secs_f64()
+        );
+        l.sigterm();
+        l.wait_exit(Duration::from_secs(30));
+    }
+}
