@@ -239,10 +239,17 @@ impl Fixture {
     /// The stand-in VM: the tap, attached as QEMU attaches it.
     fn vm(&self) -> File {
         let tap = vmpod::net::tap_name("eth0");
-        net::netns::run_in(Some(self.ns()), || {
+        let file = net::netns::run_in(Some(self.ns()), || {
             vmpod::net::tap::attach(&tap, false).expect("attach to the tap")
         })
-        .unwrap()
+        .unwrap();
+        // Non-blocking: read_until polls with a deadline instead of waiting forever.
+        // SAFETY: fcntl on a descriptor this File owns.
+        unsafe {
+            let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        file
     }
 
     fn counters(&self) -> Vec<(DropKind, u64)> {
