@@ -102,6 +102,20 @@ impl Site {
 
     /// `vmpodctl run` of a guest that powers off by itself: it must exit 0 after the guest
     /// leased an address (checked here, with the logs shown when not).
+    /// The pod as the local runtime recorded it (`pod/pod.json`): its netns and veth,
+    /// for the checks that nothing is left.
+    fn recorded_pod(&self) -> PodLine {
+        let path = self.root().join(&self.name).join("pod/pod.json");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        PodLine {
+            ip: String::new(),
+            gateway: self.gateway(),
+            netns: record["netns"].as_str().unwrap().into(),
+            veth: record["nodeVeth"].as_str().unwrap().into(),
+        }
+    }
+
     fn run_to_the_end(&self, manifest: &Path) -> Finished {
         let mut child = self.vmpodctl_run(manifest, &[]);
         let out = lines_of(child.stdout.take().unwrap());
@@ -627,13 +641,9 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
         "{s}"
     );
     let state_dir = site.root().join(&site.name);
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("pod/pod.json")).unwrap()).unwrap();
     let pod = PodLine {
         ip,
-        gateway: site.gateway(),
-        netns: record["netns"].as_str().unwrap().into(),
-        veth: record["nodeVeth"].as_str().unwrap().into(),
+        ..site.recorded_pod()
     };
     assert!(Path::new("/run/netns").join(&pod.netns).exists());
 
@@ -720,16 +730,7 @@ fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
         vmi["spec"]["domain"]["memory"]["guest"], "192Mi",
         "the new spec runs"
     );
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(site.root().join(&site.name).join("pod/pod.json")).unwrap(),
-    )
-    .unwrap();
-    let pod = PodLine {
-        ip: String::new(),
-        gateway: site.gateway(),
-        netns: record["netns"].as_str().unwrap().into(),
-        veth: record["nodeVeth"].as_str().unwrap().into(),
-    };
+    let pod = site.recorded_pod();
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(handler.id()).unwrap()),
@@ -933,15 +934,7 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
         (Some(launcher_pid), Some(qemu_pid)),
         "the same launcher and QEMU, not a new VM: {s}"
     );
-    let state_dir = site.root().join(&site.name);
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("pod/pod.json")).unwrap()).unwrap();
-    let pod = PodLine {
-        ip: String::new(),
-        gateway: site.gateway(),
-        netns: record["netns"].as_str().unwrap().into(),
-        veth: record["nodeVeth"].as_str().unwrap().into(),
-    };
+    let pod = site.recorded_pod();
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(second.id()).unwrap()),
