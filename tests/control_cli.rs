@@ -163,7 +163,7 @@ async fn lifecycle_verbs_reach_the_launcher() {
     ok(&vmpodctl(root.path(), &["pause", "vm1"], b"").await);
     let err = failed(&vmpodctl(root.path(), &["pause", "vm1"], b"").await);
     assert!(
-        err.contains("409") && err.contains("cannot pause a VM that is Paused"),
+        err.contains("409") && err.contains("cannot pause a VM in phase Paused"),
         "{err}"
     );
     ok(&vmpodctl(root.path(), &["resume", "vm1"], b"").await);
@@ -197,7 +197,7 @@ async fn lifecycle_verbs_reach_the_launcher() {
     ok(&vmpodctl(root.path(), &["stop", "vm1", "--force"], b"").await);
     assert_eq!(fake.backend.actions(), [LifecycleAction::Kill]);
     let err = failed(&vmpodctl(root.path(), &["kill", "vm1"], b"").await);
-    assert!(err.contains("already Failed"), "{err}");
+    assert!(err.contains("cannot kill a VM in phase Succeeded"), "{err}");
     fake.stop().await.unwrap();
 }
 

@@ -28,8 +28,8 @@ pub use state::{
     rotate_console_log, status_of, write_json_atomic, write_status,
 };
 pub use types::{
-    Acceleration, AntiSpoofReport, ErrorBody, InterfaceReport, InterfaceStatus, LauncherStatus,
-    NetworkReport, PauseReason, Phase, ShutdownRequest,
+    Acceleration, AntiSpoofReport, Conflict, ErrorBody, InterfaceReport, InterfaceStatus,
+    LauncherStatus, NetworkReport, PauseReason, Phase, ShutdownRequest,
 };
 
 /// The OpenAPI 3 description of this API, as shipped in the repository.
