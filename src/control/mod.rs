@@ -13,6 +13,8 @@
 
 pub mod action;
 pub mod client;
+/// Test doubles for the handler's and vmpodctl's tests; not in the shipped binaries.
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod guarded;
 pub mod server;
