@@ -221,11 +221,8 @@ impl DhcpConfig {
 
     /// The subnet mask for option 1.
     pub fn subnet_mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(
-            u32::MAX
-                .checked_shl(32 - u32::from(self.prefix))
-                .unwrap_or(0),
-        )
+        ipnet::Ipv4Net::new(self.client_ip, self.prefix)
+            .map_or(Ipv4Addr::BROADCAST, |n| n.netmask())
     }
 }
 

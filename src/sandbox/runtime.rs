@@ -17,6 +17,7 @@
 //! restart does not reuse the address of a pod whose record is still there.
 
 use super::SandboxError;
+use super::ipam::{gateway_of, parse_subnet, pick_address};
 use super::pod::{Node, PodSandbox, remove_host_pod};
 use super::spec::{NodeSide, NodeSpec, PodSpec};
 use crate::api::VirtualMachineInstance;
@@ -195,51 +196,6 @@ impl LocalConfig {
     pub fn gateway_cidr(&self) -> IpCidr {
         IpCidr::new(self.gateway.into(), self.subnet.prefix)
     }
-}
-
-/// Pure: `a.b.c.d/len` as an IPv4 network with room for a gateway and pods (len 8..=30).
-pub fn parse_subnet(text: &str) -> std::result::Result<IpCidr, String> {
-    let (addr, prefix) = text.split_once('/').ok_or("expected a.b.c.d/len")?;
-    let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
-    let prefix: u8 = prefix
-        .parse()
-        .map_err(|e| format!("prefix {prefix:?}: {e}"))?;
-    if !(8..=30).contains(&prefix) {
-        return Err(format!("prefix /{prefix} is outside /8../30"));
-    }
-    let cidr = IpCidr::new(addr.into(), prefix);
-    if cidr.network() != IpAddr::V4(addr) {
-        return Err(format!(
-            "{text} has host bits set (network is {})",
-            cidr.network()
-        ));
-    }
-    Ok(cidr)
-}
-
-fn v4(ip: IpAddr) -> u32 {
-    match ip {
-        IpAddr::V4(a) => u32::from(a),
-        IpAddr::V6(_) => 0,
-    }
-}
-
-/// Pure: the subnet's first host address.
-pub fn gateway_of(subnet: IpCidr) -> Ipv4Addr {
-    Ipv4Addr::from(v4(subnet.network()) + 1)
-}
-
-/// Pure: the lowest host address of `subnet` that is neither the gateway nor `used`.
-pub fn pick_address(
-    subnet: IpCidr,
-    gateway: Ipv4Addr,
-    used: &BTreeSet<Ipv4Addr>,
-) -> Option<Ipv4Addr> {
-    let network = v4(subnet.network());
-    let size = 1u32 << (32 - u32::from(subnet.prefix));
-    (network + 1..network + size - 1)
-        .map(Ipv4Addr::from)
-        .find(|a| *a != gateway && !used.contains(a))
 }
 
 /// Pure: the nameservers (loopback ones dropped: a pod cannot reach the host's loopback)
@@ -804,44 +760,6 @@ async fn request_stop(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subnets_parse_with_reasons() {
-        let s = parse_subnet("10.222.0.0/24").unwrap();
-        assert_eq!(gateway_of(s), Ipv4Addr::new(10, 222, 0, 1));
-        assert!(
-            parse_subnet("10.222.0.5/24")
-                .unwrap_err()
-                .contains("host bits")
-        );
-        assert!(parse_subnet("10.222.0.0/31").unwrap_err().contains("/31"));
-        assert!(
-            parse_subnet("10.222.0.0")
-                .unwrap_err()
-                .contains("a.b.c.d/len")
-        );
-        assert!(parse_subnet("fd00::/64").is_err());
-    }
-
-    #[test]
-    fn pick_skips_gateway_used_and_broadcast() {
-        let s = parse_subnet("10.9.0.0/30").unwrap();
-        let gw = gateway_of(s);
-        let mut used = BTreeSet::new();
-        assert_eq!(pick_address(s, gw, &used), Some(Ipv4Addr::new(10, 9, 0, 2)));
-        used.insert(Ipv4Addr::new(10, 9, 0, 2));
-        assert_eq!(
-            pick_address(s, gw, &used),
-            None,
-            "only .1 (gateway) and .2 are hosts in a /30"
-        );
-        let s = parse_subnet("10.9.1.0/24").unwrap();
-        used.insert(Ipv4Addr::new(10, 9, 1, 2));
-        assert_eq!(
-            pick_address(s, gateway_of(s), &used),
-            Some(Ipv4Addr::new(10, 9, 1, 3))
-        );
-    }
 
     #[test]
     fn host_dns_drops_loopback() {
