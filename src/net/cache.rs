@@ -10,9 +10,10 @@
 use super::error::NetError;
 use super::facts::{Binding, InterfaceFacts, MacAddr};
 use super::plan::{NetOp, OriginalSettings, PlanOptions};
+use crate::file::{Durability, write_atomic};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The launcher's default state directory.
@@ -84,29 +85,12 @@ pub fn store(state_dir: &Path, entry: &CachedInterface) -> Result<PathBuf, NetEr
     std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
         .create(&dir)
         .map_err(cache_err(&dir))?;
-    let tmp = dir.join(format!(".{}.json.tmp", entry.facts.interface));
-    let json = serde_json::to_vec_pretty(entry).map_err(|source| NetError::CacheFormat {
+    let mut json = serde_json::to_vec_pretty(entry).map_err(|source| NetError::CacheFormat {
         path: final_path.clone(),
         source,
     })?;
-    let write = || -> io::Result<()> {
-        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
-            0o600,
-        )
-        .open(&tmp)?;
-        f.write_all(&json)?;
-        f.write_all(b"\n")?;
-        f.sync_all()
-    };
-    write().map_err(cache_err(&tmp))?;
-    fs::rename(&tmp, &final_path).map_err(cache_err(&final_path))?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(cache_err(&dir))?;
+    json.push(b'\n');
+    write_atomic(&final_path, &json, Durability::FileAndDir).map_err(cache_err(&final_path))?;
     Ok(final_path)
 }
 

@@ -256,13 +256,11 @@ fn read_record(state_dir: &Path) -> Result<Option<PodRecord>> {
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(value).map_err(|source| RuntimeError::Json {
         path: path.to_path_buf(),
         source,
     })?;
-    fs::write(&tmp, json)
-        .and_then(|()| fs::rename(&tmp, path))
+    crate::file::write_atomic(path, &json, crate::file::Durability::Rename)
         .map_err(io_err("write", path))
 }
 
