@@ -199,23 +199,12 @@ impl LocalConfig {
 }
 
 /// Pure: the nameservers (loopback ones dropped: a pod cannot reach the host's loopback)
-/// and search domains of a resolv.conf.
+/// and search domains of the host's resolv.conf, read by the one parser
+/// ([`crate::net::parse_resolv_conf`]).
 pub fn host_dns(resolv_conf: &str) -> (Vec<IpAddr>, Vec<String>) {
-    let (mut dns, mut search) = (Vec::new(), Vec::new());
-    for line in resolv_conf.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => dns.extend(
-                words
-                    .next()
-                    .and_then(|w| w.parse::<IpAddr>().ok())
-                    .filter(|a| !a.is_loopback()),
-            ),
-            Some("search") => search = words.map(str::to_string).collect(),
-            _ => {}
-        }
-    }
-    (dns, search)
+    let mut conf = crate::net::parse_resolv_conf(resolv_conf);
+    conf.nameservers.retain(|a| !a.is_loopback());
+    (conf.nameservers, conf.search)
 }
 
 /// What the runtime made for one local VMI, kept in `<state-dir>/pod/pod.json` so a
@@ -762,7 +751,7 @@ mod tests {
     #[test]
     fn host_dns_drops_loopback() {
         let (dns, search) = host_dns(
-            "# x\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch a.example b.example\noptions edns0\n",
+            "# x\nnameserver 127.0.0.53\nnameserver 192.0.2.53 # the site's\ndomain x.example\nsearch a.example b.example\noptions edns0\n",
         );
         assert_eq!(dns, vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
         assert_eq!(search, vec!["a.example", "b.example"]);

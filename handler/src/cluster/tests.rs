@@ -1130,3 +1130,30 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
     let used: BTreeSet<_> = server.seen().iter().map(rbac_need).collect();
     assert_eq!(used, rbac_grants("vmpod-handler"), "node daemon");
 }
+
+/// One ownership rule for the controller and the node daemon: the VMI's UID with the
+/// controller flag; another VMI's UID or a plain (non-controller) reference is not ours.
+#[test]
+fn ownership_needs_the_vmis_uid_and_the_controller_flag() {
+    let pod_with = |edit: fn(&mut Value)| -> k8s_openapi::api::core::v1::Pod {
+        let mut p = pod_json(None, None);
+        edit(&mut p["metadata"]["ownerReferences"][0]);
+        serde_json::from_value(p).unwrap()
+    };
+    let vmi = vmi("10");
+    assert!(super::owned_by(&pod_with(|_| {}), &vmi));
+    assert!(!super::owned_by(
+        &pod_with(|o| o["controller"] = json!(false)),
+        &vmi
+    ));
+    assert!(!super::owned_by(
+        &pod_with(|o| {
+            o.as_object_mut().unwrap().remove("controller");
+        }),
+        &vmi
+    ));
+    assert!(!super::owned_by(
+        &pod_with(|o| o["uid"] = json!("00000000-0000-4000-8000-000000000002")),
+        &vmi
+    ));
+}
