@@ -481,28 +481,19 @@ fn vm_identity(vmi: &VirtualMachineInstance, facts: &net::InterfaceFacts) -> net
     vm
 }
 
-/// The DHCP extras of a VMI interface (KubeVirt's `dhcpOptions`).
-fn dhcp_extras(iface: &api::Interface) -> DhcpExtras {
+/// The DHCP extras of a VMI interface (KubeVirt's `dhcpOptions`), validated with the VMI.
+fn dhcp_extras(iface: &api::Interface) -> anyhow::Result<DhcpExtras> {
     let Some(o) = &iface.dhcp_options else {
-        return DhcpExtras::default();
+        return Ok(DhcpExtras::default());
     };
-    DhcpExtras {
-        boot_file_name: o.boot_file_name.clone(),
-        tftp_server_name: o.tftp_server_name.clone(),
-        ntp_servers: o.ntp_servers.clone(),
-        private_options: o
-            .private_options
-            .iter()
-            .filter_map(|p| {
-                u8::try_from(p.option)
-                    .ok()
-                    .map(|option| vmpod::dhcp::config::PrivateOption {
-                        option,
-                        value: p.value.clone(),
-                    })
-            })
-            .collect(),
-    }
+    DhcpExtras::try_from(o).map_err(|errors| {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "interface {} dhcpOptions: {}",
+            iface.name,
+            errors.join("; ")
+        )
+    })
 }
 
 /// The network phase for the VMI's pod interface: rewire (or reuse the cache), start its
@@ -528,12 +519,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
         .with_context(|| format!("interface {}", iface.name))?;
     let mut opts = SetupOptions::new(ctx.args.pod_interface.clone());
     opts.binding = binding;
-    opts.plan.vm_mac = iface
-        .mac_address
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .with_context(|| format!("interface {} macAddress", iface.name))?;
+    opts.plan.vm_mac = iface.mac_address;
     if binding == net::Binding::Masquerade {
         opts.plan.masquerade = spec
             .masquerade_options(iface)
@@ -559,7 +545,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
     // The VM's identity (hostname, subdomain) comes from the VMI, never from the pod.
     let mut vm = outcome.cached.clone();
     vm.facts = vm_identity(&ctx.vmi, &vm.facts);
-    let config = DhcpConfig::for_cached(&vm, &dhcp_extras(iface))?;
+    let config = DhcpConfig::for_cached(&vm, &dhcp_extras(iface)?)?;
     let server = DhcpServer::bind(config)?;
     let stats: StatsHandle = server.stats();
     pod.dhcp_tasks.push(tokio::spawn(async move {

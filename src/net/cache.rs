@@ -39,16 +39,11 @@ pub struct CachedInterface {
 }
 
 impl CachedInterface {
-    /// The MAC of the VM's NIC: the VMI's `macAddress` when it set one, else the pod's
-    /// original MAC (bridge: the VM takes over the pod's identity) or one derived from
-    /// it (masquerade: the pod keeps its own). The DHCP server and the domain both take
-    /// it from here, so a restarted launcher and `vmpod-launcher dhcp serve` agree with
-    /// the first launcher.
+    /// The MAC of the VM's NIC ([`PlanOptions::vm_mac`] of the recorded options and
+    /// facts). The DHCP server and the domain both take it from here, so a restarted
+    /// launcher and `vmpod-launcher dhcp serve` agree with the first launcher.
     pub fn vm_mac(&self) -> MacAddr {
-        self.options.vm_mac.unwrap_or(match self.binding {
-            Binding::Bridge => self.facts.mac,
-            Binding::Masquerade => super::plan::derived_mac(self.facts.mac, "vm"),
-        })
+        self.options.vm_mac(self.binding, self.facts.mac)
     }
 }
 

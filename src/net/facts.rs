@@ -21,6 +21,11 @@ impl MacAddr {
         self.0[0] & 0x02 != 0
     }
 
+    /// True for a multicast (group) address (bit 0 of the first byte): never a NIC's.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+
     /// A random unicast, locally administered address.
     pub fn random_local() -> Self {
         let mut b: [u8; 6] = rand::random();
@@ -75,6 +80,26 @@ impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// In a schema (the CRD's `macAddress`): a string of six hex bytes, so the API server
+/// refuses what [`MacAddr`]'s deserializer would.
+#[cfg(feature = "runtime")]
+impl schemars::JsonSchema for MacAddr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MacAddr".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$",
+        })
     }
 }
 

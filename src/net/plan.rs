@@ -268,6 +268,18 @@ pub struct PlanOptions {
     pub masquerade: MasqueradeOptions,
 }
 
+impl PlanOptions {
+    /// The MAC of the VM's NIC, the one rule: the VMI's `macAddress` when it set one,
+    /// else the pod's original MAC (bridge: the VM takes over the pod's identity) or one
+    /// derived from it (masquerade: the pod keeps its own).
+    pub fn vm_mac(&self, binding: Binding, pod_mac: MacAddr) -> MacAddr {
+        self.vm_mac.unwrap_or(match binding {
+            Binding::Bridge => pod_mac,
+            Binding::Masquerade => derived_mac(pod_mac, "vm"),
+        })
+    }
+}
+
 impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
@@ -417,7 +429,7 @@ fn plan_bridge(
             table: antispoof::table_name(pod),
             tap: tap.clone(),
             pod: pod.to_owned(),
-            mac: opts.vm_mac.unwrap_or(facts.mac),
+            mac: opts.vm_mac(Binding::Bridge, facts.mac),
             ipv4,
         }),
         NetOp::AddAddress {

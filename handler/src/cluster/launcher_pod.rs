@@ -118,7 +118,7 @@ fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
         return args;
     };
     if let Some(mac) = &iface.mac_address {
-        args.extend(["--vm-mac".to_string(), mac.clone()]);
+        args.extend(["--vm-mac".to_string(), mac.to_string()]);
     }
     // Validated before rendering: a binding or masquerade option that does not parse
     // here has already been refused.
