@@ -14,15 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Run vmpodctl with `args` under `root`, feeding `stdin`.
 async fn vmpodctl(root: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args(args)
-        .env("VMPOD_LOCAL_ROOT", root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_vmpodctl(root, args);
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin).await.unwrap();
     drop(input);

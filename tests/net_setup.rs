@@ -20,27 +20,7 @@ use vmpod::sandbox::{CALICO_GATEWAY, NodeSpec, PodSandbox, PodSpec};
 
 /// A dual-stack bridge-CNI pod with an extra route, MTU 1450.
 fn dual_stack_pod() -> PodSandbox {
-    let node = NodeSpec::isolated(vec![
-        "10.77.0.1/24".parse::<IpCidr>().unwrap(),
-        "fd77::1/64".parse::<IpCidr>().unwrap(),
-    ]);
-    let mut pod = PodSpec::new(
-        "net",
-        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
-        "10.77.0.1".parse().unwrap(),
-    );
-    pod.mac = "02:00:0a:4d:00:05".parse().unwrap();
-    pod.mtu = 1450;
-    pod.routes.push(Route {
-        destination: "192.168.50.0/24".parse::<IpCidr>().unwrap(),
-        gateway: Some("10.77.0.1".parse().unwrap()),
-        metric: Some(50),
-    });
-    pod.ipv6 = Some("fd77::5/64".parse::<IpCidr>().unwrap());
-    pod.gateway6 = Some("fd77::1".parse().unwrap());
-    pod.dns = vec!["10.96.0.10".parse().unwrap()];
-    pod.search = vec!["default.svc.cluster.local".into()];
-    pod.hostname = "web-0".into();
+    let (node, pod) = support::dual_stack_spec("net");
     PodSandbox::create(&node, &pod).unwrap()
 }
 

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use vmpod::net::{IpCidr, MacAddr, Route};
+use vmpod::net::{IpCidr, MacAddr};
 use vmpod::sandbox::{CALICO_GATEWAY, Node, NodeSpec, PodSandbox, PodSpec};
 
 /// `ip -j ARGS` inside namespace `ns` (by its /run/netns name), parsed.
@@ -57,28 +57,10 @@ fn ping(sb: &PodSandbox, target: IpAddr) -> bool {
     out.status.success()
 }
 
+/// The shared dual-stack pod, with a second search domain.
 fn dual_stack_spec() -> (NodeSpec, PodSpec) {
-    let node = NodeSpec::isolated(vec![
-        "10.77.0.1/24".parse::<IpCidr>().unwrap(),
-        "fd77::1/64".parse::<IpCidr>().unwrap(),
-    ]);
-    let mut pod = PodSpec::new(
-        "ds",
-        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
-        "10.77.0.1".parse().unwrap(),
-    );
-    pod.mac = "02:00:0a:4d:00:05".parse().unwrap();
-    pod.mtu = 1450;
-    pod.routes.push(Route {
-        destination: "192.168.50.0/24".parse::<IpCidr>().unwrap(),
-        gateway: Some("10.77.0.1".parse().unwrap()),
-        metric: None,
-    });
-    pod.ipv6 = Some("fd77::5/64".parse::<IpCidr>().unwrap());
-    pod.gateway6 = Some("fd77::1".parse().unwrap());
-    pod.dns = vec!["10.96.0.10".parse().unwrap()];
-    pod.search = vec!["default.svc.cluster.local".into(), "cluster.local".into()];
-    pod.hostname = "web-0".into();
+    let (node, mut pod) = support::dual_stack_spec("ds");
+    pod.search.push("cluster.local".into());
     (node, pod)
 }
 
