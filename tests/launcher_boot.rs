@@ -28,7 +28,7 @@ fn pod_links(sb: &PodSandbox) -> Vec<String> {
     sb.block_on(|| async {
         let (conn, handle, _) = rtnetlink::new_connection().unwrap();
         tokio::spawn(conn);
-        vmpod::net::state::snapshot(&handle)
+        vmpod::net::snapshot::snapshot(&handle)
             .await
             .unwrap()
             .links
@@ -183,7 +183,7 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         .block_on(|| async {
             let (conn, handle, _) = rtnetlink::new_connection().unwrap();
             tokio::spawn(conn);
-            vmpod::net::state::snapshot(&handle)
+            vmpod::net::snapshot::snapshot(&handle)
                 .await
                 .unwrap()
                 .addresses

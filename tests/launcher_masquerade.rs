@@ -93,7 +93,7 @@ fn pod_links(sb: &PodSandbox) -> Vec<String> {
     sb.block_on(|| async {
         let (conn, handle, _) = rtnetlink::new_connection().unwrap();
         tokio::spawn(conn);
-        vmpod::net::state::snapshot(&handle)
+        vmpod::net::snapshot::snapshot(&handle)
             .await
             .unwrap()
             .links
@@ -108,7 +108,7 @@ fn pod_addresses(sb: &PodSandbox) -> Vec<IpCidr> {
     sb.block_on(|| async {
         let (conn, handle, _) = rtnetlink::new_connection().unwrap();
         tokio::spawn(conn);
-        vmpod::net::state::snapshot(&handle)
+        vmpod::net::snapshot::snapshot(&handle)
             .await
             .unwrap()
             .addresses

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmpod::net::state::{NetSnapshot, snapshot};
+use vmpod::net::snapshot::{NetSnapshot, snapshot};
 use vmpod::net::{
     self, CachedInterface, IpCidr, MacAddr, NetError, NetOp, PlanOptions, Route, SetupOptions,
     cache, discover,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use vmpod::api::{self, Acceleration as AccelRequest, VirtualMachineInstance};
+use vmpod::api::{self, AccelerationRequest, VirtualMachineInstance};
 use vmpod::control::{
     self, Acceleration, BackendError, ControlServer, InterfaceReport, InterfaceStatus,
     LauncherStatus, LifecycleAction, NetworkReport, PauseReason, Phase,
@@ -61,7 +61,7 @@ pub struct RunArgs {
     /// Force the accelerator (auto, kvm, emulation); default: the VMI's
     /// `vmpod.io/acceleration` annotation, else auto.
     #[arg(long, value_parser = parse_accel)]
-    pub accel: Option<AccelRequest>,
+    pub accel: Option<AccelerationRequest>,
     /// The pod interface the VMI's pod network is on.
     #[arg(long, default_value = "eth0")]
     pub pod_interface: String,
@@ -100,8 +100,8 @@ impl RunArgs {
     }
 }
 
-fn parse_accel(s: &str) -> Result<AccelRequest, String> {
-    AccelRequest::parse(s).ok_or_else(|| format!("{s:?}: want auto, kvm or emulation"))
+fn parse_accel(s: &str) -> Result<AccelerationRequest, String> {
+    AccelerationRequest::parse(s).ok_or_else(|| format!("{s:?}: want auto, kvm or emulation"))
 }
 
 /// The manifest text: `-` is stdin, something that looks like a manifest is taken as is
@@ -170,9 +170,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// a probe that failed: `auto` goes straight to TCG, `kvm` fails with it.
 fn decide_accel(
     args: &RunArgs,
-    request: AccelRequest,
+    request: AccelerationRequest,
 ) -> anyhow::Result<(Acceleration, Option<String>, Option<KvmKey>)> {
-    if request == AccelRequest::Emulation {
+    if request == AccelerationRequest::Emulation {
         return Ok((Acceleration::Tcg, None, None));
     }
     let emulator = Path::new(vmpod::domain::xml::EMULATOR);
@@ -206,7 +206,7 @@ fn decide_accel(
 
 /// What the acceleration was decided from, and what it was.
 struct Accel {
-    request: AccelRequest,
+    request: AccelerationRequest,
     /// What the domain is first booted with.
     booted: Acceleration,
     /// Why not KVM, when `auto` had to do without it.

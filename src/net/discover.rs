@@ -5,7 +5,7 @@
 use super::error::NetError;
 use super::facts::{InterfaceFacts, Route};
 use super::netns::block_on_in;
-use super::state::{NetSnapshot, snapshot};
+use super::snapshot::{NetSnapshot, snapshot};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -185,7 +185,7 @@ where
 mod tests {
     use super::*;
     use crate::net::IpCidr;
-    use crate::net::state::{AddressState, LinkState, RouteState};
+    use crate::net::snapshot::{AddressState, LinkState, RouteState};
 
     fn route(dst: &str, gw: Option<&str>, oif: u32, proto: &str) -> RouteState {
         RouteState {
