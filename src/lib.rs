@@ -13,6 +13,7 @@ pub mod control;
 pub mod dhcp;
 #[cfg(feature = "runtime")]
 pub mod domain;
+pub mod file;
 pub mod net;
 #[cfg(feature = "runtime")]
 pub mod sandbox;

@@ -54,7 +54,10 @@ fn kubevirt_example_shapes_load_unchanged() {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             panic!("{}:\n{}", file.display(), lines.join("\n"))
         });
-        assert_eq!(vmi.acceleration(), Some(api::Acceleration::Emulation));
+        assert_eq!(
+            vmi.acceleration(),
+            Some(api::AccelerationRequest::Emulation)
+        );
         // After defaulting, every volume has its disk.
         for v in &vmi.spec.volumes {
             assert!(
@@ -139,7 +142,7 @@ fn testguest_boots_the_local_kernel_with_a_bridged_pod_network() {
     let iface = &spec.domain.devices.interfaces[0];
     assert_eq!(iface.binding().unwrap(), vmpod::net::Binding::Bridge);
     assert!(spec.volumes.iter().any(|v| v.cloud_init_no_cloud.is_some()));
-    assert_eq!(vmi.acceleration(), Some(api::Acceleration::Auto));
+    assert_eq!(vmi.acceleration(), Some(api::AccelerationRequest::Auto));
 }
 
 #[test]

@@ -65,7 +65,11 @@ async fn every_endpoint_through_the_client() {
     // A terminal VM refuses further actions with 409 and says why.
     let e = client.kill().await.unwrap_err();
     assert_eq!(e.status(), Some(StatusCode::CONFLICT), "{e}");
-    assert!(e.to_string().contains("already Succeeded"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("cannot kill a VM in phase Succeeded"),
+        "{e}"
+    );
 
     assert_eq!(
         fake.backend.actions(),

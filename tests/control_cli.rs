@@ -14,15 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Run vmpodctl with `args` under `root`, feeding `stdin`.
 async fn vmpodctl(root: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args(args)
-        .env("VMPOD_LOCAL_ROOT", root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_vmpodctl(root, args);
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin).await.unwrap();
     drop(input);
@@ -163,7 +155,7 @@ async fn lifecycle_verbs_reach_the_launcher() {
     ok(&vmpodctl(root.path(), &["pause", "vm1"], b"").await);
     let err = failed(&vmpodctl(root.path(), &["pause", "vm1"], b"").await);
     assert!(
-        err.contains("409") && err.contains("cannot pause a VM that is Paused"),
+        err.contains("409") && err.contains("cannot pause a VM in phase Paused"),
         "{err}"
     );
     ok(&vmpodctl(root.path(), &["resume", "vm1"], b"").await);
@@ -197,7 +189,7 @@ async fn lifecycle_verbs_reach_the_launcher() {
     ok(&vmpodctl(root.path(), &["stop", "vm1", "--force"], b"").await);
     assert_eq!(fake.backend.actions(), [LifecycleAction::Kill]);
     let err = failed(&vmpodctl(root.path(), &["kill", "vm1"], b"").await);
-    assert!(err.contains("already Failed"), "{err}");
+    assert!(err.contains("cannot kill a VM in phase Succeeded"), "{err}");
     fake.stop().await.unwrap();
 }
 

@@ -16,9 +16,12 @@ const BOOT: Duration = Duration::from_secs(150);
 const STEP: Duration = Duration::from_secs(20);
 
 fn pod(name: &str) -> PodSandbox {
-    let cidr = |a: &str, p| IpCidr::new(a.parse().unwrap(), p);
-    let node = NodeSpec::isolated(vec![cidr("10.78.0.1", 24)]);
-    let spec = PodSpec::new(name, cidr("10.78.0.5", 24), "10.78.0.1".parse().unwrap());
+    let node = NodeSpec::isolated(vec!["10.78.0.1/24".parse::<IpCidr>().unwrap()]);
+    let spec = PodSpec::new(
+        name,
+        "10.78.0.5/24".parse::<IpCidr>().unwrap(),
+        "10.78.0.1".parse().unwrap(),
+    );
     PodSandbox::create(&node, &spec).unwrap()
 }
 

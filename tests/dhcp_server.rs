@@ -335,9 +335,10 @@ fn replies_fit_the_clients_max_message_size_between_576_and_the_mtu() {
     let t = Topology::new("mms", Shape::Subnet);
     let extras = vmpod::dhcp::DhcpExtras {
         private_options: (224..230)
-            .map(|option| vmpod::dhcp::config::PrivateOption {
-                option,
-                value: format!("{option}").repeat(40), // 120 bytes each
+            .map(|option| {
+                // 120 bytes each
+                vmpod::dhcp::config::PrivateOption::new(option, format!("{option}").repeat(40))
+                    .unwrap()
             })
             .collect(),
         ..Default::default()

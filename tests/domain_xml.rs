@@ -34,9 +34,9 @@ fn env_for(
     volumes: &[(&str, &str, DiskFormat)],
 ) -> DomainEnv {
     let mut env = env(accel, volumes);
-    let vmi_mac = vmi.spec.domain.devices.interfaces[0].mac_address.as_deref();
+    let vmi_mac = vmi.spec.domain.devices.interfaces[0].mac_address;
     for att in env.interfaces.values_mut() {
-        att.mac = vmi_mac.map_or(att.facts.mac, |m| m.parse().unwrap());
+        att.mac = vmi_mac.unwrap_or(att.facts.mac);
     }
     env
 }

@@ -238,11 +238,6 @@ fn guest_reaches_its_lease_in_under_5s_under_tcg() {
     }
 }
 
-fn cidr(s: &str) -> IpCidr {
-    let (a, p) = s.split_once('/').unwrap();
-    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-}
-
 /// dnsmasq on `node`'s bridge (DHCP for 10.99.0.50 in 10.99.0.0/24 plus `args`), and the
 /// guest (MAC `mac`) booted on a tap on that bridge.
 fn guest_behind_dnsmasq(node: &Node, mac: &str, args: &[&str], ipv6: bool) -> (Killed, QemuGuest) {
@@ -300,7 +295,10 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
         return;
     }
     let _cpu = shared_cpu();
-    let node = Node::create(&NodeSpec::isolated(vec![cidr("10.99.0.1/24")])).unwrap();
+    let node = Node::create(&NodeSpec::isolated(vec![
+        "10.99.0.1/24".parse::<IpCidr>().unwrap(),
+    ]))
+    .unwrap();
     let mac = "02:00:0a:63:00:32";
     let (_dnsmasq, vm) = guest_behind_dnsmasq(
         &node,
@@ -361,7 +359,10 @@ fn guest_reports_slaac_ipv6_from_router_advertisements() {
         return;
     }
     let _cpu = shared_cpu();
-    let spec = NodeSpec::isolated(vec![cidr("10.99.0.1/24"), cidr("fd99::1/64")]);
+    let spec = NodeSpec::isolated(vec![
+        "10.99.0.1/24".parse::<IpCidr>().unwrap(),
+        "fd99::1/64".parse::<IpCidr>().unwrap(),
+    ]);
     let node = Node::create(&spec).unwrap();
     let mac = "02:00:0a:63:00:33";
     let ra = [

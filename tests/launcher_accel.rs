@@ -72,11 +72,10 @@ spec:
 
 /// A pod on an isolated node bridge, in `10.<net>.0.0/24`.
 fn pod(name: &str, net: u8) -> PodSandbox {
-    let cidr = |a: String, p| IpCidr::new(a.parse().unwrap(), p);
-    let node = NodeSpec::isolated(vec![cidr(format!("10.{net}.0.1"), 24)]);
+    let node = NodeSpec::isolated(vec![format!("10.{net}.0.1/24").parse::<IpCidr>().unwrap()]);
     let spec = PodSpec::new(
         name,
-        cidr(format!("10.{net}.0.5"), 24),
+        format!("10.{net}.0.5/24").parse::<IpCidr>().unwrap(),
         format!("10.{net}.0.1").parse().unwrap(),
     );
     PodSandbox::create(&node, &spec).unwrap()

@@ -11,14 +11,13 @@ use vmpod::control::{ControlClient, Phase};
 use vmpod::net::IpCidr;
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 
-fn cidr(s: &str) -> IpCidr {
-    let (a, p) = s.split_once('/').unwrap();
-    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-}
-
 fn pod(name: &str) -> PodSandbox {
-    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
-    let mut spec = PodSpec::new(name, cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
+    let mut spec = PodSpec::new(
+        name,
+        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+        "10.77.0.1".parse().unwrap(),
+    );
     spec.mtu = 1400;
     spec.dns = vec!["10.96.0.10".parse().unwrap()];
     PodSandbox::create(&node, &spec).unwrap()
@@ -29,7 +28,7 @@ fn pod_links(sb: &PodSandbox) -> Vec<String> {
     sb.block_on(|| async {
         let (conn, handle, _) = rtnetlink::new_connection().unwrap();
         tokio::spawn(conn);
-        vmpod::net::state::snapshot(&handle)
+        vmpod::net::snapshot::snapshot(&handle)
             .await
             .unwrap()
             .links
@@ -184,14 +183,16 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         .block_on(|| async {
             let (conn, handle, _) = rtnetlink::new_connection().unwrap();
             tokio::spawn(conn);
-            vmpod::net::state::snapshot(&handle)
+            vmpod::net::snapshot::snapshot(&handle)
                 .await
                 .unwrap()
                 .addresses
         })
         .unwrap();
     assert!(
-        addrs.iter().any(|a| a.address == cidr("10.77.0.5/24")),
+        addrs
+            .iter()
+            .any(|a| a.address == "10.77.0.5/24".parse::<IpCidr>().unwrap()),
         "pod IP not restored: {addrs:?}"
     );
 }

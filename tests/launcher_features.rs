@@ -16,15 +16,14 @@ use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 const BOOT: Duration = Duration::from_secs(150);
 const EMULATION: &[&str] = &["--accel", "emulation"];
 
-fn cidr(s: &str) -> IpCidr {
-    let (a, p) = s.split_once('/').unwrap();
-    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-}
-
 /// A pod on a node of its own (its own namespace, so addresses may repeat across tests).
 fn pod(name: &str) -> PodSandbox {
-    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
-    let spec = PodSpec::new(name, cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
+    let spec = PodSpec::new(
+        name,
+        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+        "10.77.0.1".parse().unwrap(),
+    );
     PodSandbox::create(&node, &spec).unwrap()
 }
 

@@ -19,15 +19,11 @@ const BOOT: Duration = Duration::from_secs(150);
 const GATEWAY: &str = "10.79.0.1";
 const POD_IP: &str = "10.79.0.5";
 
-fn cidr(s: &str) -> IpCidr {
-    s.parse().unwrap()
-}
-
 fn pod(name: &str) -> PodSandbox {
-    let node = NodeSpec::isolated(vec![cidr(&format!("{GATEWAY}/24"))]);
+    let node = NodeSpec::isolated(vec![format!("{GATEWAY}/24").parse::<IpCidr>().unwrap()]);
     let mut spec = PodSpec::new(
         name,
-        cidr(&format!("{POD_IP}/24")),
+        format!("{POD_IP}/24").parse::<IpCidr>().unwrap(),
         GATEWAY.parse().unwrap(),
     );
     spec.mtu = 1400;
@@ -97,7 +93,7 @@ fn pod_links(sb: &PodSandbox) -> Vec<String> {
     sb.block_on(|| async {
         let (conn, handle, _) = rtnetlink::new_connection().unwrap();
         tokio::spawn(conn);
-        vmpod::net::state::snapshot(&handle)
+        vmpod::net::snapshot::snapshot(&handle)
             .await
             .unwrap()
             .links
@@ -112,7 +108,7 @@ fn pod_addresses(sb: &PodSandbox) -> Vec<IpCidr> {
     sb.block_on(|| async {
         let (conn, handle, _) = rtnetlink::new_connection().unwrap();
         tokio::spawn(conn);
-        vmpod::net::state::snapshot(&handle)
+        vmpod::net::snapshot::snapshot(&handle)
             .await
             .unwrap()
             .addresses
@@ -194,8 +190,14 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
 
     // The pod keeps its IP; the bridge holds the gateway.
     let addrs = pod_addresses(&sb);
-    assert!(addrs.contains(&cidr(&format!("{POD_IP}/24"))), "{addrs:?}");
-    assert!(addrs.contains(&cidr("10.0.2.1/24")), "{addrs:?}");
+    assert!(
+        addrs.contains(&format!("{POD_IP}/24").parse::<IpCidr>().unwrap()),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs.contains(&"10.0.2.1/24".parse::<IpCidr>().unwrap()),
+        "{addrs:?}"
+    );
     assert!(nft_tables(sb.netns_path()).contains(&"ip vmpod_masq_eth0".to_string()));
     assert_eq!(eth0_forwarding(&sb), "1");
 
@@ -244,7 +246,10 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
     assert!(st.success(), "launcher exit {st}\n{}", l.log());
     nothing_left(&sb, &state, &forwarding_before);
     let addrs = pod_addresses(&sb);
-    assert!(addrs.contains(&cidr(&format!("{POD_IP}/24"))), "{addrs:?}");
+    assert!(
+        addrs.contains(&format!("{POD_IP}/24").parse::<IpCidr>().unwrap()),
+        "{addrs:?}"
+    );
 }
 
 /// The launcher Pod's shape: the init container `net setup` (NET_ADMIN) sets the pod up

@@ -31,11 +31,6 @@ const COMPUTE_CAPS: &[&str] = &[
     "net_bind_service",
 ];
 
-fn cidr(s: &str) -> IpCidr {
-    let (a, p) = s.split_once('/').unwrap();
-    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-}
-
 /// `args` run in the pod's network namespace the way a container runs them: a private
 /// mount namespace with `/proc/sys` and every path in `read_only` mounted read-only,
 /// no_new_privs, and exactly `caps`; with `pid1`, as PID 1 of a new PID namespace.
@@ -161,8 +156,12 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
     if !support::privileged("launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing") {
         return;
     }
-    let node = NodeSpec::isolated(vec![cidr("10.79.0.1/24")]);
-    let mut spec = PodSpec::new("unpriv", cidr("10.79.0.5/24"), "10.79.0.1".parse().unwrap());
+    let node = NodeSpec::isolated(vec!["10.79.0.1/24".parse::<IpCidr>().unwrap()]);
+    let mut spec = PodSpec::new(
+        "unpriv",
+        "10.79.0.5/24".parse::<IpCidr>().unwrap(),
+        "10.79.0.1".parse().unwrap(),
+    );
     spec.dns = vec!["10.96.0.10".parse().unwrap()];
     spec.search = vec!["ns1.svc.cluster.local".into(), "svc.cluster.local".into()];
     let sb = PodSandbox::create(&node, &spec).unwrap();

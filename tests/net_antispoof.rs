@@ -22,11 +22,6 @@ use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 const FOREIGN_MAC: MacAddr = MacAddr([0x02, 0x66, 0x66, 0x66, 0x66, 0x66]);
 const BROADCAST: [u8; 6] = [0xff; 6];
 
-fn cidr(s: &str) -> IpCidr {
-    let (a, p) = s.split_once('/').unwrap();
-    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-}
-
 fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
@@ -198,8 +193,12 @@ struct Fixture {
 
 impl Fixture {
     fn new(base: &str, ip: &str, gw: &str) -> Fixture {
-        let node = NodeSpec::isolated(vec![cidr(&format!("{gw}/24"))]);
-        let pod = PodSpec::new(base, cidr(&format!("{ip}/24")), gw.parse().unwrap());
+        let node = NodeSpec::isolated(vec![format!("{gw}/24").parse::<IpCidr>().unwrap()]);
+        let pod = PodSpec::new(
+            base,
+            format!("{ip}/24").parse::<IpCidr>().unwrap(),
+            gw.parse().unwrap(),
+        );
         let f = Fixture {
             pod: PodSandbox::create(&node, &pod).unwrap(),
             state: tempfile::tempdir().unwrap(),

@@ -6,7 +6,7 @@ mod support;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use vmpod::net::state::snapshot;
+use vmpod::net::snapshot::snapshot;
 use vmpod::net::{self, IpCidr, SetupOptions};
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 

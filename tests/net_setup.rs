@@ -11,42 +11,28 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmpod::net::state::{NetSnapshot, snapshot};
+use vmpod::net::snapshot::{NetSnapshot, snapshot};
 use vmpod::net::{
     self, CachedInterface, IpCidr, MacAddr, NetError, NetOp, PlanOptions, Route, SetupOptions,
     cache, discover,
 };
 use vmpod::sandbox::{CALICO_GATEWAY, NodeSpec, PodSandbox, PodSpec};
 
-fn cidr(s: &str) -> IpCidr {
-    let (a, p) = s.split_once('/').unwrap();
-    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-}
-
 /// A dual-stack bridge-CNI pod with an extra route, MTU 1450.
 fn dual_stack_pod() -> PodSandbox {
-    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24"), cidr("fd77::1/64")]);
-    let mut pod = PodSpec::new("net", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
-    pod.mac = "02:00:0a:4d:00:05".parse().unwrap();
-    pod.mtu = 1450;
-    pod.routes.push(Route {
-        destination: cidr("192.168.50.0/24"),
-        gateway: Some("10.77.0.1".parse().unwrap()),
-        metric: Some(50),
-    });
-    pod.ipv6 = Some(cidr("fd77::5/64"));
-    pod.gateway6 = Some("fd77::1".parse().unwrap());
-    pod.dns = vec!["10.96.0.10".parse().unwrap()];
-    pod.search = vec!["default.svc.cluster.local".into()];
-    pod.hostname = "web-0".into();
+    let (node, pod) = support::dual_stack_spec("net");
     PodSandbox::create(&node, &pod).unwrap()
 }
 
 /// A Calico-shaped pod: /32 address, gateway 169.254.1.1 behind an on-link route,
 /// jumbo MTU.
 fn calico_pod() -> PodSandbox {
-    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
-    let mut pod = PodSpec::new("cal", cidr("10.88.1.7/32"), CALICO_GATEWAY);
+    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
+    let mut pod = PodSpec::new(
+        "cal",
+        "10.88.1.7/32".parse::<IpCidr>().unwrap(),
+        CALICO_GATEWAY,
+    );
     pod.mtu = 9000;
     PodSandbox::create(&node, &pod).unwrap()
 }
@@ -238,17 +224,17 @@ fn setup_rewires_a_dual_stack_pod_and_caches_its_facts_first() {
     let before = f.discover().unwrap();
     assert_eq!(
         before.addresses,
-        vec![cidr("10.77.0.5/24"), cidr("fd77::5/64")]
+        vec![
+            "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+            "fd77::5/64".parse::<IpCidr>().unwrap()
+        ]
     );
     assert_eq!(before.mtu, 1450);
     assert_eq!(before.gateway4(), Some("10.77.0.1".parse().unwrap()));
     assert_eq!(before.gateway6(), Some("fd77::1".parse().unwrap()));
-    assert!(
-        before
-            .routes
-            .iter()
-            .any(|r| r.destination == cidr("192.168.50.0/24") && r.metric == Some(50))
-    );
+    assert!(before.routes.iter().any(|r| r.destination
+        == "192.168.50.0/24".parse::<IpCidr>().unwrap()
+        && r.metric == Some(50)));
     assert_eq!(before.dns, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
     assert_eq!(before.search, vec!["default.svc.cluster.local"]);
     assert_eq!(before.hostname, "web-0");
@@ -371,7 +357,10 @@ fn a_cache_from_another_network_namespace_is_stale() {
     assert!(!out.from_cache);
     assert_eq!(
         out.cached.facts.addresses,
-        vec![cidr("10.77.0.5/24"), cidr("fd77::5/64")]
+        vec![
+            "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+            "fd77::5/64".parse::<IpCidr>().unwrap()
+        ]
     );
     assert_rewired(&new, &out.cached.facts);
 }
@@ -444,11 +433,14 @@ fn calico_slash32_pod_with_jumbo_mtu_and_multiqueue_tap_round_trips() {
     let before = pod_interface(&f.snapshot());
     let out = net::setup(&f.opts()).unwrap();
     let facts = &out.cached.facts;
-    assert_eq!(facts.addresses, vec![cidr("10.88.1.7/32")]);
+    assert_eq!(
+        facts.addresses,
+        vec!["10.88.1.7/32".parse::<IpCidr>().unwrap()]
+    );
     assert_eq!(facts.gateway4(), Some(CALICO_GATEWAY));
     assert!(
         facts.routes.contains(&Route {
-            destination: cidr("169.254.1.1/32"),
+            destination: "169.254.1.1/32".parse::<IpCidr>().unwrap(),
             gateway: None,
             metric: None
         }),

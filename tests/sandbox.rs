@@ -9,13 +9,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use vmpod::net::{IpCidr, MacAddr, Route};
+use vmpod::net::{IpCidr, MacAddr};
 use vmpod::sandbox::{CALICO_GATEWAY, Node, NodeSpec, PodSandbox, PodSpec};
-
-fn cidr(s: &str) -> IpCidr {
-    let (a, p) = s.split_once('/').unwrap();
-    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-}
 
 /// `ip -j ARGS` inside namespace `ns` (by its /run/netns name), parsed.
 fn ip_json(ns: &Path, args: &[&str]) -> Value {
@@ -62,21 +57,10 @@ fn ping(sb: &PodSandbox, target: IpAddr) -> bool {
     out.status.success()
 }
 
+/// The shared dual-stack pod, with a second search domain.
 fn dual_stack_spec() -> (NodeSpec, PodSpec) {
-    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24"), cidr("fd77::1/64")]);
-    let mut pod = PodSpec::new("ds", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
-    pod.mac = "02:00:0a:4d:00:05".parse().unwrap();
-    pod.mtu = 1450;
-    pod.routes.push(Route {
-        destination: cidr("192.168.50.0/24"),
-        gateway: Some("10.77.0.1".parse().unwrap()),
-        metric: None,
-    });
-    pod.ipv6 = Some(cidr("fd77::5/64"));
-    pod.gateway6 = Some("fd77::1".parse().unwrap());
-    pod.dns = vec!["10.96.0.10".parse().unwrap()];
-    pod.search = vec!["default.svc.cluster.local".into(), "cluster.local".into()];
-    pod.hostname = "web-0".into();
+    let (node, mut pod) = support::dual_stack_spec("ds");
+    pod.search.push("cluster.local".into());
     (node, pod)
 }
 
@@ -200,8 +184,12 @@ fn calico_shaped_pod_reaches_169_254_1_1_through_an_onlink_route() {
     if !support::privileged("calico_shaped_pod_reaches_169_254_1_1_through_an_onlink_route") {
         return;
     }
-    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
-    let pod = PodSpec::new("cal", cidr("10.88.1.7/32"), CALICO_GATEWAY);
+    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
+    let pod = PodSpec::new(
+        "cal",
+        "10.88.1.7/32".parse::<IpCidr>().unwrap(),
+        CALICO_GATEWAY,
+    );
     let sb = PodSandbox::create(&node, &pod).unwrap();
     let routes = ip_json(sb.netns_path(), &["-4", "route", "show"]);
     let onlink = routes
@@ -229,10 +217,21 @@ fn two_pods_share_a_node_and_each_cleans_only_its_own_part() {
     if !support::privileged("two_pods_share_a_node_and_each_cleans_only_its_own_part") {
         return;
     }
-    let node: Arc<Node> = Node::create(&NodeSpec::isolated(vec![cidr("10.77.0.1/24")])).unwrap();
+    let node: Arc<Node> = Node::create(&NodeSpec::isolated(vec![
+        "10.77.0.1/24".parse::<IpCidr>().unwrap(),
+    ]))
+    .unwrap();
     let gw = "10.77.0.1".parse().unwrap();
-    let a = PodSandbox::create_on(&node, &PodSpec::new("a", cidr("10.77.0.10/24"), gw)).unwrap();
-    let b = PodSandbox::create_on(&node, &PodSpec::new("b", cidr("10.77.0.11/24"), gw)).unwrap();
+    let a = PodSandbox::create_on(
+        &node,
+        &PodSpec::new("a", "10.77.0.10/24".parse::<IpCidr>().unwrap(), gw),
+    )
+    .unwrap();
+    let b = PodSandbox::create_on(
+        &node,
+        &PodSpec::new("b", "10.77.0.11/24".parse::<IpCidr>().unwrap(), gw),
+    )
+    .unwrap();
     assert_ne!(a.spec().mac, b.spec().mac);
     assert!(
         ping(&a, "10.77.0.11".parse().unwrap()),
@@ -262,8 +261,12 @@ fn a_panicking_test_leaves_nothing_behind() {
     if !support::privileged("a_panicking_test_leaves_nothing_behind") {
         return;
     }
-    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
-    let pod = PodSpec::new("boom", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
+    let pod = PodSpec::new(
+        "boom",
+        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+        "10.77.0.1".parse().unwrap(),
+    );
     let ns = vmpod::net::netns::path(&pod.netns_name());
     let node_ns = match &node.side {
         vmpod::sandbox::NodeSide::Netns(n) => vmpod::net::netns::path(n),
@@ -283,8 +286,12 @@ fn a_panicking_test_leaves_nothing_behind() {
 
 #[test]
 fn an_invalid_spec_creates_nothing() {
-    let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
-    let mut pod = PodSpec::new("bad", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
+    let mut pod = PodSpec::new(
+        "bad",
+        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+        "10.77.0.1".parse().unwrap(),
+    );
     pod.mac = MacAddr([0x01, 0, 0x5e, 0, 0, 1]);
     let err = PodSandbox::create(&node, &pod).unwrap_err().to_string();
     assert!(
@@ -313,12 +320,13 @@ fn host_mode_pod(ip: &str) -> (Arc<Node>, PodSandbox) {
     let spec = NodeSpec {
         side: vmpod::sandbox::NodeSide::Host,
         bridge: HOST_BRIDGE.into(),
-        addresses: vec![cidr("10.77.0.1/24")],
+        addresses: vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()],
     };
     let node = Node::create(&spec).unwrap();
     assert!(node.netns_path().is_none());
     let gw = "10.77.0.1".parse().unwrap();
-    let sb = PodSandbox::create_on(&node, &PodSpec::new("h", cidr(ip), gw)).unwrap();
+    let sb = PodSandbox::create_on(&node, &PodSpec::new("h", ip.parse::<IpCidr>().unwrap(), gw))
+        .unwrap();
     assert!(link_exists(None, HOST_BRIDGE) && link_exists(None, sb.node_veth()));
     assert!(
         ping(&sb, gw.into()),

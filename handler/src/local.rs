@@ -23,6 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use vmpod::control::{LauncherStatus, Phase};
+use vmpod::file::{Durability, write_atomic};
 use vmpod::sandbox::{
     LocalConfig, LocalPod, LocalRuntime, RuntimeError, StopLevel, load_manifest, supervise,
 };
@@ -119,13 +120,11 @@ fn scan(dir: &Path) -> anyhow::Result<BTreeMap<PathBuf, u64>> {
     Ok(seen)
 }
 
-/// Write a status file atomically (temp file + rename).
+/// Write a status file atomically (rename only: the next status rewrites it).
 fn write_status_file(path: &Path, status: &LauncherStatus) {
-    let tmp = path.with_extension("json.tmp");
     let written = serde_json::to_vec_pretty(status)
         .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(&tmp, json))
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .and_then(|json| write_atomic(path, &json, Durability::Rename));
     if let Err(e) = written {
         tracing::warn!(file = %path.display(), error = %e, "cannot write status");
     }

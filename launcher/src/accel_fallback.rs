@@ -4,7 +4,7 @@
 //! `kvm` fails the VMI. The probes in `vmpod::domain::accel` decide before boot; this
 //! decides after. No I/O: run.rs reads the log and acts.
 
-use vmpod::api::Acceleration as AccelRequest;
+use vmpod::api::AccelerationRequest;
 use vmpod::control::{Acceleration, PauseReason};
 use vmpod::domain::{PausedReason, StopReason};
 
@@ -94,7 +94,7 @@ pub enum Next {
 /// asked for that is not an I/O error (TCG would not fix a disk) counts as KVM failing,
 /// and so do QEMU ending or failing to start when its log says KVM gave up; a QEMU
 /// killed from outside or a start failing for another reason (a missing disk) does not.
-pub fn after(request: AccelRequest, running: Acceleration, what: &Interruption) -> Next {
+pub fn after(request: AccelerationRequest, running: Acceleration, what: &Interruption) -> Next {
     if running != Acceleration::Kvm {
         return Next::CarryOn;
     }
@@ -121,9 +121,9 @@ pub fn after(request: AccelRequest, running: Acceleration, what: &Interruption) 
         }
     };
     match request {
-        AccelRequest::Auto => Next::BootUnderTcg { why },
-        AccelRequest::Kvm => Next::Fail { why },
-        AccelRequest::Emulation => Next::CarryOn,
+        AccelerationRequest::Auto => Next::BootUnderTcg { why },
+        AccelerationRequest::Kvm => Next::Fail { why },
+        AccelerationRequest::Emulation => Next::CarryOn,
     }
 }
 
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn which_interruptions_abandon_kvm_per_request() {
-        use AccelRequest::*;
+        use AccelerationRequest::*;
         let stopped = |reason, log: &str| Interruption::Stopped {
             reason,
             kvm_failure: kvm_failure_in(log),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 use vmpod::control::{
-    AntiSpoofReport, Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport, Phase,
+    AntiSpoofReport, Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport,
 };
 use vmpod::dhcp::StatsHandle;
 
@@ -31,22 +31,6 @@ pub struct LauncherBackend {
 
 pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Whether `action` makes sense in `phase` (pure); `Err` is the 409 message.
-pub fn check_action(phase: Phase, action: LifecycleAction) -> Result<(), String> {
-    let ok = match action {
-        LifecycleAction::Pause => phase == Phase::Running,
-        LifecycleAction::Resume => phase == Phase::Paused,
-        LifecycleAction::Shutdown { .. } | LifecycleAction::Kill => {
-            matches!(phase, Phase::Running | Phase::Paused | Phase::Scheduled)
-        }
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("cannot {} a VM in phase {phase}", action.name()))
-    }
 }
 
 impl Backend for LauncherBackend {
@@ -90,8 +74,8 @@ impl Backend for LauncherBackend {
     }
 
     async fn lifecycle(&self, action: LifecycleAction) -> Result<(), BackendError> {
-        let phase = lock(&self.shared).status.phase;
-        check_action(phase, action).map_err(BackendError::Conflict)?;
+        // The one lifecycle table; the phase it reads is the one the main loop publishes.
+        lock(&self.shared).status.phase.apply(action)?;
         let (tx, rx) = oneshot::channel();
         self.actions
             .send((action, tx))
@@ -107,20 +91,5 @@ impl Backend for LauncherBackend {
 
     fn console_socket(&self) -> PathBuf {
         self.console_socket.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn actions_by_phase() {
-        assert!(check_action(Phase::Running, LifecycleAction::Pause).is_ok());
-        assert!(check_action(Phase::Paused, LifecycleAction::Pause).is_err());
-        assert!(check_action(Phase::Paused, LifecycleAction::Resume).is_ok());
-        assert!(check_action(Phase::Succeeded, LifecycleAction::Kill).is_err());
-        let e = check_action(Phase::Running, LifecycleAction::Resume).unwrap_err();
-        assert_eq!(e, "cannot resume a VM in phase Running");
     }
 }

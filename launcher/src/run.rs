@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use vmpod::api::{self, Acceleration as AccelRequest, VirtualMachineInstance};
+use vmpod::api::{self, AccelerationRequest, VirtualMachineInstance};
 use vmpod::control::{
     self, Acceleration, BackendError, ControlServer, InterfaceReport, InterfaceStatus,
     LauncherStatus, LifecycleAction, NetworkReport, PauseReason, Phase,
@@ -61,7 +61,7 @@ pub struct RunArgs {
     /// Force the accelerator (auto, kvm, emulation); default: the VMI's
     /// `vmpod.io/acceleration` annotation, else auto.
     #[arg(long, value_parser = parse_accel)]
-    pub accel: Option<AccelRequest>,
+    pub accel: Option<AccelerationRequest>,
     /// The pod interface the VMI's pod network is on.
     #[arg(long, default_value = "eth0")]
     pub pod_interface: String,
@@ -100,8 +100,8 @@ impl RunArgs {
     }
 }
 
-fn parse_accel(s: &str) -> Result<AccelRequest, String> {
-    AccelRequest::parse(s).ok_or_else(|| format!("{s:?}: want auto, kvm or emulation"))
+fn parse_accel(s: &str) -> Result<AccelerationRequest, String> {
+    AccelerationRequest::parse(s).ok_or_else(|| format!("{s:?}: want auto, kvm or emulation"))
 }
 
 /// The manifest text: `-` is stdin, something that looks like a manifest is taken as is
@@ -170,9 +170,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// a probe that failed: `auto` goes straight to TCG, `kvm` fails with it.
 fn decide_accel(
     args: &RunArgs,
-    request: AccelRequest,
+    request: AccelerationRequest,
 ) -> anyhow::Result<(Acceleration, Option<String>, Option<KvmKey>)> {
-    if request == AccelRequest::Emulation {
+    if request == AccelerationRequest::Emulation {
         return Ok((Acceleration::Tcg, None, None));
     }
     let emulator = Path::new(vmpod::domain::xml::EMULATOR);
@@ -206,7 +206,7 @@ fn decide_accel(
 
 /// What the acceleration was decided from, and what it was.
 struct Accel {
-    request: AccelRequest,
+    request: AccelerationRequest,
     /// What the domain is first booted with.
     booted: Acceleration,
     /// Why not KVM, when `auto` had to do without it.
@@ -481,28 +481,19 @@ fn vm_identity(vmi: &VirtualMachineInstance, facts: &net::InterfaceFacts) -> net
     vm
 }
 
-/// The DHCP extras of a VMI interface (KubeVirt's `dhcpOptions`).
-fn dhcp_extras(iface: &api::Interface) -> DhcpExtras {
+/// The DHCP extras of a VMI interface (KubeVirt's `dhcpOptions`), validated with the VMI.
+fn dhcp_extras(iface: &api::Interface) -> anyhow::Result<DhcpExtras> {
     let Some(o) = &iface.dhcp_options else {
-        return DhcpExtras::default();
+        return Ok(DhcpExtras::default());
     };
-    DhcpExtras {
-        boot_file_name: o.boot_file_name.clone(),
-        tftp_server_name: o.tftp_server_name.clone(),
-        ntp_servers: o.ntp_servers.clone(),
-        private_options: o
-            .private_options
-            .iter()
-            .filter_map(|p| {
-                u8::try_from(p.option)
-                    .ok()
-                    .map(|option| vmpod::dhcp::config::PrivateOption {
-                        option,
-                        value: p.value.clone(),
-                    })
-            })
-            .collect(),
-    }
+    DhcpExtras::try_from(o).map_err(|errors| {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "interface {} dhcpOptions: {}",
+            iface.name,
+            errors.join("; ")
+        )
+    })
 }
 
 /// The network phase for the VMI's pod interface: rewire (or reuse the cache), start its
@@ -528,12 +519,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
         .with_context(|| format!("interface {}", iface.name))?;
     let mut opts = SetupOptions::new(ctx.args.pod_interface.clone());
     opts.binding = binding;
-    opts.plan.vm_mac = iface
-        .mac_address
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .with_context(|| format!("interface {} macAddress", iface.name))?;
+    opts.plan.vm_mac = iface.mac_address;
     if binding == net::Binding::Masquerade {
         opts.plan.masquerade = spec
             .masquerade_options(iface)
@@ -559,7 +545,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
     // The VM's identity (hostname, subdomain) comes from the VMI, never from the pod.
     let mut vm = outcome.cached.clone();
     vm.facts = vm_identity(&ctx.vmi, &vm.facts);
-    let config = DhcpConfig::for_cached(&vm, &dhcp_extras(iface))?;
+    let config = DhcpConfig::for_cached(&vm, &dhcp_extras(iface)?)?;
     let server = DhcpServer::bind(config)?;
     let stats: StatsHandle = server.stats();
     pod.dhcp_tasks.push(tokio::spawn(async move {

@@ -21,7 +21,7 @@ pub const DEFAULT_NETWORK_NAME: &str = "default";
 
 /// How the VM is accelerated, from the `vmpod.io/acceleration` annotation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Acceleration {
+pub enum AccelerationRequest {
     /// KVM when it works, else TCG emulation.
     #[default]
     Auto,
@@ -31,24 +31,24 @@ pub enum Acceleration {
     Emulation,
 }
 
-impl Acceleration {
+impl AccelerationRequest {
     /// Parse the annotation value.
     pub fn parse(value: &str) -> Option<Self> {
         match value {
-            "auto" => Some(Acceleration::Auto),
-            "kvm" => Some(Acceleration::Kvm),
-            "emulation" => Some(Acceleration::Emulation),
+            "auto" => Some(AccelerationRequest::Auto),
+            "kvm" => Some(AccelerationRequest::Kvm),
+            "emulation" => Some(AccelerationRequest::Emulation),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for Acceleration {
+impl fmt::Display for AccelerationRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Acceleration::Auto => "auto",
-            Acceleration::Kvm => "kvm",
-            Acceleration::Emulation => "emulation",
+            AccelerationRequest::Auto => "auto",
+            AccelerationRequest::Kvm => "kvm",
+            AccelerationRequest::Emulation => "emulation",
         })
     }
 }
@@ -228,15 +228,15 @@ impl VirtualMachineInstanceSpec {
 impl VirtualMachineInstance {
     /// The accelerator requested by the `vmpod.io/acceleration` annotation; `None` when the
     /// value is not one of `auto`, `kvm`, `emulation` (validation reports it).
-    pub fn acceleration(&self) -> Option<Acceleration> {
+    pub fn acceleration(&self) -> Option<AccelerationRequest> {
         match self
             .metadata
             .annotations
             .as_ref()
             .and_then(|a| a.get(super::ACCELERATION_ANNOTATION))
         {
-            None => Some(Acceleration::Auto),
-            Some(v) => Acceleration::parse(v),
+            None => Some(AccelerationRequest::Auto),
+            Some(v) => AccelerationRequest::parse(v),
         }
     }
 
@@ -461,10 +461,10 @@ mod tests {
     #[test]
     fn acceleration_annotation() {
         let mut vmi = VirtualMachineInstance::new("a", VirtualMachineInstanceSpec::default());
-        assert_eq!(vmi.acceleration(), Some(Acceleration::Auto));
+        assert_eq!(vmi.acceleration(), Some(AccelerationRequest::Auto));
         for (v, want) in [
-            ("kvm", Some(Acceleration::Kvm)),
-            ("emulation", Some(Acceleration::Emulation)),
+            ("kvm", Some(AccelerationRequest::Kvm)),
+            ("emulation", Some(AccelerationRequest::Emulation)),
             ("tcg", None),
         ] {
             vmi.metadata.annotations = Some(BTreeMap::from([(

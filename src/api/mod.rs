@@ -23,8 +23,8 @@ pub mod validate;
 pub mod yaml;
 
 pub use defaults::{
-    Acceleration, BindingError, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_GUEST_MEMORY, apply_defaults,
-    resolve_relative_paths,
+    AccelerationRequest, BindingError, DEFAULT_GRACE_PERIOD_SECONDS, DEFAULT_GUEST_MEMORY,
+    apply_defaults, resolve_relative_paths,
 };
 pub use load::{LoadError, load_valid_vmi, load_vmi};
 pub use quantity::{ParsedQuantity, QuantityError, parse_quantity, quantity_bytes};

@@ -6,6 +6,7 @@
 //! never silently dropped. vmpod extensions to KubeVirt's shape are marked "vmpod extension".
 //! Pure data plus small accessors; defaults live in `defaults`, checks in `validate`.
 
+use crate::net::MacAddr;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
@@ -301,9 +302,10 @@ pub struct Interface {
     /// forwards every port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
-    /// The guest MAC. Default: the pod interface's original MAC (bridge binding).
+    /// The guest MAC, six hex bytes like `02:00:00:aa:bb:cc`. Default: the pod
+    /// interface's original MAC (bridge binding), one derived from it (masquerade).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac_address: Option<String>,
+    pub mac_address: Option<MacAddr>,
     /// NIC model. Default `virtio`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<InterfaceModel>,

@@ -8,7 +8,9 @@
 
 use super::quantity::{QuantityError, parse_quantity, quantity_bytes};
 use super::types::*;
-use crate::net::{Binding, MacAddr};
+use crate::dhcp::DhcpExtras;
+use crate::dhcp::config::PrivateOption;
+use crate::net::Binding;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -43,6 +45,46 @@ impl fmt::Display for FieldError {
 }
 
 impl std::error::Error for FieldError {}
+
+/// Reading `dhcpOptions` into what the DHCP server serves, the one place its NTP servers
+/// and private option codes are checked: validation reports these errors (paths relative
+/// to `dhcpOptions`), the launcher converts a validated VMI's options.
+impl TryFrom<&DhcpOptions> for DhcpExtras {
+    type Error = Vec<FieldError>;
+
+    fn try_from(d: &DhcpOptions) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut ntp_servers = Vec::new();
+        for (i, ntp) in d.ntp_servers.iter().enumerate() {
+            match ntp.trim().parse::<Ipv4Addr>() {
+                Ok(a) => ntp_servers.push(a),
+                Err(_) => errors.push(FieldError::new(
+                    index_path("ntpServers", i),
+                    format!("{ntp:?} is not an IPv4 address"),
+                )),
+            }
+        }
+        let mut private_options = Vec::new();
+        for (i, o) in d.private_options.iter().enumerate() {
+            match PrivateOption::new(o.option.into(), o.value.clone()) {
+                Some(p) => private_options.push(p),
+                None => errors.push(FieldError::new(
+                    format!("{}.option", index_path("privateOptions", i)),
+                    format!("{} is not a private option (224 to 254)", o.option),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(DhcpExtras {
+            boot_file_name: d.boot_file_name.clone(),
+            tftp_server_name: d.tftp_server_name.clone(),
+            ntp_servers,
+            private_options,
+        })
+    }
+}
 
 /// `parent.key`; a key that is not a plain identifier is written `parent["key"]`.
 pub fn child_path(parent: &str, key: &str) -> String {
@@ -476,18 +518,16 @@ impl Validator {
             if let Err((field, e)) = iface.forward_ports() {
                 self.push(format!("{path}.{field}"), e);
             }
-            if let Some(mac) = &iface.mac_address {
+            // The syntax was checked when it was read (MacAddr's deserializer).
+            if let Some(mac) = iface.mac_address {
                 let p = format!("{path}.macAddress");
-                match mac.parse::<MacAddr>() {
-                    Err(e) => self.push(p, e.to_string()),
-                    Ok(m) if m.0[0] & 1 == 1 => {
-                        self.push(p, format!("{mac:?} is a multicast address"))
-                    }
-                    Ok(m) => {
-                        if let Some(other) = macs.insert(m, i) {
-                            self.push(p, format!("{mac:?} is already used by interfaces[{other}]"));
-                        }
-                    }
+                if mac.is_multicast() {
+                    self.push(p, format!("\"{mac}\" is a multicast address"));
+                } else if let Some(other) = macs.insert(mac, i) {
+                    self.push(
+                        p,
+                        format!("\"{mac}\" is already used by interfaces[{other}]"),
+                    );
                 }
             }
             if let Some(d) = &iface.dhcp_options {
@@ -524,27 +564,21 @@ impl Validator {
     }
 
     fn dhcp_options(&mut self, path: &str, d: &DhcpOptions) {
-        for (i, ntp) in d.ntp_servers.iter().enumerate() {
-            if ntp.parse::<Ipv4Addr>().is_err() {
-                self.push(
-                    index_path(&format!("{path}.ntpServers"), i),
-                    format!("{ntp:?} is not an IPv4 address"),
-                );
+        if let Err(errors) = DhcpExtras::try_from(d) {
+            for e in errors {
+                self.push(format!("{path}.{}", e.path), e.message);
             }
         }
         let mut seen = BTreeSet::new();
         for (i, o) in d.private_options.iter().enumerate() {
-            let p = format!(
-                "{}.option",
-                index_path(&format!("{path}.privateOptions"), i)
-            );
-            if !(224..=254).contains(&o.option) {
+            if PrivateOption::new(o.option.into(), "").is_some() && !seen.insert(o.option) {
                 self.push(
-                    p,
-                    format!("{} is not a private option (224 to 254)", o.option),
+                    format!(
+                        "{}.option",
+                        index_path(&format!("{path}.privateOptions"), i)
+                    ),
+                    format!("{} is set twice", o.option),
                 );
-            } else if !seen.insert(o.option) {
-                self.push(p, format!("{} is set twice", o.option));
             }
         }
         for (name, value) in [
@@ -648,6 +682,47 @@ fn is_base64(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::DhcpPrivateOption;
+
+    /// dhcpOptions become typed extras once; a code over 255 is refused with its path,
+    /// never dropped.
+    #[test]
+    fn dhcp_options_convert_or_name_each_bad_field() {
+        let private = |option, value: &str| DhcpPrivateOption {
+            option,
+            value: value.into(),
+        };
+        let good = DhcpOptions {
+            boot_file_name: Some("pxelinux.0".into()),
+            ntp_servers: vec![" 10.0.0.123".into()],
+            private_options: vec![private(224, "a"), private(254, "b")],
+            ..Default::default()
+        };
+        let extras = DhcpExtras::try_from(&good).unwrap();
+        assert_eq!(extras.ntp_servers, [Ipv4Addr::new(10, 0, 0, 123)]);
+        let codes: Vec<u8> = extras.private_options.iter().map(|p| p.option()).collect();
+        assert_eq!(codes, [224, 254]);
+        assert_eq!(extras.boot_file_name.as_deref(), Some("pxelinux.0"));
+
+        let bad = DhcpOptions {
+            ntp_servers: vec!["10.0.0.1".into(), "ntp.example".into()],
+            private_options: vec![private(300, "x"), private(223, "y"), private(240, "z")],
+            ..Default::default()
+        };
+        let errors: Vec<String> = DhcpExtras::try_from(&bad)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                r#"ntpServers[1]: "ntp.example" is not an IPv4 address"#,
+                "privateOptions[0].option: 300 is not a private option (224 to 254)",
+                "privateOptions[1].option: 223 is not a private option (224 to 254)",
+            ]
+        );
+    }
 
     #[test]
     fn paths() {

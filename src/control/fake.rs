@@ -1,6 +1,6 @@
 //! A recording fake [`Backend`] for tests of the control API and of its callers (the
 //! handler, vmpodctl): it keeps a [`LauncherStatus`] in memory, applies lifecycle actions
-//! to its phase the way the launcher does, and records every action it was asked for.
+//! to its phase by the launcher's own table ([`Phase::apply`]), and records every action it was asked for.
 //! No VM, no libvirt; the console files are whatever paths the test gives it.
 
 use super::action::LifecycleAction;
@@ -233,19 +233,6 @@ pub fn sample_network() -> NetworkReport {
     }
 }
 
-/// The phase `action` leads to from `phase`, or why it does not apply.
-pub fn next_phase(phase: Phase, action: LifecycleAction) -> Result<Phase, String> {
-    use LifecycleAction::*;
-    match (phase, action) {
-        (p, _) if p.is_terminal() => Err(format!("the VM is already {p}")),
-        (Phase::Running | Phase::Paused, Shutdown { .. }) => Ok(Phase::Succeeded),
-        (Phase::Running, Pause) => Ok(Phase::Paused),
-        (Phase::Paused, Resume) => Ok(Phase::Running),
-        (_, Kill) => Ok(Phase::Failed),
-        (p, a) => Err(format!("cannot {} a VM that is {p}", a.name())),
-    }
-}
-
 impl Backend for FakeBackend {
     async fn status(&self) -> Result<LauncherStatus, BackendError> {
         self.read(|s| s.status.clone())
@@ -265,7 +252,7 @@ impl Backend for FakeBackend {
         if let Some(m) = &state.fail_with {
             return Err(BackendError::Failed(m.clone()));
         }
-        let next = next_phase(state.status.phase, action).map_err(BackendError::Conflict)?;
+        let next = state.status.phase.apply(action)?;
         let reason = matches!(action, LifecycleAction::Kill).then(|| "killed".to_string());
         state.status.set_phase(next, reason);
         Ok(())
@@ -277,33 +264,5 @@ impl Backend for FakeBackend {
 
     fn console_socket(&self) -> PathBuf {
         self.console_socket.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phase_transitions() {
-        let shutdown = LifecycleAction::Shutdown {
-            grace_period_seconds: None,
-        };
-        assert_eq!(
-            next_phase(Phase::Running, LifecycleAction::Pause),
-            Ok(Phase::Paused)
-        );
-        assert_eq!(
-            next_phase(Phase::Paused, LifecycleAction::Resume),
-            Ok(Phase::Running)
-        );
-        assert_eq!(next_phase(Phase::Paused, shutdown), Ok(Phase::Succeeded));
-        assert_eq!(
-            next_phase(Phase::Pending, LifecycleAction::Kill),
-            Ok(Phase::Failed)
-        );
-        let e = next_phase(Phase::Running, LifecycleAction::Resume).unwrap_err();
-        assert_eq!(e, "cannot resume a VM that is Running");
-        assert!(next_phase(Phase::Succeeded, LifecycleAction::Kill).is_err());
     }
 }

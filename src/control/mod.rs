@@ -13,6 +13,8 @@
 
 pub mod action;
 pub mod client;
+/// Test doubles for the handler's and vmpodctl's tests; not in the shipped binaries.
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod guarded;
 pub mod server;
@@ -28,8 +30,8 @@ pub use state::{
     rotate_console_log, status_of, write_json_atomic, write_status,
 };
 pub use types::{
-    Acceleration, AntiSpoofReport, ErrorBody, InterfaceReport, InterfaceStatus, LauncherStatus,
-    NetworkReport, PauseReason, Phase, ShutdownRequest,
+    Acceleration, AntiSpoofReport, Conflict, ErrorBody, InterfaceReport, InterfaceStatus,
+    LauncherStatus, NetworkReport, PauseReason, Phase, ShutdownRequest,
 };
 
 /// The OpenAPI 3 description of this API, as shipped in the repository.

@@ -64,6 +64,12 @@ pub enum BackendError {
     Failed(String),
 }
 
+impl From<super::types::Conflict> for BackendError {
+    fn from(c: super::types::Conflict) -> Self {
+        BackendError::Conflict(c.to_string())
+    }
+}
+
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         match e {

@@ -5,7 +5,8 @@
 
 use super::client::ControlClient;
 use super::types::LauncherStatus;
-use std::io::{self, Write};
+use crate::file::{Durability, write_atomic};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -97,38 +98,18 @@ pub fn write_status(state_dir: &Path, status: &LauncherStatus) -> Result<(), Sta
     write_json_atomic(&state_dir.join(STATUS_FILE), status)
 }
 
-/// Write `value` as JSON to `path` atomically: a temp file in the same dir, fsync'ed,
-/// renamed over the old one. Readers see the old or the new content, never half of it.
+/// Write `value` as JSON to `path` atomically, fsynced
+/// ([`write_atomic`](crate::file::write_atomic) with [`Durability::File`]): readers see
+/// the old or the new content, never half of it.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let json = serde_json::to_vec_pretty(value).map_err(|source| StateError::Json {
+    let mut json = serde_json::to_vec_pretty(value).map_err(|source| StateError::Json {
         path: path.to_path_buf(),
         source,
     })?;
-    // 0600: the state dir is for the node daemon (root) only.
-    let written = std::os::unix::fs::OpenOptionsExt::mode(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true),
-        0o600,
-    )
-    .open(&tmp)
-    .and_then(|mut f| {
-        f.write_all(&json)?;
-        f.write_all(b"\n")?;
-        f.sync_all()
-    })
-    .and_then(|()| std::fs::rename(&tmp, path));
-    written.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        StateError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+    json.push(b'\n');
+    write_atomic(path, &json, Durability::File).map_err(|source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
     })
 }
 

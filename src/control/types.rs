@@ -1,6 +1,7 @@
 //! The JSON bodies of the control API. Plain data, no I/O. Field names are camelCase and
 //! follow KubeVirt's VMI status where it has the same field (`interfaces[].ipAddress`).
 
+use super::action::LifecycleAction;
 use crate::dhcp::DhcpStats;
 pub use crate::net::antispoof::AntiSpoofReport;
 use crate::net::{Binding, CachedInterface, InterfaceFacts, MacAddr, NetOp};
@@ -48,6 +49,35 @@ impl Phase {
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A lifecycle action the VM's phase forbids; the control API answers it with 409.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {} a VM in phase {phase}", action.name())]
+pub struct Conflict {
+    pub phase: Phase,
+    pub action: LifecycleAction,
+}
+
+impl Phase {
+    /// The lifecycle state machine, the one table of it: the phase `action` leads to from
+    /// this one once the domain has done it, or the [`Conflict`] that refuses it.
+    ///
+    /// Pause needs a running VM, resume a paused one. Shutdown and kill apply to a VM
+    /// whose domain exists (scheduled, running or paused) and end it `Succeeded`: libvirt
+    /// reports a destroyed domain as stopped by request, not as a failure. A pending VM
+    /// (no domain yet) and a terminal one refuse everything.
+    pub fn apply(self, action: LifecycleAction) -> Result<Phase, Conflict> {
+        use LifecycleAction::*;
+        match (self, action) {
+            (Phase::Running, Pause) => Ok(Phase::Paused),
+            (Phase::Paused, Resume) => Ok(Phase::Running),
+            (Phase::Scheduled | Phase::Running | Phase::Paused, Shutdown { .. } | Kill) => {
+                Ok(Phase::Succeeded)
+            }
+            (phase, action) => Err(Conflict { phase, action }),
+        }
     }
 }
 
@@ -286,6 +316,53 @@ pub struct ShutdownRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The whole table: every (phase, action) pair and what it gives.
+    #[test]
+    fn phase_apply_table() {
+        use LifecycleAction::*;
+        use Phase::*;
+        let shutdown = Shutdown {
+            grace_period_seconds: Some(3),
+        };
+        let table: [(Phase, [Option<Phase>; 4]); 6] = [
+            //          pause         resume         shutdown         kill
+            (Pending, [None, None, None, None]),
+            (Scheduled, [None, None, Some(Succeeded), Some(Succeeded)]),
+            (
+                Running,
+                [Some(Paused), None, Some(Succeeded), Some(Succeeded)],
+            ),
+            (
+                Paused,
+                [None, Some(Running), Some(Succeeded), Some(Succeeded)],
+            ),
+            (Succeeded, [None, None, None, None]),
+            (Failed, [None, None, None, None]),
+        ];
+        for (phase, expected) in table {
+            for (action, want) in [Pause, Resume, shutdown, Kill].into_iter().zip(expected) {
+                let got = phase.apply(action);
+                match want {
+                    Some(next) => assert_eq!(got, Ok(next), "{phase} + {}", action.name()),
+                    None => assert_eq!(
+                        got,
+                        Err(Conflict { phase, action }),
+                        "{phase} + {}",
+                        action.name()
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conflict_names_the_action_and_the_phase() {
+        let e = Phase::Running.apply(LifecycleAction::Resume).unwrap_err();
+        assert_eq!(e.to_string(), "cannot resume a VM in phase Running");
+        let e = Phase::Pending.apply(LifecycleAction::Kill).unwrap_err();
+        assert_eq!(e.to_string(), "cannot kill a VM in phase Pending");
+    }
 
     #[test]
     fn set_phase_stamps_running_and_finished_once() {

@@ -20,7 +20,8 @@ pub const DEFAULT_LEASE_SECS: u32 = 30 * 24 * 3600;
 const MAX_LABEL_LEN: usize = 63;
 const MAX_NAME_LEN: usize = 255;
 
-/// Per-interface extras, shaped like KubeVirt's `interfaces[].dhcpOptions`.
+/// Per-interface extras, from KubeVirt's `interfaces[].dhcpOptions` as validation read
+/// them (`TryFrom<&api::DhcpOptions>`): typed, so the server does not check them again.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DhcpExtras {
@@ -30,19 +31,43 @@ pub struct DhcpExtras {
     /// Option 66.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tftp_server_name: Option<String>,
-    /// Option 42: IPv4 addresses as strings, as KubeVirt writes them.
+    /// Option 42.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ntp_servers: Vec<String>,
+    pub ntp_servers: Vec<Ipv4Addr>,
     /// Site-specific options 224-254, the value sent as its bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub private_options: Vec<PrivateOption>,
 }
 
-/// One private DHCP option (224-254).
+/// One private DHCP option: the code is in 224-254 by construction ([`PrivateOption::new`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrivateOption {
-    pub option: u8,
-    pub value: String,
+    option: u8,
+    value: String,
+}
+
+impl PrivateOption {
+    /// The codes RFC 2132 leaves to sites.
+    pub const CODES: std::ops::RangeInclusive<u8> = 224..=254;
+
+    /// The option `code` with `value`, or `None` when `code` is not in [`Self::CODES`].
+    pub fn new(code: i64, value: impl Into<String>) -> Option<Self> {
+        let option = u8::try_from(code)
+            .ok()
+            .filter(|c| Self::CODES.contains(c))?;
+        Some(PrivateOption {
+            option,
+            value: value.into(),
+        })
+    }
+
+    pub fn option(&self) -> u8 {
+        self.option
+    }
+
+    pub fn value(&self) -> &str {
+        &self.value
+    }
 }
 
 /// A classless static route for option 121. `gateway` 0.0.0.0 means on-link.
@@ -103,18 +128,6 @@ pub enum DhcpConfigError {
     NoIpv4 { interface: String },
     #[error("interface {interface}: MTU {mtu} does not fit DHCP option 26 (16 bits)")]
     Mtu { interface: String, mtu: u32 },
-    #[error("interface {interface}: {field}: {value:?} is not an IPv4 address")]
-    NotIpv4 {
-        interface: String,
-        field: String,
-        value: String,
-    },
-    #[error("interface {interface}: {field}: option {option} is not a private option (224-254)")]
-    PrivateOption {
-        interface: String,
-        field: String,
-        option: u8,
-    },
 }
 
 impl DhcpConfig {
@@ -139,29 +152,6 @@ impl DhcpConfig {
         })?;
         let router = facts.gateway4();
         let (search, dropped_search) = valid_search_domains(&facts.search);
-        let ntp_servers = extras
-            .ntp_servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.trim()
-                    .parse::<Ipv4Addr>()
-                    .map_err(|_| DhcpConfigError::NotIpv4 {
-                        interface: interface.clone(),
-                        field: format!("dhcpOptions.ntpServers[{i}]"),
-                        value: s.clone(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        for (i, p) in extras.private_options.iter().enumerate() {
-            if !(224..=254).contains(&p.option) {
-                return Err(DhcpConfigError::PrivateOption {
-                    interface,
-                    field: format!("dhcpOptions.privateOptions[{i}].option"),
-                    option: p.option,
-                });
-            }
-        }
         let hostname = Some(facts.hostname.trim().to_owned()).filter(|h| !h.is_empty());
         Ok(DhcpConfig {
             bridge: bridge.to_owned(),
@@ -184,7 +174,7 @@ impl DhcpConfig {
             hostname,
             mtu,
             lease_secs: DEFAULT_LEASE_SECS,
-            ntp_servers,
+            ntp_servers: extras.ntp_servers.clone(),
             tftp_server_name: extras.tftp_server_name.clone(),
             boot_file_name: extras.boot_file_name.clone(),
             private_options: extras.private_options.clone(),
@@ -221,11 +211,8 @@ impl DhcpConfig {
 
     /// The subnet mask for option 1.
     pub fn subnet_mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(
-            u32::MAX
-                .checked_shl(32 - u32::from(self.prefix))
-                .unwrap_or(0),
-        )
+        ipnet::Ipv4Net::new(self.client_ip, self.prefix)
+            .map_or(Ipv4Addr::BROADCAST, |n| n.netmask())
     }
 }
 
@@ -477,31 +464,8 @@ mod tests {
     }
 
     #[test]
-    fn extras_are_checked_with_field_paths() {
+    fn no_ipv4_address_is_an_error_naming_the_interface() {
         let f = crate::dhcp::v4::tests::facts();
-        let bad_ntp = DhcpExtras {
-            ntp_servers: vec!["10.0.0.1".into(), "ntp.example".into()],
-            ..Default::default()
-        };
-        let e = DhcpConfig::from_facts(&f, "k6t-eth0", DEFAULT_SERVER_IP, &bad_ntp).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "interface eth0: dhcpOptions.ntpServers[1]: \"ntp.example\" is not an IPv4 address"
-        );
-        let bad_private = DhcpExtras {
-            private_options: vec![PrivateOption {
-                option: 100,
-                value: "x".into(),
-            }],
-            ..Default::default()
-        };
-        let e =
-            DhcpConfig::from_facts(&f, "k6t-eth0", DEFAULT_SERVER_IP, &bad_private).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("dhcpOptions.privateOptions[0].option"),
-            "{e}"
-        );
         let mut no_v4 = f.clone();
         no_v4.addresses.retain(|a| a.addr.is_ipv6());
         let e = DhcpConfig::from_facts(

@@ -1,4 +1,4 @@
-//! Acceleration: from what the VMI asks for ([`crate::api::Acceleration`]), a probe of
+//! Acceleration: from what the VMI asks for ([`crate::api::AccelerationRequest`]), a probe of
 //! `/dev/kvm` (ioctls, then QEMU for a moment) and what the node remembers to what the
 //! domain runs with ([`crate::control::Acceleration`]): KVM only when it really works,
 //! otherwise TCG.
@@ -10,7 +10,7 @@
 //! QEMU version), so the next pod on that node goes straight to TCG. Owns that file; does
 //! not decide when KVM has failed (the launcher does).
 
-use crate::api::Acceleration as AccelRequest;
+use crate::api::AccelerationRequest;
 use crate::control::Acceleration;
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
@@ -139,15 +139,18 @@ impl KvmVerdicts {
 }
 
 /// Decide the acceleration from the request and the probe result (pure).
-pub fn choose(request: AccelRequest, kvm: Result<(), String>) -> Result<Acceleration, KvmUnusable> {
+pub fn choose(
+    request: AccelerationRequest,
+    kvm: Result<(), String>,
+) -> Result<Acceleration, KvmUnusable> {
     match (request, kvm) {
-        (AccelRequest::Emulation, _) => Ok(Acceleration::Tcg),
-        (AccelRequest::Auto | AccelRequest::Kvm, Ok(())) => Ok(Acceleration::Kvm),
-        (AccelRequest::Auto, Err(why)) => {
+        (AccelerationRequest::Emulation, _) => Ok(Acceleration::Tcg),
+        (AccelerationRequest::Auto | AccelerationRequest::Kvm, Ok(())) => Ok(Acceleration::Kvm),
+        (AccelerationRequest::Auto, Err(why)) => {
             tracing::info!(%why, "KVM not usable, using TCG");
             Ok(Acceleration::Tcg)
         }
-        (AccelRequest::Kvm, Err(why)) => Err(KvmUnusable(why)),
+        (AccelerationRequest::Kvm, Err(why)) => Err(KvmUnusable(why)),
     }
 }
 
@@ -286,22 +289,22 @@ mod tests {
     fn choose_follows_request_and_probe() {
         let bad = || Err("nope".to_string());
         assert_eq!(
-            choose(AccelRequest::Auto, Ok(())).unwrap(),
+            choose(AccelerationRequest::Auto, Ok(())).unwrap(),
             Acceleration::Kvm
         );
         assert_eq!(
-            choose(AccelRequest::Auto, bad()).unwrap(),
+            choose(AccelerationRequest::Auto, bad()).unwrap(),
             Acceleration::Tcg
         );
         assert_eq!(
-            choose(AccelRequest::Emulation, Ok(())).unwrap(),
+            choose(AccelerationRequest::Emulation, Ok(())).unwrap(),
             Acceleration::Tcg
         );
         assert_eq!(
-            choose(AccelRequest::Kvm, Ok(())).unwrap(),
+            choose(AccelerationRequest::Kvm, Ok(())).unwrap(),
             Acceleration::Kvm
         );
-        let e = choose(AccelRequest::Kvm, bad()).unwrap_err();
+        let e = choose(AccelerationRequest::Kvm, bad()).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
     }
 

@@ -379,14 +379,10 @@ pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "xml") {
             let dst = to.join(entry.file_name());
-            // Write beside and rename, so a concurrent reader never sees half a file.
-            let tmp = to.join(format!(
-                ".{}.tmp{}",
-                entry.file_name().to_string_lossy(),
-                std::process::id()
-            ));
-            fs::copy(&p, &tmp).map_err(io_err("copy", &p))?;
-            fs::rename(&tmp, &dst).map_err(io_err("rename", &dst))?;
+            // Replaced atomically, so a concurrent reader never sees half a file.
+            let xml = fs::read(&p).map_err(io_err("read", &p))?;
+            crate::file::write_atomic(&dst, &xml, crate::file::Durability::Rename)
+                .map_err(io_err("write", &dst))?;
             n += 1;
         }
     }

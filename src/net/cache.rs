@@ -10,9 +10,10 @@
 use super::error::NetError;
 use super::facts::{Binding, InterfaceFacts, MacAddr};
 use super::plan::{NetOp, OriginalSettings, PlanOptions};
+use crate::file::{Durability, write_atomic};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The launcher's default state directory.
@@ -38,16 +39,11 @@ pub struct CachedInterface {
 }
 
 impl CachedInterface {
-    /// The MAC of the VM's NIC: the VMI's `macAddress` when it set one, else the pod's
-    /// original MAC (bridge: the VM takes over the pod's identity) or one derived from
-    /// it (masquerade: the pod keeps its own). The DHCP server and the domain both take
-    /// it from here, so a restarted launcher and `vmpod-launcher dhcp serve` agree with
-    /// the first launcher.
+    /// The MAC of the VM's NIC ([`PlanOptions::vm_mac`] of the recorded options and
+    /// facts). The DHCP server and the domain both take it from here, so a restarted
+    /// launcher and `vmpod-launcher dhcp serve` agree with the first launcher.
     pub fn vm_mac(&self) -> MacAddr {
-        self.options.vm_mac.unwrap_or(match self.binding {
-            Binding::Bridge => self.facts.mac,
-            Binding::Masquerade => super::plan::derived_mac(self.facts.mac, "vm"),
-        })
+        self.options.vm_mac(self.binding, self.facts.mac)
     }
 }
 
@@ -84,29 +80,12 @@ pub fn store(state_dir: &Path, entry: &CachedInterface) -> Result<PathBuf, NetEr
     std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
         .create(&dir)
         .map_err(cache_err(&dir))?;
-    let tmp = dir.join(format!(".{}.json.tmp", entry.facts.interface));
-    let json = serde_json::to_vec_pretty(entry).map_err(|source| NetError::CacheFormat {
+    let mut json = serde_json::to_vec_pretty(entry).map_err(|source| NetError::CacheFormat {
         path: final_path.clone(),
         source,
     })?;
-    let write = || -> io::Result<()> {
-        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true),
-            0o600,
-        )
-        .open(&tmp)?;
-        f.write_all(&json)?;
-        f.write_all(b"\n")?;
-        f.sync_all()
-    };
-    write().map_err(cache_err(&tmp))?;
-    fs::rename(&tmp, &final_path).map_err(cache_err(&final_path))?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(cache_err(&dir))?;
+    json.push(b'\n');
+    write_atomic(&final_path, &json, Durability::FileAndDir).map_err(cache_err(&final_path))?;
     Ok(final_path)
 }
 

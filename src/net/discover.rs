@@ -5,7 +5,7 @@
 use super::error::NetError;
 use super::facts::{InterfaceFacts, Route};
 use super::netns::block_on_in;
-use super::state::{NetSnapshot, snapshot};
+use super::snapshot::{NetSnapshot, snapshot};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -185,16 +185,11 @@ where
 mod tests {
     use super::*;
     use crate::net::IpCidr;
-    use crate::net::state::{AddressState, LinkState, RouteState};
-
-    fn cidr(s: &str) -> IpCidr {
-        let (a, p) = s.split_once('/').unwrap();
-        IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-    }
+    use crate::net::snapshot::{AddressState, LinkState, RouteState};
 
     fn route(dst: &str, gw: Option<&str>, oif: u32, proto: &str) -> RouteState {
         RouteState {
-            destination: cidr(dst),
+            destination: dst.parse::<IpCidr>().unwrap(),
             gateway: gw.map(|g| g.parse().unwrap()),
             oif: Some(oif),
             metric: None,
@@ -216,7 +211,7 @@ mod tests {
         };
         let addr = |index, a: &str| AddressState {
             index,
-            address: cidr(a),
+            address: a.parse::<IpCidr>().unwrap(),
             scope: "global".into(),
         };
         NetSnapshot {
@@ -253,7 +248,10 @@ mod tests {
         assert_eq!(f.mtu, 1450);
         assert_eq!(
             f.addresses,
-            vec![cidr("10.244.0.5/24"), cidr("fd00:10:244::5/64")]
+            vec![
+                "10.244.0.5/24".parse::<IpCidr>().unwrap(),
+                "fd00:10:244::5/64".parse::<IpCidr>().unwrap()
+            ]
         );
         let dsts: Vec<String> = f.routes.iter().map(|r| r.destination.to_string()).collect();
         assert_eq!(dsts, vec!["0.0.0.0/0", "10.96.0.0/12", "::/0"]);

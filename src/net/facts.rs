@@ -1,5 +1,6 @@
 //! Plain data: what discovery finds and the cache stores. No I/O here.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -18,6 +19,11 @@ impl MacAddr {
     /// True for a locally administered address (bit 1 of the first byte).
     pub fn is_local(&self) -> bool {
         self.0[0] & 0x02 != 0
+    }
+
+    /// True for a multicast (group) address (bit 0 of the first byte): never a NIC's.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
     }
 
     /// A random unicast, locally administered address.
@@ -77,6 +83,26 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
+/// In a schema (the CRD's `macAddress`): a string of six hex bytes, so the API server
+/// refuses what [`MacAddr`]'s deserializer would.
+#[cfg(feature = "runtime")]
+impl schemars::JsonSchema for MacAddr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MacAddr".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$",
+        })
+    }
+}
+
 /// An address with its prefix length, written `10.0.0.5/24`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IpCidr {
@@ -89,28 +115,20 @@ impl IpCidr {
         IpCidr { addr, prefix }
     }
 
+    /// The same address and prefix as an [`IpNet`], for the CIDR arithmetic. A prefix
+    /// longer than the family allows counts as the host's full length.
+    pub fn ipnet(&self) -> IpNet {
+        IpNet::new(self.addr, self.prefix).unwrap_or_else(|_| IpNet::from(self.addr))
+    }
+
     /// The network address: `addr` with the host bits cleared.
     pub fn network(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX
-                    .checked_shl(32u32.saturating_sub(u32::from(self.prefix)))
-                    .unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128u32.saturating_sub(u32::from(self.prefix)))
-                    .unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-            }
-        }
+        self.ipnet().network()
     }
 
     /// True when `ip` lies inside this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4()
-            && IpCidr::new(ip, self.prefix).network() == self.network()
+        self.ipnet().contains(&ip)
     }
 
     /// True for a default route destination (`0.0.0.0/0` or `::/0`).
@@ -121,17 +139,18 @@ impl IpCidr {
 
 impl FromStr for IpCidr {
     type Err = String;
-    /// `10.0.2.0/24` or `fd00::/64`.
+    /// `10.0.2.5/24` or `fd00::1/64`; the host bits are kept.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not an address with a prefix like 10.0.2.0/24");
-        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(IpCidr::new(addr, prefix))
+        let net: IpNet = s
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address with a prefix like 10.0.2.0/24"))?;
+        Ok(IpCidr::from(net))
+    }
+}
+
+impl From<IpNet> for IpCidr {
+    fn from(net: IpNet) -> Self {
+        IpCidr::new(net.addr(), net.prefix_len())
     }
 }
 
@@ -273,5 +292,26 @@ mod tests {
         let v6 = IpCidr::new("fd00::1".parse().unwrap(), 64);
         assert_eq!(v6.network().to_string(), "fd00::");
         assert!(!v6.contains("10.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn cidr_parses_and_prints_back() {
+        for text in ["10.1.2.3/24", "0.0.0.0/0", "fd00::1/64", "10.1.2.3/32"] {
+            let c: IpCidr = text.parse().unwrap();
+            assert_eq!(c.to_string(), text);
+        }
+        let c: IpCidr = "10.1.2.3/24".parse().unwrap();
+        assert_eq!(c, IpCidr::new("10.1.2.3".parse().unwrap(), 24));
+        for bad in [
+            "10.1.2.3",
+            "10.1.2.3/33",
+            "fd00::/129",
+            "x/24",
+            "10.1.2.3/-1",
+            "",
+        ] {
+            let e = bad.parse::<IpCidr>().unwrap_err();
+            assert!(e.contains("is not an address with a prefix"), "{bad}: {e}");
+        }
     }
 }

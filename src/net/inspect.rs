@@ -9,7 +9,7 @@ use super::discover::with_handle;
 use super::error::NetError;
 use super::facts::{Binding, IpCidr};
 use super::masquerade;
-use super::state::{LinkState, NetSnapshot, RouteState, TunState, snapshot};
+use super::snapshot::{LinkState, NetSnapshot, RouteState, TunState, snapshot};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::Path;

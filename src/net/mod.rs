@@ -10,7 +10,7 @@
 //! see [`antispoof`] and [`masquerade`]), must not write
 //! `/proc/sys` (read-only in a container) and must not talk to libvirt.
 //!
-//! - [`discover`] reads one interface into [`InterfaceFacts`] ([`state`] decodes the
+//! - [`discover`] reads one interface into [`InterfaceFacts`] ([`snapshot`] decodes the
 //!   netlink dumps, also used by `vmpodctl net inspect`).
 //! - [`plan`] is pure: facts + [`Binding`] + [`PlanOptions`] -> `Vec<`[`NetOp`]`>`;
 //!   [`plan_teardown`] is its inverse.
@@ -115,7 +115,7 @@ mod lifecycle;
 pub mod masquerade;
 pub mod netns;
 pub mod plan;
-pub mod state;
+pub mod snapshot;
 pub mod tap;
 
 pub use apply::apply;

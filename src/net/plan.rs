@@ -268,6 +268,18 @@ pub struct PlanOptions {
     pub masquerade: MasqueradeOptions,
 }
 
+impl PlanOptions {
+    /// The MAC of the VM's NIC, the one rule: the VMI's `macAddress` when it set one,
+    /// else the pod's original MAC (bridge: the VM takes over the pod's identity) or one
+    /// derived from it (masquerade: the pod keeps its own).
+    pub fn vm_mac(&self, binding: Binding, pod_mac: MacAddr) -> MacAddr {
+        self.vm_mac.unwrap_or(match binding {
+            Binding::Bridge => pod_mac,
+            Binding::Masquerade => derived_mac(pod_mac, "vm"),
+        })
+    }
+}
+
 impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
@@ -417,7 +429,7 @@ fn plan_bridge(
             table: antispoof::table_name(pod),
             tap: tap.clone(),
             pod: pod.to_owned(),
-            mac: opts.vm_mac.unwrap_or(facts.mac),
+            mac: opts.vm_mac(Binding::Bridge, facts.mac),
             ipv4,
         }),
         NetOp::AddAddress {
@@ -607,14 +619,9 @@ pub fn derived_mac(original: MacAddr, purpose: &str) -> MacAddr {
 mod tests {
     use super::*;
 
-    fn cidr(s: &str) -> IpCidr {
-        let (a, p) = s.split_once('/').unwrap();
-        IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-    }
-
     fn route(dst: &str, gw: Option<&str>, metric: Option<u32>) -> Route {
         Route {
-            destination: cidr(dst),
+            destination: dst.parse::<IpCidr>().unwrap(),
             gateway: gw.map(|g| g.parse().unwrap()),
             metric,
         }
@@ -625,7 +632,7 @@ mod tests {
             interface: "eth0".into(),
             mac: "0a:58:0a:f4:00:05".parse().unwrap(),
             mtu: 1500,
-            addresses: vec![cidr("10.244.0.5/24")],
+            addresses: vec!["10.244.0.5/24".parse::<IpCidr>().unwrap()],
             routes: vec![route("0.0.0.0/0", Some("10.244.0.1"), None)],
             dns: vec!["10.96.0.10".parse().unwrap()],
             search: vec!["default.svc.cluster.local".into()],
@@ -674,7 +681,7 @@ mod tests {
                 addr_gen_mode("tap-eth0", AddrGenMode::None),
                 NetOp::DelAddress {
                     link: "eth0".into(),
-                    address: cidr("10.244.0.5/24")
+                    address: "10.244.0.5/24".parse::<IpCidr>().unwrap()
                 },
                 addr_gen_mode("eth0", AddrGenMode::None),
                 NetOp::DelIpv6LinkLocal {
@@ -701,7 +708,7 @@ mod tests {
                 }),
                 NetOp::AddAddress {
                     link: "k6t-eth0".into(),
-                    address: cidr("169.254.75.10/32")
+                    address: "169.254.75.10/32".parse::<IpCidr>().unwrap()
                 },
                 NetOp::SetUp {
                     link: "k6t-eth0".into()
@@ -724,7 +731,8 @@ mod tests {
     #[test]
     fn dual_stack_removes_both_families_and_restores_them() {
         let mut f = ipv4_only();
-        f.addresses.push(cidr("fd00:10:244::5/64"));
+        f.addresses
+            .push("fd00:10:244::5/64".parse::<IpCidr>().unwrap());
         f.routes.push(route("::/0", Some("fe80::1"), Some(1024)));
         let ops = ops_of(&f);
         for a in &f.addresses {
@@ -814,7 +822,7 @@ mod tests {
     #[test]
     fn slash32_with_link_local_gateway_restores_onlink_route_first() {
         let mut f = ipv4_only();
-        f.addresses = vec![cidr("10.10.3.7/32")];
+        f.addresses = vec!["10.10.3.7/32".parse::<IpCidr>().unwrap()];
         f.routes = vec![
             route("0.0.0.0/0", Some("169.254.1.1"), None),
             route("169.254.1.1/32", None, None),
@@ -822,7 +830,7 @@ mod tests {
         let ops = ops_of(&f);
         assert!(ops.contains(&NetOp::DelAddress {
             link: "eth0".into(),
-            address: cidr("10.10.3.7/32")
+            address: "10.10.3.7/32".parse::<IpCidr>().unwrap()
         }));
         let down = plan_teardown(&f, Binding::Bridge, OriginalSettings::default()).unwrap();
         let onlink = position(
@@ -897,7 +905,7 @@ mod tests {
         }));
         assert!(ops.contains(&NetOp::AddAddress {
             link: "k6t-eth0".into(),
-            address: cidr("169.254.99.1/32")
+            address: "169.254.99.1/32".parse::<IpCidr>().unwrap()
         }));
         // The VMI's macAddress is the only source MAC the tap lets through.
         assert!(ops.iter().any(
@@ -908,7 +916,7 @@ mod tests {
     #[test]
     fn refuses_without_ipv4_or_with_long_names() {
         let mut f = ipv4_only();
-        f.addresses = vec![cidr("fd00::5/64")];
+        f.addresses = vec!["fd00::5/64".parse::<IpCidr>().unwrap()];
         assert_eq!(
             plan(
                 &f,
@@ -958,7 +966,7 @@ mod tests {
         );
         assert!(down.contains(&NetOp::AddAddress {
             link: "eth0".into(),
-            address: cidr("10.244.0.5/24")
+            address: "10.244.0.5/24".parse::<IpCidr>().unwrap()
         }));
     }
 
@@ -1016,7 +1024,7 @@ mod tests {
         }));
         assert!(ops.contains(&NetOp::AddAddress {
             link: "k6t-eth0".into(),
-            address: cidr("10.0.2.1/24")
+            address: "10.0.2.1/24".parse::<IpCidr>().unwrap()
         }));
         for (link, setting) in [
             ("k6t-eth0", Ipv4Setting::Forwarding),
@@ -1077,7 +1085,7 @@ mod tests {
     #[test]
     fn masquerade_refuses_a_vm_network_without_room() {
         let mut opts = PlanOptions::default();
-        opts.masquerade.vm_network = cidr("10.0.2.0/31");
+        opts.masquerade.vm_network = "10.0.2.0/31".parse::<IpCidr>().unwrap();
         let err = plan(
             &ipv4_only(),
             Binding::Masquerade,

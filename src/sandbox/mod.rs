@@ -36,20 +36,19 @@
 //! pod's resolv.conf on /etc/resolv.conf and its hostname, in private mount and UTS
 //! namespaces (how the local runtime starts `vmpod-launcher`).
 //!
-//! [`Ipam`] hands out pod addresses from the node subnet for local mode.
+//! [`ipam`] hands out pod addresses from the node subnet for local mode.
 //!
 //! Cleanup is on drop (also during a panic): the pod's node-side veth and /32 routes, the
 //! pod namespace, its private state directory; a [`Node`] deletes its namespace, or in
 //! host mode the bridge if it created it. Gateway addresses added to a host bridge for
 //! Calico-shaped pods stay, since other pods share them.
 
-mod ipam;
+pub mod ipam;
 mod nl;
 mod pod;
 pub mod runtime;
 mod spec;
 
-pub use ipam::Ipam;
 pub use pod::{Node, POD_INTERFACE, PodSandbox, command_in, remove_host_pod};
 pub use runtime::{
     LauncherExit, LocalConfig, LocalPod, LocalRuntime, PodRecord, RuntimeError, StopLevel,
@@ -69,12 +68,6 @@ pub enum SandboxError {
     /// The spec is inconsistent; nothing was created.
     #[error("pod {pod}: invalid spec: {why}")]
     Invalid { pod: String, why: String },
-    /// The local IPAM cannot do what was asked.
-    #[error("IPAM for {subnet}: {why}")]
-    Ipam {
-        subnet: crate::net::IpCidr,
-        why: String,
-    },
     /// A netlink request failed.
     #[error("{what} {object}: {source}")]
     Netlink {
@@ -91,17 +84,4 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
-}
-
-/// True when `ip` lies in `net` and both are of one family. (`IpCidr::contains` is not
-/// safe across families: it builds a CIDR of `ip` with `net`'s prefix.)
-fn within(net: &crate::net::IpCidr, ip: std::net::IpAddr) -> bool {
-    net.addr.is_ipv4() == ip.is_ipv4() && net.contains(ip)
-}
-
-/// `"10.0.0.1/24"` as an [`IpCidr`](crate::net::IpCidr), for unit tests.
-#[cfg(test)]
-fn test_cidr(s: &str) -> crate::net::IpCidr {
-    let (a, p) = s.split_once('/').expect("address/prefix");
-    crate::net::IpCidr::new(a.parse().expect("address"), p.parse().expect("prefix"))
 }

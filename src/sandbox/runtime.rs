@@ -17,6 +17,7 @@
 //! restart does not reuse the address of a pod whose record is still there.
 
 use super::SandboxError;
+use super::ipam::{gateway_of, parse_subnet, pick_address};
 use super::pod::{Node, PodSandbox, remove_host_pod};
 use super::spec::{NodeSide, NodeSpec, PodSpec};
 use crate::api::VirtualMachineInstance;
@@ -197,69 +198,13 @@ impl LocalConfig {
     }
 }
 
-/// Pure: `a.b.c.d/len` as an IPv4 network with room for a gateway and pods (len 8..=30).
-pub fn parse_subnet(text: &str) -> std::result::Result<IpCidr, String> {
-    let (addr, prefix) = text.split_once('/').ok_or("expected a.b.c.d/len")?;
-    let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
-    let prefix: u8 = prefix
-        .parse()
-        .map_err(|e| format!("prefix {prefix:?}: {e}"))?;
-    if !(8..=30).contains(&prefix) {
-        return Err(format!("prefix /{prefix} is outside /8../30"));
-    }
-    let cidr = IpCidr::new(addr.into(), prefix);
-    if cidr.network() != IpAddr::V4(addr) {
-        return Err(format!(
-            "{text} has host bits set (network is {})",
-            cidr.network()
-        ));
-    }
-    Ok(cidr)
-}
-
-fn v4(ip: IpAddr) -> u32 {
-    match ip {
-        IpAddr::V4(a) => u32::from(a),
-        IpAddr::V6(_) => 0,
-    }
-}
-
-/// Pure: the subnet's first host address.
-pub fn gateway_of(subnet: IpCidr) -> Ipv4Addr {
-    Ipv4Addr::from(v4(subnet.network()) + 1)
-}
-
-/// Pure: the lowest host address of `subnet` that is neither the gateway nor `used`.
-pub fn pick_address(
-    subnet: IpCidr,
-    gateway: Ipv4Addr,
-    used: &BTreeSet<Ipv4Addr>,
-) -> Option<Ipv4Addr> {
-    let network = v4(subnet.network());
-    let size = 1u32 << (32 - u32::from(subnet.prefix));
-    (network + 1..network + size - 1)
-        .map(Ipv4Addr::from)
-        .find(|a| *a != gateway && !used.contains(a))
-}
-
 /// Pure: the nameservers (loopback ones dropped: a pod cannot reach the host's loopback)
-/// and search domains of a resolv.conf.
+/// and search domains of the host's resolv.conf, read by the one parser
+/// ([`crate::net::parse_resolv_conf`]).
 pub fn host_dns(resolv_conf: &str) -> (Vec<IpAddr>, Vec<String>) {
-    let (mut dns, mut search) = (Vec::new(), Vec::new());
-    for line in resolv_conf.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => dns.extend(
-                words
-                    .next()
-                    .and_then(|w| w.parse::<IpAddr>().ok())
-                    .filter(|a| !a.is_loopback()),
-            ),
-            Some("search") => search = words.map(str::to_string).collect(),
-            _ => {}
-        }
-    }
-    (dns, search)
+    let mut conf = crate::net::parse_resolv_conf(resolv_conf);
+    conf.nameservers.retain(|a| !a.is_loopback());
+    (conf.nameservers, conf.search)
 }
 
 /// What the runtime made for one local VMI, kept in `<state-dir>/pod/pod.json` so a
@@ -300,13 +245,11 @@ fn read_record(state_dir: &Path) -> Result<Option<PodRecord>> {
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_vec_pretty(value).map_err(|source| RuntimeError::Json {
         path: path.to_path_buf(),
         source,
     })?;
-    fs::write(&tmp, json)
-        .and_then(|()| fs::rename(&tmp, path))
+    crate::file::write_atomic(path, &json, crate::file::Durability::Rename)
         .map_err(io_err("write", path))
 }
 
@@ -806,47 +749,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subnets_parse_with_reasons() {
-        let s = parse_subnet("10.222.0.0/24").unwrap();
-        assert_eq!(gateway_of(s), Ipv4Addr::new(10, 222, 0, 1));
-        assert!(
-            parse_subnet("10.222.0.5/24")
-                .unwrap_err()
-                .contains("host bits")
-        );
-        assert!(parse_subnet("10.222.0.0/31").unwrap_err().contains("/31"));
-        assert!(
-            parse_subnet("10.222.0.0")
-                .unwrap_err()
-                .contains("a.b.c.d/len")
-        );
-        assert!(parse_subnet("fd00::/64").is_err());
-    }
-
-    #[test]
-    fn pick_skips_gateway_used_and_broadcast() {
-        let s = parse_subnet("10.9.0.0/30").unwrap();
-        let gw = gateway_of(s);
-        let mut used = BTreeSet::new();
-        assert_eq!(pick_address(s, gw, &used), Some(Ipv4Addr::new(10, 9, 0, 2)));
-        used.insert(Ipv4Addr::new(10, 9, 0, 2));
-        assert_eq!(
-            pick_address(s, gw, &used),
-            None,
-            "only .1 (gateway) and .2 are hosts in a /30"
-        );
-        let s = parse_subnet("10.9.1.0/24").unwrap();
-        used.insert(Ipv4Addr::new(10, 9, 1, 2));
-        assert_eq!(
-            pick_address(s, gateway_of(s), &used),
-            Some(Ipv4Addr::new(10, 9, 1, 3))
-        );
-    }
-
-    #[test]
     fn host_dns_drops_loopback() {
         let (dns, search) = host_dns(
-            "# x\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch a.example b.example\noptions edns0\n",
+            "# x\nnameserver 127.0.0.53\nnameserver 192.0.2.53 # the site's\ndomain x.example\nsearch a.example b.example\noptions edns0\n",
         );
         assert_eq!(dns, vec!["192.0.2.53".parse::<IpAddr>().unwrap()]);
         assert_eq!(search, vec!["a.example", "b.example"]);

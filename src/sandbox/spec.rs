@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{SandboxError, within};
+use super::SandboxError;
 
 /// The link-local gateway Calico gives every pod (reached through an on-link route).
 pub const CALICO_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -182,7 +182,11 @@ pub struct NodeAdditions {
 pub fn node_additions(node: &NodeSpec, pod: &PodSpec) -> NodeAdditions {
     let mut add = NodeAdditions::default();
     let holds = |ip: IpAddr| node.addresses.iter().any(|a| a.addr == ip);
-    let covered = |ip: IpAddr| node.addresses.iter().any(|a| a.prefix > 0 && within(a, ip));
+    let covered = |ip: IpAddr| {
+        node.addresses
+            .iter()
+            .any(|a| a.prefix > 0 && a.contains(ip))
+    };
     let gateways = [pod.gateway4.map(IpAddr::V4), pod.gateway6.map(IpAddr::V6)];
     for gw in gateways.into_iter().flatten() {
         if !holds(gw) {
@@ -220,24 +224,31 @@ pub fn unique_link_name(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::test_cidr as cidr;
 
     #[test]
     fn bridge_cni_pod_gets_only_a_default_route() {
-        let pod = PodSpec::new("web", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+        let pod = PodSpec::new(
+            "web",
+            "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+            "10.77.0.1".parse().unwrap(),
+        );
         let r = pod.routes();
         assert_eq!(r.len(), 1);
         assert!(r[0].destination.is_default());
         assert_eq!(r[0].gateway, Some("10.77.0.1".parse().unwrap()));
-        let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
+        let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
         assert_eq!(node_additions(&node, &pod), NodeAdditions::default());
     }
 
     #[test]
     fn calico_pod_gets_onlink_gateway_and_node_holds_it() {
-        let mut pod = PodSpec::new("cal", cidr("10.88.1.7/32"), CALICO_GATEWAY);
+        let mut pod = PodSpec::new(
+            "cal",
+            "10.88.1.7/32".parse::<IpCidr>().unwrap(),
+            CALICO_GATEWAY,
+        );
         pod.routes.push(Route {
-            destination: cidr("192.168.50.0/24"),
+            destination: "192.168.50.0/24".parse::<IpCidr>().unwrap(),
             gateway: Some(CALICO_GATEWAY.into()),
             metric: Some(10),
         });
@@ -245,23 +256,33 @@ mod tests {
         assert_eq!(
             r[0],
             Route {
-                destination: cidr("169.254.1.1/32"),
+                destination: "169.254.1.1/32".parse::<IpCidr>().unwrap(),
                 gateway: None,
                 metric: None
             }
         );
         assert!(r[1].destination.is_default());
-        assert_eq!(r[2].destination, cidr("192.168.50.0/24"));
-        let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24")]);
+        assert_eq!(
+            r[2].destination,
+            "192.168.50.0/24".parse::<IpCidr>().unwrap()
+        );
+        let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
         let add = node_additions(&node, &pod);
-        assert_eq!(add.addresses, vec![cidr("169.254.1.1/32")]);
-        assert_eq!(add.routes, vec![cidr("10.88.1.7/32")]);
+        assert_eq!(
+            add.addresses,
+            vec!["169.254.1.1/32".parse::<IpCidr>().unwrap()]
+        );
+        assert_eq!(add.routes, vec!["10.88.1.7/32".parse::<IpCidr>().unwrap()]);
     }
 
     #[test]
     fn dual_stack_and_resolv_conf() {
-        let mut pod = PodSpec::new("ds", cidr("10.77.0.9/24"), "10.77.0.1".parse().unwrap());
-        pod.ipv6 = Some(cidr("fd77::9/64"));
+        let mut pod = PodSpec::new(
+            "ds",
+            "10.77.0.9/24".parse::<IpCidr>().unwrap(),
+            "10.77.0.1".parse().unwrap(),
+        );
+        pod.ipv6 = Some("fd77::9/64".parse::<IpCidr>().unwrap());
         pod.gateway6 = Some("fd77::1".parse().unwrap());
         pod.dns = vec!["10.96.0.10".parse().unwrap()];
         pod.search = vec!["default.svc.cluster.local".into(), "cluster.local".into()];
@@ -274,15 +295,25 @@ mod tests {
             pod.resolv_conf(),
             "nameserver 10.96.0.10\nsearch default.svc.cluster.local cluster.local\n"
         );
-        let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24"), cidr("fd77::1/64")]);
+        let node = NodeSpec::isolated(vec![
+            "10.77.0.1/24".parse::<IpCidr>().unwrap(),
+            "fd77::1/64".parse::<IpCidr>().unwrap(),
+        ]);
         assert_eq!(node_additions(&node, &pod), NodeAdditions::default());
-        let v6_first = NodeSpec::isolated(vec![cidr("fd77::1/64"), cidr("10.77.0.1/24")]);
+        let v6_first = NodeSpec::isolated(vec![
+            "fd77::1/64".parse::<IpCidr>().unwrap(),
+            "10.77.0.1/24".parse::<IpCidr>().unwrap(),
+        ]);
         assert_eq!(node_additions(&v6_first, &pod), NodeAdditions::default());
     }
 
     #[test]
     fn validate_rejects_mismatches() {
-        let good = PodSpec::new("v", cidr("10.77.0.5/24"), "10.77.0.1".parse().unwrap());
+        let good = PodSpec::new(
+            "v",
+            "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+            "10.77.0.1".parse().unwrap(),
+        );
         good.validate().unwrap();
         let refused = |p: PodSpec, why: &str| match p.validate() {
             Err(SandboxError::Invalid { pod, why: got }) => {
@@ -291,7 +322,7 @@ mod tests {
             other => panic!("want Invalid({why:?}), got {other:?}"),
         };
         let mut p = good.clone();
-        p.ipv4 = cidr("fd00::1/64");
+        p.ipv4 = "fd00::1/64".parse::<IpCidr>().unwrap();
         refused(p, "ipv4 fd00::1/64 is not an IPv4 address/prefix");
         let mut p = good.clone();
         p.gateway6 = Some("fd00::1".parse().unwrap());

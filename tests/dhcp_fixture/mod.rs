@@ -22,11 +22,6 @@ pub const VM_IF: &str = "eth0";
 /// through its default route.
 pub const BEYOND_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
-fn cidr(s: &str) -> IpCidr {
-    let (a, p) = s.split_once('/').unwrap();
-    IpCidr::new(a.parse().unwrap(), p.parse().unwrap())
-}
-
 /// The pod shapes the DHCP tests serve.
 #[derive(Clone, Copy, Debug)]
 pub enum Shape {
@@ -42,15 +37,15 @@ fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
     let beyond = IpCidr::new(IpAddr::V4(BEYOND_GATEWAY), 32);
     match shape {
         Shape::Subnet => {
-            let node = NodeSpec::isolated(vec![cidr("10.244.7.1/24"), beyond]);
+            let node = NodeSpec::isolated(vec!["10.244.7.1/24".parse::<IpCidr>().unwrap(), beyond]);
             let mut pod = PodSpec::new(
                 "dhcp",
-                cidr("10.244.7.23/24"),
+                "10.244.7.23/24".parse::<IpCidr>().unwrap(),
                 "10.244.7.1".parse().unwrap(),
             );
             pod.mtu = 1400;
             pod.routes.push(Route {
-                destination: cidr("10.96.0.0/12"),
+                destination: "10.96.0.0/12".parse::<IpCidr>().unwrap(),
                 gateway: Some("10.244.7.254".parse().unwrap()),
                 metric: None,
             });
@@ -67,8 +62,12 @@ fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
             (node, pod)
         }
         Shape::Calico => {
-            let node = NodeSpec::isolated(vec![cidr("10.77.0.1/24"), beyond]);
-            let mut pod = PodSpec::new("dhcpcal", cidr("10.88.3.4/32"), CALICO_GATEWAY);
+            let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap(), beyond]);
+            let mut pod = PodSpec::new(
+                "dhcpcal",
+                "10.88.3.4/32".parse::<IpCidr>().unwrap(),
+                CALICO_GATEWAY,
+            );
             pod.mtu = 1450;
             pod.dns = vec!["10.96.0.10".parse().unwrap()];
             pod.search = vec!["ns1.svc.cluster.local".into()];

@@ -9,6 +9,34 @@ pub mod guest;
 pub mod http;
 pub mod launcher;
 
+/// A dual-stack bridge-CNI pod spec on its own node: 10.77.0.5/24 and fd77::5/64, an
+/// extra route to 192.168.50.0/24 (metric 50), MTU 1450, one search domain.
+pub fn dual_stack_spec(name: &str) -> (vmpod::sandbox::NodeSpec, vmpod::sandbox::PodSpec) {
+    use vmpod::net::{IpCidr, Route};
+    let node = vmpod::sandbox::NodeSpec::isolated(vec![
+        "10.77.0.1/24".parse::<IpCidr>().unwrap(),
+        "fd77::1/64".parse::<IpCidr>().unwrap(),
+    ]);
+    let mut pod = vmpod::sandbox::PodSpec::new(
+        name,
+        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
+        "10.77.0.1".parse().unwrap(),
+    );
+    pod.mac = "02:00:0a:4d:00:05".parse().unwrap();
+    pod.mtu = 1450;
+    pod.routes.push(Route {
+        destination: "192.168.50.0/24".parse::<IpCidr>().unwrap(),
+        gateway: Some("10.77.0.1".parse().unwrap()),
+        metric: Some(50),
+    });
+    pod.ipv6 = Some("fd77::5/64".parse::<IpCidr>().unwrap());
+    pod.gateway6 = Some("fd77::1".parse().unwrap());
+    pod.dns = vec!["10.96.0.10".parse().unwrap()];
+    pod.search = vec!["default.svc.cluster.local".into()];
+    pod.hostname = "web-0".into();
+    (node, pod)
+}
+
 /// True when the test may go on. Not root: prints why and returns false, or panics in CI.
 pub fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {

@@ -13,7 +13,7 @@ use super::launcher_pod::{
 };
 use super::metrics::Metrics;
 use super::status::{at_least, controller_status, failed_status, invalid_status};
-use super::{Backoff, ReconcileError, drive, on_failure};
+use super::{Backoff, ReconcileError, drive, on_failure, owned_by};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
@@ -182,14 +182,6 @@ async fn create_secret(
         }
         Err(e) => Err(ReconcileError::kube("create", object)(e)),
     }
-}
-
-/// True when `object`'s controller owner is this VMI (same UID).
-fn owned_by(object: &impl ResourceExt, vmi: &VirtualMachineInstance) -> bool {
-    object
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == vmi.metadata.uid.as_ref())
 }
 
 /// Count, log and retry later: the more failures in a row, the later.

@@ -42,7 +42,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Resource;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use vmpod::api::{Acceleration, KernelBoot, QuantityError, VirtualMachineInstance, quantity_bytes};
+use vmpod::api::{
+    AccelerationRequest, KernelBoot, QuantityError, VirtualMachineInstance, quantity_bytes,
+};
 
 /// Label on launcher pods naming their VMI.
 pub const VMI_LABEL: &str = "vmpod.io/vmi";
@@ -118,7 +120,7 @@ fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
         return args;
     };
     if let Some(mac) = &iface.mac_address {
-        args.extend(["--vm-mac".to_string(), mac.clone()]);
+        args.extend(["--vm-mac".to_string(), mac.to_string()]);
     }
     // Validated before rendering: a binding or masquerade option that does not parse
     // here has already been refused.
@@ -258,8 +260,12 @@ pub fn state_dir_on_host(state_root: &str, pod_uid: &str) -> String {
 /// Memory the pod needs beyond guest memory:
 /// `150Mi + guest/512 (page tables, rounded up to whole Mi) + 8Mi * vCPUs (+ 128Mi with
 /// vmpod.io/acceleration: emulation)`.
-pub fn memory_overhead_bytes(guest_bytes: u64, vcpus: u32, acceleration: Acceleration) -> u64 {
-    let tcg = if acceleration == Acceleration::Emulation {
+pub fn memory_overhead_bytes(
+    guest_bytes: u64,
+    vcpus: u32,
+    acceleration: AccelerationRequest,
+) -> u64 {
+    let tcg = if acceleration == AccelerationRequest::Emulation {
         TCG_OVERHEAD_BYTES
     } else {
         0
@@ -555,7 +561,7 @@ pub fn launcher_objects(
             false,
         ),
     ] {
-        if dev != "tun" && acceleration == Acceleration::Emulation {
+        if dev != "tun" && acceleration == AccelerationRequest::Emulation {
             continue; // TCG uses neither; a request would keep the pod off nodes without them
         }
         match resource {
@@ -807,17 +813,17 @@ mod tests {
     #[test]
     fn overhead_formula() {
         assert_eq!(
-            memory_overhead_bytes(256 * MI, 1, Acceleration::Auto),
+            memory_overhead_bytes(256 * MI, 1, AccelerationRequest::Auto),
             (150 + 1 + 8) * MI,
             "page tables round up to 1Mi"
         );
         let guest = 512 * MI;
         assert_eq!(
-            memory_overhead_bytes(guest, 2, Acceleration::Auto),
+            memory_overhead_bytes(guest, 2, AccelerationRequest::Auto),
             150 * MI + MI + 16 * MI
         );
         assert_eq!(
-            memory_overhead_bytes(guest, 2, Acceleration::Emulation),
+            memory_overhead_bytes(guest, 2, AccelerationRequest::Emulation),
             (150 + 1 + 16 + 128) * MI
         );
     }

@@ -184,6 +184,20 @@ where
         .await;
 }
 
+/// True when `object`'s controller owner is this VMI (same UID): the one ownership check,
+/// for the controller (a name taken by someone else's object) and the node daemon (a
+/// launcher pod of an earlier VMI of the same name). An owner reference without the
+/// controller flag does not count.
+pub(crate) fn owned_by(
+    object: &impl kube::ResourceExt,
+    vmi: &vmpod::api::VirtualMachineInstance,
+) -> bool {
+    object
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == vmi.metadata.uid.as_ref())
+}
+
 /// The one error policy of both reconcilers: count, log, retry after `retry`.
 fn on_failure(
     object: String,

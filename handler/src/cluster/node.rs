@@ -10,7 +10,7 @@ use super::kube_ops::update_status;
 use super::launcher_pod::{LAUNCHER_SELECTOR, VMI_LABEL, state_dir_on_host};
 use super::metrics::Metrics;
 use super::status::node_status;
-use super::{ReconcileError, drive, on_failure};
+use super::{ReconcileError, drive, on_failure, owned_by};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
@@ -89,10 +89,7 @@ pub async fn reconcile<S: LauncherStatusSource>(
         ctx.metrics.vmis.set(&key, None);
         return Ok(Action::await_change()); // deleted; garbage collection takes the pod
     };
-    let ours = pod
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == vmi.metadata.uid.as_ref());
+    let ours = owned_by(pod.as_ref(), &vmi);
     let phase = vmi.status.as_ref().and_then(|s| s.phase);
     let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
     if !ours || pod.metadata.deletion_timestamp.is_some() {

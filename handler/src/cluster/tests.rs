@@ -3,7 +3,7 @@
 //! an invalid VMI, and a node daemon restart that re-lists and loses nothing.
 
 use super::controller::{self, ControllerContext};
-use super::fixtures::{Exchange, MockApiServer, empty_list, status_body, watch_feed};
+use super::fixtures::{Exchange, MockApiServer, WatchStream, empty_list, status_body, watch_feed};
 use super::launcher_pod::{LauncherPodConfig, VMI_ANNOTATION};
 use super::metrics::{Metrics, assert_exposes};
 use super::node::{self, LauncherStatusSource, NodeContext};
@@ -22,6 +22,8 @@ const POD_PATH: &str = "/api/v1/namespaces/ns1/pods/vmpod-launcher-vm1";
 const PODS_PATH: &str = "/api/v1/namespaces/ns1/pods";
 const SECRETS_PATH: &str = "/api/v1/namespaces/ns1/secrets";
 const POD_UID: &str = "0f6c5e4e-pod-uid-1";
+const ALL_VMIS: &str = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
+const ALL_PODS: &str = "/api/v1/pods";
 
 fn vmi_json(resource_version: &str, status: Value) -> Value {
     json!({
@@ -67,6 +69,28 @@ fn pod_not_found() -> Exchange {
 /// The node daemon's read of the VMI.
 fn vmi_read(vmi: Value) -> Exchange {
     Exchange::json(Method::GET, VMI_PATH, 200, vmi)
+}
+
+/// What the controller reads first: empty lists of VMIs and pods, then their watches.
+fn controller_watches(vmis: WatchStream, pods: WatchStream) -> [Exchange; 4] {
+    [
+        Exchange::json(
+            Method::GET,
+            ALL_VMIS,
+            200,
+            empty_list("vmpod.io/v1alpha1", "VirtualMachineInstanceList"),
+        ),
+        Exchange::watch(ALL_VMIS, vmis),
+        Exchange::json(Method::GET, ALL_PODS, 200, empty_list("v1", "PodList")),
+        Exchange::watch(ALL_PODS, pods),
+    ]
+}
+
+/// The node's pod list: the launcher pod running on n1.
+fn running_pod_list() -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList",
+        "metadata": {"resourceVersion": "40"},
+        "items": [pod_json(Some("Running"), Some("n1"))]})
 }
 
 fn pod_created() -> Exchange {
@@ -305,33 +329,27 @@ async fn an_invalid_vmi_fails_with_its_errors_and_gets_no_pod() {
 
 #[tokio::test]
 async fn controller_follows_watch_events() {
-    let all_vmis = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
-    let all_pods = "/api/v1/pods";
     let (vmi_feed, vmi_stream) = watch_feed();
     let (pod_feed, pod_stream) = watch_feed();
-    let (client, server) = MockApiServer::start(vec![
-        Exchange::json(
-            Method::GET,
-            all_vmis,
-            200,
-            empty_list("vmpod.io/v1alpha1", "VirtualMachineInstanceList"),
-        ),
-        Exchange::watch(all_vmis, vmi_stream),
-        Exchange::json(Method::GET, all_pods, 200, empty_list("v1", "PodList")),
-        Exchange::watch(all_pods, pod_stream),
-        // ADDED VMI: no pod yet -> create it -> Scheduling.
-        pod_not_found(),
-        pod_created(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
-        // MODIFIED pod (Running on n1) -> Scheduled with the node.
-        Exchange::json(
-            Method::GET,
-            POD_PATH,
-            200,
-            pod_json(Some("Running"), Some("n1")),
-        ),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
-    ]);
+    let (client, server) = MockApiServer::start(
+        controller_watches(vmi_stream, pod_stream)
+            .into_iter()
+            .chain([
+                // ADDED VMI: no pod yet -> create it -> Scheduling.
+                pod_not_found(),
+                pod_created(),
+                Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+                // MODIFIED pod (Running on n1) -> Scheduled with the node.
+                Exchange::json(
+                    Method::GET,
+                    POD_PATH,
+                    200,
+                    pod_json(Some("Running"), Some("n1")),
+                ),
+                Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+            ])
+            .collect(),
+    );
     let metrics = Arc::new(Metrics::default());
     let run = tokio::spawn(controller::run(
         client,
@@ -339,13 +357,13 @@ async fn controller_follows_watch_events() {
         metrics.clone(),
     ));
 
-    server.wait_for(Method::GET, all_vmis, 2).await; // list, then watch
+    server.wait_for(Method::GET, ALL_VMIS, 2).await; // list, then watch
     vmi_feed.send("ADDED", vmi_json("10", json!({})));
     let patches = server.wait_for(Method::PATCH, STATUS_PATH, 1).await;
     assert_eq!(patches[0].body["status"]["phase"], "Scheduling");
     assert_eq!(server.seen_on(Method::POST, PODS_PATH).len(), 1);
 
-    server.wait_for(Method::GET, all_pods, 2).await;
+    server.wait_for(Method::GET, ALL_PODS, 2).await;
     pod_feed.send("MODIFIED", pod_json(Some("Running"), Some("n1")));
     let patches = server.wait_for(Method::PATCH, STATUS_PATH, 2).await;
     assert_eq!(patches[1].body["status"]["phase"], "Scheduled");
@@ -644,15 +662,12 @@ async fn node_marks_an_unreachable_launcher_not_ready() {
 
 #[tokio::test]
 async fn node_restart_relists_and_loses_nothing() {
-    let all_pods = "/api/v1/pods";
-    let pod_list = json!({"apiVersion": "v1", "kind": "PodList",
-        "metadata": {"resourceVersion": "40"},
-        "items": [pod_json(Some("Running"), Some("n1"))]});
+    let pod_list = running_pod_list();
     let start = |vmi: Value, patch: bool| {
         let (_feed, stream) = watch_feed();
         let mut script = vec![
-            Exchange::json(Method::GET, all_pods, 200, pod_list.clone()),
-            Exchange::watch(all_pods, stream),
+            Exchange::json(Method::GET, ALL_PODS, 200, pod_list.clone()),
+            Exchange::watch(ALL_PODS, stream),
             vmi_read(vmi),
         ];
         if patch {
@@ -672,7 +687,7 @@ async fn node_restart_relists_and_loses_nothing() {
 
     // First life: the pod is listed, the launcher is read, the status is written.
     let (server, run, _feed, _) = start(vmi_json("41", json!({"phase": "Scheduled"})), true);
-    let lists = server.wait_for(Method::GET, all_pods, 1).await;
+    let lists = server.wait_for(Method::GET, ALL_PODS, 1).await;
     assert!(
         lists[0].query.contains("fieldSelector=spec.nodeName%3Dn1"),
         "{}",
@@ -1036,8 +1051,6 @@ fn rbac_need(r: &super::fixtures::Recorded) -> (String, String) {
 #[tokio::test]
 async fn rbac_grants_exactly_what_the_handlers_call() {
     use std::collections::BTreeSet;
-    let all_vmis = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
-    let all_pods = "/api/v1/pods";
     let secret = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "vmpod-launcher-vm1-cloudinit", "namespace": "ns1"}});
     let mut with_cloud_init = vmi_json("10", json!({}));
@@ -1057,46 +1070,42 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
     // status patch conflicts once (re-read).
     let (vmi_feed, vmi_stream) = watch_feed();
     let (_pod_feed, pod_stream) = watch_feed();
-    let (client, server) = MockApiServer::start(vec![
-        Exchange::json(
-            Method::GET,
-            all_vmis,
-            200,
-            empty_list("vmpod.io/v1alpha1", "VirtualMachineInstanceList"),
-        ),
-        Exchange::watch(all_vmis, vmi_stream),
-        Exchange::json(Method::GET, all_pods, 200, empty_list("v1", "PodList")),
-        Exchange::watch(all_pods, pod_stream),
-        pod_not_found(),
-        Exchange::json(
-            Method::POST,
-            SECRETS_PATH,
-            409,
-            status_body(409, "AlreadyExists", "exists"),
-        ),
-        Exchange::json(
-            Method::GET,
-            &format!("{SECRETS_PATH}/vmpod-launcher-vm1-cloudinit"),
-            200,
-            {
-                let mut s = secret.clone();
-                s["metadata"]["ownerReferences"] =
-                    pod_json(None, None)["metadata"]["ownerReferences"].clone();
-                s
-            },
-        ),
-        pod_created(),
-        conflict(),
-        Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
-    ]);
+    let (client, server) = MockApiServer::start(
+        controller_watches(vmi_stream, pod_stream)
+            .into_iter()
+            .chain([
+                pod_not_found(),
+                Exchange::json(
+                    Method::POST,
+                    SECRETS_PATH,
+                    409,
+                    status_body(409, "AlreadyExists", "exists"),
+                ),
+                Exchange::json(
+                    Method::GET,
+                    &format!("{SECRETS_PATH}/vmpod-launcher-vm1-cloudinit"),
+                    200,
+                    {
+                        let mut s = secret.clone();
+                        s["metadata"]["ownerReferences"] =
+                            pod_json(None, None)["metadata"]["ownerReferences"].clone();
+                        s
+                    },
+                ),
+                pod_created(),
+                conflict(),
+                Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
+                Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+            ])
+            .collect(),
+    );
     let run = tokio::spawn(controller::run(
         client,
         LauncherPodConfig::default(),
         Arc::default(),
     ));
-    server.wait_for(Method::GET, all_vmis, 2).await;
-    server.wait_for(Method::GET, all_pods, 2).await;
+    server.wait_for(Method::GET, ALL_VMIS, 2).await;
+    server.wait_for(Method::GET, ALL_PODS, 2).await;
     vmi_feed.send("ADDED", with_cloud_init);
     server.wait_for(Method::PATCH, STATUS_PATH, 2).await;
     run.abort();
@@ -1105,13 +1114,11 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
     assert_eq!(used, rbac_grants("vmpod-controller"), "controller");
 
     // The node daemon: watch its pods, read a VMI, patch its status after a conflict.
-    let pod_list = json!({"apiVersion": "v1", "kind": "PodList",
-        "metadata": {"resourceVersion": "40"},
-        "items": [pod_json(Some("Running"), Some("n1"))]});
+    let pod_list = running_pod_list();
     let (_feed, stream) = watch_feed();
     let (client, server) = MockApiServer::start(vec![
-        Exchange::json(Method::GET, all_pods, 200, pod_list),
-        Exchange::watch(all_pods, stream),
+        Exchange::json(Method::GET, ALL_PODS, 200, pod_list),
+        Exchange::watch(ALL_PODS, stream),
         vmi_read(vmi_json("41", json!({"phase": "Scheduled"}))),
         conflict(),
         Exchange::json(
@@ -1129,4 +1136,31 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
     assert_eq!(server.unexpected(), Vec::<String>::new());
     let used: BTreeSet<_> = server.seen().iter().map(rbac_need).collect();
     assert_eq!(used, rbac_grants("vmpod-handler"), "node daemon");
+}
+
+/// One ownership rule for the controller and the node daemon: the VMI's UID with the
+/// controller flag; another VMI's UID or a plain (non-controller) reference is not ours.
+#[test]
+fn ownership_needs_the_vmis_uid_and_the_controller_flag() {
+    let pod_with = |edit: fn(&mut Value)| -> k8s_openapi::api::core::v1::Pod {
+        let mut p = pod_json(None, None);
+        edit(&mut p["metadata"]["ownerReferences"][0]);
+        serde_json::from_value(p).unwrap()
+    };
+    let vmi = vmi("10");
+    assert!(super::owned_by(&pod_with(|_| {}), &vmi));
+    assert!(!super::owned_by(
+        &pod_with(|o| o["controller"] = json!(false)),
+        &vmi
+    ));
+    assert!(!super::owned_by(
+        &pod_with(|o| {
+            o.as_object_mut().unwrap().remove("controller");
+        }),
+        &vmi
+    ));
+    assert!(!super::owned_by(
+        &pod_with(|o| o["uid"] = json!("00000000-0000-4000-8000-000000000002")),
+        &vmi
+    ));
 }

@@ -262,7 +262,7 @@ fn render_plan(p: &SetupOutcome) -> String {
 mod tests {
     use super::*;
     use vmpod::net::inspect::inspection;
-    use vmpod::net::state::{AddressState, LinkState, NetSnapshot, TunState};
+    use vmpod::net::snapshot::{AddressState, LinkState, NetSnapshot, TunState};
 
     #[test]
     fn inspection_table_shows_bridge_ports_and_taps() {

@@ -120,8 +120,8 @@ pub fn reply_options(
     }
     for p in &config.private_options {
         out.push(DhcpOption::Unknown(UnknownOption::new(
-            OptionCode::from(p.option),
-            p.value.as_bytes().to_vec(),
+            OptionCode::from(p.option()),
+            p.value().as_bytes().to_vec(),
         )));
     }
     out

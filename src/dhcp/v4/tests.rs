@@ -456,11 +456,8 @@ fn small_max_message_size_leaves_out_whole_options_least_important_first() {
     let extras = DhcpExtras {
         boot_file_name: Some("pxelinux.0".into()),
         tftp_server_name: Some("tftp.example.org".into()),
-        ntp_servers: vec!["10.0.0.123".into()],
-        private_options: vec![PrivateOption {
-            option: 240,
-            value: "x".repeat(200),
-        }],
+        ntp_servers: vec![Ipv4Addr::new(10, 0, 0, 123)],
+        private_options: vec![PrivateOption::new(240, "x".repeat(200)).unwrap()],
     };
     let cfg = DhcpConfig::from_facts(&f, "k6t-eth0", SERVER, &extras).unwrap();
     let (small, offer) = answer(&cfg, &discover());
