@@ -29,12 +29,13 @@ use vmpod::control::{
 use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
 use vmpod::domain::agent::{self, Events, Request, VirtAgent};
 use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, RunAs};
-use vmpod::domain::volumes::{CONTAINER_DISKS, VolumeDirs};
+use vmpod::domain::volumes::VolumeDirs;
 use vmpod::domain::{
     Attachment, DomainEnv, DomainEvent, DomainState, DomainXml, KvmKey, KvmVerdicts, domain_name,
     domain_xml, prepare_volumes,
 };
 use vmpod::net::{self, SetupOptions};
+use vmpod::statedir::{ScratchDir, StateDir};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -44,7 +45,7 @@ pub struct RunArgs {
     pub vmi: Option<String>,
     /// Per-pod state directory, what the node daemon reads: control socket, status.json,
     /// cached network facts (mode 0700).
-    #[arg(long, env = "VMPOD_STATE_DIR", default_value = "/var/run/vmpod")]
+    #[arg(long, env = "VMPOD_STATE_DIR", default_value = vmpod::statedir::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Per-VM scratch (an emptyDir in a cluster): disks, containerDisk overlays,
     /// cloud-init.img, console log and socket, libvirt/. Default: the state directory.
@@ -296,15 +297,12 @@ impl StatusWriter {
 }
 
 impl Ctx {
-    fn state_dir(&self) -> &Path {
-        &self.args.state_dir
+    fn state_dir(&self) -> StateDir {
+        StateDir::new(&self.args.state_dir)
     }
 
-    fn scratch_dir(&self) -> &Path {
-        self.args
-            .scratch_dir
-            .as_deref()
-            .unwrap_or(&self.args.state_dir)
+    fn scratch_dir(&self) -> ScratchDir {
+        self.state_dir().scratch(self.args.scratch_dir.as_deref())
     }
 
     /// Update the status and write status.json.
@@ -354,12 +352,12 @@ async fn run_pod(
 
     // The control API answers from the start (status while booting).
     let (act_tx, mut act_rx) = mpsc::channel::<ActionRequest>(8);
-    let socket = control::control_socket(ctx.state_dir());
+    let socket = ctx.state_dir().control_socket();
     let backend = Arc::new(LauncherBackend {
         shared: ctx.shared.clone(),
         actions: act_tx,
-        console_log: ctx.scratch_dir().join(control::state::CONSOLE_LOG),
-        console_socket: ctx.scratch_dir().join(control::state::CONSOLE_SOCKET),
+        console_log: ctx.scratch_dir().console_log(),
+        console_socket: ctx.scratch_dir().console_socket(),
     });
     let server = ControlServer::bind(&socket)?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -438,7 +436,8 @@ fn make_dirs(args: &RunArgs) -> anyhow::Result<()> {
         // One directory for both (local mode): QEMU needs its group on it.
         make(&args.state_dir, 0o770)?;
     }
-    let scratch = args.scratch_dir.as_deref().unwrap_or(&args.state_dir);
+    let scratch = StateDir::new(&args.state_dir).scratch(args.scratch_dir.as_deref());
+    let scratch = scratch.path();
     let qemu = RunAs::qemu(false);
     if nix::unistd::geteuid().as_raw() != qemu.uid {
         std::os::unix::fs::chown(scratch, None, Some(qemu.gid))
@@ -539,7 +538,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
             .masquerade_options(iface)
             .map_err(|e| anyhow::anyhow!("interface {}: {e}", iface.name))?;
     }
-    opts.state_dir = ctx.state_dir().to_path_buf();
+    opts.state_dir = ctx.args.state_dir.clone();
     opts.resolv_conf.clone_from(&ctx.args.resolv_conf);
     // Set before: a setup failing halfway is undone too.
     pod.net_rewired = true;
@@ -613,28 +612,28 @@ async fn boot(
     // libvirtd, QEMU and the libvirt client run as QEMU's user (see daemons).
     let run_as = RunAs::qemu(ctx.accel.booted == Acceleration::Kvm);
     let dirs = VolumeDirs {
-        scratch: ctx.scratch_dir().to_path_buf(),
+        scratch: ctx.scratch_dir().path().to_path_buf(),
         images: ctx
             .args
             .images_dir
             .clone()
-            .unwrap_or_else(|| ctx.state_dir().join(CONTAINER_DISKS)),
+            .unwrap_or_else(|| ctx.state_dir().container_disks()),
         secrets: ctx.args.secrets_dir.clone(),
     };
     let volumes = prepare_volumes(&ctx.vmi, &dirs, &run_as)?;
     let env = DomainEnv {
         accel: ctx.accel.booted,
-        state_dir: ctx.scratch_dir().to_path_buf(),
+        state_dir: ctx.scratch_dir().path().to_path_buf(),
         volumes,
         interfaces,
-        kernel_boot_root: ctx.state_dir().join("kernel-boot"),
+        kernel_boot_root: ctx.state_dir().kernel_boot(),
     };
     let xml = domain_xml(&ctx.vmi, &env)?;
     pod.env = Some(env);
     // The console log belongs to this boot; an earlier boot's becomes console.log.1.
-    control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
+    control::rotate_console_log(&ctx.scratch_dir(), 0).context("rotating the console log")?;
     // Emptied in place, it keeps its owner: QEMU (not root) appends to it.
-    let log = ctx.scratch_dir().join(control::state::CONSOLE_LOG);
+    let log = ctx.scratch_dir().console_log();
     match run_as.chown(&log) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).with_context(|| format!("giving {} to QEMU's user", log.display()));
@@ -642,7 +641,7 @@ async fn boot(
         _ => {}
     }
 
-    let layout = LibvirtLayout::new(ctx.scratch_dir());
+    let layout = LibvirtLayout::new(ctx.scratch_dir().path());
     // The libvirt client loads libvirt while libvirtd starts; it connects when asked to
     // define the domain.
     let agent_bin = agent::agent_binary(std::env::current_exe().ok().as_deref());
@@ -704,7 +703,7 @@ async fn boot(
 /// Define and start the domain from `xml` and publish it; its name.
 async fn start_domain(ctx: &Ctx, agent: &VirtAgent, xml: &DomainXml) -> anyhow::Result<String> {
     lock(&ctx.shared).domain_xml.clone_from(&xml.0);
-    let layout = LibvirtLayout::new(ctx.scratch_dir());
+    let layout = LibvirtLayout::new(ctx.scratch_dir().path());
     let name = agent.define_and_start(&xml.0).await?;
     let qemu_pid = std::fs::read_to_string(layout.qemu_pid_file(&name))
         .ok()
@@ -723,13 +722,13 @@ async fn start_domain(ctx: &Ctx, agent: &VirtAgent, xml: &DomainXml) -> anyhow::
 /// How long QEMU's log is now: the next boot's lines start there (libvirtd appends to
 /// one log across boots of the domain).
 fn qemu_log_len(ctx: &Ctx) -> u64 {
-    let path = LibvirtLayout::new(ctx.scratch_dir()).qemu_log(&domain_name(&ctx.vmi));
+    let path = LibvirtLayout::new(ctx.scratch_dir().path()).qemu_log(&domain_name(&ctx.vmi));
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// QEMU's log of the current boot (from byte `from`); empty when unreadable.
 fn qemu_log_since(ctx: &Ctx, from: u64) -> String {
-    let path = LibvirtLayout::new(ctx.scratch_dir()).qemu_log(&domain_name(&ctx.vmi));
+    let path = LibvirtLayout::new(ctx.scratch_dir().path()).qemu_log(&domain_name(&ctx.vmi));
     let bytes = std::fs::read(path).unwrap_or_default();
     let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
     String::from_utf8_lossy(&bytes[from..]).into_owned()
@@ -753,7 +752,7 @@ async fn boot_under_tcg(
     remember_kvm_failure(ctx, why);
     env.accel = Acceleration::Tcg;
     let xml = domain_xml(&ctx.vmi, env)?;
-    control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
+    control::rotate_console_log(&ctx.scratch_dir(), 0).context("rotating the console log")?;
     ctx.publish(|s| {
         s.acceleration = Some(Acceleration::Tcg);
         s.acceleration_reason = Some(why.to_string());
@@ -922,13 +921,13 @@ async fn supervise(
             }
             _ = console_check.tick() => {
                 // A copy of up to the cap: off the runtime thread.
-                let scratch = ctx.scratch_dir().to_path_buf();
+                let scratch = ctx.scratch_dir();
                 let rotated = tokio::task::spawn_blocking(move || {
                     control::rotate_console_log(&scratch, control::state::CONSOLE_LOG_MAX)
                 })
                 .await;
                 match rotated {
-                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
+                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", vmpod::statedir::CONSOLE_LOG_PREVIOUS),
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => tracing::warn!("rotating the console log: {e}"),
                     Err(e) => tracing::warn!("console log rotation task: {e}"),
@@ -994,7 +993,7 @@ async fn teardown(ctx: &Ctx, pod: &mut Pod) {
         d.stop().await;
     }
     if pod.net_rewired {
-        let state_dir = ctx.state_dir().to_path_buf();
+        let state_dir = ctx.args.state_dir.clone();
         match tokio::task::spawn_blocking(move || net::teardown(None, &state_dir)).await {
             Ok(Ok(done)) => tracing::info!(?done, "pod network restored"),
             Ok(Err(e)) => tracing::error!("network teardown: {e}"),

@@ -34,7 +34,7 @@ impl SetupOptions {
             netns: None,
             interface: interface.into(),
             binding: Binding::default(),
-            state_dir: PathBuf::from(cache::DEFAULT_STATE_DIR),
+            state_dir: PathBuf::from(crate::statedir::DEFAULT_STATE_DIR),
             resolv_conf: PathBuf::from(super::discover::DEFAULT_RESOLV_CONF),
             hostname: None,
             plan: PlanOptions::default(),

@@ -52,10 +52,10 @@ pub const APP_NAME: &str = "vmpod-launcher";
 pub const LAUNCHER_SELECTOR: &str = "app.kubernetes.io/name=vmpod-launcher";
 /// Pod annotation holding the VMI the launcher runs (JSON).
 pub const VMI_ANNOTATION: &str = "vmpod.io/vmi";
-/// The launcher's state directory inside the pod.
-pub const STATE_DIR_IN_POD: &str = "/var/run/vmpod";
+/// The launcher's state directory inside the pod: the launcher's default.
+pub const STATE_DIR_IN_POD: &str = vmpod::statedir::DEFAULT_STATE_DIR;
 /// Where per-pod state directories live on the node (one per pod UID).
-pub const DEFAULT_STATE_ROOT: &str = "/var/run/vmpod/pods";
+pub const DEFAULT_STATE_ROOT: &str = vmpod::statedir::DEFAULT_NODE_STATE_ROOT;
 /// Directory of the projected VMI file inside the pod.
 pub const VMI_DIR_IN_POD: &str = "/etc/vmpod/vmi";
 /// The projected VMI file's name.

@@ -784,8 +784,8 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
 #[tokio::test]
 async fn node_survives_hostile_state_dirs_and_keeps_reporting_the_others() {
     use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
-    use vmpod::control::state::CONTROL_SOCKET;
     use vmpod::control::write_status;
+    use vmpod::statedir::CONTROL_SOCKET;
     let root = tempfile::tempdir().unwrap();
     let names = ["vm-fifo", "vm-zero", "vm-steal", "vm-good"];
     let uid = |i: usize| format!("00000000-0000-4000-8000-00000000010{i}");
