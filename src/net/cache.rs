@@ -47,6 +47,16 @@ impl CachedInterface {
             Binding::Masquerade => super::plan::derived_mac(self.facts.mac, "vm"),
         })
     }
+
+    /// The bridge the net phase built for this pod interface.
+    pub fn bridge_name(&self) -> String {
+        super::plan::bridge_name(&self.facts.interface)
+    }
+
+    /// The VM's tap the net phase created on that bridge.
+    pub fn tap_name(&self) -> String {
+        super::plan::tap_name(&self.facts.interface)
+    }
 }
 
 /// The identity of the calling thread's network namespace.

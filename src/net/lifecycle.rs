@@ -59,6 +59,18 @@ pub struct SetupOutcome {
     pub cache_path: PathBuf,
 }
 
+impl SetupOutcome {
+    /// The bridge the VM's tap is on.
+    pub fn bridge_name(&self) -> String {
+        self.cached.bridge_name()
+    }
+
+    /// The VM's tap, which the domain XML names.
+    pub fn tap_name(&self) -> String {
+        self.cached.tap_name()
+    }
+}
+
 /// Rewire the pod interface for the VM. Idempotent: run it again on a rewired or
 /// half-rewired pod and it converges, reading the facts from the cache.
 pub fn setup(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
