@@ -483,8 +483,10 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     l.wait_report(Duration::from_secs(150), |r| r.holding);
 
     let socket = vmpod::domain::daemons::LibvirtLayout::new(&state).socket();
-    let lv = vmpod::domain::Libvirt::connect(&socket).unwrap();
-    let dom = lv.conn().lookup_domain_by_name("qmpstop").unwrap();
+    // The virt crate directly: only vmpod-virt wraps libvirt, and the library has none.
+    let uri = format!("qemu+unix:///session?socket={}", socket.display());
+    let conn = virt::connect::Connect::open(Some(&uri)).unwrap();
+    let dom = conn.lookup_domain_by_name("qmpstop").unwrap();
     let cmd = std::ffi::CString::new(r#"{"execute":"stop"}"#).unwrap();
     let mut out: *mut std::ffi::c_char = std::ptr::null_mut();
     // SAFETY: a valid domain handle, a NUL-terminated command and an out-pointer that
@@ -517,7 +519,7 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     rt.block_on(client.resume()).unwrap();
     let s = wait_status(&mut l, "Running again", |s| s.phase == Phase::Running);
     assert_eq!(s.pause_reason, None);
-    drop(lv);
+    drop(conn);
     l.sigterm();
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());

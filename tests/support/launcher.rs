@@ -14,8 +14,11 @@ use vmpod::sandbox::PodSandbox;
 pub fn launcher_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        super::cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher", "vmpod-virt"])
-            .join("vmpod-launcher")
+        super::cargo_build::build_bins(
+            &["vmpod-launcher", "vmpod-virt"],
+            &["vmpod-launcher", "vmpod-virt"],
+        )
+        .join("vmpod-launcher")
     })
     .clone()
 }
