@@ -30,23 +30,17 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_STATE_DIR: &str = "/var/run/vmpod";
 /// Where the node daemon keeps launcher Pods' state dirs, one per pod UID.
 pub const DEFAULT_NODE_STATE_ROOT: &str = "/var/run/vmpod/pods";
-/// Where local VMIs keep their state dirs unless `VMPOD_LOCAL_ROOT` says otherwise.
+
+/// Where local VMIs keep their state dirs unless [`LOCAL_ROOT_ENV`] says otherwise (see
+/// `control::local_root`); [`StateDir::local`] names one in it.
 pub const DEFAULT_LOCAL_ROOT: &str = "/run/vmpod/vms";
-/// The environment variable overriding [`DEFAULT_LOCAL_ROOT`].
 pub const LOCAL_ROOT_ENV: &str = "VMPOD_LOCAL_ROOT";
 
-/// The control API socket, in the state dir.
+/// The two names the node daemon opens relative to a state dir's descriptor
+/// (`control::guarded`): the control API socket and the last status written.
 pub const CONTROL_SOCKET: &str = "control.sock";
-/// The last status written, in the state dir.
 pub const STATUS_FILE: &str = "status.json";
-/// The serial console log, in the scratch dir.
-pub const CONSOLE_LOG: &str = "console.log";
-/// The console log's rotated copy, in the scratch dir.
-pub const CONSOLE_LOG_PREVIOUS: &str = "console.log.1";
-/// The serial console's unix socket (libvirt binds it), in the scratch dir.
-pub const CONSOLE_SOCKET: &str = "console.sock";
-/// containerDisk images (state dir) and their overlays (scratch dir).
-pub const CONTAINER_DISKS: &str = "container-disks";
+const CONTAINER_DISKS: &str = "container-disks";
 
 /// A launcher's state directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,17 +127,17 @@ impl ScratchDir {
 
     /// `console.log`
     pub fn console_log(&self) -> PathBuf {
-        self.0.join(CONSOLE_LOG)
+        self.0.join("console.log")
     }
 
     /// `console.log.1`
     pub fn console_log_previous(&self) -> PathBuf {
-        self.0.join(CONSOLE_LOG_PREVIOUS)
+        self.0.join("console.log.1")
     }
 
     /// `console.sock`
     pub fn console_socket(&self) -> PathBuf {
-        self.0.join(CONSOLE_SOCKET)
+        self.0.join("console.sock")
     }
 
     /// `cloud-init.img`

@@ -368,16 +368,12 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
     // The init container installed the anti-spoofing table (the guest leased through
     // it); the compute container, without NET_ADMIN, cannot read its counters and the
     // report says so instead of showing zeros.
-    let network = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let client = vmpod::control::ControlClient::new(state.join("control.sock"));
-            tokio::time::timeout(Duration::from_secs(10), client.network()).await
-        })
-        .expect("network report within 10 s")
-        .expect("network report");
+    let network =
+        support::launcher::control_call(
+            &state,
+            "network report",
+            |c| async move { c.network().await },
+        );
     let anti = network.interfaces[0]
         .anti_spoofing
         .clone()

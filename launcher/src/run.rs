@@ -776,7 +776,7 @@ async fn supervise(
                 })
                 .await;
                 match rotated {
-                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", vmpod::statedir::CONSOLE_LOG_PREVIOUS),
+                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", ctx.scratch_dir().console_log_previous().display()),
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => tracing::warn!("rotating the console log: {e}"),
                     Err(e) => tracing::warn!("console log rotation task: {e}"),

@@ -37,13 +37,31 @@ pub fn test_caps_seed() -> PathBuf {
         .join("vmpod-caps-seed")
 }
 
-/// A VMI for the test guest: kernel boot, one bridged pod interface, a cidata disk with
-/// `user_data`; `hold` keeps the guest up until the ACPI power button. It asks for
+/// Where the test guest's kernel, initramfs and root disk come from.
+#[derive(Clone, Copy, Debug)]
+pub enum GuestBoot<'a> {
+    /// This machine's `target/guest` files by path (kernelBoot paths, no root disk); a
+    /// `vmpod.io/v1alpha1` manifest.
+    Files,
+    /// An image holding them: kernelBoot.container and a containerDisk, both from the
+    /// image; a `kubevirt.io/v1` manifest, as a KubeVirt user writes it.
+    Image(&'a str),
+}
+
+/// A VMI for the test guest: kernel boot, one bridged pod interface (with `mac` as its
+/// `macAddress` when given), a cidata disk with `user_data`; `hold` keeps the guest up
+/// until the ACPI power button, else it powers off after its checks. It asks for
 /// emulation (TCG), so tests that are not about acceleration behave the same whether
 /// the machine's KVM works, is absent, is refused by the probe or fails late; tests
 /// about acceleration override it with `--accel`.
-pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> String {
-    let (kernel, initrd) = guest_artifacts();
+pub fn guest_vmi(
+    name: &str,
+    user_data: &str,
+    hold: bool,
+    grace: u32,
+    boot: GuestBoot<'_>,
+    mac: Option<&str>,
+) -> String {
     let args = if hold {
         "console=ttyS0 panic=-1 vmpod.hold=1"
     } else {
@@ -53,8 +71,35 @@ pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> Str
         .lines()
         .map(|l| format!("          {l}\n"))
         .collect();
+    let mac = mac
+        .map(|m| format!("          macAddress: \"{m}\"\n"))
+        .unwrap_or_default();
+    let (api_version, kernel, root_disk, root_volume) = match boot {
+        GuestBoot::Files => {
+            let (kernel, initrd) = guest_artifacts();
+            (
+                "vmpod.io/v1alpha1",
+                format!(
+                    "        kernelPath: {}\n        initrdPath: {}\n",
+                    kernel.display(),
+                    initrd.display()
+                ),
+                String::new(),
+                String::new(),
+            )
+        }
+        GuestBoot::Image(image) => (
+            "kubevirt.io/v1",
+            format!(
+                "        container:\n          image: {image}\n          \
+                 kernelPath: /boot/vmlinuz\n          initrdPath: /boot/initramfs.img\n"
+            ),
+            "        - name: root\n          disk:\n            bus: virtio\n".to_string(),
+            format!("    - name: root\n      containerDisk:\n        image: {image}\n"),
+        ),
+    };
     format!(
-        "apiVersion: vmpod.io/v1alpha1
+        "apiVersion: {api_version}
 kind: VirtualMachineInstance
 metadata:
   name: {name}
@@ -70,28 +115,72 @@ spec:
     firmware:
       kernelBoot:
         kernelArgs: {args}
-        kernelPath: {kernel}
-        initrdPath: {initrd}
-    devices:
+{kernel}    devices:
       rng: {{}}
       interfaces:
         - name: default
           bridge: {{}}
-      disks:
-        - name: cloudinit
+{mac}      disks:
+{root_disk}        - name: cloudinit
           disk:
             bus: virtio
   networks:
     - name: default
       pod: {{}}
   volumes:
-    - name: cloudinit
+{root_volume}    - name: cloudinit
       cloudInitNoCloud:
         userData: |
-{user_data}",
-        kernel = kernel.display(),
-        initrd = initrd.display(),
+{user_data}"
     )
+}
+
+/// [`guest_vmi`] booted from this machine's files, without a `macAddress`.
+pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> String {
+    guest_vmi(name, user_data, hold, grace, GuestBoot::Files, None)
+}
+
+/// The names of the links in the pod's network namespace.
+pub fn pod_links(sb: &PodSandbox) -> Vec<String> {
+    pod_snapshot(sb).links.into_iter().map(|l| l.name).collect()
+}
+
+/// The addresses in the pod's network namespace.
+pub fn pod_addresses(sb: &PodSandbox) -> Vec<vmpod::net::IpCidr> {
+    pod_snapshot(sb)
+        .addresses
+        .into_iter()
+        .map(|a| a.address)
+        .collect()
+}
+
+fn pod_snapshot(sb: &PodSandbox) -> vmpod::net::state::NetSnapshot {
+    vmpod::net::discover::with_handle(Some(sb.netns_path()), |h| async move {
+        vmpod::net::state::snapshot(&h).await
+    })
+    .unwrap_or_else(|e| panic!("the pod's links and addresses: {e}"))
+}
+
+/// One call on the launcher's control socket in `state_dir`, answered within 10 s.
+pub fn control_call<T, E, F>(
+    state_dir: &Path,
+    what: &str,
+    call: impl FnOnce(vmpod::control::ControlClient) -> F,
+) -> T
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let client = vmpod::control::ControlClient::new(
+        vmpod::statedir::StateDir::new(state_dir).control_socket(),
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), call(client)).await })
+        .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// A launcher process running in a pod sandbox.

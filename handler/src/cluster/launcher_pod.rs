@@ -54,6 +54,7 @@ use vmpod::api::{
     Acceleration, CloudInitNoCloudSource, KernelBoot, LocalObjectReference, QuantityError,
     VirtualMachineInstance, quantity_bytes,
 };
+use vmpod::statedir::{DEFAULT_NODE_STATE_ROOT, DEFAULT_STATE_DIR};
 
 /// Label on launcher pods naming their VMI.
 pub const VMI_LABEL: &str = "vmpod.io/vmi";
@@ -63,10 +64,6 @@ pub const APP_NAME: &str = "vmpod-launcher";
 pub const LAUNCHER_SELECTOR: &str = "app.kubernetes.io/name=vmpod-launcher";
 /// Pod annotation holding the VMI the launcher runs (JSON).
 pub const VMI_ANNOTATION: &str = "vmpod.io/vmi";
-/// The launcher's state directory inside the pod: the launcher's default.
-pub const STATE_DIR_IN_POD: &str = vmpod::statedir::DEFAULT_STATE_DIR;
-/// Where per-pod state directories live on the node (one per pod UID).
-pub const DEFAULT_STATE_ROOT: &str = vmpod::statedir::DEFAULT_NODE_STATE_ROOT;
 /// Directory of the projected VMI file inside the pod.
 pub const VMI_DIR_IN_POD: &str = "/etc/vmpod/vmi";
 /// The projected VMI file's name.
@@ -205,7 +202,7 @@ impl Default for LauncherPodConfig {
     fn default() -> Self {
         LauncherPodConfig {
             image: "localhost/vmpod:dev".into(),
-            state_root: DEFAULT_STATE_ROOT.into(),
+            state_root: DEFAULT_NODE_STATE_ROOT.into(),
             kvm_resource: Some(deviceplugin::KVM_RESOURCE.into()),
             tun_resource: Some(deviceplugin::TUN_RESOURCE.into()),
             vhost_net_resource: Some(deviceplugin::VHOST_NET_RESOURCE.into()),
@@ -560,7 +557,7 @@ pub fn launcher_objects(
     // Mounts both containers share: the state dir (keyed by pod UID) and the VMI file.
     let state_mount = VolumeMount {
         sub_path_expr: Some(format!("$({POD_UID_ENV})")),
-        ..mount("state", STATE_DIR_IN_POD, false)
+        ..mount("state", DEFAULT_STATE_DIR, false)
     };
     let vmi_mount = mount("vmi", VMI_DIR_IN_POD, true);
     let mut volumes = vec![
@@ -730,7 +727,7 @@ pub fn launcher_objects(
             ..EnvVar::default()
         },
         env_var("VMPOD_VMI", &format!("{VMI_DIR_IN_POD}/{VMI_FILE}")),
-        env_var("VMPOD_STATE_DIR", STATE_DIR_IN_POD),
+        env_var("VMPOD_STATE_DIR", DEFAULT_STATE_DIR),
         env_var("VMPOD_LOG", "info"),
     ];
     let mut compute_env = env.clone();
@@ -1051,7 +1048,7 @@ mod tests {
                 vols.iter().all(|v| v
                     .host_path
                     .as_ref()
-                    .is_none_or(|h| h.path == DEFAULT_STATE_ROOT)),
+                    .is_none_or(|h| h.path == DEFAULT_NODE_STATE_ROOT)),
                 "no hostPath devices: {vols:?}"
             );
         }
@@ -1061,7 +1058,7 @@ mod tests {
     fn state_dir_is_a_host_path_keyed_by_pod_uid_in_both_containers() {
         let pod = pod(&vmi(""));
         let state = volume(&pod, "state").host_path.as_ref().unwrap();
-        assert_eq!(state.path, DEFAULT_STATE_ROOT);
+        assert_eq!(state.path, DEFAULT_NODE_STATE_ROOT);
         assert_eq!(state.type_.as_deref(), Some("DirectoryOrCreate"));
         for c in [container(&pod), init_container(&pod)] {
             let m = c
@@ -1071,7 +1068,7 @@ mod tests {
                 .iter()
                 .find(|m| m.name == "state")
                 .unwrap();
-            assert_eq!(m.mount_path, STATE_DIR_IN_POD, "{}", c.name);
+            assert_eq!(m.mount_path, DEFAULT_STATE_DIR, "{}", c.name);
             assert_eq!(m.sub_path_expr.as_deref(), Some("$(POD_UID)"), "{}", c.name);
             let uid = c
                 .env
@@ -1082,7 +1079,7 @@ mod tests {
                 .unwrap();
             let field = uid.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
             assert_eq!(field.field_path, "metadata.uid");
-            assert_eq!(env(c, "VMPOD_STATE_DIR"), Some(STATE_DIR_IN_POD));
+            assert_eq!(env(c, "VMPOD_STATE_DIR"), Some(DEFAULT_STATE_DIR));
         }
         assert_eq!(
             state_dir_on_host("/var/run/vmpod/pods/", "0b1c"),

@@ -769,7 +769,7 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
     let (mut argv, port) = container("handler-daemonset.yaml", "node");
     argv.extend(["--node-name".to_string(), "n1".to_string()]);
     let node = Node::try_parse_from(argv).unwrap().args;
-    assert_eq!(node.state_root, super::launcher_pod::DEFAULT_STATE_ROOT);
+    assert_eq!(node.state_root, vmpod::statedir::DEFAULT_NODE_STATE_ROOT);
     reachable(node.metrics_addr, port);
 
     let (argv, port) = container("controller.yaml", "controller");
