@@ -180,23 +180,11 @@ fn wait_status(
     what: &str,
     done: impl Fn(&LauncherStatus) -> bool,
 ) -> LauncherStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(s) = vmpod::control::read_status(&l.state_dir)
-            && done(&s)
-        {
-            return s;
-        }
-        if let Some(st) = l.child.try_wait().unwrap() {
-            panic!("launcher exited ({st}) before {what}\n{}", l.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what} within 60 s\n{}",
-            l.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::launcher::wait_for(l, Duration::from_secs(60), what, |l: &Launcher| {
+        vmpod::control::read_status(&l.state_dir)
+            .ok()
+            .filter(|s| done(s))
+    })
 }
 
 /// Wait (up to 5 minutes: a late KVM failure plus a TCG boot) for the guest's lease of

@@ -261,15 +261,17 @@ mod tests {
         assert!(e.contains("only one interface"), "{e}");
     }
 
-    #[test]
-    fn setup_options_carry_binding_mac_and_dirs() {
-        let v = vmi(
-            "[{name: default, bridge: {}, macAddress: '02:00:00:00:00:07'}]",
-            "[{name: default, pod: {}}]",
-            "",
-        );
+    /// The VMI with `interface` on the pod network, and the net phase's options for it.
+    fn options_for(interface: &str) -> (VirtualMachineInstance, SetupOptions) {
+        let v = vmi(&format!("[{interface}]"), "[{name: default, pod: {}}]", "");
         let iface = pod_interface(&v.spec).unwrap().unwrap();
         let o = setup_options(&v.spec, iface, "eth1", Path::new("/s"), Path::new("/r")).unwrap();
+        (v, o)
+    }
+
+    #[test]
+    fn setup_options_carry_binding_mac_and_dirs() {
+        let (_, o) = options_for("{name: default, bridge: {}, macAddress: '02:00:00:00:00:07'}");
         assert_eq!(o.interface, "eth1");
         assert_eq!(o.binding, Binding::Bridge);
         assert_eq!(o.plan.vm_mac, Some("02:00:00:00:00:07".parse().unwrap()));
@@ -278,14 +280,9 @@ mod tests {
             (Path::new("/s"), Path::new("/r"))
         );
 
-        let m = vmi(
-            "[{name: default, masquerade: {}}]",
-            "[{name: default, pod: {}}]",
-            "",
-        );
-        let iface = pod_interface(&m.spec).unwrap().unwrap();
-        let o = setup_options(&m.spec, iface, "eth0", Path::new("/s"), Path::new("/r")).unwrap();
+        let (m, o) = options_for("{name: default, masquerade: {}}");
         assert_eq!((o.binding, o.plan.vm_mac), (Binding::Masquerade, None));
+        let iface = &m.spec.domain.devices.interfaces[0];
         assert_eq!(o.plan.masquerade, m.spec.masquerade_options(iface).unwrap());
     }
 

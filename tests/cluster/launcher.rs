@@ -8,7 +8,7 @@ use super::{ClusterNode, RunningPod};
 use crate::support::guest::GuestReport;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The test guest image (manifests/build-image.sh).
 pub const TESTGUEST_IMAGE: &str = "localhost/vmpod-testguest:dev";
@@ -35,6 +35,23 @@ pub fn testguest_vmi(
         GuestBoot::Image(TESTGUEST_IMAGE),
         mac,
     )
+}
+
+impl crate::support::launcher::GuestHost for &LauncherPod {
+    fn console(&self) -> String {
+        LauncherPod::console(self)
+    }
+
+    fn diagnostics(&self) -> String {
+        LauncherPod::diagnostics(self)
+    }
+
+    fn ended(&mut self) -> Option<String> {
+        self.pod
+            .pids("compute")
+            .is_empty()
+            .then(|| "the compute container ended".to_string())
+    }
 }
 
 /// A launcher pod running on the runner, with where its files are on the node.
@@ -81,25 +98,7 @@ impl LauncherPod {
         timeout: Duration,
         done: impl Fn(&GuestReport) -> bool,
     ) -> GuestReport {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let report = GuestReport::parse(&self.console())
-                .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
-            if done(&report) {
-                return report;
-            }
-            assert!(
-                !self.pod.pids("compute").is_empty(),
-                "the compute container ended before the guest got there\n{}",
-                self.diagnostics()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?}\n{}",
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        crate::support::launcher::wait_report(&mut &*self, timeout, done)
     }
 
     /// The compute container's processes that are zombies (state Z) and stay so for a

@@ -183,6 +183,69 @@ where
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
+/// What runs the test guest (a launcher process, a launcher pod): its console, what to
+/// show when a wait fails, and whether it has ended.
+pub trait GuestHost {
+    fn console(&self) -> String;
+    fn diagnostics(&self) -> String;
+    /// Why the guest can get no further (its launcher or container ended), if so.
+    fn ended(&mut self) -> Option<String>;
+}
+
+/// Wait until the guest's console report on `host` satisfies `done`; panics (with the
+/// host's diagnostics) on timeout or when the host ends first.
+pub fn wait_report<H: GuestHost>(
+    host: &mut H,
+    timeout: Duration,
+    done: impl Fn(&GuestReport) -> bool,
+) -> GuestReport {
+    wait_for(host, timeout, "the guest got there", |h: &H| {
+        let report =
+            GuestReport::parse(&h.console()).unwrap_or_else(|e| panic!("{e}\n{}", h.diagnostics()));
+        done(&report).then_some(report)
+    })
+}
+
+/// Poll `found` on `host` until it gives a value; panics (with the host's diagnostics)
+/// after `timeout` or when the host ends first.
+pub fn wait_for<H: GuestHost, T>(
+    host: &mut H,
+    timeout: Duration,
+    what: &str,
+    found: impl Fn(&H) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = found(host) {
+            return value;
+        }
+        if let Some(why) = host.ended() {
+            panic!("{why} before {what}\n{}", host.diagnostics());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {what} within {timeout:?}\n{}",
+            host.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl GuestHost for Launcher {
+    fn console(&self) -> String {
+        Launcher::console(self)
+    }
+
+    fn diagnostics(&self) -> String {
+        Launcher::diagnostics(self)
+    }
+
+    fn ended(&mut self) -> Option<String> {
+        let st = self.child.try_wait().expect("wait for the launcher")?;
+        Some(format!("launcher exited ({st})"))
+    }
+}
+
 /// A launcher process running in a pod sandbox.
 pub struct Launcher {
     pub child: Child,
@@ -304,26 +367,7 @@ impl Launcher {
         timeout: Duration,
         done: impl Fn(&GuestReport) -> bool,
     ) -> GuestReport {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let report = GuestReport::parse(&self.console())
-                .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
-            if done(&report) {
-                return report;
-            }
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!(
-                    "launcher exited ({st}) before the guest got there\n{}",
-                    self.diagnostics()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?}\n{}",
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_report(self, timeout, done)
     }
 
     /// Wait for the launcher to exit; panics with diagnostics after `timeout`.
