@@ -67,16 +67,7 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
     assert!(status.qemu_pid.is_some(), "{status:?}");
     // The tap's anti-spoofing rules are in place (the guest leased and pinged through
     // them) and their counters readable: this launcher runs as root with NET_ADMIN.
-    let network = control_call(
-        &state,
-        "network report",
-        |c| async move { c.network().await },
-    );
-    let anti = network.interfaces[0]
-        .anti_spoofing
-        .clone()
-        .expect("an anti-spoofing report");
-    assert_eq!(anti.table, "vmpod-as-eth0");
+    let anti = support::launcher::anti_spoofing_report(&state);
     assert!(
         anti.dropped.as_ref().is_some_and(|d| d.len() == 8) && anti.unavailable.is_none(),
         "{anti:?}"

@@ -368,17 +368,7 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
     // The init container installed the anti-spoofing table (the guest leased through
     // it); the compute container, without NET_ADMIN, cannot read its counters and the
     // report says so instead of showing zeros.
-    let network =
-        support::launcher::control_call(
-            &state,
-            "network report",
-            |c| async move { c.network().await },
-        );
-    let anti = network.interfaces[0]
-        .anti_spoofing
-        .clone()
-        .expect("an anti-spoofing report");
-    assert_eq!(anti.table, "vmpod-as-eth0");
+    let anti = support::launcher::anti_spoofing_report(&state);
     assert!(anti.dropped.is_none(), "{anti:?}");
     let why = anti.unavailable.unwrap_or_default();
     assert!(

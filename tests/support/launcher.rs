@@ -161,6 +161,22 @@ fn pod_snapshot(sb: &PodSandbox) -> vmpod::net::state::NetSnapshot {
     .unwrap_or_else(|e| panic!("the pod's links and addresses: {e}"))
 }
 
+/// The anti-spoofing report of the pod interface (`eth0`) from the launcher's network
+/// report.
+pub fn anti_spoofing_report(state_dir: &Path) -> vmpod::control::AntiSpoofReport {
+    let network = control_call(
+        state_dir,
+        "network report",
+        |c| async move { c.network().await },
+    );
+    let anti = network.interfaces[0]
+        .anti_spoofing
+        .clone()
+        .expect("an anti-spoofing report");
+    assert_eq!(anti.table, "vmpod-as-eth0");
+    anti
+}
+
 /// One call on the launcher's control socket in `state_dir`, answered within 10 s.
 pub fn control_call<T, E, F>(
     state_dir: &Path,
