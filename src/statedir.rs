@@ -10,6 +10,7 @@
 //!   net/<iface>.json      cached InterfaceFacts
 //!   container-disks/      default mount point of containerDisk images
 //!   kernel-boot/          kernelBoot files extracted from a container image
+//!   secrets/              local mode: Secrets a cloudInitNoCloud volume names
 //!   pod/                  local mode only: the sandbox's record, the VMI, launcher.log
 //! <scratch dir>/          0770, QEMU's (an emptyDir in a cluster; default: the state dir)
 //!   console.log[.1]       serial console log (and its one rotated copy)
@@ -94,6 +95,12 @@ impl StateDir {
     /// `container-disks/`: where containerDisk images are mounted, unless told otherwise.
     pub fn container_disks(&self) -> PathBuf {
         self.0.join(CONTAINER_DISKS)
+    }
+
+    /// `secrets/`: the Secrets a cloudInitNoCloud volume names, when they are kept under
+    /// the state dir (local mode, tests).
+    pub fn secrets(&self) -> PathBuf {
+        self.0.join("secrets")
     }
 
     /// `kernel-boot/`: kernelBoot files taken out of a container image.

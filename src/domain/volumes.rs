@@ -43,7 +43,7 @@ impl VolumeDirs {
         VolumeDirs {
             scratch: dir.to_path_buf(),
             images: StateDir::new(dir).container_disks(),
-            secrets: dir.join("secrets"),
+            secrets: StateDir::new(dir).secrets(),
         }
     }
 }
