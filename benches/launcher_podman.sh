@@ -22,7 +22,7 @@ IMG=${IMG:-localhost/vmpod:dev}
 podman image exists "$IMG" || { echo "no image $IMG: bash manifests/build-image.sh" >&2; exit 1; }
 BIN=$PWD/target/$PROFILE
 [ -x "$BIN/vmpod-launcher" ] && [ -x "$BIN/vmpod-virt" ] || {
-  echo "build first: cargo build --${PROFILE/debug/profile dev} -p vmpod-launcher" >&2; exit 1; }
+  echo "build first: cargo build --${PROFILE/debug/profile dev} -p vmpod-launcher -p vmpod-virt" >&2; exit 1; }
 GUEST=$PWD/target/guest
 NS=vmpod-bench-podman; HOSTIF=vpb-host; D=$(mktemp -d /tmp/vmpod-bench-podman.XXXXXX)
 chmod 755 "$D"

@@ -162,7 +162,7 @@ fn run(cmd: &[String]) {
 
 /// vmpod-launcher built with the same profile as this bench.
 fn launcher() -> PathBuf {
-    cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher"]).join("vmpod-launcher")
+    cargo_build::build_bins(&["vmpod-launcher"], &["vmpod-launcher"]).join("vmpod-launcher")
 }
 
 fn median(v: &mut [Duration]) -> Duration {

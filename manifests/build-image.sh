@@ -92,7 +92,7 @@ echo "build-image: base $base"
 # --- 2. localhost/vmpod:dev ----------------------------------------------------------------
 bins=(vmpod-launcher vmpod-virt vmpod-handler vmpodctl)
 echo "build-image: cargo build --profile $profile"
-cargo build --quiet --profile "$profile" -p vmpod-launcher -p vmpod-handler -p vmpod \
+cargo build --quiet --profile "$profile" -p vmpod-launcher -p vmpod-virt -p vmpod-handler -p vmpod \
     --bin vmpod-launcher --bin vmpod-virt --bin vmpod-handler --bin vmpodctl
 ctx=$cache/context
 rm -rf "$ctx"; mkdir -p "$ctx/out"

@@ -4,7 +4,8 @@
 //! `vmpod-handler` (node daemon and controller) and `vmpodctl` (the CLI). Data flows one
 //! way: VMI spec -> validate ([`api`]) -> discover, plan, apply the pod network ([`net`])
 //! -> serve DHCP to the VM ([`dhcp`]) -> domain XML and libvirt ([`domain`]) -> status
-//! over the control socket ([`control`]). [`sandbox`] plays kubelet + CNI for local mode.
+//! over the control socket ([`control`]). [`sandbox`] plays kubelet + CNI for local mode;
+//! [`statedir`] names every path under a launcher's state dir.
 
 #[cfg(feature = "runtime")]
 pub mod api;
@@ -17,6 +18,7 @@ pub mod file;
 pub mod net;
 #[cfg(feature = "runtime")]
 pub mod sandbox;
+pub mod statedir;
 
 /// Set up tracing for a vmpod binary: logs go to standard error, filtered by `VMPOD_LOG`
 /// (default `default_level`), coloured only when standard error is a terminal so that log

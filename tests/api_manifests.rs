@@ -718,7 +718,7 @@ fn launcher_refuses_host_disks_outside_its_directories() {
     #[path = "support/cargo_build.rs"]
     mod cargo_build;
     let launcher =
-        cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher"]).join("vmpod-launcher");
+        cargo_build::build_bins(&["vmpod-launcher"], &["vmpod-launcher"]).join("vmpod-launcher");
     let dir = tempfile::tempdir().unwrap();
     let allowed = dir.path().join("disks");
     std::fs::create_dir(&allowed).unwrap();

@@ -24,7 +24,7 @@ const CAP_SYS_ADMIN: u64 = 1 << 21;
 /// `--device-hostpath`: /dev/net/tun as a hostPath (the runner here has no device plugin;
 /// the handler's controller-to-runner test gets it from the real one's Allocate).
 fn render(vmi: &str, state_root: &Path) -> String {
-    let dir = support::cargo_build::build_bins("vmpod-handler", &["vmpod-handler"]);
+    let dir = support::cargo_build::build_bins(&["vmpod-handler"], &["vmpod-handler"]);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), vmi).unwrap();
     let out = std::process::Command::new(dir.join("vmpod-handler"))

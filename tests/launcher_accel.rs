@@ -179,23 +179,11 @@ fn wait_status(
     what: &str,
     done: impl Fn(&LauncherStatus) -> bool,
 ) -> LauncherStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(s) = vmpod::control::read_status(&l.state_dir)
-            && done(&s)
-        {
-            return s;
-        }
-        if let Some(st) = l.child.try_wait().unwrap() {
-            panic!("launcher exited ({st}) before {what}\n{}", l.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what} within 60 s\n{}",
-            l.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::launcher::wait_for(l, Duration::from_secs(60), what, |l: &Launcher| {
+        vmpod::control::read_status(&l.state_dir)
+            .ok()
+            .filter(|s| done(s))
+    })
 }
 
 /// Wait (up to 5 minutes: a late KVM failure plus a TCG boot) for the guest's lease of
@@ -482,8 +470,10 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     l.wait_report(Duration::from_secs(150), |r| r.holding);
 
     let socket = vmpod::domain::daemons::LibvirtLayout::new(&state).socket();
-    let lv = vmpod::domain::Libvirt::connect(&socket).unwrap();
-    let dom = lv.conn().lookup_domain_by_name("qmpstop").unwrap();
+    // The virt crate directly: only vmpod-virt wraps libvirt, and the library has none.
+    let uri = format!("qemu+unix:///session?socket={}", socket.display());
+    let conn = virt::connect::Connect::open(Some(&uri)).unwrap();
+    let dom = conn.lookup_domain_by_name("qmpstop").unwrap();
     let cmd = std::ffi::CString::new(r#"{"execute":"stop"}"#).unwrap();
     let mut out: *mut std::ffi::c_char = std::ptr::null_mut();
     // SAFETY: a valid domain handle, a NUL-terminated command and an out-pointer that
@@ -516,7 +506,7 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     rt.block_on(client.resume()).unwrap();
     let s = wait_status(&mut l, "Running again", |s| s.phase == Phase::Running);
     assert_eq!(s.pause_reason, None);
-    drop(lv);
+    drop(conn);
     l.sigterm();
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());

@@ -6,8 +6,10 @@ mod support;
 
 use std::path::Path;
 use std::time::Duration;
-use support::launcher::{Launcher, processes_mentioning, testguest_vmi};
-use vmpod::control::{ControlClient, Phase};
+use support::launcher::{
+    Launcher, control_call, pod_addresses, pod_links, processes_mentioning, testguest_vmi,
+};
+use vmpod::control::Phase;
 use vmpod::net::IpCidr;
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 
@@ -21,22 +23,6 @@ fn pod(name: &str) -> PodSandbox {
     spec.mtu = 1400;
     spec.dns = vec!["10.96.0.10".parse().unwrap()];
     PodSandbox::create(&node, &spec).unwrap()
-}
-
-/// Link names in the pod namespace.
-fn pod_links(sb: &PodSandbox) -> Vec<String> {
-    sb.block_on(|| async {
-        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-        tokio::spawn(conn);
-        vmpod::net::snapshot::snapshot(&handle)
-            .await
-            .unwrap()
-            .links
-            .into_iter()
-            .map(|l| l.name)
-            .collect()
-    })
-    .unwrap()
 }
 
 const BOOT: Duration = Duration::from_secs(150);
@@ -74,39 +60,22 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
     assert!(user_data.contains(&marker), "user-data: {user_data}");
 
     // The control API answers with the VM's phase and address.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = ControlClient::new(state.join("control.sock"));
-    let status = rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.status()).await })
-        .expect("status within 10 s")
-        .expect("status");
+    let status = control_call(&state, "status", |c| async move { c.status().await });
     assert_eq!(status.phase, Phase::Running);
     assert_eq!(status.first_ip(), Some("10.77.0.5".parse().unwrap()));
     assert!(status.qemu_pid.is_some(), "{status:?}");
     // The tap's anti-spoofing rules are in place (the guest leased and pinged through
     // them) and their counters readable: this launcher runs as root with NET_ADMIN.
-    let network = rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(10), client.network()).await })
-        .expect("network report within 10 s")
-        .expect("network report");
-    let anti = network.interfaces[0]
-        .anti_spoofing
-        .clone()
-        .expect("an anti-spoofing report");
-    assert_eq!(anti.table, "vmpod-as-eth0");
+    let anti = support::launcher::anti_spoofing_report(&state);
     assert!(
         anti.dropped.as_ref().is_some_and(|d| d.len() == 8) && anti.unavailable.is_none(),
         "{anti:?}"
     );
-    let xml = rt
-        .block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), client.domain_xml()).await
-        })
-        .expect("domain XML within 10 s")
-        .unwrap();
+    let xml = control_call(
+        &state,
+        "domain XML",
+        |c| async move { c.domain_xml().await },
+    );
     assert!(
         xml.contains("<target dev='tap-eth0' managed='no'/>"),
         "{xml}"
@@ -179,20 +148,9 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         .unwrap();
     let tables = String::from_utf8_lossy(&tables.stdout);
     assert!(!tables.contains("vmpod-as-eth0"), "table left: {tables}");
-    let addrs = sb
-        .block_on(|| async {
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            vmpod::net::snapshot::snapshot(&handle)
-                .await
-                .unwrap()
-                .addresses
-        })
-        .unwrap();
+    let addrs = pod_addresses(&sb);
     assert!(
-        addrs
-            .iter()
-            .any(|a| a.address == "10.77.0.5/24".parse::<IpCidr>().unwrap()),
+        addrs.contains(&"10.77.0.5/24".parse().unwrap()),
         "pod IP not restored: {addrs:?}"
     );
 }

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 use support::http::{fetch, get};
-use support::launcher::{Launcher, processes_mentioning, testguest_vmi};
+use support::launcher::{Launcher, pod_addresses, pod_links, processes_mentioning, testguest_vmi};
 use vmpod::net::IpCidr;
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec, command_in};
 
@@ -87,36 +87,6 @@ fn nft_ruleset(netns: &Path) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn pod_links(sb: &PodSandbox) -> Vec<String> {
-    sb.block_on(|| async {
-        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-        tokio::spawn(conn);
-        vmpod::net::snapshot::snapshot(&handle)
-            .await
-            .unwrap()
-            .links
-            .into_iter()
-            .map(|l| l.name)
-            .collect()
-    })
-    .unwrap()
-}
-
-fn pod_addresses(sb: &PodSandbox) -> Vec<IpCidr> {
-    sb.block_on(|| async {
-        let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-        tokio::spawn(conn);
-        vmpod::net::snapshot::snapshot(&handle)
-            .await
-            .unwrap()
-            .addresses
-            .into_iter()
-            .map(|a| a.address)
-            .collect()
-    })
-    .unwrap()
 }
 
 /// The guest is up with its private lease, pinged the node through the NAT and serves.

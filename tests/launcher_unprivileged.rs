@@ -367,21 +367,7 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
     // The init container installed the anti-spoofing table (the guest leased through
     // it); the compute container, without NET_ADMIN, cannot read its counters and the
     // report says so instead of showing zeros.
-    let network = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let client = vmpod::control::ControlClient::new(state.join("control.sock"));
-            tokio::time::timeout(Duration::from_secs(10), client.network()).await
-        })
-        .expect("network report within 10 s")
-        .expect("network report");
-    let anti = network.interfaces[0]
-        .anti_spoofing
-        .clone()
-        .expect("an anti-spoofing report");
-    assert_eq!(anti.table, "vmpod-as-eth0");
+    let anti = support::launcher::anti_spoofing_report(&state);
     assert!(anti.dropped.is_none(), "{anti:?}");
     let why = anti.unavailable.unwrap_or_default();
     assert!(

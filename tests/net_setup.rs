@@ -480,7 +480,7 @@ fn discovery_names_a_missing_interface() {
 fn launcher() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        support::cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher"])
+        support::cargo_build::build_bins(&["vmpod-launcher"], &["vmpod-launcher"])
             .join("vmpod-launcher")
     })
     .clone()

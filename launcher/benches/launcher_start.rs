@@ -40,7 +40,10 @@ fn root() -> PathBuf {
 fn build() -> (PathBuf, PathBuf, PathBuf) {
     // The launcher is measured in the profile this bench is built in (release for
     // `cargo bench`, debug for `cargo bench --profile dev`).
-    let bin_dir = cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher", "vmpod-virt"]);
+    let bin_dir = cargo_build::build_bins(
+        &["vmpod-launcher", "vmpod-virt"],
+        &["vmpod-launcher", "vmpod-virt"],
+    );
     let st = Command::new("bash")
         .arg(root().join("tests/guest/build.sh"))
         .status()

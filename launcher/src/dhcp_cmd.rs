@@ -15,7 +15,7 @@ pub enum DhcpCommand {
     /// Serve DHCP for the cached interfaces in the foreground.
     Serve {
         /// The pod's state directory (holds net/<iface>.json).
-        #[arg(long, env = "VMPOD_STATE_DIR", default_value = cache::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "VMPOD_STATE_DIR", default_value = vmpod::statedir::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
 }
@@ -26,7 +26,9 @@ pub fn run(cmd: DhcpCommand) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         !cached.is_empty(),
         "no cached interfaces in {}: run `vmpod-launcher net setup` first",
-        cache::dir(&state_dir).display()
+        vmpod::statedir::StateDir::new(&state_dir)
+            .net_dir()
+            .display()
     );
     let servers = cached
         .iter()

@@ -4,11 +4,13 @@
 
 mod accel_fallback;
 mod backend;
+mod decide;
 mod dhcp_cmd;
 mod lifecycle;
 mod net_cmd;
 mod reaper;
 mod run;
+mod status_file;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

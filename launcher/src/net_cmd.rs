@@ -19,7 +19,7 @@ pub enum NetCommand {
 #[derive(Args)]
 pub struct CommonArgs {
     /// Where the per-pod state (net/<iface>.json) lives.
-    #[arg(long, default_value = net::cache::DEFAULT_STATE_DIR, env = "VMPOD_STATE_DIR")]
+    #[arg(long, default_value = vmpod::statedir::DEFAULT_STATE_DIR, env = "VMPOD_STATE_DIR")]
     state_dir: PathBuf,
     /// Work in this network namespace (a name under /run/netns or a path) instead of
     /// the current one.

@@ -1,4 +1,4 @@
-//! `vmpod-launcher [run]`: the whole pod. Load and validate the VMI, rewire the pod
+//! `vmpod-launcher [run]`: the whole acquired. Load and validate the VMI, rewire the pod
 //! network (or reuse the cached rewire), serve DHCP to the VM, start the pod's own
 //! libvirtd, define and start the domain, serve the control API, and own the
 //! lifecycle: SIGTERM -> ACPI shutdown -> grace period -> destroy; when the domain is
@@ -9,7 +9,9 @@
 
 use crate::accel_fallback::{self, Interruption, Next, classify_pause, kvm_failure_in};
 use crate::backend::{ActionRequest, LauncherBackend, Shared, lock};
-use crate::lifecycle::{outcome, phase_of, reason_of};
+use crate::decide;
+use crate::lifecycle::{phase_of, reason_of};
+use crate::status_file::StatusWriter;
 use anyhow::{Context, bail};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -23,18 +25,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use vmpod::api::{self, AccelerationRequest, VirtualMachineInstance};
 use vmpod::control::{
-    self, Acceleration, BackendError, ControlServer, InterfaceReport, InterfaceStatus,
-    LauncherStatus, LifecycleAction, NetworkReport, PauseReason, Phase,
+    self, Acceleration, BackendError, ControlServer, LauncherStatus, LifecycleAction,
+    NetworkReport, PauseReason, Phase,
 };
-use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
+use vmpod::dhcp::{DhcpConfig, DhcpServer, StatsHandle};
 use vmpod::domain::agent::{self, Events, Request, VirtAgent};
 use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, RunAs};
-use vmpod::domain::volumes::{CONTAINER_DISKS, VolumeDirs};
+use vmpod::domain::volumes::VolumeDirs;
 use vmpod::domain::{
     Attachment, DomainEnv, DomainEvent, DomainState, DomainXml, KvmKey, KvmVerdicts, domain_name,
     domain_xml, prepare_volumes,
 };
-use vmpod::net::{self, SetupOptions};
+use vmpod::net;
+use vmpod::statedir::{ScratchDir, StateDir};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -44,7 +47,7 @@ pub struct RunArgs {
     pub vmi: Option<String>,
     /// Per-pod state directory, what the node daemon reads: control socket, status.json,
     /// cached network facts (mode 0700).
-    #[arg(long, env = "VMPOD_STATE_DIR", default_value = "/var/run/vmpod")]
+    #[arg(long, env = "VMPOD_STATE_DIR", default_value = vmpod::statedir::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Per-VM scratch (an emptyDir in a cluster): disks, containerDisk overlays,
     /// cloud-init.img, console log and socket, libvirt/. Default: the state directory.
@@ -217,7 +220,7 @@ struct Accel {
 
 /// What boot acquired and teardown must give back, in reverse order.
 #[derive(Default)]
-struct Pod {
+struct Acquired {
     net_rewired: bool,
     dhcp_tasks: Vec<JoinHandle<()>>,
     daemons: Option<Daemons>,
@@ -241,70 +244,18 @@ struct Ctx {
     status_file: StatusWriter,
 }
 
-/// Writes `status.json` (atomically, fsynced) on a thread of its own, so the runtime
-/// thread (DHCP server, control API, supervision) never waits on the disk. Updates
-/// queued meanwhile collapse into the newest; [`StatusWriter::finish`] writes the last
-/// one before the launcher exits.
-struct StatusWriter {
-    tx: Mutex<Option<std::sync::mpsc::Sender<LauncherStatus>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Drop for StatusWriter {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl StatusWriter {
-    fn start(state_dir: PathBuf) -> anyhow::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<LauncherStatus>();
-        let thread = std::thread::Builder::new()
-            .name("status.json".into())
-            .spawn(move || {
-                while let Ok(mut status) = rx.recv() {
-                    while let Ok(newer) = rx.try_recv() {
-                        status = newer;
-                    }
-                    if let Err(e) = control::write_status(&state_dir, &status) {
-                        tracing::warn!("status.json: {e}");
-                    }
-                }
-            })
-            .context("start the status.json writer thread")?;
-        Ok(StatusWriter {
-            tx: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-        })
-    }
-
-    fn write(&self, status: LauncherStatus) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = tx.as_ref() {
-            let _ = tx.send(status);
-        }
-    }
-
-    /// Write what is queued and stop the thread (waits for the disk: at exit only; also
-    /// on drop, so an early return still leaves the last status on disk).
-    fn finish(&self) {
-        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Ctx {
-    fn state_dir(&self) -> &Path {
-        &self.args.state_dir
+    fn state_dir(&self) -> StateDir {
+        StateDir::new(&self.args.state_dir)
     }
 
-    fn scratch_dir(&self) -> &Path {
-        self.args
-            .scratch_dir
-            .as_deref()
-            .unwrap_or(&self.args.state_dir)
+    fn scratch_dir(&self) -> ScratchDir {
+        self.state_dir().scratch(self.args.scratch_dir.as_deref())
+    }
+
+    /// The pod libvirtd's tree in the scratch dir: its socket, QEMU's log and pid file.
+    fn libvirt(&self) -> LibvirtLayout {
+        LibvirtLayout::new(self.scratch_dir().path())
     }
 
     /// Update the status and write status.json.
@@ -329,10 +280,7 @@ async fn run_pod(
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     make_dirs(&args)?;
 
-    let mut status = LauncherStatus::pending(vmi.metadata.name.clone().unwrap_or_default());
-    status.namespace.clone_from(&vmi.metadata.namespace);
-    status.acceleration = Some(accel.booted);
-    status.acceleration_reason.clone_from(&accel.why_not_kvm);
+    let status = decide::initial_status(&vmi, accel.booted, accel.why_not_kvm.as_deref());
     let shared = Arc::new(Mutex::new(Shared {
         status,
         network: NetworkReport {
@@ -354,12 +302,12 @@ async fn run_pod(
 
     // The control API answers from the start (status while booting).
     let (act_tx, mut act_rx) = mpsc::channel::<ActionRequest>(8);
-    let socket = control::control_socket(ctx.state_dir());
+    let socket = ctx.state_dir().control_socket();
     let backend = Arc::new(LauncherBackend {
         shared: ctx.shared.clone(),
         actions: act_tx,
-        console_log: ctx.scratch_dir().join(control::state::CONSOLE_LOG),
-        console_socket: ctx.scratch_dir().join(control::state::CONSOLE_SOCKET),
+        console_log: ctx.scratch_dir().console_log(),
+        console_socket: ctx.scratch_dir().console_socket(),
     });
     let server = ControlServer::bind(&socket)?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -367,41 +315,33 @@ async fn run_pod(
         let _ = stop_rx.await;
     }));
 
-    let mut pod = Pod::default();
+    let mut acquired = Acquired::default();
     let result = async {
         // The network phase is not raced: it is netlink only and sub-second, and a
         // blocking setup cancelled halfway would go on beside the teardown. A signal
         // meanwhile waits in its stream for the race below.
-        let interfaces = network_phase(&ctx, &mut pod).await?;
+        let interfaces = network_phase(&ctx, &mut acquired).await?;
         // The rest of boot is raced against SIGTERM/SIGINT: libvirtd's start and the
-        // domain's can take long, and kubelet's grace runs meanwhile. `pod` records what
+        // domain's can take long, and kubelet's grace runs meanwhile. `acquired` records what
         // was acquired so far; teardown gives it back.
         tokio::select! {
-            r = boot(&ctx, &mut pod, interfaces) => r?,
+            r = boot(&ctx, &mut acquired, interfaces) => r?,
             signal = first_signal(&mut sigterm, &mut sigint) => {
                 tracing::info!("{signal} during boot: tearing down");
                 bail!("stopped by {signal} during boot");
             }
         }
-        supervise(&ctx, &mut pod, &mut sigterm, &mut sigint, &mut act_rx).await
+        supervise(&ctx, &mut acquired, &mut sigterm, &mut sigint, &mut act_rx).await
     }
     .await;
-    teardown(&ctx, &mut pod).await;
+    teardown(&ctx, &mut acquired).await;
 
-    let code = match &result {
-        Ok(state) => match outcome(*state) {
-            Ok(()) => {
-                ctx.publish(|s| s.set_phase(Phase::Succeeded, reason_of(*state)));
-                ExitCode::SUCCESS
-            }
-            Err(reason) => {
-                ctx.publish(|s| s.set_phase(Phase::Failed, Some(reason.clone())));
-                eprintln!("vmpod-launcher: {reason}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            let reason = format!("{e:#}");
+    let code = match decide::final_phase(&result) {
+        Ok((phase, reason)) => {
+            ctx.publish(|s| s.set_phase(phase, reason));
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
             ctx.publish(|s| s.set_phase(Phase::Failed, Some(reason.clone())));
             eprintln!("vmpod-launcher: {reason}");
             ExitCode::FAILURE
@@ -438,7 +378,8 @@ fn make_dirs(args: &RunArgs) -> anyhow::Result<()> {
         // One directory for both (local mode): QEMU needs its group on it.
         make(&args.state_dir, 0o770)?;
     }
-    let scratch = args.scratch_dir.as_deref().unwrap_or(&args.state_dir);
+    let scratch = StateDir::new(&args.state_dir).scratch(args.scratch_dir.as_deref());
+    let scratch = scratch.path();
     let qemu = RunAs::qemu(false);
     if nix::unistd::geteuid().as_raw() != qemu.uid {
         std::os::unix::fs::chown(scratch, None, Some(qemu.gid))
@@ -447,139 +388,60 @@ fn make_dirs(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The VM's DHCP hostname and search domains, as KubeVirt gives them: `spec.hostname`,
-/// else the VMI's name (never the pod's); with `spec.subdomain`, the domain
-/// `<subdomain>.<namespace>.svc.<cluster domain>` goes first in the search list (and
-/// so becomes the DHCP domain name), made from the pod's `<namespace>.svc.` search
-/// domain.
-fn vm_identity(vmi: &VirtualMachineInstance, facts: &net::InterfaceFacts) -> net::InterfaceFacts {
-    let mut vm = facts.clone();
-    if let Some(name) = vmi
-        .spec
-        .hostname
-        .clone()
-        .or_else(|| vmi.metadata.name.clone())
-    {
-        vm.hostname = name;
-    }
-    if let Some(sub) = &vmi.spec.subdomain {
-        let svc = vmi
-            .metadata
-            .namespace
-            .as_deref()
-            .map(|ns| format!("{ns}.svc."));
-        let base = vm
-            .search
-            .iter()
-            .find(|d| svc.as_deref().is_some_and(|p| d.starts_with(p)))
-            .or(vm.search.first())
-            .cloned();
-        if let Some(base) = base {
-            vm.search.insert(0, format!("{sub}.{base}"));
-        }
-    }
-    vm
-}
-
-/// The DHCP extras of a VMI interface (KubeVirt's `dhcpOptions`), validated with the VMI.
-fn dhcp_extras(iface: &api::Interface) -> anyhow::Result<DhcpExtras> {
-    let Some(o) = &iface.dhcp_options else {
-        return Ok(DhcpExtras::default());
-    };
-    DhcpExtras::try_from(o).map_err(|errors| {
-        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!(
-            "interface {} dhcpOptions: {}",
-            iface.name,
-            errors.join("; ")
-        )
-    })
-}
-
 /// The network phase for the VMI's pod interface: rewire (or reuse the cache), start its
 /// DHCP server, and return the attachments for the domain XML.
-async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<String, Attachment>> {
-    let spec = &ctx.vmi.spec;
-    let pod_ifaces: Vec<&api::Interface> = spec
-        .domain
-        .devices
-        .interfaces
-        .iter()
-        .filter(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
-        .collect();
-    if pod_ifaces.len() > 1 {
-        bail!("spec.domain.devices.interfaces: only one interface can use the pod network");
-    }
+async fn network_phase(
+    ctx: &Ctx,
+    acquired: &mut Acquired,
+) -> anyhow::Result<BTreeMap<String, Attachment>> {
     let mut attachments = BTreeMap::new();
-    let Some(iface) = pod_ifaces.first() else {
+    let Some(iface) = decide::pod_interface(&ctx.vmi.spec)? else {
         return Ok(attachments);
     };
-    let binding = iface
-        .binding()
-        .with_context(|| format!("interface {}", iface.name))?;
-    let mut opts = SetupOptions::new(ctx.args.pod_interface.clone());
-    opts.binding = binding;
-    opts.plan.vm_mac = iface.mac_address;
-    if binding == net::Binding::Masquerade {
-        opts.plan.masquerade = spec
-            .masquerade_options(iface)
-            .map_err(|e| anyhow::anyhow!("interface {}: {e}", iface.name))?;
-    }
-    opts.state_dir = ctx.state_dir().to_path_buf();
-    opts.resolv_conf.clone_from(&ctx.args.resolv_conf);
+    let opts = decide::setup_options(
+        &ctx.vmi.spec,
+        iface,
+        &ctx.args.pod_interface,
+        &ctx.args.state_dir,
+        &ctx.args.resolv_conf,
+    )?;
     // Set before: a setup failing halfway is undone too.
-    pod.net_rewired = true;
+    acquired.net_rewired = true;
     let outcome = tokio::task::spawn_blocking(move || net::setup_or_reuse(&opts))
         .await
         .context("network phase task")?
         .with_context(|| format!("network phase on pod interface {}", ctx.args.pod_interface))?;
     // Rewired by someone else (the pod's init container): theirs to undo, and without
     // NET_ADMIN this launcher could not.
-    pod.net_rewired = !outcome.reused;
-    let facts = outcome.cached.facts.clone();
+    acquired.net_rewired = !outcome.reused;
     tracing::info!(
-        interface = %facts.interface, from_cache = outcome.from_cache,
+        interface = %outcome.cached.facts.interface, from_cache = outcome.from_cache,
         elapsed_ms = ctx.started.elapsed().as_millis(), "network ready"
     );
 
     // The VM's identity (hostname, subdomain) comes from the VMI, never from the pod.
     let mut vm = outcome.cached.clone();
-    vm.facts = vm_identity(&ctx.vmi, &vm.facts);
-    let config = DhcpConfig::for_cached(&vm, &dhcp_extras(iface)?)?;
+    vm.facts = decide::vm_identity(&ctx.vmi, &vm.facts);
+    let config = DhcpConfig::for_cached(&vm, &decide::dhcp_extras(iface)?)?;
     let server = DhcpServer::bind(config)?;
     let stats: StatsHandle = server.stats();
-    pod.dhcp_tasks.push(tokio::spawn(async move {
+    acquired.dhcp_tasks.push(tokio::spawn(async move {
         if let Err(e) = server.run().await {
             tracing::error!("DHCP server: {e}");
         }
     }));
 
-    let mac = outcome.cached.vm_mac();
-    let ips: Vec<std::net::IpAddr> = facts.addresses.iter().map(|a| a.addr).collect();
     {
         let mut s = lock(&ctx.shared);
-        s.status.interfaces.push(InterfaceStatus {
-            name: iface.name.clone(),
-            mac,
-            interface_name: Some(facts.interface.clone()),
-            ip_address: facts.ipv4().map(|a| a.addr),
-            ip_addresses: ips,
-        });
-        s.network.interfaces.push(InterfaceReport::new(
-            iface.name.clone(),
-            &outcome.cached,
-            None,
-        ));
+        s.status
+            .interfaces
+            .push(decide::interface_status(&iface.name, &outcome));
+        s.network
+            .interfaces
+            .push(decide::interface_report(&iface.name, &outcome));
         s.dhcp.push(Some(stats));
     }
-    attachments.insert(
-        iface.name.clone(),
-        Attachment {
-            tap: net::tap_name(&facts.interface),
-            mac,
-            facts,
-        },
-    );
+    attachments.insert(iface.name.clone(), decide::attachment(&outcome));
     Ok(attachments)
 }
 
@@ -593,34 +455,34 @@ async fn first_signal(sigterm: &mut Signal, sigint: &mut Signal) -> &'static str
 
 async fn boot(
     ctx: &Ctx,
-    pod: &mut Pod,
+    acquired: &mut Acquired,
     interfaces: BTreeMap<String, Attachment>,
 ) -> anyhow::Result<()> {
     // libvirtd, QEMU and the libvirt client run as QEMU's user (see daemons).
     let run_as = RunAs::qemu(ctx.accel.booted == Acceleration::Kvm);
     let dirs = VolumeDirs {
-        scratch: ctx.scratch_dir().to_path_buf(),
+        scratch: ctx.scratch_dir().path().to_path_buf(),
         images: ctx
             .args
             .images_dir
             .clone()
-            .unwrap_or_else(|| ctx.state_dir().join(CONTAINER_DISKS)),
+            .unwrap_or_else(|| ctx.state_dir().container_disks()),
         secrets: ctx.args.secrets_dir.clone(),
     };
     let volumes = prepare_volumes(&ctx.vmi, &dirs, &run_as)?;
     let env = DomainEnv {
         accel: ctx.accel.booted,
-        state_dir: ctx.scratch_dir().to_path_buf(),
+        state_dir: ctx.scratch_dir().path().to_path_buf(),
         volumes,
         interfaces,
-        kernel_boot_root: ctx.state_dir().join("kernel-boot"),
+        kernel_boot_root: ctx.state_dir().kernel_boot(),
     };
     let xml = domain_xml(&ctx.vmi, &env)?;
-    pod.env = Some(env);
+    acquired.env = Some(env);
     // The console log belongs to this boot; an earlier boot's becomes console.log.1.
-    control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
+    control::rotate_console_log(&ctx.scratch_dir(), 0).context("rotating the console log")?;
     // Emptied in place, it keeps its owner: QEMU (not root) appends to it.
-    let log = ctx.scratch_dir().join(control::state::CONSOLE_LOG);
+    let log = ctx.scratch_dir().console_log();
     match run_as.chown(&log) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e).with_context(|| format!("giving {} to QEMU's user", log.display()));
@@ -628,14 +490,14 @@ async fn boot(
         _ => {}
     }
 
-    let layout = LibvirtLayout::new(ctx.scratch_dir());
+    let layout = ctx.libvirt();
     // The libvirt client loads libvirt while libvirtd starts; it connects when asked to
     // define the domain.
     let agent_bin = agent::agent_binary(std::env::current_exe().ok().as_deref());
     daemons::prepare(&layout, &run_as)?;
     let (agent, events) = VirtAgent::spawn(&agent_bin, &layout.socket(), run_as.clone())?;
-    pod.agent = Some(agent);
-    pod.events = Some(events);
+    acquired.agent = Some(agent);
+    acquired.events = Some(events);
     match daemons::seed_caps(&layout, &ctx.args.caps_seed, &run_as) {
         Ok(n) => tracing::debug!(files = n, "QEMU capabilities cache seeded"),
         Err(e) => tracing::warn!("seeding the QEMU capabilities cache: {e}"),
@@ -646,27 +508,27 @@ async fn boot(
         elapsed_ms = ctx.started.elapsed().as_millis(),
         "libvirtd ready"
     );
-    pod.daemons = Some(daemons);
+    acquired.daemons = Some(daemons);
 
-    let agent = pod.agent.as_ref().context("no libvirt agent")?;
-    let env = pod.env.as_mut().context("no domain environment")?;
-    pod.qemu_log_from = qemu_log_len(ctx);
+    let agent = acquired.agent.as_ref().context("no libvirt agent")?;
+    let env = acquired.env.as_mut().context("no domain environment")?;
+    acquired.qemu_log_from = qemu_log_len(ctx);
     // Before the start: a boot cancelled while it is in flight still has the domain
     // destroyed by teardown.
-    pod.domain = Some(domain_name(&ctx.vmi));
+    acquired.domain = Some(domain_name(&ctx.vmi));
     let name = match start_domain(ctx, agent, &xml).await {
         Ok(name) => name,
         Err(e) => {
             let error = format!("{e:#}");
             // QEMU's log, and libvirt's own refusal of the domain type.
-            let said = format!("{}\n{error}", qemu_log_since(ctx, pod.qemu_log_from));
+            let said = format!("{}\n{error}", qemu_log_since(ctx, acquired.qemu_log_from));
             let what = Interruption::StartFailed {
                 kvm_failure: kvm_failure_in(&said),
                 error,
             };
             match accel_fallback::after(ctx.accel.request, env.accel, &what) {
                 Next::BootUnderTcg { why } => {
-                    pod.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                    acquired.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
                     domain_name(&ctx.vmi)
                 }
                 Next::Fail { why } => {
@@ -677,7 +539,7 @@ async fn boot(
             }
         }
     };
-    pod.domain = Some(name);
+    acquired.domain = Some(name);
 
     let seed = ctx.args.caps_seed.clone();
     tokio::task::spawn_blocking(move || match daemons::refresh_caps_seed(&layout, &seed) {
@@ -690,7 +552,7 @@ async fn boot(
 /// Define and start the domain from `xml` and publish it; its name.
 async fn start_domain(ctx: &Ctx, agent: &VirtAgent, xml: &DomainXml) -> anyhow::Result<String> {
     lock(&ctx.shared).domain_xml.clone_from(&xml.0);
-    let layout = LibvirtLayout::new(ctx.scratch_dir());
+    let layout = ctx.libvirt();
     let name = agent.define_and_start(&xml.0).await?;
     let qemu_pid = std::fs::read_to_string(layout.qemu_pid_file(&name))
         .ok()
@@ -709,13 +571,13 @@ async fn start_domain(ctx: &Ctx, agent: &VirtAgent, xml: &DomainXml) -> anyhow::
 /// How long QEMU's log is now: the next boot's lines start there (libvirtd appends to
 /// one log across boots of the domain).
 fn qemu_log_len(ctx: &Ctx) -> u64 {
-    let path = LibvirtLayout::new(ctx.scratch_dir()).qemu_log(&domain_name(&ctx.vmi));
+    let path = ctx.libvirt().qemu_log(&domain_name(&ctx.vmi));
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// QEMU's log of the current boot (from byte `from`); empty when unreadable.
 fn qemu_log_since(ctx: &Ctx, from: u64) -> String {
-    let path = LibvirtLayout::new(ctx.scratch_dir()).qemu_log(&domain_name(&ctx.vmi));
+    let path = ctx.libvirt().qemu_log(&domain_name(&ctx.vmi));
     let bytes = std::fs::read(path).unwrap_or_default();
     let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
     String::from_utf8_lossy(&bytes[from..]).into_owned()
@@ -739,7 +601,7 @@ async fn boot_under_tcg(
     remember_kvm_failure(ctx, why);
     env.accel = Acceleration::Tcg;
     let xml = domain_xml(&ctx.vmi, env)?;
-    control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
+    control::rotate_console_log(&ctx.scratch_dir(), 0).context("rotating the console log")?;
     ctx.publish(|s| {
         s.acceleration = Some(Acceleration::Tcg);
         s.acceleration_reason = Some(why.to_string());
@@ -751,7 +613,7 @@ async fn boot_under_tcg(
     Ok(log_from)
 }
 
-/// Write the node's verdict that KVM failed here, for the next pod.
+/// Write the node's verdict that KVM failed here, for the next acquired.
 fn remember_kvm_failure(ctx: &Ctx, why: &str) {
     let Some(key) = &ctx.accel.kvm_key else {
         return;
@@ -807,15 +669,15 @@ const CONSOLE_CHECK: Duration = Duration::from_secs(2);
 /// Follow the domain until it is gone; returns its final state.
 async fn supervise(
     ctx: &Ctx,
-    pod: &mut Pod,
+    acquired: &mut Acquired,
     sigterm: &mut Signal,
     sigint: &mut Signal,
     actions: &mut mpsc::Receiver<ActionRequest>,
 ) -> anyhow::Result<DomainState> {
-    let agent = pod.agent.as_ref().context("no libvirt agent")?;
-    let mut events = pod.events.take().context("no event stream")?;
-    let daemons = pod.daemons.as_mut().context("no daemons")?;
-    let env = pod.env.as_mut().context("no domain environment")?;
+    let agent = acquired.agent.as_ref().context("no libvirt agent")?;
+    let mut events = acquired.events.take().context("no event stream")?;
+    let daemons = acquired.daemons.as_mut().context("no daemons")?;
+    let env = acquired.env.as_mut().context("no domain environment")?;
     // The control API asked for a pause that has not shown yet.
     let mut pause_requested = false;
     // Events before the domain's start (libvirt sends it last, after `Resumed`) are a
@@ -839,7 +701,7 @@ async fn supervise(
                 }
                 let interruption = match ev {
                     DomainEvent::Paused(libvirt) => {
-                        let log = qemu_log_since(ctx, pod.qemu_log_from);
+                        let log = qemu_log_since(ctx, acquired.qemu_log_from);
                         let pause = classify_pause(std::mem::take(&mut pause_requested), libvirt, &log);
                         if pause.reason == PauseReason::User {
                             tracing::info!(reason = %pause.reason, "domain {}", pause.message);
@@ -850,13 +712,13 @@ async fn supervise(
                     }
                     DomainEvent::Stopped(reason) => Some(Interruption::Stopped {
                         reason,
-                        kvm_failure: kvm_failure_in(&qemu_log_since(ctx, pod.qemu_log_from)),
+                        kvm_failure: kvm_failure_in(&qemu_log_since(ctx, acquired.qemu_log_from)),
                     }),
                     _ => None,
                 };
                 match interruption.as_ref().map(|i| accel_fallback::after(ctx.accel.request, env.accel, i)) {
                     Some(Next::BootUnderTcg { why }) => {
-                        pod.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                        acquired.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
                         await_start = true;
                         state = DomainState::Pending;
                         continue;
@@ -908,13 +770,13 @@ async fn supervise(
             }
             _ = console_check.tick() => {
                 // A copy of up to the cap: off the runtime thread.
-                let scratch = ctx.scratch_dir().to_path_buf();
+                let scratch = ctx.scratch_dir();
                 let rotated = tokio::task::spawn_blocking(move || {
                     control::rotate_console_log(&scratch, control::state::CONSOLE_LOG_MAX)
                 })
                 .await;
                 match rotated {
-                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
+                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", ctx.scratch_dir().console_log_previous().display()),
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => tracing::warn!("rotating the console log: {e}"),
                     Err(e) => tracing::warn!("console log rotation task: {e}"),
@@ -947,9 +809,9 @@ fn kill_qemu(pid: Option<u32>) {
 }
 
 /// Give back everything boot acquired; never fails, logs what it cannot do.
-async fn teardown(ctx: &Ctx, pod: &mut Pod) {
-    let agent = pod.agent.take();
-    if pod.domain.take().is_some() {
+async fn teardown(ctx: &Ctx, acquired: &mut Acquired) {
+    let agent = acquired.agent.take();
+    if acquired.domain.take().is_some() {
         let stopped = match &agent {
             Some(a) => match a.is_active().await {
                 Ok(false) => true,
@@ -973,14 +835,14 @@ async fn teardown(ctx: &Ctx, pod: &mut Pod) {
     if let Some(agent) = agent {
         agent.stop(Duration::from_secs(5)).await;
     }
-    for t in pod.dhcp_tasks.drain(..) {
+    for t in acquired.dhcp_tasks.drain(..) {
         t.abort();
     }
-    if let Some(mut d) = pod.daemons.take() {
+    if let Some(mut d) = acquired.daemons.take() {
         d.stop().await;
     }
-    if pod.net_rewired {
-        let state_dir = ctx.state_dir().to_path_buf();
+    if acquired.net_rewired {
+        let state_dir = ctx.args.state_dir.clone();
         match tokio::task::spawn_blocking(move || net::teardown(None, &state_dir)).await {
             Ok(Ok(done)) => tracing::info!(?done, "pod network restored"),
             Ok(Err(e)) => tracing::error!("network teardown: {e}"),

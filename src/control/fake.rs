@@ -5,7 +5,6 @@
 
 use super::action::LifecycleAction;
 use super::server::{Backend, BackendError, ControlServer, ServerError};
-use super::state::{CONSOLE_LOG, CONSOLE_SOCKET, control_socket};
 use super::types::{
     Acceleration, InterfaceReport, InterfaceStatus, LauncherStatus, NetworkReport, Phase,
 };
@@ -15,6 +14,7 @@ use crate::dhcp::v4::{ClientSeen, RequestKind};
 use crate::dhcp::{DEFAULT_SERVER_IP, DhcpConfig, DhcpExtras, DhcpStats};
 use crate::net::antispoof::{AntiSpoofReport, DropCount, DropKind};
 use crate::net::{Binding, InterfaceFacts, IpCidr, MacAddr, OriginalSettings, PlanOptions, Route};
+use crate::statedir::{ScratchDir, StateDir};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -113,10 +113,10 @@ impl FakeLauncher {
             status,
             network,
             xml,
-            state_dir.join(CONSOLE_LOG),
-            state_dir.join(CONSOLE_SOCKET),
+            ScratchDir::new(state_dir).console_log(),
+            ScratchDir::new(state_dir).console_socket(),
         ));
-        let server = ControlServer::bind(&control_socket(state_dir))?;
+        let server = ControlServer::bind(&StateDir::new(state_dir).control_socket())?;
         let socket = server.path().to_path_buf();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(backend.clone(), async {

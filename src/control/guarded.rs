@@ -8,8 +8,9 @@
 //! that pod and nothing else.
 
 use super::client::{ClientError, ControlClient};
-use super::state::{CONTROL_SOCKET, STATUS_FILE, StatusSource};
+use super::state::StatusSource;
 use super::types::LauncherStatus;
+use crate::statedir::{CONTROL_SOCKET, STATUS_FILE, StateDir};
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 use std::io::Read;
@@ -81,12 +82,12 @@ pub async fn status_from_dir(
         let status = read_status_at(&dir, &dir_path)?;
         Ok::<_, Refused>((dir, status))
     });
-    let file = state_dir.join(STATUS_FILE);
+    let file = StateDir::new(state_dir).status_file();
     let (dir, written) = tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| refused(&file, format!("not read within {timeout:?}")))?
         .map_err(|e| refused(&file, format!("reader thread: {e}")))??;
-    let socket = state_dir.join(CONTROL_SOCKET);
+    let socket = StateDir::new(state_dir).control_socket();
     match fstatat(
         &dir,
         CONTROL_SOCKET,

@@ -5,7 +5,7 @@
 //! Every request parses into one [`Action`] ([`action::parse`], pure); the
 //! [`ControlServer`] maps actions onto a [`Backend`] the launcher implements; the
 //! [`ControlClient`] is the one typed client the handler and vmpodctl use. [`state`] holds
-//! the state-dir file names, the atomic `status.json` writer and the local runtime root;
+//! the atomic `status.json` writer and the local runtime root;
 //! [`guarded`] reads a launcher's status from outside its pod without trusting its files.
 //!
 //! This module owns the socket, the HTTP framing and the response types. It owns no VM or
@@ -26,8 +26,8 @@ pub use client::{ClientError, ConsoleFollow, ConsoleStream, ControlClient};
 pub use guarded::{Refused, status_from_dir};
 pub use server::{Backend, BackendError, ControlServer, Limits, ServerError};
 pub use state::{
-    StatusSource, control_socket, list_local, local_root, local_state_dir, read_status,
-    rotate_console_log, status_of, write_json_atomic, write_status,
+    StatusSource, list_local, local_root, local_state_dir, read_status, rotate_console_log,
+    status_of, write_json_atomic, write_status,
 };
 pub use types::{
     Acceleration, AntiSpoofReport, Conflict, ErrorBody, InterfaceReport, InterfaceStatus,

@@ -1,39 +1,26 @@
-//! Files in a launcher's state directory that the control API reads or writes
-//! (control.sock, console.log, console.sock, status.json), the local runtime's root
-//! (`/run/vmpod/vms/<name>/`), and reading a launcher's status through its socket with
-//! status.json as the fallback. Other state-dir files belong to net, dhcp and domain.
+//! What the control API does with a launcher's state-dir files (their names are
+//! [`crate::statedir`]'s): rotating the console log, writing and reading status.json,
+//! the local runtime's root (`/run/vmpod/vms/<name>/`), and reading a launcher's status
+//! through its socket with status.json as the fallback.
 
 use super::client::ControlClient;
 use super::types::LauncherStatus;
 use crate::file::{Durability, write_atomic};
+use crate::statedir::{DEFAULT_LOCAL_ROOT, LOCAL_ROOT_ENV, ScratchDir, StateDir};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The control API socket, in the state dir.
-pub const CONTROL_SOCKET: &str = "control.sock";
-/// The serial console log, in the state dir.
-pub const CONSOLE_LOG: &str = "console.log";
-/// Where [`rotate_console_log`] moves the console log's content, replacing what was there.
-pub const CONSOLE_LOG_PREVIOUS: &str = "console.log.1";
 /// The console log is rotated once it holds more than this (virtlogd's default is 2 MiB
 /// with three backups; one backup of a larger file keeps the same bound, 8 MiB).
 pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
-/// The serial console's unix socket (libvirt binds it), in the state dir.
-pub const CONSOLE_SOCKET: &str = "console.sock";
-/// The last status written, for readers without the socket.
-pub const STATUS_FILE: &str = "status.json";
-/// Where local VMIs keep their state dirs unless `VMPOD_LOCAL_ROOT` says otherwise.
-pub const DEFAULT_LOCAL_ROOT: &str = "/run/vmpod/vms";
-/// The environment variable overriding [`DEFAULT_LOCAL_ROOT`].
-pub const LOCAL_ROOT_ENV: &str = "VMPOD_LOCAL_ROOT";
 
-/// Move the console log's content to `console.log.1` when it holds more than `max` bytes
+/// Move the console log's content (in scratch dir `scratch`) to `console.log.1` when it holds more than `max` bytes
 /// (0: when it holds anything). Copy, then truncate in place: QEMU keeps its `O_APPEND`
 /// descriptor and goes on writing at the new end, and followers start over at 0. A
 /// missing log is not an error. Returns whether it rotated.
-pub fn rotate_console_log(state_dir: &Path, max: u64) -> io::Result<bool> {
-    let log = state_dir.join(CONSOLE_LOG);
+pub fn rotate_console_log(scratch: &ScratchDir, max: u64) -> io::Result<bool> {
+    let log = scratch.console_log();
     let file = match std::fs::OpenOptions::new().write(true).open(&log) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -42,16 +29,11 @@ pub fn rotate_console_log(state_dir: &Path, max: u64) -> io::Result<bool> {
     if file.metadata()?.len() <= max {
         return Ok(false);
     }
-    let previous = state_dir.join(CONSOLE_LOG_PREVIOUS);
+    let previous = scratch.console_log_previous();
     std::fs::copy(&log, &previous)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", previous.display())))?;
     file.set_len(0)?;
     Ok(true)
-}
-
-/// `<state-dir>/control.sock`
-pub fn control_socket(state_dir: &Path) -> PathBuf {
-    state_dir.join(CONTROL_SOCKET)
 }
 
 /// The local runtime's root: `$VMPOD_LOCAL_ROOT` or `/run/vmpod/vms`.
@@ -68,15 +50,9 @@ fn local_root_from(env: Option<&std::ffi::OsStr>) -> PathBuf {
 
 /// The state dir of local VMI `name` under `root`. Refuses names that would leave it.
 pub fn local_state_dir(root: &Path, name: &str) -> Result<PathBuf, StateError> {
-    let valid = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\0');
-    if !valid {
-        return Err(StateError::BadName(name.to_string()));
-    }
-    Ok(root.join(name))
+    StateDir::local(root, name)
+        .map(|d| d.path().to_path_buf())
+        .ok_or_else(|| StateError::BadName(name.to_string()))
 }
 
 /// Failures reading or writing state-dir files, naming the file.
@@ -95,7 +71,7 @@ pub enum StateError {
 
 /// Write `<state-dir>/status.json` atomically (see [`write_json_atomic`]).
 pub fn write_status(state_dir: &Path, status: &LauncherStatus) -> Result<(), StateError> {
-    write_json_atomic(&state_dir.join(STATUS_FILE), status)
+    write_json_atomic(&StateDir::new(state_dir).status_file(), status)
 }
 
 /// Write `value` as JSON to `path` atomically, fsynced
@@ -115,7 +91,7 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 
 /// Read `<state-dir>/status.json`.
 pub fn read_status(state_dir: &Path) -> Result<LauncherStatus, StateError> {
-    let path = state_dir.join(STATUS_FILE);
+    let path = StateDir::new(state_dir).status_file();
     let bytes = std::fs::read(&path).map_err(|source| StateError::Io {
         path: path.clone(),
         source,
@@ -147,7 +123,7 @@ pub async fn status_of(
     state_dir: &Path,
     timeout: Duration,
 ) -> Result<(LauncherStatus, StatusSource), NoStatus> {
-    let client = ControlClient::new(control_socket(state_dir));
+    let client = ControlClient::new(StateDir::new(state_dir).control_socket());
     let socket_err = match tokio::time::timeout(timeout, client.status()).await {
         Ok(Ok(s)) => return Ok((s, StatusSource::Socket)),
         Ok(Err(e)) => e.to_string(),
@@ -202,8 +178,9 @@ mod tests {
     fn console_log_rotates_over_the_limit_and_appends_continue_at_zero() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
-        assert!(!rotate_console_log(dir.path(), 0).unwrap(), "no log yet");
-        let log = dir.path().join(CONSOLE_LOG);
+        let scratch = ScratchDir::new(dir.path());
+        assert!(!rotate_console_log(&scratch, 0).unwrap(), "no log yet");
+        let log = scratch.console_log();
         // QEMU's descriptor: append mode, held across the rotation.
         let mut qemu = std::fs::OpenOptions::new()
             .create(true)
@@ -211,10 +188,10 @@ mod tests {
             .open(&log)
             .unwrap();
         qemu.write_all(b"0123456789").unwrap();
-        assert!(!rotate_console_log(dir.path(), 10).unwrap(), "at the limit");
-        assert!(rotate_console_log(dir.path(), 9).unwrap());
+        assert!(!rotate_console_log(&scratch, 10).unwrap(), "at the limit");
+        assert!(rotate_console_log(&scratch, 9).unwrap());
         assert_eq!(
-            std::fs::read(dir.path().join(CONSOLE_LOG_PREVIOUS)).unwrap(),
+            std::fs::read(scratch.console_log_previous()).unwrap(),
             b"0123456789"
         );
         qemu.write_all(b"after").unwrap();
@@ -223,9 +200,9 @@ mod tests {
             b"after",
             "no hole, no old bytes"
         );
-        assert!(rotate_console_log(dir.path(), 0).unwrap());
+        assert!(rotate_console_log(&scratch, 0).unwrap());
         assert_eq!(
-            std::fs::read(dir.path().join(CONSOLE_LOG_PREVIOUS)).unwrap(),
+            std::fs::read(scratch.console_log_previous()).unwrap(),
             b"after"
         );
     }
@@ -267,7 +244,7 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temp file left behind");
 
-        std::fs::write(dir.path().join(STATUS_FILE), b"{").unwrap();
+        std::fs::write(StateDir::new(dir.path()).status_file(), b"{").unwrap();
         let e = read_status(dir.path()).unwrap_err().to_string();
         assert!(e.contains("status.json"), "{e}");
         let e = write_status(&dir.path().join("missing"), &s)

@@ -191,7 +191,7 @@ impl DhcpConfig {
         entry: &CachedInterface,
         extras: &DhcpExtras,
     ) -> Result<Self, DhcpConfigError> {
-        let bridge = crate::net::bridge_name(&entry.facts.interface);
+        let bridge = entry.bridge_name();
         let config = match entry.binding {
             crate::net::Binding::Bridge => {
                 Self::from_facts(&entry.facts, &bridge, entry.options.bridge_address, extras)?

@@ -1,10 +1,12 @@
-//! The launcher's libvirt client as a child process of its own, `vmpod-virt`.
+//! The launcher's libvirt client as a child process of its own, `vmpod-virt`: the
+//! protocol between them and the launcher's side of it ([`VirtAgent`]). The agent's
+//! side (`serve`) and libvirt itself live in the vmpod-virt crate (launcher/virt), so
+//! neither this library nor the launcher links libvirt.
 //!
 //! Linking libvirt maps libvirt.so and its ~50 dependencies (gnutls, glib, libxml2, krb5,
 //! curl, ICU, ...): about 11 MiB of RSS before the first call. The launcher, which owns
 //! the pod network, the DHCP server and the control API for the pod's whole life, does
-//! not link it; it runs `vmpod-virt`, which holds the one libvirt connection (through
-//! [`Libvirt`]) and speaks JSON lines on its stdin and stdout:
+//! not link it; it runs `vmpod-virt`, which holds the one libvirt connection and speaks JSON lines on its stdin and stdout:
 //!
 //! - launcher -> agent: one [`Request`] per line, answered in order;
 //! - agent -> launcher: [`Message::Reply`] for each request, and [`Message::Event`] for
@@ -15,12 +17,12 @@
 //! DHCP server or the control API; the launcher sees the agent's exit as the end of the
 //! event stream.
 
-use super::libvirt::{DomainEvent, Libvirt, PausedReason, RunningDomain, paused_reason};
+use super::events::DomainEvent;
 use serde::{Deserialize, Serialize};
-use std::io::{self, BufRead, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -142,100 +144,6 @@ fn locate_agent(env: Option<std::ffi::OsString>, launcher_exe: Option<&Path>) ->
         .map(|d| d.join(AGENT_BINARY))
         .filter(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(AGENT_BINARY))
-}
-
-/// The agent's side: read requests from `input` until it closes, answer them on `output`,
-/// and forward lifecycle events there as they come.
-pub fn serve(socket: &Path, input: impl BufRead, output: impl Write + Send + 'static) {
-    let output = Arc::new(Mutex::new(output));
-    // The connection outlives a start that fails (the launcher may start the domain
-    // again, e.g. under TCG); the domain handle is the last one started.
-    let mut conn: Option<Libvirt> = None;
-    let mut domain: Option<RunningDomain> = None;
-    for line in input.lines() {
-        let Ok(line) = line else { break };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let result = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Err(format!("bad request {line:?}: {e}")),
-            Ok(Request::DefineAndStart { xml }) => {
-                let lv = match conn {
-                    // Again: the domain stopped or failed to start; its old definition
-                    // goes first.
-                    Some(ref lv) => lv
-                        .undefine_inactive()
-                        .map(|()| lv)
-                        .map_err(|e| e.to_string()),
-                    None => connect(socket, &output).map(|lv| &*conn.insert(lv)),
-                };
-                lv.and_then(|lv| lv.define_and_start(&xml).map_err(|e| e.to_string()))
-                    .map(|d| Answer::Started(domain.insert(d).name.clone()))
-            }
-            Ok(req) => match &domain {
-                None => Err("no domain: DefineAndStart first".into()),
-                Some(dom) => call(dom, &req),
-            },
-        };
-        send(&output, &Message::Reply { result });
-    }
-    tracing::debug!("stdin closed: the libvirt agent exits");
-}
-
-/// Write one message line. The launcher reading the other end is the only consumer; if
-/// it is gone, so is the point of writing.
-fn send<W: Write>(out: &Mutex<W>, msg: &Message) {
-    let mut line = serde_json::to_vec(msg).unwrap_or_default();
-    line.push(b'\n');
-    let mut w = out.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = w.write_all(&line).and_then(|()| w.flush());
-}
-
-/// Connect and forward lifecycle events from then on.
-fn connect<W: Write + Send + 'static>(
-    socket: &Path,
-    output: &Arc<Mutex<W>>,
-) -> Result<Libvirt, String> {
-    let mut lv = Libvirt::connect(socket).map_err(|e| e.to_string())?;
-    let mut events = lv.subscribe().map_err(|e| e.to_string())?;
-    let out = Arc::clone(output);
-    let conn = lv.conn().clone();
-    std::thread::Builder::new()
-        .name("events".into())
-        .spawn(move || {
-            while let Some((domain, mut event)) = events.blocking_recv() {
-                // The event's detail cannot tell a user's pause from a KVM failure;
-                // libvirt's state reason can.
-                if let DomainEvent::Paused(from_detail) = event {
-                    event = DomainEvent::Paused(match paused_reason(&conn, &domain) {
-                        PausedReason::Unknown => from_detail,
-                        known => known,
-                    });
-                }
-                send(&out, &Message::Event { domain, event });
-            }
-        })
-        .map_err(|e| format!("spawn the event thread: {e}"))?;
-    Ok(lv)
-}
-
-fn call(dom: &RunningDomain, req: &Request) -> Result<Answer, String> {
-    let done = |r: Result<(), super::libvirt::LibvirtError>| {
-        r.map(|()| Answer::Done).map_err(|e| e.to_string())
-    };
-    match req {
-        Request::DefineAndStart { .. } => Err("defineAndStart is not a call on a domain".into()),
-        Request::Shutdown => done(dom.shutdown()),
-        Request::Destroy => done(dom.destroy()),
-        Request::Pause => done(dom.pause()),
-        Request::Resume => done(dom.resume()),
-        Request::Undefine => done(dom.undefine()),
-        Request::Xml => dom.xml().map(Answer::Xml).map_err(|e| e.to_string()),
-        Request::IsActive => dom
-            .is_active()
-            .map(Answer::Active)
-            .map_err(|e| e.to_string()),
-    }
 }
 
 /// The launcher's side: a running agent.
@@ -390,7 +298,7 @@ impl VirtAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::StopReason;
+    use crate::domain::{PausedReason, StopReason};
 
     fn j<T: Serialize>(v: &T) -> String {
         serde_json::to_string(v).unwrap()
@@ -437,25 +345,6 @@ mod tests {
             }),
             r#"{"kind":"event","domain":"d","event":{"stopped":"shutdown"}}"#
         );
-    }
-
-    #[test]
-    fn requests_before_a_domain_and_garbage_are_answered_with_errors() {
-        let input = b"{\"op\":\"pause\"}\n\nnot json\n".as_slice();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        serve(Path::new("/nonexistent"), input, Shared(Arc::clone(&out)));
-        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
-        let msgs: Vec<Message> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(msgs.len(), 2, "{text}");
-        let err = |m: &Message| match m {
-            Message::Reply { result: Err(e) } => e.clone(),
-            other => panic!("{other:?}"),
-        };
-        assert!(err(&msgs[0]).contains("DefineAndStart first"), "{text}");
-        assert!(err(&msgs[1]).contains("bad request"), "{text}");
     }
 
     #[test]
@@ -573,17 +462,5 @@ done
         let end = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv()).await;
         assert_eq!(end, Ok(None), "the agent is still alive after the timeout");
         agent.stop(std::time::Duration::from_secs(5)).await;
-    }
-
-    /// A writer into a shared buffer, so the test can read what `serve` wrote.
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
     }
 }

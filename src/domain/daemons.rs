@@ -104,7 +104,7 @@ pub const DIRS: [&str; 6] = ["config", "run", "cache", "data", "home", "sock"];
 impl LibvirtLayout {
     pub fn new(scratch_dir: &Path) -> Self {
         LibvirtLayout {
-            root: scratch_dir.join("libvirt"),
+            root: crate::statedir::ScratchDir::new(scratch_dir).libvirt(),
         }
     }
     pub fn dir(&self, name: &str) -> PathBuf {

@@ -1,12 +1,14 @@
-//! VMI -> libvirt domain XML (pure), the libvirt connection (virt crate) and the
-//! cloud-init NoCloud disk. Does not touch the network: it reads facts and tap names.
+//! VMI -> libvirt domain XML (pure), the pod's libvirtd, the launcher's side of its
+//! libvirt client process ([`agent`]; the client itself, which links libvirt, is the
+//! vmpod-virt crate), domain events and state, and the cloud-init NoCloud disk. Does not
+//! touch the network: it reads facts and tap names.
 
 pub mod accel;
 pub mod agent;
 pub mod cloudinit;
 pub mod daemons;
+pub mod events;
 pub mod host_disks;
-pub mod libvirt;
 pub mod volumes;
 pub mod xml;
 
@@ -15,7 +17,7 @@ pub use accel::{
 };
 pub use agent::{AgentError, Events, Request, VirtAgent};
 pub use cloudinit::{NoCloudData, write_nocloud_disk};
+pub use events::{DomainEvent, DomainState, PausedReason, StopReason};
 pub use host_disks::{HOST_DISK_DIRS_ENV, host_disks_outside};
-pub use libvirt::{DomainEvent, DomainState, Libvirt, PausedReason, RunningDomain, StopReason};
 pub use volumes::{VolumeError, prepare_volumes};
 pub use xml::{Attachment, DomainEnv, DomainXml, XmlError, domain_name, domain_xml};

@@ -14,6 +14,7 @@ use super::cloudinit::{NoCloudData, write_nocloud_disk};
 use super::daemons::RunAs;
 use super::xml::{DiskFormat, PreparedVolume};
 use crate::api::{CloudInitNoCloudSource, HostDiskType, VirtualMachineInstance, quantity_bytes};
+use crate::statedir::{ScratchDir, StateDir};
 use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -21,12 +22,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// The NoCloud disk's file name in the state dir.
-pub const CLOUD_INIT_IMAGE: &str = "cloud-init.img";
-/// Where, under the state dir, the pod mounts a `containerDisk` volume's image by
-/// default (`VMPOD_IMAGES_DIR` overrides); also the overlays' directory in the scratch
-/// dir.
-pub const CONTAINER_DISKS: &str = "container-disks";
 /// The `qemu-img` binary that makes the overlays.
 pub const QEMU_IMG: &str = "/usr/bin/qemu-img";
 
@@ -47,8 +42,8 @@ impl VolumeDirs {
     pub fn under(dir: &Path) -> Self {
         VolumeDirs {
             scratch: dir.to_path_buf(),
-            images: dir.join(CONTAINER_DISKS),
-            secrets: dir.join("secrets"),
+            images: StateDir::new(dir).container_disks(),
+            secrets: StateDir::new(dir).secrets(),
         }
     }
 }
@@ -257,7 +252,7 @@ pub fn prepare_volumes(
     dirs: &VolumeDirs,
     owner: &RunAs,
 ) -> Result<BTreeMap<String, PreparedVolume>, VolumeError> {
-    let state_dir = dirs.scratch.as_path();
+    let scratch = ScratchDir::new(&dirs.scratch);
     let mut out = BTreeMap::new();
     for (i, vol) in vmi.spec.volumes.iter().enumerate() {
         let field = format!("spec.volumes[{i}]");
@@ -299,7 +294,7 @@ pub fn prepare_volumes(
                 field: format!("{field}.emptyDisk.capacity"),
                 message: err.to_string(),
             })?;
-            let dir = state_dir.join("disks");
+            let dir = scratch.empty_disks();
             fs::create_dir_all(&dir).map_err(io_err(".emptyDisk", "create", &dir))?;
             let path = dir.join(format!("{}.img", vol.name));
             ensure_sparse(&path, size).map_err(io_err(".emptyDisk", "create", &path))?;
@@ -318,9 +313,7 @@ pub fn prepare_volumes(
                 .join(&vol.name)
                 .join(inner.trim_start_matches('/'));
             let format = detect_format(&image).map_err(io_err(".containerDisk", "open", &image))?;
-            let path = state_dir
-                .join(CONTAINER_DISKS)
-                .join(format!("{}.qcow2", vol.name));
+            let path = scratch.container_disk_overlay(&vol.name);
             ensure_overlay(&path, &image, format).map_err(|message| VolumeError::Overlay {
                 field: format!("{field}.containerDisk"),
                 overlay: path.clone(),
@@ -338,7 +331,7 @@ pub fn prepare_volumes(
         } else if let Some(ci) = &vol.cloud_init_no_cloud {
             let sub = format!("{field}.cloudInitNoCloud");
             let data = nocloud_data(vmi, ci, &sub, &dirs.secrets)?;
-            let path = state_dir.join(CLOUD_INIT_IMAGE);
+            let path = scratch.cloud_init_image();
             // User-data may hold secrets: the file is made 0600 before anything is
             // written to it, and given to QEMU's user after.
             let _ = fs::remove_file(&path);
@@ -484,7 +477,7 @@ mod tests {
             ..Default::default()
         }]);
         let v = prepare_volumes(&vmi, &VolumeDirs::under(dir.path()), &RunAs::current()).unwrap();
-        assert_eq!(v["ci"].path, dir.path().join(CLOUD_INIT_IMAGE));
+        assert_eq!(v["ci"].path, ScratchDir::new(dir.path()).cloud_init_image());
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&v["ci"].path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "user-data may be secret");

@@ -229,8 +229,9 @@ pub fn domain_xml(vmi: &VirtualMachineInstance, env: &DomainEnv) -> Result<Domai
     let _ = writeln!(w, "    <emulator>{EMULATOR}</emulator>");
     disks(w, vmi, env)?;
     interfaces(w, vmi, env)?;
-    let console_sock = env.state_dir.join(crate::control::state::CONSOLE_SOCKET);
-    let console_log = env.state_dir.join(crate::control::state::CONSOLE_LOG);
+    let scratch = crate::statedir::ScratchDir::new(&env.state_dir);
+    let console_sock = scratch.console_socket();
+    let console_log = scratch.console_log();
     let _ = writeln!(w, "    <serial type='unix'>");
     let _ = writeln!(
         w,

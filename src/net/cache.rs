@@ -11,13 +11,11 @@ use super::error::NetError;
 use super::facts::{Binding, InterfaceFacts, MacAddr};
 use super::plan::{NetOp, OriginalSettings, PlanOptions};
 use crate::file::{Durability, write_atomic};
+use crate::statedir::StateDir;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-
-/// The launcher's default state directory.
-pub const DEFAULT_STATE_DIR: &str = "/var/run/vmpod";
 
 /// One cached pod interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +43,16 @@ impl CachedInterface {
     pub fn vm_mac(&self) -> MacAddr {
         self.options.vm_mac(self.binding, self.facts.mac)
     }
+
+    /// The bridge the net phase built for this pod interface.
+    pub fn bridge_name(&self) -> String {
+        super::plan::bridge_name(&self.facts.interface)
+    }
+
+    /// The VM's tap the net phase created on that bridge.
+    pub fn tap_name(&self) -> String {
+        super::plan::tap_name(&self.facts.interface)
+    }
 }
 
 /// The identity of the calling thread's network namespace.
@@ -55,14 +63,9 @@ pub fn current_netns_id() -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// `<state_dir>/net`
-pub fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("net")
-}
-
-/// `<state_dir>/net/<iface>.json`
+/// `<state_dir>/net/<iface>.json` (see [`StateDir::net_cache`]).
 pub fn path(state_dir: &Path, interface: &str) -> PathBuf {
-    dir(state_dir).join(format!("{interface}.json"))
+    StateDir::new(state_dir).net_cache(interface)
 }
 
 fn cache_err(path: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
@@ -76,7 +79,7 @@ fn cache_err(path: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
 /// and after return it survives a crash.
 pub fn store(state_dir: &Path, entry: &CachedInterface) -> Result<PathBuf, NetError> {
     let final_path = path(state_dir, &entry.facts.interface);
-    let dir = dir(state_dir);
+    let dir = StateDir::new(state_dir).net_dir();
     std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
         .create(&dir)
         .map_err(cache_err(&dir))?;
@@ -111,7 +114,7 @@ fn read(p: &Path) -> Result<Option<CachedInterface>, NetError> {
 
 /// Every cached interface, sorted by interface name.
 pub fn load_all(state_dir: &Path) -> Result<Vec<CachedInterface>, NetError> {
-    let dir = dir(state_dir);
+    let dir = StateDir::new(state_dir).net_dir();
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -175,7 +178,7 @@ mod tests {
         let facts: InterfaceFacts = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
         assert_eq!(facts, e.facts);
         // No temp file is left behind.
-        let names: Vec<_> = fs::read_dir(dir(d.path()))
+        let names: Vec<_> = fs::read_dir(StateDir::new(d.path()).net_dir())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
@@ -195,7 +198,7 @@ mod tests {
     #[test]
     fn a_corrupt_cache_is_an_error_naming_the_file() {
         let d = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir(d.path())).unwrap();
+        fs::create_dir_all(StateDir::new(d.path()).net_dir()).unwrap();
         fs::write(path(d.path(), "eth0"), "{not json").unwrap();
         let e = load(d.path(), "eth0").unwrap_err().to_string();
         assert!(e.contains("net/eth0.json is not valid"), "{e}");

@@ -34,7 +34,7 @@ impl SetupOptions {
             netns: None,
             interface: interface.into(),
             binding: Binding::default(),
-            state_dir: PathBuf::from(cache::DEFAULT_STATE_DIR),
+            state_dir: PathBuf::from(crate::statedir::DEFAULT_STATE_DIR),
             resolv_conf: PathBuf::from(super::discover::DEFAULT_RESOLV_CONF),
             hostname: None,
             plan: PlanOptions::default(),
@@ -57,6 +57,18 @@ pub struct SetupOutcome {
     #[serde(default)]
     pub reused: bool,
     pub cache_path: PathBuf,
+}
+
+impl SetupOutcome {
+    /// The bridge the VM's tap is on.
+    pub fn bridge_name(&self) -> String {
+        self.cached.bridge_name()
+    }
+
+    /// The VM's tap, which the domain XML names.
+    pub fn tap_name(&self) -> String {
+        self.cached.tap_name()
+    }
 }
 
 /// Rewire the pod interface for the VM. Idempotent: run it again on a rewired or

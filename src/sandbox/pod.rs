@@ -281,12 +281,12 @@ impl PodSandbox {
 
     /// The pod's resolv.conf (what discovery reads through its path override).
     pub fn resolv_conf_path(&self) -> PathBuf {
-        self.state_dir.join("resolv.conf")
+        crate::statedir::PodDir::new(&self.state_dir).resolv_conf()
     }
 
     /// A file holding the pod's hostname and a newline.
     pub fn hostname_path(&self) -> PathBuf {
-        self.state_dir.join("hostname")
+        crate::statedir::PodDir::new(&self.state_dir).hostname()
     }
 
     pub fn hostname(&self) -> &str {

@@ -21,10 +21,9 @@ use super::ipam::{gateway_of, parse_subnet, pick_address};
 use super::pod::{Node, PodSandbox, remove_host_pod};
 use super::spec::{NodeSide, NodeSpec, PodSpec};
 use crate::api::VirtualMachineInstance;
-use crate::control::{
-    ControlClient, LauncherStatus, control_socket, local_root, local_state_dir, read_status,
-};
+use crate::control::{ControlClient, LauncherStatus, local_root, local_state_dir, read_status};
 use crate::net::{IpCidr, MacAddr};
+use crate::statedir::StateDir;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -51,11 +50,6 @@ pub const BRIDGE_ENV: &str = "VMPOD_BRIDGE";
 pub const SUBNET_ENV: &str = "VMPOD_SUBNET";
 /// Environment: the `vmpod-launcher` binary.
 pub const LAUNCHER_ENV: &str = "VMPOD_LAUNCHER";
-/// The pod directory inside a local VMI's state dir.
-pub const POD_DIR: &str = "pod";
-const RECORD_FILE: &str = "pod.json";
-const VMI_FILE: &str = "vmi.json";
-const LAUNCHER_LOG: &str = "launcher.log";
 const IPAM_LOCK: &str = ".ipam.lock";
 /// How often a supervised launcher's status is read.
 const POLL: Duration = Duration::from_millis(200);
@@ -228,13 +222,8 @@ pub struct PodRecord {
     pub launcher_pid: Option<u32>,
 }
 
-/// The pod directory of a state dir.
-pub fn pod_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join(POD_DIR)
-}
-
 fn read_record(state_dir: &Path) -> Result<Option<PodRecord>> {
-    let path = pod_dir(state_dir).join(RECORD_FILE);
+    let path = StateDir::new(state_dir).pod().record();
     match fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -302,17 +291,17 @@ impl LocalPod {
 
     /// The client for the launcher's control socket.
     pub fn client(&self) -> ControlClient {
-        ControlClient::new(control_socket(&self.state_dir))
+        ControlClient::new(StateDir::new(&self.state_dir).control_socket())
     }
 
     /// The VMI as handed to the launcher (defaults applied, paths absolute).
     pub fn vmi_path(&self) -> PathBuf {
-        pod_dir(&self.state_dir).join(VMI_FILE)
+        StateDir::new(&self.state_dir).pod().vmi()
     }
 
     /// The launcher's standard output and error.
     pub fn launcher_log_path(&self) -> PathBuf {
-        pod_dir(&self.state_dir).join(LAUNCHER_LOG)
+        StateDir::new(&self.state_dir).pod().launcher_log()
     }
 
     /// True while the recorded launcher runs inside this pod's namespace.
@@ -339,12 +328,12 @@ impl LocalPod {
     ) -> Result<tokio::process::Child> {
         let netns = self.netns_path();
         let ns = File::open(&netns).map_err(io_err("open pod netns", &netns))?;
-        let dir = pod_dir(&self.state_dir);
+        let dir = StateDir::new(&self.state_dir).pod();
         let cstr = |p: &Path| {
             CString::new(p.as_os_str().as_bytes()).expect("paths from the runtime hold no NUL")
         };
-        let resolv = cstr(&dir.join("resolv.conf"));
-        let hostname_file = cstr(&dir.join("hostname"));
+        let resolv = cstr(&dir.resolv_conf());
+        let hostname_file = cstr(&dir.hostname());
         let hostname = self.record.name.clone();
         // Every named netns mount, dropped from the launcher's mount namespace copy so it
         // does not keep other pods' namespaces alive after they are deleted.
@@ -387,7 +376,7 @@ impl LocalPod {
         }
         let child = cmd.spawn().map_err(io_err("start launcher", launcher))?;
         self.record.launcher_pid = child.id();
-        write_json(&pod_dir(&self.state_dir).join(RECORD_FILE), &self.record)?;
+        write_json(&dir.record(), &self.record)?;
         tracing::info!(vmi = %self.record.name, pid = ?child.id(), netns = %self.record.netns, "launcher started");
         Ok(child)
     }
@@ -548,14 +537,14 @@ impl LocalRuntime {
             tracing::info!(vmi = %name, "removing the remains of an earlier pod");
             old.teardown()?;
         }
-        let dir = pod_dir(&state_dir);
+        let dir = StateDir::new(&state_dir).pod();
         let ip = self.with_ipam_lock(|| {
             let ip = pick_address(self.cfg.subnet, self.cfg.gateway, &self.allocated()?)
                 .ok_or_else(|| RuntimeError::NoAddress {
                     name: name.clone(),
                     subnet: self.cfg.subnet,
                 })?;
-            fs::create_dir_all(&dir).map_err(io_err("create pod dir", &dir))?;
+            fs::create_dir_all(dir.path()).map_err(io_err("create pod dir", dir.path()))?;
             let placeholder = PodRecord {
                 name: name.clone(),
                 netns: String::new(),
@@ -566,7 +555,7 @@ impl LocalRuntime {
                 mac: MacAddr::random_local(),
                 launcher_pid: None,
             };
-            write_json(&dir.join(RECORD_FILE), &placeholder)?;
+            write_json(&dir.record(), &placeholder)?;
             Ok(placeholder)
         })?;
         let mut spec = PodSpec::new(&name, ip.ip, self.cfg.gateway);
@@ -574,7 +563,7 @@ impl LocalRuntime {
         spec.mtu = self.cfg.mtu;
         spec.dns = self.cfg.dns.clone();
         spec.search = self.cfg.search.clone();
-        spec.state_dir = Some(dir.clone());
+        spec.state_dir = Some(dir.path().to_path_buf());
         let mut record = ip;
         record.netns = spec.netns_name();
         let created = PodSandbox::create_on(&self.node, &spec)
@@ -582,8 +571,8 @@ impl LocalRuntime {
             .and_then(|sb| {
                 record.node_veth = sb.node_veth().to_string();
                 sb.leave_in_place();
-                write_json(&dir.join(RECORD_FILE), &record)?;
-                write_json(&dir.join(VMI_FILE), vmi)
+                write_json(&dir.record(), &record)?;
+                write_json(&dir.vmi(), vmi)
             });
         let pod = LocalPod { record, state_dir };
         if let Err(e) = created {

@@ -8,7 +8,7 @@ use super::{ClusterNode, RunningPod};
 use crate::support::guest::GuestReport;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The test guest image (manifests/build-image.sh).
 pub const TESTGUEST_IMAGE: &str = "localhost/vmpod-testguest:dev";
@@ -17,10 +17,8 @@ pub const GUEST_MAC: &str = "02:00:00:0a:58:11";
 /// A guest boot under TCG on a busy 2-core machine.
 pub const BOOT: Duration = Duration::from_secs(240);
 
-/// A VMI for the test guest booted from images: kernelBoot.container, the image's disk as
-/// a containerDisk, a cloud-init disk with `user_data`, emulation, and `mac` as the
-/// interface's `macAddress` when given. `hold`: the guest waits for the ACPI power button;
-/// else it powers off after its checks.
+/// The test guest's VMI booted from [`TESTGUEST_IMAGE`] (see
+/// [`crate::support::launcher::guest_vmi`]), with `mac` as the interface's `macAddress`.
 pub fn testguest_vmi(
     name: &str,
     user_data: &str,
@@ -28,63 +26,32 @@ pub fn testguest_vmi(
     grace: u32,
     mac: Option<&str>,
 ) -> String {
-    let args = if hold {
-        "console=ttyS0 panic=-1 vmpod.hold=1"
-    } else {
-        "console=ttyS0 panic=-1"
-    };
-    let user_data: String = user_data
-        .lines()
-        .map(|l| format!("          {l}\n"))
-        .collect();
-    let mac = mac
-        .map(|m| format!("          macAddress: \"{m}\"\n"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: {name}
-  annotations:
-    vmpod.io/acceleration: emulation
-spec:
-  terminationGracePeriodSeconds: {grace}
-  domain:
-    memory:
-      guest: 128Mi
-    machine:
-      type: pc
-    firmware:
-      kernelBoot:
-        kernelArgs: {args}
-        container:
-          image: {TESTGUEST_IMAGE}
-          kernelPath: /boot/vmlinuz
-          initrdPath: /boot/initramfs.img
-    devices:
-      rng: {{}}
-      interfaces:
-        - name: default
-          bridge: {{}}
-{mac}      disks:
-        - name: root
-          disk:
-            bus: virtio
-        - name: cloudinit
-          disk:
-            bus: virtio
-  networks:
-    - name: default
-      pod: {{}}
-  volumes:
-    - name: root
-      containerDisk:
-        image: {TESTGUEST_IMAGE}
-    - name: cloudinit
-      cloudInitNoCloud:
-        userData: |
-{user_data}"
+    use crate::support::launcher::{GuestBoot, guest_vmi};
+    guest_vmi(
+        name,
+        user_data,
+        hold,
+        grace,
+        GuestBoot::Image(TESTGUEST_IMAGE),
+        mac,
     )
+}
+
+impl crate::support::launcher::GuestHost for &LauncherPod {
+    fn console(&self) -> String {
+        LauncherPod::console(self)
+    }
+
+    fn diagnostics(&self) -> String {
+        LauncherPod::diagnostics(self)
+    }
+
+    fn ended(&mut self) -> Option<String> {
+        self.pod
+            .pids("compute")
+            .is_empty()
+            .then(|| "the compute container ended".to_string())
+    }
 }
 
 /// A launcher pod running on the runner, with where its files are on the node.
@@ -131,25 +98,7 @@ impl LauncherPod {
         timeout: Duration,
         done: impl Fn(&GuestReport) -> bool,
     ) -> GuestReport {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let report = GuestReport::parse(&self.console())
-                .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
-            if done(&report) {
-                return report;
-            }
-            assert!(
-                !self.pod.pids("compute").is_empty(),
-                "the compute container ended before the guest got there\n{}",
-                self.diagnostics()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?}\n{}",
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        crate::support::launcher::wait_report(&mut &*self, timeout, done)
     }
 
     /// The compute container's processes that are zombies (state Z) and stay so for a

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Build `bins` of `package` (a no-op when fresh) and return the directory they are in
+/// Build `bins` of `packages` (a no-op when fresh) and return the directory they are in
 /// (`target/<profile>/`, the running test binary's).
-pub fn build_bins(package: &str, bins: &[&str]) -> PathBuf {
+pub fn build_bins(packages: &[&str], bins: &[&str]) -> PathBuf {
     let exe = std::env::current_exe().expect("the running test binary");
     // target/<profile>/deps/<test binary>
     let profile_dir = exe
@@ -32,7 +32,10 @@ pub fn build_bins(package: &str, bins: &[&str]) -> PathBuf {
             cargo.env_remove(&*k);
         }
     }
-    cargo.args(["build", "--quiet", "--profile", profile, "-p", package]);
+    cargo.args(["build", "--quiet", "--profile", profile]);
+    for package in packages {
+        cargo.args(["-p", package]);
+    }
     for bin in bins {
         cargo.args(["--bin", bin]);
     }
@@ -44,6 +47,6 @@ pub fn build_bins(package: &str, bins: &[&str]) -> PathBuf {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo build");
-    assert!(st.success(), "cargo build -p {package} {bins:?}: {st}");
+    assert!(st.success(), "cargo build -p {packages:?} {bins:?}: {st}");
     profile_dir
 }

@@ -14,8 +14,11 @@ use vmpod::sandbox::PodSandbox;
 pub fn launcher_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        super::cargo_build::build_bins("vmpod-launcher", &["vmpod-launcher", "vmpod-virt"])
-            .join("vmpod-launcher")
+        super::cargo_build::build_bins(
+            &["vmpod-launcher", "vmpod-virt"],
+            &["vmpod-launcher", "vmpod-virt"],
+        )
+        .join("vmpod-launcher")
     })
     .clone()
 }
@@ -34,13 +37,31 @@ pub fn test_caps_seed() -> PathBuf {
         .join("vmpod-caps-seed")
 }
 
-/// A VMI for the test guest: kernel boot, one bridged pod interface, a cidata disk with
-/// `user_data`; `hold` keeps the guest up until the ACPI power button. It asks for
+/// Where the test guest's kernel, initramfs and root disk come from.
+#[derive(Clone, Copy, Debug)]
+pub enum GuestBoot<'a> {
+    /// This machine's `target/guest` files by path (kernelBoot paths, no root disk); a
+    /// `vmpod.io/v1alpha1` manifest.
+    Files,
+    /// An image holding them: kernelBoot.container and a containerDisk, both from the
+    /// image; a `kubevirt.io/v1` manifest, as a KubeVirt user writes it.
+    Image(&'a str),
+}
+
+/// A VMI for the test guest: kernel boot, one bridged pod interface (with `mac` as its
+/// `macAddress` when given), a cidata disk with `user_data`; `hold` keeps the guest up
+/// until the ACPI power button, else it powers off after its checks. It asks for
 /// emulation (TCG), so tests that are not about acceleration behave the same whether
 /// the machine's KVM works, is absent, is refused by the probe or fails late; tests
 /// about acceleration override it with `--accel`.
-pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> String {
-    let (kernel, initrd) = guest_artifacts();
+pub fn guest_vmi(
+    name: &str,
+    user_data: &str,
+    hold: bool,
+    grace: u32,
+    boot: GuestBoot<'_>,
+    mac: Option<&str>,
+) -> String {
     let args = if hold {
         "console=ttyS0 panic=-1 vmpod.hold=1"
     } else {
@@ -50,8 +71,35 @@ pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> Str
         .lines()
         .map(|l| format!("          {l}\n"))
         .collect();
+    let mac = mac
+        .map(|m| format!("          macAddress: \"{m}\"\n"))
+        .unwrap_or_default();
+    let (api_version, kernel, root_disk, root_volume) = match boot {
+        GuestBoot::Files => {
+            let (kernel, initrd) = guest_artifacts();
+            (
+                "vmpod.io/v1alpha1",
+                format!(
+                    "        kernelPath: {}\n        initrdPath: {}\n",
+                    kernel.display(),
+                    initrd.display()
+                ),
+                String::new(),
+                String::new(),
+            )
+        }
+        GuestBoot::Image(image) => (
+            "kubevirt.io/v1",
+            format!(
+                "        container:\n          image: {image}\n          \
+                 kernelPath: /boot/vmlinuz\n          initrdPath: /boot/initramfs.img\n"
+            ),
+            "        - name: root\n          disk:\n            bus: virtio\n".to_string(),
+            format!("    - name: root\n      containerDisk:\n        image: {image}\n"),
+        ),
+    };
     format!(
-        "apiVersion: vmpod.io/v1alpha1
+        "apiVersion: {api_version}
 kind: VirtualMachineInstance
 metadata:
   name: {name}
@@ -67,28 +115,151 @@ spec:
     firmware:
       kernelBoot:
         kernelArgs: {args}
-        kernelPath: {kernel}
-        initrdPath: {initrd}
-    devices:
+{kernel}    devices:
       rng: {{}}
       interfaces:
         - name: default
           bridge: {{}}
-      disks:
-        - name: cloudinit
+{mac}      disks:
+{root_disk}        - name: cloudinit
           disk:
             bus: virtio
   networks:
     - name: default
       pod: {{}}
   volumes:
-    - name: cloudinit
+{root_volume}    - name: cloudinit
       cloudInitNoCloud:
         userData: |
-{user_data}",
-        kernel = kernel.display(),
-        initrd = initrd.display(),
+{user_data}"
     )
+}
+
+/// [`guest_vmi`] booted from this machine's files, without a `macAddress`.
+pub fn testguest_vmi(name: &str, user_data: &str, hold: bool, grace: u32) -> String {
+    guest_vmi(name, user_data, hold, grace, GuestBoot::Files, None)
+}
+
+/// The names of the links in the pod's network namespace.
+pub fn pod_links(sb: &PodSandbox) -> Vec<String> {
+    pod_snapshot(sb).links.into_iter().map(|l| l.name).collect()
+}
+
+/// The addresses in the pod's network namespace.
+pub fn pod_addresses(sb: &PodSandbox) -> Vec<vmpod::net::IpCidr> {
+    pod_snapshot(sb)
+        .addresses
+        .into_iter()
+        .map(|a| a.address)
+        .collect()
+}
+
+fn pod_snapshot(sb: &PodSandbox) -> vmpod::net::snapshot::NetSnapshot {
+    vmpod::net::discover::with_handle(Some(sb.netns_path()), |h| async move {
+        vmpod::net::snapshot::snapshot(&h).await
+    })
+    .unwrap_or_else(|e| panic!("the pod's links and addresses: {e}"))
+}
+
+/// The anti-spoofing report of the pod interface (`eth0`) from the launcher's network
+/// report.
+pub fn anti_spoofing_report(state_dir: &Path) -> vmpod::control::AntiSpoofReport {
+    let network = control_call(
+        state_dir,
+        "network report",
+        |c| async move { c.network().await },
+    );
+    let anti = network.interfaces[0]
+        .anti_spoofing
+        .clone()
+        .expect("an anti-spoofing report");
+    assert_eq!(anti.table, "vmpod-as-eth0");
+    anti
+}
+
+/// One call on the launcher's control socket in `state_dir`, answered within 10 s.
+pub fn control_call<T, E, F>(
+    state_dir: &Path,
+    what: &str,
+    call: impl FnOnce(vmpod::control::ControlClient) -> F,
+) -> T
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let client = vmpod::control::ControlClient::new(
+        vmpod::statedir::StateDir::new(state_dir).control_socket(),
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), call(client)).await })
+        .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// What runs the test guest (a launcher process, a launcher pod): its console, what to
+/// show when a wait fails, and whether it has ended.
+pub trait GuestHost {
+    fn console(&self) -> String;
+    fn diagnostics(&self) -> String;
+    /// Why the guest can get no further (its launcher or container ended), if so.
+    fn ended(&mut self) -> Option<String>;
+}
+
+/// Wait until the guest's console report on `host` satisfies `done`; panics (with the
+/// host's diagnostics) on timeout or when the host ends first.
+pub fn wait_report<H: GuestHost>(
+    host: &mut H,
+    timeout: Duration,
+    done: impl Fn(&GuestReport) -> bool,
+) -> GuestReport {
+    wait_for(host, timeout, "the guest got there", |h: &H| {
+        let report =
+            GuestReport::parse(&h.console()).unwrap_or_else(|e| panic!("{e}\n{}", h.diagnostics()));
+        done(&report).then_some(report)
+    })
+}
+
+/// Poll `found` on `host` until it gives a value; panics (with the host's diagnostics)
+/// after `timeout` or when the host ends first.
+pub fn wait_for<H: GuestHost, T>(
+    host: &mut H,
+    timeout: Duration,
+    what: &str,
+    found: impl Fn(&H) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = found(host) {
+            return value;
+        }
+        if let Some(why) = host.ended() {
+            panic!("{why} before {what}\n{}", host.diagnostics());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {what} within {timeout:?}\n{}",
+            host.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl GuestHost for Launcher {
+    fn console(&self) -> String {
+        Launcher::console(self)
+    }
+
+    fn diagnostics(&self) -> String {
+        Launcher::diagnostics(self)
+    }
+
+    fn ended(&mut self) -> Option<String> {
+        let st = self.child.try_wait().expect("wait for the launcher")?;
+        Some(format!("launcher exited ({st})"))
+    }
 }
 
 /// A launcher process running in a pod sandbox.
@@ -212,26 +383,7 @@ impl Launcher {
         timeout: Duration,
         done: impl Fn(&GuestReport) -> bool,
     ) -> GuestReport {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let report = GuestReport::parse(&self.console())
-                .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
-            if done(&report) {
-                return report;
-            }
-            if let Some(st) = self.child.try_wait().unwrap() {
-                panic!(
-                    "launcher exited ({st}) before the guest got there\n{}",
-                    self.diagnostics()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?}\n{}",
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_report(self, timeout, done)
     }
 
     /// Wait for the launcher to exit; panics with diagnostics after `timeout`.

@@ -1,4 +1,5 @@
-//! VMI -> launcher Pod (and the Secret it mounts), a pure function; the layout is
+//! VMI -> launcher Pod (and the Secret it mounts), a pure function building k8s-openapi
+//! types (a VMI it cannot turn into a Pod is a [`LauncherPodError`]); the layout is
 //! CONTRACT-11 (manifests/README.md says why each privilege is there).
 //!
 //! - Init container `net-setup` (`vmpod-launcher net setup`): the only holder of NET_ADMIN;
@@ -38,13 +39,22 @@
 
 use crate::deviceplugin;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HostPathVolumeSource, ImageVolumeSource, ObjectFieldSelector, Pod,
+    PodSpec, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use vmpod::api::{
-    AccelerationRequest, KernelBoot, QuantityError, VirtualMachineInstance, quantity_bytes,
+    AccelerationRequest, CloudInitNoCloudSource, KernelBoot, LocalObjectReference, QuantityError,
+    VirtualMachineInstance, quantity_bytes,
 };
+use vmpod::statedir::{DEFAULT_NODE_STATE_ROOT, DEFAULT_STATE_DIR};
 
 /// Label on launcher pods naming their VMI.
 pub const VMI_LABEL: &str = "vmpod.io/vmi";
@@ -54,10 +64,6 @@ pub const APP_NAME: &str = "vmpod-launcher";
 pub const LAUNCHER_SELECTOR: &str = "app.kubernetes.io/name=vmpod-launcher";
 /// Pod annotation holding the VMI the launcher runs (JSON).
 pub const VMI_ANNOTATION: &str = "vmpod.io/vmi";
-/// The launcher's state directory inside the pod.
-pub const STATE_DIR_IN_POD: &str = "/var/run/vmpod";
-/// Where per-pod state directories live on the node (one per pod UID).
-pub const DEFAULT_STATE_ROOT: &str = "/var/run/vmpod/pods";
 /// Directory of the projected VMI file inside the pod.
 pub const VMI_DIR_IN_POD: &str = "/etc/vmpod/vmi";
 /// The projected VMI file's name.
@@ -196,7 +202,7 @@ impl Default for LauncherPodConfig {
     fn default() -> Self {
         LauncherPodConfig {
             image: "localhost/vmpod:dev".into(),
-            state_root: DEFAULT_STATE_ROOT.into(),
+            state_root: DEFAULT_NODE_STATE_ROOT.into(),
             kvm_resource: Some(deviceplugin::KVM_RESOURCE.into()),
             tun_resource: Some(deviceplugin::TUN_RESOURCE.into()),
             vhost_net_resource: Some(deviceplugin::VHOST_NET_RESOURCE.into()),
@@ -223,6 +229,12 @@ pub enum LauncherPodError {
         vmi: String,
         path: String,
         why: String,
+    },
+    /// The VMI handed to the launcher does not serialise to JSON.
+    #[error("VMI {vmi}: the handed VMI is not JSON: {source}")]
+    Json {
+        vmi: String,
+        source: serde_json::Error,
     },
     /// The VMI asks for a shape the launcher pod cannot hold.
     #[error("VMI {vmi}: {path}: {why}")]
@@ -314,7 +326,7 @@ pub struct CloudInitPlan {
     pub data: BTreeMap<String, ByteString>,
     /// The VMI volume's `cloudInitNoCloud` as handed to the launcher: `secretRef` and
     /// `networkDataSecretRef` only.
-    pub handed: Value,
+    pub handed: CloudInitNoCloudSource,
     /// Secrets to mount at `/etc/vmpod/secrets/<name>/`.
     pub mounts: Vec<String>,
     /// How many Secrets of the VMI's own are referenced (their size is unknown here).
@@ -331,9 +343,8 @@ impl CloudInitPlan {
 }
 
 /// The VMI's one cloudInitNoCloud volume, split into inline data (into `secret`) and
-/// Secrets the VMI names (`secretRef`, `networkDataSecretRef`, passed through). Works on
-/// the volume's JSON so both shapes are read the same way. A second cloudInitNoCloud
-/// volume is an error.
+/// Secrets the VMI names (`secretRef`, `networkDataSecretRef`, passed through). A second
+/// cloudInitNoCloud volume is an error.
 pub fn cloud_init_plan(
     vmi: &VirtualMachineInstance,
     secret: &str,
@@ -351,44 +362,55 @@ pub fn cloud_init_plan(
                 why: "a second cloudInitNoCloud volume (the pod holds one)",
             });
         }
-        let src = serde_json::to_value(ci).expect("a volume serialises to JSON");
+        let mut handed = CloudInitNoCloudSource::default();
         let mut p = CloudInitPlan {
             volume: i,
-            handed: json!({}),
             ..CloudInitPlan::default()
         };
-        for (key, plain, b64, reference) in [
-            (USER_DATA_KEY, "userData", "userDataBase64", "secretRef"),
+        for (key, plain, b64, b64_field, reference, handed_ref) in [
+            (
+                USER_DATA_KEY,
+                &ci.user_data,
+                &ci.user_data_base64,
+                "userDataBase64",
+                &ci.secret_ref,
+                &mut handed.secret_ref,
+            ),
             (
                 NETWORK_DATA_KEY,
-                "networkData",
+                &ci.network_data,
+                &ci.network_data_base64,
                 "networkDataBase64",
-                "networkDataSecretRef",
+                &ci.network_data_secret_ref,
+                &mut handed.network_data_secret_ref,
             ),
         ] {
-            if let Some(name) = src[reference]["name"].as_str() {
-                p.handed[reference] = json!({"name": name});
-                if !p.mounts.iter().any(|m| m == name) {
-                    p.mounts.push(name.to_string());
+            if let Some(r) = reference {
+                *handed_ref = Some(r.clone());
+                if !p.mounts.contains(&r.name) {
+                    p.mounts.push(r.name.clone());
                 }
                 p.referenced += 1;
                 continue;
             }
-            let bytes = match (src[plain].as_str(), src[b64].as_str()) {
+            let bytes = match (plain, b64) {
                 (Some(text), _) => ByteString(text.as_bytes().to_vec()),
                 // A Secret's data is base64 on the wire: decoding it the same way checks it.
                 (None, Some(b)) => serde_json::from_value(Value::String(b.trim().to_string()))
                     .map_err(|e| LauncherPodError::CloudInit {
                         vmi: vmi_key(vmi),
-                        path: format!("{path}.{b64}"),
+                        path: format!("{path}.{b64_field}"),
                         why: format!("not base64: {e}"),
                     })?,
                 (None, None) if key == USER_DATA_KEY => ByteString(Vec::new()),
                 (None, None) => continue,
             };
             p.data.insert(key.to_string(), bytes);
-            p.handed[reference] = json!({"name": secret});
+            *handed_ref = Some(LocalObjectReference {
+                name: secret.to_string(),
+            });
         }
+        p.handed = handed;
         if !p.data.is_empty() {
             p.mounts.insert(0, secret.to_string());
         }
@@ -428,16 +450,25 @@ pub fn launcher_vmi(vmi: &VirtualMachineInstance) -> VirtualMachineInstance {
     out
 }
 
-/// The VMI handed to the launcher (JSON): [`launcher_vmi`] with the cloudInitNoCloud
+/// The VMI handed to the launcher, as JSON text: [`launcher_vmi`] with the cloudInitNoCloud
 /// volume's data replaced by the Secret references of `cloud_init`.
-pub fn handed_vmi(vmi: &VirtualMachineInstance, cloud_init: Option<&CloudInitPlan>) -> Value {
-    let mut doc = serde_json::to_value(launcher_vmi(vmi)).expect("a VMI serialises to JSON");
+pub fn handed_vmi(
+    vmi: &VirtualMachineInstance,
+    cloud_init: Option<&CloudInitPlan>,
+) -> Result<String, LauncherPodError> {
+    let mut handed = launcher_vmi(vmi);
     if let Some(ci) = cloud_init
-        && let Some(vol) = doc.pointer_mut(&format!("/spec/volumes/{}/cloudInitNoCloud", ci.volume))
+        && let Some(vol) = handed.spec.volumes.get_mut(ci.volume)
     {
-        *vol = ci.handed.clone();
+        vol.cloud_init_no_cloud = Some(ci.handed.clone());
     }
-    doc
+    // Through a Value: its keys come out sorted, so the annotation is stable text.
+    serde_json::to_value(&handed)
+        .map(|v| v.to_string())
+        .map_err(|source| LauncherPodError::Json {
+            vmi: vmi_key(vmi),
+            source,
+        })
 }
 
 /// `container: {image, kernelPath, initrdPath}` -> kernelBoot-level absolute paths under the
@@ -461,10 +492,6 @@ fn bytes_quantity(bytes: u64) -> String {
 
 fn join_in_image(mount: &str, inner: &str) -> String {
     format!("{mount}/{}", inner.trim_start_matches('/'))
-}
-
-fn capability_names<'a>(caps: &[(&'a str, &str)]) -> Vec<&'a str> {
-    caps.iter().map(|(name, _)| *name).collect()
 }
 
 /// The launcher pod for `vmi` and the Secret holding its cloud-init data.
@@ -532,25 +559,50 @@ pub fn launcher_objects(
     let cloud_init = cloud_init_plan(vmi, &secret_name)?;
 
     // Mounts both containers share: the state dir (keyed by pod UID) and the VMI file.
-    let state_mount = json!({"name": "state", "mountPath": STATE_DIR_IN_POD,
-        "subPathExpr": format!("$({POD_UID_ENV})")});
-    let vmi_mount = json!({"name": "vmi", "mountPath": VMI_DIR_IN_POD, "readOnly": true});
+    let state_mount = VolumeMount {
+        sub_path_expr: Some(format!("$({POD_UID_ENV})")),
+        ..mount("state", DEFAULT_STATE_DIR, false)
+    };
+    let vmi_mount = mount("vmi", VMI_DIR_IN_POD, true);
     let mut volumes = vec![
-        json!({"name": "state", "hostPath": {
-            "path": config.state_root, "type": "DirectoryOrCreate"}}),
-        json!({"name": "vmi", "downwardAPI": {"items": [{
-            "path": VMI_FILE,
-            "fieldRef": {"fieldPath": format!("metadata.annotations['{VMI_ANNOTATION}']")}}]}}),
-        json!({"name": "scratch", "emptyDir": {
-            "sizeLimit": bytes_quantity(scratch_size_bytes(vmi, cloud_init.as_ref())?)}}),
+        Volume {
+            host_path: Some(HostPathVolumeSource {
+                path: config.state_root.clone(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..volume("state")
+        },
+        Volume {
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: VMI_FILE.into(),
+                    field_ref: Some(field_ref(&format!(
+                        "metadata.annotations['{VMI_ANNOTATION}']"
+                    ))),
+                    ..DownwardAPIVolumeFile::default()
+                }]),
+                ..DownwardAPIVolumeSource::default()
+            }),
+            ..volume("vmi")
+        },
+        Volume {
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(bytes_quantity(scratch_size_bytes(
+                    vmi,
+                    cloud_init.as_ref(),
+                )?))),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..volume("scratch")
+        },
     ];
     let mut compute_mounts = vec![
         state_mount.clone(),
         vmi_mount.clone(),
-        json!({"name": "scratch", "mountPath": SCRATCH_DIR_IN_POD}),
+        mount("scratch", SCRATCH_DIR_IN_POD, false),
     ];
     let mut init_mounts = vec![state_mount, vmi_mount];
-    let mut init_resources = json!({});
+    let mut init_resources = ResourceRequirements::default();
     for (dev, host, resource, init_too) in [
         ("kvm", "/dev/kvm", &config.kvm_resource, false),
         ("tun", "/dev/net/tun", &config.tun_resource, true),
@@ -569,19 +621,26 @@ pub fn launcher_objects(
                 requests.insert(r.clone(), "1".into());
                 limits.insert(r.clone(), "1".into());
                 if init_too {
-                    init_resources["requests"][r] = json!("1");
-                    init_resources["limits"][r] = json!("1");
+                    for side in [&mut init_resources.requests, &mut init_resources.limits] {
+                        side.get_or_insert_default()
+                            .insert(r.clone(), Quantity("1".into()));
+                    }
                 }
             }
             None if dev == "vhost-net" => {}
             None => {
-                volumes
-                    .push(json!({"name": dev, "hostPath": {"path": host, "type": "CharDevice"}}));
-                let mount = json!({"name": dev, "mountPath": host});
+                volumes.push(Volume {
+                    host_path: Some(HostPathVolumeSource {
+                        path: host.into(),
+                        type_: Some("CharDevice".into()),
+                    }),
+                    ..volume(dev)
+                });
+                let device = mount(dev, host, false);
                 if init_too {
-                    init_mounts.push(mount.clone());
+                    init_mounts.push(device.clone());
                 }
-                compute_mounts.push(mount);
+                compute_mounts.push(device);
             }
         }
     }
@@ -612,11 +671,15 @@ pub fn launcher_objects(
             ));
         }
     }
-    for (volume, image, mount_path) in images {
-        volumes.push(
-            json!({"name": volume, "image": {"reference": image, "pullPolicy": "IfNotPresent"}}),
-        );
-        compute_mounts.push(json!({"name": volume, "mountPath": mount_path, "readOnly": true}));
+    for (name, image, mount_path) in images {
+        volumes.push(Volume {
+            image: Some(ImageVolumeSource {
+                reference: Some(image),
+                pull_policy: Some("IfNotPresent".into()),
+            }),
+            ..volume(&name)
+        });
+        compute_mounts.push(mount(&name, &mount_path, true));
     }
     let mut owner = vmi
         .controller_owner_ref(&())
@@ -640,94 +703,152 @@ pub fn launcher_objects(
             secrets.push(secret);
         }
         for (i, mounted) in ci.mounts.iter().enumerate() {
-            let volume = format!("secret-{i}");
-            volumes.push(json!({"name": volume, "secret": {
-                "secretName": mounted, "defaultMode": 0o400}}));
-            compute_mounts.push(json!({"name": volume, "readOnly": true,
-                "mountPath": format!("{SECRETS_DIR_IN_POD}/{mounted}")}));
+            let name = format!("secret-{i}");
+            volumes.push(Volume {
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(mounted.clone()),
+                    default_mode: Some(0o400),
+                    ..SecretVolumeSource::default()
+                }),
+                ..volume(&name)
+            });
+            compute_mounts.push(mount(
+                &name,
+                &format!("{SECRETS_DIR_IN_POD}/{mounted}"),
+                true,
+            ));
         }
     }
-    let handed = handed_vmi(vmi, cloud_init.as_ref()).to_string();
+    let handed = handed_vmi(vmi, cloud_init.as_ref())?;
     let grace = vmi.spec.grace_period_seconds() + LAUNCHER_TEARDOWN_SECONDS;
-    let env = json!([
-        {"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-        {"name": "VMPOD_VMI", "value": format!("{VMI_DIR_IN_POD}/{VMI_FILE}")},
-        {"name": "VMPOD_STATE_DIR", "value": STATE_DIR_IN_POD},
-        {"name": "VMPOD_LOG", "value": "info"},
-    ]);
+    let env = vec![
+        EnvVar {
+            name: POD_UID_ENV.into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(field_ref("metadata.uid")),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        env_var("VMPOD_VMI", &format!("{VMI_DIR_IN_POD}/{VMI_FILE}")),
+        env_var("VMPOD_STATE_DIR", DEFAULT_STATE_DIR),
+        env_var("VMPOD_LOG", "info"),
+    ];
     let mut compute_env = env.clone();
-    for (k, v) in [
-        ("VMPOD_SCRATCH_DIR", SCRATCH_DIR_IN_POD),
-        ("VMPOD_SECRETS_DIR", SECRETS_DIR_IN_POD),
-        ("VMPOD_IMAGES_DIR", IMAGE_MOUNT_ROOT),
-    ] {
-        compute_env
-            .as_array_mut()
-            .expect("an array")
-            .push(json!({"name": k, "value": v}));
-    }
-    let security = |caps: &[(&str, &str)]| {
-        json!({
-            "runAsUser": 0,
-            "privileged": false,
-            "allowPrivilegeEscalation": false,
-            "capabilities": {"drop": ["ALL"], "add": capability_names(caps)},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        })
+    compute_env.extend([
+        env_var("VMPOD_SCRATCH_DIR", SCRATCH_DIR_IN_POD),
+        env_var("VMPOD_SECRETS_DIR", SECRETS_DIR_IN_POD),
+        env_var("VMPOD_IMAGES_DIR", IMAGE_MOUNT_ROOT),
+    ]);
+    let quantities = |m: BTreeMap<String, String>| -> BTreeMap<String, Quantity> {
+        m.into_iter().map(|(k, v)| (k, Quantity(v))).collect()
     };
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": pod_name,
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/name": APP_NAME,
-                VMI_LABEL: name,
-                "vmpod.io/vmi-uid": uid,
-            },
-            "annotations": { VMI_ANNOTATION: handed },
-            "ownerReferences": [owner],
+    let launcher = |name: &str, args: Vec<String>, caps: &[(&str, &str)]| Container {
+        name: name.into(),
+        image: Some(config.image.clone()),
+        command: Some(vec!["vmpod-launcher".into()]),
+        args: Some(args),
+        security_context: Some(security_context(caps)),
+        ..Container::default()
+    };
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
+                (VMI_LABEL.to_string(), name.to_string()),
+                ("vmpod.io/vmi-uid".to_string(), uid.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(VMI_ANNOTATION.to_string(), handed)])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
         },
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": grace,
-            "nodeSelector": vmi.spec.node_selector,
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "initContainers": [{
-                "name": "net-setup",
-                "image": config.image,
-                "command": ["vmpod-launcher"],
-                "args": net_setup_args(vmi),
-                "env": env,
-                "resources": init_resources,
-                "securityContext": security(NET_SETUP_CAPABILITIES),
-                "volumeMounts": init_mounts,
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(grace),
+            node_selector: Some(vmi.spec.node_selector.clone()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            init_containers: Some(vec![Container {
+                env: Some(env),
+                resources: Some(init_resources),
+                volume_mounts: Some(init_mounts),
+                ..launcher("net-setup", net_setup_args(vmi), NET_SETUP_CAPABILITIES)
+            }]),
+            containers: vec![Container {
+                env: Some(compute_env),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities(requests)),
+                    limits: Some(quantities(limits)),
+                    ..ResourceRequirements::default()
+                }),
+                volume_mounts: Some(compute_mounts),
+                ..launcher("compute", vec!["run".into()], COMPUTE_CAPABILITIES)
             }],
-            "containers": [{
-                "name": "compute",
-                "image": config.image,
-                "command": ["vmpod-launcher"],
-                "args": ["run"],
-                "env": compute_env,
-                "resources": {"requests": requests, "limits": limits},
-                "securityContext": security(COMPUTE_CAPABILITIES),
-                "volumeMounts": compute_mounts,
-            }],
-            "volumes": volumes,
-        },
-    });
-    Ok(LauncherObjects {
-        pod: serde_json::from_value(pod).expect("the launcher pod JSON matches the Pod type"),
-        secrets,
-    })
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+        status: None,
+    };
+    Ok(LauncherObjects { pod, secrets })
+}
+
+fn volume(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn field_ref(path: &str) -> ObjectFieldSelector {
+    ObjectFieldSelector {
+        field_path: path.into(),
+        ..ObjectFieldSelector::default()
+    }
+}
+
+/// Root in the container, but unprivileged: every capability dropped and only `caps`
+/// added back, no privilege escalation, the runtime's default seccomp profile.
+fn security_context(caps: &[(&str, &str)]) -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(0),
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: Some(caps.iter().map(|(name, _)| (*name).to_string()).collect()),
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Container, Volume};
+    use serde_json::json;
     use vmpod::api::load_vmi;
 
     pub(crate) fn vmi(extra_spec: &str) -> VirtualMachineInstance {
@@ -931,7 +1052,7 @@ mod tests {
                 vols.iter().all(|v| v
                     .host_path
                     .as_ref()
-                    .is_none_or(|h| h.path == DEFAULT_STATE_ROOT)),
+                    .is_none_or(|h| h.path == DEFAULT_NODE_STATE_ROOT)),
                 "no hostPath devices: {vols:?}"
             );
         }
@@ -941,7 +1062,7 @@ mod tests {
     fn state_dir_is_a_host_path_keyed_by_pod_uid_in_both_containers() {
         let pod = pod(&vmi(""));
         let state = volume(&pod, "state").host_path.as_ref().unwrap();
-        assert_eq!(state.path, DEFAULT_STATE_ROOT);
+        assert_eq!(state.path, DEFAULT_NODE_STATE_ROOT);
         assert_eq!(state.type_.as_deref(), Some("DirectoryOrCreate"));
         for c in [container(&pod), init_container(&pod)] {
             let m = c
@@ -951,7 +1072,7 @@ mod tests {
                 .iter()
                 .find(|m| m.name == "state")
                 .unwrap();
-            assert_eq!(m.mount_path, STATE_DIR_IN_POD, "{}", c.name);
+            assert_eq!(m.mount_path, DEFAULT_STATE_DIR, "{}", c.name);
             assert_eq!(m.sub_path_expr.as_deref(), Some("$(POD_UID)"), "{}", c.name);
             let uid = c
                 .env
@@ -962,7 +1083,7 @@ mod tests {
                 .unwrap();
             let field = uid.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
             assert_eq!(field.field_path, "metadata.uid");
-            assert_eq!(env(c, "VMPOD_STATE_DIR"), Some(STATE_DIR_IN_POD));
+            assert_eq!(env(c, "VMPOD_STATE_DIR"), Some(DEFAULT_STATE_DIR));
         }
         assert_eq!(
             state_dir_on_host("/var/run/vmpod/pods/", "0b1c"),

@@ -30,7 +30,7 @@ use clap::Args;
 use futures::{Stream, StreamExt};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use launcher_pod::{DEFAULT_STATE_ROOT, LauncherPodConfig};
+use launcher_pod::LauncherPodConfig;
 use metrics::{CONTROLLER_METRICS_ADDR, Metrics, NODE_METRICS_ADDR};
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -38,6 +38,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vmpod::statedir::DEFAULT_NODE_STATE_ROOT;
 
 /// `vmpod-handler controller` options.
 #[derive(Args)]
@@ -50,7 +51,7 @@ pub struct ControllerArgs {
     )]
     pub launcher_image: String,
     /// Node directory holding per-pod state directories (a hostPath in launcher pods).
-    #[arg(long, default_value = DEFAULT_STATE_ROOT)]
+    #[arg(long, default_value = DEFAULT_NODE_STATE_ROOT)]
     pub state_root: String,
     /// Extended resource giving /dev/kvm (served by `vmpod-handler node`).
     #[arg(long, env = "VMPOD_KVM_RESOURCE", default_value = deviceplugin::KVM_RESOURCE)]
@@ -96,7 +97,7 @@ pub struct NodeArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
     /// Node directory holding per-pod state directories.
-    #[arg(long, default_value = DEFAULT_STATE_ROOT)]
+    #[arg(long, default_value = DEFAULT_NODE_STATE_ROOT)]
     pub state_root: String,
     /// Seconds between polls of a running launcher.
     #[arg(long, default_value_t = 5)]

@@ -21,7 +21,7 @@ pub struct RenderArgs {
     #[arg(long, default_value = "localhost/vmpod:dev")]
     pub image: String,
     /// Node directory holding per-pod state directories (the state hostPath).
-    #[arg(long, default_value = super::launcher_pod::DEFAULT_STATE_ROOT)]
+    #[arg(long, default_value = vmpod::statedir::DEFAULT_NODE_STATE_ROOT)]
     pub state_root: String,
     /// As the controller's `--device-hostpath`: hostPath devices, no device plugin resources.
     #[arg(long)]

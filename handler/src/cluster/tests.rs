@@ -784,7 +784,7 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
     let (mut argv, port) = container("handler-daemonset.yaml", "node");
     argv.extend(["--node-name".to_string(), "n1".to_string()]);
     let node = Node::try_parse_from(argv).unwrap().args;
-    assert_eq!(node.state_root, super::launcher_pod::DEFAULT_STATE_ROOT);
+    assert_eq!(node.state_root, vmpod::statedir::DEFAULT_NODE_STATE_ROOT);
     reachable(node.metrics_addr, port);
 
     let (argv, port) = container("controller.yaml", "controller");
@@ -799,8 +799,8 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
 #[tokio::test]
 async fn node_survives_hostile_state_dirs_and_keeps_reporting_the_others() {
     use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
-    use vmpod::control::state::CONTROL_SOCKET;
     use vmpod::control::write_status;
+    use vmpod::statedir::CONTROL_SOCKET;
     let root = tempfile::tempdir().unwrap();
     let names = ["vm-fifo", "vm-zero", "vm-steal", "vm-good"];
     let uid = |i: usize| format!("00000000-0000-4000-8000-00000000010{i}");

@@ -23,7 +23,7 @@ pub struct Where {
     #[arg(long)]
     netns: Option<String>,
     /// The pod's state directory (for the cached facts).
-    #[arg(long, default_value = net::cache::DEFAULT_STATE_DIR, env = "VMPOD_STATE_DIR")]
+    #[arg(long, default_value = vmpod::statedir::DEFAULT_STATE_DIR, env = "VMPOD_STATE_DIR")]
     state_dir: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmpod::control::{
-    ControlClient, LauncherStatus, StatusSource, control_socket, list_local, local_root,
-    local_state_dir, status_of,
+    ControlClient, LauncherStatus, StatusSource, list_local, local_root, local_state_dir, status_of,
 };
+use vmpod::statedir::StateDir;
 
 /// How long `get` and `status` wait for a launcher before reading its status.json.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,7 +53,9 @@ impl Target {
     }
 
     fn client(&self) -> anyhow::Result<ControlClient> {
-        Ok(ControlClient::new(control_socket(&self.state_dir()?)))
+        Ok(ControlClient::new(
+            StateDir::new(self.state_dir()?).control_socket(),
+        ))
     }
 
     fn label(&self) -> String {
@@ -173,7 +175,7 @@ async fn run_async(cmd: RemoteCommand) -> anyhow::Result<ExitCode> {
             wait,
         } => {
             let dir = target.state_dir()?;
-            let client = ControlClient::new(control_socket(&dir));
+            let client = ControlClient::new(StateDir::new(&dir).control_socket());
             if force {
                 client.kill().await?;
                 eprintln!("{}: killed", target.label());

@@ -2,7 +2,6 @@
 //! and domain lifecycle events turned into [`DomainEvent`]s on a channel. Talks only to
 //! the libvirtd it is pointed at; never starts or stops daemons.
 
-use serde::{Deserialize, Serialize};
 use std::ffi::{c_int, c_void};
 use std::path::Path;
 use std::sync::Once;
@@ -10,6 +9,7 @@ use tokio::sync::mpsc;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
+use vmpod::domain::{DomainEvent, PausedReason, StopReason};
 
 /// A libvirt call failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,144 +30,49 @@ fn lv<T>(
     })
 }
 
-/// Why a domain stopped (libvirt's `VIR_DOMAIN_EVENT_STOPPED_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum StopReason {
-    /// The guest powered off.
-    Shutdown,
-    /// Destroyed from the host.
-    Destroyed,
-    /// QEMU died.
-    Crashed,
-    Migrated,
-    Saved,
-    /// The emulator failed.
-    Failed,
-    FromSnapshot,
-    Unknown,
-}
-
-/// Why libvirt says the domain is paused: its `VIR_DOMAIN_PAUSED_*` state reason, read
-/// with `virDomainGetState` when the suspended event arrives. A KVM internal error
-/// (QEMU stops the VM after `KVM internal error. Suberror: ...`) shows as `Unknown`:
-/// libvirt sees QEMU's STOP without a cause of its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PausedReason {
-    /// `virDomainSuspend` (the launcher's pause action, or `virsh suspend`).
-    User,
-    /// A disk I/O error with `error_policy` stop.
-    IoError,
-    /// The guest panicked or QEMU stopped the VM on an internal error it reported.
-    Crashed,
-    /// A libvirt operation paused it (save, dump, snapshot, migration, start-up, ...).
-    Operation,
-    /// libvirt does not know why QEMU stopped (also: the domain was no longer paused
-    /// when asked).
-    Unknown,
-}
-
-impl PausedReason {
-    /// Map libvirt's `VIR_DOMAIN_PAUSED_*` reason (pure).
-    pub fn from_state_reason(reason: u32) -> Self {
-        match reason {
-            sys::VIR_DOMAIN_PAUSED_USER => PausedReason::User,
-            sys::VIR_DOMAIN_PAUSED_IOERROR => PausedReason::IoError,
-            sys::VIR_DOMAIN_PAUSED_CRASHED
-            | sys::VIR_DOMAIN_PAUSED_WATCHDOG
-            | sys::VIR_DOMAIN_PAUSED_API_ERROR => PausedReason::Crashed,
-            sys::VIR_DOMAIN_PAUSED_UNKNOWN => PausedReason::Unknown,
-            _ => PausedReason::Operation,
-        }
+/// Map libvirt's `VIR_DOMAIN_PAUSED_*` reason (pure).
+pub fn paused_reason_of(reason: u32) -> PausedReason {
+    match reason {
+        sys::VIR_DOMAIN_PAUSED_USER => PausedReason::User,
+        sys::VIR_DOMAIN_PAUSED_IOERROR => PausedReason::IoError,
+        sys::VIR_DOMAIN_PAUSED_CRASHED
+        | sys::VIR_DOMAIN_PAUSED_WATCHDOG
+        | sys::VIR_DOMAIN_PAUSED_API_ERROR => PausedReason::Crashed,
+        sys::VIR_DOMAIN_PAUSED_UNKNOWN => PausedReason::Unknown,
+        _ => PausedReason::Operation,
     }
 }
 
-/// A domain lifecycle event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DomainEvent {
-    Defined,
-    Undefined,
-    Started,
-    /// Suspended; the reason is filled in from [`paused_reason`] (the lifecycle
-    /// event's own detail says `PAUSED` both for a user's pause and a KVM failure).
-    Paused(PausedReason),
-    Resumed,
-    /// The guest began to shut down (ACPI power button seen, or guest-initiated).
-    ShuttingDown,
-    Stopped(StopReason),
-    /// The guest crashed (panic device); QEMU may still be running.
-    Crashed,
-    Other {
-        event: i32,
-        detail: i32,
-    },
-}
-
-impl DomainEvent {
-    /// Map libvirt's lifecycle (event, detail) pair (pure).
-    pub fn from_lifecycle(event: i32, detail: i32) -> Self {
-        let Ok(ev) = u32::try_from(event) else {
-            return DomainEvent::Other { event, detail };
-        };
-        let d = u32::try_from(detail).unwrap_or(u32::MAX);
-        match ev {
-            sys::VIR_DOMAIN_EVENT_DEFINED => DomainEvent::Defined,
-            sys::VIR_DOMAIN_EVENT_UNDEFINED => DomainEvent::Undefined,
-            sys::VIR_DOMAIN_EVENT_STARTED => DomainEvent::Started,
-            sys::VIR_DOMAIN_EVENT_SUSPENDED => DomainEvent::Paused(match d {
-                sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR => PausedReason::IoError,
-                sys::VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR
-                | sys::VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG => PausedReason::Crashed,
-                _ => PausedReason::Unknown,
-            }),
-            sys::VIR_DOMAIN_EVENT_RESUMED => DomainEvent::Resumed,
-            sys::VIR_DOMAIN_EVENT_SHUTDOWN => DomainEvent::ShuttingDown,
-            sys::VIR_DOMAIN_EVENT_CRASHED => DomainEvent::Crashed,
-            sys::VIR_DOMAIN_EVENT_STOPPED => DomainEvent::Stopped(match d {
-                sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN => StopReason::Shutdown,
-                sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED => StopReason::Destroyed,
-                sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED => StopReason::Crashed,
-                sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED => StopReason::Migrated,
-                sys::VIR_DOMAIN_EVENT_STOPPED_SAVED => StopReason::Saved,
-                sys::VIR_DOMAIN_EVENT_STOPPED_FAILED => StopReason::Failed,
-                sys::VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT => StopReason::FromSnapshot,
-                _ => StopReason::Unknown,
-            }),
-            _ => DomainEvent::Other { event, detail },
-        }
-    }
-}
-
-/// Where the domain is, as the status reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DomainState {
-    Pending,
-    Running,
-    Paused,
-    ShuttingDown,
-    Stopped(StopReason),
-    Crashed,
-}
-
-impl DomainState {
-    /// The state after `event` (pure).
-    pub fn after(self, event: DomainEvent) -> Self {
-        match event {
-            DomainEvent::Started | DomainEvent::Resumed => DomainState::Running,
-            DomainEvent::Paused(_) => DomainState::Paused,
-            DomainEvent::ShuttingDown => DomainState::ShuttingDown,
-            DomainEvent::Stopped(r) => DomainState::Stopped(r),
-            DomainEvent::Crashed => DomainState::Crashed,
-            DomainEvent::Defined | DomainEvent::Undefined | DomainEvent::Other { .. } => self,
-        }
-    }
-
-    /// True once the domain is gone for good.
-    pub fn is_final(self) -> bool {
-        matches!(self, DomainState::Stopped(_))
+/// Map libvirt's lifecycle (event, detail) pair (pure).
+pub fn event_of(event: i32, detail: i32) -> DomainEvent {
+    let Ok(ev) = u32::try_from(event) else {
+        return DomainEvent::Other { event, detail };
+    };
+    let d = u32::try_from(detail).unwrap_or(u32::MAX);
+    match ev {
+        sys::VIR_DOMAIN_EVENT_DEFINED => DomainEvent::Defined,
+        sys::VIR_DOMAIN_EVENT_UNDEFINED => DomainEvent::Undefined,
+        sys::VIR_DOMAIN_EVENT_STARTED => DomainEvent::Started,
+        sys::VIR_DOMAIN_EVENT_SUSPENDED => DomainEvent::Paused(match d {
+            sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR => PausedReason::IoError,
+            sys::VIR_DOMAIN_EVENT_SUSPENDED_API_ERROR
+            | sys::VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG => PausedReason::Crashed,
+            _ => PausedReason::Unknown,
+        }),
+        sys::VIR_DOMAIN_EVENT_RESUMED => DomainEvent::Resumed,
+        sys::VIR_DOMAIN_EVENT_SHUTDOWN => DomainEvent::ShuttingDown,
+        sys::VIR_DOMAIN_EVENT_CRASHED => DomainEvent::Crashed,
+        sys::VIR_DOMAIN_EVENT_STOPPED => DomainEvent::Stopped(match d {
+            sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN => StopReason::Shutdown,
+            sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED => StopReason::Destroyed,
+            sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED => StopReason::Crashed,
+            sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED => StopReason::Migrated,
+            sys::VIR_DOMAIN_EVENT_STOPPED_SAVED => StopReason::Saved,
+            sys::VIR_DOMAIN_EVENT_STOPPED_FAILED => StopReason::Failed,
+            sys::VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT => StopReason::FromSnapshot,
+            _ => StopReason::Unknown,
+        }),
+        _ => DomainEvent::Other { event, detail },
     }
 }
 
@@ -181,7 +86,7 @@ pub fn paused_reason(conn: &Connect, name: &str) -> PausedReason {
     // SAFETY: `dom` is a valid domain handle; both out-pointers point at live ints.
     let rc = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
     match (u32::try_from(state), u32::try_from(reason)) {
-        (Ok(sys::VIR_DOMAIN_PAUSED), Ok(r)) if rc == 0 => PausedReason::from_state_reason(r),
+        (Ok(sys::VIR_DOMAIN_PAUSED), Ok(r)) if rc == 0 => paused_reason_of(r),
         _ => PausedReason::Unknown,
     }
 }
@@ -410,7 +315,7 @@ unsafe extern "C" fn lifecycle_cb(
     };
     // SAFETY: `opaque` is the `Sender` boxed in `subscribe`, alive until `free_sender`.
     let tx = unsafe { &*opaque.cast::<Sender>() };
-    let _ = tx.send((name, DomainEvent::from_lifecycle(event, detail)));
+    let _ = tx.send((name, event_of(event, detail)));
     0
 }
 
@@ -427,25 +332,25 @@ mod tests {
     fn lifecycle_mapping() {
         let c = |v: u32| i32::try_from(v).unwrap();
         assert_eq!(
-            DomainEvent::from_lifecycle(c(sys::VIR_DOMAIN_EVENT_STARTED), 0),
+            event_of(c(sys::VIR_DOMAIN_EVENT_STARTED), 0),
             DomainEvent::Started
         );
         assert_eq!(
-            DomainEvent::from_lifecycle(
+            event_of(
                 c(sys::VIR_DOMAIN_EVENT_STOPPED),
                 c(sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
             ),
             DomainEvent::Stopped(StopReason::Shutdown)
         );
         assert_eq!(
-            DomainEvent::from_lifecycle(
+            event_of(
                 c(sys::VIR_DOMAIN_EVENT_STOPPED),
                 c(sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED)
             ),
             DomainEvent::Stopped(StopReason::Crashed)
         );
         assert_eq!(
-            DomainEvent::from_lifecycle(99, 1),
+            event_of(99, 1),
             DomainEvent::Other {
                 event: 99,
                 detail: 1
@@ -464,10 +369,10 @@ mod tests {
             (sys::VIR_DOMAIN_PAUSED_UNKNOWN, Unknown),
             (sys::VIR_DOMAIN_PAUSED_SAVE, Operation),
         ] {
-            assert_eq!(PausedReason::from_state_reason(reason), want, "{reason}");
+            assert_eq!(paused_reason_of(reason), want, "{reason}");
         }
         // The event's detail alone: a plain PAUSED cannot tell a user from a KVM failure.
-        let ev = |d: u32| DomainEvent::from_lifecycle(c(sys::VIR_DOMAIN_EVENT_SUSPENDED), c(d));
+        let ev = |d: u32| event_of(c(sys::VIR_DOMAIN_EVENT_SUSPENDED), c(d));
         assert_eq!(
             ev(sys::VIR_DOMAIN_EVENT_SUSPENDED_PAUSED),
             DomainEvent::Paused(Unknown)
@@ -476,26 +381,6 @@ mod tests {
             ev(sys::VIR_DOMAIN_EVENT_SUSPENDED_IOERROR),
             DomainEvent::Paused(IoError)
         );
-    }
-
-    #[test]
-    fn state_machine() {
-        let s = DomainState::Pending.after(DomainEvent::Started);
-        assert_eq!(s, DomainState::Running);
-        assert_eq!(
-            s.after(DomainEvent::Paused(PausedReason::User)),
-            DomainState::Paused
-        );
-        assert_eq!(
-            s.after(DomainEvent::Other {
-                event: 0,
-                detail: 0
-            }),
-            DomainState::Running
-        );
-        let end = s.after(DomainEvent::Stopped(StopReason::Shutdown));
-        assert!(end.is_final());
-        assert!(!s.after(DomainEvent::ShuttingDown).is_final());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The pod's private libvirtd and a real TCG domain through the virt crate.
+#[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmpod::domain::daemons::{self, Daemons, LibvirtLayout, RunAs};
-use vmpod::domain::libvirt::{RunningDomain, paused_reason};
-use vmpod::domain::{DomainEvent, DomainState, Libvirt, PausedReason, StopReason};
+use vmpod::domain::{DomainEvent, DomainState, PausedReason, StopReason};
+use vmpod_virt::libvirt::{Libvirt, RunningDomain, paused_reason};
 
 fn bare_domain_xml(name: &str, console: &Path) -> String {
     format!(

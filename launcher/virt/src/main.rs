@@ -1,6 +1,7 @@
 //! vmpod-virt: the launcher's libvirt client, a child of `vmpod-launcher run`. It holds
 //! the pod's one libvirt connection so the launcher itself never loads libvirt; see
-//! `vmpod::domain::agent` for the JSON-lines protocol on its stdin and stdout.
+//! `vmpod::domain::agent` for the JSON-lines protocol on its stdin and stdout, and
+//! `vmpod_virt::serve` for its side of it.
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -22,5 +23,5 @@ fn main() {
     vmpod::init_logging("info");
     let cli = Cli::parse();
     let stdin = std::io::stdin().lock();
-    vmpod::domain::agent::serve(&cli.socket, stdin, std::io::stdout());
+    vmpod_virt::serve::serve(&cli.socket, stdin, std::io::stdout());
 }
