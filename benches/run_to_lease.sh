@@ -14,11 +14,8 @@ cd "$(dirname "$0")/.."
 N=${N:-5}
 MANIFEST=${MANIFEST:-manifests/examples/testguest.yaml}
 
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then cargo build --release --workspace >&2; else cargo build --workspace >&2; fi
-bash tests/guest/build.sh >&2
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+. benches/lib.sh
+bench_build --workspace
 
 # Run "$@", print "<ms to the lease line> <ms to exit>"; "- <ms>" when no lease came.
 time_to_lease() {
@@ -31,8 +28,6 @@ time_to_lease() {
   done < <("$@" </dev/null 2>/dev/null)
   echo "$lease $(( $(now_ms) - start ))"
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) {print "-"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
 
 qemu_direct() {
   timeout 300 qemu-system-x86_64 -accel tcg -machine pc -m 256 -nodefaults -no-reboot \
