@@ -365,7 +365,14 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DaemonError> {
 }
 
 /// Copy the `*.xml` files of `from` into `to` (creating it); missing `from` copies
-/// nothing. Returns how many files were copied.
+/// nothing. Returns how many files were written.
+///
+/// `to` may be a node directory that other pods read and write at the same time (the
+/// seed): each file is written beside its destination under a name no other writer uses
+/// (pid and a random number: launchers in different pods often have the same pid) and
+/// renamed over it, so a reader sees the old file or the new one, never a mix; a
+/// destination already equal to its source is left alone (every pod after the first
+/// would otherwise rewrite the same bytes).
 pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
     let entries = match fs::read_dir(from) {
         Ok(e) => e,
@@ -377,18 +384,28 @@ pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
     for entry in entries {
         let entry = entry.map_err(io_err("read", from))?;
         let p = entry.path();
-        if p.extension().is_some_and(|e| e == "xml") {
-            let dst = to.join(entry.file_name());
-            // Write beside and rename, so a concurrent reader never sees half a file.
-            let tmp = to.join(format!(
-                ".{}.tmp{}",
-                entry.file_name().to_string_lossy(),
-                std::process::id()
-            ));
-            fs::copy(&p, &tmp).map_err(io_err("copy", &p))?;
-            fs::rename(&tmp, &dst).map_err(io_err("rename", &dst))?;
-            n += 1;
+        if p.extension().is_none_or(|e| e != "xml") {
+            continue;
         }
+        let body = fs::read(&p).map_err(io_err("read", &p))?;
+        let dst = to.join(entry.file_name());
+        if fs::read(&dst).is_ok_and(|old| old == body) {
+            continue;
+        }
+        let tmp = to.join(format!(
+            ".{}.{}-{:016x}.tmp",
+            entry.file_name().to_string_lossy(),
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let written = fs::write(&tmp, &body)
+            .map_err(io_err("write", &tmp))
+            .and_then(|()| fs::rename(&tmp, &dst).map_err(io_err("rename", &dst)));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        n += 1;
     }
     Ok(n)
 }
@@ -666,5 +683,91 @@ mod tests {
             "<qemuCaps/>"
         );
         assert!(!to.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn copy_caps_leaves_an_equal_file_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("cache"), dir.path().join("seed"));
+        fs::create_dir_all(&from).unwrap();
+        fs::write(from.join("abc.xml"), "<qemuCaps/>").unwrap();
+        assert_eq!(copy_caps(&from, &to).unwrap(), 1);
+        let inode = fs::metadata(to.join("abc.xml")).unwrap().ino();
+        assert_eq!(copy_caps(&from, &to).unwrap(), 0, "unchanged: not written");
+        assert_eq!(fs::metadata(to.join("abc.xml")).unwrap().ino(), inode);
+        fs::write(from.join("abc.xml"), "<qemuCaps v='2'/>").unwrap();
+        assert_eq!(copy_caps(&from, &to).unwrap(), 1, "changed: written");
+        assert_eq!(
+            fs::read_to_string(to.join("abc.xml")).unwrap(),
+            "<qemuCaps v='2'/>"
+        );
+    }
+
+    /// Pods writing the node's seed back while others copy it: writers with the same pid
+    /// (as launchers in different pods often have) never share a temporary file, and a
+    /// reader sees one writer's whole file, never a mix or a missing one.
+    #[test]
+    fn copy_caps_writers_with_one_pid_never_tear_the_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed");
+        let caches: Vec<PathBuf> = (0..4u8)
+            .map(|i| {
+                let c = dir.path().join(format!("cache{i}"));
+                fs::create_dir_all(&c).unwrap();
+                // Different contents and sizes, so a mix of two shows.
+                let body = vec![b'a' + i; 64 * 1024 + usize::from(i) * 4096];
+                fs::write(c.join("caps.xml"), body).unwrap();
+                c
+            })
+            .collect();
+        copy_caps(&caches[0], &seed).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let writers: Vec<_> = caches
+                .iter()
+                .map(|c| {
+                    s.spawn(|| {
+                        for _ in 0..200 {
+                            copy_caps(c, &seed).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            let reader = s.spawn(|| {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let pod = dir.path().join("pod");
+                    let _ = fs::remove_dir_all(&pod);
+                    copy_caps(&seed, &pod).unwrap();
+                    let got = fs::read(pod.join("caps.xml")).unwrap();
+                    let first = got[0];
+                    assert!(
+                        (b'a'..b'a' + 4).contains(&first)
+                            && got.len() == 64 * 1024 + usize::from(first - b'a') * 4096
+                            && got.iter().all(|&b| b == first),
+                        "torn seed: {} bytes starting {:?}",
+                        got.len(),
+                        &got[..8.min(got.len())]
+                    );
+                    reads += 1;
+                }
+                reads
+            });
+            for w in writers {
+                w.join().unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(reader.join().unwrap() > 0);
+        });
+        let left: Vec<_> = fs::read_dir(&seed)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("caps.xml")],
+            "no temporary file left"
+        );
     }
 }
