@@ -29,7 +29,7 @@ export LC_ALL=C
 . benches/lib.sh
 [ "$(id -u)" = 0 ] || { echo "density.sh: needs root (local pods)" >&2; exit 1; }
 N=${N:-10}
-SHAPES=${SHAPES:-burst staggered}
+SHAPES=${SHAPES-burst staggered}
 GAP_MS=${GAP_MS:-100}
 MEM=${MEM:-128Mi}
 POLL_MS=${POLL_MS:-100}
@@ -224,6 +224,9 @@ shape() {
     case "$comm" in qemu*) ;; *) c=$(qemu_cpu_ms "$pid"); [ "$c" != - ] && vmpod_cpu=$((vmpod_cpu + c)) ;; esac
   done < "$procs"
 
+  mkdir -p "$dir/logs"
+  for name in "${names[@]}"; do cp "$(state_dir "$root" "$name")/pod/launcher.log" "$dir/logs/$name.log"; done
+
   # Stop: every manifest removed at once; wait until nothing of the pods is left.
   now; local t_stop=$NOW
   rm -f "$m"/*.yaml
@@ -280,6 +283,30 @@ shape() {
       f = n * solo / c; g = sum / c
       printf "floor: %d x %d ms (one guest alone, this run) / %d cores = %.1f s; last lease at %.1f s = %.2fx the floor (%.2fx the in-run floor, sum of CPU to leases / cores = %.1f s)\n", n, solo, c, f / 1000, last / 1000, last / f, last / g, g / 1000 }'
   fi
+  # Where the time to Running goes, per pod: the handler's log (wall clock) and the
+  # launcher's (ms since its start).
+  local at ts what vmi
+  declare -A seen started
+  while read -r ts what vmi; do
+    at=$(date -d "$ts" +%s%3N)
+    case "$what" in added) seen[$vmi]=$at ;; started) started[$vmi]=$at ;; esac
+  done < <(sed -nE 's/^([^ ]+) .*manifest added: starting its VM manifest=.*\/([^/]+)\.yaml$/\1 added \2/p;
+    s/^([^ ]+) .*launcher started vmi=([^ ]+) .*/\1 started \2/p' "$dir/handler.log")
+  for name in "${names[@]}"; do
+    local ms=()
+    for what in "network ready" "libvirtd ready" "domain started" "domain running"; do
+      ms+=("$(sed -nE "s/.*$what.* elapsed_ms=([0-9]+).*/\1/p" "$dir/logs/$name.log" | head -1)")
+    done
+    echo "$(( ${seen[$name]:-0} - ${created[$name]} )) $(( ${started[$name]:-0} - ${seen[$name]:-0} )) ${ms[*]}" \
+      "$(( ${running[$name]} - ${started[$name]:-0} - ${ms[3]:-0} ))"
+  done > "$dir/path.txt"
+  local col=1 line="the path to Running, P50 / max ms:" p
+  for what in "creation -> the handler sees it" "-> pod made, launcher started" "launcher start -> network ready" \
+    "-> libvirtd ready" "-> domain started" "-> domain running" "domain running -> the status says Running"; do
+    read -r p _ max < <(cut -d' ' -f$col "$dir/path.txt" | p50_p95_max)
+    line+=" $what $p / $max;"; col=$((col + 1))
+  done
+  echo "$line"
   awk -v n="$count" '
     { cls = $3; if (cls ~ /^qemu/) cls = "qemu"; rss[$1, cls] += $5; pss[$1, cls] += $6; pods[$1] = 1; classes[cls] = 1
       if (cls != "qemu") { trss[$1] += $5; tpss[$1] += $6 } }

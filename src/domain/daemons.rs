@@ -292,8 +292,51 @@ impl RunAs {
     }
 }
 
-/// libvirtd.conf: private socket with no auth (the directory is 0700), few threads.
+/// Environment: `1` runs the pod's processes with the settings from before they were
+/// trimmed for density (libvirtd with 4 RPC workers and 16 clients, a malloc arena per
+/// thread everywhere), so `benches/density.sh` can show before and after in one run.
+pub const UNTUNED_ENV: &str = "VMPOD_DAEMONS_UNTUNED";
+
+/// Whether [`UNTUNED_ENV`] asks for the settings from before.
+pub fn untuned() -> bool {
+    std::env::var_os(UNTUNED_ENV).is_some_and(|v| v == "1")
+}
+
+/// glibc's `MALLOC_ARENA_MAX` for the pod's processes: one arena. libvirtd, vmpod-virt
+/// and the launcher make a handful of calls; an arena per thread (glibc's default, up to
+/// 8 per core) leaves each thread's touched heap resident for nothing (about 0.8 MiB in
+/// libvirtd alone).
+pub const MALLOC_ARENA_MAX: &str = "1";
+
+/// The environment that trims a pod process's memory (none when [`untuned`]).
+pub fn lean_env() -> Vec<(&'static str, &'static str)> {
+    if untuned() {
+        Vec::new()
+    } else {
+        vec![("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)]
+    }
+}
+
+/// Limit this process to one malloc arena (see [`MALLOC_ARENA_MAX`]); call before the
+/// first thread starts. A no-op when [`untuned`].
+pub fn lean_malloc() {
+    if !untuned() {
+        // SAFETY: mallopt only sets an allocator parameter; nothing else runs yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+/// libvirtd.conf: private socket with no auth (the directory is 0700), as few threads
+/// and clients as the pod uses. Its one client is `vmpod-virt`, which makes one call at
+/// a time: one RPC worker, plus one priority worker so a destroy still gets through
+/// while a start waits on QEMU; one admin worker (the admin server cannot be turned
+/// off); two clients (a second for a `vmpod-virt` restarted while the first one's
+/// connection closes).
 pub fn libvirtd_conf(layout: &LibvirtLayout) -> String {
+    let (max_workers, max_clients, max_anonymous_clients) =
+        if untuned() { (4, 16, 4) } else { (1, 2, 2) };
     format!(
         "# written by vmpod-launcher\n\
          unix_sock_dir = \"{run}\"\n\
@@ -303,12 +346,13 @@ pub fn libvirtd_conf(layout: &LibvirtLayout) -> String {
          auth_unix_rw = \"none\"\n\
          auth_unix_ro = \"none\"\n\
          min_workers = 1\n\
-         max_workers = 4\n\
+         max_workers = {max_workers}\n\
          prio_workers = 1\n\
          admin_min_workers = 1\n\
          admin_max_workers = 1\n\
-         max_clients = 16\n\
-         max_anonymous_clients = 4\n\
+         admin_max_clients = 1\n\
+         max_clients = {max_clients}\n\
+         max_anonymous_clients = {max_anonymous_clients}\n\
          log_outputs = \"3:file:{log}\"\n",
         run = layout.dir("sock").display(),
         log = layout.log("libvirtd").display(),
@@ -471,6 +515,7 @@ fn spawn(
     for (k, v) in envs {
         cmd.env(k, v);
     }
+    cmd.envs(lean_env());
     // SAFETY: the closure only makes syscalls on data prepared before the fork
     // (async-signal-safe), as required between fork and exec. The daemon dies with the
     // launcher (parent-death signal): no orphans even on SIGKILL.
