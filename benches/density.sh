@@ -18,7 +18,8 @@
 #     N=25 SHAPES=burst bash benches/density.sh
 #     N=3 PROFILE=debug bash benches/density.sh         # the dev-profile binaries
 #
-# Settings: N (10), SHAPES ("burst staggered"), GAP_MS (100, staggered), MEM (128Mi),
+# Settings: N (10), SHAPES ("burst staggered"; "untuned" is a burst with the pods'
+# processes set up as before the density work, VMPOD_DAEMONS_UNTUNED=1), GAP_MS (100, staggered), MEM (128Mi),
 # PROFILE (release), POLL_MS (the handler's directory scan, 100), TIMEOUT (s per shape,
 # 120 + 10 N), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
 # empty at first, a warm-up pod fills it, so every measured pod starts seeded (as every
@@ -34,7 +35,7 @@ GAP_MS=${GAP_MS:-100}
 MEM=${MEM:-128Mi}
 POLL_MS=${POLL_MS:-100}
 TIMEOUT=${TIMEOUT:-$((120 + 10 * N))}
-bench_build -p vmpod-handler -p vmpod-launcher
+bench_build --workspace
 BIN=$PWD/target/$PROFILE
 CORES=$(nproc)
 KERNEL=$PWD/target/guest/vmlinuz INITRD=$PWD/target/guest/initramfs.img
@@ -110,21 +111,22 @@ spec:
 YAML
 }
 
-# One shape: COUNT VMIs, created GAP ms apart (0: at once). Sets SOLO_CPU for COUNT=1.
-# Prints its report; returns 1 when a VM did not lease or something was left.
+# One shape: COUNT VMIs, created GAP ms apart (0: at once), named after the letter KEY,
+# with the environment ENV... for the handler and its launchers. Sets SOLO_CPU for
+# COUNT=1. Prints its report; returns 1 when a VM did not lease or something was left.
 shape() {
-  local label=$1 count=$2 gap=$3
-  local dir=$WORK/$label root=$RUNROOT/${label:0:1}
+  local label=$1 key=$2 count=$3 gap=$4; shift 4
+  local dir=$WORK/$label root=$RUNROOT/$key
   local m=$dir/manifests stage=$dir/stage
   mkdir -p "$m" "$stage" "$root"
   local names=() i
   for i in $(seq 0 $((count - 1))); do
-    names+=("d$TAG${label:0:1}$i")
+    names+=("d$TAG$key$i")
     manifest "${names[-1]}" "$stage/${names[-1]}.yaml"
   done
   local load_before mem_before
   load_before=$(loadavg); mem_before=$(mem_used_kib)
-  VMPOD_LOCAL_ROOT=$root VMPOD_BRIDGE=$BR VMPOD_SUBNET=$SUBNET VMPOD_CAPS_SEED=$SEED \
+  env "$@" VMPOD_LOCAL_ROOT=$root VMPOD_BRIDGE=$BR VMPOD_SUBNET=$SUBNET VMPOD_CAPS_SEED=$SEED \
     VMPOD_LAUNCHER=$BIN/vmpod-launcher \
     "$BIN/vmpod-handler" local --manifests "$m" --poll-ms "$POLL_MS" 2> "$dir/handler.log" &
   HANDLER_PID=$!
@@ -274,7 +276,7 @@ shape() {
   [ "$count" = 1 ] && SOLO_CPU=$cpu_med
   local gaptext="at once"; [ "$gap" = 0 ] || gaptext="${gap} ms apart"
   echo
-  echo "== $label: $count VMI(s) created $gaptext ($MEM, TCG, $PROFILE binaries, $CORES cores); load average before $load_before, after $(loadavg)"
+  echo "== $label: $count VMI(s) created $gaptext${*:+ ($*)} ($MEM, TCG, $PROFILE binaries, $CORES cores); load average before $load_before, after $(loadavg)"
   echo "creation -> Running:  P50 / P95 / max $(echo "$to_running" | sed 's/ / \/ /g') ms"
   echo "creation -> lease:    P50 / P95 / max $(echo "$to_lease" | sed 's/ / \/ /g') ms (all $count leased; first creation -> last lease $last_lease ms)"
   echo "QEMU CPU to its lease, per guest: median $cpu_med ms (sum $cpu_sum ms)"
@@ -338,14 +340,17 @@ shape() {
 
 if [ -z "$(ls -A "$SEED")" ]; then
   echo "warm-up: one pod fills the run's capabilities seed" >&2
-  shape warmup 1 0 > /dev/null
+  shape warmup w 1 0 > /dev/null
 fi
 SOLO_CPU=
-shape solo 1 0
+shape solo o 1 0
 for s in $SHAPES; do
   case "$s" in
-    burst) shape burst "$N" 0 ;;
-    staggered) shape staggered "$N" "$GAP_MS" ;;
-    *) echo "SHAPES: unknown shape $s (burst, staggered)" >&2; exit 1 ;;
+    burst) shape burst b "$N" 0 ;;
+    staggered) shape staggered g "$N" "$GAP_MS" ;;
+    # The pods' processes with their settings from before the density work (libvirtd's
+    # workers and clients, malloc arenas): the "before" of the per-pod overhead.
+    untuned) shape untuned u "$N" 0 VMPOD_DAEMONS_UNTUNED=1 ;;
+    *) echo "SHAPES: unknown shape $s (burst, staggered, untuned)" >&2; exit 1 ;;
   esac
 done

@@ -3,8 +3,10 @@
 
 # Build the given cargo arguments (`-p PKG ...` or `--workspace`) in $PROFILE
 # (`release`, the default, or `debug`, cargo's dev profile) and the test guest.
+# BUILD=0 uses the binaries already in target/$PROFILE.
 bench_build() {
   PROFILE=${PROFILE:-release}
+  [ "${BUILD:-1}" = 0 ] && return 0
   case "$PROFILE" in
     release) cargo build --release "$@" >&2 ;;
     debug) cargo build "$@" >&2 ;;

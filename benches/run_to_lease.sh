@@ -27,7 +27,7 @@ export LC_ALL=C
 N=${N:-5}
 
 . benches/lib.sh
-bench_build -p vmpod -p vmpod-launcher
+bench_build --workspace
 [ "$(id -u)" = 0 ] || { echo "run_to_lease.sh: needs root (local pods)" >&2; exit 1; }
 TAG=$(printf '%x' $(( $$ & 0xffffff )))
 WORK=$(mktemp -d /tmp/vmpod-bench-lease.XXXXXX)
