@@ -639,6 +639,10 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("auth_unix_rw = \"none\""));
+        // One client making one call at a time: one worker, the priority one for a
+        // destroy while a start waits.
+        assert!(c.contains("max_workers = 1\n") && c.contains("prio_workers = 1\n"));
+        assert!(c.contains("max_clients = 2\n"));
         assert!(c.contains("/run/vmpod/pod1/libvirt/libvirtd.log"));
         assert!(qemu_conf().contains("security_driver = \"none\""));
         assert!(qemu_conf().contains("stdio_handler = \"file\""));
