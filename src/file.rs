@@ -29,12 +29,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> io::Re
         .file_name()
         .ok_or_else(|| io::Error::other("not a file path"))?
         .to_string_lossy();
-    // The pid keeps two processes writing one file from sharing a temporary file.
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    // Two writers of one file never share a temporary file: the pid alone is not enough,
+    // since launchers in different pods (pid namespaces) share node files (the
+    // capabilities seed) and usually have the same pid.
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}-{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let written = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| {

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     if let Some(code) = reaper::init_if_pid1() {
         return code;
     }
+    vmpod::domain::daemons::lean_malloc();
     vmpod::init_logging("info");
     let cli = Cli::parse();
     let result = match cli.command {

@@ -292,8 +292,51 @@ impl RunAs {
     }
 }
 
-/// libvirtd.conf: private socket with no auth (the directory is 0700), few threads.
+/// Environment: `1` runs the pod's processes with the settings from before they were
+/// trimmed for density (libvirtd with 4 RPC workers and 16 clients, a malloc arena per
+/// thread everywhere), so `benches/density.sh` can show before and after in one run.
+pub const UNTUNED_ENV: &str = "VMPOD_DAEMONS_UNTUNED";
+
+/// Whether [`UNTUNED_ENV`] asks for the settings from before.
+pub fn untuned() -> bool {
+    std::env::var_os(UNTUNED_ENV).is_some_and(|v| v == "1")
+}
+
+/// glibc's `MALLOC_ARENA_MAX` for the pod's processes: one arena. libvirtd, vmpod-virt
+/// and the launcher make a handful of calls; an arena per thread (glibc's default, up to
+/// 8 per core) leaves each thread's touched heap resident for nothing (about 0.8 MiB in
+/// libvirtd alone).
+pub const MALLOC_ARENA_MAX: &str = "1";
+
+/// The environment that trims a pod process's memory (none when [`untuned`]).
+pub fn lean_env() -> Vec<(&'static str, &'static str)> {
+    if untuned() {
+        Vec::new()
+    } else {
+        vec![("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)]
+    }
+}
+
+/// Limit this process to one malloc arena (see [`MALLOC_ARENA_MAX`]); call before the
+/// first thread starts. A no-op when [`untuned`].
+pub fn lean_malloc() {
+    if !untuned() {
+        // SAFETY: mallopt only sets an allocator parameter; nothing else runs yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+/// libvirtd.conf: private socket with no auth (the directory is 0700), as few threads
+/// and clients as the pod uses. Its one client is `vmpod-virt`, which makes one call at
+/// a time: one RPC worker, plus one priority worker so a destroy still gets through
+/// while a start waits on QEMU; one admin worker (the admin server cannot be turned
+/// off); two clients (a second for a `vmpod-virt` restarted while the first one's
+/// connection closes).
 pub fn libvirtd_conf(layout: &LibvirtLayout) -> String {
+    let (max_workers, max_clients, max_anonymous_clients) =
+        if untuned() { (4, 16, 4) } else { (1, 2, 2) };
     format!(
         "# written by vmpod-launcher\n\
          unix_sock_dir = \"{run}\"\n\
@@ -303,12 +346,13 @@ pub fn libvirtd_conf(layout: &LibvirtLayout) -> String {
          auth_unix_rw = \"none\"\n\
          auth_unix_ro = \"none\"\n\
          min_workers = 1\n\
-         max_workers = 4\n\
+         max_workers = {max_workers}\n\
          prio_workers = 1\n\
          admin_min_workers = 1\n\
          admin_max_workers = 1\n\
-         max_clients = 16\n\
-         max_anonymous_clients = 4\n\
+         admin_max_clients = 1\n\
+         max_clients = {max_clients}\n\
+         max_anonymous_clients = {max_anonymous_clients}\n\
          log_outputs = \"3:file:{log}\"\n",
         run = layout.dir("sock").display(),
         log = layout.log("libvirtd").display(),
@@ -365,7 +409,14 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DaemonError> {
 }
 
 /// Copy the `*.xml` files of `from` into `to` (creating it); missing `from` copies
-/// nothing. Returns how many files were copied.
+/// nothing. Returns how many files were written.
+///
+/// `to` may be a node directory that other pods read and write at the same time (the
+/// seed): each file is written beside its destination under a name no other writer uses
+/// (pid and a random number: launchers in different pods often have the same pid) and
+/// renamed over it, so a reader sees the old file or the new one, never a mix; a
+/// destination already equal to its source is left alone (every pod after the first
+/// would otherwise rewrite the same bytes).
 pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
     let entries = match fs::read_dir(from) {
         Ok(e) => e,
@@ -377,14 +428,18 @@ pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
     for entry in entries {
         let entry = entry.map_err(io_err("read", from))?;
         let p = entry.path();
-        if p.extension().is_some_and(|e| e == "xml") {
-            let dst = to.join(entry.file_name());
-            // Replaced atomically, so a concurrent reader never sees half a file.
-            let xml = fs::read(&p).map_err(io_err("read", &p))?;
-            crate::file::write_atomic(&dst, &xml, crate::file::Durability::Rename)
-                .map_err(io_err("write", &dst))?;
-            n += 1;
+        if p.extension().is_none_or(|e| e != "xml") {
+            continue;
         }
+        let body = fs::read(&p).map_err(io_err("read", &p))?;
+        let dst = to.join(entry.file_name());
+        if fs::read(&dst).is_ok_and(|old| old == body) {
+            continue;
+        }
+        // Replaced atomically, so a concurrent reader never sees half a file.
+        crate::file::write_atomic(&dst, &body, crate::file::Durability::Rename)
+            .map_err(io_err("write", &dst))?;
+        n += 1;
     }
     Ok(n)
 }
@@ -450,6 +505,7 @@ fn spawn(
     for (k, v) in envs {
         cmd.env(k, v);
     }
+    cmd.envs(lean_env());
     // SAFETY: the closure only makes syscalls on data prepared before the fork
     // (async-signal-safe), as required between fork and exec. The daemon dies with the
     // launcher (parent-death signal): no orphans even on SIGKILL.
@@ -573,6 +629,10 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("auth_unix_rw = \"none\""));
+        // One client making one call at a time: one worker, the priority one for a
+        // destroy while a start waits.
+        assert!(c.contains("max_workers = 1\n") && c.contains("prio_workers = 1\n"));
+        assert!(c.contains("max_clients = 2\n"));
         assert!(c.contains("/run/vmpod/pod1/libvirt/libvirtd.log"));
         assert!(qemu_conf().contains("security_driver = \"none\""));
         assert!(qemu_conf().contains("stdio_handler = \"file\""));
@@ -662,5 +722,91 @@ mod tests {
             "<qemuCaps/>"
         );
         assert!(!to.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn copy_caps_leaves_an_equal_file_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("cache"), dir.path().join("seed"));
+        fs::create_dir_all(&from).unwrap();
+        fs::write(from.join("abc.xml"), "<qemuCaps/>").unwrap();
+        assert_eq!(copy_caps(&from, &to).unwrap(), 1);
+        let inode = fs::metadata(to.join("abc.xml")).unwrap().ino();
+        assert_eq!(copy_caps(&from, &to).unwrap(), 0, "unchanged: not written");
+        assert_eq!(fs::metadata(to.join("abc.xml")).unwrap().ino(), inode);
+        fs::write(from.join("abc.xml"), "<qemuCaps v='2'/>").unwrap();
+        assert_eq!(copy_caps(&from, &to).unwrap(), 1, "changed: written");
+        assert_eq!(
+            fs::read_to_string(to.join("abc.xml")).unwrap(),
+            "<qemuCaps v='2'/>"
+        );
+    }
+
+    /// Pods writing the node's seed back while others copy it: writers with the same pid
+    /// (as launchers in different pods often have) never share a temporary file, and a
+    /// reader sees one writer's whole file, never a mix or a missing one.
+    #[test]
+    fn copy_caps_writers_with_one_pid_never_tear_the_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed");
+        let caches: Vec<PathBuf> = (0..4u8)
+            .map(|i| {
+                let c = dir.path().join(format!("cache{i}"));
+                fs::create_dir_all(&c).unwrap();
+                // Different contents and sizes, so a mix of two shows.
+                let body = vec![b'a' + i; 64 * 1024 + usize::from(i) * 4096];
+                fs::write(c.join("caps.xml"), body).unwrap();
+                c
+            })
+            .collect();
+        copy_caps(&caches[0], &seed).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let writers: Vec<_> = caches
+                .iter()
+                .map(|c| {
+                    s.spawn(|| {
+                        for _ in 0..200 {
+                            copy_caps(c, &seed).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            let reader = s.spawn(|| {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let pod = dir.path().join("pod");
+                    let _ = fs::remove_dir_all(&pod);
+                    copy_caps(&seed, &pod).unwrap();
+                    let got = fs::read(pod.join("caps.xml")).unwrap();
+                    let first = got[0];
+                    assert!(
+                        (b'a'..b'a' + 4).contains(&first)
+                            && got.len() == 64 * 1024 + usize::from(first - b'a') * 4096
+                            && got.iter().all(|&b| b == first),
+                        "torn seed: {} bytes starting {:?}",
+                        got.len(),
+                        &got[..8.min(got.len())]
+                    );
+                    reads += 1;
+                }
+                reads
+            });
+            for w in writers {
+                w.join().unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(reader.join().unwrap() > 0);
+        });
+        let left: Vec<_> = fs::read_dir(&seed)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("caps.xml")],
+            "no temporary file left"
+        );
     }
 }
