@@ -44,10 +44,7 @@ impl CachedInterface {
     /// it from here, so a restarted launcher and `vmpod-launcher dhcp serve` agree with
     /// the first launcher.
     pub fn vm_mac(&self) -> MacAddr {
-        self.options.vm_mac.unwrap_or(match self.binding {
-            Binding::Bridge => self.facts.mac,
-            Binding::Masquerade => super::plan::derived_mac(self.facts.mac, "vm"),
-        })
+        super::plan::vm_mac(self.binding, self.facts.mac, self.options.vm_mac)
     }
 }
 

@@ -413,13 +413,7 @@ fn plan_bridge(
         },
         // Before the tap and the pod interface go up: the VM's first frame already
         // meets the rules.
-        NetOp::AntiSpoof(AntiSpoof {
-            table: antispoof::table_name(pod),
-            tap: tap.clone(),
-            pod: pod.to_owned(),
-            mac: opts.vm_mac.unwrap_or(facts.mac),
-            ipv4,
-        }),
+        anti_spoof(facts, Binding::Bridge, opts, ipv4),
         NetOp::AddAddress {
             link: bridge.clone(),
             address: IpCidr::new(IpAddr::V4(opts.bridge_address), 32),
@@ -431,6 +425,34 @@ fn plan_bridge(
         },
     ]);
     Ok(ops)
+}
+
+/// The MAC of the VM's NIC: `chosen` (the VMI's `macAddress`) when set, else the pod's
+/// original MAC (bridge: the VM takes over the pod's identity) or one derived from it
+/// (masquerade: the pod keeps its own).
+pub fn vm_mac(binding: Binding, pod_mac: MacAddr, chosen: Option<MacAddr>) -> MacAddr {
+    chosen.unwrap_or(match binding {
+        Binding::Bridge => pod_mac,
+        Binding::Masquerade => derived_mac(pod_mac, "vm"),
+    })
+}
+
+/// The tap's anti-spoofing rules (both bindings): only the VM's MAC and `vm_ipv4` may
+/// send from the tap. Planned before the tap goes up.
+fn anti_spoof(
+    facts: &InterfaceFacts,
+    binding: Binding,
+    opts: &PlanOptions,
+    vm_ipv4: Ipv4Addr,
+) -> NetOp {
+    let pod = facts.interface.as_str();
+    NetOp::AntiSpoof(AntiSpoof {
+        table: antispoof::table_name(pod),
+        tap: tap_name(pod),
+        pod: pod.to_owned(),
+        mac: vm_mac(binding, facts.mac, opts.vm_mac),
+        ipv4: vm_ipv4,
+    })
 }
 
 /// The bridge, made before it goes up with no IPv6 link-local address (nothing in
@@ -483,6 +505,7 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
             link: tap.clone(),
             master: bridge.clone(),
         },
+        anti_spoof(facts, Binding::Masquerade, opts, m.vm_address()),
         NetOp::AddAddress {
             link: bridge.clone(),
             address: IpCidr::new(IpAddr::V4(m.gateway()), m.vm_network.prefix),
@@ -516,6 +539,9 @@ fn teardown_masquerade(
 ) -> Result<Vec<NetOp>, PlanError> {
     let (bridge, tap) = link_names(facts)?;
     Ok(vec![
+        NetOp::DelNftTable {
+            table: antispoof::table_name(&facts.interface),
+        },
         NetOp::DelNatTable {
             table: masquerade::table_name(&facts.interface),
         },
@@ -1028,6 +1054,23 @@ mod tests {
                 "{link} {setting}"
             );
         }
+        // The tap's anti-spoofing, the bridge binding's op with the VM's private address
+        // and derived MAC, in place before the tap goes up.
+        let spoof = position(&ops, |o| {
+            *o == NetOp::AntiSpoof(AntiSpoof {
+                table: "vmpod-as-eth0".into(),
+                tap: "tap-eth0".into(),
+                pod: "eth0".into(),
+                mac: derived_mac(f.mac, "vm"),
+                ipv4: Ipv4Addr::new(10, 0, 2, 2),
+            })
+        });
+        let tap_up = position(&ops, |o| {
+            *o == NetOp::SetUp {
+                link: "tap-eth0".into(),
+            }
+        });
+        assert!(spoof < tap_up, "{ops:?}");
         let NetOp::Nat(rules) = ops.last().unwrap() else {
             panic!("the NAT rules come last, once the links are up: {ops:?}");
         };
@@ -1060,6 +1103,9 @@ mod tests {
         assert_eq!(
             down,
             vec![
+                NetOp::DelNftTable {
+                    table: "vmpod-as-eth0".into()
+                },
                 NetOp::DelNatTable {
                     table: "vmpod_masq_eth0".into()
                 },
