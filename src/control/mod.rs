@@ -6,7 +6,8 @@
 //! [`ControlServer`] maps actions onto a [`Backend`] the launcher implements; the
 //! [`ControlClient`] is the one typed client the handler and vmpodctl use. [`state`] holds
 //! the state-dir file names, the atomic `status.json` writer and the local runtime root;
-//! [`guarded`] reads a launcher's status from outside its pod without trusting its files.
+//! [`guarded`] reads a launcher's status from outside its pod without trusting its files,
+//! and [`peer`] checks that a control socket's peer is the launcher of the pod meant.
 //!
 //! This module owns the socket, the HTTP framing and the response types. It owns no VM or
 //! network state: it must not talk to libvirt, netlink or DHCP itself.
@@ -15,6 +16,7 @@ pub mod action;
 pub mod client;
 pub mod fake;
 pub mod guarded;
+pub mod peer;
 pub mod server;
 pub mod state;
 pub mod types;
@@ -22,6 +24,7 @@ pub mod types;
 pub use action::{Action, ApiError, LifecycleAction, ROUTES, Route};
 pub use client::{ClientError, ConsoleFollow, ConsoleStream, ControlClient};
 pub use guarded::{Refused, status_from_dir};
+pub use peer::{Peer, PodIdentity};
 pub use server::{Backend, BackendError, ControlServer, Limits, ServerError};
 pub use state::{
     StatusSource, control_socket, list_local, local_root, local_state_dir, read_status,
