@@ -230,6 +230,8 @@ struct Pod {
     env: Option<DomainEnv>,
     /// Where QEMU's log of the current boot starts.
     qemu_log_from: u64,
+    /// Copies the console FIFO to console.log.
+    console: Option<control::ConsoleLog>,
 }
 
 struct Ctx {
@@ -632,15 +634,7 @@ async fn boot(
     let xml = domain_xml(&ctx.vmi, &env)?;
     pod.env = Some(env);
     // The console log belongs to this boot; an earlier boot's becomes console.log.1.
-    control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
-    // Emptied in place, it keeps its owner: QEMU (not root) appends to it.
-    let log = ctx.scratch_dir().join(control::state::CONSOLE_LOG);
-    match run_as.chown(&log) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("giving {} to QEMU's user", log.display()));
-        }
-        _ => {}
-    }
+    pod.console = Some(start_console_log(ctx, &run_as).await?);
 
     let layout = LibvirtLayout::new(ctx.scratch_dir());
     // The libvirt client loads libvirt while libvirtd starts; it connects when asked to
@@ -664,6 +658,7 @@ async fn boot(
 
     let agent = pod.agent.as_ref().context("no libvirt agent")?;
     let env = pod.env.as_mut().context("no domain environment")?;
+    let console = pod.console.as_ref().context("no console log")?;
     pod.qemu_log_from = qemu_log_len(ctx);
     // Before the start: a boot cancelled while it is in flight still has the domain
     // destroyed by teardown.
@@ -680,7 +675,7 @@ async fn boot(
             };
             match accel_fallback::after(ctx.accel.request, env.accel, &what) {
                 Next::BootUnderTcg { why } => {
-                    pod.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                    pod.qemu_log_from = boot_under_tcg(ctx, agent, env, console, &why).await?;
                     domain_name(&ctx.vmi)
                 }
                 Next::Fail { why } => {
@@ -735,6 +730,18 @@ fn qemu_log_since(ctx: &Ctx, from: u64) -> String {
     String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
+/// Start copying the console FIFO QEMU writes to console.log (bounded, lossless; see
+/// `control::console_log`), off the runtime thread.
+async fn start_console_log(ctx: &Ctx, run_as: &RunAs) -> anyhow::Result<control::ConsoleLog> {
+    let (dir, writer) = (ctx.scratch_dir().to_path_buf(), (run_as.uid, run_as.gid));
+    tokio::task::spawn_blocking(move || {
+        control::ConsoleLog::start(&dir, control::state::CONSOLE_LOG_MAX, Some(writer))
+    })
+    .await
+    .context("console log thread")?
+    .context("starting the console log")
+}
+
 /// KVM failed under the guest (or as it started) in `auto`: destroy the domain if it
 /// runs, remember the verdict on the node, and boot it again under TCG in this pod (same
 /// network, DHCP server, libvirtd and agent). Returns where QEMU's log of the new boot
@@ -743,6 +750,7 @@ async fn boot_under_tcg(
     ctx: &Ctx,
     agent: &VirtAgent,
     env: &mut DomainEnv,
+    console: &control::ConsoleLog,
     why: &str,
 ) -> anyhow::Result<u64> {
     tracing::warn!("{why}; destroying the domain and booting it again under TCG");
@@ -753,7 +761,7 @@ async fn boot_under_tcg(
     remember_kvm_failure(ctx, why);
     env.accel = Acceleration::Tcg;
     let xml = domain_xml(&ctx.vmi, env)?;
-    control::rotate_console_log(ctx.scratch_dir(), 0).context("rotating the console log")?;
+    console.rotate().await.context("rotating the console log")?;
     ctx.publish(|s| {
         s.acceleration = Some(Acceleration::Tcg);
         s.acceleration_reason = Some(why.to_string());
@@ -814,10 +822,6 @@ async fn lifecycle(
         .map_err(|e| BackendError::Failed(e.to_string()))
 }
 
-/// How often the console log's size is checked against `CONSOLE_LOG_MAX`: a guest
-/// writing at full serial speed (115200 baud, about 11 KiB/s) adds 22 KiB in between.
-const CONSOLE_CHECK: Duration = Duration::from_secs(2);
-
 /// Follow the domain until it is gone; returns its final state.
 async fn supervise(
     ctx: &Ctx,
@@ -830,6 +834,7 @@ async fn supervise(
     let mut events = pod.events.take().context("no event stream")?;
     let daemons = pod.daemons.as_mut().context("no daemons")?;
     let env = pod.env.as_mut().context("no domain environment")?;
+    let console = pod.console.as_ref().context("no console log")?;
     // The control API asked for a pause that has not shown yet.
     let mut pause_requested = false;
     // Events before the domain's start (libvirt sends it last, after `Resumed`) are a
@@ -839,7 +844,6 @@ async fn supervise(
         Duration::from_secs(u64::try_from(ctx.vmi.spec.grace_period_seconds()).unwrap_or(0));
     let mut state = DomainState::Pending;
     let mut deadline: Option<Instant> = None;
-    let mut console_check = tokio::time::interval(CONSOLE_CHECK);
     loop {
         let sleep = deadline.map(|d| tokio::time::sleep_until(d.into()));
         tokio::select! {
@@ -870,7 +874,7 @@ async fn supervise(
                 };
                 match interruption.as_ref().map(|i| accel_fallback::after(ctx.accel.request, env.accel, i)) {
                     Some(Next::BootUnderTcg { why }) => {
-                        pod.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                        pod.qemu_log_from = boot_under_tcg(ctx, agent, env, console, &why).await?;
                         await_start = true;
                         state = DomainState::Pending;
                         continue;
@@ -919,20 +923,6 @@ async fn supervise(
                     tracing::warn!("{e}");
                 }
                 deadline = None;
-            }
-            _ = console_check.tick() => {
-                // A copy of up to the cap: off the runtime thread.
-                let scratch = ctx.scratch_dir().to_path_buf();
-                let rotated = tokio::task::spawn_blocking(move || {
-                    control::rotate_console_log(&scratch, control::state::CONSOLE_LOG_MAX)
-                })
-                .await;
-                match rotated {
-                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", control::state::CONSOLE_LOG_PREVIOUS),
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::warn!("rotating the console log: {e}"),
-                    Err(e) => tracing::warn!("console log rotation task: {e}"),
-                }
             }
             st = daemons.libvirtd.child.wait() => {
                 bail!("libvirtd exited while the domain ran ({}); see {}",

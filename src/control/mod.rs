@@ -14,6 +14,7 @@
 
 pub mod action;
 pub mod client;
+pub mod console_log;
 pub mod fake;
 pub mod guarded;
 pub mod peer;
@@ -23,12 +24,13 @@ pub mod types;
 
 pub use action::{Action, ApiError, LifecycleAction, ROUTES, Route};
 pub use client::{ClientError, ConsoleFollow, ConsoleStream, ControlClient};
+pub use console_log::ConsoleLog;
 pub use guarded::{Refused, status_from_dir};
 pub use peer::{Peer, PodIdentity};
 pub use server::{Backend, BackendError, ControlServer, Limits, ServerError};
 pub use state::{
-    StatusSource, control_socket, list_local, local_root, local_state_dir, read_status,
-    rotate_console_log, status_of, write_json_atomic, write_status,
+    StatusSource, control_socket, list_local, local_root, local_state_dir, read_status, status_of,
+    write_json_atomic, write_status,
 };
 pub use types::{
     Acceleration, AntiSpoofReport, ErrorBody, InterfaceReport, InterfaceStatus, LauncherStatus,

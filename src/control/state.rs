@@ -1,5 +1,5 @@
 //! Files in a launcher's state directory that the control API reads or writes
-//! (control.sock, console.log, console.sock, status.json), the local runtime's root
+//! (control.sock, console.log, console.fifo, console.sock, status.json), the local runtime's root
 //! (`/run/vmpod/vms/<name>/`), and reading a launcher's status through its socket with
 //! status.json as the fallback. Other state-dir files belong to net, dhcp and domain.
 
@@ -13,9 +13,12 @@ use std::time::Duration;
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// The serial console log, in the state dir.
 pub const CONSOLE_LOG: &str = "console.log";
-/// Where [`rotate_console_log`] moves the console log's content, replacing what was there.
+/// Where a rotation moves the console log (see [`super::console_log`]), replacing what
+/// was there.
 pub const CONSOLE_LOG_PREVIOUS: &str = "console.log.1";
-/// The console log is rotated once it holds more than this (virtlogd's default is 2 MiB
+/// The FIFO QEMU writes the console log to; the launcher copies it to [`CONSOLE_LOG`].
+pub const CONSOLE_FIFO: &str = "console.fifo";
+/// The console log is rotated when it would pass this (virtlogd's default is 2 MiB
 /// with three backups; one backup of a larger file keeps the same bound, 8 MiB).
 pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
 /// The serial console's unix socket (libvirt binds it), in the state dir.
@@ -26,27 +29,6 @@ pub const STATUS_FILE: &str = "status.json";
 pub const DEFAULT_LOCAL_ROOT: &str = "/run/vmpod/vms";
 /// The environment variable overriding [`DEFAULT_LOCAL_ROOT`].
 pub const LOCAL_ROOT_ENV: &str = "VMPOD_LOCAL_ROOT";
-
-/// Move the console log's content to `console.log.1` when it holds more than `max` bytes
-/// (0: when it holds anything). Copy, then truncate in place: QEMU keeps its `O_APPEND`
-/// descriptor and goes on writing at the new end, and followers start over at 0. A
-/// missing log is not an error. Returns whether it rotated.
-pub fn rotate_console_log(state_dir: &Path, max: u64) -> io::Result<bool> {
-    let log = state_dir.join(CONSOLE_LOG);
-    let file = match std::fs::OpenOptions::new().write(true).open(&log) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", log.display()))),
-    };
-    if file.metadata()?.len() <= max {
-        return Ok(false);
-    }
-    let previous = state_dir.join(CONSOLE_LOG_PREVIOUS);
-    std::fs::copy(&log, &previous)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", previous.display())))?;
-    file.set_len(0)?;
-    Ok(true)
-}
 
 /// `<state-dir>/control.sock`
 pub fn control_socket(state_dir: &Path) -> PathBuf {
@@ -216,38 +198,6 @@ pub fn list_local(root: &Path) -> Result<Vec<(String, PathBuf)>, StateError> {
 mod tests {
     use super::*;
     use crate::control::types::Phase;
-
-    #[test]
-    fn console_log_rotates_over_the_limit_and_appends_continue_at_zero() {
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        assert!(!rotate_console_log(dir.path(), 0).unwrap(), "no log yet");
-        let log = dir.path().join(CONSOLE_LOG);
-        // QEMU's descriptor: append mode, held across the rotation.
-        let mut qemu = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        qemu.write_all(b"0123456789").unwrap();
-        assert!(!rotate_console_log(dir.path(), 10).unwrap(), "at the limit");
-        assert!(rotate_console_log(dir.path(), 9).unwrap());
-        assert_eq!(
-            std::fs::read(dir.path().join(CONSOLE_LOG_PREVIOUS)).unwrap(),
-            b"0123456789"
-        );
-        qemu.write_all(b"after").unwrap();
-        assert_eq!(
-            std::fs::read(&log).unwrap(),
-            b"after",
-            "no hole, no old bytes"
-        );
-        assert!(rotate_console_log(dir.path(), 0).unwrap());
-        assert_eq!(
-            std::fs::read(dir.path().join(CONSOLE_LOG_PREVIOUS)).unwrap(),
-            b"after"
-        );
-    }
 
     #[test]
     fn local_root_env_override() {

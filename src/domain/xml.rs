@@ -230,7 +230,8 @@ pub fn domain_xml(vmi: &VirtualMachineInstance, env: &DomainEnv) -> Result<Domai
     disks(w, vmi, env)?;
     interfaces(w, vmi, env)?;
     let console_sock = env.state_dir.join(crate::control::state::CONSOLE_SOCKET);
-    let console_log = env.state_dir.join(crate::control::state::CONSOLE_LOG);
+    // The launcher copies the FIFO to console.log (see control::console_log).
+    let console_log = env.state_dir.join(crate::control::state::CONSOLE_FIFO);
     let _ = writeln!(w, "    <serial type='unix'>");
     let _ = writeln!(
         w,
