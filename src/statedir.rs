@@ -142,6 +142,12 @@ impl ScratchDir {
         self.0.join("console.log.1")
     }
 
+    /// `console.fifo`: QEMU writes the console there; the launcher copies it to
+    /// [`Self::console_log`].
+    pub fn console_fifo(&self) -> PathBuf {
+        self.0.join("console.fifo")
+    }
+
     /// `console.sock`
     pub fn console_socket(&self) -> PathBuf {
         self.0.join("console.sock")

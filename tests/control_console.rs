@@ -94,6 +94,44 @@ async fn follow_streams_new_output_and_ends_when_the_vm_stops() {
     fake.stop().await.unwrap();
 }
 
+/// The launcher's console log (QEMU writes the FIFO, a thread copies it to console.log
+/// and rotates it by rename past the cap): a follower gets every byte, the ones written to
+/// the old file just before the rename included.
+#[tokio::test]
+async fn follow_keeps_every_byte_across_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let console = vmpod::control::ConsoleLog::start(dir.path(), 16, None).unwrap();
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let mut follow = ControlClient::new(&fake.socket)
+        .console_follow()
+        .await
+        .unwrap();
+    let mut qemu = std::fs::OpenOptions::new()
+        .append(true)
+        .open(console.fifo())
+        .unwrap();
+    let mut sent = Vec::new();
+    let mut got = Vec::new();
+    // 10 bytes, then 10 more across the 16-byte cap (6 to the old file, 4 to the new).
+    for chunk in [&b"0123456789"[..], b"abcdefghij", b"ABCDEFGHIJ"] {
+        qemu.write_all(chunk).unwrap();
+        sent.extend_from_slice(chunk);
+        while got.len() < sent.len() {
+            got.extend_from_slice(&next_chunk(&mut follow).await.unwrap().unwrap());
+        }
+    }
+    assert_eq!(got, sent);
+    assert_eq!(
+        std::fs::read(dir.path().join("console.log.1")).unwrap(),
+        b"0123456789abcdef"
+    );
+    fake.backend.set_phase(Phase::Succeeded, None);
+    while let Some(chunk) = next_chunk(&mut follow).await {
+        assert!(chunk.unwrap().is_empty(), "bytes after the end");
+    }
+    fake.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn follow_ends_when_the_launcher_stops() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use vmpod::net::antispoof::{DropKind, read_counters, table_name};
 use vmpod::net::tap::VNET_HDR_LEN;
-use vmpod::net::{self, IpCidr, MacAddr, PlanOptions, SetupOptions};
+use vmpod::net::{self, Binding, IpCidr, MacAddr, NetOp, PlanOptions, SetupOptions};
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 
 const FOREIGN_MAC: MacAddr = MacAddr([0x02, 0x66, 0x66, 0x66, 0x66, 0x66]);
@@ -186,13 +186,22 @@ impl Drop for Reap {
 struct Fixture {
     pod: PodSandbox,
     state: tempfile::TempDir,
+    binding: Binding,
     vm_mac: MacAddr,
     vm_ip: Ipv4Addr,
+    /// The pod network's gateway (on the node).
     gateway: Ipv4Addr,
+    /// Where the VM's frames go: the bridge's MAC (masquerade routes them), else broadcast.
+    next_hop: [u8; 6],
 }
 
 impl Fixture {
+    /// A pod on an isolated node, rewired for the bridge binding (the VM takes `ip`).
     fn new(base: &str, ip: &str, gw: &str) -> Fixture {
+        Self::with_binding(base, ip, gw, Binding::Bridge)
+    }
+
+    fn with_binding(base: &str, ip: &str, gw: &str, binding: Binding) -> Fixture {
         let node = NodeSpec::isolated(vec![format!("{gw}/24").parse::<IpCidr>().unwrap()]);
         let pod = PodSpec::new(
             base,
@@ -202,13 +211,27 @@ impl Fixture {
         let f = Fixture {
             pod: PodSandbox::create(&node, &pod).unwrap(),
             state: tempfile::tempdir().unwrap(),
+            binding,
             vm_mac: MacAddr([0; 6]),
-            vm_ip: ip.parse().unwrap(),
+            vm_ip: match binding {
+                Binding::Bridge => ip.parse().unwrap(),
+                // The default VM network 10.0.2.0/24: the VM is .2.
+                Binding::Masquerade => Ipv4Addr::new(10, 0, 2, 2),
+            },
             gateway: gw.parse().unwrap(),
+            next_hop: BROADCAST,
         };
         let out = net::setup(&f.opts()).unwrap();
+        let bridge_mac = out.cached.applied.iter().find_map(|op| match op {
+            NetOp::CreateBridge { mac, .. } => Some(mac.0),
+            _ => None,
+        });
         Fixture {
             vm_mac: out.cached.vm_mac(),
+            next_hop: match binding {
+                Binding::Bridge => BROADCAST,
+                Binding::Masquerade => bridge_mac.expect("masquerade creates a bridge"),
+            },
             ..f
         }
     }
@@ -219,6 +242,7 @@ impl Fixture {
             state_dir: self.state.path().to_path_buf(),
             resolv_conf: self.pod.resolv_conf_path(),
             hostname: Some(self.pod.hostname().to_owned()),
+            binding: self.binding,
             plan: PlanOptions::default(),
             ..SetupOptions::new("eth0")
         }
@@ -269,6 +293,25 @@ impl Fixture {
             .1
     }
 
+    /// Each counter has counted at least so many packets.
+    fn assert_dropped(&self, want: &[(DropKind, u64)]) {
+        let c = self.counters();
+        for &(kind, n) in want {
+            let got = c.iter().find(|(k, _)| *k == kind).unwrap().1;
+            assert!(got >= n, "counter {kind}: {got} < {n} ({c:?})");
+        }
+    }
+
+    /// Teardown removes the table.
+    fn teardown_leaves_no_table(&self) {
+        net::teardown(Some(self.ns()), self.state.path()).unwrap();
+        let tables = self.nft(&["list", "tables"]);
+        assert!(
+            !tables.contains(&table_name("eth0")),
+            "table left after teardown: {tables}"
+        );
+    }
+
     fn nft(&self, args: &[&str]) -> String {
         let out = self
             .pod
@@ -292,6 +335,51 @@ fn send(vm: &mut File, frame: &[u8]) {
     vm.write_all(&buf).expect("write to the tap");
 }
 
+fn has(frame: &[u8], needle: &[u8]) -> bool {
+    frame.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Send `forged` from the VM between correct frames (`correct(tag)`, the tag in the
+/// payload) and return every frame the node saw up to the last correct one, none of them
+/// carrying a `BAD-` payload. First a correct frame, again until the node sees it: a new
+/// bridge port may not forward yet, and a forged frame lost to that would prove nothing.
+/// The correct frame last: one tap's frames are handled in order, so once it is out, any
+/// forged frame that got through is out before it.
+fn forged_between_correct(
+    vm: &mut File,
+    capture: &OwnedFd,
+    forged: &[Vec<u8>],
+    correct: impl Fn(&str) -> Vec<u8>,
+) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        send(vm, &correct("READY"));
+        let (_, seen) = read_until(capture, 0, Duration::from_millis(300), |fr| {
+            has(fr, b"READY")
+        });
+        if seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no frame from the tap reached the node end of the veth within 10 s"
+        );
+    }
+    for frame in forged {
+        send(vm, frame);
+    }
+    send(vm, &correct("GOOD"));
+    let (frames, good) = read_until(capture, 0, Duration::from_secs(5), |fr| has(fr, b"GOOD"));
+    assert!(
+        good,
+        "the correct frame did not reach the node end of the veth"
+    );
+    for frame in &frames {
+        assert!(!has(frame, b"BAD-"), "a forged frame got out: {frame:02x?}");
+    }
+    frames
+}
+
 #[test]
 fn forged_frames_from_the_vm_never_leave_the_bridge() {
     if !support::privileged("forged_frames_from_the_vm_never_leave_the_bridge") {
@@ -303,7 +391,8 @@ fn forged_frames_from_the_vm_never_leave_the_bridge() {
     let (mac, ip, gw) = (f.vm_mac, f.vm_ip, f.gateway);
     let marked = |tag: &str, src: Ipv4Addr| udp4(src, gw, 4000, 9, tag.as_bytes());
     let mut vlan = vec![0x00, 0x05, 0x08, 0x00];
-    vlan.extend(marked("BAD-VLAN", Ipv4Addr::new(10, 81, 0, 66)));
+    // The VM's own addresses inside: only the tag is wrong.
+    vlan.extend(marked("BAD-VLAN", ip));
     let mut ipv6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
     ipv6.extend("fd81::66".parse::<std::net::Ipv6Addr>().unwrap().octets());
     ipv6.extend("ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
@@ -348,36 +437,11 @@ fn forged_frames_from_the_vm_never_leave_the_bridge() {
         ("VLAN-tagged", eth(BROADCAST, mac, 0x8100, &vlan)),
         ("foreign IPv6", eth(BROADCAST, mac, 0x86dd, &ipv6)),
     ];
-    let has = |frame: &[u8], needle: &[u8]| frame.windows(needle.len()).any(|w| w == needle);
-    // First a correct frame, again until it shows on the node side: a new bridge port
-    // may not forward yet, and a forged frame lost to that would prove nothing.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        send(&mut vm, &eth(BROADCAST, mac, 0x0800, &marked("READY", ip)));
-        let (_, seen) = read_until(&capture, 0, Duration::from_millis(300), |fr| {
-            has(fr, b"READY")
-        });
-        if seen {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no frame from the tap reached the node end of the veth within 10 s"
-        );
-    }
-    for (_, frame) in &forged {
-        send(&mut vm, frame);
-    }
-    // The correct frame last: the bridge handles one tap's frames in order, so once it
-    // is out, any forged frame that got through is out before it.
-    send(&mut vm, &eth(BROADCAST, mac, 0x0800, &marked("GOOD", ip)));
-    let (frames, good) = read_until(&capture, 0, Duration::from_secs(5), |fr| has(fr, b"GOOD"));
-    assert!(
-        good,
-        "the correct frame did not reach the node end of the veth"
-    );
+    let forged: Vec<Vec<u8>> = forged.into_iter().map(|(_, f)| f).collect();
+    let frames = forged_between_correct(&mut vm, &capture, &forged, |tag| {
+        eth(BROADCAST, mac, 0x0800, &marked(tag, ip))
+    });
     for frame in &frames {
-        assert!(!has(frame, b"BAD-"), "a forged frame got out: {frame:02x?}");
         if frame.get(12..14) == Some(&[0x08, 0x06]) {
             let (sha, spa) = (frame.get(22..28), frame.get(28..32));
             assert!(
@@ -394,17 +458,14 @@ fn forged_frames_from_the_vm_never_leave_the_bridge() {
             "the DHCP request crossed the bridge: {frame:02x?}"
         );
     }
-    let c = f.counters();
-    let at_least = |kind: DropKind, n: u64| {
-        let got = c.iter().find(|(k, _)| *k == kind).unwrap().1;
-        assert!(got >= n, "counter {kind}: {got} < {n} ({c:?})");
-    };
-    at_least(DropKind::Mac, 1);
-    at_least(DropKind::Ipv4, 1);
-    at_least(DropKind::Arp, 2);
-    at_least(DropKind::DhcpForward, 1);
-    at_least(DropKind::Ethertype, 1);
-    at_least(DropKind::Ipv6, 1);
+    f.assert_dropped(&[
+        (DropKind::Mac, 1),
+        (DropKind::Ipv4, 1),
+        (DropKind::Arp, 2),
+        (DropKind::DhcpForward, 1),
+        (DropKind::Ethertype, 1),
+        (DropKind::Ipv6, 1),
+    ]);
 
     // Re-applying converges: same rules, counters kept.
     let rules = f.nft(&["list", "table", "bridge", &table_name("eth0")]);
@@ -428,14 +489,66 @@ fn forged_frames_from_the_vm_never_leave_the_bridge() {
         "re-apply reset the counters"
     );
 
-    // Teardown removes the table.
     drop(vm);
-    net::teardown(Some(f.ns()), f.state.path()).unwrap();
-    let tables = f.nft(&["list", "tables"]);
-    assert!(
-        !tables.contains(&table_name("eth0")),
-        "table left after teardown: {tables}"
-    );
+    f.teardown_leaves_no_table();
+}
+
+/// Masquerade: the VM's frames are routed by the pod and NATed out of `eth0`, so a forged
+/// source would leave as the pod's address (a source in the VM network is masqueraded) or
+/// as itself (any other). The tap has the bridge binding's rules with the VM's private
+/// address and derived MAC: nothing forged reaches the node, each kind is counted, and
+/// teardown removes the table.
+#[test]
+fn forged_frames_from_a_masqueraded_vm_never_leave_the_pod() {
+    if !support::privileged("forged_frames_from_a_masqueraded_vm_never_leave_the_pod") {
+        return;
+    }
+    let f = Fixture::with_binding("amasq", "10.81.2.5", "10.81.2.1", Binding::Masquerade);
+    let capture = f.node_capture();
+    let mut vm = f.vm();
+    let (mac, ip, gw, to) = (f.vm_mac, f.vm_ip, f.gateway, f.next_hop);
+    let marked = |tag: &str, src: Ipv4Addr| udp4(src, gw, 4000, 9, tag.as_bytes());
+    let mut ipv6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+    ipv6.extend("fd81::66".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    ipv6.extend("ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    ipv6.extend(b"BAD-IPV6");
+    let mut vlan = vec![0x00, 0x05, 0x08, 0x00];
+    vlan.extend(marked("BAD-VLAN", ip));
+    let vm_gateway = Ipv4Addr::new(10, 0, 2, 1);
+    let forged: Vec<Vec<u8>> = vec![
+        eth(to, FOREIGN_MAC, 0x0800, &marked("BAD-MAC", ip)),
+        // Another address of the VM network: masqueraded like the VM's own.
+        eth(
+            to,
+            mac,
+            0x0800,
+            &marked("BAD-VMNET", Ipv4Addr::new(10, 0, 2, 99)),
+        ),
+        // Another pod's address: not NATed, it would leave as that pod.
+        eth(
+            to,
+            mac,
+            0x0800,
+            &marked("BAD-POD", Ipv4Addr::new(10, 81, 2, 99)),
+        ),
+        eth(BROADCAST, mac, 0x0806, &arp(mac, vm_gateway, vm_gateway)),
+        eth(BROADCAST, mac, 0x0806, &arp(FOREIGN_MAC, ip, vm_gateway)),
+        eth(BROADCAST, mac, 0x8100, &vlan),
+        eth(BROADCAST, mac, 0x86dd, &ipv6),
+    ];
+    // The correct datagrams reach the node NATed: the pod resolved the gateway and forwards.
+    forged_between_correct(&mut vm, &capture, &forged, |tag| {
+        eth(to, mac, 0x0800, &marked(tag, ip))
+    });
+    f.assert_dropped(&[
+        (DropKind::Mac, 1),
+        (DropKind::Ipv4, 2),
+        (DropKind::Arp, 2),
+        (DropKind::Ethertype, 1),
+        (DropKind::Ipv6, 1),
+    ]);
+    drop(vm);
+    f.teardown_leaves_no_table();
 }
 
 #[test]

@@ -233,6 +233,8 @@ struct Acquired {
     env: Option<DomainEnv>,
     /// Where QEMU's log of the current boot starts.
     qemu_log_from: u64,
+    /// Copies the console FIFO to console.log.
+    console: Option<control::ConsoleLog>,
 }
 
 struct Ctx {
@@ -480,15 +482,7 @@ async fn boot(
     let xml = domain_xml(&ctx.vmi, &env)?;
     acquired.env = Some(env);
     // The console log belongs to this boot; an earlier boot's becomes console.log.1.
-    control::rotate_console_log(&ctx.scratch_dir(), 0).context("rotating the console log")?;
-    // Emptied in place, it keeps its owner: QEMU (not root) appends to it.
-    let log = ctx.scratch_dir().console_log();
-    match run_as.chown(&log) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("giving {} to QEMU's user", log.display()));
-        }
-        _ => {}
-    }
+    acquired.console = Some(start_console_log(ctx, &run_as).await?);
 
     let layout = ctx.libvirt();
     // The libvirt client loads libvirt while libvirtd starts; it connects when asked to
@@ -512,6 +506,7 @@ async fn boot(
 
     let agent = acquired.agent.as_ref().context("no libvirt agent")?;
     let env = acquired.env.as_mut().context("no domain environment")?;
+    let console = acquired.console.as_ref().context("no console log")?;
     acquired.qemu_log_from = qemu_log_len(ctx);
     // Before the start: a boot cancelled while it is in flight still has the domain
     // destroyed by teardown.
@@ -528,7 +523,7 @@ async fn boot(
             };
             match accel_fallback::after(ctx.accel.request, env.accel, &what) {
                 Next::BootUnderTcg { why } => {
-                    acquired.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                    acquired.qemu_log_from = boot_under_tcg(ctx, agent, env, console, &why).await?;
                     domain_name(&ctx.vmi)
                 }
                 Next::Fail { why } => {
@@ -583,6 +578,21 @@ fn qemu_log_since(ctx: &Ctx, from: u64) -> String {
     String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
+/// Start copying the console FIFO QEMU writes to console.log (bounded, lossless; see
+/// `control::console_log`), off the runtime thread.
+async fn start_console_log(ctx: &Ctx, run_as: &RunAs) -> anyhow::Result<control::ConsoleLog> {
+    let (dir, writer) = (
+        ctx.scratch_dir().path().to_path_buf(),
+        (run_as.uid, run_as.gid),
+    );
+    tokio::task::spawn_blocking(move || {
+        control::ConsoleLog::start(&dir, control::state::CONSOLE_LOG_MAX, Some(writer))
+    })
+    .await
+    .context("console log thread")?
+    .context("starting the console log")
+}
+
 /// KVM failed under the guest (or as it started) in `auto`: destroy the domain if it
 /// runs, remember the verdict on the node, and boot it again under TCG in this pod (same
 /// network, DHCP server, libvirtd and agent). Returns where QEMU's log of the new boot
@@ -591,6 +601,7 @@ async fn boot_under_tcg(
     ctx: &Ctx,
     agent: &VirtAgent,
     env: &mut DomainEnv,
+    console: &control::ConsoleLog,
     why: &str,
 ) -> anyhow::Result<u64> {
     tracing::warn!("{why}; destroying the domain and booting it again under TCG");
@@ -601,7 +612,7 @@ async fn boot_under_tcg(
     remember_kvm_failure(ctx, why);
     env.accel = Acceleration::Tcg;
     let xml = domain_xml(&ctx.vmi, env)?;
-    control::rotate_console_log(&ctx.scratch_dir(), 0).context("rotating the console log")?;
+    console.rotate().await.context("rotating the console log")?;
     ctx.publish(|s| {
         s.acceleration = Some(Acceleration::Tcg);
         s.acceleration_reason = Some(why.to_string());
@@ -662,10 +673,6 @@ async fn lifecycle(
         .map_err(|e| BackendError::Failed(e.to_string()))
 }
 
-/// How often the console log's size is checked against `CONSOLE_LOG_MAX`: a guest
-/// writing at full serial speed (115200 baud, about 11 KiB/s) adds 22 KiB in between.
-const CONSOLE_CHECK: Duration = Duration::from_secs(2);
-
 /// Follow the domain until it is gone; returns its final state.
 async fn supervise(
     ctx: &Ctx,
@@ -678,6 +685,7 @@ async fn supervise(
     let mut events = acquired.events.take().context("no event stream")?;
     let daemons = acquired.daemons.as_mut().context("no daemons")?;
     let env = acquired.env.as_mut().context("no domain environment")?;
+    let console = acquired.console.as_ref().context("no console log")?;
     // The control API asked for a pause that has not shown yet.
     let mut pause_requested = false;
     // Events before the domain's start (libvirt sends it last, after `Resumed`) are a
@@ -687,7 +695,6 @@ async fn supervise(
         Duration::from_secs(u64::try_from(ctx.vmi.spec.grace_period_seconds()).unwrap_or(0));
     let mut state = DomainState::Pending;
     let mut deadline: Option<Instant> = None;
-    let mut console_check = tokio::time::interval(CONSOLE_CHECK);
     loop {
         let sleep = deadline.map(|d| tokio::time::sleep_until(d.into()));
         tokio::select! {
@@ -718,7 +725,7 @@ async fn supervise(
                 };
                 match interruption.as_ref().map(|i| accel_fallback::after(ctx.accel.request, env.accel, i)) {
                     Some(Next::BootUnderTcg { why }) => {
-                        acquired.qemu_log_from = boot_under_tcg(ctx, agent, env, &why).await?;
+                        acquired.qemu_log_from = boot_under_tcg(ctx, agent, env, console, &why).await?;
                         await_start = true;
                         state = DomainState::Pending;
                         continue;
@@ -767,20 +774,6 @@ async fn supervise(
                     tracing::warn!("{e}");
                 }
                 deadline = None;
-            }
-            _ = console_check.tick() => {
-                // A copy of up to the cap: off the runtime thread.
-                let scratch = ctx.scratch_dir();
-                let rotated = tokio::task::spawn_blocking(move || {
-                    control::rotate_console_log(&scratch, control::state::CONSOLE_LOG_MAX)
-                })
-                .await;
-                match rotated {
-                    Ok(Ok(true)) => tracing::info!("console log rotated to {}", ctx.scratch_dir().console_log_previous().display()),
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::warn!("rotating the console log: {e}"),
-                    Err(e) => tracing::warn!("console log rotation task: {e}"),
-                }
             }
             st = daemons.libvirtd.child.wait() => {
                 bail!("libvirtd exited while the domain ran ({}); see {}",

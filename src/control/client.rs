@@ -2,6 +2,7 @@
 //! connection per call: unix sockets make that cheap and keeps no state between calls.
 
 use super::action::{CONSOLE_UPGRADE, LifecycleAction};
+use super::peer::Peer;
 use super::types::{ErrorBody, LauncherStatus, NetworkReport, ShutdownRequest};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
@@ -58,8 +59,8 @@ impl ClientError {
 #[derive(Clone, Debug)]
 pub struct ControlClient {
     socket: PathBuf,
-    /// The launcher pid the peer must be (see [`ControlClient::with_peer`]).
-    peer: Option<u32>,
+    /// What the peer must be (see [`ControlClient::with_peer`]).
+    peer: Option<Peer>,
 }
 
 /// A followed console log: chunks of output as the launcher writes them.
@@ -112,11 +113,11 @@ impl ControlClient {
         }
     }
 
-    /// Talk only to the process `pid` as its own pid namespace numbers it (the launcher's
-    /// `pid` in its status): every connection's peer (SO_PEERCRED) is checked first, so a
-    /// socket that leads to another process is refused with [`ClientError::Peer`].
-    pub fn with_peer(mut self, pid: u32) -> Self {
-        self.peer = Some(pid);
+    /// Talk only to `peer`: every connection's peer (SO_PEERCRED) is checked first (the
+    /// launcher's pid, in the pod the reader knows, see [`super::peer`]), so a socket that
+    /// leads to another process or another pod is refused with [`ClientError::Peer`].
+    pub fn with_peer(mut self, peer: Peer) -> Self {
+        self.peer = Some(peer);
         self
     }
 
@@ -266,8 +267,8 @@ impl ControlClient {
                     socket: self.socket.clone(),
                     source,
                 })?;
-        if let Some(want) = self.peer {
-            check_peer(&stream, want).map_err(|why| ClientError::Peer {
+        if let Some(want) = &self.peer {
+            super::peer::check(&stream, want).map_err(|why| ClientError::Peer {
                 socket: self.socket.clone(),
                 why,
             })?;
@@ -298,38 +299,6 @@ impl ControlClient {
             socket: self.socket.clone(),
         }
     }
-}
-
-/// The peer of `stream` is process `want` of its own pid namespace: SO_PEERCRED gives the
-/// pid in ours, `/proc/<pid>/status`'s `NSpid` its pid in each namespace down to its own.
-fn check_peer(stream: &UnixStream, want: u32) -> Result<(), String> {
-    let cred = stream
-        .peer_cred()
-        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
-    let pid = cred.pid().filter(|p| *p > 0).ok_or(
-        "the peer process is not visible in this pid namespace (the node daemon needs hostPID)",
-    )?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let own = innermost_pid(&status).ok_or(format!("/proc/{pid}/status has no NSpid"))?;
-    if own == want {
-        Ok(())
-    } else {
-        Err(format!(
-            "the peer is pid {pid} (pid {own} in its namespace), not the launcher's pid {want}"
-        ))
-    }
-}
-
-/// The last pid of the `NSpid:` line of a `/proc/<pid>/status` (pure).
-pub fn innermost_pid(proc_status: &str) -> Option<u32> {
-    proc_status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
 }
 
 fn request(method: &Method, uri: &str, body: Bytes) -> Request<Full<Bytes>> {

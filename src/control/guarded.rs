@@ -3,11 +3,13 @@
 //! O_NOFOLLOW`; `status.json` is opened relative to it with `O_NOFOLLOW | O_NONBLOCK`,
 //! must be a regular file and is read up to [`STATUS_MAX`], on a blocking thread and within
 //! a time bound; `control.sock` must be a socket (not followed) and is reached through the
-//! directory's descriptor, and its peer must be the launcher pid `status.json` names. A
-//! FIFO, a symlink (to /dev/zero, to another pod's socket) or a huge file gives an error for
-//! that pod and nothing else.
+//! directory's descriptor, and its peer must be the launcher pid `status.json` names and
+//! belong to the pod the caller knows the directory to be (see [`super::peer`]). A FIFO, a
+//! symlink (to /dev/zero, to another pod's socket), another pod's launcher pid with a way to
+//! its socket, or a huge file gives an error for that pod and nothing else.
 
 use super::client::{ClientError, ControlClient};
+use super::peer::{Peer, PodIdentity};
 use super::state::StatusSource;
 use super::types::LauncherStatus;
 use crate::statedir::{CONTROL_SOCKET, STATUS_FILE, StateDir};
@@ -69,11 +71,13 @@ fn read_status_at(dir: &OwnedFd, dir_path: &Path) -> Result<LauncherStatus, Refu
 }
 
 /// A launcher's status for a reader outside its pod: from its control socket when that is
-/// a socket whose peer is the launcher `status.json` names and it answers within
-/// `timeout`; otherwise (no socket yet or any more, no answer) the `status.json` it last
-/// wrote. Anything in the directory that is not what it should be is [`Refused`].
+/// a socket whose peer is the launcher `status.json` names, in `pod` (the pod the caller
+/// knows `state_dir` to be), and it answers within `timeout`; otherwise (no socket yet or
+/// any more, no answer) the `status.json` it last wrote. Anything in the directory that is
+/// not what it should be is [`Refused`].
 pub async fn status_from_dir(
     state_dir: &Path,
+    pod: &PodIdentity,
     timeout: Duration,
 ) -> Result<(LauncherStatus, StatusSource), Refused> {
     let dir_path = state_dir.to_path_buf();
@@ -101,7 +105,10 @@ pub async fn status_from_dir(
     // Through the directory's descriptor: the directory checked above, not whatever its
     // path leads to now. The peer check covers a socket swapped since the lstat.
     let via = format!("/proc/self/fd/{}/{CONTROL_SOCKET}", dir.as_raw_fd());
-    let client = ControlClient::new(via).with_peer(written.pid);
+    let client = ControlClient::new(via).with_peer(Peer {
+        pid: written.pid,
+        pod: pod.clone(),
+    });
     let answer = tokio::time::timeout(timeout, client.status()).await;
     drop(dir);
     match answer {
@@ -115,6 +122,11 @@ pub async fn status_from_dir(
 mod tests {
     use super::*;
     use crate::control::state::write_status;
+
+    /// This process's pod, for the local runtime's check: its network namespace.
+    fn here() -> PodIdentity {
+        PodIdentity::Netns("/proc/self/ns/net".into())
+    }
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -135,12 +147,12 @@ mod tests {
         };
         let good = make("good");
         write_status(&good, &LauncherStatus::pending("vm1")).unwrap();
-        let (s, from) = rt.block_on(status_from_dir(&good, t)).unwrap();
+        let (s, from) = rt.block_on(status_from_dir(&good, &here(), t)).unwrap();
         assert_eq!((s.name.as_str(), from), ("vm1", StatusSource::File));
 
         let fifo = make("fifo");
         nix::unistd::mkfifo(&fifo.join(STATUS_FILE), Mode::S_IRWXU).unwrap();
-        let e = rt.block_on(status_from_dir(&fifo, t)).unwrap_err();
+        let e = rt.block_on(status_from_dir(&fifo, &here(), t)).unwrap_err();
         assert!(
             e.to_string()
                 .ends_with("status.json: is not a regular file"),
@@ -149,23 +161,25 @@ mod tests {
 
         let zero = make("zero");
         std::os::unix::fs::symlink("/dev/zero", zero.join(STATUS_FILE)).unwrap();
-        let e = rt.block_on(status_from_dir(&zero, t)).unwrap_err();
+        let e = rt.block_on(status_from_dir(&zero, &here(), t)).unwrap_err();
         assert!(e.to_string().contains("status.json: open: ELOOP"), "{e}");
 
         let big = make("big");
         std::fs::write(big.join(STATUS_FILE), vec![b' '; (64 << 10) + 1]).unwrap();
-        let e = rt.block_on(status_from_dir(&big, t)).unwrap_err();
+        let e = rt.block_on(status_from_dir(&big, &here(), t)).unwrap_err();
         assert!(e.to_string().contains("is larger than 65536 bytes"), "{e}");
 
         let linked = root.path().join("linked");
         std::os::unix::fs::symlink(&good, &linked).unwrap();
-        let e = rt.block_on(status_from_dir(&linked, t)).unwrap_err();
+        let e = rt
+            .block_on(status_from_dir(&linked, &here(), t))
+            .unwrap_err();
         assert!(e.to_string().contains("open directory: ENOTDIR"), "{e}");
 
         let sock = make("sock");
         write_status(&sock, &LauncherStatus::pending("vm1")).unwrap();
         std::fs::write(sock.join(CONTROL_SOCKET), b"").unwrap();
-        let e = rt.block_on(status_from_dir(&sock, t)).unwrap_err();
+        let e = rt.block_on(status_from_dir(&sock, &here(), t)).unwrap_err();
         assert!(
             e.to_string().ends_with("control.sock: is not a socket"),
             "{e}"
@@ -185,7 +199,7 @@ mod tests {
             let live = FakeLauncher::start(&a, sample_status("vm-a"), sample_network()).unwrap();
             let mut written = LauncherStatus::pending("vm-a");
             write_status(&a, &written).unwrap();
-            let (s, from) = status_from_dir(&a, t).await.unwrap();
+            let (s, from) = status_from_dir(&a, &here(), t).await.unwrap();
             assert_eq!(
                 from,
                 StatusSource::Socket,
@@ -193,27 +207,36 @@ mod tests {
             );
             assert_eq!(s.interfaces.len(), 1);
 
+            // The right launcher pid, but the reader knows this directory as another pod's.
+            let elsewhere = PodIdentity::KubePod {
+                uid: "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9".into(),
+            };
+            let e = status_from_dir(&a, &elsewhere, t).await.unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("is not in pod 0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9: its cgroup"),
+                "{e}"
+            );
+
             // status.json names another launcher than the socket's peer.
             written.pid = 1;
             write_status(&a, &written).unwrap();
-            let e = status_from_dir(&a, t).await.unwrap_err().to_string();
+            let e = status_from_dir(&a, &here(), t)
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("control.sock: the peer is pid"), "{e}");
             assert!(e.ends_with("not the launcher's pid 1"), "{e}");
 
             // b's socket is a symlink to a's.
             write_status(&b, &LauncherStatus::pending("vm-b")).unwrap();
             std::os::unix::fs::symlink(&live.socket, b.join(CONTROL_SOCKET)).unwrap();
-            let e = status_from_dir(&b, t).await.unwrap_err().to_string();
+            let e = status_from_dir(&b, &here(), t)
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(e.ends_with("b/control.sock: is not a socket"), "{e}");
             live.stop().await.unwrap();
         });
-    }
-
-    #[test]
-    fn innermost_pid_is_the_last_nspid() {
-        use crate::control::client::innermost_pid;
-        assert_eq!(innermost_pid("Name:\tx\nNSpid:\t4242\t1\n"), Some(1));
-        assert_eq!(innermost_pid("NSpid:\t77\n"), Some(77));
-        assert_eq!(innermost_pid("Name:\tx\n"), None);
     }
 }

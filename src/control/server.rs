@@ -19,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -361,31 +361,37 @@ impl hyper::body::Body for ChannelBody {
 }
 
 /// Send what is in the console log and what gets appended to it into `tx`. Each pass
-/// reads to the end of the file; the pass after the VM is seen finished (or the server
-/// stopping) is the last, so no output written before the end is lost.
+/// reads the open log to its end; the pass after the VM is seen finished (or the server
+/// stopping) is the last, so no output written before the end is lost. A rotation
+/// renames the log and opens a new one (see [`super::console_log`]): once the path leads
+/// to another file, the old one is read to its end (nothing is written to it after the
+/// rename) and the new one followed from its start.
 async fn tail<B: Backend>(
     backend: &B,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, io::Error>>,
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let log = backend.console_log();
-    let mut pos: u64 = 0;
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", log.display()));
+    let mut open: Option<(tokio::fs::File, u64)> = None;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let last_pass =
             *stop.borrow() || backend.status().await.is_ok_and(|s| s.phase.is_terminal());
-        match tokio::fs::File::open(&log).await {
-            Ok(mut file) => {
-                if file.metadata().await?.len() < pos {
-                    pos = 0; // truncated or replaced: start over
-                }
-                file.seek(io::SeekFrom::Start(pos)).await?;
+        loop {
+            let now = match tokio::fs::metadata(&log).await {
+                Ok(m) => Some(m.ino()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(named(e)),
+            };
+            if let Some((file, _)) = &mut open {
+                // The rest of the open file, replaced or not.
                 loop {
-                    let n = file.read(&mut buf).await?;
+                    let n = file.read(&mut buf).await.map_err(named)?;
                     if n == 0 {
                         break;
                     }
-                    pos += n as u64;
                     if tx
                         .send(Ok(Bytes::copy_from_slice(&buf[..n])))
                         .await
@@ -395,8 +401,18 @@ async fn tail<B: Backend>(
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", log.display()))),
+            if now.is_none() || open.as_ref().map(|(_, ino)| *ino) == now {
+                break;
+            }
+            // First open, or the log was rotated: follow the file at the path now.
+            open = match tokio::fs::File::open(&log).await {
+                Ok(f) => {
+                    let ino = f.metadata().await.map_err(named)?.ino();
+                    Some((f, ino))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(named(e)),
+            };
         }
         if last_pass || tx.is_closed() {
             return Ok(());

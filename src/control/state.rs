@@ -1,40 +1,19 @@
 //! What the control API does with a launcher's state-dir files (their names are
-//! [`crate::statedir`]'s): rotating the console log, writing and reading status.json,
-//! the local runtime's root (`/run/vmpod/vms/<name>/`), and reading a launcher's status
-//! through its socket with status.json as the fallback.
+//! [`crate::statedir`]'s): writing and reading status.json, the local runtime's root
+//! (`/run/vmpod/vms/<name>/`), and reading a launcher's status through its socket with
+//! status.json as the fallback. The console log is [`super::console_log`]'s.
 
 use super::client::ControlClient;
 use super::types::LauncherStatus;
 use crate::file::{Durability, write_atomic};
-use crate::statedir::{DEFAULT_LOCAL_ROOT, LOCAL_ROOT_ENV, ScratchDir, StateDir};
+use crate::statedir::{DEFAULT_LOCAL_ROOT, LOCAL_ROOT_ENV, StateDir};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The console log is rotated once it holds more than this (virtlogd's default is 2 MiB
+/// The console log is rotated when it would pass this (virtlogd's default is 2 MiB
 /// with three backups; one backup of a larger file keeps the same bound, 8 MiB).
 pub const CONSOLE_LOG_MAX: u64 = 4 << 20;
-
-/// Move the console log's content (in scratch dir `scratch`) to `console.log.1` when it holds more than `max` bytes
-/// (0: when it holds anything). Copy, then truncate in place: QEMU keeps its `O_APPEND`
-/// descriptor and goes on writing at the new end, and followers start over at 0. A
-/// missing log is not an error. Returns whether it rotated.
-pub fn rotate_console_log(scratch: &ScratchDir, max: u64) -> io::Result<bool> {
-    let log = scratch.console_log();
-    let file = match std::fs::OpenOptions::new().write(true).open(&log) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", log.display()))),
-    };
-    if file.metadata()?.len() <= max {
-        return Ok(false);
-    }
-    let previous = scratch.console_log_previous();
-    std::fs::copy(&log, &previous)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", previous.display())))?;
-    file.set_len(0)?;
-    Ok(true)
-}
 
 /// The local runtime's root: `$VMPOD_LOCAL_ROOT` or `/run/vmpod/vms`.
 pub fn local_root() -> PathBuf {
@@ -173,39 +152,6 @@ pub fn list_local(root: &Path) -> Result<Vec<(String, PathBuf)>, StateError> {
 mod tests {
     use super::*;
     use crate::control::types::Phase;
-
-    #[test]
-    fn console_log_rotates_over_the_limit_and_appends_continue_at_zero() {
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let scratch = ScratchDir::new(dir.path());
-        assert!(!rotate_console_log(&scratch, 0).unwrap(), "no log yet");
-        let log = scratch.console_log();
-        // QEMU's descriptor: append mode, held across the rotation.
-        let mut qemu = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        qemu.write_all(b"0123456789").unwrap();
-        assert!(!rotate_console_log(&scratch, 10).unwrap(), "at the limit");
-        assert!(rotate_console_log(&scratch, 9).unwrap());
-        assert_eq!(
-            std::fs::read(scratch.console_log_previous()).unwrap(),
-            b"0123456789"
-        );
-        qemu.write_all(b"after").unwrap();
-        assert_eq!(
-            std::fs::read(&log).unwrap(),
-            b"after",
-            "no hole, no old bytes"
-        );
-        assert!(rotate_console_log(&scratch, 0).unwrap());
-        assert_eq!(
-            std::fs::read(scratch.console_log_previous()).unwrap(),
-            b"after"
-        );
-    }
 
     #[test]
     fn local_root_env_override() {

@@ -26,10 +26,10 @@
 //! Owns that directory tree, the daemon process and the QEMU capabilities cache seed;
 //! does not talk the libvirt API (see `libvirt`).
 //!
-//! No virtlogd: QEMU writes its serial console log itself and libvirtd writes QEMU's
-//! stderr log (`stdio_handler = "file"`). virtlogd would only relay those two files, at
-//! about 17 MiB RSS and one more process start per pod; the console log's size is
-//! bounded by the launcher instead (see `console_log`).
+//! No virtlogd: QEMU writes its serial console to the launcher's FIFO (libvirtd opens it
+//! and passes QEMU the descriptor; `control::console_log` copies and rotates it) and
+//! libvirtd writes QEMU's stderr log (`stdio_handler = "file"`). virtlogd would only
+//! relay those two files, at about 17 MiB RSS and one more process start per pod.
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -231,7 +231,8 @@ pub fn domain_xml(vmi: &VirtualMachineInstance, env: &DomainEnv) -> Result<Domai
     interfaces(w, vmi, env)?;
     let scratch = crate::statedir::ScratchDir::new(&env.state_dir);
     let console_sock = scratch.console_socket();
-    let console_log = scratch.console_log();
+    // The launcher copies the FIFO to console.log (see control::console_log).
+    let console_log = scratch.console_fifo();
     let _ = writeln!(w, "    <serial type='unix'>");
     let _ = writeln!(
         w,

@@ -16,8 +16,9 @@
 //!   legitimate; a guest that makes its link-local address another way (stable-privacy)
 //!   has no IPv6 at all until IPv6 for the VM lands and this rule grows its leased
 //!   addresses;
-//! - no other EtherType (VLAN tags included: a tagged frame would carry its addresses
-//!   past every rule above).
+//! - no other EtherType; VLAN-tagged frames (802.1Q, 802.1ad) are dropped before any
+//!   other check: the kernel takes the tag off before the bridge, and the ARP and IP
+//!   matches would judge the inner frame, which would leave tagged.
 //!
 //! DHCP stays between the tap and the launcher: DHCP ports (67, 68 and DHCPv6's 546,
 //! 547) never cross the bridge in either direction (hook `forward`); DHCP arriving
@@ -201,6 +202,17 @@ impl AntiSpoof {
                 [
                     vec![ne(field("ether", "saddr"), text(&mac))],
                     drop(DropKind::Mac),
+                ]
+                .concat(),
+            ),
+            // A VLAN tag first: the kernel strips it before the bridge, so the ARP and IP
+            // rules below (whose `meta protocol` dependency sees the inner type) would
+            // judge the inner frame, and an allowed one would leave tagged.
+            (
+                FROM_VM,
+                [
+                    vec![eq(field("ether", "type"), vlan_ethertypes())],
+                    drop(DropKind::Ethertype),
                 ]
                 .concat(),
             ),
@@ -546,6 +558,17 @@ fn set<const N: usize>(items: [String; N]) -> Expression<'static> {
     ))
 }
 
+/// 802.1Q and 802.1ad tags, as `ether type` shows them (the kernel rebuilds the header
+/// of a frame whose tag it took off).
+fn vlan_ethertypes() -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        [0x8100, 0x88a8]
+            .into_iter()
+            .map(|t| SetItem::Element(Expression::Number(t)))
+            .collect(),
+    ))
+}
+
 fn dhcp_ports() -> Expression<'static> {
     Expression::Named(NamedExpression::Set(
         DHCP_PORTS
@@ -627,13 +650,14 @@ mod tests {
         // Order matters: the MAC first, ARP before the accepts, the catch-all last.
         assert!(vm[0].contains(r#""op":"!=""#) && vm[0].contains("52:54:00:12:34:56"));
         assert!(vm[0].contains("drop_mac"));
-        assert!(vm[1].contains("saddr ether") && vm[1].contains("drop_arp"));
-        assert!(vm[2].contains("saddr ip") && vm[2].contains("10.244.1.7"));
-        assert!(vm[2].contains("0.0.0.0") && vm[2].contains("drop_arp"));
-        assert!(vm[5].contains("0.0.0.0") && vm[5].contains("68") && vm[5].contains("67"));
-        assert!(vm[6].contains("drop_ipv4"));
-        assert!(vm[7].contains("fe80::5054:ff:fe12:3456") && vm[7].contains(r#""::""#));
-        assert!(vm[8].contains("drop_ipv6"));
+        assert!(vm[1].contains("[33024,34984]") && vm[1].contains("drop_ethertype"));
+        assert!(vm[2].contains("saddr ether") && vm[2].contains("drop_arp"));
+        assert!(vm[3].contains("saddr ip") && vm[3].contains("10.244.1.7"));
+        assert!(vm[3].contains("0.0.0.0") && vm[3].contains("drop_arp"));
+        assert!(vm[6].contains("0.0.0.0") && vm[6].contains("68") && vm[6].contains("67"));
+        assert!(vm[7].contains("drop_ipv4"));
+        assert!(vm[8].contains("fe80::5054:ff:fe12:3456") && vm[8].contains(r#""::""#));
+        assert!(vm[9].contains("drop_ipv6"));
         assert_eq!(
             vm.last().unwrap().as_str(),
             r#"[{"counter":"drop_ethertype"},{"drop":null}]"#

@@ -425,13 +425,7 @@ fn plan_bridge(
         },
         // Before the tap and the pod interface go up: the VM's first frame already
         // meets the rules.
-        NetOp::AntiSpoof(AntiSpoof {
-            table: antispoof::table_name(pod),
-            tap: tap.clone(),
-            pod: pod.to_owned(),
-            mac: opts.vm_mac(Binding::Bridge, facts.mac),
-            ipv4,
-        }),
+        anti_spoof(facts, Binding::Bridge, opts, ipv4),
         NetOp::AddAddress {
             link: bridge.clone(),
             address: IpCidr::new(IpAddr::V4(opts.bridge_address), 32),
@@ -443,6 +437,24 @@ fn plan_bridge(
         },
     ]);
     Ok(ops)
+}
+
+/// The tap's anti-spoofing rules (both bindings): only the VM's MAC and `vm_ipv4` may
+/// send from the tap. Planned before the tap goes up.
+fn anti_spoof(
+    facts: &InterfaceFacts,
+    binding: Binding,
+    opts: &PlanOptions,
+    vm_ipv4: Ipv4Addr,
+) -> NetOp {
+    let pod = facts.interface.as_str();
+    NetOp::AntiSpoof(AntiSpoof {
+        table: antispoof::table_name(pod),
+        tap: tap_name(pod),
+        pod: pod.to_owned(),
+        mac: opts.vm_mac(binding, facts.mac),
+        ipv4: vm_ipv4,
+    })
 }
 
 /// The bridge, made before it goes up with no IPv6 link-local address (nothing in
@@ -495,6 +507,7 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
             link: tap.clone(),
             master: bridge.clone(),
         },
+        anti_spoof(facts, Binding::Masquerade, opts, m.vm_address()),
         NetOp::AddAddress {
             link: bridge.clone(),
             address: IpCidr::new(IpAddr::V4(m.gateway()), m.vm_network.prefix),
@@ -528,6 +541,9 @@ fn teardown_masquerade(
 ) -> Result<Vec<NetOp>, PlanError> {
     let (bridge, tap) = link_names(facts)?;
     Ok(vec![
+        NetOp::DelNftTable {
+            table: antispoof::table_name(&facts.interface),
+        },
         NetOp::DelNatTable {
             table: masquerade::table_name(&facts.interface),
         },
@@ -1036,6 +1052,23 @@ mod tests {
                 "{link} {setting}"
             );
         }
+        // The tap's anti-spoofing, the bridge binding's op with the VM's private address
+        // and derived MAC, in place before the tap goes up.
+        let spoof = position(&ops, |o| {
+            *o == NetOp::AntiSpoof(AntiSpoof {
+                table: "vmpod-as-eth0".into(),
+                tap: "tap-eth0".into(),
+                pod: "eth0".into(),
+                mac: derived_mac(f.mac, "vm"),
+                ipv4: Ipv4Addr::new(10, 0, 2, 2),
+            })
+        });
+        let tap_up = position(&ops, |o| {
+            *o == NetOp::SetUp {
+                link: "tap-eth0".into(),
+            }
+        });
+        assert!(spoof < tap_up, "{ops:?}");
         let NetOp::Nat(rules) = ops.last().unwrap() else {
             panic!("the NAT rules come last, once the links are up: {ops:?}");
         };
@@ -1068,6 +1101,9 @@ mod tests {
         assert_eq!(
             down,
             vec![
+                NetOp::DelNftTable {
+                    table: "vmpod-as-eth0".into()
+                },
                 NetOp::DelNatTable {
                     table: "vmpod_masq_eth0".into()
                 },

@@ -21,7 +21,9 @@ use super::ipam::{gateway_of, parse_subnet, pick_address};
 use super::pod::{Node, PodSandbox, remove_host_pod};
 use super::spec::{NodeSide, NodeSpec, PodSpec};
 use crate::api::VirtualMachineInstance;
-use crate::control::{ControlClient, LauncherStatus, local_root, local_state_dir, read_status};
+use crate::control::{
+    ControlClient, LauncherStatus, Peer, PodIdentity, local_root, local_state_dir, status_from_dir,
+};
 use crate::net::{IpCidr, MacAddr};
 use crate::statedir::StateDir;
 use nix::sys::signal::{Signal, kill};
@@ -53,6 +55,8 @@ pub const LAUNCHER_ENV: &str = "VMPOD_LAUNCHER";
 const IPAM_LOCK: &str = ".ipam.lock";
 /// How often a supervised launcher's status is read.
 const POLL: Duration = Duration::from_millis(200);
+/// How long one status read (socket, or status.json) of a supervised launcher may take.
+const POLL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What went wrong in the local runtime, naming the VMI, file or setting involved.
 #[derive(Debug, thiserror::Error)]
@@ -289,9 +293,23 @@ impl LocalPod {
         crate::net::netns::path(&self.record.netns)
     }
 
-    /// The client for the launcher's control socket.
+    /// Which pod this is, as the runtime knows it: the network namespace it made. The
+    /// state dir is QEMU's too (group 107), so what is in it proves nothing.
+    pub fn identity(&self) -> PodIdentity {
+        PodIdentity::Netns(self.netns_path())
+    }
+
+    /// The client for the launcher's control socket; once the launcher runs, only it (its
+    /// pid, in this pod's network namespace) is talked to.
     pub fn client(&self) -> ControlClient {
-        ControlClient::new(StateDir::new(&self.state_dir).control_socket())
+        let client = ControlClient::new(StateDir::new(&self.state_dir).control_socket());
+        match self.record.launcher_pid {
+            Some(pid) => client.with_peer(Peer {
+                pid,
+                pod: self.identity(),
+            }),
+            None => client,
+        }
     }
 
     /// The VMI as handed to the launcher (defaults applied, paths absolute).
@@ -663,7 +681,7 @@ pub async fn supervise(
         if let Some(status) = exited {
             break status;
         }
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), client.status()).await
+        if let Ok(Ok(s)) = tokio::time::timeout(POLL_TIMEOUT, client.status()).await
             && last.as_ref() != Some(&s)
         {
             on_status(&s);
@@ -679,7 +697,9 @@ pub async fn supervise(
             changed = stop.changed(), if stop_open => stop_open = changed.is_ok(),
         }
     };
-    if let Ok(s) = read_status(pod.state_dir())
+    // The last status written, read without trusting the state dir (a FIFO there must not
+    // hold the supervisor).
+    if let Ok((s, _)) = status_from_dir(pod.state_dir(), &pod.identity(), POLL_TIMEOUT).await
         && last.as_ref() != Some(&s)
     {
         on_status(&s);

@@ -25,28 +25,34 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::SystemTime;
 use vmpod::api::{VirtualMachineInstance, VmiPhase};
-use vmpod::control::LauncherStatus;
+use vmpod::control::{LauncherStatus, PodIdentity};
 
 /// Where the node daemon gets a launcher's status: the seam between kube and control.sock.
 pub trait LauncherStatusSource: Send + Sync + 'static {
-    /// The status of the launcher whose state directory is `state_dir`, or why not.
+    /// The status of the launcher of pod `pod_uid`, whose state directory is `state_dir`,
+    /// or why not.
     fn status(
         &self,
         state_dir: &Path,
+        pod_uid: &str,
     ) -> impl Future<Output = Result<LauncherStatus, String>> + Send;
 }
 
 /// The real source: the control socket, else `status.json`, read without trusting the
 /// state directory's content (`vmpod::control::guarded`: no symlink, FIFO or oversized
-/// file is opened, the socket's peer must be the launcher status.json names).
+/// file is opened, the socket's peer must be the launcher status.json names, and in the
+/// pod's cgroup: a tenant cannot lead the daemon to another pod's launcher).
 pub struct ControlSocketSource {
     /// How long reading status.json, and then the socket, each get.
     pub timeout: Duration,
 }
 
 impl LauncherStatusSource for ControlSocketSource {
-    async fn status(&self, state_dir: &Path) -> Result<LauncherStatus, String> {
-        vmpod::control::status_from_dir(state_dir, self.timeout)
+    async fn status(&self, state_dir: &Path, pod_uid: &str) -> Result<LauncherStatus, String> {
+        let pod = PodIdentity::KubePod {
+            uid: pod_uid.to_owned(),
+        };
+        vmpod::control::status_from_dir(state_dir, &pod, self.timeout)
             .await
             .map(|(status, _)| status)
             .map_err(|e| e.to_string())
@@ -109,7 +115,7 @@ pub async fn reconcile<S: LauncherStatusSource>(
         .as_deref()
         .ok_or(ReconcileError::Unaddressable("Pod"))?;
     let state_dir = state_dir_on_host(&ctx.state_root, pod_uid);
-    let launcher = ctx.source.status(Path::new(&state_dir)).await;
+    let launcher = ctx.source.status(Path::new(&state_dir), pod_uid).await;
     if let Err(why) = &launcher {
         tracing::debug!(%state_dir, "launcher status unavailable: {why}");
     }

@@ -571,7 +571,7 @@ async fn wait_finished_reconciles(metrics: &Metrics, n: u64) {
 struct FakeLaunchers(Mutex<Vec<(String, Result<LauncherStatus, String>)>>);
 
 impl LauncherStatusSource for FakeLaunchers {
-    async fn status(&self, state_dir: &Path) -> Result<LauncherStatus, String> {
+    async fn status(&self, state_dir: &Path, _pod_uid: &str) -> Result<LauncherStatus, String> {
         let table = self.0.lock().unwrap();
         let key = state_dir.to_str().unwrap();
         table
@@ -791,29 +791,147 @@ fn shipped_manifests_use_arguments_the_handler_accepts() {
     reachable(Ctl::try_parse_from(argv).unwrap().args.metrics_addr, port);
 }
 
+/// What makes this test binary a stand-in launcher (see [`StandInLauncher`]): the state
+/// directory to serve.
+const STAND_IN_DIR: &str = "VMPOD_TEST_STAND_IN_LAUNCHER_DIR";
+/// What the stand-in prints once it serves.
+const STAND_IN_READY: &str = "stand-in launcher serving";
+
+/// Not a test by itself: the entry point of [`StandInLauncher`], which runs this binary
+/// again with [`STAND_IN_DIR`] set. Without it, returns at once.
+#[test]
+fn stand_in_launcher_process() {
+    use std::io::{Read, Write};
+    use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
+    let Some(dir) = std::env::var_os(STAND_IN_DIR) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let fake = FakeLauncher::start(Path::new(&dir), sample_status("vm-good"), sample_network())
+            .unwrap();
+        // Not print!: the test harness captures that. On the harness's "test ... " line.
+        writeln!(std::io::stdout(), "{STAND_IN_READY}").unwrap();
+        // Serve until the parent closes stdin.
+        tokio::task::spawn_blocking(|| std::io::stdin().read(&mut [0u8; 1]))
+            .await
+            .unwrap()
+            .unwrap();
+        fake.stop().await.unwrap();
+    });
+}
+
+/// A launcher stand-in serving the control API from its own process, in a cgroup whose
+/// path names pod `uid` as kubelet's cgroupfs driver does (`.../pod<uid>/<container>`):
+/// what the node daemon's peer check sees of a real launcher. The cgroup goes with it.
+struct StandInLauncher {
+    child: std::process::Child,
+    cgroups: Vec<std::path::PathBuf>,
+}
+
+impl StandInLauncher {
+    fn start(dir: &Path, uid: &str) -> StandInLauncher {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "cluster::tests::stand_in_launcher_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(STAND_IN_DIR, dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A writable cgroup hierarchy: v2 (hybrid's unified, or the whole tree), else v1's.
+        let root = [
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/pids",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|r| r.join("cgroup.procs").exists())
+        .expect("no cgroup hierarchy under /sys/fs/cgroup");
+        let top = root.join(format!("vmpod-test-{}-{uid}", std::process::id()));
+        let leaf = top.join(format!("kubepods/burstable/pod{uid}/launcher"));
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
+        let cgroups = leaf
+            .ancestors()
+            .take_while(|d| d.starts_with(&top))
+            .map(Path::to_path_buf)
+            .collect();
+        let stdout = child.stdout.take().unwrap();
+        let stand_in = StandInLauncher { child, cgroups };
+        let mut out = std::io::BufReader::new(stdout);
+        let ready = (&mut out)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.ends_with(STAND_IN_READY));
+        assert!(ready, "the stand-in launcher ended before serving");
+        // The harness's closing lines go somewhere.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        stand_in
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for StandInLauncher {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+        for dir in &self.cgroups {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("removing cgroup {}: {e}", dir.display());
+            }
+        }
+    }
+}
 /// The node daemon against hostile state directories (issue 15): pod `vm-fifo`'s
 /// status.json is a FIFO, `vm-zero`'s a symlink to /dev/zero, `vm-steal`'s control.sock a
-/// symlink to `vm-good`'s socket. Each of those gets an error in its VMI's Ready condition,
-/// at once (nothing blocks), while `vm-good`, served by a real control socket, is reported
-/// with its IP; `vm-steal` does not get `vm-good`'s address.
+/// symlink to `vm-good`'s socket; `vm-forge`'s status.json names `vm-good`'s launcher pid
+/// and its control.sock leads to `vm-good`'s socket (a hard link here: what a socket
+/// swapped in after the daemon's lstat, or a bind mount, would be). Each of those gets an
+/// error in its VMI's Ready condition, at once (nothing blocks), while `vm-good`, served by
+/// a stand-in launcher process in its pod's cgroup, is reported with its IP; neither
+/// `vm-steal` nor `vm-forge` gets `vm-good`'s address.
 #[tokio::test]
 async fn node_survives_hostile_state_dirs_and_keeps_reporting_the_others() {
-    use vmpod::control::fake::{FakeLauncher, sample_network, sample_status};
     use vmpod::control::write_status;
     use vmpod::statedir::CONTROL_SOCKET;
+    if !crate::support::privileged(
+        "node_survives_hostile_state_dirs_and_keeps_reporting_the_others",
+    ) {
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
-    let names = ["vm-fifo", "vm-zero", "vm-steal", "vm-good"];
+    let names = ["vm-fifo", "vm-zero", "vm-steal", "vm-forge", "vm-good"];
     let uid = |i: usize| format!("00000000-0000-4000-8000-00000000010{i}");
     let dir = |i: usize| root.path().join(uid(i));
     for i in 0..names.len() {
         std::fs::create_dir(dir(i)).unwrap();
     }
-    let good = FakeLauncher::start(&dir(3), sample_status("vm-good"), sample_network()).unwrap();
-    write_status(&dir(3), &LauncherStatus::pending("vm-good")).unwrap();
+    let good = StandInLauncher::start(&dir(4), &uid(4));
+    let good_socket = dir(4).join(CONTROL_SOCKET);
+    let mut written = LauncherStatus::pending("vm-good");
+    written.pid = good.pid();
+    write_status(&dir(4), &written).unwrap();
     nix::unistd::mkfifo(&dir(0).join("status.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     std::os::unix::fs::symlink("/dev/zero", dir(1).join("status.json")).unwrap();
     write_status(&dir(2), &LauncherStatus::pending("vm-steal")).unwrap();
-    std::os::unix::fs::symlink(&good.socket, dir(2).join(CONTROL_SOCKET)).unwrap();
+    std::os::unix::fs::symlink(&good_socket, dir(2).join(CONTROL_SOCKET)).unwrap();
+    written.name = "vm-forge".into();
+    write_status(&dir(3), &written).unwrap();
+    std::fs::hard_link(&good_socket, dir(3).join(CONTROL_SOCKET)).unwrap();
 
     let vmi_path = |name: &str| {
         format!("/apis/vmpod.io/v1alpha1/namespaces/ns1/virtualmachineinstances/{name}")
@@ -867,10 +985,17 @@ async fn node_survives_hostile_state_dirs_and_keeps_reporting_the_others() {
         let patch = &server.seen_on(Method::PATCH, &format!("{}/status", vmi_path(names[i])))[0];
         patch.body["status"].clone()
     };
+    let forged = format!(
+        "control.sock: the peer, pid {}, is not in pod {}: its cgroup names pod {}",
+        good.pid(),
+        uid(3),
+        uid(4)
+    );
     for (i, want) in [
         (0, "status.json: is not a regular file"),
         (1, "status.json: open: ELOOP"),
         (2, "control.sock: is not a socket"),
+        (3, forged.as_str()),
     ] {
         let status = condition(i);
         let c = &status["conditions"][0];
@@ -886,11 +1011,10 @@ async fn node_survives_hostile_state_dirs_and_keeps_reporting_the_others() {
             "{status}"
         );
     }
-    let status = condition(3);
+    let status = condition(4);
     assert_eq!(status["conditions"][0]["status"], "True", "{status}");
     assert_eq!(status["interfaces"][0]["ipAddress"], "10.22.0.5");
     assert_eq!(server.unexpected(), Vec::<String>::new());
-    good.stop().await.unwrap();
 }
 
 /// The API server refuses the launcher pod for good (422): the VMI ends Failed with the
