@@ -7,7 +7,7 @@
 //! Run: `cargo test -p vmpod-handler --release -- --ignored --nocapture bench_`
 
 use super::controller::{self, ControllerContext};
-use super::fixtures::{Exchange, MockApiServer, list, status_body, watch_feed};
+use super::fixtures::{Exchange, MockApiServer, list, watch_feed};
 use super::launcher_pod::LauncherPodConfig;
 use http::Method;
 use serde_json::{Value, json};
@@ -59,12 +59,7 @@ async fn bench_reconcile_latency_for_a_new_vmi() {
     for i in 0..RUNS {
         let name = format!("vm{i}");
         let (pod_path, status_path) = vm_paths(&name);
-        script.push(Exchange::json(
-            Method::GET,
-            &pod_path,
-            404,
-            status_body(404, "NotFound", ""),
-        ));
+        script.push(Exchange::error(Method::GET, &pod_path, 404, "NotFound", ""));
         script.push(Exchange::json(Method::POST, pods_path, 201, pod(&name)));
         script.push(Exchange::json(Method::PATCH, &status_path, 200, vmi(&name)));
     }

@@ -46,6 +46,11 @@ impl Exchange {
         }
     }
 
+    /// A non-watch request refused with `code` and a `Status` body ([`status_body`]).
+    pub fn error(method: Method, path: &str, code: u16, reason: &str, message: &str) -> Self {
+        Self::json(method, path, code, status_body(code, reason, message))
+    }
+
     /// A watch request on `path`, answered with the events fed into `feed`.
     pub fn watch(path: &str, feed: WatchStream) -> Self {
         Exchange {
