@@ -754,7 +754,8 @@ mod tests {
 
     #[test]
     fn image_paths_stay_inside_the_image_and_host_paths_are_absolute_and_clean() {
-        let cases: [(fn(&str) -> Option<&'static str>, &str, bool); 12] = [
+        type PathCheck = fn(&str) -> Option<&'static str>;
+        let cases: [(PathCheck, &str, bool); 12] = [
             (image_path_error, "/disk/x.img", true),
             (image_path_error, "disk/x.img", true),
             (image_path_error, "boot/vmlinuz..old", true),
