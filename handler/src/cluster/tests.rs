@@ -3,7 +3,9 @@
 //! an invalid VMI, and a node daemon restart that re-lists and loses nothing.
 
 use super::controller::{self, ControllerContext};
-use super::fixtures::{Exchange, MockApiServer, WatchFeed, empty_list, watch_feed};
+use super::fixtures::{
+    ALL_PODS, ALL_VMIS, Exchange, MockApiServer, WatchFeed, controller_start, watch_feed,
+};
 use super::launcher_pod::{LauncherPodConfig, VMI_ANNOTATION};
 use super::metrics::{Metrics, assert_exposes};
 use super::node::{self, LauncherStatusSource, NodeContext};
@@ -22,8 +24,6 @@ const POD_PATH: &str = "/api/v1/namespaces/ns1/pods/vmpod-launcher-vm1";
 const PODS_PATH: &str = "/api/v1/namespaces/ns1/pods";
 const SECRETS_PATH: &str = "/api/v1/namespaces/ns1/secrets";
 const POD_UID: &str = "0f6c5e4e-pod-uid-1";
-const ALL_VMIS: &str = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
-const ALL_PODS: &str = "/api/v1/pods";
 
 fn vmi_json(resource_version: &str, status: Value) -> Value {
     json!({
@@ -71,19 +71,7 @@ fn vmi_read(vmi: Value) -> Exchange {
 fn controller_api(
     then: impl IntoIterator<Item = Exchange>,
 ) -> (WatchFeed, WatchFeed, kube::Client, MockApiServer) {
-    let (vmi_feed, vmis) = watch_feed();
-    let (pod_feed, pods) = watch_feed();
-    let mut script = vec![
-        Exchange::json(
-            Method::GET,
-            ALL_VMIS,
-            200,
-            empty_list("vmpod.io/v1alpha1", "VirtualMachineInstanceList"),
-        ),
-        Exchange::watch(ALL_VMIS, vmis),
-        Exchange::json(Method::GET, ALL_PODS, 200, empty_list("v1", "PodList")),
-        Exchange::watch(ALL_PODS, pods),
-    ];
+    let (vmi_feed, pod_feed, mut script) = controller_start(Vec::new(), Vec::new());
     script.extend(then);
     let (client, server) = MockApiServer::start(script);
     (vmi_feed, pod_feed, client, server)
