@@ -27,20 +27,16 @@ fn render(vmi: &str, state_root: &Path) -> String {
     let dir = support::cargo_build::build_bins(&["vmpod-handler"], &["vmpod-handler"]);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), vmi).unwrap();
-    let out = std::process::Command::new(dir.join("vmpod-handler"))
-        .args(["render-pod", "--namespace", "e2e", "--vmi"])
-        .arg(file.path())
-        .arg("--state-root")
-        .arg(state_root)
-        .arg("--device-hostpath")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "render-pod: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::stdout_of(
+        std::process::Command::new(dir.join("vmpod-handler"))
+            .args(["render-pod", "--namespace", "e2e", "--vmi"])
+            .arg(file.path())
+            .arg("--state-root")
+            .arg(state_root)
+            .arg("--device-hostpath"),
+        "render-pod",
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out).unwrap()
 }
 
 #[test]

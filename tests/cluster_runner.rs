@@ -337,32 +337,21 @@ fn stop_sends_sigterm_then_kills_after_the_grace_period() {
                                      "command": ["bash", "-c", script]}]}}))
         .unwrap()
     };
+    // A pod whose container prints "up", then loops with `trap` set on SIGTERM.
+    let up_with_trap = |name: &str, trap: &str| {
+        let script = format!("trap '{trap}' TERM; echo up; while :; do sleep 0.1; done");
+        let running = node.run_pod(&pod(name, &script), &[]).unwrap();
+        wait_for_log(&running, "c", "up");
+        running
+    };
     // Honours SIGTERM: exits with its own code at once.
-    let polite = node
-        .run_pod(
-            &pod(
-                "polite",
-                "trap 'exit 7' TERM; echo up; while :; do sleep 0.1; done",
-            ),
-            &[],
-        )
-        .unwrap();
-    wait_for_log(&polite, "c", "up");
+    let polite = up_with_trap("polite", "exit 7");
     let (exit, took) = polite.stop().unwrap();
     assert_eq!(exit.codes, [("c".to_string(), 7)]);
     assert_eq!(exit.phase, "Failed");
     assert!(took < Duration::from_secs(3), "{took:?}");
     // Ignores SIGTERM: killed once the grace period is over.
-    let stubborn = node
-        .run_pod(
-            &pod(
-                "stubborn",
-                "trap '' TERM; echo up; while :; do sleep 0.1; done",
-            ),
-            &[],
-        )
-        .unwrap();
-    wait_for_log(&stubborn, "c", "up");
+    let stubborn = up_with_trap("stubborn", "");
     let (exit, took) = stubborn.stop().unwrap();
     assert_eq!(exit.codes, [("c".to_string(), 137)]);
     assert!(took >= Duration::from_secs(3), "{took:?}");

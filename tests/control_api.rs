@@ -91,20 +91,13 @@ async fn error_codes_are_json() {
     let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
     let sock = fake.socket.clone();
 
-    let (code, resp) = raw(
-        &sock,
-        "GET /v1/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (code, resp) = raw(&sock, &get("/v1/nope")).await;
     assert_eq!(code, 404, "{resp}");
     let err: ErrorBody = serde_json::from_str(body_of(&resp)).unwrap();
     assert!(err.error.contains("/v1/nope"), "{err:?}");
 
-    let (code, resp) = raw(
-        &sock,
-        "GET /v1/kill HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let (code, resp) = raw(&sock, &get("/v1/kill")).await;
     assert_eq!(code, 405, "{resp}");
     assert!(resp.to_ascii_lowercase().contains("allow: post"), "{resp}");
     serde_json::from_str::<ErrorBody>(body_of(&resp)).unwrap();
@@ -115,11 +108,7 @@ async fn error_codes_are_json() {
     let err: ErrorBody = serde_json::from_str(body_of(&resp)).unwrap();
     assert!(err.error.contains("/v1/shutdown"), "{err:?}");
 
-    let (code, resp) = raw(
-        &sock,
-        "GET /v1/status?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let (code, resp) = raw(&sock, &get("/v1/status?x=1")).await;
     assert_eq!(code, 400, "{resp}");
 
     // Backend failures are 500 with the backend's message, through the client too.

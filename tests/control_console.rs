@@ -32,6 +32,16 @@ async fn next_chunk(follow: &mut ConsoleFollow) -> Option<Result<Vec<u8>, Client
 }
 
 /// A fake serial console: answers every byte it reads uppercased, and greets first.
+/// Read as many bytes as `want` has (within [`TIMEOUT`]); they must be `want`.
+async fn read_expecting(r: &mut (impl tokio::io::AsyncRead + Unpin), want: &[u8]) {
+    let mut buf = vec![0u8; want.len()];
+    tokio::time::timeout(TIMEOUT, r.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(buf, want, "{:?}", String::from_utf8_lossy(&buf));
+}
+
 fn fake_serial(path: &Path) -> tokio::task::JoinHandle<Vec<u8>> {
     let listener = UnixListener::bind(path).unwrap();
     tokio::spawn(async move {
@@ -163,19 +173,9 @@ async fn attach_proxies_both_ways_to_the_serial_socket() {
         .await
         .unwrap();
 
-    let mut buf = [0u8; 7];
-    tokio::time::timeout(TIMEOUT, console.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"login: ");
+    read_expecting(&mut console, b"login: ").await;
     console.write_all(b"root\n").await.unwrap();
-    let mut buf = [0u8; 5];
-    tokio::time::timeout(TIMEOUT, console.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"ROOT\n");
+    read_expecting(&mut console, b"ROOT\n").await;
 
     // Closing our side closes the serial connection: the console is free again.
     console.shutdown().await.unwrap();

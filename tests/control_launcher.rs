@@ -9,21 +9,9 @@ use std::time::Duration;
 use support::launcher::{Launcher, testguest_vmi};
 use tokio::io::AsyncReadExt;
 use vmpod::control::{ControlClient, PauseReason, Phase};
-use vmpod::net::IpCidr;
-use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 
 const BOOT: Duration = Duration::from_secs(150);
 const STEP: Duration = Duration::from_secs(20);
-
-fn pod(name: &str) -> PodSandbox {
-    let node = NodeSpec::isolated(vec!["10.78.0.1/24".parse::<IpCidr>().unwrap()]);
-    let spec = PodSpec::new(
-        name,
-        "10.78.0.5/24".parse::<IpCidr>().unwrap(),
-        "10.78.0.1".parse().unwrap(),
-    );
-    PodSandbox::create(&node, &spec).unwrap()
-}
 
 /// Poll `/v1/status` until the phase is `want`.
 async fn wait_phase(client: &ControlClient, want: Phase) {
@@ -46,9 +34,7 @@ fn real_launcher_pause_resume_console_attach_follow_and_shutdown() {
     if !support::privileged("real_launcher_pause_resume_console_attach_follow_and_shutdown") {
         return;
     }
-    let sb = pod("ctlboot");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (sb, _dir, state) = support::pod_and_state_dir("ctlboot", 78);
     let mut l = Launcher::start(&sb, &state, &testguest_vmi("ctlboot", "", true, 30), &[]);
     l.wait_report(BOOT, |r| r.holding);
 

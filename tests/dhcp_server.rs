@@ -27,18 +27,14 @@ fn probe_sees_every_option_and_another_mac_gets_no_answer() {
     let t = Topology::new("probe", Shape::Subnet);
     let server = start_server(&t, t.config());
 
-    let out = vmpodctl()
-        .args([
-            "dhcp",
-            "probe",
-            "--interface",
-            VM_IF,
-            "--netns",
-            &t.vm_ns,
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let probe = |extra: &[&str]| {
+        vmpodctl()
+            .args(["dhcp", "probe", "--interface", VM_IF, "--netns", &t.vm_ns])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = probe(&["--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ack = &report["ack"];
@@ -69,10 +65,7 @@ fn probe_sees_every_option_and_another_mac_gets_no_answer() {
     assert!(report["offer"]["rttUs"].as_u64().unwrap() > 0);
 
     // The human form names options and shows round-trip times.
-    let out = vmpodctl()
-        .args(["dhcp", "probe", "--interface", VM_IF, "--netns", &t.vm_ns])
-        .output()
-        .unwrap();
+    let out = probe(&[]);
     let human = text(&out);
     assert!(
         out.status.success()
@@ -82,21 +75,7 @@ fn probe_sees_every_option_and_another_mac_gets_no_answer() {
     );
 
     // Another MAC: no answer at all, and the server counts it.
-    let out = vmpodctl()
-        .args([
-            "dhcp",
-            "probe",
-            "--interface",
-            VM_IF,
-            "--netns",
-            &t.vm_ns,
-            "--mac",
-            "02:00:00:00:00:99",
-            "--timeout",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let out = probe(&["--mac", "02:00:00:00:00:99", "--timeout", "1"]);
     assert!(
         !out.status.success() && text(&out).contains("no OFFER within"),
         "{}",

@@ -12,12 +12,12 @@ mod support;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 use support::launcher::Launcher;
 use vmpod::control::{Acceleration, ControlClient, LauncherStatus, PauseReason, Phase};
 use vmpod::domain::{KvmKey, KvmVerdicts};
-use vmpod::net::IpCidr;
-use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
+use vmpod::sandbox::PodSandbox;
 
 /// The stand-in agent. It records every request line in `$STANDIN_DIR/requests`.
 const STANDIN: &str = r#"#!/bin/sh
@@ -69,17 +69,6 @@ spec:
       guest: 64Mi
     devices: {}
 ";
-
-/// A pod on an isolated node bridge, in `10.<net>.0.0/24`.
-fn pod(name: &str, net: u8) -> PodSandbox {
-    let node = NodeSpec::isolated(vec![format!("10.{net}.0.1/24").parse::<IpCidr>().unwrap()]);
-    let spec = PodSpec::new(
-        name,
-        format!("10.{net}.0.5/24").parse::<IpCidr>().unwrap(),
-        format!("10.{net}.0.1").parse().unwrap(),
-    );
-    PodSandbox::create(&node, &spec).unwrap()
-}
 
 /// A node directory (capabilities seed and verdicts) and the stand-in agent.
 struct Node {
@@ -205,7 +194,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
     {
         return;
     }
-    let sb = pod("kvmlate", 93);
+    let sb = support::own_node_pod("kvmlate", 93);
     let node = Node::new();
 
     // 1. auto, KVM taken as usable: the domain starts under KVM, KVM fails, the launcher
@@ -297,7 +286,7 @@ fn kvm_required_and_failing_late_fails_the_vmi_with_the_reason() {
     if !support::privileged("kvm_required_and_failing_late_fails_the_vmi_with_the_reason") {
         return;
     }
-    let sb = pod("kvmreq", 93);
+    let sb = support::own_node_pod("kvmreq", 93);
     let node = Node::new();
     // The verdicts where the node keeps them (not beside the seed).
     let file = node.root.join("node-state").join("verdicts.json");
@@ -338,7 +327,7 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
     if !support::privileged("auto_reaches_the_guests_lease_whatever_this_machines_kvm_does") {
         return;
     }
-    let sb = pod("kvmauto", 94);
+    let sb = support::own_node_pod("kvmauto", 94);
     // A node of its own: the shared capabilities seed (so libvirtd starts fast) without
     // any verdict an earlier run left.
     let node = Node::new();
@@ -462,9 +451,7 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     if !support::privileged("a_pause_nobody_asked_for_is_reported_with_its_reason") {
         return;
     }
-    let sb = pod("qmpstop", 95);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (sb, _dir, state) = support::pod_and_state_dir("qmpstop", 95);
     let vmi = support::launcher::testguest_vmi("qmpstop", "", true, 30);
     let mut l = Launcher::start(&sb, &state, &vmi, &[]);
     l.wait_report(Duration::from_secs(150), |r| r.holding);
@@ -512,6 +499,25 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     assert!(st.success(), "launcher exit {st}\n{}", l.log());
 }
 
+/// SIGTERM to `l`, which must exit inside the time kubelet gives the pod (the VMI's
+/// grace, 5 s, plus 15 s) with the pod network restored. Its exit, how long it took, its
+/// log and its final status.
+fn sigterm_inside_the_grace(l: &mut Launcher) -> (ExitStatus, Duration, String, LauncherStatus) {
+    let sent = Instant::now();
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(60));
+    let took = sent.elapsed();
+    let budget = Duration::from_secs(5 + 15);
+    let log = l.log();
+    assert!(
+        took < budget,
+        "teardown took {took:?}, kubelet would SIGKILL at {budget:?}\n{log}"
+    );
+    assert!(log.contains("pod network restored"), "{log}");
+    let status = vmpod::control::read_status(&l.state_dir).unwrap();
+    (st, took, log, status)
+}
+
 /// libvirt stuck: the guest ignores the power button and destroy never returns. SIGTERM
 /// still ends in a teardown inside the time kubelet gives the pod (the VMI's grace, 5 s,
 /// plus 15 s): the destroy call is cut at its timeout, the agent killed, QEMU's pid
@@ -521,7 +527,7 @@ fn libvirt_stuck_in_destroy_still_tears_down_inside_the_grace() {
     if !support::privileged("libvirt_stuck_in_destroy_still_tears_down_inside_the_grace") {
         return;
     }
-    let sb = pod("stuck", 96);
+    let sb = support::own_node_pod("stuck", 96);
     let node = Node::new();
     let mut l = node.launch_with_env(
         &sb,
@@ -531,28 +537,16 @@ fn libvirt_stuck_in_destroy_still_tears_down_inside_the_grace() {
         &[("STANDIN_STUCK", OsStr::new("1"))],
     );
     wait_status(&mut l, "Running", |s| s.phase == Phase::Running);
-    let sent = Instant::now();
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(60));
-    let took = sent.elapsed();
-    let budget = Duration::from_secs(5 + 15);
-    assert!(
-        took < budget,
-        "teardown took {took:?}, kubelet would SIGKILL at {budget:?}\n{}",
-        l.log()
-    );
+    let (st, took, log, status) = sigterm_inside_the_grace(&mut l);
     let requests = node.requests("stuck");
     assert!(
         requests.iter().any(|r| r.contains(r#""op":"destroy""#)),
         "{requests:#?}"
     );
-    let log = l.log();
     assert!(
         log.contains("no answer to destroy within 10s"),
         "the log says why:\n{log}"
     );
-    assert!(log.contains("pod network restored"), "{log}");
-    let status = vmpod::control::read_status(&l.state_dir).unwrap();
     assert!(
         status.phase.is_terminal(),
         "final status written: {status:?} ({st})"
@@ -568,7 +562,7 @@ fn sigterm_during_boot_leads_to_an_orderly_teardown() {
     if !support::privileged("sigterm_during_boot_leads_to_an_orderly_teardown") {
         return;
     }
-    let sb = pod("bootterm", 97);
+    let sb = support::own_node_pod("bootterm", 97);
     let node = Node::new();
     let mut l = node.launch_with_env(
         &sb,
@@ -591,18 +585,8 @@ fn sigterm_during_boot_leads_to_an_orderly_teardown() {
         assert!(l.child.try_wait().unwrap().is_none(), "{}", l.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let sent = Instant::now();
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(60));
-    let took = sent.elapsed();
-    let log = l.log();
-    assert!(
-        took < Duration::from_secs(5 + 15),
-        "teardown took {took:?}\n{log}"
-    );
+    let (st, took, log, status) = sigterm_inside_the_grace(&mut l);
     assert!(log.contains("SIGTERM during boot: tearing down"), "{log}");
-    assert!(log.contains("pod network restored"), "{log}");
-    let status = vmpod::control::read_status(&l.state_dir).unwrap();
     assert_eq!(status.phase, Phase::Failed, "{status:?}");
     assert!(
         status

@@ -10,22 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 use support::launcher::{Launcher, VmiFrom, processes_mentioning, testguest_vmi};
 use vmpod::control::{Phase, read_status};
-use vmpod::net::IpCidr;
-use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 
 const BOOT: Duration = Duration::from_secs(150);
 const EMULATION: &[&str] = &["--accel", "emulation"];
-
-/// A pod on a node of its own (its own namespace, so addresses may repeat across tests).
-fn pod(name: &str) -> PodSandbox {
-    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
-    let spec = PodSpec::new(
-        name,
-        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
-        "10.77.0.1".parse().unwrap(),
-    );
-    PodSandbox::create(&node, &spec).unwrap()
-}
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
@@ -48,9 +35,7 @@ fn console_log_rotates_at_boot_and_past_4_mib_losing_nothing() {
     if !support::privileged("console_log_rotates_at_boot_and_past_4_mib_losing_nothing") {
         return;
     }
-    let sb = pod("lrot");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (sb, _dir, state) = support::pod_and_state_dir("lrot", 77);
     std::fs::create_dir_all(&state).unwrap();
     let log = state.join("console.log");
     let previous = state.join("console.log.1");
@@ -121,9 +106,7 @@ fn caps_seed_is_read_before_libvirtd_and_written_back() {
     if !support::privileged("caps_seed_is_read_before_libvirtd_and_written_back") {
         return;
     }
-    let sb = pod("lseed");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (sb, dir, state) = support::pod_and_state_dir("lseed", 77);
     let seed = dir.path().join("seed");
     std::fs::create_dir_all(&seed).unwrap();
     // libvirtd reads only the entry named after its emulator: a marker is left alone.
@@ -183,9 +166,7 @@ fn dhcp_options_from_the_vmi_reach_the_guests_lease() {
     if !support::privileged("dhcp_options_from_the_vmi_reach_the_guests_lease") {
         return;
     }
-    let sb = pod("ldopt");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (sb, _dir, state) = support::pod_and_state_dir("ldopt", 77);
     let vmi = testguest_vmi("ldopt", "#cloud-config\n", false, 10);
     let bridge = "          bridge: {}\n";
     assert!(vmi.contains(bridge), "{vmi}");

@@ -9,6 +9,8 @@
 
 mod support;
 
+use nix::sys::signal::Signal;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -85,19 +87,55 @@ impl Site {
         std::fs::write(path, text).unwrap();
     }
 
-    fn vmpodctl_run(&self, manifest: &Path, extra_env: &[(&str, &Path)]) -> Child {
+    /// [`Site::manifest`] as `vm.yaml` in the site's directory.
+    fn vm_yaml(&self, hold: bool) -> PathBuf {
+        let path = self.dir.path().join("vm.yaml");
+        self.manifest(&path, &self.name, hold);
+        path
+    }
+
+    /// `vmpodctl run --console`, and its stdout (the console) and stderr, line by line.
+    fn vmpodctl_run(&self, manifest: &Path, extra_env: &[(&str, &Path)]) -> Running {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
         self.env(&mut cmd);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        cmd.arg("run")
+        let mut child = cmd
+            .arg("run")
             .arg(manifest)
             .arg("--console")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let out = lines_of(child.stdout.take().unwrap());
+        let err = lines_of(child.stderr.take().unwrap());
+        (child, out, err)
+    }
+
+    /// `vmpod-handler local` on `dir` (with `extra_env`), and its stderr, line by line.
+    fn handler(&self, dir: &Path, extra_env: &[(&str, &OsStr)]) -> (Child, mpsc::Receiver<String>) {
+        let mut cmd = Command::new(bin("vmpod-handler"));
+        self.env(&mut cmd);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .args(["local", "--poll-ms", "200", "--manifests"])
+            .arg(dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = lines_of(child.stderr.take().unwrap());
+        (child, err)
+    }
+
+    /// The directory `vmpod-handler local` watches, created.
+    fn manifests_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("manifests");
+        std::fs::create_dir(&dir).unwrap();
+        dir
     }
 
     /// `vmpodctl run` of a guest that powers off by itself: it must exit 0 after the guest
@@ -116,10 +154,8 @@ impl Site {
         }
     }
 
-    fn run_to_the_end(&self, manifest: &Path) -> Finished {
-        let mut child = self.vmpodctl_run(manifest, &[]);
-        let out = lines_of(child.stdout.take().unwrap());
-        let err = lines_of(child.stderr.take().unwrap());
+    fn run_to_the_end(&self, manifest: &Path, extra_env: &[(&str, &Path)]) -> Finished {
+        let (mut child, out, err) = self.vmpodctl_run(manifest, extra_env);
         let status = wait_or_kill(&mut child, VM_TIMEOUT);
         let (mut console, mut log) = (String::new(), String::new());
         drain(&out, &mut console);
@@ -180,6 +216,9 @@ impl Site {
     }
 }
 
+/// A running `vmpodctl run`: the process, its stdout and its stderr, line by line.
+type Running = (Child, mpsc::Receiver<String>, mpsc::Receiver<String>);
+
 /// What a `vmpodctl run` that ran to the end showed.
 struct Finished {
     pod: PodLine,
@@ -188,6 +227,26 @@ struct Finished {
     console: String,
     /// vmpodctl's stderr.
     log: String,
+}
+
+impl Finished {
+    /// The guest leased the pod IP, with the pod's gateway as its router.
+    fn assert_the_pod_ip_leased(&self) {
+        let lease = self
+            .report
+            .lease
+            .as_ref()
+            .expect("checked by run_to_the_end");
+        assert_eq!(
+            lease.ip.to_string(),
+            self.pod.ip,
+            "the guest leased the pod IP"
+        );
+        assert_eq!(
+            lease.router().map(|r| r.to_string()),
+            Some(self.pod.gateway.clone())
+        );
+    }
 }
 
 /// `vmpodctl: NAME: pod IP A/P gateway G on bridge B (netns N, veth V)`.
@@ -265,7 +324,7 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) -> ExitStatus {
         if Instant::now() > deadline {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-                nix::sys::signal::Signal::SIGTERM,
+                Signal::SIGTERM,
             );
             std::thread::sleep(Duration::from_secs(10));
             let _ = child.kill();
@@ -275,12 +334,25 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-fn sigint(child: &Child) {
+fn signal(child: &Child, signal: Signal) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGINT,
+        signal,
     )
     .unwrap();
+}
+
+fn sigint(child: &Child) {
+    signal(child, Signal::SIGINT);
+}
+
+/// `signal` to a handler, which must stop its VMs and exit 0 within 90 s; the rest of
+/// its stderr (`err`) goes to `log`.
+fn stop_handler(handler: &mut Child, sig: Signal, err: &mpsc::Receiver<String>, log: &mut String) {
+    signal(handler, sig);
+    let code = wait_or_kill(handler, Duration::from_secs(90));
+    drain(err, log);
+    assert!(code.success(), "{code}\n{log}");
 }
 
 fn drain(rx: &mpsc::Receiver<String>, into: &mut String) {
@@ -296,39 +368,23 @@ fn run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left() {
         return;
     }
     let site = Site::new("lrun");
-    let manifest = site.dir.path().join("vm.yaml");
-    site.manifest(&manifest, &site.name, false);
+    let manifest = site.vm_yaml(false);
     // VMPOD_CAPS_SEED naming a seed of this run's own, empty: filled once the VM runs.
     let seed = site.dir.path().join("caps-seed");
-    let mut child = site.vmpodctl_run(&manifest, &[("VMPOD_CAPS_SEED", &seed)]);
-    let out = lines_of(child.stdout.take().unwrap());
-    let err = lines_of(child.stderr.take().unwrap());
-    let status = wait_or_kill(&mut child, VM_TIMEOUT);
-    let (mut console, mut log) = (String::new(), String::new());
-    drain(&out, &mut console);
-    drain(&err, &mut log);
+    let run = site.run_to_the_end(&manifest, &[("VMPOD_CAPS_SEED", &seed)]);
+    run.assert_the_pod_ip_leased();
+    assert_eq!(run.pod.gateway, site.gateway());
     assert!(
-        status.success(),
-        "vmpodctl run: {status}\nstderr:\n{log}\nconsole:\n{console}"
+        run.report.ping.as_ref().is_some_and(|p| p.ok),
+        "the guest pings its gateway:\n{}",
+        run.console
     );
-    let pod = parse_pod_line(&log);
-    let report = GuestReport::parse(&console).unwrap();
-    let lease = report
-        .lease
-        .as_ref()
-        .unwrap_or_else(|| panic!("no lease on the console:\n{console}\n{log}"));
-    assert_eq!(lease.ip.to_string(), pod.ip, "the guest leased the pod IP");
-    assert_eq!(
-        lease.router().map(|r| r.to_string()),
-        Some(pod.gateway.clone())
-    );
-    assert_eq!(pod.gateway, site.gateway());
+    assert!(run.report.powered_off);
     assert!(
-        report.ping.as_ref().is_some_and(|p| p.ok),
-        "the guest pings its gateway:\n{console}"
+        run.log.contains("Running"),
+        "phase changes printed:\n{}",
+        run.log
     );
-    assert!(report.powered_off);
-    assert!(log.contains("Running"), "phase changes printed:\n{log}");
     let seeded: Vec<_> = std::fs::read_dir(&seed)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
@@ -337,7 +393,7 @@ fn run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left() {
         "VMPOD_CAPS_SEED {} not written back: {seeded:?}",
         seed.display()
     );
-    site.assert_nothing_left(&pod);
+    site.assert_nothing_left(&run.pod);
 }
 
 #[test]
@@ -346,11 +402,7 @@ fn sigint_stops_a_holding_guest_gracefully() {
         return;
     }
     let site = Site::new("lint");
-    let manifest = site.dir.path().join("vm.yaml");
-    site.manifest(&manifest, &site.name, true);
-    let mut child = site.vmpodctl_run(&manifest, &[]);
-    let out = lines_of(child.stdout.take().unwrap());
-    let err = lines_of(child.stderr.take().unwrap());
+    let (mut child, out, err) = site.vmpodctl_run(&site.vm_yaml(true), &[]);
     let mut console = String::new();
     let held = collect_until(&out, &mut console, Instant::now() + VM_TIMEOUT, |l| {
         l.contains("VMPOD-HOLD")
@@ -385,17 +437,14 @@ fn a_second_ctrl_c_kills_a_guest_that_ignores_the_first() {
         return;
     }
     let site = Site::new("lkill");
-    let manifest = site.dir.path().join("vm.yaml");
-    site.manifest(&manifest, &site.name, true);
+    let manifest = site.vm_yaml(true);
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(
         &manifest,
         text.replace("vmpod.hold=1", "vmpod.hold=1 vmpod.deaf=1"),
     )
     .unwrap();
-    let mut child = site.vmpodctl_run(&manifest, &[]);
-    let out = lines_of(child.stdout.take().unwrap());
-    let err = lines_of(child.stderr.take().unwrap());
+    let (mut child, out, err) = site.vmpodctl_run(&manifest, &[]);
     let mut console = String::new();
     let fail = |child: &mut Child, console: &str, what: &str| -> ! {
         let _ = child.kill();
@@ -467,8 +516,7 @@ fn fake_launcher(dir: &Path) -> PathBuf {
 
 /// `vmpodctl run` of a manifest with the stand-in launcher, and the file it reports to.
 fn fake_run(site: &Site, hold: bool) -> (Command, PathBuf) {
-    let manifest = site.dir.path().join("vm.yaml");
-    site.manifest(&manifest, &site.name, false);
+    let manifest = site.vm_yaml(false);
     let seen = site.dir.path().join("seen");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
     site.env(&mut cmd);
@@ -574,6 +622,11 @@ fn sigint_terms_a_launcher_that_has_no_control_socket_yet() {
     site.assert_nothing_left(&parse_pod_line(&log));
 }
 
+/// The JSON in `path`; None while it is missing or not (yet) whole.
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
 /// Wait until `f` holds, or panic with `what` after `timeout`.
 fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -589,26 +642,12 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
         return;
     }
     let site = Site::new("lhand");
-    let dir = site.dir.path().join("manifests");
-    std::fs::create_dir(&dir).unwrap();
-    let mut cmd = Command::new(bin("vmpod-handler"));
-    site.env(&mut cmd);
-    let mut handler = cmd
-        .arg("local")
-        .arg("--manifests")
-        .arg(&dir)
-        .arg("--poll-ms")
-        .arg("200")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = lines_of(handler.stderr.take().unwrap());
+    let dir = site.manifests_dir();
+    let (mut handler, err) = site.handler(&dir, &[]);
     let manifest = dir.join("vm.yaml");
     site.manifest(&manifest, &site.name, true);
     let status_file = dir.join("vm.status.json");
-    let status = || -> Option<serde_json::Value> {
-        serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok()
-    };
+    let status = || read_json(&status_file);
     let mut log = String::new();
     let running = (|| {
         let deadline = Instant::now() + VM_TIMEOUT;
@@ -657,10 +696,7 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
         },
     );
     assert!(!Path::new("/run/netns").join(&pod.netns).exists(), "{log}");
-    sigint(&handler);
-    let code = wait_or_kill(&mut handler, Duration::from_secs(30));
-    drain(&err, &mut log);
-    assert!(code.success(), "{code}\n{log}");
+    stop_handler(&mut handler, Signal::SIGINT, &err, &mut log);
     assert!(log.contains("manifest removed: stopping its VM"), "{log}");
     site.assert_nothing_left(&pod);
 }
@@ -678,30 +714,24 @@ fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
         return;
     }
     let site = Site::new("lchg");
-    let dir = site.dir.path().join("manifests");
-    std::fs::create_dir(&dir).unwrap();
+    let dir = site.manifests_dir();
     let seen = site.dir.path().join("seen");
     let events_file = site.dir.path().join("seen.events");
     let events = || std::fs::read_to_string(&events_file).unwrap_or_default();
-    let mut cmd = Command::new(bin("vmpod-handler"));
-    site.env(&mut cmd);
-    let mut handler = cmd
-        .env("VMPOD_LAUNCHER", fake_launcher(site.dir.path()))
-        .env("FAKE_OUT", &seen)
-        .env("FAKE_HOLD", "1")
-        .args(["local", "--poll-ms", "100", "--manifests"])
-        .arg(&dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = lines_of(handler.stderr.take().unwrap());
+    let (mut handler, err) = site.handler(
+        &dir,
+        &[
+            ("VMPOD_LAUNCHER", fake_launcher(site.dir.path()).as_os_str()),
+            ("FAKE_OUT", seen.as_os_str()),
+            ("FAKE_HOLD", OsStr::new("1")),
+        ],
+    );
     let manifest = dir.join("vm.yaml");
     site.manifest(&manifest, &site.name, false);
     eventually(Duration::from_secs(20), "the first launcher", || {
         events().lines().count() == 1
     });
-    let status: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("vm.status.json")).unwrap()).unwrap();
+    let status = read_json(&dir.join("vm.status.json")).expect("vm.status.json");
     assert_eq!(status["phase"], "Pending", "{status}");
     assert_eq!(status["name"], site.name.as_str());
 
@@ -732,15 +762,7 @@ fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
     );
     let pod = site.recorded_pod();
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(handler.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let code = wait_or_kill(&mut handler, Duration::from_secs(30));
-    let mut log = String::new();
-    drain(&err, &mut log);
-    assert!(code.success(), "{code}\n{log}");
+    stop_handler(&mut handler, Signal::SIGTERM, &err, &mut String::new());
     let second = lines[2].strip_prefix("start ").unwrap();
     assert!(
         events().ends_with(&format!("term {second}\n")),
@@ -788,22 +810,14 @@ fn run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease() {
     assert!(text.contains("apiVersion: kubevirt.io/v1alpha3") && text.contains(&site.name));
     let manifest = site.dir.path().join("vm.yaml");
     std::fs::write(&manifest, text).unwrap();
-    let run = site.run_to_the_end(&manifest);
+    let run = site.run_to_the_end(&manifest, &[]);
     let lease = run
         .report
         .lease
         .as_ref()
         .expect("checked by run_to_the_end");
     assert_eq!(lease.mac, "02:5a:00:0a:0b:0c", "the VMI's MAC leased");
-    assert_eq!(
-        lease.ip.to_string(),
-        run.pod.ip,
-        "the guest leased the pod IP"
-    );
-    assert_eq!(
-        lease.router().map(|r| r.to_string()),
-        Some(run.pod.gateway.clone())
-    );
+    run.assert_the_pod_ip_leased();
     assert!(
         run.report
             .user_data()
@@ -853,25 +867,10 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
         return;
     }
     let site = Site::new("ladopt");
-    let dir = site.dir.path().join("manifests");
-    std::fs::create_dir(&dir).unwrap();
-    let handler = || {
-        let mut cmd = Command::new(bin("vmpod-handler"));
-        site.env(&mut cmd);
-        let mut child = cmd
-            .args(["local", "--poll-ms", "200", "--manifests"])
-            .arg(&dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let err = lines_of(child.stderr.take().unwrap());
-        (child, err)
-    };
+    let dir = site.manifests_dir();
     let status_file = dir.join("vm.status.json");
-    let status = || -> Option<serde_json::Value> {
-        serde_json::from_slice(&std::fs::read(&status_file).ok()?).ok()
-    };
-    let (mut first, err) = handler();
+    let status = || read_json(&status_file);
+    let (mut first, err) = site.handler(&dir, &[]);
     site.manifest(&dir.join("vm.yaml"), &site.name, true);
     let mut log = String::new();
     let deadline = Instant::now() + VM_TIMEOUT;
@@ -913,7 +912,7 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
 
     // The status file is written again by the new handler, from the same launcher.
     std::fs::remove_file(&status_file).unwrap();
-    let (mut second, err) = handler();
+    let (mut second, err) = site.handler(&dir, &[]);
     let mut log2 = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !log2.contains("adopting the running launcher") {
@@ -936,14 +935,7 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
     );
     let pod = site.recorded_pod();
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(second.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let code = wait_or_kill(&mut second, Duration::from_secs(90));
-    drain(&err, &mut log2);
-    assert!(code.success(), "{code}\n{log2}");
+    stop_handler(&mut second, Signal::SIGTERM, &err, &mut log2);
     assert!(!alive(launcher_pid) && !alive(qemu_pid), "{log2}");
     // The node bridge belongs to the run that created it (the killed handler), which
     // never got to delete it; the adopting handler leaves it alone.
@@ -965,8 +957,7 @@ fn run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address() {
         return;
     }
     let site = Site::new("lmasq");
-    let manifest = site.dir.path().join("vm.yaml");
-    site.manifest(&manifest, &site.name, false);
+    let manifest = site.vm_yaml(false);
     let text = std::fs::read_to_string(&manifest)
         .unwrap()
         .replacen("apiVersion: vmpod.io/v1alpha1", "apiVersion: kubevirt.io/v1", 1)
@@ -982,7 +973,7 @@ fn run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address() {
         );
     assert!(text.contains("masquerade: {}") && text.contains("kubevirt.io/v1"));
     std::fs::write(&manifest, text).unwrap();
-    let run = site.run_to_the_end(&manifest);
+    let run = site.run_to_the_end(&manifest, &[]);
     let lease = run
         .report
         .lease

@@ -7,27 +7,21 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use vmpod::net::snapshot::snapshot;
-use vmpod::net::{self, IpCidr, SetupOptions};
+use vmpod::net::{self, SetupOptions};
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 
 fn vmpodctl(args: &[&str], ns: &Path, state: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args(args)
-        .args([
-            "--netns",
-            ns.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "vmpodctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+            .args(args)
+            .arg("--netns")
+            .arg(ns)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--json"),
+        &format!("vmpodctl {args:?}"),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out).unwrap()
 }
 
 #[test]
@@ -35,10 +29,10 @@ fn plan_changes_nothing_and_inspect_shows_the_rewired_pod() {
     if !support::privileged("plan_changes_nothing_and_inspect_shows_the_rewired_pod") {
         return;
     }
-    let node = NodeSpec::isolated(vec![IpCidr::new("10.79.0.1".parse().unwrap(), 24)]);
+    let node = NodeSpec::isolated(vec!["10.79.0.1/24".parse().unwrap()]);
     let pod = PodSpec::new(
         "insp",
-        IpCidr::new("10.79.0.9".parse().unwrap(), 24),
+        "10.79.0.9/24".parse().unwrap(),
         "10.79.0.1".parse().unwrap(),
     );
     let sb = PodSandbox::create(&node, &pod).unwrap();

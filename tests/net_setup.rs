@@ -495,22 +495,15 @@ fn launcher_cli_sets_up_and_tears_down() {
     let before = pod_interface(&f.snapshot());
     let facts = f.discover().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(launcher())
-            .args(args)
-            .args([
-                "--netns",
-                f.ns().to_str().unwrap(),
-                "--state-dir",
-                f.state.path().to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "vmpod-launcher {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        support::stdout_of(
+            Command::new(launcher())
+                .args(args)
+                .arg("--netns")
+                .arg(f.ns())
+                .arg("--state-dir")
+                .arg(f.state.path()),
+            &format!("vmpod-launcher {args:?}"),
+        )
     };
     let resolv = f.pod.resolv_conf_path();
     let setup = [

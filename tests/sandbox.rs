@@ -15,17 +15,11 @@ use vmpod::sandbox::{CALICO_GATEWAY, Node, NodeSpec, PodSandbox, PodSpec};
 /// `ip -j ARGS` inside namespace `ns` (by its /run/netns name), parsed.
 fn ip_json(ns: &Path, args: &[&str]) -> Value {
     let name = ns.file_name().unwrap().to_str().unwrap();
-    let out = Command::new("ip")
-        .args(["-n", name, "-j"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?} in {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::stdout_of(
+        Command::new("ip").args(["-n", name, "-j"]).args(args),
+        &format!("ip {args:?} in {name}"),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out).unwrap()
 }
 
 fn link_exists(ns: Option<&Path>, link: &str) -> bool {
@@ -136,21 +130,14 @@ fn bridge_cni_pod_has_address_mac_mtu_routes_and_reaches_its_gateway() {
     // A pod process sees the pod's resolv.conf and hostname; the host keeps its own.
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap();
     let host_name = nix::unistd::gethostname().unwrap();
-    let out = sb
-        .pod_command("sh")
-        .unwrap()
-        .args([
+    let out = support::stdout_of(
+        sb.pod_command("sh").unwrap().args([
             "-c",
             "cat /etc/resolv.conf; hostname; ip -o link show | wc -l",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "a pod process",
     );
-    let seen = String::from_utf8(out.stdout).unwrap();
+    let seen = String::from_utf8(out).unwrap();
     let want = format!("{}web-0\n2\n", pod.resolv_conf());
     assert_eq!(seen, want, "pod process view");
     assert_eq!(
@@ -261,12 +248,7 @@ fn a_panicking_test_leaves_nothing_behind() {
     if !support::privileged("a_panicking_test_leaves_nothing_behind") {
         return;
     }
-    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
-    let pod = PodSpec::new(
-        "boom",
-        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
-        "10.77.0.1".parse().unwrap(),
-    );
+    let (node, pod) = support::own_node_spec("boom", 77);
     let ns = vmpod::net::netns::path(&pod.netns_name());
     let node_ns = match &node.side {
         vmpod::sandbox::NodeSide::Netns(n) => vmpod::net::netns::path(n),
@@ -286,12 +268,7 @@ fn a_panicking_test_leaves_nothing_behind() {
 
 #[test]
 fn an_invalid_spec_creates_nothing() {
-    let node = NodeSpec::isolated(vec!["10.77.0.1/24".parse::<IpCidr>().unwrap()]);
-    let mut pod = PodSpec::new(
-        "bad",
-        "10.77.0.5/24".parse::<IpCidr>().unwrap(),
-        "10.77.0.1".parse().unwrap(),
-    );
+    let (node, mut pod) = support::own_node_spec("bad", 77);
     pod.mac = MacAddr([0x01, 0, 0x5e, 0, 0, 1]);
     let err = PodSandbox::create(&node, &pod).unwrap_err().to_string();
     assert!(

@@ -266,6 +266,15 @@ pub fn prepare_volumes(
                 source,
             }
         };
+        // A file made here, given to QEMU's user: the volume's file.
+        let given_to_owner = |path: PathBuf, format: DiskFormat, sub: &str| {
+            owner.chown(&path).map_err(io_err(sub, "chown", &path))?;
+            Ok::<_, VolumeError>(PreparedVolume {
+                path,
+                format,
+                read_only: false,
+            })
+        };
         let prepared = if let Some(h) = &vol.host_disk {
             let path = PathBuf::from(&h.path);
             if h.disk_type == HostDiskType::DiskOrCreate && !path.exists() {
@@ -298,14 +307,7 @@ pub fn prepare_volumes(
             fs::create_dir_all(&dir).map_err(io_err(".emptyDisk", "create", &dir))?;
             let path = dir.join(format!("{}.img", vol.name));
             ensure_sparse(&path, size).map_err(io_err(".emptyDisk", "create", &path))?;
-            owner
-                .chown(&path)
-                .map_err(io_err(".emptyDisk", "chown", &path))?;
-            PreparedVolume {
-                path,
-                format: DiskFormat::Raw,
-                read_only: false,
-            }
+            given_to_owner(path, DiskFormat::Raw, ".emptyDisk")?
         } else if let Some(c) = &vol.container_disk {
             let inner = c.path.as_deref().unwrap_or(CONTAINER_DISK_DEFAULT);
             let image = dirs
@@ -320,14 +322,7 @@ pub fn prepare_volumes(
                 image: image.clone(),
                 message,
             })?;
-            owner
-                .chown(&path)
-                .map_err(io_err(".containerDisk", "chown", &path))?;
-            PreparedVolume {
-                path,
-                format: DiskFormat::Qcow2,
-                read_only: false,
-            }
+            given_to_owner(path, DiskFormat::Qcow2, ".containerDisk")?
         } else if let Some(ci) = &vol.cloud_init_no_cloud {
             let sub = format!("{field}.cloudInitNoCloud");
             let data = nocloud_data(vmi, ci, &sub, &dirs.secrets)?;
@@ -343,14 +338,7 @@ pub fn prepare_volumes(
                 .map_err(io_err(".cloudInitNoCloud", "create", &path))?;
             write_nocloud_disk(&path, &data)
                 .map_err(|source| VolumeError::CloudInit { field: sub, source })?;
-            owner
-                .chown(&path)
-                .map_err(io_err(".cloudInitNoCloud", "chown", &path))?;
-            PreparedVolume {
-                path,
-                format: DiskFormat::Raw,
-                read_only: false,
-            }
+            given_to_owner(path, DiskFormat::Raw, ".cloudInitNoCloud")?
         } else {
             return Err(VolumeError::Invalid {
                 field,

@@ -207,22 +207,26 @@ impl InterfaceFacts {
 
     /// The IPv4 default gateway, if the pod has one.
     pub fn gateway4(&self) -> Option<Ipv4Addr> {
-        self.routes
-            .iter()
-            .find_map(|r| match (r.destination, r.gateway) {
-                (d, Some(IpAddr::V4(g))) if d.is_default() && d.addr.is_ipv4() => Some(g),
-                _ => None,
-            })
+        self.default_gateways().find_map(|g| match g {
+            IpAddr::V4(g) => Some(g),
+            IpAddr::V6(_) => None,
+        })
     }
 
     /// The IPv6 default gateway, if the pod has one.
     pub fn gateway6(&self) -> Option<Ipv6Addr> {
-        self.routes
-            .iter()
-            .find_map(|r| match (r.destination, r.gateway) {
-                (d, Some(IpAddr::V6(g))) if d.is_default() && d.addr.is_ipv6() => Some(g),
-                _ => None,
-            })
+        self.default_gateways().find_map(|g| match g {
+            IpAddr::V6(g) => Some(g),
+            IpAddr::V4(_) => None,
+        })
+    }
+
+    /// The gateways of the default routes whose gateway is of the route's own family.
+    fn default_gateways(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.routes.iter().filter_map(|r| {
+            let g = r.gateway?;
+            (r.destination.is_default() && r.destination.addr.is_ipv4() == g.is_ipv4()).then_some(g)
+        })
     }
 }
 

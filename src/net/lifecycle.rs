@@ -74,24 +74,31 @@ impl SetupOutcome {
 /// Rewire the pod interface for the VM. Idempotent: run it again on a rewired or
 /// half-rewired pod and it converges, reading the facts from the cache.
 pub fn setup(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
+    plan_and_apply(o, true)
+}
+
+/// Discover (or read the cached facts) and plan; with `apply`, rewire and cache what
+/// was applied. [`setup`] and [`dry_run`] differ only in `apply`.
+fn plan_and_apply(o: &SetupOptions, apply: bool) -> Result<SetupOutcome, NetError> {
     with_handle(o.netns.as_deref(), |h| async move {
         let (mut entry, from_cache) = facts_for(&h, o).await?;
         let ops = entry_plan(&entry)?;
-        let cache_path = cache::path(&o.state_dir, &o.interface);
-        if !from_cache {
-            // Before the first destructive op: after it the pod IP is gone from the link.
+        if apply {
+            if !from_cache {
+                // Before the first destructive op: after it the pod IP is gone from the link.
+                cache::store(&o.state_dir, &entry)?;
+            }
+            apply_with(&h, &ops).await?;
+            entry.applied.clone_from(&ops);
             cache::store(&o.state_dir, &entry)?;
+            tracing::info!(interface = %o.interface, ops = ops.len(), from_cache, "pod network rewired");
         }
-        apply_with(&h, &ops).await?;
-        entry.applied.clone_from(&ops);
-        cache::store(&o.state_dir, &entry)?;
-        tracing::info!(interface = %o.interface, ops = ops.len(), from_cache, "pod network rewired");
         Ok(SetupOutcome {
             cached: entry,
             ops,
             from_cache,
             reused: false,
-            cache_path,
+            cache_path: cache::path(&o.state_dir, &o.interface),
         })
     })
 }
@@ -120,18 +127,7 @@ pub fn setup_or_reuse(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
 
 /// What [`setup`] would do, changing nothing (no cache written either).
 pub fn dry_run(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
-    with_handle(o.netns.as_deref(), |h| async move {
-        let (entry, from_cache) = facts_for(&h, o).await?;
-        let ops = entry_plan(&entry)?;
-        let cache_path = cache::path(&o.state_dir, &o.interface);
-        Ok(SetupOutcome {
-            cached: entry,
-            ops,
-            from_cache,
-            reused: false,
-            cache_path,
-        })
-    })
+    plan_and_apply(o, false)
 }
 
 fn entry_plan(e: &CachedInterface) -> Result<Vec<NetOp>, NetError> {

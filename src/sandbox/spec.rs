@@ -225,13 +225,18 @@ pub fn unique_link_name(prefix: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bridge_cni_pod_gets_only_a_default_route() {
-        let pod = PodSpec::new(
-            "web",
+    /// A bridge-CNI pod `name`: 10.77.0.5/24 behind 10.77.0.1.
+    fn pod(name: &str) -> PodSpec {
+        PodSpec::new(
+            name,
             "10.77.0.5/24".parse::<IpCidr>().unwrap(),
             "10.77.0.1".parse().unwrap(),
-        );
+        )
+    }
+
+    #[test]
+    fn bridge_cni_pod_gets_only_a_default_route() {
+        let pod = pod("web");
         let r = pod.routes();
         assert_eq!(r.len(), 1);
         assert!(r[0].destination.is_default());
@@ -309,11 +314,7 @@ mod tests {
 
     #[test]
     fn validate_rejects_mismatches() {
-        let good = PodSpec::new(
-            "v",
-            "10.77.0.5/24".parse::<IpCidr>().unwrap(),
-            "10.77.0.1".parse().unwrap(),
-        );
+        let good = pod("v");
         good.validate().unwrap();
         let refused = |p: PodSpec, why: &str| match p.validate() {
             Err(SandboxError::Invalid { pod, why: got }) => {

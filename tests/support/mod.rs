@@ -37,6 +37,55 @@ pub fn dual_stack_spec(name: &str) -> (vmpod::sandbox::NodeSpec, vmpod::sandbox:
     (node, pod)
 }
 
+/// A pod spec in `10.<net>.0.0/24` on a node of its own (its own namespaces, so addresses
+/// may repeat across tests): the pod at .5, its gateway, the node bridge, at .1.
+pub fn own_node_spec(name: &str, net: u8) -> (vmpod::sandbox::NodeSpec, vmpod::sandbox::PodSpec) {
+    use vmpod::net::IpCidr;
+    let node = vmpod::sandbox::NodeSpec::isolated(vec![
+        format!("10.{net}.0.1/24").parse::<IpCidr>().unwrap(),
+    ]);
+    let pod = vmpod::sandbox::PodSpec::new(
+        name,
+        format!("10.{net}.0.5/24").parse::<IpCidr>().unwrap(),
+        format!("10.{net}.0.1").parse().unwrap(),
+    );
+    (node, pod)
+}
+
+/// The pod of [`own_node_spec`], created.
+pub fn own_node_pod(name: &str, net: u8) -> vmpod::sandbox::PodSandbox {
+    let (node, pod) = own_node_spec(name, net);
+    vmpod::sandbox::PodSandbox::create(&node, &pod).unwrap()
+}
+
+/// A launcher's place: the pod of [`own_node_pod`] and a state dir, `state` in a temporary
+/// directory (removed when the returned guard drops).
+pub fn pod_and_state_dir(
+    name: &str,
+    net: u8,
+) -> (
+    vmpod::sandbox::PodSandbox,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let sb = own_node_pod(name, net);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    (sb, dir, state)
+}
+
+/// Run `cmd` to its end; fail naming `what` and showing its stderr unless it succeeded.
+/// Returns its stdout.
+pub fn stdout_of(cmd: &mut std::process::Command, what: &str) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// True when the test may go on. Not root: prints why and returns false, or panics in CI.
 pub fn privileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {

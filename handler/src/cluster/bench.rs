@@ -7,7 +7,7 @@
 //! Run: `cargo test -p vmpod-handler --release -- --ignored --nocapture bench_`
 
 use super::controller::{self, ControllerContext};
-use super::fixtures::{Exchange, MockApiServer, list, status_body, watch_feed};
+use super::fixtures::{Exchange, MockApiServer, controller_start};
 use super::launcher_pod::LauncherPodConfig;
 use http::Method;
 use serde_json::{Value, json};
@@ -59,12 +59,7 @@ async fn bench_reconcile_latency_for_a_new_vmi() {
     for i in 0..RUNS {
         let name = format!("vm{i}");
         let (pod_path, status_path) = vm_paths(&name);
-        script.push(Exchange::json(
-            Method::GET,
-            &pod_path,
-            404,
-            status_body(404, "NotFound", ""),
-        ));
+        script.push(Exchange::error(Method::GET, &pod_path, 404, "NotFound", ""));
         script.push(Exchange::json(Method::POST, pods_path, 201, pod(&name)));
         script.push(Exchange::json(Method::PATCH, &status_path, 200, vmi(&name)));
     }
@@ -109,31 +104,11 @@ fn rss_kib() -> u64 {
 async fn bench_controller_rss_tracking_100_vmis() {
     const VMIS: usize = 100;
     let before = rss_kib();
-    let all_vmis = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
-    let all_pods = "/api/v1/pods";
     let names: Vec<String> = (0..VMIS).map(|i| format!("vm{i}")).collect();
-    let (_vf, vmi_stream) = watch_feed();
-    let (_pf, pod_stream) = watch_feed();
-    let mut script = vec![
-        Exchange::json(
-            Method::GET,
-            all_vmis,
-            200,
-            list(
-                "vmpod.io/v1alpha1",
-                "VirtualMachineInstanceList",
-                names.iter().map(|n| vmi(n)).collect(),
-            ),
-        ),
-        Exchange::watch(all_vmis, vmi_stream),
-        Exchange::json(
-            Method::GET,
-            all_pods,
-            200,
-            list("v1", "PodList", names.iter().map(|n| pod(n)).collect()),
-        ),
-        Exchange::watch(all_pods, pod_stream),
-    ];
+    let (_vf, _pf, mut script) = controller_start(
+        names.iter().map(|n| vmi(n)).collect(),
+        names.iter().map(|n| pod(n)).collect(),
+    );
     for name in &names {
         let (pod_path, status_path) = vm_paths(name);
         script.push(Exchange::json(Method::GET, &pod_path, 200, pod(name)));

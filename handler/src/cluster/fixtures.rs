@@ -46,6 +46,11 @@ impl Exchange {
         }
     }
 
+    /// A non-watch request refused with `code` and a `Status` body ([`status_body`]).
+    pub fn error(method: Method, path: &str, code: u16, reason: &str, message: &str) -> Self {
+        Self::json(method, path, code, status_body(code, reason, message))
+    }
+
     /// A watch request on `path`, answered with the events fed into `feed`.
     pub fn watch(path: &str, feed: WatchStream) -> Self {
         Exchange {
@@ -205,9 +210,30 @@ pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
            "reason": reason, "message": message, "code": code})
 }
 
-/// An empty list reply with resourceVersion 1.
-pub fn empty_list(api_version: &str, kind: &str) -> Value {
-    list(api_version, kind, Vec::new())
+/// The VMIs and the pods of every namespace, which the controller lists and watches.
+pub const ALL_VMIS: &str = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
+pub const ALL_PODS: &str = "/api/v1/pods";
+
+/// What the running controller reads first: the VMIs and the pods (`vmis` and `pods`),
+/// then a watch on each, fed through the returned VMI and pod feeds.
+pub fn controller_start(
+    vmis: Vec<Value>,
+    pods: Vec<Value>,
+) -> (WatchFeed, WatchFeed, Vec<Exchange>) {
+    let (vmi_feed, vmi_stream) = watch_feed();
+    let (pod_feed, pod_stream) = watch_feed();
+    let script = vec![
+        Exchange::json(
+            Method::GET,
+            ALL_VMIS,
+            200,
+            list("vmpod.io/v1alpha1", "VirtualMachineInstanceList", vmis),
+        ),
+        Exchange::watch(ALL_VMIS, vmi_stream),
+        Exchange::json(Method::GET, ALL_PODS, 200, list("v1", "PodList", pods)),
+        Exchange::watch(ALL_PODS, pod_stream),
+    ];
+    (vmi_feed, pod_feed, script)
 }
 
 /// A list response holding `items`, at resourceVersion 1.

@@ -3,7 +3,9 @@
 //! an invalid VMI, and a node daemon restart that re-lists and loses nothing.
 
 use super::controller::{self, ControllerContext};
-use super::fixtures::{Exchange, MockApiServer, WatchStream, empty_list, status_body, watch_feed};
+use super::fixtures::{
+    ALL_PODS, ALL_VMIS, Exchange, MockApiServer, WatchFeed, controller_start, watch_feed,
+};
 use super::launcher_pod::{LauncherPodConfig, VMI_ANNOTATION};
 use super::metrics::{Metrics, assert_exposes};
 use super::node::{self, LauncherStatusSource, NodeContext};
@@ -22,8 +24,6 @@ const POD_PATH: &str = "/api/v1/namespaces/ns1/pods/vmpod-launcher-vm1";
 const PODS_PATH: &str = "/api/v1/namespaces/ns1/pods";
 const SECRETS_PATH: &str = "/api/v1/namespaces/ns1/secrets";
 const POD_UID: &str = "0f6c5e4e-pod-uid-1";
-const ALL_VMIS: &str = "/apis/vmpod.io/v1alpha1/virtualmachineinstances";
-const ALL_PODS: &str = "/api/v1/pods";
 
 fn vmi_json(resource_version: &str, status: Value) -> Value {
     json!({
@@ -58,12 +58,7 @@ fn pod_json(phase: Option<&str>, node: Option<&str>) -> Value {
 }
 
 fn pod_not_found() -> Exchange {
-    Exchange::json(
-        Method::GET,
-        POD_PATH,
-        404,
-        status_body(404, "NotFound", "no pod"),
-    )
+    Exchange::error(Method::GET, POD_PATH, 404, "NotFound", "no pod")
 }
 
 /// The node daemon's read of the VMI.
@@ -71,19 +66,15 @@ fn vmi_read(vmi: Value) -> Exchange {
     Exchange::json(Method::GET, VMI_PATH, 200, vmi)
 }
 
-/// What the controller reads first: empty lists of VMIs and pods, then their watches.
-fn controller_watches(vmis: WatchStream, pods: WatchStream) -> [Exchange; 4] {
-    [
-        Exchange::json(
-            Method::GET,
-            ALL_VMIS,
-            200,
-            empty_list("vmpod.io/v1alpha1", "VirtualMachineInstanceList"),
-        ),
-        Exchange::watch(ALL_VMIS, vmis),
-        Exchange::json(Method::GET, ALL_PODS, 200, empty_list("v1", "PodList")),
-        Exchange::watch(ALL_PODS, pods),
-    ]
+/// The API server the running controller talks to: empty lists of VMIs and pods, then
+/// their watches (fed through the returned VMI and pod feeds), then `then`.
+fn controller_api(
+    then: impl IntoIterator<Item = Exchange>,
+) -> (WatchFeed, WatchFeed, kube::Client, MockApiServer) {
+    let (vmi_feed, pod_feed, mut script) = controller_start(Vec::new(), Vec::new());
+    script.extend(then);
+    let (client, server) = MockApiServer::start(script);
+    (vmi_feed, pod_feed, client, server)
 }
 
 /// The node's pod list: the launcher pod running on n1.
@@ -93,8 +84,41 @@ fn running_pod_list() -> Value {
         "items": [pod_json(Some("Running"), Some("n1"))]})
 }
 
+/// The cloud-init Secret created.
+fn secret_created() -> Exchange {
+    Exchange::json(
+        Method::POST,
+        SECRETS_PATH,
+        201,
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "vmpod-launcher-vm1-cloudinit", "namespace": "ns1"}}),
+    )
+}
+
 fn pod_created() -> Exchange {
     Exchange::json(Method::POST, PODS_PATH, 201, pod_json(None, None))
+}
+
+/// The VMI of [`vmi_json`] with a cloud-init disk carrying `user_data`.
+fn vmi_with_cloud_init(user_data: &str) -> Value {
+    let mut v = vmi_json("10", json!({}));
+    v["spec"]["domain"]["devices"] = json!({"disks": [{"name": "ci"}]});
+    v["spec"]["volumes"] = json!([{"name": "ci", "cloudInitNoCloud": {"userData": user_data}}]);
+    v
+}
+
+/// A status patch refused with 409 Conflict.
+fn status_conflict() -> Exchange {
+    Exchange::error(Method::PATCH, STATUS_PATH, 409, "Conflict", "modified")
+}
+
+/// The requests the mock server saw, as `METHOD PATH`, in order.
+fn requests(server: &MockApiServer) -> Vec<String> {
+    server
+        .seen()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
 }
 
 fn controller_ctx(client: kube::Client) -> Arc<ControllerContext> {
@@ -111,12 +135,7 @@ async fn controller_creates_the_pod_and_retries_a_status_conflict() {
     let (client, server) = MockApiServer::start(vec![
         pod_not_found(),
         pod_created(),
-        Exchange::json(
-            Method::PATCH,
-            STATUS_PATH,
-            409,
-            status_body(409, "Conflict", "the object has been modified"),
-        ),
+        status_conflict(),
         Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
         Exchange::json(
             Method::PATCH,
@@ -153,11 +172,7 @@ async fn controller_creates_the_pod_and_retries_a_status_conflict() {
         assert_eq!(p.body["status"]["phase"], "Scheduling");
         assert_eq!(p.body["status"]["launcherPod"], "vmpod-launcher-vm1");
     }
-    let order: Vec<String> = server
-        .seen()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let order = requests(&server);
     assert_eq!(
         order,
         [
@@ -177,28 +192,16 @@ async fn controller_creates_the_pod_and_retries_a_status_conflict() {
 async fn controller_creates_the_cloud_init_secret_before_the_pod() {
     let (client, server) = MockApiServer::start(vec![
         pod_not_found(),
-        Exchange::json(
-            Method::POST,
-            SECRETS_PATH,
-            201,
-            json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "vmpod-launcher-vm1-cloudinit", "namespace": "ns1"}}),
-        ),
+        secret_created(),
         pod_created(),
         Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
     ]);
-    let mut v = vmi_json("10", json!({}));
-    v["spec"]["domain"]["devices"] = json!({"disks": [{"name": "ci"}]});
-    v["spec"]["volumes"] = json!([{"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config\npassword: s3cret\n"}}]);
-    let vmi: VirtualMachineInstance = serde_json::from_value(v).unwrap();
+    let vmi: VirtualMachineInstance =
+        serde_json::from_value(vmi_with_cloud_init("#cloud-config\npassword: s3cret\n")).unwrap();
     controller::reconcile(Arc::new(vmi), controller_ctx(client))
         .await
         .unwrap();
-    let order: Vec<String> = server
-        .seen()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let order = requests(&server);
     assert_eq!(
         order[..3],
         [
@@ -228,15 +231,12 @@ async fn controller_creates_the_cloud_init_secret_before_the_pod() {
 async fn controller_waits_for_an_older_vmis_secret_to_go() {
     let (client, server) = MockApiServer::start(vec![
         pod_not_found(),
-        Exchange::json(
+        Exchange::error(
             Method::POST,
             SECRETS_PATH,
             409,
-            status_body(
-                409,
-                "AlreadyExists",
-                "secrets \"vmpod-launcher-vm1-cloudinit\" already exists",
-            ),
+            "AlreadyExists",
+            "secrets \"vmpod-launcher-vm1-cloudinit\" already exists",
         ),
         Exchange::json(
             Method::GET,
@@ -249,10 +249,7 @@ async fn controller_waits_for_an_older_vmis_secret_to_go() {
                     "controller": true}]}}),
         ),
     ]);
-    let mut v = vmi_json("10", json!({}));
-    v["spec"]["domain"]["devices"] = json!({"disks": [{"name": "ci"}]});
-    v["spec"]["volumes"] = json!([{"name": "ci", "cloudInitNoCloud": {"userData": "x"}}]);
-    let vmi: VirtualMachineInstance = serde_json::from_value(v).unwrap();
+    let vmi: VirtualMachineInstance = serde_json::from_value(vmi_with_cloud_init("x")).unwrap();
     controller::reconcile(Arc::new(vmi), controller_ctx(client))
         .await
         .unwrap();
@@ -262,14 +259,6 @@ async fn controller_waits_for_an_older_vmis_secret_to_go() {
 
 #[tokio::test]
 async fn controller_gives_up_after_repeated_conflicts() {
-    let conflict = || {
-        Exchange::json(
-            Method::PATCH,
-            STATUS_PATH,
-            409,
-            status_body(409, "Conflict", "modified"),
-        )
-    };
     let reread = || Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({})));
     let mut script = vec![Exchange::json(
         Method::GET,
@@ -278,7 +267,7 @@ async fn controller_gives_up_after_repeated_conflicts() {
         pod_json(Some("Pending"), None),
     )];
     for _ in 0..4 {
-        script.push(conflict());
+        script.push(status_conflict());
         script.push(reread());
     }
     let (client, server) = MockApiServer::start(script);
@@ -329,27 +318,20 @@ async fn an_invalid_vmi_fails_with_its_errors_and_gets_no_pod() {
 
 #[tokio::test]
 async fn controller_follows_watch_events() {
-    let (vmi_feed, vmi_stream) = watch_feed();
-    let (pod_feed, pod_stream) = watch_feed();
-    let (client, server) = MockApiServer::start(
-        controller_watches(vmi_stream, pod_stream)
-            .into_iter()
-            .chain([
-                // ADDED VMI: no pod yet -> create it -> Scheduling.
-                pod_not_found(),
-                pod_created(),
-                Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
-                // MODIFIED pod (Running on n1) -> Scheduled with the node.
-                Exchange::json(
-                    Method::GET,
-                    POD_PATH,
-                    200,
-                    pod_json(Some("Running"), Some("n1")),
-                ),
-                Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
-            ])
-            .collect(),
-    );
+    let (vmi_feed, pod_feed, client, server) = controller_api([
+        // ADDED VMI: no pod yet -> create it -> Scheduling.
+        pod_not_found(),
+        pod_created(),
+        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        // MODIFIED pod (Running on n1) -> Scheduled with the node.
+        Exchange::json(
+            Method::GET,
+            POD_PATH,
+            200,
+            pod_json(Some("Running"), Some("n1")),
+        ),
+        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+    ]);
     let metrics = Arc::new(Metrics::default());
     let run = tokio::spawn(controller::run(
         client,
@@ -413,13 +395,7 @@ fn controller_objects(
     let (pod, secret) = rt.block_on(async {
         let (client, server) = MockApiServer::start(vec![
             pod_not_found(),
-            Exchange::json(
-                Method::POST,
-                SECRETS_PATH,
-                201,
-                json!({"apiVersion": "v1",
-                "kind": "Secret", "metadata": {"name": "vmpod-launcher-vm1-cloudinit"}}),
-            ),
+            secret_created(),
             pod_created(),
             Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
         ]);
@@ -1025,12 +1001,7 @@ async fn a_pod_the_api_server_refuses_fails_the_vmi_with_the_reason() {
                    Invalid value: \"2Gi\": must be less than or equal to memory limit";
     let (client, server) = MockApiServer::start(vec![
         pod_not_found(),
-        Exchange::json(
-            Method::POST,
-            PODS_PATH,
-            422,
-            status_body(422, "Invalid", refusal),
-        ),
+        Exchange::error(Method::POST, PODS_PATH, 422, "Invalid", refusal),
         Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
     ]);
     let ctx = controller_ctx(client);
@@ -1053,12 +1024,7 @@ async fn a_pod_the_api_server_refuses_fails_the_vmi_with_the_reason() {
     for (code, reason) in [(500, "InternalError"), (429, "TooManyRequests")] {
         let (client, server) = MockApiServer::start(vec![
             pod_not_found(),
-            Exchange::json(
-                Method::POST,
-                PODS_PATH,
-                code,
-                status_body(code, reason, "try again"),
-            ),
+            Exchange::error(Method::POST, PODS_PATH, code, reason, "try again"),
         ]);
         let e = controller::reconcile(Arc::new(vmi("10")), controller_ctx(client))
             .await
@@ -1177,52 +1143,29 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
     use std::collections::BTreeSet;
     let secret = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "vmpod-launcher-vm1-cloudinit", "namespace": "ns1"}});
-    let mut with_cloud_init = vmi_json("10", json!({}));
-    with_cloud_init["spec"]["domain"]["devices"] = json!({"disks": [{"name": "ci"}]});
-    with_cloud_init["spec"]["volumes"] =
-        json!([{"name": "ci", "cloudInitNoCloud": {"userData": "#cloud-config\n"}}]);
-    let conflict = || {
-        Exchange::json(
-            Method::PATCH,
-            STATUS_PATH,
-            409,
-            status_body(409, "Conflict", "modified"),
-        )
-    };
+    let with_cloud_init = vmi_with_cloud_init("#cloud-config\n");
 
     // The controller: watch, then a VMI whose Secret exists already (get) and whose
     // status patch conflicts once (re-read).
-    let (vmi_feed, vmi_stream) = watch_feed();
-    let (_pod_feed, pod_stream) = watch_feed();
-    let (client, server) = MockApiServer::start(
-        controller_watches(vmi_stream, pod_stream)
-            .into_iter()
-            .chain([
-                pod_not_found(),
-                Exchange::json(
-                    Method::POST,
-                    SECRETS_PATH,
-                    409,
-                    status_body(409, "AlreadyExists", "exists"),
-                ),
-                Exchange::json(
-                    Method::GET,
-                    &format!("{SECRETS_PATH}/vmpod-launcher-vm1-cloudinit"),
-                    200,
-                    {
-                        let mut s = secret.clone();
-                        s["metadata"]["ownerReferences"] =
-                            pod_json(None, None)["metadata"]["ownerReferences"].clone();
-                        s
-                    },
-                ),
-                pod_created(),
-                conflict(),
-                Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
-                Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
-            ])
-            .collect(),
-    );
+    let (vmi_feed, _pod_feed, client, server) = controller_api([
+        pod_not_found(),
+        Exchange::error(Method::POST, SECRETS_PATH, 409, "AlreadyExists", "exists"),
+        Exchange::json(
+            Method::GET,
+            &format!("{SECRETS_PATH}/vmpod-launcher-vm1-cloudinit"),
+            200,
+            {
+                let mut s = secret.clone();
+                s["metadata"]["ownerReferences"] =
+                    pod_json(None, None)["metadata"]["ownerReferences"].clone();
+                s
+            },
+        ),
+        pod_created(),
+        status_conflict(),
+        Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+    ]);
     let run = tokio::spawn(controller::run(
         client,
         LauncherPodConfig::default(),
@@ -1244,7 +1187,7 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
         Exchange::json(Method::GET, ALL_PODS, 200, pod_list),
         Exchange::watch(ALL_PODS, stream),
         vmi_read(vmi_json("41", json!({"phase": "Scheduled"}))),
-        conflict(),
+        status_conflict(),
         Exchange::json(
             Method::GET,
             STATUS_PATH,
