@@ -168,19 +168,14 @@ fn second_launcher_on_rewired_pod_uses_cache_and_exits_when_guest_powers_off() {
     // A first launcher's network phase already ran for a VMI with its own MAC: the pod IP
     // is gone from eth0, and the cache holds the facts and that MAC.
     let vmi_mac = "02:5a:00:0c:ac:4e";
-    let out = sb
-        .command(support::launcher::launcher_bin())
-        .unwrap()
-        .args(["net", "setup", "--vm-mac", vmi_mac, "--state-dir"])
-        .arg(&state)
-        .arg("--resolv-conf")
-        .arg(sb.resolv_conf_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "net setup: {}",
-        String::from_utf8_lossy(&out.stderr)
+    support::stdout_of(
+        sb.command(support::launcher::launcher_bin())
+            .unwrap()
+            .args(["net", "setup", "--vm-mac", vmi_mac, "--state-dir"])
+            .arg(&state)
+            .arg("--resolv-conf")
+            .arg(sb.resolv_conf_path()),
+        "net setup",
     );
 
     let vmi = testguest_vmi("lcache", "#cloud-config\n", false, 10).replacen(

@@ -57,13 +57,13 @@ fn masquerade_vmi(name: &str, ports: &str) -> String {
 
 /// `nft -j list tables` in `netns`: the `ip` family table names.
 fn nft_tables(netns: &Path) -> Vec<String> {
-    let out = command_in(netns, "nft")
-        .unwrap()
-        .args(["-j", "list", "tables"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = support::stdout_of(
+        command_in(netns, "nft")
+            .unwrap()
+            .args(["-j", "list", "tables"]),
+        "nft list tables",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     v["nftables"]
         .as_array()
         .unwrap()
@@ -189,15 +189,15 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
 
     // `vmpodctl net inspect` shows the binding, the VM's address and the live rules,
     // counted.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args(["net", "inspect", "--netns"])
-        .arg(sb.netns_path())
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
+    let out = support::stdout_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+            .args(["net", "inspect", "--netns"])
+            .arg(sb.netns_path())
+            .arg("--state-dir")
+            .arg(&state),
+        "vmpodctl net inspect",
+    );
+    let text = String::from_utf8_lossy(&out);
     for want in [
         "MASQUERADE eth0",
         "vm 10.0.2.2/24",
@@ -241,41 +241,34 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
     let state = dir.path().join("state");
     let forwarding_before = eth0_forwarding(&sb);
     let net = |args: &[&str]| {
-        let out = sb
-            .command(support::launcher::launcher_bin())
-            .unwrap()
-            .arg("net")
-            .args(args)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "net {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        support::stdout_of(
+            sb.command(support::launcher::launcher_bin())
+                .unwrap()
+                .arg("net")
+                .args(args)
+                .arg("--state-dir")
+                .arg(&state),
+            &format!("net {args:?}"),
         );
     };
     let resolv = sb.resolv_conf_path();
     // `vmpodctl net plan` shows the NAT op with the ports asked for, changing nothing.
-    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args([
-            "net",
-            "plan",
-            "--binding",
-            "masquerade",
-            "--port",
-            "tcp/80",
-            "--json",
-        ])
-        .args(["--resolv-conf", resolv.to_str().unwrap(), "--netns"])
-        .arg(sb.netns_path())
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(plan.status.success(), "{plan:?}");
-    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let mut plan = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
+    plan.args([
+        "net",
+        "plan",
+        "--binding",
+        "masquerade",
+        "--port",
+        "tcp/80",
+        "--json",
+    ])
+    .args(["--resolv-conf", resolv.to_str().unwrap(), "--netns"])
+    .arg(sb.netns_path())
+    .arg("--state-dir")
+    .arg(&state);
+    let plan: serde_json::Value =
+        serde_json::from_slice(&support::stdout_of(&mut plan, "vmpodctl net plan")).unwrap();
     let nat = plan["ops"].as_array().unwrap().last().unwrap();
     assert_eq!(nat["op"], "nat");
     assert_eq!(nat["vmIp"], "10.0.2.2");

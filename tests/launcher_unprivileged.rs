@@ -214,7 +214,7 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
     let resolv = sb.resolv_conf_path();
 
     // The init container: NET_ADMIN only, /proc/sys read-only.
-    let out = confined(
+    let mut net_setup = confined(
         &sb,
         NET_SETUP_CAPS,
         &[],
@@ -228,14 +228,8 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
             "--resolv-conf".as_ref(),
             &os(&resolv),
         ],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "net setup with NET_ADMIN only: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    support::stdout_of(&mut net_setup, "net setup with NET_ADMIN only");
 
     // The compute container: PID 1, the compute capabilities, the images read-only.
     let log = dir.path().join("launcher.log");
