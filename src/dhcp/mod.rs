@@ -16,6 +16,7 @@ pub mod server;
 pub mod socket;
 pub mod stats;
 pub mod v4;
+pub mod v6;
 
 pub use config::{DEFAULT_LEASE_SECS, DEFAULT_SERVER_IP, DhcpConfig, DhcpConfigError, DhcpExtras};
 pub use probe::{ProbeError, ProbeReport, probe};

@@ -424,6 +424,9 @@ fn plan_bridge(
             link: bridge.clone(),
             address: IpCidr::new(IpAddr::V4(opts.bridge_address), 32),
         },
+    ]);
+    ops.extend(super::ipv6::bridge_link_local_op(facts, &bridge));
+    ops.extend([
         NetOp::SetUp { link: bridge },
         NetOp::SetUp { link: tap },
         NetOp::SetUp {

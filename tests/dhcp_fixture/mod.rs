@@ -36,6 +36,9 @@ pub enum Shape {
     Subnet,
     /// Calico: 10.88.3.4/32 with the link-local gateway 169.254.1.1, MTU 1450.
     Calico,
+    /// Dual stack: 10.244.9.23/24 via 10.244.9.1 and fd77:9::23/64 via fd77:9::1, an
+    /// IPv4 and an IPv6 nameserver.
+    DualStack,
 }
 
 fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
@@ -73,6 +76,21 @@ fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
             pod.dns = vec!["10.96.0.10".parse().unwrap()];
             pod.search = vec!["ns1.svc.cluster.local".into()];
             pod.hostname = "vm-b".into();
+            (node, pod)
+        }
+        Shape::DualStack => {
+            let node =
+                NodeSpec::isolated(vec![cidr("10.244.9.1/24"), cidr("fd77:9::1/64"), beyond]);
+            let mut pod = PodSpec::new(
+                "dhcp6",
+                cidr("10.244.9.23/24"),
+                "10.244.9.1".parse().unwrap(),
+            );
+            pod.ipv6 = Some(cidr("fd77:9::23/64"));
+            pod.gateway6 = Some("fd77:9::1".parse().unwrap());
+            pod.dns = vec!["10.96.0.10".parse().unwrap(), "fd77:9::53".parse().unwrap()];
+            pod.search = vec!["default.svc.cluster.local".into(), "cluster.local".into()];
+            pod.hostname = "vm-c".into();
             (node, pod)
         }
     }
