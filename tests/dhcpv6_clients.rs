@@ -7,7 +7,6 @@ mod dhcp_fixture;
 mod support;
 
 use dhcp_fixture::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use vmpod::dhcp::v6::server::{DhcpV6Server, V6StatsHandle};
@@ -26,15 +25,7 @@ impl Drop for Reap {
 /// A DHCPv6 server serving in the pod namespace on its own thread; stops on drop.
 struct RunningV6 {
     stats: V6StatsHandle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for RunningV6 {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        let _ = self.thread.take().map(|t| t.join());
-    }
+    _serving: Serving,
 }
 
 fn v6_config(t: &Topology) -> DhcpV6Config {
@@ -46,24 +37,9 @@ fn start_v6(t: &Topology) -> RunningV6 {
     let server = netns::run_in(Some(&t.pod_path()), || DhcpV6Server::bind(config))
         .unwrap()
         .unwrap();
-    let stats = server.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::select! {
-                r = server.run() => r.unwrap(),
-                _ = stopped => {}
-            }
-        });
-    });
     RunningV6 {
-        stats,
-        stop: Some(stop),
-        thread: Some(thread),
+        stats: server.stats(),
+        _serving: serve_on_thread(async move { server.run().await.unwrap() }),
     }
 }
 
@@ -104,15 +80,6 @@ fn wait_link_local(t: &Topology) {
         "VM side link-local address not ready: {:?}",
         vm_addresses6(t, "link")
     );
-}
-
-fn read_env(path: &Path) -> BTreeMap<String, String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
-        .collect()
 }
 
 /// `dhclient -6` in the VM namespace with Debian's dhclient-script behind a recording

@@ -397,8 +397,41 @@ async fn index(h: &rtnetlink::Handle, name: &str) -> u32 {
 /// A DHCP server serving in the pod namespace on its own thread; stops on drop.
 pub struct RunningServer {
     pub stats: StatsHandle,
+    _serving: Serving,
+}
+
+/// A future running on a thread of its own; dropped (and the thread joined) on drop.
+pub struct Serving {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Run `serve` on a new thread with a current-thread runtime until the [`Serving`] drops.
+pub fn serve_on_thread(serve: impl std::future::Future<Output = ()> + Send + 'static) -> Serving {
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::select! {
+                () = serve => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    Serving {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(|t| t.join());
+    }
 }
 
 /// dnsmasq as a peer DHCP server on the VM bridge, in the foreground, handing `lease` to
@@ -425,32 +458,20 @@ pub fn start_server(t: &Topology, config: DhcpConfig) -> RunningServer {
     let server = netns::run_in(Some(&t.pod_path()), || DhcpServer::bind(config))
         .unwrap()
         .unwrap();
-    let stats = server.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::select! {
-                r = server.run() => r.unwrap(),
-                _ = stopped => {}
-            }
-        });
-    });
     RunningServer {
-        stats,
-        stop: Some(stop),
-        thread: Some(thread),
+        stats: server.stats(),
+        _serving: serve_on_thread(async move { server.run().await.unwrap() }),
     }
 }
 
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        let _ = self.thread.take().map(|t| t.join());
-    }
+/// The `KEY=value` lines a client script wrote with `env | sort`, quotes removed.
+pub fn read_env(path: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
 }
 
 /// Wait until `f` holds, up to `secs`.

@@ -17,6 +17,7 @@ mod tests;
 
 pub use config::{DhcpV6Config, DhcpV6ConfigError, duid_ll, duid_mac};
 
+use crate::dhcp::describe::hex;
 use crate::net::antispoof::eui64_link_local;
 use dhcproto::v6::{
     DhcpOption, DhcpOptions, IAAddr, IANA, Message, MessageType, OptionCode, Status, StatusCode,
@@ -392,12 +393,4 @@ fn reply_or_drop(
         Ok(()) => Decision::Reply(Reply { kind, bytes }, event),
         Err(_) => Decision::Drop(DropReason::EncodeFailed),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }

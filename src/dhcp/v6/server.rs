@@ -7,16 +7,12 @@ use super::{
     ALL_SERVERS, CLIENT_PORT, ClientSeen, Decision, DhcpV6Config, DropReason, Handled, LeaseEvent,
     ReplyKind, RequestKind, SERVER_PORT,
 };
+use crate::dhcp::socket::udp6_on_device;
 use crate::dhcp::stats::LeaseState;
-use nix::sys::socket::{
-    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn6, bind, setsockopt, socket, sockopt,
-};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
@@ -93,7 +89,7 @@ impl DhcpV6Stats {
         DhcpV6Stats {
             interface: config.interface.clone(),
             bridge: config.bridge.clone(),
-            server_duid: super::hex(&config.server_duid()),
+            server_duid: crate::dhcp::describe::hex(&config.server_duid()),
             lease: DhcpV6Lease {
                 mac: config.client_mac,
                 address: config.address,
@@ -268,30 +264,4 @@ impl DhcpV6Server {
             });
         }
     }
-}
-
-/// A non-blocking IPv6-only UDP socket on [::]:`port` that only sees `device`'s
-/// traffic, and the device's index.
-pub fn udp6_on_device(device: &str, port: u16) -> io::Result<(std::net::UdpSocket, u32)> {
-    let on = |what: &str, e: nix::errno::Errno| {
-        io::Error::new(
-            io::Error::from(e).kind(),
-            format!("{what} (device {device}, UDP port {port}): {e}"),
-        )
-    };
-    let ifindex = nix::net::if_::if_nametoindex(device).map_err(|e| on("if_nametoindex", e))?;
-    let fd = socket(
-        AddressFamily::Inet6,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        SockProtocol::Udp,
-    )
-    .map_err(|e| on("socket", e))?;
-    setsockopt(&fd, sockopt::BindToDevice, &OsString::from(device))
-        .map_err(|e| on("SO_BINDTODEVICE", e))?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| on("SO_REUSEADDR", e))?;
-    setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| on("IPV6_V6ONLY", e))?;
-    let any = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
-    bind(fd.as_raw_fd(), &any).map_err(|e| on("bind", e))?;
-    Ok((std::net::UdpSocket::from(fd), ifindex))
 }
