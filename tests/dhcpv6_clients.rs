@@ -1,7 +1,10 @@
 //! IPv6 for the VM against real clients, after `net setup` rewired a dual-stack pod
 //! (the VM side is a veth on the pod's bridge in place of the tap, with the VM's MAC):
 //! ISC `dhclient -6` gets the pod's exact IPv6 address, the IPv6 nameserver and the
-//! search list from our DHCPv6 server; a client with another MAC gets nothing.
+//! search list from our DHCPv6 server; a client with another MAC gets nothing; the VM
+//! side's kernel takes our router advertisement (default route via the bridge's
+//! link-local address, the on-link prefix, the MTU) and then reaches the node's IPv6
+//! gateway from the leased address; dhcpcd takes the RA's DNS options and the lease.
 
 mod dhcp_fixture;
 mod support;
@@ -9,6 +12,7 @@ mod support;
 use dhcp_fixture::*;
 use std::path::Path;
 use std::process::{Child, Stdio};
+use vmpod::dhcp::ra::{RaSender, RaStatsHandle};
 use vmpod::dhcp::v6::server::{DhcpV6Server, V6StatsHandle};
 use vmpod::dhcp::v6::{DhcpV6Config, DropReason, ReplyKind};
 use vmpod::net::netns;
@@ -41,6 +45,51 @@ fn start_v6(t: &Topology) -> RunningV6 {
         stats: server.stats(),
         _serving: serve_on_thread(async move { server.run().await.unwrap() }),
     }
+}
+
+/// The RA sender on the pod's bridge, on its own thread; stops on drop.
+struct RunningRa {
+    stats: RaStatsHandle,
+    _serving: Serving,
+}
+
+fn start_ra(t: &Topology) -> RunningRa {
+    let config = v6_config(t);
+    let sender = netns::run_in(Some(&t.pod_path()), || RaSender::bind(&config))
+        .unwrap()
+        .unwrap();
+    RunningRa {
+        stats: sender.stats(),
+        _serving: serve_on_thread(async move { sender.run().await.unwrap() }),
+    }
+}
+
+/// The VM side's IPv6 routes as `dst [via gw] [proto]`, main table.
+fn vm_routes6(t: &Topology) -> Vec<String> {
+    let v = t.ip_json(&["-6", "route", "show", "table", "main"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let mut s = r["dst"].as_str().unwrap().to_owned();
+            if let Some(g) = r["gateway"].as_str() {
+                s += &format!(" via {g}");
+            }
+            if let Some(p) = r["protocol"].as_str() {
+                s += &format!(" {p}");
+            }
+            s
+        })
+        .collect()
+}
+
+fn vm_sysctl(t: &Topology, key: &str) -> String {
+    let o = t
+        .in_vm("cat")
+        .arg(format!("/proc/sys/{key}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
 /// The VM side's IPv6 addresses of `scope` (`global`, `link`) as `addr/prefix`, with
@@ -82,21 +131,24 @@ fn wait_link_local(t: &Topology) {
     );
 }
 
+/// A client script that writes its environment to `<out>/<reason>.env`, then runs `then`.
+fn record_script(out: &Path, then: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = out.join("record.sh");
+    let body = format!(
+        "#!/bin/sh\nenv | sort > \"{}/$reason.env\"\n{then}\n",
+        out.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
 /// `dhclient -6` in the VM namespace with Debian's dhclient-script behind a recording
 /// script (one env file per reason in `out`); the lease file is fresh, so the DUID is
 /// a new DUID-LLT of the VM side's MAC.
 fn dhclient6(t: &Topology, out: &Path) -> Reap {
-    let script = out.join("record.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nenv | sort > \"{}/$reason.env\"\nexec /sbin/dhclient-script \"$@\"\n",
-            out.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = record_script(out, "exec /sbin/dhclient-script \"$@\"");
     let child = t
         .in_vm("dhclient")
         .args(["-6", "-d", "-v", "-lf"])
@@ -200,6 +252,142 @@ fn a_foreign_client_gets_nothing() {
     assert!(vm_addresses6(&t, "global").is_empty());
 }
 
+fn the_kernel_takes_the_ra_and_reaches_the_gateway() {
+    let t = Topology::new("d6ra", Shape::DualStack);
+    assert_eq!(vm_sysctl(&t, "net/ipv6/conf/eth0/accept_ra"), "1");
+    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
+    let ra = start_ra(&t);
+    let server = start_v6(&t);
+    wait_link_local(&t);
+    // The kernel sends Router Solicitations once its link-local address is usable; the
+    // answer (or the first periodic advertisement) gives it the routes.
+    let want_default = format!("default via {bridge_ll} ra");
+    assert!(
+        wait_until(15, || vm_routes6(&t).contains(&want_default)),
+        "no default route from the RA: {:?}, sender {:?}",
+        vm_routes6(&t),
+        ra.stats.snapshot()
+    );
+    // The on-link prefix (the kernel marks prefix routes "kernel"; with no global
+    // address yet, it can only come from the RA).
+    assert!(
+        vm_routes6(&t).contains(&"fd77:9::/64 kernel".to_owned()),
+        "{:?}",
+        vm_routes6(&t)
+    );
+    assert_eq!(vm_sysctl(&t, "net/ipv6/conf/eth0/mtu"), "1400");
+    // No SLAAC address from the prefix: the VM takes exactly the pod's address.
+    assert!(vm_addresses6(&t, "global").is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let _client = dhclient6(&t, dir.path());
+    assert!(
+        wait_until(20, || vm_addresses6(&t, "global")
+            .iter()
+            .any(|a| a.starts_with("fd77:9::23/") && !a.ends_with("tentative"))),
+        "no lease: {:?}",
+        server.stats.snapshot()
+    );
+    let ping = t
+        .in_vm("busybox")
+        .args(["ping", "-6", "-c", "1", "-W", "2", "fd77:9::1"])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "the node's IPv6 gateway does not answer the VM: {}",
+        text(&ping)
+    );
+    let stats = ra.stats.snapshot();
+    assert!(stats.periodic + stats.solicited >= 1, "{stats:?}");
+}
+
+/// dhcpcd, IPv6 only: it solicits the RA, reads its DNS options (RFC 8106), follows
+/// the managed flag to DHCPv6 and installs the lease and the default route itself.
+fn dhcpcd_takes_the_ra_and_the_lease() {
+    let t = Topology::new("d6dc", Shape::DualStack);
+    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
+    let ra = start_ra(&t);
+    let server = start_v6(&t);
+    wait_link_local(&t);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let script = record_script(out, "");
+    let conf = out.join("dhcpcd.conf");
+    std::fs::write(
+        &conf,
+        "ipv6only\nipv6rs\nia_na\noption dhcp6_name_servers, dhcp6_domain_search\npersistent\n",
+    )
+    .unwrap();
+    // dhcpcd keeps state in /var/lib/dhcpcd and /run/dhcpcd: private tmpfs copies, in
+    // the mount namespace `ip netns exec` made for this command only.
+    let cmd = format!(
+        "mount -t tmpfs vmpod /var/lib/dhcpcd && mount -t tmpfs vmpod /run && mkdir -p /run/dhcpcd && \
+         exec dhcpcd -B -6 -t 20 -f {} -c {} {VM_IF}",
+        conf.display(),
+        script.display()
+    );
+    let _client = Reap(
+        t.in_vm("sh")
+            .args(["-c", &cmd])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(25, || out.join("BOUND6.env").exists()),
+        "dhcpcd got no DHCPv6 lease: RA {:?}, DHCPv6 {:?}, events {:?}",
+        ra.stats.snapshot(),
+        server.stats.snapshot(),
+        std::fs::read_dir(out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    );
+    let env = read_env(&out.join("BOUND6.env"));
+    assert_eq!(
+        env.get("new_dhcp6_ia_na1_ia_addr1").map(String::as_str),
+        Some("fd77:9::23"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd77:9::53")
+    );
+    let ra_env = read_env(&out.join("ROUTERADVERT.env"));
+    assert_eq!(
+        ra_env.get("nd1_from").map(String::as_str),
+        Some(bridge_ll.as_str()),
+        "{ra_env:?}"
+    );
+    assert_eq!(
+        ra_env.get("nd1_rdnss1_servers").map(String::as_str),
+        Some("fd77:9::53"),
+        "{ra_env:?}"
+    );
+    assert_eq!(
+        ra_env.get("nd1_dnssl1_search").map(String::as_str),
+        Some("default.svc.cluster.local cluster.local"),
+        "{ra_env:?}"
+    );
+    let want_default = format!("default via {bridge_ll}");
+    assert!(
+        wait_until(5, || vm_routes6(&t)
+            .iter()
+            .any(|r| r.starts_with(&want_default))),
+        "{:?}",
+        vm_routes6(&t)
+    );
+    assert!(
+        vm_addresses6(&t, "global")
+            .iter()
+            .any(|a| a.starts_with("fd77:9::23/")),
+        "{:?}",
+        vm_addresses6(&t, "global")
+    );
+}
+
 macro_rules! privileged_tests {
     ($($name:ident: $body:ident;)*) => {$(
         #[test]
@@ -214,4 +402,6 @@ macro_rules! privileged_tests {
 privileged_tests! {
     dhclient6_gets_the_pods_ipv6_address_dns_and_search: dhclient_gets_the_pods_ipv6_address;
     dhcpv6_answers_no_foreign_client: a_foreign_client_gets_nothing;
+    kernel_takes_the_ra_and_pings_the_ipv6_gateway: the_kernel_takes_the_ra_and_reaches_the_gateway;
+    dhcpcd_takes_the_ra_dns_options_and_the_lease: dhcpcd_takes_the_ra_and_the_lease;
 }

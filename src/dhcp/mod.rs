@@ -12,6 +12,7 @@
 pub mod config;
 pub mod describe;
 pub mod probe;
+pub mod ra;
 pub mod server;
 pub mod socket;
 pub mod stats;

@@ -91,6 +91,7 @@ fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
             pod.dns = vec!["10.96.0.10".parse().unwrap(), "fd77:9::53".parse().unwrap()];
             pod.search = vec!["default.svc.cluster.local".into(), "cluster.local".into()];
             pod.hostname = "vm-c".into();
+            pod.mtu = 1400;
             (node, pod)
         }
     }
