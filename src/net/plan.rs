@@ -419,6 +419,7 @@ fn plan_bridge(
             pod: pod.to_owned(),
             mac: opts.vm_mac.unwrap_or(facts.mac),
             ipv4,
+            ipv6: super::ipv6::vm_addresses(facts),
         }),
         NetOp::AddAddress {
             link: bridge.clone(),
@@ -701,6 +702,7 @@ mod tests {
                     pod: "eth0".into(),
                     mac: f.mac,
                     ipv4: Ipv4Addr::new(10, 244, 0, 5),
+                    ipv6: vec![],
                 }),
                 NetOp::AddAddress {
                     link: "k6t-eth0".into(),
