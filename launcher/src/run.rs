@@ -339,6 +339,7 @@ async fn run_pod(
             interfaces: Vec::new(),
         },
         dhcp: Vec::new(),
+        ipv6: Vec::new(),
         domain_xml: String::new(),
     }));
     let status_file = StatusWriter::start(args.state_dir.clone())?;
@@ -567,6 +568,16 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
             tracing::error!("DHCP server: {e}");
         }
     }));
+    // A dual-stack pod: DHCPv6 and router advertisements on the same bridge.
+    let ipv6 = vmpod::dhcp::v6::service::Ipv6Service::bind_for(&vm)?;
+    let ipv6_stats = ipv6.as_ref().map(|s| s.handle());
+    if let Some(service) = ipv6 {
+        pod.dhcp_tasks.push(tokio::spawn(async move {
+            if let Err(e) = service.run().await {
+                tracing::error!("IPv6 for the VM: {e}");
+            }
+        }));
+    }
 
     let mac = outcome.cached.vm_mac();
     let ips: Vec<std::net::IpAddr> = facts.addresses.iter().map(|a| a.addr).collect();
@@ -585,6 +596,7 @@ async fn network_phase(ctx: &Ctx, pod: &mut Pod) -> anyhow::Result<BTreeMap<Stri
             None,
         ));
         s.dhcp.push(Some(stats));
+        s.ipv6.push(ipv6_stats);
     }
     attachments.insert(
         iface.name.clone(),

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod server;
+pub mod service;
 #[cfg(test)]
 mod tests;
 
