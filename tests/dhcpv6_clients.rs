@@ -335,8 +335,9 @@ fn dhcpcd_takes_the_ra_and_the_lease() {
             .unwrap(),
     );
     assert!(
-        wait_until(25, || out.join("BOUND6.env").exists()),
-        "dhcpcd got no DHCPv6 lease: RA {:?}, DHCPv6 {:?}, events {:?}",
+        wait_until(25, || out.join("BOUND6.env").exists()
+            && out.join("ROUTERADVERT.env").exists()),
+        "dhcpcd got no RA or no DHCPv6 lease: RA {:?}, DHCPv6 {:?}, events {:?}",
         ra.stats.snapshot(),
         server.stats.snapshot(),
         std::fs::read_dir(out)

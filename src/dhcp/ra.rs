@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 /// ICMPv6 types.
@@ -33,6 +33,8 @@ pub const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
 
 /// Unsolicited advertisements this often (RFC 4861's MaxRtrAdvInterval is 4-1800 s).
 pub const INTERVAL: Duration = Duration::from_secs(120);
+/// The least time between two multicast advertisements answering solicitations.
+pub const MIN_DELAY_BETWEEN_RAS: Duration = Duration::from_secs(3);
 /// How long the VM keeps the bridge as default router, and the DNS options: well over
 /// three intervals (RFC 8106 5.1), so one lost advertisement changes nothing.
 pub const ROUTER_LIFETIME_SECS: u16 = 1800;
@@ -224,8 +226,10 @@ impl RaSender {
         self.stats.clone()
     }
 
-    /// Advertise now, every [`INTERVAL`], and on each Router Solicitation (to its
-    /// sender, or to all nodes when it comes from `::`), until the future is dropped.
+    /// Advertise now, every [`INTERVAL`], and on a Router Solicitation, until the future
+    /// is dropped. Every advertisement goes to all nodes (the VM is the only other node
+    /// on the bridge; the anti-spoofing rules keep it off the pod network): measured,
+    /// unicast answers to the solicitor's link-local address did not reach a guest.
     pub async fn run(self) -> Result<(), RaError> {
         let bridge = self.bridge.clone();
         let socket = tokio::net::UdpSocket::from_std(self.socket).map_err(|source| RaError {
@@ -237,17 +241,20 @@ impl RaSender {
         let all_nodes = SocketAddrV6::new(ALL_NODES, 0, 0, self.ifindex);
         let mut tick = tokio::time::interval(INTERVAL);
         let mut buf = vec![0u8; 2048];
+        let mut last_sent: Option<Instant> = None;
         loop {
             let (to, solicited) = tokio::select! {
                 _ = tick.tick() => (all_nodes, false),
                 r = socket.recv_from(&mut buf) => match r {
                     Ok((n, std::net::SocketAddr::V6(from))) if is_router_solicitation(&buf[..n]) => {
                         self.stats.update(|s| s.solicitations += 1);
-                        if from.ip().is_unspecified() {
-                            (all_nodes, true)
-                        } else {
-                            (SocketAddrV6::new(*from.ip(), 0, 0, self.ifindex), true)
+                        // RFC 4861 6.2.6: at most one multicast answer per 3 s; the
+                        // solicitor asks again if it missed the last advertisement.
+                        if last_sent.is_some_and(|t: Instant| t.elapsed() < MIN_DELAY_BETWEEN_RAS) {
+                            debug!(%bridge, %from, "router solicitation within 3 s of an advertisement: not answered");
+                            continue;
                         }
+                        (all_nodes, true)
                     }
                     Ok(_) => continue,
                     Err(e) => {
@@ -258,6 +265,7 @@ impl RaSender {
                 },
             };
             let sent = socket.send_to(&self.packet, to).await;
+            last_sent = Some(Instant::now());
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());

@@ -114,6 +114,15 @@ impl Topology {
     /// A pod whose VMI sets `macAddress` to `vm_mac` (`None`: the VM takes the pod's MAC);
     /// the VM side's `eth0` gets the MAC the net phase cached for the VM.
     pub fn with_vm_mac(tag: &str, shape: Shape, vm_mac: Option<MacAddr>) -> Self {
+        let t = Self::pod_only(tag, shape, vm_mac);
+        t.attach_vm();
+        t.wait_link_ready();
+        t
+    }
+
+    /// The pod after `net setup`, with nothing on its bridge but the tap the net phase
+    /// made (for a real guest on that tap); the VM namespace exists, empty.
+    pub fn pod_only(tag: &str, shape: Shape, vm_mac: Option<MacAddr>) -> Self {
         let (node, spec) = pod_spec(shape);
         let pod = PodSandbox::create(&node, &spec).expect("pod sandbox");
         let state = tempfile::tempdir().unwrap();
@@ -137,16 +146,13 @@ impl Topology {
             N.fetch_add(1, Ordering::Relaxed)
         );
         netns::create(&vm_ns).expect("create vm netns");
-        let t = Topology {
+        Topology {
             vm_mac: cached.vm_mac(),
             pod,
             state,
             cached,
             vm_ns,
-        };
-        t.attach_vm();
-        t.wait_link_ready();
-        t
+        }
     }
 
     /// Wait (bounded) until frames pass between the VM side and the bridge: the VM's
