@@ -389,6 +389,37 @@ fn dhcpcd_takes_the_ra_and_the_lease() {
     );
 }
 
+/// `vmpodctl dhcp probe --v6` from the VM side shows what the server leases; it asks as
+/// the VM's MAC (the VM side's own), so it is answered.
+fn vmpodctl_probes_dhcpv6() {
+    let t = Topology::new("d6pr", Shape::DualStack);
+    let server = start_v6(&t);
+    wait_link_local(&t);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args([
+            "dhcp",
+            "probe",
+            "--v6",
+            "--json",
+            "--interface",
+            VM_IF,
+            "--netns",
+        ])
+        .arg(&t.vm_ns)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (answer, kind) in [("advertise", "Advertise"), ("reply", "Reply")] {
+        assert_eq!(r[answer]["messageType"], kind, "{r}");
+        assert_eq!(r[answer]["addresses"][0][0], "fd77:9::23", "{r}");
+        assert_eq!(r[answer]["dns"][0], "fd77:9::53", "{r}");
+        assert_eq!(r[answer]["serverDuid"], server.stats.snapshot().server_duid);
+    }
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.lease.state, vmpod::dhcp::stats::LeaseState::Bound);
+}
+
 macro_rules! privileged_tests {
     ($($name:ident: $body:ident;)*) => {$(
         #[test]
@@ -405,4 +436,5 @@ privileged_tests! {
     dhcpv6_answers_no_foreign_client: a_foreign_client_gets_nothing;
     kernel_takes_the_ra_and_pings_the_ipv6_gateway: the_kernel_takes_the_ra_and_reaches_the_gateway;
     dhcpcd_takes_the_ra_dns_options_and_the_lease: dhcpcd_takes_the_ra_and_the_lease;
+    vmpodctl_dhcp_probe_v6_shows_the_lease: vmpodctl_probes_dhcpv6;
 }

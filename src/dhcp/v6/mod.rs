@@ -11,6 +11,7 @@
 //! from the tap besides the leased address).
 
 pub mod config;
+pub mod probe;
 pub mod server;
 pub mod service;
 #[cfg(test)]
