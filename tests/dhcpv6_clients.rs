@@ -418,6 +418,24 @@ fn vmpodctl_probes_dhcpv6() {
     }
     let stats = server.stats.snapshot();
     assert_eq!(stats.lease.state, vmpod::dhcp::stats::LeaseState::Bound);
+    // `vmpodctl net inspect` shows the same IPv6 side, from the cache and the kernel.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args(["net", "inspect", "--netns"])
+        .arg(t.pod_path())
+        .arg("--state-dir")
+        .arg(t.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let router = vmpod::net::ipv6::bridge_link_local(&t.cached.facts);
+    let want = format!(
+        "IPV6 eth0\nvm fd77:9::23/64 (mac {}) by DHCPv6 from server DUID {}; router {router}",
+        t.vm_mac, stats.server_duid
+    );
+    assert!(shown.contains(&want), "no {want:?} in:\n{shown}");
+    // The bridge holds that link-local address, and no other IPv6 address.
+    assert!(shown.contains(&format!("{router}/64")), "{shown}");
 }
 
 macro_rules! privileged_tests {

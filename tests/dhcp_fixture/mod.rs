@@ -444,6 +444,15 @@ impl Drop for Serving {
 /// dnsmasq as a peer DHCP server on the VM bridge, in the foreground, handing `lease` to
 /// the VM's MAC; state files go to `dir`. The bridge needs an address in `lease`'s /24.
 pub fn dnsmasq_command(t: &Topology, dir: &Path, lease: &str) -> Command {
+    let mut c = dnsmasq_on_bridge(t, dir, "dnsmasq");
+    c.arg(format!("--dhcp-range={lease},static,255.255.255.0,30d"))
+        .arg(format!("--dhcp-host={},{lease}", t.vm_mac));
+    c
+}
+
+/// dnsmasq on the VM bridge in the foreground, DNS off, its lease and pid files
+/// `<dir>/<name>.leases` and `<dir>/<name>.pid`; the caller adds what it serves.
+pub fn dnsmasq_on_bridge(t: &Topology, dir: &Path, name: &str) -> Command {
     let mut c = t.in_pod("dnsmasq");
     c.args([
         "--no-daemon",
@@ -454,11 +463,27 @@ pub fn dnsmasq_command(t: &Topology, dir: &Path, lease: &str) -> Command {
         "--user=root",
     ])
     .arg(format!("--interface={}", t.bridge()))
-    .arg(format!("--dhcp-range={lease},static,255.255.255.0,30d"))
-    .arg(format!("--dhcp-host={},{lease}", t.vm_mac))
-    .arg(format!("--dhcp-leasefile={}/dnsmasq.leases", dir.display()))
-    .arg(format!("--pid-file={}/dnsmasq.pid", dir.display()));
+    .arg(format!("--dhcp-leasefile={}/{name}.leases", dir.display()))
+    .arg(format!("--pid-file={}/{name}.pid", dir.display()));
     c
+}
+
+/// A latency benchmark's rounds per server (`DHCP_BENCH_ROUNDS`, default 2000), or
+/// `None` when it must not run: probed by `cargo bench --list`, or not root.
+pub fn bench_rounds(name: &str) -> Option<usize> {
+    if std::env::args().any(|a| a == "--list") {
+        return None; // cargo bench --list / cargo test --benches probing
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED {name}: needs root (network namespaces)");
+        return None;
+    }
+    Some(
+        std::env::var("DHCP_BENCH_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000),
+    )
 }
 
 pub fn start_server(t: &Topology, config: DhcpConfig) -> RunningServer {
@@ -499,4 +524,10 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The nearest-rank percentile of sorted samples (the latency benchmarks).
+pub fn percentile(sorted: &[u64], pct: usize) -> u64 {
+    let rank = (pct * sorted.len()).div_ceil(100);
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
