@@ -40,17 +40,19 @@ fn measure(t: &Topology, rounds: usize, warmup: usize) -> (Vec<u64>, Vec<u64>) {
         timeout: Duration::from_secs(3),
     };
     netns::block_on_in(Some(&t.vm_path()), || async {
-        // Wait for the server (dnsmasq takes a moment to bind).
+        // Wait (bounded, 10 s) for the server (dnsmasq takes a moment to bind) and for
+        // the VM side's link-local address to pass DAD (until then a probe fails at once).
         let mut ready = false;
-        for _ in 0..20 {
+        for _ in 0..50 {
             let quick = ProbeV6Options {
-                timeout: Duration::from_millis(500),
+                timeout: Duration::from_millis(200),
                 ..opts.clone()
             };
             if probe_v6(&quick).await.is_ok() {
                 ready = true;
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert!(ready, "server never answered");
         let (mut adv, mut reply) = (Vec::new(), Vec::new());
