@@ -146,6 +146,11 @@ impl Topology {
             N.fetch_add(1, Ordering::Relaxed)
         );
         netns::create(&vm_ns).expect("create vm netns");
+        // `ip netns exec` binds this over /etc/resolv.conf for the VM side's clients, so
+        // their scripts (dhclient-script, dhcpcd's hooks) never write the host's.
+        let etc = format!("/etc/netns/{vm_ns}");
+        std::fs::create_dir_all(&etc).expect("create /etc/netns/<vm ns>");
+        std::fs::write(format!("{etc}/resolv.conf"), "").expect("private resolv.conf");
         Topology {
             vm_mac: cached.vm_mac(),
             pod,
