@@ -37,12 +37,6 @@ struct Figures {
     ack: Vec<u64>,
 }
 
-/// The nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[u64], pct: usize) -> u64 {
-    let rank = (pct * sorted.len()).div_ceil(100);
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// `rounds` probes from the VM side (after `warmup` unrecorded ones).
 fn measure(t: &Topology, rounds: usize, warmup: usize) -> Figures {
     let opts = ProbeOptions {
@@ -146,17 +140,9 @@ fn row(name: &str, f: &mut Figures) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // cargo bench --list / cargo test --benches probing
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED dhcp_latency: needs root (network namespaces)");
+    let Some(rounds) = bench_rounds("dhcp_latency") else {
         return;
-    }
-    let rounds: usize = std::env::var("DHCP_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    };
     let warmup = 50;
     let t = Topology::new("bench", Shape::Subnet);
     t.add_bridge_address(IpAddr::V4(BRIDGE_IN_SUBNET), 24);

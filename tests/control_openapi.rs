@@ -291,3 +291,54 @@ async fn responses_of_a_fake_launcher_match_the_documented_schemas() {
     assert_valid(&spec, schema, &shutdown, "shutdown body");
     fake.stop().await.unwrap();
 }
+
+/// The IPv6 side of a dual-stack pod's report (the sample launcher is IPv4-only), with
+/// every optional field present, against its documented schema.
+#[test]
+fn the_ipv6_report_matches_its_schema() {
+    use vmpod::dhcp::ra::RaStats;
+    use vmpod::dhcp::v6::server::{DhcpV6Stats, LastV6Client};
+    use vmpod::dhcp::v6::service::Ipv6Report;
+    use vmpod::dhcp::v6::{ClientSeen, DhcpV6Config, DropReason, ReplyKind, RequestKind};
+    let mut facts = sample_network().interfaces[0].facts.clone();
+    facts
+        .addresses
+        .push(vmpod::net::IpCidr::new("fd22::5".parse().unwrap(), 64));
+    let config = DhcpV6Config::from_facts(&facts, "k6t-eth0", facts.mac, facts.mac).unwrap();
+    let mut dhcp = DhcpV6Stats::new(&config);
+    dhcp.requests.insert(RequestKind::Solicit, 1);
+    dhcp.replies.insert(ReplyKind::Advertise, 1);
+    dhcp.drops.insert(DropReason::ForeignClient, 1);
+    dhcp.lease.state = vmpod::dhcp::stats::LeaseState::Bound;
+    dhcp.lease.duid = Some("00:03:00:01:02:00:00:0a:16:05".into());
+    dhcp.lease.bound_at = Some(1_800_000_000);
+    dhcp.last_client = Some(LastV6Client {
+        seen: ClientSeen {
+            duid: "00:03:00:01:02:00:00:0a:16:05".into(),
+            source: "fe80::1".parse().unwrap(),
+            kind: RequestKind::Request,
+            xid: 7,
+        },
+        at: 1_800_000_000,
+        answered: true,
+    });
+    let report = Ipv6Report {
+        dhcp,
+        router_advertisements: RaStats {
+            bridge: "k6t-eth0".into(),
+            periodic: 1,
+            solicitations: 1,
+            solicited: 1,
+            send_errors: 0,
+            last_sent_at: Some(1_800_000_000),
+        },
+    };
+    let spec = spec();
+    let schema = spec["components"]["schemas"]["Ipv6Report"].clone();
+    assert_valid(
+        &spec,
+        &schema,
+        &serde_json::to_value(&report).unwrap(),
+        "Ipv6Report",
+    );
+}

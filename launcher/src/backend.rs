@@ -9,6 +9,7 @@ use vmpod::control::{
     AntiSpoofReport, Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport,
 };
 use vmpod::dhcp::StatsHandle;
+use vmpod::dhcp::v6::service::Ipv6Handle;
 
 /// What the control API shows, updated by the main loop.
 pub struct Shared {
@@ -16,6 +17,8 @@ pub struct Shared {
     pub network: NetworkReport,
     /// One DHCP stats handle per entry of `network.interfaces`, same order.
     pub dhcp: Vec<Option<StatsHandle>>,
+    /// One DHCPv6 + RA handle per entry of `network.interfaces` (`None`: IPv4-only).
+    pub ipv6: Vec<Option<Ipv6Handle>>,
     pub domain_xml: String,
 }
 
@@ -46,6 +49,9 @@ impl Backend for LauncherBackend {
                 if let Some(h) = stats {
                     iface.dhcp = Some(h.snapshot());
                 }
+            }
+            for (iface, stats) in report.interfaces.iter_mut().zip(&s.ipv6) {
+                iface.ipv6 = stats.as_ref().map(Ipv6Handle::snapshot);
             }
             report
         };

@@ -289,6 +289,7 @@ async fn run_pod(
             interfaces: Vec::new(),
         },
         dhcp: Vec::new(),
+        ipv6: Vec::new(),
         domain_xml: String::new(),
     }));
     let status_file = StatusWriter::start(args.state_dir.clone())?;
@@ -432,6 +433,16 @@ async fn network_phase(
             tracing::error!("DHCP server: {e}");
         }
     }));
+    // A dual-stack pod: DHCPv6 and router advertisements on the same bridge.
+    let ipv6 = vmpod::dhcp::v6::service::Ipv6Service::bind_for(&vm)?;
+    let ipv6_stats = ipv6.as_ref().map(|s| s.handle());
+    if let Some(service) = ipv6 {
+        acquired.dhcp_tasks.push(tokio::spawn(async move {
+            if let Err(e) = service.run().await {
+                tracing::error!("IPv6 for the VM: {e}");
+            }
+        }));
+    }
 
     {
         let mut s = lock(&ctx.shared);
@@ -442,6 +453,7 @@ async fn network_phase(
             .interfaces
             .push(decide::interface_report(&iface.name, &outcome));
         s.dhcp.push(Some(stats));
+        s.ipv6.push(ipv6_stats);
     }
     attachments.insert(iface.name.clone(), decide::attachment(&outcome));
     Ok(attachments)

@@ -215,6 +215,7 @@ pub fn sample_network() -> NetworkReport {
             facts,
             plan,
             dhcp: Some(dhcp),
+            ipv6: None,
             anti_spoofing: Some(AntiSpoofReport {
                 table: "vmpod-as-eth0".into(),
                 dropped: Some(

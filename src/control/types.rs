@@ -269,6 +269,10 @@ pub struct InterfaceReport {
     /// The DHCP server's lease and counters; absent when no server runs for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<DhcpStats>,
+    /// The DHCPv6 server's lease and counters and the router advertisements sent;
+    /// absent in an IPv4-only pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<crate::dhcp::v6::service::Ipv6Report>,
     /// The tap's anti-spoofing rules and what they dropped; absent when the plan
     /// installed none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,6 +296,7 @@ impl InterfaceReport {
             facts: cached.facts.clone(),
             plan: cached.applied.clone(),
             dhcp,
+            ipv6: None,
             anti_spoofing: None,
         }
     }

@@ -77,7 +77,8 @@ pub fn describe(opt: &DhcpOption) -> DescribedOption {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Bytes as colon-separated hex (`00:03:00:01:...`), for DUIDs and unknown options.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02x}"))

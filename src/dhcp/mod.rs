@@ -12,10 +12,12 @@
 pub mod config;
 pub mod describe;
 pub mod probe;
+pub mod ra;
 pub mod server;
 pub mod socket;
 pub mod stats;
 pub mod v4;
+pub mod v6;
 
 pub use config::{DEFAULT_LEASE_SECS, DEFAULT_SERVER_IP, DhcpConfig, DhcpConfigError, DhcpExtras};
 pub use probe::{ProbeError, ProbeReport, probe};

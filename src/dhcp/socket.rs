@@ -1,23 +1,49 @@
-//! The UDP socket both ends use: bound to one device (SO_BINDTODEVICE), any address,
-//! with SO_BROADCAST and SO_REUSEADDR. Created in the current thread's network namespace.
+//! The UDP sockets both ends use: bound to one device (SO_BINDTODEVICE), any address,
+//! with SO_REUSEADDR; DHCPv4's with SO_BROADCAST, DHCPv6's IPv6-only. Created in the
+//! current thread's network namespace.
 
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, bind, setsockopt,
+    socket, sockopt,
 };
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::net::{Ipv6Addr, SocketAddrV6};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// A non-blocking UDP socket on 0.0.0.0:`port` that only sees `device`'s traffic.
 pub fn udp_on_device(device: &str, port: u16) -> io::Result<std::net::UdpSocket> {
-    let on = |what: &str, e: nix::errno::Errno| {
+    let (fd, on) = device_socket(AddressFamily::Inet, device, port)?;
+    setsockopt(&fd, sockopt::Broadcast, &true).map_err(|e| on("SO_BROADCAST", e))?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port)).map_err(|e| on("bind", e))?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
+/// A non-blocking IPv6-only UDP socket on [::]:`port` that only sees `device`'s
+/// traffic, and the device's index (the scope of its link-local peers).
+pub fn udp6_on_device(device: &str, port: u16) -> io::Result<(std::net::UdpSocket, u32)> {
+    let (fd, on) = device_socket(AddressFamily::Inet6, device, port)?;
+    let ifindex = nix::net::if_::if_nametoindex(device).map_err(|e| on("if_nametoindex", e))?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| on("IPV6_V6ONLY", e))?;
+    let any = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+    bind(fd.as_raw_fd(), &any).map_err(|e| on("bind", e))?;
+    Ok((std::net::UdpSocket::from(fd), ifindex))
+}
+
+type OnError = Box<dyn Fn(&str, nix::errno::Errno) -> io::Error>;
+
+/// An unbound UDP socket of `family` on `device` with SO_REUSEADDR, and the function
+/// that names the socket in its errors.
+fn device_socket(family: AddressFamily, device: &str, port: u16) -> io::Result<(OwnedFd, OnError)> {
+    let device_name = device.to_owned();
+    let on: OnError = Box::new(move |what: &str, e: nix::errno::Errno| {
         io::Error::new(
             io::Error::from(e).kind(),
-            format!("{what} (device {device}, UDP port {port}): {e}"),
+            format!("{what} (device {device_name}, UDP port {port}): {e}"),
         )
-    };
+    });
     let fd = socket(
-        AddressFamily::Inet,
+        family,
         SockType::Datagram,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         SockProtocol::Udp,
@@ -26,7 +52,5 @@ pub fn udp_on_device(device: &str, port: u16) -> io::Result<std::net::UdpSocket>
     setsockopt(&fd, sockopt::BindToDevice, &OsString::from(device))
         .map_err(|e| on("SO_BINDTODEVICE", e))?;
     setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| on("SO_REUSEADDR", e))?;
-    setsockopt(&fd, sockopt::Broadcast, &true).map_err(|e| on("SO_BROADCAST", e))?;
-    bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port)).map_err(|e| on("bind", e))?;
-    Ok(std::net::UdpSocket::from(fd))
+    Ok((fd, on))
 }

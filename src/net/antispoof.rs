@@ -11,11 +11,12 @@
 //!   (or `0.0.0.0`, an RFC 5227 probe, which poisons no cache) as sender address;
 //! - IPv4 only from the VM's address; `0.0.0.0` only as DHCP client traffic
 //!   (udp 68 -> 67), which never leaves the bridge (below);
-//! - IPv6 only from the VM's EUI-64 link-local address (derived from its MAC) or `::`
-//!   (duplicate address detection). The VM gets no IPv6 address yet, so nothing else is
-//!   legitimate; a guest that makes its link-local address another way (stable-privacy)
-//!   has no IPv6 at all until IPv6 for the VM lands and this rule grows its leased
-//!   addresses;
+//! - IPv6 only from the VM's EUI-64 link-local address (derived from its MAC), `::`
+//!   (duplicate address detection) and the address DHCPv6 leases it (the pod's IPv6
+//!   address, [`AntiSpoof::ipv6`]); a guest that makes its link-local address another
+//!   way (stable-privacy) gets no IPv6;
+//! - no router advertisements from the VM: the bridge is the VM's router, and a VM
+//!   advertising itself would become the pod network's;
 //! - no other EtherType; VLAN-tagged frames (802.1Q, 802.1ad) are dropped before any
 //!   other check: the kernel takes the tag off before the bridge, and the ARP and IP
 //!   matches would judge the inner frame, which would leave tagged.
@@ -25,7 +26,8 @@
 //! through the pod interface never reaches the bridge's own stack (hook `input`; a
 //! broadcast DISCOVER from the pod network is both forwarded and delivered locally);
 //! and the launcher's replies, broadcast from the bridge, never go out through the pod
-//! interface (hook `output`).
+//! interface (hook `output`). The launcher's router advertisements, meant for the VM,
+//! never go out through the pod interface either.
 //!
 //! Every drop counts in a named counter per kind ([`DropKind`]). Re-applying is
 //! idempotent: one nft transaction adds the table, chains and counters (adding what
@@ -63,6 +65,10 @@ pub struct AntiSpoof {
     pub mac: MacAddr,
     /// The only IPv4 source address the VM may use (besides DHCP's `0.0.0.0`).
     pub ipv4: Ipv4Addr,
+    /// The IPv6 addresses the VM may use besides its link-local one: what DHCPv6
+    /// leases it (none in an IPv4-only pod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6: Vec<Ipv6Addr>,
 }
 
 /// One kind of frame the rules drop; each has a named counter.
@@ -85,11 +91,16 @@ pub enum DropKind {
     DhcpInput,
     /// DHCP from the bridge's own stack (the launcher's server) to the pod network.
     DhcpOutput,
+    /// A router advertisement from the tap.
+    RouterAdvert,
+    /// A router advertisement from the bridge's own stack (the launcher's, for the VM)
+    /// towards the pod network.
+    RouterAdvertOutput,
 }
 
 impl DropKind {
     /// Every kind, in report order.
-    pub const ALL: [DropKind; 8] = [
+    pub const ALL: [DropKind; 10] = [
         DropKind::Mac,
         DropKind::Arp,
         DropKind::Ipv4,
@@ -98,6 +109,8 @@ impl DropKind {
         DropKind::DhcpForward,
         DropKind::DhcpInput,
         DropKind::DhcpOutput,
+        DropKind::RouterAdvert,
+        DropKind::RouterAdvertOutput,
     ];
 
     /// The nft counter's name.
@@ -111,6 +124,8 @@ impl DropKind {
             DropKind::DhcpForward => "drop_dhcp_forward",
             DropKind::DhcpInput => "drop_dhcp_input",
             DropKind::DhcpOutput => "drop_dhcp_output",
+            DropKind::RouterAdvert => "drop_ra",
+            DropKind::RouterAdvertOutput => "drop_ra_output",
         }
     }
 }
@@ -265,13 +280,17 @@ impl AntiSpoof {
             ),
             (
                 FROM_VM,
+                [vec![router_advertisement()], drop(DropKind::RouterAdvert)].concat(),
+            ),
+            (
+                FROM_VM,
                 vec![
                     eq(
                         field("ip6", "saddr"),
-                        set([
-                            eui64_link_local(self.mac).to_string(),
-                            Ipv6Addr::UNSPECIFIED.to_string(),
-                        ]),
+                        set([eui64_link_local(self.mac), Ipv6Addr::UNSPECIFIED]
+                            .into_iter()
+                            .chain(self.ipv6.iter().copied())
+                            .map(|a| a.to_string())),
                     ),
                     Statement::Accept(None),
                 ],
@@ -312,6 +331,17 @@ impl AntiSpoof {
                         eq(field("udp", "dport"), dhcp_ports()),
                     ],
                     drop(DropKind::DhcpOutput),
+                ]
+                .concat(),
+            ),
+            (
+                OUTPUT,
+                [
+                    vec![
+                        eq(meta(MetaKey::Oifname), text(&self.pod)),
+                        router_advertisement(),
+                    ],
+                    drop(DropKind::RouterAdvertOutput),
                 ]
                 .concat(),
             ),
@@ -549,7 +579,7 @@ fn text(s: &str) -> Expression<'static> {
     Expression::String(s.to_owned().into())
 }
 
-fn set<const N: usize>(items: [String; N]) -> Expression<'static> {
+fn set(items: impl IntoIterator<Item = String>) -> Expression<'static> {
     Expression::Named(NamedExpression::Set(
         items
             .into_iter()
@@ -586,6 +616,11 @@ fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'stati
     })
 }
 
+/// Matches an ICMPv6 router advertisement.
+fn router_advertisement() -> Statement<'static> {
+    eq(field("icmpv6", "type"), text("nd-router-advert"))
+}
+
 fn ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
     Statement::Match(Match {
         left,
@@ -605,6 +640,7 @@ mod tests {
             pod: "eth0".into(),
             mac: MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]),
             ipv4: Ipv4Addr::new(10, 244, 1, 7),
+            ipv6: vec!["fd00::7".parse().unwrap()],
         }
     }
 
@@ -656,8 +692,10 @@ mod tests {
         assert!(vm[3].contains("0.0.0.0") && vm[3].contains("drop_arp"));
         assert!(vm[6].contains("0.0.0.0") && vm[6].contains("68") && vm[6].contains("67"));
         assert!(vm[7].contains("drop_ipv4"));
-        assert!(vm[8].contains("fe80::5054:ff:fe12:3456") && vm[8].contains(r#""::""#));
-        assert!(vm[9].contains("drop_ipv6"));
+        assert!(vm[8].contains("nd-router-advert") && vm[8].contains("drop_ra"));
+        assert!(vm[9].contains("fe80::5054:ff:fe12:3456") && vm[9].contains(r#""::""#));
+        assert!(vm[9].contains(r#""fd00::7""#), "{}", vm[9]);
+        assert!(vm[10].contains("drop_ipv6"));
         assert_eq!(
             vm.last().unwrap().as_str(),
             r#"[{"counter":"drop_ethertype"},{"drop":null}]"#
@@ -668,6 +706,7 @@ mod tests {
         assert!(input[0].contains(r#""right":"eth0""#) && input[0].contains("drop_dhcp_input"));
         let output = in_chain("output");
         assert!(output[0].contains("oifname") && output[0].contains("drop_dhcp_output"));
+        assert!(output[1].contains("nd-router-advert") && output[1].contains("drop_ra_output"));
         // Every counter a rule names is declared in the same transaction.
         let declared: Vec<&str> = doc["nftables"]
             .as_array()

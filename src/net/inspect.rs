@@ -1,6 +1,7 @@
 //! A read-only view of a pod's network for people and the control API: links,
 //! addresses, routes, bridges with their ports, taps, the cached facts, and for the
-//! masquerade binding the VM's address and the NAT rules read back from the kernel.
+//! masquerade binding the VM's address and the NAT rules read back from the kernel, and
+//! for a dual-stack pod the VM's IPv6 side.
 //! Changes nothing.
 
 use super::antispoof::AntiSpoofReport;
@@ -66,6 +67,20 @@ pub struct MasqueradeView {
     pub rules: Vec<String>,
 }
 
+/// A dual-stack bridge-bound interface's IPv6 side: the address DHCPv6 leases the VM
+/// and the router the advertisements name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ipv6View {
+    pub interface: String,
+    pub vm_address: IpCidr,
+    pub vm_mac: super::facts::MacAddr,
+    /// The bridge's link-local address: the DHCPv6 server's and the VM's default router.
+    pub router: std::net::Ipv6Addr,
+    /// The DHCPv6 server's DUID (DUID-LL of the bridge MAC), hex bytes.
+    pub server_duid: String,
+}
+
 /// Everything `vmpodctl net inspect` shows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inspection {
@@ -81,6 +96,9 @@ pub struct Inspection {
     /// The masquerade bindings: VM address, forwarded ports, the NAT rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masquerade: Vec<MasqueradeView>,
+    /// The IPv6 side of dual-stack bridge-bound interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6: Vec<Ipv6View>,
 }
 
 /// Arrange a snapshot and the cache for reading. Pure.
@@ -127,6 +145,7 @@ pub fn inspection(
             dev: name(r.oif),
         })
         .collect();
+    let ipv6 = cached.iter().filter_map(ipv6_view).collect();
     Inspection {
         netns,
         links,
@@ -136,7 +155,23 @@ pub fn inspection(
         cached,
         anti_spoofing,
         masquerade: Vec::new(),
+        ipv6,
     }
+}
+
+fn ipv6_view(c: &CachedInterface) -> Option<Ipv6View> {
+    if c.binding != Binding::Bridge {
+        return None;
+    }
+    let vm_address = c.facts.ipv6().next()?;
+    let bridge_mac = super::plan::derived_mac(c.facts.mac, "bridge");
+    Some(Ipv6View {
+        interface: c.facts.interface.clone(),
+        vm_address,
+        vm_mac: c.vm_mac(),
+        router: super::ipv6::bridge_link_local(&c.facts),
+        server_duid: crate::dhcp::describe::hex(&crate::dhcp::v6::duid_ll(bridge_mac)),
+    })
 }
 
 fn masquerade_view(c: &CachedInterface) -> Result<Option<MasqueradeView>, NetError> {

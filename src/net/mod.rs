@@ -111,6 +111,7 @@ pub mod discover;
 mod error;
 mod facts;
 pub mod inspect;
+pub mod ipv6;
 mod lifecycle;
 pub mod masquerade;
 pub mod netns;

@@ -425,11 +425,20 @@ fn plan_bridge(
         },
         // Before the tap and the pod interface go up: the VM's first frame already
         // meets the rules.
-        anti_spoof(facts, Binding::Bridge, opts, ipv4),
+        anti_spoof(
+            facts,
+            Binding::Bridge,
+            opts,
+            ipv4,
+            super::ipv6::vm_addresses(facts),
+        ),
         NetOp::AddAddress {
             link: bridge.clone(),
             address: IpCidr::new(IpAddr::V4(opts.bridge_address), 32),
         },
+    ]);
+    ops.extend(super::ipv6::bridge_link_local_op(facts, &bridge));
+    ops.extend([
         NetOp::SetUp { link: bridge },
         NetOp::SetUp { link: tap },
         NetOp::SetUp {
@@ -446,6 +455,7 @@ fn anti_spoof(
     binding: Binding,
     opts: &PlanOptions,
     vm_ipv4: Ipv4Addr,
+    vm_ipv6: Vec<std::net::Ipv6Addr>,
 ) -> NetOp {
     let pod = facts.interface.as_str();
     NetOp::AntiSpoof(AntiSpoof {
@@ -454,6 +464,7 @@ fn anti_spoof(
         pod: pod.to_owned(),
         mac: opts.vm_mac(binding, facts.mac),
         ipv4: vm_ipv4,
+        ipv6: vm_ipv6,
     })
 }
 
@@ -507,7 +518,8 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
             link: tap.clone(),
             master: bridge.clone(),
         },
-        anti_spoof(facts, Binding::Masquerade, opts, m.vm_address()),
+        // No IPv6 behind masquerade yet: only the link-local and `::` pass.
+        anti_spoof(facts, Binding::Masquerade, opts, m.vm_address(), Vec::new()),
         NetOp::AddAddress {
             link: bridge.clone(),
             address: IpCidr::new(IpAddr::V4(m.gateway()), m.vm_network.prefix),
@@ -721,6 +733,7 @@ mod tests {
                     pod: "eth0".into(),
                     mac: f.mac,
                     ipv4: Ipv4Addr::new(10, 244, 0, 5),
+                    ipv6: vec![],
                 }),
                 NetOp::AddAddress {
                     link: "k6t-eth0".into(),
@@ -1061,6 +1074,7 @@ mod tests {
                 pod: "eth0".into(),
                 mac: derived_mac(f.mac, "vm"),
                 ipv4: Ipv4Addr::new(10, 0, 2, 2),
+                ipv6: Vec::new(),
             })
         });
         let tap_up = position(&ops, |o| {

@@ -31,6 +31,9 @@ pub enum Shape {
     Subnet,
     /// Calico: 10.88.3.4/32 with the link-local gateway 169.254.1.1, MTU 1450.
     Calico,
+    /// Dual stack: 10.244.9.23/24 via 10.244.9.1 and fd77:9::23/64 via fd77:9::1, an
+    /// IPv4 and an IPv6 nameserver.
+    DualStack,
 }
 
 fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
@@ -74,6 +77,25 @@ fn pod_spec(shape: Shape) -> (NodeSpec, PodSpec) {
             pod.hostname = "vm-b".into();
             (node, pod)
         }
+        Shape::DualStack => {
+            let node = NodeSpec::isolated(vec![
+                "10.244.9.1/24".parse::<IpCidr>().unwrap(),
+                "fd77:9::1/64".parse::<IpCidr>().unwrap(),
+                beyond,
+            ]);
+            let mut pod = PodSpec::new(
+                "dhcp6",
+                "10.244.9.23/24".parse::<IpCidr>().unwrap(),
+                "10.244.9.1".parse().unwrap(),
+            );
+            pod.ipv6 = Some("fd77:9::23/64".parse::<IpCidr>().unwrap());
+            pod.gateway6 = Some("fd77:9::1".parse().unwrap());
+            pod.dns = vec!["10.96.0.10".parse().unwrap(), "fd77:9::53".parse().unwrap()];
+            pod.search = vec!["default.svc.cluster.local".into(), "cluster.local".into()];
+            pod.hostname = "vm-c".into();
+            pod.mtu = 1400;
+            (node, pod)
+        }
     }
 }
 
@@ -94,6 +116,15 @@ impl Topology {
     /// A pod whose VMI sets `macAddress` to `vm_mac` (`None`: the VM takes the pod's MAC);
     /// the VM side's `eth0` gets the MAC the net phase cached for the VM.
     pub fn with_vm_mac(tag: &str, shape: Shape, vm_mac: Option<MacAddr>) -> Self {
+        let t = Self::pod_only(tag, shape, vm_mac);
+        t.attach_vm();
+        t.wait_link_ready();
+        t
+    }
+
+    /// The pod after `net setup`, with nothing on its bridge but the tap the net phase
+    /// made (for a real guest on that tap); the VM namespace exists, empty.
+    pub fn pod_only(tag: &str, shape: Shape, vm_mac: Option<MacAddr>) -> Self {
         let (node, spec) = pod_spec(shape);
         let pod = PodSandbox::create(&node, &spec).expect("pod sandbox");
         let state = tempfile::tempdir().unwrap();
@@ -117,16 +148,18 @@ impl Topology {
             N.fetch_add(1, Ordering::Relaxed)
         );
         netns::create(&vm_ns).expect("create vm netns");
-        let t = Topology {
+        // `ip netns exec` binds this over /etc/resolv.conf for the VM side's clients, so
+        // their scripts (dhclient-script, dhcpcd's hooks) never write the host's.
+        let etc = format!("/etc/netns/{vm_ns}");
+        std::fs::create_dir_all(&etc).expect("create /etc/netns/<vm ns>");
+        std::fs::write(format!("{etc}/resolv.conf"), "").expect("private resolv.conf");
+        Topology {
             vm_mac: cached.vm_mac(),
             pod,
             state,
             cached,
             vm_ns,
-        };
-        t.attach_vm();
-        t.wait_link_ready();
-        t
+        }
     }
 
     /// Wait (bounded) until frames pass between the VM side and the bridge: the VM's
@@ -378,13 +411,55 @@ async fn index(h: &rtnetlink::Handle, name: &str) -> u32 {
 /// A DHCP server serving in the pod namespace on its own thread; stops on drop.
 pub struct RunningServer {
     pub stats: StatsHandle,
+    _serving: Serving,
+}
+
+/// A future running on a thread of its own; dropped (and the thread joined) on drop.
+pub struct Serving {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Run `serve` on a new thread with a current-thread runtime until the [`Serving`] drops.
+pub fn serve_on_thread(serve: impl std::future::Future<Output = ()> + Send + 'static) -> Serving {
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::select! {
+                () = serve => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    Serving {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(|t| t.join());
+    }
 }
 
 /// dnsmasq as a peer DHCP server on the VM bridge, in the foreground, handing `lease` to
 /// the VM's MAC; state files go to `dir`. The bridge needs an address in `lease`'s /24.
 pub fn dnsmasq_command(t: &Topology, dir: &Path, lease: &str) -> Command {
+    let mut c = dnsmasq_on_bridge(t, dir, "dnsmasq");
+    c.arg(format!("--dhcp-range={lease},static,255.255.255.0,30d"))
+        .arg(format!("--dhcp-host={},{lease}", t.vm_mac));
+    c
+}
+
+/// dnsmasq on the VM bridge in the foreground, DNS off, its lease and pid files
+/// `<dir>/<name>.leases` and `<dir>/<name>.pid`; the caller adds what it serves.
+pub fn dnsmasq_on_bridge(t: &Topology, dir: &Path, name: &str) -> Command {
     let mut c = t.in_pod("dnsmasq");
     c.args([
         "--no-daemon",
@@ -395,43 +470,47 @@ pub fn dnsmasq_command(t: &Topology, dir: &Path, lease: &str) -> Command {
         "--user=root",
     ])
     .arg(format!("--interface={}", t.bridge()))
-    .arg(format!("--dhcp-range={lease},static,255.255.255.0,30d"))
-    .arg(format!("--dhcp-host={},{lease}", t.vm_mac))
-    .arg(format!("--dhcp-leasefile={}/dnsmasq.leases", dir.display()))
-    .arg(format!("--pid-file={}/dnsmasq.pid", dir.display()));
+    .arg(format!("--dhcp-leasefile={}/{name}.leases", dir.display()))
+    .arg(format!("--pid-file={}/{name}.pid", dir.display()));
     c
+}
+
+/// A latency benchmark's rounds per server (`DHCP_BENCH_ROUNDS`, default 2000), or
+/// `None` when it must not run: probed by `cargo bench --list`, or not root.
+pub fn bench_rounds(name: &str) -> Option<usize> {
+    if std::env::args().any(|a| a == "--list") {
+        return None; // cargo bench --list / cargo test --benches probing
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED {name}: needs root (network namespaces)");
+        return None;
+    }
+    Some(
+        std::env::var("DHCP_BENCH_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000),
+    )
 }
 
 pub fn start_server(t: &Topology, config: DhcpConfig) -> RunningServer {
     let server = netns::run_in(Some(&t.pod_path()), || DhcpServer::bind(config))
         .unwrap()
         .unwrap();
-    let stats = server.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::select! {
-                r = server.run() => r.unwrap(),
-                _ = stopped => {}
-            }
-        });
-    });
     RunningServer {
-        stats,
-        stop: Some(stop),
-        thread: Some(thread),
+        stats: server.stats(),
+        _serving: serve_on_thread(async move { server.run().await.unwrap() }),
     }
 }
 
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        let _ = self.thread.take().map(|t| t.join());
-    }
+/// The `KEY=value` lines a client script wrote with `env | sort`, quotes removed.
+pub fn read_env(path: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches('\'').to_owned()))
+        .collect()
 }
 
 /// Wait until `f` holds, up to `secs`.
@@ -452,4 +531,10 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The nearest-rank percentile of sorted samples (the latency benchmarks).
+pub fn percentile(sorted: &[u64], pct: usize) -> u64 {
+    let rank = (pct * sorted.len()).div_ceil(100);
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }

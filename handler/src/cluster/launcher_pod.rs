@@ -109,6 +109,10 @@ pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[
         "KILL",
         "signals libvirtd and QEMU, which run as another uid (107)",
     ),
+    (
+        "NET_RAW",
+        "router advertisements for the VM's IPv6 go out on a raw ICMPv6 socket on the pod bridge",
+    ),
 ];
 /// `net setup`'s arguments: with the VMI's own `macAddress` on its pod interface, that MAC
 /// is cached with the facts, so the DHCP server (reading the cache) answers the MAC the
@@ -1119,7 +1123,8 @@ mod tests {
                 "SETGID",
                 "CHOWN",
                 "DAC_OVERRIDE",
-                "KILL"
+                "KILL",
+                "NET_RAW"
             ]
         );
 

@@ -1,16 +1,19 @@
-//! `vmpodctl dhcp probe`: see exactly what the VM would get from a pod's DHCP server.
+//! `vmpodctl dhcp probe`: see exactly what the VM would get from a pod's DHCP server
+//! (`--v6`: from its DHCPv6 server).
 
 use anyhow::Context;
 use clap::Subcommand;
 use std::process::ExitCode;
 use std::time::Duration;
 use vmpod::dhcp::probe::{ProbeOptions, probe};
+use vmpod::dhcp::v6::probe::{ProbeV6Options, probe_v6};
 use vmpod::net::{MacAddr, netns};
 
 #[derive(Subcommand)]
 pub enum DhcpCommand {
-    /// Run DISCOVER/OFFER/REQUEST/ACK against a DHCP server and print what it offers.
-    /// Configures nothing.
+    /// Run DISCOVER/OFFER/REQUEST/ACK against a DHCP server (with --v6:
+    /// SOLICIT/ADVERTISE/REQUEST/REPLY against a DHCPv6 server) and print what it
+    /// offers. Configures nothing.
     Probe {
         /// The interface to send from (e.g. a veth on the VM's bridge).
         #[arg(long)]
@@ -27,6 +30,10 @@ pub enum DhcpCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Probe DHCPv6 instead, as a client with the DUID-LL of --mac (the interface
+        /// needs a usable link-local address).
+        #[arg(long)]
+        v6: bool,
     },
 }
 
@@ -37,6 +44,7 @@ pub fn run(cmd: DhcpCommand) -> anyhow::Result<ExitCode> {
         netns: ns,
         timeout,
         json,
+        v6,
     } = cmd;
     let ns_path = ns.as_deref().map(netns::path);
     let timeout = Duration::try_from_secs_f64(timeout).context("--timeout")?;
@@ -45,14 +53,27 @@ pub fn run(cmd: DhcpCommand) -> anyhow::Result<ExitCode> {
             Some(m) => m,
             None => interface_mac(&interface)?,
         };
-        Ok::<_, anyhow::Error>(
-            probe(&ProbeOptions {
+        // (JSON, text) of either report.
+        let shown = |json: serde_json::Result<serde_json::Value>, text: String| {
+            Ok::<_, anyhow::Error>((json?, text))
+        };
+        if v6 {
+            let r = probe_v6(&ProbeV6Options {
                 interface: interface.clone(),
                 mac,
                 timeout,
             })
-            .await?,
-        )
+            .await?;
+            shown(serde_json::to_value(&r), r.to_string())
+        } else {
+            let r = probe(&ProbeOptions {
+                interface: interface.clone(),
+                mac,
+                timeout,
+            })
+            .await?;
+            shown(serde_json::to_value(&r), r.to_string())
+        }
     })
     .with_context(|| {
         format!(
@@ -60,10 +81,11 @@ pub fn run(cmd: DhcpCommand) -> anyhow::Result<ExitCode> {
             ns.as_deref().unwrap_or("(current)")
         )
     })??;
+    let (report, text) = report;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{report}");
+        print!("{text}");
     }
     Ok(ExitCode::SUCCESS)
 }

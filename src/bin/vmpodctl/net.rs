@@ -194,6 +194,13 @@ fn render_inspection(v: &Inspection) -> String {
             let _ = writeln!(s, "  {r}");
         }
     }
+    for v6 in &v.ipv6 {
+        let _ = writeln!(
+            s,
+            "\nIPV6 {}\nvm {} (mac {}) by DHCPv6 from server DUID {}; router {} (advertised on the bridge)",
+            v6.interface, v6.vm_address, v6.vm_mac, v6.server_duid, v6.router
+        );
+    }
     s.push_str("\nCACHED FACTS\n");
     if v.cached.is_empty() {
         s.push_str("(none)\n");

@@ -1,0 +1,458 @@
+//! IPv6 for the VM against real clients, after `net setup` rewired a dual-stack pod
+//! (the VM side is a veth on the pod's bridge in place of the tap, with the VM's MAC):
+//! ISC `dhclient -6` gets the pod's exact IPv6 address, the IPv6 nameserver and the
+//! search list from our DHCPv6 server; a client with another MAC gets nothing; the VM
+//! side's kernel takes our router advertisement (default route via the bridge's
+//! link-local address, the on-link prefix, the MTU) and then reaches the node's IPv6
+//! gateway from the leased address; dhcpcd takes the RA's DNS options and the lease.
+
+mod dhcp_fixture;
+mod support;
+
+use dhcp_fixture::*;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use vmpod::dhcp::ra::{RaSender, RaStatsHandle};
+use vmpod::dhcp::v6::server::{DhcpV6Server, V6StatsHandle};
+use vmpod::dhcp::v6::{DhcpV6Config, DropReason, ReplyKind};
+use vmpod::net::netns;
+
+/// Kills a client left running when the test ends.
+struct Reap(Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A DHCPv6 server serving in the pod namespace on its own thread; stops on drop.
+struct RunningV6 {
+    stats: V6StatsHandle,
+    _serving: Serving,
+}
+
+fn v6_config(t: &Topology) -> DhcpV6Config {
+    DhcpV6Config::for_cached(&t.cached).expect("a dual-stack pod has a DHCPv6 configuration")
+}
+
+fn start_v6(t: &Topology) -> RunningV6 {
+    let config = v6_config(t);
+    let server = netns::run_in(Some(&t.pod_path()), || DhcpV6Server::bind(config))
+        .unwrap()
+        .unwrap();
+    RunningV6 {
+        stats: server.stats(),
+        _serving: serve_on_thread(async move { server.run().await.unwrap() }),
+    }
+}
+
+/// The RA sender on the pod's bridge, on its own thread; stops on drop.
+struct RunningRa {
+    stats: RaStatsHandle,
+    _serving: Serving,
+}
+
+fn start_ra(t: &Topology) -> RunningRa {
+    let config = v6_config(t);
+    let sender = netns::run_in(Some(&t.pod_path()), || RaSender::bind(&config))
+        .unwrap()
+        .unwrap();
+    RunningRa {
+        stats: sender.stats(),
+        _serving: serve_on_thread(async move { sender.run().await.unwrap() }),
+    }
+}
+
+/// The VM side's IPv6 routes as `dst [via gw] [proto]`, main table.
+fn vm_routes6(t: &Topology) -> Vec<String> {
+    let v = t.ip_json(&["-6", "route", "show", "table", "main"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let mut s = r["dst"].as_str().unwrap().to_owned();
+            if let Some(g) = r["gateway"].as_str() {
+                s += &format!(" via {g}");
+            }
+            if let Some(p) = r["protocol"].as_str() {
+                s += &format!(" {p}");
+            }
+            s
+        })
+        .collect()
+}
+
+fn vm_sysctl(t: &Topology, key: &str) -> String {
+    let o = t
+        .in_vm("cat")
+        .arg(format!("/proc/sys/{key}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// The VM side's IPv6 addresses of `scope` (`global`, `link`) as `addr/prefix`, with
+/// the tentative ones (duplicate address detection still running) marked.
+fn vm_addresses6(t: &Topology, scope: &str) -> Vec<String> {
+    let v = t.ip_json(&["-6", "addr", "show", "dev", VM_IF, "scope", scope]);
+    v.as_array()
+        .and_then(|a| a.first())
+        .and_then(|l| l["addr_info"].as_array())
+        .map(|a| {
+            // `ip -j` prints `{}` for the addresses the scope filter left out.
+            a.iter()
+                .filter_map(|a| {
+                    let tentative = if a["tentative"].as_bool() == Some(true) {
+                        " tentative"
+                    } else {
+                        ""
+                    };
+                    Some(format!(
+                        "{}/{}{tentative}",
+                        a["local"].as_str()?,
+                        a["prefixlen"]
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait until the VM side has a usable link-local address: a DHCPv6 client speaks from it.
+fn wait_link_local(t: &Topology) {
+    assert!(
+        wait_until(10, || {
+            let ll = vm_addresses6(t, "link");
+            !ll.is_empty() && ll.iter().all(|a| !a.ends_with("tentative"))
+        }),
+        "VM side link-local address not ready: {:?}",
+        vm_addresses6(t, "link")
+    );
+}
+
+/// A client script that writes its environment to `<out>/<reason>.env`, then runs `then`.
+fn record_script(out: &Path, then: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = out.join("record.sh");
+    let body = format!(
+        "#!/bin/sh\nenv | sort > \"{}/$reason.env\"\n{then}\n",
+        out.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// `dhclient -6` in the VM namespace with Debian's dhclient-script behind a recording
+/// script (one env file per reason in `out`); the lease file is fresh, so the DUID is
+/// a new DUID-LLT of the VM side's MAC.
+fn dhclient6(t: &Topology, out: &Path) -> Reap {
+    let script = record_script(out, "exec /sbin/dhclient-script \"$@\"");
+    let child = t
+        .in_vm("dhclient")
+        .args(["-6", "-d", "-v", "-lf"])
+        .arg(out.join("leases"))
+        .arg("-pf")
+        .arg(out.join("pid"))
+        .arg("-sf")
+        .arg(&script)
+        .arg(VM_IF)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Reap(child)
+}
+
+fn dhclient_gets_the_pods_ipv6_address() {
+    let t = Topology::new("d6cl", Shape::DualStack);
+    let server = start_v6(&t);
+    wait_link_local(&t);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let _client = dhclient6(&t, out);
+    assert!(
+        wait_until(20, || out.join("BOUND6.env").exists()),
+        "dhclient -6 got no lease: {:?}",
+        server.stats.snapshot()
+    );
+    let env = read_env(&out.join("BOUND6.env"));
+    assert_eq!(
+        env.get("new_ip6_address").map(String::as_str),
+        Some("fd77:9::23"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd77:9::53")
+    );
+    assert_eq!(
+        env.get("new_dhcp6_domain_search").map(String::as_str),
+        Some("default.svc.cluster.local. cluster.local.")
+    );
+    assert_eq!(
+        env.get("new_max_life").map(String::as_str),
+        Some(vmpod::dhcp::DEFAULT_LEASE_SECS.to_string().as_str())
+    );
+    // dhclient-script put it on the VM's link (a /128: the prefix comes from the RA).
+    assert!(
+        wait_until(5, || vm_addresses6(&t, "global")
+            .iter()
+            .any(|a| a.starts_with("fd77:9::23/"))),
+        "{:?}",
+        vm_addresses6(&t, "global")
+    );
+    let stats = server.stats.snapshot();
+    assert_eq!(
+        stats.replies.get(&ReplyKind::Advertise),
+        Some(&1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.replies.get(&ReplyKind::Reply), Some(&1), "{stats:?}");
+    assert_eq!(stats.lease.state, vmpod::dhcp::stats::LeaseState::Bound);
+}
+
+fn a_foreign_client_gets_nothing() {
+    let t = Topology::new("d6fo", Shape::DualStack);
+    let server = start_v6(&t);
+    // Another MAC on the VM side: down and up again, so the link-local address (and
+    // dhclient's DUID-LLT) derive from it.
+    for args in [
+        vec!["link", "set", VM_IF, "down"],
+        vec!["link", "set", VM_IF, "address", "52:54:00:0f:0f:0f"],
+        vec!["link", "set", VM_IF, "up"],
+    ] {
+        let o = t.in_vm("ip").args(&args).output().unwrap();
+        assert!(o.status.success(), "ip {args:?}: {}", text(&o));
+    }
+    wait_link_local(&t);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let _client = dhclient6(&t, out);
+    // Two Solicits heard and dropped (the first and a retransmission): the client is
+    // alive and talking, and was refused.
+    let foreign = || {
+        server
+            .stats
+            .snapshot()
+            .drops
+            .get(&DropReason::ForeignClient)
+            .copied()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(20, || foreign() >= 2),
+        "{:?}",
+        server.stats.snapshot()
+    );
+    let stats = server.stats.snapshot();
+    assert!(stats.replies.is_empty(), "{stats:?}");
+    assert!(!out.join("BOUND6.env").exists());
+    assert!(vm_addresses6(&t, "global").is_empty());
+}
+
+fn the_kernel_takes_the_ra_and_reaches_the_gateway() {
+    let t = Topology::new("d6ra", Shape::DualStack);
+    assert_eq!(vm_sysctl(&t, "net/ipv6/conf/eth0/accept_ra"), "1");
+    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
+    let ra = start_ra(&t);
+    let server = start_v6(&t);
+    wait_link_local(&t);
+    // The kernel sends Router Solicitations once its link-local address is usable; the
+    // answer (or the first periodic advertisement) gives it the routes.
+    let want_default = format!("default via {bridge_ll} ra");
+    assert!(
+        wait_until(15, || vm_routes6(&t).contains(&want_default)),
+        "no default route from the RA: {:?}, sender {:?}",
+        vm_routes6(&t),
+        ra.stats.snapshot()
+    );
+    // The on-link prefix (the kernel marks prefix routes "kernel"; with no global
+    // address yet, it can only come from the RA).
+    assert!(
+        vm_routes6(&t).contains(&"fd77:9::/64 kernel".to_owned()),
+        "{:?}",
+        vm_routes6(&t)
+    );
+    assert_eq!(vm_sysctl(&t, "net/ipv6/conf/eth0/mtu"), "1400");
+    // No SLAAC address from the prefix: the VM takes exactly the pod's address.
+    assert!(vm_addresses6(&t, "global").is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let _client = dhclient6(&t, dir.path());
+    assert!(
+        wait_until(20, || vm_addresses6(&t, "global")
+            .iter()
+            .any(|a| a.starts_with("fd77:9::23/") && !a.ends_with("tentative"))),
+        "no lease: {:?}",
+        server.stats.snapshot()
+    );
+    let ping = t
+        .in_vm("busybox")
+        .args(["ping", "-6", "-c", "1", "-W", "2", "fd77:9::1"])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "the node's IPv6 gateway does not answer the VM: {}",
+        text(&ping)
+    );
+    let stats = ra.stats.snapshot();
+    assert!(stats.periodic + stats.solicited >= 1, "{stats:?}");
+}
+
+/// dhcpcd, IPv6 only: it solicits the RA, reads its DNS options (RFC 8106), follows
+/// the managed flag to DHCPv6 and installs the lease and the default route itself.
+fn dhcpcd_takes_the_ra_and_the_lease() {
+    let t = Topology::new("d6dc", Shape::DualStack);
+    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
+    let ra = start_ra(&t);
+    let server = start_v6(&t);
+    wait_link_local(&t);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let script = record_script(out, "");
+    let conf = out.join("dhcpcd.conf");
+    std::fs::write(
+        &conf,
+        "ipv6only\nipv6rs\nia_na\noption dhcp6_name_servers, dhcp6_domain_search\npersistent\n",
+    )
+    .unwrap();
+    // dhcpcd keeps state in /var/lib/dhcpcd and /run/dhcpcd: private tmpfs copies, in
+    // the mount namespace `ip netns exec` made for this command only.
+    let cmd = format!(
+        "mount -t tmpfs vmpod /var/lib/dhcpcd && mount -t tmpfs vmpod /run && mkdir -p /run/dhcpcd && \
+         exec dhcpcd -B -6 -t 20 -f {} -c {} {VM_IF}",
+        conf.display(),
+        script.display()
+    );
+    let _client = Reap(
+        t.in_vm("sh")
+            .args(["-c", &cmd])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(25, || out.join("BOUND6.env").exists()
+            && out.join("ROUTERADVERT.env").exists()),
+        "dhcpcd got no RA or no DHCPv6 lease: RA {:?}, DHCPv6 {:?}, events {:?}",
+        ra.stats.snapshot(),
+        server.stats.snapshot(),
+        std::fs::read_dir(out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    );
+    let env = read_env(&out.join("BOUND6.env"));
+    assert_eq!(
+        env.get("new_dhcp6_ia_na1_ia_addr1").map(String::as_str),
+        Some("fd77:9::23"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd77:9::53")
+    );
+    let ra_env = read_env(&out.join("ROUTERADVERT.env"));
+    assert_eq!(
+        ra_env.get("nd1_from").map(String::as_str),
+        Some(bridge_ll.as_str()),
+        "{ra_env:?}"
+    );
+    assert_eq!(
+        ra_env.get("nd1_rdnss1_servers").map(String::as_str),
+        Some("fd77:9::53"),
+        "{ra_env:?}"
+    );
+    assert_eq!(
+        ra_env.get("nd1_dnssl1_search").map(String::as_str),
+        Some("default.svc.cluster.local cluster.local"),
+        "{ra_env:?}"
+    );
+    let want_default = format!("default via {bridge_ll}");
+    assert!(
+        wait_until(5, || vm_routes6(&t)
+            .iter()
+            .any(|r| r.starts_with(&want_default))),
+        "{:?}",
+        vm_routes6(&t)
+    );
+    assert!(
+        vm_addresses6(&t, "global")
+            .iter()
+            .any(|a| a.starts_with("fd77:9::23/")),
+        "{:?}",
+        vm_addresses6(&t, "global")
+    );
+}
+
+/// `vmpodctl dhcp probe --v6` from the VM side shows what the server leases; it asks as
+/// the VM's MAC (the VM side's own), so it is answered.
+fn vmpodctl_probes_dhcpv6() {
+    let t = Topology::new("d6pr", Shape::DualStack);
+    let server = start_v6(&t);
+    wait_link_local(&t);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args([
+            "dhcp",
+            "probe",
+            "--v6",
+            "--json",
+            "--interface",
+            VM_IF,
+            "--netns",
+        ])
+        .arg(&t.vm_ns)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (answer, kind) in [("advertise", "Advertise"), ("reply", "Reply")] {
+        assert_eq!(r[answer]["messageType"], kind, "{r}");
+        assert_eq!(r[answer]["addresses"][0][0], "fd77:9::23", "{r}");
+        assert_eq!(r[answer]["dns"][0], "fd77:9::53", "{r}");
+        assert_eq!(r[answer]["serverDuid"], server.stats.snapshot().server_duid);
+    }
+    let stats = server.stats.snapshot();
+    assert_eq!(stats.lease.state, vmpod::dhcp::stats::LeaseState::Bound);
+    // `vmpodctl net inspect` shows the same IPv6 side, from the cache and the kernel.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args(["net", "inspect", "--netns"])
+        .arg(t.pod_path())
+        .arg("--state-dir")
+        .arg(t.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let router = vmpod::net::ipv6::bridge_link_local(&t.cached.facts);
+    let want = format!(
+        "IPV6 eth0\nvm fd77:9::23/64 (mac {}) by DHCPv6 from server DUID {}; router {router}",
+        t.vm_mac, stats.server_duid
+    );
+    assert!(shown.contains(&want), "no {want:?} in:\n{shown}");
+    // The bridge holds that link-local address, and no other IPv6 address.
+    assert!(shown.contains(&format!("{router}/64")), "{shown}");
+}
+
+macro_rules! privileged_tests {
+    ($($name:ident: $body:ident;)*) => {$(
+        #[test]
+        fn $name() {
+            if support::privileged(stringify!($name)) {
+                $body();
+            }
+        }
+    )*};
+}
+
+privileged_tests! {
+    dhclient6_gets_the_pods_ipv6_address_dns_and_search: dhclient_gets_the_pods_ipv6_address;
+    dhcpv6_answers_no_foreign_client: a_foreign_client_gets_nothing;
+    kernel_takes_the_ra_and_pings_the_ipv6_gateway: the_kernel_takes_the_ra_and_reaches_the_gateway;
+    dhcpcd_takes_the_ra_dns_options_and_the_lease: dhcpcd_takes_the_ra_and_the_lease;
+    vmpodctl_dhcp_probe_v6_shows_the_lease: vmpodctl_probes_dhcpv6;
+}
