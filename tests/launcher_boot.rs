@@ -68,7 +68,10 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
     // them) and their counters readable: this launcher runs as root with NET_ADMIN.
     let anti = support::launcher::anti_spoofing_report(&state);
     assert!(
-        anti.dropped.as_ref().is_some_and(|d| d.len() == 8) && anti.unavailable.is_none(),
+        anti.dropped
+            .as_ref()
+            .is_some_and(|d| d.len() == vmpod::net::antispoof::DropKind::ALL.len())
+            && anti.unavailable.is_none(),
         "{anti:?}"
     );
     let xml = control_call(
