@@ -32,7 +32,7 @@ static CONFIG: LazyLock<DhcpConfig> = LazyLock::new(|| {
     let extras = DhcpExtras {
         boot_file_name: Some("pxelinux.0".into()),
         private_options: (240..244)
-            .map(|option| PrivateOption { option, value: "v".repeat(120) })
+            .filter_map(|option| PrivateOption::new(option, "v".repeat(120)))
             .collect(),
         ..Default::default()
     };
