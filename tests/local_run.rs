@@ -498,7 +498,9 @@ fn fake_launcher(dir: &Path) -> PathBuf {
     let path = dir.join("fake-launcher.sh");
     std::fs::write(
         &path,
-        "#!/bin/sh\nout=\"$FAKE_OUT\"\n{ echo \"args $*\"; echo \"hostname $(hostname)\"; \
+        "#!/bin/sh\nout=\"$FAKE_OUT\"\n\
+         trap 'echo term >> \"$out\"; echo \"term $$\" >> \"$out.events\"; exit 0' TERM\n\
+         { echo \"args $*\"; echo \"hostname $(hostname)\"; \
          echo \"etc-hostname $(cat /etc/hostname 2>/dev/null)\"; \
          echo \"netns-mounts $(grep -c ' /run/netns/' /proc/self/mountinfo)\"; \
          echo \"resolv $(cat /etc/resolv.conf | tr '\\n' ' ')\"; \
@@ -506,7 +508,6 @@ fn fake_launcher(dir: &Path) -> PathBuf {
          ip route show default | awk '{print \"gw \" $3}'; } > \"$out.tmp\"\nmv \"$out.tmp\" \"$out\"\n\
          echo \"start $$\" >> \"$out.events\"\n\
          [ -n \"$FAKE_HOLD\" ] || exit 7\n\
-         trap 'echo term >> \"$out\"; echo \"term $$\" >> \"$out.events\"; exit 0' TERM\n\
          while :; do sleep 0.1; done\n",
     )
     .unwrap();
