@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -98,14 +98,61 @@ pub struct GuestPing {
     pub rtt_ms: Option<f64>,
 }
 
-/// `VMPOD-IPV6` (kernel argument `vmpod.ipv6=1`): global IPv6 addresses the NIC got
-/// (SLAAC from router advertisements) and the default routers.
+/// `VMPOD-IPV6` (kernel argument `vmpod.ipv6=1`): what the guest holds once dhcpcd has
+/// an address: the NIC's global IPv6 addresses (DHCPv6 or SLAAC), the default routers
+/// and the IPv6 nameservers in its resolv.conf.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct GuestIpv6 {
     pub iface: String,
     /// `addr/prefix`.
     pub addresses: Vec<String>,
-    pub routers: Vec<std::net::Ipv6Addr>,
+    pub routers: Vec<Ipv6Addr>,
+    pub dns: Vec<Ipv6Addr>,
+}
+
+impl GuestIpv6 {
+    /// The addresses without their prefix lengths.
+    pub fn addrs(&self) -> Vec<Ipv6Addr> {
+        self.addresses
+            .iter()
+            .filter_map(|a| a.split('/').next()?.parse().ok())
+            .collect()
+    }
+}
+
+/// `VMPOD-RA` (`vmpod.ipv6=1`): a router advertisement dhcpcd took, as its hook saw it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GuestRa {
+    pub iface: String,
+    /// The advertising router (its link-local source address).
+    pub from: Option<Ipv6Addr>,
+    /// Prefix information options, `prefix/len`.
+    pub prefixes: Vec<String>,
+    pub mtu: Option<u32>,
+    /// RDNSS (RFC 8106).
+    pub rdnss: Vec<Ipv6Addr>,
+    /// DNSSL (RFC 8106).
+    pub dnssl: Vec<String>,
+    /// Guest uptime in seconds when dhcpcd took it.
+    pub uptime: f64,
+}
+
+/// `VMPOD-DHCP6` (`vmpod.ipv6=1`): a DHCPv6 lease dhcpcd took.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GuestDhcp6 {
+    /// dhcpcd's reason: `BOUND6` for a new lease, `REBOOT6`, `RENEW6`, `REBIND6`, `INFORM6`.
+    pub event: String,
+    pub iface: String,
+    /// IA_NA addresses.
+    pub addresses: Vec<Ipv6Addr>,
+    /// Option 23.
+    pub dns: Vec<Ipv6Addr>,
+    /// Option 24.
+    pub search: Vec<String>,
+    /// The server's DUID, colon-separated hex.
+    pub server_id: Option<String>,
+    /// Guest uptime in seconds when dhcpcd took it: boot-to-lease time.
+    pub uptime: f64,
 }
 
 /// Everything the guest reported so far, in console order.
@@ -120,6 +167,12 @@ pub struct GuestReport {
     /// `VMPOD-LEASE-FAILED` seen: udhcpc gave up.
     pub lease_failed: bool,
     pub ping: Option<GuestPing>,
+    /// The first router advertisement dhcpcd took (`vmpod.ipv6=1`).
+    pub ra: Option<GuestRa>,
+    /// The first DHCPv6 lease dhcpcd took (`vmpod.ipv6=1`).
+    pub dhcp6: Option<GuestDhcp6>,
+    /// `VMPOD-IPV6-FAILED` seen: dhcpcd got no IPv6 address in time.
+    pub ipv6_failed: bool,
     pub ipv6: Option<GuestIpv6>,
     pub ping6: Option<GuestPing>,
     /// Files of a cidata disk (`user-data`, `meta-data`, `network-config`) by name.
@@ -211,6 +264,15 @@ impl GuestReport {
             }
             "VMPOD-LEASE-FAILED" => self.lease_failed = true,
             "VMPOD-PING" => self.ping = Some(typed(value, tagged)?),
+            "VMPOD-RA" => {
+                let ra = typed(value, tagged)?;
+                self.ra.get_or_insert(ra);
+            }
+            "VMPOD-DHCP6" => {
+                let lease = typed(value, tagged)?;
+                self.dhcp6.get_or_insert(lease);
+            }
+            "VMPOD-IPV6-FAILED" => self.ipv6_failed = true,
             "VMPOD-IPV6" => self.ipv6 = Some(typed(value, tagged)?),
             "VMPOD-PING6" => self.ping6 = Some(typed(value, tagged)?),
             "VMPOD-CIDATA-BEGIN" => {
@@ -236,6 +298,114 @@ impl GuestReport {
     pub fn user_data(&self) -> Option<&str> {
         self.cidata.get("user-data").map(String::as_str)
     }
+
+    /// A `vmpod.ipv6=1` guest got as far as it will: it pinged over IPv6, or it went
+    /// past that step (holding, powered off) or never got there (no IPv4 lease).
+    pub fn ipv6_settled(&self) -> bool {
+        self.ping6.is_some() || self.holding || self.powered_off || self.lease_failed
+    }
+
+    /// What a dual-stack guest (`vmpod.ipv6=1`) reported, checked against what its pod
+    /// should give it; the error names every field that differs or is missing.
+    pub fn dual_stack(&self, want: &DualStackWant) -> Result<GuestDualStack, String> {
+        let mut wrong = Vec::new();
+        let mut check = |what: &str, ok: bool, got: &dyn std::fmt::Debug| {
+            if !ok {
+                wrong.push(format!("{what}: got {got:?}"));
+            }
+        };
+        let missing = |what: &str| format!("no {what} report");
+        let lease = self.lease.clone().ok_or_else(|| missing("VMPOD-LEASE"))?;
+        let ping = self.ping.clone().ok_or_else(|| missing("VMPOD-PING"))?;
+        let ra = self.ra.clone().ok_or_else(|| missing("VMPOD-RA"))?;
+        let dhcp6 = self.dhcp6.clone().ok_or_else(|| missing("VMPOD-DHCP6"))?;
+        let ipv6 = self.ipv6.clone().ok_or_else(|| missing("VMPOD-IPV6"))?;
+        let ping6 = self.ping6.clone().ok_or_else(|| missing("VMPOD-PING6"))?;
+        check(
+            &format!("IPv4 lease, want {}/{}", want.ipv4, want.prefix4),
+            (lease.ip, lease.prefix) == (want.ipv4, want.prefix4),
+            &(lease.ip, lease.prefix),
+        );
+        check("IPv4 ping ok", ping.ok, &ping);
+        check(
+            &format!("RA from {}", want.router6),
+            ra.from == Some(want.router6),
+            &ra.from,
+        );
+        check(
+            &format!("RA RDNSS {:?}", want.dns6),
+            ra.rdnss == want.dns6,
+            &ra.rdnss,
+        );
+        check(
+            &format!("DHCPv6 lease {} alone", want.ipv6),
+            dhcp6.addresses == [want.ipv6],
+            &dhcp6.addresses,
+        );
+        check(
+            &format!("DHCPv6 DNS {:?}", want.dns6),
+            dhcp6.dns == want.dns6,
+            &dhcp6.dns,
+        );
+        check(
+            &format!("global IPv6 addresses: {} alone", want.ipv6),
+            ipv6.addrs() == [want.ipv6],
+            &ipv6.addresses,
+        );
+        check(
+            &format!("IPv6 default routers: {} alone", want.router6),
+            ipv6.routers == [want.router6],
+            &ipv6.routers,
+        );
+        check(
+            &format!("IPv6 nameservers in resolv.conf {:?}", want.dns6),
+            ipv6.dns == want.dns6,
+            &ipv6.dns,
+        );
+        check(
+            &format!("ping6 {} ok", want.ping6),
+            ping6.ok && ping6.target == IpAddr::V6(want.ping6),
+            &ping6,
+        );
+        if !wrong.is_empty() {
+            return Err(format!("the dual-stack guest: {}", wrong.join("; ")));
+        }
+        Ok(GuestDualStack {
+            lease,
+            ping,
+            ra,
+            dhcp6,
+            ipv6,
+            ping6,
+        })
+    }
+}
+
+/// What a dual-stack pod gives its guest (`vmpod.ipv6=1`), for [`GuestReport::dual_stack`].
+#[derive(Clone, Debug)]
+pub struct DualStackWant {
+    /// The IPv4 lease.
+    pub ipv4: Ipv4Addr,
+    pub prefix4: u8,
+    /// The one IPv6 address, leased by DHCPv6 (and no other global one).
+    pub ipv6: Ipv6Addr,
+    /// The router advertising, the only IPv6 default router.
+    pub router6: Ipv6Addr,
+    /// The IPv6 DNS servers: in the RA (RDNSS), the DHCPv6 reply and the resolv.conf.
+    pub dns6: Vec<Ipv6Addr>,
+    /// What the guest pings over IPv6 (`vmpod.ping6`), successfully.
+    pub ping6: Ipv6Addr,
+}
+
+/// A dual-stack guest's reports, each present (see [`GuestReport::dual_stack`]).
+#[derive(Clone, Debug)]
+pub struct GuestDualStack {
+    pub lease: GuestLease,
+    pub ping: GuestPing,
+    pub ra: GuestRa,
+    pub dhcp6: GuestDhcp6,
+    pub ipv6: GuestIpv6,
+    pub ping6: GuestPing,
 }
 
 /// The built guest: `target/guest/{vmlinuz,initramfs.img}`, built on first use by
@@ -286,8 +456,11 @@ pub struct GuestOptions {
     pub disks: Vec<GuestDisk>,
     /// Add `vmpod.hold=1`: stay up until the ACPI power button.
     pub hold: bool,
-    /// Add `vmpod.ipv6=1`: wait for SLAAC and report IPv6 (`VMPOD-IPV6`, `VMPOD-PING6`).
+    /// Add `vmpod.ipv6=1`: take IPv6 with dhcpcd (RA, DHCPv6 or SLAAC) and report it
+    /// (`VMPOD-RA`, `VMPOD-DHCP6`, `VMPOD-IPV6`, `VMPOD-PING6`).
     pub ipv6: bool,
+    /// Add `vmpod.ping6=ADDR`: ping6 this instead of the IPv6 default router.
+    pub ping6: Option<Ipv6Addr>,
     /// Run QEMU inside this network namespace (e.g. a pod's).
     pub netns: Option<PathBuf>,
 }
@@ -300,6 +473,7 @@ impl Default for GuestOptions {
             disks: Vec::new(),
             hold: false,
             ipv6: false,
+            ping6: None,
             netns: None,
         }
     }
@@ -315,6 +489,9 @@ pub fn qemu_args(kernel: &Path, initrd: &Path, dir: &Path, opts: &GuestOptions) 
     }
     if opts.ipv6 {
         append.push_str(" vmpod.ipv6=1");
+    }
+    if let Some(target) = opts.ping6 {
+        append.push_str(&format!(" vmpod.ping6={target}"));
     }
     let netdev = match &opts.net {
         GuestNet::User => "user,id=n0".to_string(),
