@@ -351,8 +351,9 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
     );
 }
 
-/// With `vmpod.ipv6=1` the guest reports the address it configured by SLAAC from router
-/// advertisements (dnsmasq `ra-only`) and pings the advertising router.
+/// With `vmpod.ipv6=1` the guest reports the address its dhcpcd configured by SLAAC
+/// (EUI-64) from router advertisements without the managed flag (dnsmasq `ra-only`) and
+/// pings the advertising router.
 #[test]
 fn guest_reports_slaac_ipv6_from_router_advertisements() {
     if !support::privileged("guest_reports_slaac_ipv6_from_router_advertisements") {

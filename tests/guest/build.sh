@@ -33,7 +33,7 @@ files_hash=$(cd "$here" && sha256sum build.sh init udhcpc.script dhcpcd.script d
 inputs="$kpkg=$kver busybox-static=$bver $xvers$files_hash"
 if [ "${VMPOD_GUEST_FORCE:-0}" != 1 ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.img" ] \
     && [ "$(cat "$out/.inputs" 2>/dev/null)" = "$inputs" ]; then
-    echo "guest: up to date ($kpkg $kver, busybox $bver) in $out"
+    echo "guest: up to date ($kpkg $kver, busybox $bver, $xvers) in $out"
     exit 0
 fi
 echo "guest: building from $kpkg $kver, busybox-static $bver and $xvers"

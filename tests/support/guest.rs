@@ -843,10 +843,73 @@ VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
         assert!(e.to_string().contains("VMPOD-LEASE"), "{e}");
     }
 
+    const DUAL_STACK: &str = "VMPOD-LEASE {\"event\":\"bound\",\"iface\":\"eth0\",\"mac\":\"02:00:00:00:00:01\",\"ip\":\"10.244.9.23\",\"prefix\":24,\"routers\":[\"10.244.9.1\"],\"dns\":[],\"mtu\":null,\"link_mtu\":1500,\"hostname\":null,\"domain\":null,\"search\":[],\"routes\":[],\"server\":null,\"lease_s\":null,\"uptime\":2.0}\n\
+VMPOD-PING {\"target\":\"10.244.9.1\",\"ok\":true,\"rtt_ms\":1.0}\n\
+VMPOD-RA {\"iface\":\"eth0\",\"from\":\"fe80::1\",\"prefixes\":[\"fd77:9::/64\"],\"mtu\":1400,\"rdnss\":[\"fd77:9::53\"],\"dnssl\":[\"cluster.local\"],\"uptime\":4.7}\n\
+VMPOD-DHCP6 {\"event\":\"BOUND6\",\"iface\":\"eth0\",\"addresses\":[\"fd77:9::23\"],\"dns\":[\"fd77:9::53\"],\"search\":[\"cluster.local\"],\"server_id\":\"0003000102000000000a\",\"uptime\":6.0}\n\
+VMPOD-RA {\"iface\":\"eth0\",\"from\":\"fe80::2\",\"prefixes\":[],\"mtu\":null,\"rdnss\":[],\"dnssl\":[],\"uptime\":9.1}\n\
+VMPOD-IPV6 {\"iface\":\"eth0\",\"addresses\":[\"fd77:9::23/128\"],\"routers\":[\"fe80::1\"],\"dns\":[\"fd77:9::53\"]}\n\
+VMPOD-PING6 {\"target\":\"fd77:9::1\",\"ok\":true,\"rtt_ms\":2.4}\n";
+
+    fn dual_stack_want() -> DualStackWant {
+        DualStackWant {
+            ipv4: "10.244.9.23".parse().unwrap(),
+            prefix4: 24,
+            ipv6: "fd77:9::23".parse().unwrap(),
+            router6: "fe80::1".parse().unwrap(),
+            dns6: vec!["fd77:9::53".parse().unwrap()],
+            ping6: "fd77:9::1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_report_meets_what_the_pod_gives() {
+        let r = GuestReport::parse(DUAL_STACK).unwrap();
+        assert!(r.ipv6_settled() && !r.ipv6_failed);
+        let got = r.dual_stack(&dual_stack_want()).unwrap();
+        // The first advertisement and lease count.
+        assert_eq!(got.ra.from, Some("fe80::1".parse().unwrap()));
+        assert_eq!(got.ra.dnssl, ["cluster.local"]);
+        assert_eq!(got.dhcp6.server_id.as_deref(), Some("0003000102000000000a"));
+        assert_eq!(
+            got.ipv6.addrs(),
+            ["fd77:9::23".parse::<Ipv6Addr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_mismatch_names_every_field() {
+        let r = GuestReport::parse(DUAL_STACK).unwrap();
+        let want = DualStackWant {
+            ipv6: "fd77:9::24".parse().unwrap(),
+            dns6: vec![],
+            ..dual_stack_want()
+        };
+        let e = r.dual_stack(&want).unwrap_err();
+        for what in [
+            "DHCPv6 lease fd77:9::24 alone: got [fd77:9::23]",
+            "global IPv6 addresses",
+            "RA RDNSS []",
+            "DHCPv6 DNS []",
+            "IPv6 nameservers in resolv.conf",
+        ] {
+            assert!(e.contains(what), "{what} missing from {e}");
+        }
+        assert!(!e.contains("ping6"), "{e}");
+        let without_ra = DUAL_STACK.replace("VMPOD-RA", "VMPOD-X");
+        let e = GuestReport::parse(&without_ra)
+            .unwrap()
+            .dual_stack(&dual_stack_want())
+            .unwrap_err();
+        assert_eq!(e, "no VMPOD-RA report");
+    }
+
     #[test]
     fn qemu_args_attach_disks_and_hold() {
         let opts = GuestOptions {
             hold: true,
+            ipv6: true,
+            ping6: Some("fd77::1".parse().unwrap()),
             mac: Some("02:00:00:00:00:01".into()),
             disks: vec![
                 GuestDisk::Virtio("/d.img".into()),
@@ -856,7 +919,7 @@ VMPOD-POWEROFF {\"uptime\":2.93}\r\n\
         };
         let a = qemu_args(Path::new("/k"), Path::new("/i"), Path::new("/d"), &opts).join(" ");
         assert!(
-            a.contains("-accel tcg") && a.contains("vmpod.hold=1"),
+            a.contains("-accel tcg") && a.contains("vmpod.hold=1 vmpod.ipv6=1 vmpod.ping6=fd77::1"),
             "{a}"
         );
         assert!(
