@@ -12,9 +12,11 @@ use cluster::launcher::{
     BOOT, GUEST_MAC, LauncherPod, assert_nothing_left, effective_caps, ping_from_node,
     run_to_guest_power_off, testguest_vmi,
 };
-use cluster::{ClusterNode, ensure_images, parse_documents};
+use cluster::{CLUSTER_DNS6, ClusterNode, NODE_GATEWAY6, ensure_images, parse_documents};
 use std::path::Path;
 use std::time::Duration;
+use support::guest::{DualStackWant, GuestReport};
+use support::launcher::control_call;
 use vmpod::control::Phase;
 
 const CAP_NET_ADMIN: u64 = 1 << 12;
@@ -169,6 +171,50 @@ fn rendered_launcher_pod_with_masquerade_forwards_the_listed_port() {
         .unwrap_or_else(|e| panic!("node -> pod IP:80: {e}\n{}", lp.diagnostics()));
     assert_eq!(page.trim(), "vmpod test guest page");
     assert!(support::http::fetch(node.netns(), &ip, 8080).is_err());
+    let pids = lp.pod.pids("compute");
+    let (exit, _) = lp.pod.stop().unwrap();
+    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
+    assert_nothing_left(&node, lp.remove(pids));
+}
+
+/// IPv6 under the kubelet-shaped runner, on a dual-stack node: the Pod render-pod prints
+/// (its compute container adds NET_RAW for the router advertisements) gives the guest
+/// the pod's IPv6 address by RA + DHCPv6, a default route via the bridge's link-local
+/// address and the pod's IPv6 nameserver; the guest pings the node's IPv6 gateway and
+/// keeps the IPv4 lease of the pod IP.
+#[test]
+fn rendered_launcher_pod_gives_the_guest_the_pods_ipv6_on_a_dual_stack_node() {
+    if !support::privileged(
+        "rendered_launcher_pod_gives_the_guest_the_pods_ipv6_on_a_dual_stack_node",
+    ) {
+        return;
+    }
+    ensure_images();
+    let node = ClusterNode::create_dual_stack();
+    let state_root = tempfile::tempdir().unwrap();
+    let vmi = testguest_vmi("e2e-ipv6", "#cloud-config\n", true, 20, Some(GUEST_MAC)).replacen(
+        "vmpod.hold=1",
+        &format!("vmpod.hold=1 vmpod.ipv6=1 vmpod.ping6={NODE_GATEWAY6}"),
+        1,
+    );
+    assert!(vmi.contains("vmpod.ipv6=1"), "{vmi}");
+    let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
+    let lp = LauncherPod::start(&node, &pod, &secrets, state_root.path());
+    let report = lp.wait_report(BOOT, GuestReport::ipv6_settled);
+    let network = control_call(&lp.state_dir, "network report", |c| async move {
+        c.network().await
+    });
+    let want = DualStackWant {
+        ipv4: lp.pod.pod_ip,
+        prefix4: 24,
+        ipv6: lp.pod.pod_ip6.expect("a dual-stack pod"),
+        router6: vmpod::net::ipv6::bridge_link_local(&network.interfaces[0].facts),
+        dns6: vec![CLUSTER_DNS6],
+        ping6: NODE_GATEWAY6,
+    };
+    report
+        .dual_stack(&want)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lp.diagnostics()));
     let pids = lp.pod.pids("compute");
     let (exit, _) = lp.pod.stop().unwrap();
     assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());

@@ -4,7 +4,8 @@
 //!
 //! What kubelet + a bridge CNI would do, and nothing it would not:
 //! - the pod network: a namespace with `eth0` on a node bridge (the sandbox of
-//!   `vmpod::sandbox`), the node living in a namespace of its own;
+//!   `vmpod::sandbox`), the node living in a namespace of its own; IPv4, or dual-stack
+//!   ([`ClusterNode::create_dual_stack`]);
 //! - volumes under a pod directory keyed by the pod's UID: hostPath (DirectoryOrCreate
 //!   creates it; a CharDevice is bind-mounted like any hostPath, so the device cgroup
 //!   refuses it to an unprivileged container unless the runtime allows it by default, as
@@ -34,6 +35,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use serde_json::Value;
 use spec::{ContainerPlan, NodeFacts, PodFacts, PodPlan, VolumePlan, plan_pod};
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -146,11 +148,19 @@ pub trait DeviceManager: Send + Sync {
     fn allocate(&self, resource: &str, count: u64) -> Result<Vec<DeviceGrant>>;
 }
 
+/// The pods' IPv6 gateway on a dual-stack node, in the pods' fd88::/64.
+pub const NODE_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd88, 0, 0, 0, 0, 0, 0, 1);
+/// The cluster DNS service's IPv6 address (a service address, like 10.96.0.10) that a
+/// dual-stack pod's resolv.conf names.
+pub const CLUSTER_DNS6: Ipv6Addr = Ipv6Addr::new(0xfd96, 0, 0, 0, 0, 0, 0, 0xa);
+
 /// The node: a bridge in a network namespace of its own holding the pods' gateway.
 pub struct ClusterNode {
     pub name: String,
     node: Arc<Node>,
     pub gateway: std::net::Ipv4Addr,
+    /// The pods' IPv6 gateway on a dual-stack node ([`ClusterNode::create_dual_stack`]).
+    pub gateway6: Option<Ipv6Addr>,
     next_host: AtomicU8,
     pub facts: NodeFacts,
     /// The node's device plugins (none: no extended resources).
@@ -161,8 +171,22 @@ impl ClusterNode {
     /// A node with pod subnet 10.88.0.0/24 (the node namespace is private, so nodes of
     /// concurrent tests do not collide) and no device plugins.
     pub fn create() -> ClusterNode {
+        Self::with_gateway6(None)
+    }
+
+    /// [`ClusterNode::create`], dual-stack: pods also get `fd88::<n>/64` (`n` as in their
+    /// IPv4 address) with the IPv6 default route via [`NODE_GATEWAY6`], and the IPv6
+    /// nameserver [`CLUSTER_DNS6`] after the IPv4 one.
+    pub fn create_dual_stack() -> ClusterNode {
+        Self::with_gateway6(Some(NODE_GATEWAY6))
+    }
+
+    fn with_gateway6(gateway6: Option<Ipv6Addr>) -> ClusterNode {
         let gw = IpCidr::new("10.88.0.1".parse().unwrap(), 24);
-        let node = Node::create(&NodeSpec::isolated(vec![gw])).expect("create the node netns");
+        let gws = std::iter::once(gw)
+            .chain(gateway6.map(|g| IpCidr::new(g.into(), 64)))
+            .collect();
+        let node = Node::create(&NodeSpec::isolated(gws)).expect("create the node netns");
         let name = format!("node-{}", vmpod::sandbox::unique_id());
         ClusterNode {
             facts: NodeFacts {
@@ -173,6 +197,7 @@ impl ClusterNode {
             name,
             node,
             gateway: "10.88.0.1".parse().unwrap(),
+            gateway6,
             next_host: AtomicU8::new(10),
         }
     }
@@ -244,11 +269,21 @@ impl ClusterNode {
         spec.hostname = name.clone();
         spec.dns = vec!["10.96.0.10".parse().unwrap()];
         spec.search = vec![format!("{}.svc.cluster.local", facts.namespace)];
+        let pod_ip6 = self.gateway6.map(|_| {
+            let n = NODE_GATEWAY6.segments();
+            Ipv6Addr::new(n[0], n[1], n[2], n[3], 0, 0, 0, host.into())
+        });
+        if let Some(ip6) = pod_ip6 {
+            spec.ipv6 = Some(IpCidr::new(ip6.into(), 64));
+            spec.gateway6 = self.gateway6;
+            spec.dns.push(CLUSTER_DNS6.into());
+        }
         let sandbox = PodSandbox::create_on(&self.node, &spec)?;
         let mut running = RunningPod {
             uid: uid.clone(),
             name,
             pod_ip,
+            pod_ip6,
             dir: Path::new(KUBELET_ROOT).join("pods").join(&uid),
             tmpfs: Vec::new(),
             created: Vec::new(),
@@ -285,6 +320,8 @@ pub struct RunningPod {
     pub uid: String,
     pub name: String,
     pub pod_ip: std::net::Ipv4Addr,
+    /// The pod's IPv6 address on a dual-stack node.
+    pub pod_ip6: Option<Ipv6Addr>,
     /// The pod directory (kubelet's /var/lib/kubelet/pods/<uid>).
     pub dir: PathBuf,
     tmpfs: Vec<PathBuf>,
