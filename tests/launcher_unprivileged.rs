@@ -329,9 +329,9 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
             panic!("launcher exited ({st}) before the guest held\n{}", diag());
         }
         let console = std::fs::read_to_string(scratch.join("console.log")).unwrap_or_default();
-        support::guest::GuestReport::parse(&console)
-            .ok()
-            .filter(|r| r.holding)
+        let report = support::guest::GuestReport::parse(&console)
+            .unwrap_or_else(|e| panic!("{e}\n{}", diag()));
+        report.holding.then_some(report)
     });
     let log_text = std::fs::read_to_string(&log).unwrap();
     let running_ms: u64 = log_text
