@@ -142,6 +142,8 @@ fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
             "masquerade".to_string(),
             "--vm-network".to_string(),
             m.vm_network.to_string(),
+            "--vm-ipv6-network".to_string(),
+            m.vm_network6.to_string(),
         ]);
         for p in m.ports {
             args.extend(["--port".to_string(), p.to_string()]);
