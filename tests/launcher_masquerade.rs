@@ -55,7 +55,7 @@ fn masquerade_vmi(name: &str, ports: &str) -> String {
     vmi
 }
 
-/// `nft -j list tables` in `netns`: the `ip` family table names.
+/// `nft -j list tables` in `netns`: `<family> <name>` of each table.
 fn nft_tables(netns: &Path) -> Vec<String> {
     let out = support::stdout_of(
         command_in(netns, "nft")
@@ -168,7 +168,7 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
         addrs.contains(&"10.0.2.1/24".parse::<IpCidr>().unwrap()),
         "{addrs:?}"
     );
-    assert!(nft_tables(sb.netns_path()).contains(&"ip vmpod_masq_eth0".to_string()));
+    assert!(nft_tables(sb.netns_path()).contains(&"inet vmpod_masq_eth0".to_string()));
     assert_eq!(eth0_forwarding(&sb), "1");
 
     // From inside the pod, through 127.0.0.1.
@@ -271,7 +271,12 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
         serde_json::from_slice(&support::stdout_of(&mut plan, "vmpodctl net plan")).unwrap();
     let nat = plan["ops"].as_array().unwrap().last().unwrap();
     assert_eq!(nat["op"], "nat");
-    assert_eq!(nat["vmIp"], "10.0.2.2");
+    assert_eq!(nat["families"][0]["vmIp"], "10.0.2.2");
+    assert_eq!(
+        nat["families"].as_array().unwrap().len(),
+        1,
+        "an IPv4-only pod: {nat}"
+    );
     assert_eq!(
         nat["ports"],
         serde_json::json!([{"protocol": "tcp", "port": 80}])
@@ -314,7 +319,7 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());
     // The launcher leaves the init container's setup alone; `net teardown` undoes it.
-    assert!(nft_tables(sb.netns_path()).contains(&"ip vmpod_masq_eth0".to_string()));
+    assert!(nft_tables(sb.netns_path()).contains(&"inet vmpod_masq_eth0".to_string()));
     net(&["teardown"]);
     nothing_left(&sb, &state, &forwarding_before);
 }

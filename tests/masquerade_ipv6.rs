@@ -1,0 +1,222 @@
+//! The masquerade binding in a dual-stack pod, with real parts: `net setup` rewires the
+//! pod for masquerade, the launcher's DHCPv4 server and IPv6 service (DHCPv6 + router
+//! advertisements, `Ipv6Service::bind_for` as the launcher calls it) serve the bridge,
+//! and dhcpcd in the VM's place (a veth on the bridge with the VM's MAC) gets
+//! `fd10:0:2::2`, the default route from the RA via the bridge's link-local address, the
+//! DNS servers, and its IPv4 lease unchanged. Through NAT66 it reaches the node, which
+//! sees the pod's IPv6 address; a listed port on the pod's IPv6 address reaches a
+//! listener in the VM's place, an unlisted one does not. `net teardown` leaves no nft
+//! table and IPv6 forwarding as it was.
+
+mod dhcp_fixture;
+mod support;
+
+use dhcp_fixture::*;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+use vmpod::dhcp::v6::service::Ipv6Service;
+use vmpod::net::masquerade::MasqueradeOptions;
+use vmpod::net::netns;
+
+const POD_IP6: &str = "fd77:9::23";
+const NODE_IP6: &str = "fd77:9::1";
+const POD_IP4: &str = "10.244.9.23";
+const NODE_IP4: &str = "10.244.9.1";
+
+/// Listen on `addr` inside `netns`; the source address of the first connection
+/// accepted comes back on the channel.
+fn listen_in(netns: &Path, addr: SocketAddr) -> mpsc::Receiver<IpAddr> {
+    let listener = netns::run_in(Some(netns), || TcpListener::bind(addr))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("listen on {addr} in {}: {e}", netns.display()));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((_conn, peer)) = listener.accept() {
+            let _ = tx.send(peer.ip().to_canonical());
+        }
+    });
+    rx
+}
+
+/// A TCP connection from inside `netns` to `to`.
+fn connect_from(netns: &Path, to: SocketAddr) -> std::io::Result<TcpStream> {
+    netns::run_in(Some(netns), || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3))
+    })
+    .unwrap()
+}
+
+/// Connect from `from` to a listener on `listen` in `to_ns` and return the source the
+/// listener saw.
+fn source_seen(from: &Path, to_ns: &Path, listen: SocketAddr, dial: SocketAddr) -> IpAddr {
+    let seen = listen_in(to_ns, listen);
+    let _conn =
+        connect_from(from, dial).unwrap_or_else(|e| panic!("connect to {dial}: {e}"));
+    seen.recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|_| panic!("the listener on {listen} accepted nothing"))
+}
+
+fn pod_sysctl(t: &Topology, key: &str) -> String {
+    let o = t.in_pod("cat").arg(format!("/proc/sys/{key}")).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// `nft list tables` in the pod, as text.
+fn pod_nft_tables(t: &Topology) -> String {
+    let o = t.in_pod("nft").args(["list", "tables"]).output().unwrap();
+    assert!(o.status.success(), "nft list tables: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
+    let opts = MasqueradeOptions {
+        ports: vec!["tcp/80".parse().unwrap()],
+        ..MasqueradeOptions::default()
+    };
+    let t = Topology::masquerade("m6", Shape::DualStack, opts);
+    let pod = t.pod_path();
+    let node = t.pod.node_netns_path().expect("an isolated node").to_path_buf();
+    let vm = t.vm_path();
+    // Before setup IPv6 forwarding was off; setup turned it on.
+    assert_eq!(t.cached.original.ipv6_forwarding, 0);
+    assert_eq!(pod_sysctl(&t, "net/ipv6/conf/all/forwarding"), "1");
+    assert!(pod_nft_tables(&t).contains("table inet vmpod_masq_eth0"));
+
+    // The launcher's servers, from the cache, as `network_phase` starts them.
+    let _v4 = start_server(&t, t.config());
+    let service = netns::run_in(Some(&pod), || Ipv6Service::bind_for(&t.cached))
+        .unwrap()
+        .unwrap()
+        .expect("a dual-stack pod runs the IPv6 service with masquerade");
+    let v6 = service.handle();
+    let _serving = serve_on_thread(async move { service.run().await.unwrap() });
+
+    wait_link_local(&t);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let _client = dhcpcd(
+        &t,
+        out,
+        "option domain_name_servers, routers\noption dhcp6_name_servers, dhcp6_domain_search\n\
+         noipv4ll\nnoarp\nipv6rs\nia_na\npersistent\n",
+        "",
+    );
+    assert!(
+        wait_until(30, || ["BOUND.env", "BOUND6.env", "ROUTERADVERT.env"]
+            .iter()
+            .all(|f| out.join(f).exists())),
+        "dhcpcd did not get both leases and the RA: {:?}, events {:?}",
+        v6.snapshot(),
+        std::fs::read_dir(out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    );
+    // IPv4 as before: the private address, the gateway on the bridge.
+    let v4 = read_env(&out.join("BOUND.env"));
+    assert_eq!(v4.get("new_ip_address").map(String::as_str), Some("10.0.2.2"), "{v4:?}");
+    assert_eq!(v4.get("new_routers").map(String::as_str), Some("10.0.2.1"), "{v4:?}");
+    // IPv6: fd10:0:2::2 by DHCPv6 with the pod's IPv6 nameserver...
+    let lease = read_env(&out.join("BOUND6.env"));
+    assert_eq!(
+        lease.get("new_dhcp6_ia_na1_ia_addr1").map(String::as_str),
+        Some("fd10:0:2::2"),
+        "{lease:?}"
+    );
+    assert_eq!(
+        lease.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd77:9::53")
+    );
+    // ...and the router advertisement from the bridge's link-local address, with the
+    // DNS options.
+    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
+    let ra = read_env(&out.join("ROUTERADVERT.env"));
+    assert_eq!(ra.get("nd1_from").map(String::as_str), Some(bridge_ll.as_str()), "{ra:?}");
+    assert_eq!(
+        ra.get("nd1_rdnss1_servers").map(String::as_str),
+        Some("fd77:9::53"),
+        "{ra:?}"
+    );
+    let want_default = format!("default via {bridge_ll}");
+    assert!(
+        wait_until(5, || vm_routes6(&t).iter().any(|r| r.starts_with(&want_default))),
+        "no default route via the bridge: {:?}",
+        vm_routes6(&t)
+    );
+    assert!(
+        wait_until(10, || vm_addresses6(&t, "global")
+            .iter()
+            .any(|a| a.starts_with("fd10:0:2::2/") && !a.ends_with("tentative"))),
+        "{:?}",
+        vm_addresses6(&t, "global")
+    );
+
+    // Out through NAT66 (and NAT44): the node sees the pod's addresses.
+    let sock = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);
+    let seen = source_seen(&vm, &node, sock(NODE_IP6, 7006), sock(NODE_IP6, 7006));
+    assert_eq!(seen, POD_IP6.parse::<IpAddr>().unwrap(), "NAT66 source");
+    let seen = source_seen(&vm, &node, sock(NODE_IP4, 7004), sock(NODE_IP4, 7004));
+    assert_eq!(seen, POD_IP4.parse::<IpAddr>().unwrap(), "NAT44 source");
+
+    // In: the listed port on the pod's IPv6 (and IPv4) address reaches the VM, from
+    // the node's own address (DNAT only).
+    let seen = source_seen(&node, &vm, sock("::", 80), sock(POD_IP6, 80));
+    assert_eq!(seen, NODE_IP6.parse::<IpAddr>().unwrap());
+    let seen = source_seen(&node, &vm, sock("0.0.0.0", 80), sock(POD_IP4, 80));
+    assert_eq!(seen, NODE_IP4.parse::<IpAddr>().unwrap());
+    // A port not listed is not forwarded.
+    let _unlisted = listen_in(&vm, sock("::", 8080));
+    let closed = connect_from(&node, sock(POD_IP6, 8080));
+    assert!(closed.is_err(), "8080 was forwarded: {closed:?}");
+
+    // `vmpodctl net inspect` shows the IPv6 side of the masquerade binding.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+        .args(["net", "inspect", "--netns"])
+        .arg(&pod)
+        .arg("--state-dir")
+        .arg(t.state_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    let snap = v6.snapshot();
+    for want in [
+        "MASQUERADE eth0\nvm 10.0.2.2/24".to_owned(),
+        format!("vm fd10:0:2::2/120 gateway fd10:0:2::1 (NAT66 behind {POD_IP6})"),
+        format!(
+            "prerouting: iifname eth0, ip6 daddr {POD_IP6}, tcp dport 80 -> dnat to fd10:0:2::2 [1 packets]"
+        ),
+        "postrouting: oifname eth0, ip6 saddr fd10:0:2::/120 -> masquerade [1 packets]".to_owned(),
+        format!(
+            "IPV6 eth0\nvm fd10:0:2::2/120 (mac {}) by DHCPv6 from server DUID {}; router {bridge_ll}",
+            t.vm_mac, snap.dhcp.server_duid
+        ),
+    ] {
+        assert!(shown.contains(&want), "no {want:?} in net inspect:\n{shown}");
+    }
+    assert_eq!(snap.dhcp.lease.state, vmpod::dhcp::stats::LeaseState::Bound);
+    assert!(snap.router_advertisements.periodic + snap.router_advertisements.solicited >= 1);
+
+    drop(_client);
+    vmpod::net::teardown(Some(&pod), t.state_dir()).expect("net teardown");
+    assert!(
+        !pod_nft_tables(&t).contains("vmpod"),
+        "{}",
+        pod_nft_tables(&t)
+    );
+    assert_eq!(pod_sysctl(&t, "net/ipv6/conf/all/forwarding"), "0");
+    assert_eq!(
+        pod_sysctl(&t, "net/ipv4/conf/eth0/forwarding"),
+        t.cached.original.ipv4_forwarding.to_string()
+    );
+}
+
+#[test]
+fn masquerade_in_a_dual_stack_pod_serves_fd10_0_2_2_behind_nat66() {
+    if support::privileged("masquerade_in_a_dual_stack_pod_serves_fd10_0_2_2_behind_nat66") {
+        dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66();
+    }
+}
