@@ -52,14 +52,17 @@ fn connect_from(netns: &Path, to: SocketAddr) -> std::io::Result<TcpStream> {
 /// listener saw.
 fn source_seen(from: &Path, to_ns: &Path, listen: SocketAddr, dial: SocketAddr) -> IpAddr {
     let seen = listen_in(to_ns, listen);
-    let _conn =
-        connect_from(from, dial).unwrap_or_else(|e| panic!("connect to {dial}: {e}"));
+    let _conn = connect_from(from, dial).unwrap_or_else(|e| panic!("connect to {dial}: {e}"));
     seen.recv_timeout(Duration::from_secs(5))
         .unwrap_or_else(|_| panic!("the listener on {listen} accepted nothing"))
 }
 
 fn pod_sysctl(t: &Topology, key: &str) -> String {
-    let o = t.in_pod("cat").arg(format!("/proc/sys/{key}")).output().unwrap();
+    let o = t
+        .in_pod("cat")
+        .arg(format!("/proc/sys/{key}"))
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
@@ -77,7 +80,11 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
     };
     let t = Topology::masquerade("m6", Shape::DualStack, opts);
     let pod = t.pod_path();
-    let node = t.pod.node_netns_path().expect("an isolated node").to_path_buf();
+    let node = t
+        .pod
+        .node_netns_path()
+        .expect("an isolated node")
+        .to_path_buf();
     let vm = t.vm_path();
     // Before setup IPv6 forwarding was off; setup turned it on.
     assert_eq!(t.cached.original.ipv6_forwarding, 0);
@@ -117,8 +124,16 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
     );
     // IPv4 as before: the private address, the gateway on the bridge.
     let v4 = read_env(&out.join("BOUND.env"));
-    assert_eq!(v4.get("new_ip_address").map(String::as_str), Some("10.0.2.2"), "{v4:?}");
-    assert_eq!(v4.get("new_routers").map(String::as_str), Some("10.0.2.1"), "{v4:?}");
+    assert_eq!(
+        v4.get("new_ip_address").map(String::as_str),
+        Some("10.0.2.2"),
+        "{v4:?}"
+    );
+    assert_eq!(
+        v4.get("new_routers").map(String::as_str),
+        Some("10.0.2.1"),
+        "{v4:?}"
+    );
     // IPv6: fd10:0:2::2 by DHCPv6 with the pod's IPv6 nameserver...
     let lease = read_env(&out.join("BOUND6.env"));
     assert_eq!(
@@ -134,7 +149,11 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
     // DNS options.
     let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
     let ra = read_env(&out.join("ROUTERADVERT.env"));
-    assert_eq!(ra.get("nd1_from").map(String::as_str), Some(bridge_ll.as_str()), "{ra:?}");
+    assert_eq!(
+        ra.get("nd1_from").map(String::as_str),
+        Some(bridge_ll.as_str()),
+        "{ra:?}"
+    );
     assert_eq!(
         ra.get("nd1_rdnss1_servers").map(String::as_str),
         Some("fd77:9::53"),
@@ -142,14 +161,18 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
     );
     let want_default = format!("default via {bridge_ll}");
     assert!(
-        wait_until(5, || vm_routes6(&t).iter().any(|r| r.starts_with(&want_default))),
+        wait_until(5, || vm_routes6(&t)
+            .iter()
+            .any(|r| r.starts_with(&want_default))),
         "no default route via the bridge: {:?}",
         vm_routes6(&t)
     );
     assert!(
-        wait_until(10, || vm_addresses6(&t, "global")
-            .iter()
-            .any(|a| a.starts_with("fd10:0:2::2/") && !a.ends_with("tentative"))),
+        wait_until(10, || {
+            vm_addresses6(&t, "global")
+                .iter()
+                .any(|a| a.starts_with("fd10:0:2::2/") && !a.ends_with("tentative"))
+        }),
         "{:?}",
         vm_addresses6(&t, "global")
     );
@@ -195,7 +218,10 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
             t.vm_mac, snap.dhcp.server_duid
         ),
     ] {
-        assert!(shown.contains(&want), "no {want:?} in net inspect:\n{shown}");
+        assert!(
+            shown.contains(&want),
+            "no {want:?} in net inspect:\n{shown}"
+        );
     }
     assert_eq!(snap.dhcp.lease.state, vmpod::dhcp::stats::LeaseState::Bound);
     assert!(snap.router_advertisements.periodic + snap.router_advertisements.solicited >= 1);

@@ -450,7 +450,11 @@ pub fn ruleset(r: &NatRules) -> Nftables<'static> {
         })))
     };
     for a in &r.families {
-        objects.extend(family_rules(r, a).into_iter().map(|(chain, expr)| rule(chain, expr)));
+        objects.extend(
+            family_rules(r, a)
+                .into_iter()
+                .map(|(chain, expr)| rule(chain, expr)),
+        );
     }
     Nftables {
         objects: Cow::Owned(objects),
@@ -706,7 +710,10 @@ mod tests {
         assert_eq!(chains, ["prerouting", "postrouting", "postrouting"]);
         let pre = got[0].1.as_array().unwrap();
         assert_eq!(pre.len(), 4, "iifname, daddr, counter, dnat: {pre:?}");
-        assert_eq!(pre[3], json!({"dnat": {"addr": "10.0.2.2", "family": "ip"}}));
+        assert_eq!(
+            pre[3],
+            json!({"dnat": {"addr": "10.0.2.2", "family": "ip"}})
+        );
     }
 
     #[test]
@@ -794,7 +801,10 @@ mod tests {
         assert_eq!(o.vm_network6.to_string(), "fd10:0:2::/120");
         assert!(o.check().is_ok());
         for (net, why) in [
-            ("fd10:0:2::/127", "a /127 has no room for a gateway and a VM (at most /126)"),
+            (
+                "fd10:0:2::/127",
+                "a /127 has no room for a gateway and a VM (at most /126)",
+            ),
             ("10.0.2.0/24", "not an IPv6 network"),
             ("fe80::/64", "not a unicast network"),
             ("ff02::/120", "not a unicast network"),
@@ -838,7 +848,14 @@ mod tests {
         let chains: Vec<&str> = got.iter().map(|(c, _)| c.as_str()).collect();
         assert_eq!(
             chains,
-            ["prerouting", "output", "postrouting", "postrouting", "prerouting", "postrouting"]
+            [
+                "prerouting",
+                "output",
+                "postrouting",
+                "postrouting",
+                "prerouting",
+                "postrouting"
+            ]
         );
         assert_eq!(
             got[4].1,
@@ -868,7 +885,11 @@ mod tests {
         // An IPv4-only pod: IPv4 only.
         let mut v4_only = facts.clone();
         v4_only.addresses.truncate(1);
-        assert_eq!(o.nat_addresses("10.244.0.5".parse().unwrap(), &v4_only).len(), 1);
+        assert_eq!(
+            o.nat_addresses("10.244.0.5".parse().unwrap(), &v4_only)
+                .len(),
+            1
+        );
         assert!(o.ipv6(&v4_only).is_none());
     }
 

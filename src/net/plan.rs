@@ -1139,7 +1139,10 @@ mod tests {
                 "10.0.2.1".parse().unwrap()
             )
         );
-        assert!(!ops.iter().any(|o| matches!(o, NetOp::Ipv6Forwarding { .. })));
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, NetOp::Ipv6Forwarding { .. }))
+        );
         assert_eq!(rules.table, "vmpod_masq_eth0");
         assert_eq!(rules.ports, opts.masquerade.ports);
         assert_eq!(
@@ -1200,7 +1203,11 @@ mod tests {
         let ll = super::super::ipv6::bridge_link_local(&f);
         assert_eq!(
             bridge_addrs,
-            ["10.0.2.1/24".to_owned(), "fd10:0:2::1/120".to_owned(), format!("{ll}/64")]
+            [
+                "10.0.2.1/24".to_owned(),
+                "fd10:0:2::1/120".to_owned(),
+                format!("{ll}/64")
+            ]
         );
         let forwarding = position(&ops, |o| *o == NetOp::Ipv6Forwarding { value: 1 });
         let nat = position(&ops, |o| matches!(o, NetOp::Nat(_)));
@@ -1212,7 +1219,10 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert_eq!(spoof.ipv6, ["fd10:0:2::2".parse::<std::net::Ipv6Addr>().unwrap()]);
+        assert_eq!(
+            spoof.ipv6,
+            ["fd10:0:2::2".parse::<std::net::Ipv6Addr>().unwrap()]
+        );
         let NetOp::Nat(rules) = &ops[nat] else {
             unreachable!()
         };

@@ -872,7 +872,8 @@ mod tests {
         let masq = vmi(
             "    devices:\n      interfaces:\n        - name: default\n          masquerade: {}\n          \
              ports: [{name: http, port: 80}, {port: 53, protocol: UDP}]\n  \
-             networks:\n    - name: default\n      pod: {vmNetworkCIDR: 10.9.0.0/24}\n",
+             networks:\n    - name: default\n      pod: {vmNetworkCIDR: 10.9.0.0/24, vmIPv6NetworkCIDR: \
+             \"fd10:9::/64\"}\n",
         );
         assert_eq!(
             net_setup_args(&masq),
@@ -883,6 +884,8 @@ mod tests {
                 "masquerade",
                 "--vm-network",
                 "10.9.0.0/24",
+                "--vm-ipv6-network",
+                "fd10:9::/64",
                 "--port",
                 "tcp/80",
                 "--port",
