@@ -11,7 +11,7 @@ mod support;
 
 use dhcp_fixture::*;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use vmpod::dhcp::ra::{RaSender, RaStatsHandle};
 use vmpod::dhcp::v6::server::{DhcpV6Server, V6StatsHandle};
 use vmpod::dhcp::v6::{DhcpV6Config, DropReason, ReplyKind};
@@ -56,12 +56,7 @@ fn start_ra(t: &Topology) -> RunningRa {
 }
 
 fn vm_sysctl(t: &Topology, key: &str) -> String {
-    let o = t
-        .in_vm("cat")
-        .arg(format!("/proc/sys/{key}"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    proc_sys(t.in_vm("cat"), key)
 }
 
 /// `dhclient -6` in the VM namespace with Debian's dhclient-script behind a recording
@@ -225,7 +220,6 @@ fn the_kernel_takes_the_ra_and_reaches_the_gateway() {
 /// the managed flag to DHCPv6 and installs the lease and the default route itself.
 fn dhcpcd_takes_the_ra_and_the_lease() {
     let t = Topology::new("d6dc", Shape::DualStack);
-    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
     let ra = start_ra(&t);
     let server = start_v6(&t);
     wait_link_local(&t);
@@ -237,59 +231,14 @@ fn dhcpcd_takes_the_ra_and_the_lease() {
         "ipv6only\nipv6rs\nia_na\noption dhcp6_name_servers, dhcp6_domain_search\npersistent\n",
         "-6",
     );
-    assert!(
-        wait_until(25, || out.join("BOUND6.env").exists()
-            && out.join("ROUTERADVERT.env").exists()),
-        "dhcpcd got no RA or no DHCPv6 lease: RA {:?}, DHCPv6 {:?}, events {:?}",
-        ra.stats.snapshot(),
-        server.stats.snapshot(),
-        std::fs::read_dir(out)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect::<Vec<_>>()
-    );
-    let env = read_env(&out.join("BOUND6.env"));
-    assert_eq!(
-        env.get("new_dhcp6_ia_na1_ia_addr1").map(String::as_str),
-        Some("fd77:9::23"),
-        "{env:?}"
-    );
-    assert_eq!(
-        env.get("new_dhcp6_name_servers").map(String::as_str),
-        Some("fd77:9::53")
-    );
-    let ra_env = read_env(&out.join("ROUTERADVERT.env"));
-    assert_eq!(
-        ra_env.get("nd1_from").map(String::as_str),
-        Some(bridge_ll.as_str()),
-        "{ra_env:?}"
-    );
-    assert_eq!(
-        ra_env.get("nd1_rdnss1_servers").map(String::as_str),
-        Some("fd77:9::53"),
-        "{ra_env:?}"
-    );
-    assert_eq!(
-        ra_env.get("nd1_dnssl1_search").map(String::as_str),
-        Some("default.svc.cluster.local cluster.local"),
-        "{ra_env:?}"
-    );
-    let want_default = format!("default via {bridge_ll}");
-    assert!(
-        wait_until(5, || vm_routes6(&t)
-            .iter()
-            .any(|r| r.starts_with(&want_default))),
-        "{:?}",
-        vm_routes6(&t)
-    );
-    assert!(
-        vm_addresses6(&t, "global")
-            .iter()
-            .any(|a| a.starts_with("fd77:9::23/")),
-        "{:?}",
-        vm_addresses6(&t, "global")
-    );
+    wait_recorded(out, &["BOUND6", "ROUTERADVERT"], 25, || {
+        format!(
+            "dhcpcd: RA {:?}, DHCPv6 {:?}",
+            ra.stats.snapshot(),
+            server.stats.snapshot()
+        )
+    });
+    assert_dhcpcd_ipv6(&t, out, "fd77:9::23");
 }
 
 /// `vmpodctl dhcp probe --v6` from the VM side shows what the server leases; it asks as

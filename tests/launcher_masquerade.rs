@@ -89,6 +89,19 @@ fn nft_ruleset(netns: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `vmpodctl net inspect` of the pod with the cache in `state`, as text.
+fn net_inspect(sb: &PodSandbox, state: &Path) -> String {
+    let out = support::stdout_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+            .args(["net", "inspect", "--netns"])
+            .arg(sb.netns_path())
+            .arg("--state-dir")
+            .arg(state),
+        "vmpodctl net inspect",
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The guest is up with its private lease, pinged the node through the NAT and serves.
 fn wait_serving(l: &mut Launcher) {
     let report = l.wait_report(BOOT, |r| r.http.is_some() && r.ping.is_some());
@@ -189,15 +202,7 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
 
     // `vmpodctl net inspect` shows the binding, the VM's address and the live rules,
     // counted.
-    let out = support::stdout_of(
-        std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-            .args(["net", "inspect", "--netns"])
-            .arg(sb.netns_path())
-            .arg("--state-dir")
-            .arg(&state),
-        "vmpodctl net inspect",
-    );
-    let text = String::from_utf8_lossy(&out);
+    let text = net_inspect(&sb, &state);
     for want in [
         "MASQUERADE eth0",
         "vm 10.0.2.2/24",
@@ -391,15 +396,7 @@ fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
     assert_eq!(vm_ips, ["10.0.2.2", "fd10:0:2::2"]);
     assert_eq!(ipv6_forwarding(), "1");
 
-    let out = support::stdout_of(
-        std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-            .args(["net", "inspect", "--netns"])
-            .arg(sb.netns_path())
-            .arg("--state-dir")
-            .arg(&state),
-        "vmpodctl net inspect",
-    );
-    let text = String::from_utf8_lossy(&out);
+    let text = net_inspect(&sb, &state);
     for want in [
         "vm fd10:0:2::2/120 gateway fd10:0:2::1 (NAT66 behind fd77::5)",
         "prerouting: iifname eth0, ip6 daddr fd77::5, tcp dport 80 -> dnat to fd10:0:2::2",

@@ -58,12 +58,7 @@ fn source_seen(from: &Path, to_ns: &Path, listen: SocketAddr, dial: SocketAddr) 
 }
 
 fn pod_sysctl(t: &Topology, key: &str) -> String {
-    let o = t
-        .in_pod("cat")
-        .arg(format!("/proc/sys/{key}"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    proc_sys(t.in_pod("cat"), key)
 }
 
 /// `nft list tables` in the pod, as text.
@@ -110,72 +105,18 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
          noipv4ll\nnoarp\nipv6rs\nia_na\npersistent\n",
         "",
     );
-    assert!(
-        wait_until(30, || ["BOUND.env", "BOUND6.env", "ROUTERADVERT.env"]
-            .iter()
-            .all(|f| out.join(f).exists())),
-        "dhcpcd did not get both leases and the RA: {:?}, events {:?}",
-        v6.snapshot(),
-        std::fs::read_dir(out)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect::<Vec<_>>()
-    );
+    wait_recorded(out, &["BOUND", "BOUND6", "ROUTERADVERT"], 30, || {
+        format!("dhcpcd, both leases and the RA: {:?}", v6.snapshot())
+    });
     // IPv4 as before: the private address, the gateway on the bridge.
     let v4 = read_env(&out.join("BOUND.env"));
-    assert_eq!(
-        v4.get("new_ip_address").map(String::as_str),
-        Some("10.0.2.2"),
-        "{v4:?}"
-    );
-    assert_eq!(
-        v4.get("new_routers").map(String::as_str),
-        Some("10.0.2.1"),
-        "{v4:?}"
-    );
-    // IPv6: fd10:0:2::2 by DHCPv6 with the pod's IPv6 nameserver...
-    let lease = read_env(&out.join("BOUND6.env"));
-    assert_eq!(
-        lease.get("new_dhcp6_ia_na1_ia_addr1").map(String::as_str),
-        Some("fd10:0:2::2"),
-        "{lease:?}"
-    );
-    assert_eq!(
-        lease.get("new_dhcp6_name_servers").map(String::as_str),
-        Some("fd77:9::53")
-    );
-    // ...and the router advertisement from the bridge's link-local address, with the
-    // DNS options.
-    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
-    let ra = read_env(&out.join("ROUTERADVERT.env"));
-    assert_eq!(
-        ra.get("nd1_from").map(String::as_str),
-        Some(bridge_ll.as_str()),
-        "{ra:?}"
-    );
-    assert_eq!(
-        ra.get("nd1_rdnss1_servers").map(String::as_str),
-        Some("fd77:9::53"),
-        "{ra:?}"
-    );
-    let want_default = format!("default via {bridge_ll}");
-    assert!(
-        wait_until(5, || vm_routes6(&t)
-            .iter()
-            .any(|r| r.starts_with(&want_default))),
-        "no default route via the bridge: {:?}",
-        vm_routes6(&t)
-    );
-    assert!(
-        wait_until(10, || {
-            vm_addresses6(&t, "global")
-                .iter()
-                .any(|a| a.starts_with("fd10:0:2::2/") && !a.ends_with("tentative"))
-        }),
-        "{:?}",
-        vm_addresses6(&t, "global")
-    );
+    for (key, want) in [("new_ip_address", "10.0.2.2"), ("new_routers", "10.0.2.1")] {
+        assert_eq!(v4.get(key).map(String::as_str), Some(want), "{v4:?}");
+    }
+    // IPv6: fd10:0:2::2 by DHCPv6 with the pod's IPv6 nameserver, the RA from the
+    // bridge's link-local address with the DNS options and the default route.
+    assert_dhcpcd_ipv6(&t, out, "fd10:0:2::2");
+    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts);
 
     // Out through NAT66 (and NAT44): the node sees the pod's addresses.
     let sock = |ip: &str, port: u16| SocketAddr::new(ip.parse().unwrap(), port);

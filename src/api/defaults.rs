@@ -107,30 +107,36 @@ impl Interface {
 impl PodNetwork {
     /// `vmNetworkCIDR`, default `10.0.2.0/24`; the error says what is wrong with it.
     pub fn vm_network(&self) -> Result<IpCidr, String> {
-        let Some(text) = &self.vm_network_cidr else {
-            return Ok(MasqueradeOptions::default().vm_network);
-        };
-        let net: ipnet::Ipv4Net = text
-            .parse()
-            .map_err(|_| format!("{text:?} is not an IPv4 CIDR like 10.0.2.0/24"))?;
-        let vm_network = IpCidr::new(std::net::IpAddr::V4(net.network()), net.prefix_len());
-        check_vm_network(vm_network, false)?;
-        Ok(vm_network)
+        vm_network_field(self.vm_network_cidr.as_deref(), false)
     }
 
     /// `vmIPv6NetworkCIDR`, default `fd10:0:2::/120`; the error says what is wrong with
     /// it.
     pub fn vm_network6(&self) -> Result<IpCidr, String> {
-        let Some(text) = &self.vm_ipv6_network_cidr else {
-            return Ok(MasqueradeOptions::default().vm_network6);
-        };
-        let net: ipnet::Ipv6Net = text
-            .parse()
-            .map_err(|_| format!("{text:?} is not an IPv6 CIDR like fd10:0:2::/120"))?;
-        let vm_network6 = IpCidr::new(std::net::IpAddr::V6(net.network()), net.prefix_len());
-        check_vm_network(vm_network6, true)?;
-        Ok(vm_network6)
+        vm_network_field(self.vm_ipv6_network_cidr.as_deref(), true)
     }
+}
+
+/// A VM network field of the pod network (`vmNetworkCIDR`; `vmIPv6NetworkCIDR` when
+/// `ipv6`): the default when unset, else the network it names, checked.
+fn vm_network_field(text: Option<&str>, ipv6: bool) -> Result<IpCidr, String> {
+    let defaults = MasqueradeOptions::default();
+    let (family, default) = if ipv6 {
+        ("IPv6", defaults.vm_network6)
+    } else {
+        ("IPv4", defaults.vm_network)
+    };
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let net = text
+        .parse::<ipnet::IpNet>()
+        .ok()
+        .filter(|n| n.addr().is_ipv6() == ipv6)
+        .ok_or_else(|| format!("{text:?} is not an {family} CIDR like {default}"))?;
+    let net = IpCidr::new(net.network(), net.prefix_len());
+    check_vm_network(net, ipv6)?;
+    Ok(net)
 }
 
 impl VirtualMachineInstanceSpec {

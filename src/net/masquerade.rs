@@ -170,8 +170,10 @@ pub fn check_vm_network(net: IpCidr, ipv6: bool) -> Result<(), String> {
     let unicast = match net.addr {
         IpAddr::V4(_) => true,
         IpAddr::V6(a) => {
-            !(a.is_multicast() || a.is_unicast_link_local() || a.is_loopback())
-                && !a.is_unspecified()
+            !(a.is_multicast()
+                || a.is_unicast_link_local()
+                || a.is_loopback()
+                || a.is_unspecified())
         }
     };
     if net.addr.is_ipv6() != ipv6 {

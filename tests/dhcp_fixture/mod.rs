@@ -663,3 +663,80 @@ pub fn dhcpcd(t: &Topology, out: &Path, conf: &str, flags: &str) -> Reap {
             .unwrap(),
     )
 }
+
+/// What dhcpcd (run by [`dhcpcd`] with `out`) got over IPv6 in a [`Shape::DualStack`]
+/// pod: `address` by DHCPv6 with the pod's IPv6 nameserver, the router advertisement
+/// from the bridge's link-local address with RDNSS and DNSSL, the default route through
+/// that address, and `address` on the VM side's link, usable.
+pub fn assert_dhcpcd_ipv6(t: &Topology, out: &Path, address: &str) {
+    let env = read_env(&out.join("BOUND6.env"));
+    assert_eq!(
+        env.get("new_dhcp6_ia_na1_ia_addr1").map(String::as_str),
+        Some(address),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd77:9::53")
+    );
+    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
+    let ra_env = read_env(&out.join("ROUTERADVERT.env"));
+    for (key, want) in [
+        ("nd1_from", bridge_ll.as_str()),
+        ("nd1_rdnss1_servers", "fd77:9::53"),
+        (
+            "nd1_dnssl1_search",
+            "default.svc.cluster.local cluster.local",
+        ),
+    ] {
+        assert_eq!(
+            ra_env.get(key).map(String::as_str),
+            Some(want),
+            "{ra_env:?}"
+        );
+    }
+    let want_default = format!("default via {bridge_ll}");
+    assert!(
+        wait_until(5, || vm_routes6(t)
+            .iter()
+            .any(|r| r.starts_with(&want_default))),
+        "no default route via the bridge: {:?}",
+        vm_routes6(t)
+    );
+    let usable = format!("{address}/");
+    assert!(
+        wait_until(10, || vm_addresses6(t, "global")
+            .iter()
+            .any(|a| a.starts_with(&usable) && !a.ends_with("tentative"))),
+        "{:?}",
+        vm_addresses6(t, "global")
+    );
+}
+
+/// `/proc/sys/<key>` read by `cat` run where `cat` runs (`t.in_vm("cat")`,
+/// `t.in_pod("cat")`), trimmed.
+pub fn proc_sys(mut cat: Command, key: &str) -> String {
+    let o = cat.arg(format!("/proc/sys/{key}")).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Wait (up to `secs`) until [`record_script`] wrote `<reason>.env` in `out` for every
+/// one of `reasons`; else panic with `context()` and the reasons it did write.
+pub fn wait_recorded(out: &Path, reasons: &[&str], secs: u64, context: impl FnOnce() -> String) {
+    if wait_until(secs, || {
+        reasons
+            .iter()
+            .all(|r| out.join(format!("{r}.env")).exists())
+    }) {
+        return;
+    }
+    let recorded: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    panic!(
+        "the client recorded no {reasons:?} in {secs} s: {}; recorded {recorded:?}",
+        context()
+    );
+}
