@@ -6,7 +6,8 @@
 //! DNS servers, and its IPv4 lease unchanged. Through NAT66 it reaches the node, which
 //! sees the pod's IPv6 address; a listed port on the pod's IPv6 address reaches a
 //! listener in the VM's place, an unlisted one does not. `net teardown` leaves no nft
-//! table and IPv6 forwarding as it was.
+//! table and IPv6 forwarding as it was. With `/proc/sys` read-only, as in a container,
+//! setup needs IPv6 forwarding on already and says so.
 
 mod dhcp_fixture;
 mod support;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use vmpod::dhcp::v6::service::Ipv6Service;
 use vmpod::net::masquerade::MasqueradeOptions;
 use vmpod::net::netns;
+use vmpod::sandbox::PodSandbox;
 
 const POD_IP6: &str = "fd77:9::23";
 const NODE_IP6: &str = "fd77:9::1";
@@ -179,6 +181,88 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
         pod_sysctl(&t, "net/ipv4/conf/eth0/forwarding"),
         t.cached.original.ipv4_forwarding.to_string()
     );
+}
+
+/// The cluster path: `vmpod-launcher net setup` as a container runs it, with
+/// `/proc/sys` read-only (here a read-only bind mount in a mount namespace of its own).
+/// With IPv6 forwarding off, setup fails naming the sysctl the pod needs; with it on
+/// already (a runtime applying the pod's `securityContext.sysctls`), setup and teardown
+/// write nothing and succeed.
+fn net_setup_with_read_only_proc_sys() {
+    let (node, spec) = support::dual_stack_spec("m6ro");
+    let sb = PodSandbox::create(&node, &spec).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let resolv = sb.resolv_conf_path();
+    let launcher = support::launcher::launcher_bin();
+    let net = |args: &str| {
+        let script = format!(
+            "mount -o bind,ro /proc/sys /proc/sys && exec {} net {args} --state-dir {}",
+            launcher.display(),
+            state.display()
+        );
+        sb.command("unshare")
+            .unwrap()
+            .args(["-m", "sh", "-c", &script])
+            .output()
+            .unwrap()
+    };
+    let setup = format!(
+        "setup --binding masquerade --resolv-conf {}",
+        resolv.display()
+    );
+    let forwarding = || proc_sys(sb.command("cat").unwrap(), "net/ipv6/conf/all/forwarding");
+    assert_eq!(forwarding(), "0");
+    let o = net(&setup);
+    assert!(!o.status.success(), "setup wrote a read-only /proc/sys?");
+    let err = text(&o);
+    assert!(
+        err.contains("the pod needs net.ipv6.conf.all.forwarding=1 in its securityContext.sysctls"),
+        "{err}"
+    );
+    // Teardown undoes the half-done setup, writing nothing (forwarding is as it was).
+    let o = net("teardown");
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = sb
+        .command("sh")
+        .unwrap()
+        .args(["-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = net(&setup);
+    assert!(o.status.success(), "{}", text(&o));
+    let tables = sb
+        .command("nft")
+        .unwrap()
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&tables).contains("table inet vmpod_masq_eth0"),
+        "{}",
+        text(&tables)
+    );
+    let o = net("teardown");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(forwarding(), "1");
+    let tables = sb
+        .command("nft")
+        .unwrap()
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    assert!(!text(&tables).contains("vmpod"), "{}", text(&tables));
+}
+
+#[test]
+fn masquerade_net_setup_needs_ipv6_forwarding_set_when_proc_sys_is_read_only() {
+    if support::privileged(
+        "masquerade_net_setup_needs_ipv6_forwarding_set_when_proc_sys_is_read_only",
+    ) {
+        net_setup_with_read_only_proc_sys();
+    }
 }
 
 #[test]

@@ -71,7 +71,8 @@ pub enum NetError {
     /// A sysctl could not be written.
     #[error(
         "writing {value} to sysctl /proc/sys/{key}: {source} (a container runtime mounts \
-         /proc/sys read-only: set {key} = {value} in the pod's securityContext.sysctls)"
+         /proc/sys read-only: the pod needs {}={value} in its securityContext.sysctls)",
+        .key.replace('/', ".")
     )]
     SysctlWrite {
         key: String,
