@@ -28,14 +28,17 @@ const POD_IP4: &str = "10.244.9.23";
 const NODE_IP4: &str = "10.244.9.1";
 
 /// Listen on `addr` inside `netns`; the source address of the first connection
-/// accepted comes back on the channel.
+/// accepted comes back on the channel, once the listener is closed (so the port is free
+/// again).
 fn listen_in(netns: &Path, addr: SocketAddr) -> mpsc::Receiver<IpAddr> {
     let listener = netns::run_in(Some(netns), || TcpListener::bind(addr))
         .unwrap()
         .unwrap_or_else(|e| panic!("listen on {addr} in {}: {e}", netns.display()));
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        if let Ok((_conn, peer)) = listener.accept() {
+        let accepted = listener.accept();
+        drop(listener);
+        if let Ok((_conn, peer)) = accepted {
             let _ = tx.send(peer.ip().to_canonical());
         }
     });
@@ -63,10 +66,14 @@ fn pod_sysctl(t: &Topology, key: &str) -> String {
     proc_sys(t.in_pod("cat"), key)
 }
 
-/// `nft list tables` in the pod, as text.
-fn pod_nft_tables(t: &Topology) -> String {
-    let o = t.in_pod("nft").args(["list", "tables"]).output().unwrap();
-    assert!(o.status.success(), "nft list tables: {}", text(&o));
+/// `nft list tables` run by `nft` (in the pod's namespace), as text.
+fn nft_tables(mut nft: std::process::Command) -> String {
+    succeeds(nft.args(["list", "tables"]).output().unwrap())
+}
+
+/// The stdout of a command that must have succeeded.
+fn succeeds(o: std::process::Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -86,7 +93,7 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
     // Before setup IPv6 forwarding was off; setup turned it on.
     assert_eq!(t.cached.original.ipv6_forwarding, 0);
     assert_eq!(pod_sysctl(&t, "net/ipv6/conf/all/forwarding"), "1");
-    assert!(pod_nft_tables(&t).contains("table inet vmpod_masq_eth0"));
+    assert!(nft_tables(t.in_pod("nft")).contains("table inet vmpod_masq_eth0"));
 
     // The launcher's servers, from the cache, as `network_phase` starts them.
     let _v4 = start_server(&t, t.config());
@@ -172,9 +179,9 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
     drop(_client);
     vmpod::net::teardown(Some(&pod), t.state_dir()).expect("net teardown");
     assert!(
-        !pod_nft_tables(&t).contains("vmpod"),
+        !nft_tables(t.in_pod("nft")).contains("vmpod"),
         "{}",
-        pod_nft_tables(&t)
+        nft_tables(t.in_pod("nft"))
     );
     assert_eq!(pod_sysctl(&t, "net/ipv6/conf/all/forwarding"), "0");
     assert_eq!(
@@ -221,39 +228,17 @@ fn net_setup_with_read_only_proc_sys() {
         "{err}"
     );
     // Teardown undoes the half-done setup, writing nothing (forwarding is as it was).
-    let o = net("teardown");
-    assert!(o.status.success(), "{}", text(&o));
+    succeeds(net("teardown"));
 
-    let o = sb
-        .command("sh")
-        .unwrap()
-        .args(["-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let o = net(&setup);
-    assert!(o.status.success(), "{}", text(&o));
-    let tables = sb
-        .command("nft")
-        .unwrap()
-        .args(["list", "tables"])
-        .output()
-        .unwrap();
-    assert!(
-        text(&tables).contains("table inet vmpod_masq_eth0"),
-        "{}",
-        text(&tables)
-    );
-    let o = net("teardown");
-    assert!(o.status.success(), "{}", text(&o));
+    let on = "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding";
+    succeeds(sb.command("sh").unwrap().args(["-c", on]).output().unwrap());
+    succeeds(net(&setup));
+    let tables = nft_tables(sb.command("nft").unwrap());
+    assert!(tables.contains("table inet vmpod_masq_eth0"), "{tables}");
+    succeeds(net("teardown"));
     assert_eq!(forwarding(), "1");
-    let tables = sb
-        .command("nft")
-        .unwrap()
-        .args(["list", "tables"])
-        .output()
-        .unwrap();
-    assert!(!text(&tables).contains("vmpod"), "{}", text(&tables));
+    let tables = nft_tables(sb.command("nft").unwrap());
+    assert!(!tables.contains("vmpod"), "{tables}");
 }
 
 #[test]
