@@ -1,7 +1,8 @@
 //! Pod fixture for the DHCP tests, after the real network phase: a pod from
 //! [`vmpod::sandbox`] (node bridge as the gateway, pod `eth0` with the pod's address,
 //! MAC, MTU, routes and resolv.conf), then `net::setup` rewires it (bridge `k6t-eth0`,
-//! tap, link-local address, cache). A veth port on that bridge stands in for the tap;
+//! tap, link-local address, cache; the bridge binding, or masquerade with
+//! [`Topology::masquerade`]). A veth port on that bridge stands in for the tap;
 //! its far end is `eth0` with the VM's MAC in a "vm" namespace, where the real DHCP
 //! clients run. The DHCP configuration comes from the cache the net phase wrote.
 #![allow(dead_code)]
