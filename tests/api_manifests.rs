@@ -85,8 +85,14 @@ fn kubevirt_example_shapes_load_unchanged() {
     assert_eq!(iface.binding().unwrap(), vmpod::net::Binding::Masquerade);
     let m = masq.spec.masquerade_options(iface).unwrap();
     assert_eq!(m.vm_network.to_string(), "10.0.2.0/24");
-    // KubeVirt's default IPv6 network, used in a dual-stack pod.
+    // KubeVirt's default IPv6 network, used in a dual-stack pod; its documentation
+    // spells the field with the VM's address (`fd10:0:2::2/120`): the network is taken.
     assert_eq!(m.vm_network6.to_string(), "fd10:0:2::/120");
+    let pod = api::PodNetwork {
+        vm_ipv6_network_cidr: Some("fd10:0:2::2/120".into()),
+        ..api::PodNetwork::default()
+    };
+    assert_eq!(pod.vm_network6().unwrap().to_string(), "fd10:0:2::/120");
     assert_eq!(m.ports, ["tcp/80".parse().unwrap()]);
     let text = std::fs::read_to_string(repo().join("tests/kubevirt-shapes/v1alpha3-chassis.yaml"))
         .unwrap();
