@@ -63,8 +63,8 @@ fn ip_commands(ns: &str, op: &NetOp) -> Vec<Vec<String>> {
     };
     match op {
         // nft is a batch already (`nft -j -f -`), the same in both variants.
-        NetOp::Nat(_) | NetOp::DelNatTable { .. } => {
-            unreachable!("this benchmark plans the bridge binding, which has no nft ops")
+        NetOp::Nat(_) | NetOp::DelNatTable { .. } | NetOp::Ipv6Forwarding { .. } => {
+            unreachable!("this benchmark plans the bridge binding, which has no masquerade ops")
         }
         // `ip` has no verb for IPv4 devconf: the sysctl command it would take.
         NetOp::Ipv4Conf {

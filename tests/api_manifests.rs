@@ -85,6 +85,14 @@ fn kubevirt_example_shapes_load_unchanged() {
     assert_eq!(iface.binding().unwrap(), vmpod::net::Binding::Masquerade);
     let m = masq.spec.masquerade_options(iface).unwrap();
     assert_eq!(m.vm_network.to_string(), "10.0.2.0/24");
+    // KubeVirt's default IPv6 network, used in a dual-stack pod; its documentation
+    // spells the field with the VM's address (`fd10:0:2::2/120`): the network is taken.
+    assert_eq!(m.vm_network6.to_string(), "fd10:0:2::/120");
+    let pod = api::PodNetwork {
+        vm_ipv6_network_cidr: Some("fd10:0:2::2/120".into()),
+        ..api::PodNetwork::default()
+    };
+    assert_eq!(pod.vm_network6().unwrap().to_string(), "fd10:0:2::/120");
     assert_eq!(m.ports, ["tcp/80".parse().unwrap()]);
     let text = std::fs::read_to_string(repo().join("tests/kubevirt-shapes/v1alpha3-chassis.yaml"))
         .unwrap();
@@ -290,6 +298,27 @@ fn invalid_manifests_give_exact_field_path_messages() {
             "networks: [{name: default, pod: {vmNetworkCIDR: banana}}]",
             &[
                 r#"spec.networks[0].pod.vmNetworkCIDR: "banana" is not an IPv4 CIDR like 10.0.2.0/24"#,
+            ],
+        ),
+        (
+            "networks: [{name: default, pod: {}}]",
+            "networks: [{name: default, pod: {vmIPv6NetworkCIDR: \"fd10:0:2::/127\"}}]",
+            &[
+                "spec.networks[0].pod.vmIPv6NetworkCIDR: fd10:0:2::/127: a /127 has no room for a gateway and a VM (at most /126)",
+            ],
+        ),
+        (
+            "networks: [{name: default, pod: {}}]",
+            "networks: [{name: default, pod: {vmIPv6NetworkCIDR: 10.0.2.0/24}}]",
+            &[
+                r#"spec.networks[0].pod.vmIPv6NetworkCIDR: "10.0.2.0/24" is not an IPv6 CIDR like fd10:0:2::/120"#,
+            ],
+        ),
+        (
+            "networks: [{name: default, pod: {}}]",
+            "networks: [{name: default, pod: {vmIPv6NetworkCIDR: \"fe80::/64\"}}]",
+            &[
+                "spec.networks[0].pod.vmIPv6NetworkCIDR: fe80::/64: not a unicast network (multicast, link-local and loopback are refused)",
             ],
         ),
         (

@@ -11,20 +11,11 @@ mod support;
 
 use dhcp_fixture::*;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use vmpod::dhcp::ra::{RaSender, RaStatsHandle};
 use vmpod::dhcp::v6::server::{DhcpV6Server, V6StatsHandle};
 use vmpod::dhcp::v6::{DhcpV6Config, DropReason, ReplyKind};
 use vmpod::net::netns;
-
-/// Kills a client left running when the test ends.
-struct Reap(Child);
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A DHCPv6 server serving in the pod namespace on its own thread; stops on drop.
 struct RunningV6 {
@@ -64,84 +55,8 @@ fn start_ra(t: &Topology) -> RunningRa {
     }
 }
 
-/// The VM side's IPv6 routes as `dst [via gw] [proto]`, main table.
-fn vm_routes6(t: &Topology) -> Vec<String> {
-    let v = t.ip_json(&["-6", "route", "show", "table", "main"]);
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let mut s = r["dst"].as_str().unwrap().to_owned();
-            if let Some(g) = r["gateway"].as_str() {
-                s += &format!(" via {g}");
-            }
-            if let Some(p) = r["protocol"].as_str() {
-                s += &format!(" {p}");
-            }
-            s
-        })
-        .collect()
-}
-
 fn vm_sysctl(t: &Topology, key: &str) -> String {
-    let o = t
-        .in_vm("cat")
-        .arg(format!("/proc/sys/{key}"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-/// The VM side's IPv6 addresses of `scope` (`global`, `link`) as `addr/prefix`, with
-/// the tentative ones (duplicate address detection still running) marked.
-fn vm_addresses6(t: &Topology, scope: &str) -> Vec<String> {
-    let v = t.ip_json(&["-6", "addr", "show", "dev", VM_IF, "scope", scope]);
-    v.as_array()
-        .and_then(|a| a.first())
-        .and_then(|l| l["addr_info"].as_array())
-        .map(|a| {
-            // `ip -j` prints `{}` for the addresses the scope filter left out.
-            a.iter()
-                .filter_map(|a| {
-                    let tentative = if a["tentative"].as_bool() == Some(true) {
-                        " tentative"
-                    } else {
-                        ""
-                    };
-                    Some(format!(
-                        "{}/{}{tentative}",
-                        a["local"].as_str()?,
-                        a["prefixlen"]
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Wait until the VM side has a usable link-local address: a DHCPv6 client speaks from it.
-fn wait_link_local(t: &Topology) {
-    assert!(
-        wait_until(10, || {
-            let ll = vm_addresses6(t, "link");
-            !ll.is_empty() && ll.iter().all(|a| !a.ends_with("tentative"))
-        }),
-        "VM side link-local address not ready: {:?}",
-        vm_addresses6(t, "link")
-    );
-}
-
-/// A client script that writes its environment to `<out>/<reason>.env`, then runs `then`.
-fn record_script(out: &Path, then: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let script = out.join("record.sh");
-    let body = format!(
-        "#!/bin/sh\nenv | sort > \"{}/$reason.env\"\n{then}\n",
-        out.display()
-    );
-    std::fs::write(&script, body).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
+    proc_sys(t.in_vm("cat"), key)
 }
 
 /// `dhclient -6` in the VM namespace with Debian's dhclient-script behind a recording
@@ -305,88 +220,25 @@ fn the_kernel_takes_the_ra_and_reaches_the_gateway() {
 /// the managed flag to DHCPv6 and installs the lease and the default route itself.
 fn dhcpcd_takes_the_ra_and_the_lease() {
     let t = Topology::new("d6dc", Shape::DualStack);
-    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
     let ra = start_ra(&t);
     let server = start_v6(&t);
     wait_link_local(&t);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
-    let script = record_script(out, "");
-    let conf = out.join("dhcpcd.conf");
-    std::fs::write(
-        &conf,
+    let _client = dhcpcd(
+        &t,
+        out,
         "ipv6only\nipv6rs\nia_na\noption dhcp6_name_servers, dhcp6_domain_search\npersistent\n",
-    )
-    .unwrap();
-    // dhcpcd keeps state in /var/lib/dhcpcd and /run/dhcpcd: private tmpfs copies, in
-    // the mount namespace `ip netns exec` made for this command only.
-    let cmd = format!(
-        "mount -t tmpfs vmpod /var/lib/dhcpcd && mount -t tmpfs vmpod /run && mkdir -p /run/dhcpcd && \
-         exec dhcpcd -B -6 -t 20 -f {} -c {} {VM_IF}",
-        conf.display(),
-        script.display()
+        "-6",
     );
-    let _client = Reap(
-        t.in_vm("sh")
-            .args(["-c", &cmd])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(
-        wait_until(25, || out.join("BOUND6.env").exists()
-            && out.join("ROUTERADVERT.env").exists()),
-        "dhcpcd got no RA or no DHCPv6 lease: RA {:?}, DHCPv6 {:?}, events {:?}",
-        ra.stats.snapshot(),
-        server.stats.snapshot(),
-        std::fs::read_dir(out)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect::<Vec<_>>()
-    );
-    let env = read_env(&out.join("BOUND6.env"));
-    assert_eq!(
-        env.get("new_dhcp6_ia_na1_ia_addr1").map(String::as_str),
-        Some("fd77:9::23"),
-        "{env:?}"
-    );
-    assert_eq!(
-        env.get("new_dhcp6_name_servers").map(String::as_str),
-        Some("fd77:9::53")
-    );
-    let ra_env = read_env(&out.join("ROUTERADVERT.env"));
-    assert_eq!(
-        ra_env.get("nd1_from").map(String::as_str),
-        Some(bridge_ll.as_str()),
-        "{ra_env:?}"
-    );
-    assert_eq!(
-        ra_env.get("nd1_rdnss1_servers").map(String::as_str),
-        Some("fd77:9::53"),
-        "{ra_env:?}"
-    );
-    assert_eq!(
-        ra_env.get("nd1_dnssl1_search").map(String::as_str),
-        Some("default.svc.cluster.local cluster.local"),
-        "{ra_env:?}"
-    );
-    let want_default = format!("default via {bridge_ll}");
-    assert!(
-        wait_until(5, || vm_routes6(&t)
-            .iter()
-            .any(|r| r.starts_with(&want_default))),
-        "{:?}",
-        vm_routes6(&t)
-    );
-    assert!(
-        vm_addresses6(&t, "global")
-            .iter()
-            .any(|a| a.starts_with("fd77:9::23/")),
-        "{:?}",
-        vm_addresses6(&t, "global")
-    );
+    wait_recorded(out, &["BOUND6", "ROUTERADVERT"], 25, || {
+        format!(
+            "dhcpcd: RA {:?}, DHCPv6 {:?}",
+            ra.stats.snapshot(),
+            server.stats.snapshot()
+        )
+    });
+    assert_dhcpcd_ipv6(&t, out, "fd77:9::23");
 }
 
 /// `vmpodctl dhcp probe --v6` from the VM side shows what the server leases; it asks as

@@ -55,7 +55,7 @@ fn masquerade_vmi(name: &str, ports: &str) -> String {
     vmi
 }
 
-/// `nft -j list tables` in `netns`: the `ip` family table names.
+/// `nft -j list tables` in `netns`: `<family> <name>` of each table.
 fn nft_tables(netns: &Path) -> Vec<String> {
     let out = support::stdout_of(
         command_in(netns, "nft")
@@ -87,6 +87,19 @@ fn nft_ruleset(netns: &Path) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `vmpodctl net inspect` of the pod with the cache in `state`, as text.
+fn net_inspect(sb: &PodSandbox, state: &Path) -> String {
+    let out = support::stdout_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+            .args(["net", "inspect", "--netns"])
+            .arg(sb.netns_path())
+            .arg("--state-dir")
+            .arg(state),
+        "vmpodctl net inspect",
+    );
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The guest is up with its private lease, pinged the node through the NAT and serves.
@@ -168,7 +181,7 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
         addrs.contains(&"10.0.2.1/24".parse::<IpCidr>().unwrap()),
         "{addrs:?}"
     );
-    assert!(nft_tables(sb.netns_path()).contains(&"ip vmpod_masq_eth0".to_string()));
+    assert!(nft_tables(sb.netns_path()).contains(&"inet vmpod_masq_eth0".to_string()));
     assert_eq!(eth0_forwarding(&sb), "1");
 
     // From inside the pod, through 127.0.0.1.
@@ -189,15 +202,7 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
 
     // `vmpodctl net inspect` shows the binding, the VM's address and the live rules,
     // counted.
-    let out = support::stdout_of(
-        std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-            .args(["net", "inspect", "--netns"])
-            .arg(sb.netns_path())
-            .arg("--state-dir")
-            .arg(&state),
-        "vmpodctl net inspect",
-    );
-    let text = String::from_utf8_lossy(&out);
+    let text = net_inspect(&sb, &state);
     for want in [
         "MASQUERADE eth0",
         "vm 10.0.2.2/24",
@@ -271,7 +276,12 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
         serde_json::from_slice(&support::stdout_of(&mut plan, "vmpodctl net plan")).unwrap();
     let nat = plan["ops"].as_array().unwrap().last().unwrap();
     assert_eq!(nat["op"], "nat");
-    assert_eq!(nat["vmIp"], "10.0.2.2");
+    assert_eq!(nat["families"][0]["vmIp"], "10.0.2.2");
+    assert_eq!(
+        nat["families"].as_array().unwrap().len(),
+        1,
+        "an IPv4-only pod: {nat}"
+    );
     assert_eq!(
         nat["ports"],
         serde_json::json!([{"protocol": "tcp", "port": 80}])
@@ -314,9 +324,99 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
     let st = l.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "launcher exit {st}\n{}", l.log());
     // The launcher leaves the init container's setup alone; `net teardown` undoes it.
-    assert!(nft_tables(sb.netns_path()).contains(&"ip vmpod_masq_eth0".to_string()));
+    assert!(nft_tables(sb.netns_path()).contains(&"inet vmpod_masq_eth0".to_string()));
     net(&["teardown"]);
     nothing_left(&sb, &state, &forwarding_before);
+}
+
+/// The real launcher, masquerade, in a dual-stack pod: the guest's IPv4 lease is as in
+/// an IPv4-only pod; `/v1/network` shows the IPv6 side (the DHCPv6 lease offered is
+/// `fd10:0:2::2/120`, router advertisements sent on the bridge, the NAT op with both
+/// families); `net inspect` shows the IPv6 rules; SIGTERM restores IPv6 forwarding.
+/// The guest's own DHCPv6 and NAT66 are tested with real clients in
+/// tests/masquerade_ipv6.rs.
+#[test]
+fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
+    if !support::privileged("masquerade_in_a_dual_stack_pod_reports_its_ipv6_side") {
+        return;
+    }
+    let (node, spec) = support::dual_stack_spec("lmasq6");
+    let sb = PodSandbox::create(&node, &spec).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let ipv6_forwarding = || {
+        let out = sb
+            .command("cat")
+            .unwrap()
+            .arg("/proc/sys/net/ipv6/conf/all/forwarding")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let before = ipv6_forwarding();
+    let vmi = masquerade_vmi("lmasq6", "[{name: http, port: 80}]").replacen(
+        &format!("vmpod.ping={GATEWAY}"),
+        "vmpod.ping=10.77.0.1",
+        1,
+    );
+    let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+    let report = l.wait_report(BOOT, |r| r.ping.is_some());
+    let lease = report.lease.clone().expect("a lease");
+    assert_eq!((lease.ip, lease.prefix), (Ipv4Addr::new(10, 0, 2, 2), 24));
+    assert_eq!(lease.router(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+    assert!(
+        report.ping.is_some_and(|p| p.ok),
+        "IPv4 NAT:\n{}",
+        l.console()
+    );
+
+    let network =
+        support::launcher::control_call(
+            &state,
+            "network report",
+            |c| async move { c.network().await },
+        );
+    let iface = &network.interfaces[0];
+    let ipv6 = iface.ipv6.as_ref().expect("the IPv6 side in /v1/network");
+    assert_eq!(
+        (ipv6.dhcp.lease.address.to_string(), ipv6.dhcp.lease.prefix),
+        ("fd10:0:2::2".to_owned(), 120)
+    );
+    assert_eq!(ipv6.router_advertisements.bridge, "k6t-eth0");
+    assert!(ipv6.router_advertisements.periodic >= 1, "{ipv6:?}");
+    let nat = iface
+        .plan
+        .iter()
+        .find_map(|op| match op {
+            vmpod::net::NetOp::Nat(rules) => Some(rules),
+            _ => None,
+        })
+        .expect("the NAT op in the applied plan");
+    let vm_ips: Vec<String> = nat.families.iter().map(|a| a.vm_ip.to_string()).collect();
+    assert_eq!(vm_ips, ["10.0.2.2", "fd10:0:2::2"]);
+    assert_eq!(ipv6_forwarding(), "1");
+
+    let text = net_inspect(&sb, &state);
+    for want in [
+        "vm fd10:0:2::2/120 gateway fd10:0:2::1 (NAT66 behind fd77::5)",
+        "prerouting: iifname eth0, ip6 daddr fd77::5, tcp dport 80 -> dnat to fd10:0:2::2",
+        "postrouting: oifname eth0, ip6 saddr fd10:0:2::/120 -> masquerade",
+        "IPV6 eth0\nvm fd10:0:2::2/120",
+    ] {
+        assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
+    }
+
+    l.sigterm();
+    let st = l.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    assert!(
+        !nft_tables(sb.netns_path())
+            .iter()
+            .any(|t| t.contains("vmpod")),
+        "{}",
+        nft_ruleset(sb.netns_path())
+    );
+    assert_eq!(ipv6_forwarding(), before);
 }
 
 /// Bridge versus masquerade, one run each, from the node's namespace to the guest's

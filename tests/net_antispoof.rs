@@ -9,7 +9,7 @@ mod support;
 use dhcproto::{Encodable, Encoder, v4};
 use std::fs::File;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -54,6 +54,33 @@ fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) ->
     ip.extend((total - 20).to_be_bytes());
     ip.extend([0, 0]); // no UDP checksum
     ip.extend(payload);
+    ip
+}
+
+/// An IPv6 UDP datagram with its checksum (IPv6 requires one).
+fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + payload.len()).unwrap();
+    let mut udp = sport.to_be_bytes().to_vec();
+    udp.extend(dport.to_be_bytes());
+    udp.extend(len.to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(payload);
+    let mut pseudo = src.octets().to_vec();
+    pseudo.extend(dst.octets());
+    pseudo.extend(u32::from(len).to_be_bytes());
+    pseudo.extend([0, 0, 0, 17]);
+    pseudo.extend(&udp);
+    let c = match checksum(&pseudo) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend(len.to_be_bytes());
+    ip.extend([17, 64]);
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    ip.extend(udp);
     ip
 }
 
@@ -208,17 +235,25 @@ impl Fixture {
             format!("{ip}/24").parse::<IpCidr>().unwrap(),
             gw.parse().unwrap(),
         );
+        Self::from_specs(&node, &pod, binding)
+    }
+
+    /// The pod of `pod` on `node`, rewired for `binding`.
+    fn from_specs(node: &NodeSpec, pod: &PodSpec, binding: Binding) -> Fixture {
+        let std::net::IpAddr::V4(ip) = pod.ipv4.addr else {
+            panic!("an IPv4 pod address: {}", pod.ipv4);
+        };
         let f = Fixture {
-            pod: PodSandbox::create(&node, &pod).unwrap(),
+            pod: PodSandbox::create(node, pod).unwrap(),
             state: tempfile::tempdir().unwrap(),
             binding,
             vm_mac: MacAddr([0; 6]),
             vm_ip: match binding {
-                Binding::Bridge => ip.parse().unwrap(),
+                Binding::Bridge => ip,
                 // The default VM network 10.0.2.0/24: the VM is .2.
                 Binding::Masquerade => Ipv4Addr::new(10, 0, 2, 2),
             },
-            gateway: gw.parse().unwrap(),
+            gateway: pod.gateway4.expect("an IPv4 gateway"),
             next_hop: BROADCAST,
         };
         let out = net::setup(&f.opts()).unwrap();
@@ -547,6 +582,59 @@ fn forged_frames_from_a_masqueraded_vm_never_leave_the_pod() {
         (DropKind::Ethertype, 1),
         (DropKind::Ipv6, 1),
     ]);
+    drop(vm);
+    f.teardown_leaves_no_table();
+}
+
+/// Masquerade in a dual-stack pod: the VM's private IPv6 address (`fd10:0:2::2`) leaves
+/// the tap and, NAT66ed, the pod; another address of the VM's IPv6 network (it would be
+/// masqueraded too) and the pod's own IPv6 address do not, each counted.
+#[test]
+fn a_masqueraded_vm_sends_ipv6_from_its_private_address_only() {
+    if !support::privileged("a_masqueraded_vm_sends_ipv6_from_its_private_address_only") {
+        return;
+    }
+    let node = NodeSpec::isolated(vec![
+        "10.81.3.1/24".parse::<IpCidr>().unwrap(),
+        "fd81:3::1/64".parse::<IpCidr>().unwrap(),
+    ]);
+    let mut pod = PodSpec::new(
+        "amasq6",
+        "10.81.3.5/24".parse::<IpCidr>().unwrap(),
+        "10.81.3.1".parse().unwrap(),
+    );
+    pod.ipv6 = Some("fd81:3::5/64".parse::<IpCidr>().unwrap());
+    pod.gateway6 = Some("fd81:3::1".parse().unwrap());
+    let f = Fixture::from_specs(&node, &pod, Binding::Masquerade);
+    let capture = f.node_capture();
+    let mut vm = f.vm();
+    let (mac, to) = (f.vm_mac, f.next_hop);
+    let node_ip: Ipv6Addr = "fd81:3::1".parse().unwrap();
+    let from = |tag: &str, src: &str| {
+        let src: Ipv6Addr = src.parse().unwrap();
+        eth(
+            to,
+            mac,
+            0x86dd,
+            &udp6(src, node_ip, 4000, 9, tag.as_bytes()),
+        )
+    };
+    let forged = vec![
+        from("BAD-VMNET6", "fd10:0:2::99"),
+        from("BAD-POD6", "fd81:3::5"),
+    ];
+    let before = f.count(DropKind::Ipv6);
+    let frames = forged_between_correct(&mut vm, &capture, &forged, |tag| from(tag, "fd10:0:2::2"));
+    // The correct datagram left NAT66ed: from the pod's IPv6 address.
+    let pod_ip: Ipv6Addr = "fd81:3::5".parse().unwrap();
+    let good = frames.iter().find(|fr| has(fr, b"GOOD")).unwrap();
+    assert_eq!(&good[12..14], &[0x86, 0xdd], "{good:02x?}");
+    assert_eq!(
+        &good[22..38],
+        &pod_ip.octets(),
+        "source after NAT66: {good:02x?}"
+    );
+    assert!(f.count(DropKind::Ipv6) >= before + 2, "{:?}", f.counters());
     drop(vm);
     f.teardown_leaves_no_table();
 }

@@ -6,7 +6,7 @@ use super::quantity::{QuantityError, quantity_bytes};
 use super::types::*;
 use crate::net::Binding;
 use crate::net::IpCidr;
-use crate::net::masquerade::{ForwardPort, MasqueradeOptions, Protocol};
+use crate::net::masquerade::{ForwardPort, MasqueradeOptions, Protocol, check_vm_network};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::fmt;
 use std::path::Path;
@@ -107,35 +107,61 @@ impl Interface {
 impl PodNetwork {
     /// `vmNetworkCIDR`, default `10.0.2.0/24`; the error says what is wrong with it.
     pub fn vm_network(&self) -> Result<IpCidr, String> {
-        let Some(text) = &self.vm_network_cidr else {
-            return Ok(MasqueradeOptions::default().vm_network);
-        };
-        let net: ipnet::Ipv4Net = text
-            .parse()
-            .map_err(|_| format!("{text:?} is not an IPv4 CIDR like 10.0.2.0/24"))?;
-        let options = MasqueradeOptions {
-            vm_network: IpCidr::new(std::net::IpAddr::V4(net.network()), net.prefix_len()),
-            ports: Vec::new(),
-        };
-        options.check()?;
-        Ok(options.vm_network)
+        vm_network_field(self.vm_network_cidr.as_deref(), false)
     }
+
+    /// `vmIPv6NetworkCIDR`, default `fd10:0:2::/120`; the error says what is wrong with
+    /// it.
+    pub fn vm_network6(&self) -> Result<IpCidr, String> {
+        vm_network_field(self.vm_ipv6_network_cidr.as_deref(), true)
+    }
+}
+
+/// A VM network field of the pod network (`vmNetworkCIDR`; `vmIPv6NetworkCIDR` when
+/// `ipv6`): the default when unset, else the network it names, checked.
+fn vm_network_field(text: Option<&str>, ipv6: bool) -> Result<IpCidr, String> {
+    let defaults = MasqueradeOptions::default();
+    let (family, default) = if ipv6 {
+        ("IPv6", defaults.vm_network6)
+    } else {
+        ("IPv4", defaults.vm_network)
+    };
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let net = text
+        .parse::<ipnet::IpNet>()
+        .ok()
+        .filter(|n| n.addr().is_ipv6() == ipv6)
+        .ok_or_else(|| format!("{text:?} is not an {family} CIDR like {default}"))?;
+    let net = IpCidr::new(net.network(), net.prefix_len());
+    check_vm_network(net, ipv6)?;
+    Ok(net)
 }
 
 impl VirtualMachineInstanceSpec {
     /// The masquerade options of `iface` (its ports, its pod network's VM network).
     /// Validation reports the same problems with their field paths.
     pub fn masquerade_options(&self, iface: &Interface) -> Result<MasqueradeOptions, String> {
-        let vm_network = match self.network(&iface.name).and_then(|n| n.pod.as_ref()) {
-            Some(pod) => pod
-                .vm_network()
-                .map_err(|e| format!("vmNetworkCIDR: {e}"))?,
-            None => MasqueradeOptions::default().vm_network,
-        };
+        let default = PodNetwork::default();
+        let pod = self
+            .network(&iface.name)
+            .and_then(|n| n.pod.as_ref())
+            .unwrap_or(&default);
+        let vm_network = pod
+            .vm_network()
+            .map_err(|e| format!("vmNetworkCIDR: {e}"))?;
+        let vm_network6 = pod
+            .vm_network6()
+            .map_err(|e| format!("vmIPv6NetworkCIDR: {e}"))?;
         let ports = iface
             .forward_ports()
             .map_err(|(path, e)| format!("{path}: {e}"))?;
-        Ok(MasqueradeOptions { vm_network, ports })
+        Ok(MasqueradeOptions {
+            vm_network,
+            vm_network6,
+            ports,
+        })
     }
 }
 

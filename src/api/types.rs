@@ -495,6 +495,14 @@ pub struct PodNetwork {
         skip_serializing_if = "Option::is_none"
     )]
     pub vm_network_cidr: Option<String>,
+    /// Masquerade binding in a dual-stack pod: the VM's private IPv6 network, default
+    /// `fd10:0:2::/120` (gateway `::1` on the pod's bridge, the VM `::2`).
+    #[serde(
+        default,
+        rename = "vmIPv6NetworkCIDR",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vm_ipv6_network_cidr: Option<String>,
 }
 
 /// `spec.volumes[]`: a name plus exactly one source.

@@ -546,6 +546,9 @@ impl Validator {
                     if let Err(e) = pod.vm_network() {
                         self.push(format!("{path}.pod.vmNetworkCIDR"), e);
                     }
+                    if let Err(e) = pod.vm_network6() {
+                        self.push(format!("{path}.pod.vmIPv6NetworkCIDR"), e);
+                    }
                 }
             }
             if pod_networks > 1 && net.pod.is_some() {

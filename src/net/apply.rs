@@ -1,8 +1,10 @@
 //! Applying [`NetOp`]s through netlink (and `/dev/net/tun`, which has no netlink verb
 //! for creating taps; and `nft` fed JSON for the anti-spoofing table, which runs in the
-//! namespace of the thread that starts it). Never `/proc/sys`: a container runtime mounts it read-only for
+//! namespace of the thread that starts it). Not `/proc/sys`: a container runtime mounts it read-only for
 //! anything not privileged, NET_ADMIN or not; per-link settings go through
-//! `RTM_SETLINK` / `IFLA_AF_SPEC` instead. Every op is idempotent: "already so" is
+//! `RTM_SETLINK` / `IFLA_AF_SPEC` instead. The one exception is IPv6 forwarding, which
+//! has neither a per-link switch nor a netlink verb ([`NetOp::Ipv6Forwarding`]): written
+//! only when it differs, so a runtime that set it for the pod spares the write. Every op is idempotent: "already so" is
 //! success, so applying a plan to an untouched, half-rewired or fully rewired pod
 //! converges on the same state. Runs on a thread inside the pod's namespace (see
 //! [`super::netns`]).
@@ -228,7 +230,31 @@ async fn apply_one(
         }
         NetOp::Nat(rules) => nft(&super::masquerade::ruleset(rules), op),
         NetOp::DelNatTable { table } => nft(&super::masquerade::teardown_ruleset(table), op),
+        NetOp::Ipv6Forwarding { value } => {
+            if !kernel_has_ipv6() {
+                tracing::debug!("IPv6 is off in this kernel; skipping");
+                return Ok(());
+            }
+            set_sysctl(IPV6_FORWARDING, *value)
+        }
     }
+}
+
+/// The one sysctl a plan writes through `/proc/sys` (see [`NetOp::Ipv6Forwarding`]).
+pub(crate) const IPV6_FORWARDING: &str = "net/ipv6/conf/all/forwarding";
+
+/// Write a sysctl of the current thread's namespace unless it already has `value`.
+fn set_sysctl(key: &str, value: u32) -> Result<(), NetError> {
+    if read_sysctl(key)?.and_then(|v| v.parse::<u32>().ok()) == Some(value) {
+        return Ok(());
+    }
+    std::fs::write(Path::new("/proc/sys").join(key), value.to_string()).map_err(|source| {
+        NetError::SysctlWrite {
+            key: key.to_owned(),
+            value,
+            source,
+        }
+    })
 }
 
 /// Run one nft batch (`nft -j -f -`, a child of this thread, so in its namespace). nft

@@ -68,6 +68,18 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
+    /// A sysctl could not be written.
+    #[error(
+        "writing {value} to sysctl /proc/sys/{key}: {source} (a container runtime mounts \
+         /proc/sys read-only: the pod needs {}={value} in its securityContext.sysctls)",
+        .key.replace('/', ".")
+    )]
+    SysctlWrite {
+        key: String,
+        value: u32,
+        #[source]
+        source: io::Error,
+    },
     /// Creating or configuring a tap through /dev/net/tun failed.
     #[error("tap {name}: {what}: {source}")]
     Tap {

@@ -59,6 +59,11 @@ pub struct MasqueradeView {
     pub interface: String,
     pub vm_address: IpCidr,
     pub gateway: std::net::Ipv4Addr,
+    /// A dual-stack pod: the VM's private IPv6 address behind NAT66 (its lease and
+    /// router are in [`Ipv6View`]), its gateway on the bridge and the pod's IPv6 address
+    /// it stands behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<masquerade::NatAddresses>,
     pub vm_mac: super::facts::MacAddr,
     /// The forwarded ports (`tcp/80`), or `every port`.
     pub forwarded: Vec<String>,
@@ -67,8 +72,9 @@ pub struct MasqueradeView {
     pub rules: Vec<String>,
 }
 
-/// A dual-stack bridge-bound interface's IPv6 side: the address DHCPv6 leases the VM
-/// and the router the advertisements name.
+/// A dual-stack pod interface's IPv6 side: the address DHCPv6 leases the VM (the pod's
+/// with the bridge binding, the private one with masquerade) and the router the
+/// advertisements name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Ipv6View {
@@ -96,7 +102,7 @@ pub struct Inspection {
     /// The masquerade bindings: VM address, forwarded ports, the NAT rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masquerade: Vec<MasqueradeView>,
-    /// The IPv6 side of dual-stack bridge-bound interfaces.
+    /// The IPv6 side of dual-stack pod interfaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ipv6: Vec<Ipv6View>,
 }
@@ -159,18 +165,15 @@ pub fn inspection(
     }
 }
 
+/// What the launcher's DHCPv6 server and RA sender serve for `c` (either binding).
 fn ipv6_view(c: &CachedInterface) -> Option<Ipv6View> {
-    if c.binding != Binding::Bridge {
-        return None;
-    }
-    let vm_address = c.facts.ipv6().next()?;
-    let bridge_mac = super::plan::derived_mac(c.facts.mac, "bridge");
+    let config = crate::dhcp::v6::DhcpV6Config::for_cached(c)?;
     Some(Ipv6View {
         interface: c.facts.interface.clone(),
-        vm_address,
-        vm_mac: c.vm_mac(),
+        vm_address: IpCidr::new(IpAddr::V6(config.address), config.prefix),
+        vm_mac: config.client_mac,
         router: super::ipv6::bridge_link_local(&c.facts),
-        server_duid: crate::dhcp::describe::hex(&crate::dhcp::v6::duid_ll(bridge_mac)),
+        server_duid: crate::dhcp::describe::hex(&config.server_duid()),
     })
 }
 
@@ -184,6 +187,7 @@ fn masquerade_view(c: &CachedInterface) -> Result<Option<MasqueradeView>, NetErr
         interface: c.facts.interface.clone(),
         vm_address: IpCidr::new(IpAddr::V4(m.vm_address()), m.vm_network.prefix),
         gateway: m.gateway(),
+        ipv6: m.ipv6(&c.facts),
         vm_mac: c.vm_mac(),
         forwarded: if m.ports.is_empty() {
             vec!["every port".to_owned()]

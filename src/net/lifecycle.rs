@@ -181,6 +181,9 @@ async fn facts_for(
         ipv4_forwarding: read_sysctl(&format!("net/ipv4/conf/{}/forwarding", o.interface))?
             .and_then(|n| n.parse().ok())
             .unwrap_or(0),
+        ipv6_forwarding: read_sysctl(super::apply::IPV6_FORWARDING)?
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
     };
     let entry = CachedInterface {
         facts,

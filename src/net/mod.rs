@@ -99,6 +99,13 @@
 //! deletes the links and puts the pod interface's `forwarding` back. DHCP serves the
 //! VM's view of the facts ([`masquerade::MasqueradeOptions::vm_facts`]).
 //!
+//! In a pod with IPv6 the VM gets a private IPv6 address too (`vmIPv6NetworkCIDR`,
+//! default `fd10:0:2::/120`): the bridge holds its gateway and the link-local address
+//! the router advertisements come from ([`ipv6::bridge_link_local`]), the NAT table
+//! (family `inet`) holds the IPv6 rules made by the same code as the IPv4 ones, and
+//! IPv6 forwarding, which has no per-link switch and no netlink verb, is the one
+//! `/proc/sys` write ([`NetOp::Ipv6Forwarding`]), put back on teardown.
+//!
 //! # Next bindings
 //!
 //! IPv6 for the VM reads the cached IPv6 facts and the bridge's link-local address.

@@ -91,8 +91,15 @@ pub enum NetOp {
     DelNftTable { table: String },
     /// Install (or replace whole) the masquerade binding's nftables table.
     Nat(NatRules),
-    /// Remove an `ip` family nftables table (the masquerade NAT); absent already is fine.
+    /// Remove an `inet` family nftables table (the masquerade NAT); absent already is
+    /// fine.
     DelNatTable { table: String },
+    /// Set `net/ipv6/conf/all/forwarding` (the masquerade binding's NAT66 routes
+    /// between the bridge and the pod interface). IPv6 forwarding has no per-link
+    /// switch and no netlink verb: this one writes `/proc/sys`, and only when the value
+    /// differs, so a pod whose runtime set the sysctl (`securityContext.sysctls`) needs
+    /// no writable `/proc/sys`. Skipped when the kernel has IPv6 off.
+    Ipv6Forwarding { value: u32 },
 }
 
 impl fmt::Display for NetOp {
@@ -153,7 +160,10 @@ impl fmt::Display for NetOp {
             ),
             NetOp::DelNftTable { table } => write!(f, "delete nftables table bridge {table}"),
             NetOp::Nat(rules) => write!(f, "install {rules}"),
-            NetOp::DelNatTable { table } => write!(f, "delete nft table ip {table}"),
+            NetOp::DelNatTable { table } => write!(f, "delete nft table inet {table}"),
+            NetOp::Ipv6Forwarding { value } => {
+                write!(f, "set ipv6 forwarding = {value} (net/ipv6/conf/all)")
+            }
         }
     }
 }
@@ -306,6 +316,9 @@ pub struct OriginalSettings {
     /// `net/ipv4/conf/<iface>/forwarding` (masquerade turns it on).
     #[serde(default)]
     pub ipv4_forwarding: u32,
+    /// `net/ipv6/conf/all/forwarding` (masquerade in a pod with IPv6 turns it on).
+    #[serde(default)]
+    pub ipv6_forwarding: u32,
 }
 
 /// Why no plan can be made for these facts.
@@ -319,9 +332,14 @@ pub enum PlanError {
         "link name {name:?} derived from pod interface {interface} is longer than {MAX_IFNAME} bytes"
     )]
     NameTooLong { interface: String, name: String },
-    /// The masquerade binding's VM network cannot hold a gateway and a VM.
-    #[error("pod interface {interface}: vmNetworkCIDR {reason}")]
-    VmNetwork { interface: String, reason: String },
+    /// The masquerade binding's VM network (the VMI's `field`) cannot hold a gateway
+    /// and a VM.
+    #[error("pod interface {interface}: {field} {reason}")]
+    VmNetwork {
+        interface: String,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 /// The ops that wire `facts.interface` for `binding`.
@@ -505,25 +523,44 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
         });
     };
     let m = &opts.masquerade;
-    m.check().map_err(|reason| PlanError::VmNetwork {
+    m.check().map_err(|(field, reason)| PlanError::VmNetwork {
         interface: facts.interface.clone(),
+        field,
         reason,
     })?;
     let (bridge, tap) = link_names(facts)?;
     let pod = facts.interface.as_str();
+    let families = m.nat_addresses(pod_ip, facts);
     let mut ops = create_bridge(facts, &bridge).to_vec();
     ops.extend(create_tap(facts, opts, &tap));
+    ops.push(NetOp::SetMaster {
+        link: tap.clone(),
+        master: bridge.clone(),
+    });
+    // The VM's private addresses (IPv6 too in a dual-stack pod) are the only ones the
+    // tap lets through, besides the link-local and `::`.
+    let vm_ipv6 = families.iter().filter_map(|a| match a.vm_ip {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
+    });
+    ops.push(anti_spoof(
+        facts,
+        Binding::Masquerade,
+        opts,
+        m.vm_address(),
+        vm_ipv6.collect(),
+    ));
+    // The gateway of each family on the bridge; with IPv6, the link-local address the
+    // router advertisements come from too, and IPv6 forwarding.
+    ops.extend(families.iter().map(|a| NetOp::AddAddress {
+        link: bridge.clone(),
+        address: IpCidr::new(a.gateway, a.vm_network.prefix),
+    }));
+    if families.iter().any(|a| a.pod_ip.is_ipv6()) {
+        ops.extend(super::ipv6::bridge_link_local_op(facts, &bridge));
+        ops.push(NetOp::Ipv6Forwarding { value: 1 });
+    }
     ops.extend([
-        NetOp::SetMaster {
-            link: tap.clone(),
-            master: bridge.clone(),
-        },
-        // No IPv6 behind masquerade yet: only the link-local and `::` pass.
-        anti_spoof(facts, Binding::Masquerade, opts, m.vm_address(), Vec::new()),
-        NetOp::AddAddress {
-            link: bridge.clone(),
-            address: IpCidr::new(IpAddr::V4(m.gateway()), m.vm_network.prefix),
-        },
         ipv4_conf(&bridge, Ipv4Setting::Forwarding, 1),
         // A connection to 127.0.0.1:<port> DNATed to the VM leaves through the bridge
         // with its loopback source until postrouting rewrites it.
@@ -537,10 +574,7 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
             table: masquerade::table_name(pod),
             pod_interface: pod.to_owned(),
             bridge,
-            pod_ip,
-            vm_ip: m.vm_address(),
-            gateway: m.gateway(),
-            vm_network: IpCidr::new(m.vm_network.network(), m.vm_network.prefix),
+            families,
             ports: m.ports.clone(),
         }),
     ]);
@@ -552,7 +586,7 @@ fn teardown_masquerade(
     original: OriginalSettings,
 ) -> Result<Vec<NetOp>, PlanError> {
     let (bridge, tap) = link_names(facts)?;
-    Ok(vec![
+    let mut ops = vec![
         NetOp::DelNftTable {
             table: antispoof::table_name(&facts.interface),
         },
@@ -566,7 +600,13 @@ fn teardown_masquerade(
             Ipv4Setting::Forwarding,
             original.ipv4_forwarding,
         ),
-    ])
+    ];
+    if facts.ipv6().next().is_some() {
+        ops.push(NetOp::Ipv6Forwarding {
+            value: original.ipv6_forwarding,
+        });
+    }
+    Ok(ops)
 }
 
 fn teardown_bridge(
@@ -1086,13 +1126,22 @@ mod tests {
         let NetOp::Nat(rules) = ops.last().unwrap() else {
             panic!("the NAT rules come last, once the links are up: {ops:?}");
         };
+        assert_eq!(rules.families.len(), 1, "an IPv4-only pod: {rules:?}");
         assert_eq!(
-            (rules.pod_ip, rules.vm_ip, rules.gateway),
+            (
+                rules.families[0].pod_ip,
+                rules.families[0].vm_ip,
+                rules.families[0].gateway
+            ),
             (
                 "10.244.0.5".parse().unwrap(),
                 "10.0.2.2".parse().unwrap(),
                 "10.0.2.1".parse().unwrap()
             )
+        );
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, NetOp::Ipv6Forwarding { .. }))
         );
         assert_eq!(rules.table, "vmpod_masq_eth0");
         assert_eq!(rules.ports, opts.masquerade.ports);
@@ -1129,6 +1178,82 @@ mod tests {
                 },
                 ipv4_conf("eth0", Ipv4Setting::Forwarding, 0),
             ]
+        );
+    }
+
+    /// A dual-stack pod: the bridge holds both gateways and the link-local address the
+    /// RAs come from, IPv6 forwarding goes on, the tap lets the VM's private IPv6
+    /// address through, the NAT covers both families; teardown restores forwarding.
+    #[test]
+    fn masquerade_in_a_dual_stack_pod_adds_the_ipv6_side() {
+        let mut f = ipv4_only();
+        f.addresses
+            .push("fd00:10:244::5/64".parse::<IpCidr>().unwrap());
+        let opts = PlanOptions::default();
+        let ops = plan(&f, Binding::Masquerade, &opts, OriginalSettings::default()).unwrap();
+        let bridge_addrs: Vec<String> = ops
+            .iter()
+            .filter_map(|o| match o {
+                NetOp::AddAddress { link, address } if link == "k6t-eth0" => {
+                    Some(address.to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        let ll = super::super::ipv6::bridge_link_local(&f);
+        assert_eq!(
+            bridge_addrs,
+            [
+                "10.0.2.1/24".to_owned(),
+                "fd10:0:2::1/120".to_owned(),
+                format!("{ll}/64")
+            ]
+        );
+        let forwarding = position(&ops, |o| *o == NetOp::Ipv6Forwarding { value: 1 });
+        let nat = position(&ops, |o| matches!(o, NetOp::Nat(_)));
+        assert!(forwarding < nat);
+        let spoof = ops
+            .iter()
+            .find_map(|o| match o {
+                NetOp::AntiSpoof(a) => Some(a),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            spoof.ipv6,
+            ["fd10:0:2::2".parse::<std::net::Ipv6Addr>().unwrap()]
+        );
+        let NetOp::Nat(rules) = &ops[nat] else {
+            unreachable!()
+        };
+        let pods: Vec<IpAddr> = rules.families.iter().map(|a| a.pod_ip).collect();
+        assert_eq!(
+            pods,
+            [
+                "10.244.0.5".parse::<IpAddr>().unwrap(),
+                "fd00:10:244::5".parse().unwrap()
+            ]
+        );
+        let original = OriginalSettings {
+            ipv6_forwarding: 0,
+            ..OriginalSettings::default()
+        };
+        let down = plan_teardown(&f, Binding::Masquerade, original).unwrap();
+        assert_eq!(down.last(), Some(&NetOp::Ipv6Forwarding { value: 0 }));
+        // The VMI's vmIPv6NetworkCIDR moves both addresses.
+        let mut opts = PlanOptions::default();
+        opts.masquerade.vm_network6 = "fd99::/64".parse().unwrap();
+        let ops = plan(&f, Binding::Masquerade, &opts, OriginalSettings::default()).unwrap();
+        assert!(ops.contains(&NetOp::AddAddress {
+            link: "k6t-eth0".into(),
+            address: "fd99::1/64".parse::<IpCidr>().unwrap()
+        }));
+        opts.masquerade.vm_network6 = "fd99::/127".parse().unwrap();
+        let err = plan(&f, Binding::Masquerade, &opts, OriginalSettings::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pod interface eth0: vmIPv6NetworkCIDR fd99::/127: a /127 has no room for a \
+             gateway and a VM (at most /126)"
         );
     }
 

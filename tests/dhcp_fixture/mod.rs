@@ -1,7 +1,8 @@
 //! Pod fixture for the DHCP tests, after the real network phase: a pod from
 //! [`vmpod::sandbox`] (node bridge as the gateway, pod `eth0` with the pod's address,
 //! MAC, MTU, routes and resolv.conf), then `net::setup` rewires it (bridge `k6t-eth0`,
-//! tap, link-local address, cache). A veth port on that bridge stands in for the tap;
+//! tap, link-local address, cache; the bridge binding, or masquerade with
+//! [`Topology::masquerade`]). A veth port on that bridge stands in for the tap;
 //! its far end is `eth0` with the VM's MAC in a "vm" namespace, where the real DHCP
 //! clients run. The DHCP configuration comes from the cache the net phase wrote.
 #![allow(dead_code)]
@@ -14,7 +15,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
-use vmpod::net::{self, CachedInterface, IpCidr, MacAddr, Route, SetupOptions, netns};
+use vmpod::net::masquerade::MasqueradeOptions;
+use vmpod::net::{self, Binding, CachedInterface, IpCidr, MacAddr, Route, SetupOptions, netns};
 use vmpod::sandbox::{CALICO_GATEWAY, NodeSpec, PodSandbox, PodSpec};
 
 pub const VM_IF: &str = "eth0";
@@ -122,9 +124,30 @@ impl Topology {
         t
     }
 
+    /// The pod after `net setup` with the masquerade binding (`masquerade`: the VM
+    /// networks and forwarded ports), the VM namespace on its bridge.
+    pub fn masquerade(tag: &str, shape: Shape, masquerade: MasqueradeOptions) -> Self {
+        let plan = net::PlanOptions {
+            masquerade,
+            ..net::PlanOptions::default()
+        };
+        let t = Self::set_up(tag, shape, Binding::Masquerade, plan);
+        t.attach_vm();
+        t.wait_link_ready();
+        t
+    }
+
     /// The pod after `net setup`, with nothing on its bridge but the tap the net phase
     /// made (for a real guest on that tap); the VM namespace exists, empty.
     pub fn pod_only(tag: &str, shape: Shape, vm_mac: Option<MacAddr>) -> Self {
+        let plan = net::PlanOptions {
+            vm_mac,
+            ..net::PlanOptions::default()
+        };
+        Self::set_up(tag, shape, Binding::Bridge, plan)
+    }
+
+    fn set_up(tag: &str, shape: Shape, binding: Binding, plan: net::PlanOptions) -> Self {
         let (node, spec) = pod_spec(shape);
         let pod = PodSandbox::create(&node, &spec).expect("pod sandbox");
         let state = tempfile::tempdir().unwrap();
@@ -133,10 +156,8 @@ impl Topology {
             state_dir: state.path().to_path_buf(),
             resolv_conf: pod.resolv_conf_path(),
             hostname: Some(pod.hostname().to_owned()),
-            plan: net::PlanOptions {
-                vm_mac,
-                ..net::PlanOptions::default()
-            },
+            binding,
+            plan,
             ..SetupOptions::new("eth0")
         })
         .expect("net setup");
@@ -537,4 +558,186 @@ pub fn text(o: &Output) -> String {
 pub fn percentile(sorted: &[u64], pct: usize) -> u64 {
     let rank = (pct * sorted.len()).div_ceil(100);
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Kills a client left running when the test ends.
+pub struct Reap(pub std::process::Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The VM side's IPv6 routes as `dst [via gw] [proto]`, main table.
+pub fn vm_routes6(t: &Topology) -> Vec<String> {
+    let v = t.ip_json(&["-6", "route", "show", "table", "main"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let mut s = r["dst"].as_str().unwrap().to_owned();
+            if let Some(g) = r["gateway"].as_str() {
+                s += &format!(" via {g}");
+            }
+            if let Some(p) = r["protocol"].as_str() {
+                s += &format!(" {p}");
+            }
+            s
+        })
+        .collect()
+}
+
+/// The VM side's IPv6 addresses of `scope` (`global`, `link`) as `addr/prefix`, with
+/// the tentative ones (duplicate address detection still running) marked.
+pub fn vm_addresses6(t: &Topology, scope: &str) -> Vec<String> {
+    let v = t.ip_json(&["-6", "addr", "show", "dev", VM_IF, "scope", scope]);
+    v.as_array()
+        .and_then(|a| a.first())
+        .and_then(|l| l["addr_info"].as_array())
+        .map(|a| {
+            // `ip -j` prints `{}` for the addresses the scope filter left out.
+            a.iter()
+                .filter_map(|a| {
+                    let tentative = if a["tentative"].as_bool() == Some(true) {
+                        " tentative"
+                    } else {
+                        ""
+                    };
+                    Some(format!(
+                        "{}/{}{tentative}",
+                        a["local"].as_str()?,
+                        a["prefixlen"]
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait until the VM side has a usable link-local address: a DHCPv6 client speaks from it.
+pub fn wait_link_local(t: &Topology) {
+    assert!(
+        wait_until(10, || {
+            let ll = vm_addresses6(t, "link");
+            !ll.is_empty() && ll.iter().all(|a| !a.ends_with("tentative"))
+        }),
+        "VM side link-local address not ready: {:?}",
+        vm_addresses6(t, "link")
+    );
+}
+
+/// A client script that writes its environment to `<out>/<reason>.env`, then runs `then`.
+pub fn record_script(out: &Path, then: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = out.join("record.sh");
+    let body = format!(
+        "#!/bin/sh\nenv | sort > \"{}/$reason.env\"\n{then}\n",
+        out.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// dhcpcd in the VM namespace in the background with `conf` as its configuration and
+/// [`record_script`] as its script (one env file per reason in `out`); `flags` pick the
+/// families (`-6`, or none for both).
+pub fn dhcpcd(t: &Topology, out: &Path, conf: &str, flags: &str) -> Reap {
+    let script = record_script(out, "");
+    let conf_path = out.join("dhcpcd.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    // dhcpcd keeps state in /var/lib/dhcpcd and /run/dhcpcd: private tmpfs copies, in
+    // the mount namespace `ip netns exec` made for this command only.
+    let cmd = format!(
+        "mount -t tmpfs vmpod /var/lib/dhcpcd && mount -t tmpfs vmpod /run && mkdir -p /run/dhcpcd && \
+         exec dhcpcd -B {flags} -t 20 -f {} -c {} {VM_IF}",
+        conf_path.display(),
+        script.display()
+    );
+    Reap(
+        t.in_vm("sh")
+            .args(["-c", &cmd])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// What dhcpcd (run by [`dhcpcd`] with `out`) got over IPv6 in a [`Shape::DualStack`]
+/// pod: `address` by DHCPv6 with the pod's IPv6 nameserver, the router advertisement
+/// from the bridge's link-local address with RDNSS and DNSSL, the default route through
+/// that address, and `address` on the VM side's link, usable.
+pub fn assert_dhcpcd_ipv6(t: &Topology, out: &Path, address: &str) {
+    let env = read_env(&out.join("BOUND6.env"));
+    assert_eq!(
+        env.get("new_dhcp6_ia_na1_ia_addr1").map(String::as_str),
+        Some(address),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd77:9::53")
+    );
+    let bridge_ll = vmpod::net::ipv6::bridge_link_local(&t.cached.facts).to_string();
+    let ra_env = read_env(&out.join("ROUTERADVERT.env"));
+    for (key, want) in [
+        ("nd1_from", bridge_ll.as_str()),
+        ("nd1_rdnss1_servers", "fd77:9::53"),
+        (
+            "nd1_dnssl1_search",
+            "default.svc.cluster.local cluster.local",
+        ),
+    ] {
+        assert_eq!(
+            ra_env.get(key).map(String::as_str),
+            Some(want),
+            "{ra_env:?}"
+        );
+    }
+    let want_default = format!("default via {bridge_ll}");
+    assert!(
+        wait_until(5, || vm_routes6(t)
+            .iter()
+            .any(|r| r.starts_with(&want_default))),
+        "no default route via the bridge: {:?}",
+        vm_routes6(t)
+    );
+    let usable = format!("{address}/");
+    assert!(
+        wait_until(10, || vm_addresses6(t, "global")
+            .iter()
+            .any(|a| a.starts_with(&usable) && !a.ends_with("tentative"))),
+        "{:?}",
+        vm_addresses6(t, "global")
+    );
+}
+
+/// `/proc/sys/<key>` read by `cat` run where `cat` runs (`t.in_vm("cat")`,
+/// `t.in_pod("cat")`), trimmed.
+pub fn proc_sys(mut cat: Command, key: &str) -> String {
+    let o = cat.arg(format!("/proc/sys/{key}")).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Wait (up to `secs`) until [`record_script`] wrote `<reason>.env` in `out` for every
+/// one of `reasons`; else panic with `context()` and the reasons it did write.
+pub fn wait_recorded(out: &Path, reasons: &[&str], secs: u64, context: impl FnOnce() -> String) {
+    if wait_until(secs, || {
+        reasons
+            .iter()
+            .all(|r| out.join(format!("{r}.env")).exists())
+    }) {
+        return;
+    }
+    let recorded: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    panic!(
+        "the client recorded no {reasons:?} in {secs} s: {}; recorded {recorded:?}",
+        context()
+    );
 }

@@ -142,6 +142,8 @@ fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
             "masquerade".to_string(),
             "--vm-network".to_string(),
             m.vm_network.to_string(),
+            "--vm-ipv6-network".to_string(),
+            m.vm_network6.to_string(),
         ]);
         for p in m.ports {
             args.extend(["--port".to_string(), p.to_string()]);
@@ -870,7 +872,8 @@ mod tests {
         let masq = vmi(
             "    devices:\n      interfaces:\n        - name: default\n          masquerade: {}\n          \
              ports: [{name: http, port: 80}, {port: 53, protocol: UDP}]\n  \
-             networks:\n    - name: default\n      pod: {vmNetworkCIDR: 10.9.0.0/24}\n",
+             networks:\n    - name: default\n      pod: {vmNetworkCIDR: 10.9.0.0/24, vmIPv6NetworkCIDR: \
+             \"fd10:9::/64\"}\n",
         );
         assert_eq!(
             net_setup_args(&masq),
@@ -881,6 +884,8 @@ mod tests {
                 "masquerade",
                 "--vm-network",
                 "10.9.0.0/24",
+                "--vm-ipv6-network",
+                "fd10:9::/64",
                 "--port",
                 "tcp/80",
                 "--port",

@@ -179,14 +179,21 @@ fn render_inspection(v: &Inspection) -> String {
     for m in &v.masquerade {
         let _ = writeln!(
             s,
-            "\nMASQUERADE {}\nvm {} (mac {}) gateway {}; forwarded: {}\nnft table ip {}:",
+            "\nMASQUERADE {}\nvm {} (mac {}) gateway {}; forwarded: {}",
             m.interface,
             m.vm_address,
             m.vm_mac,
             m.gateway,
             m.forwarded.join(", "),
-            m.table
         );
+        if let Some(a) = &m.ipv6 {
+            let _ = writeln!(
+                s,
+                "vm {}/{} gateway {} (NAT66 behind {})",
+                a.vm_ip, a.vm_network.prefix, a.gateway, a.pod_ip
+            );
+        }
+        let _ = writeln!(s, "nft table inet {}:", m.table);
         if m.rules.is_empty() {
             s.push_str("  (missing)\n");
         }
