@@ -6,11 +6,13 @@
 //! link or forwarding setting behind.
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
+use support::guest::{DualStackWant, GuestReport};
 use support::http::{fetch, get};
 use support::launcher::{Launcher, pod_addresses, pod_links, processes_mentioning, testguest_vmi};
+use vmpod::dhcp::stats::LeaseState;
 use vmpod::net::IpCidr;
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec, command_in};
 
@@ -329,19 +331,88 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
     nothing_left(&sb, &state, &forwarding_before);
 }
 
-/// The real launcher, masquerade, in a dual-stack pod: the guest's IPv4 lease is as in
-/// an IPv4-only pod; `/v1/network` shows the IPv6 side (the DHCPv6 lease offered is
-/// `fd10:0:2::2/120`, router advertisements sent on the bridge, the NAT op with both
-/// families); `net inspect` shows the IPv6 rules; SIGTERM restores IPv6 forwarding.
-/// The guest's own DHCPv6 and NAT66 are tested with real clients in
-/// tests/masquerade_ipv6.rs.
+/// The node's IPv6 gateway in [`support::dual_stack_spec`]: outside the pod, so the
+/// guest's ping6 to it goes through NAT66.
+const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
+/// The IPv6 nameserver the dual-stack test adds to the pod's resolv.conf.
+const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x53);
+
+/// A counter in the node's namespace of the ICMPv6 echo requests reaching it from
+/// `source`; read back by [`node_echo_requests`].
+fn count_node_echo_requests(node_ns: &Path, sources: &[(&str, &str)]) {
+    let mut rules = String::from(
+        "table inet vmpodtest_node6 {\n chain input {\n  type filter hook input priority 0;\n",
+    );
+    for (name, source) in sources {
+        rules.push_str(&format!(
+            "  ip6 saddr {source} icmpv6 type echo-request counter comment \"{name}\"\n"
+        ));
+    }
+    rules.push_str(" }\n}\n");
+    let mut nft = command_in(node_ns, "nft").unwrap();
+    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+    let mut child = nft.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft -f in the node:\n{rules}"
+    );
+}
+
+/// The packets counted by the rule `name` of [`count_node_echo_requests`].
+fn node_echo_requests(node_ns: &Path, name: &str) -> u64 {
+    let out = support::stdout_of(
+        command_in(node_ns, "nft").unwrap().args([
+            "-j",
+            "list",
+            "table",
+            "inet",
+            "vmpodtest_node6",
+        ]),
+        "nft list table in the node",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .find(|r| r["comment"] == name)
+        .and_then(|r| {
+            r["expr"]
+                .as_array()?
+                .iter()
+                .find_map(|e| e["counter"]["packets"].as_u64())
+        })
+        .unwrap_or_else(|| panic!("no counter {name:?} in the node's table: {v}"))
+}
+
+/// The real launcher, masquerade, in a dual-stack pod, the guest running dhcpcd
+/// (`vmpod.ipv6=1`): it leases `fd10:0:2::2` by DHCPv6, takes the default route from
+/// the bridge's router advertisement and the pod's IPv6 DNS servers, and pings the node
+/// through NAT66 (the node sees the pod's IPv6 address as the source, never the VM's);
+/// its IPv4 lease is as in an IPv4-only pod. `/v1/network` shows the IPv6 side (the
+/// lease bound, router advertisements sent, the NAT op with both families); `net
+/// inspect` shows the IPv6 rules; SIGTERM restores IPv6 forwarding.
 #[test]
 fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
     if !support::privileged("masquerade_in_a_dual_stack_pod_reports_its_ipv6_side") {
         return;
     }
-    let (node, spec) = support::dual_stack_spec("lmasq6");
+    let (node, mut spec) = support::dual_stack_spec("lmasq6");
+    spec.dns.push(IpAddr::V6(DNS6));
     let sb = PodSandbox::create(&node, &spec).unwrap();
+    let node_ns = sb
+        .node_netns_path()
+        .expect("an isolated node")
+        .to_path_buf();
+    count_node_echo_requests(&node_ns, &[("pod", "fd77::5"), ("vm", "fd10:0:2::/120")]);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let ipv6_forwarding = || {
@@ -356,19 +427,12 @@ fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
     let before = ipv6_forwarding();
     let vmi = masquerade_vmi("lmasq6", "[{name: http, port: 80}]").replacen(
         &format!("vmpod.ping={GATEWAY}"),
-        "vmpod.ping=10.77.0.1",
+        &format!("vmpod.ping=10.77.0.1 vmpod.ipv6=1 vmpod.ping6={NODE6}"),
         1,
     );
+    assert!(vmi.contains("vmpod.ipv6=1"), "{vmi}");
     let mut l = Launcher::start(&sb, &state, &vmi, &[]);
-    let report = l.wait_report(BOOT, |r| r.ping.is_some());
-    let lease = report.lease.clone().expect("a lease");
-    assert_eq!((lease.ip, lease.prefix), (Ipv4Addr::new(10, 0, 2, 2), 24));
-    assert_eq!(lease.router(), Some(Ipv4Addr::new(10, 0, 2, 1)));
-    assert!(
-        report.ping.is_some_and(|p| p.ok),
-        "IPv4 NAT:\n{}",
-        l.console()
-    );
+    let report = l.wait_report(BOOT, GuestReport::ipv6_settled);
 
     let network =
         support::launcher::control_call(
@@ -377,13 +441,45 @@ fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
             |c| async move { c.network().await },
         );
     let iface = &network.interfaces[0];
+    let want = DualStackWant {
+        ipv4: Ipv4Addr::new(10, 0, 2, 2),
+        prefix4: 24,
+        ipv6: "fd10:0:2::2".parse().unwrap(),
+        router6: vmpod::net::ipv6::bridge_link_local(&iface.facts),
+        dns6: vec![DNS6],
+        ping6: NODE6,
+    };
+    let got = report.dual_stack(&want).unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{:?}\n{}\n{}",
+            iface.ipv6,
+            nft_ruleset(sb.netns_path()),
+            l.console()
+        )
+    });
+    // The IPv4 lease is what an IPv4-only pod gives.
+    assert_eq!(got.lease.router(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+    assert_eq!(got.lease.dns, [IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))]);
+    assert_eq!(got.ping.target, Ipv4Addr::new(10, 77, 0, 1));
+    assert_eq!(got.ra.prefixes, ["fd10:0:2::/120"]);
+    // The node saw the echo requests from the pod's address: NAT66, not routed.
+    assert!(
+        node_echo_requests(&node_ns, "pod") >= 1,
+        "the node saw no echo request from fd77::5"
+    );
+    assert_eq!(
+        node_echo_requests(&node_ns, "vm"),
+        0,
+        "the VM's address leaked"
+    );
+
     let ipv6 = iface.ipv6.as_ref().expect("the IPv6 side in /v1/network");
     assert_eq!(
-        (ipv6.dhcp.lease.address.to_string(), ipv6.dhcp.lease.prefix),
-        ("fd10:0:2::2".to_owned(), 120)
+        (ipv6.dhcp.lease.address, ipv6.dhcp.lease.prefix),
+        (want.ipv6, 120)
     );
+    assert_eq!(ipv6.dhcp.lease.state, LeaseState::Bound, "{ipv6:?}");
     assert_eq!(ipv6.router_advertisements.bridge, "k6t-eth0");
-    assert!(ipv6.router_advertisements.periodic >= 1, "{ipv6:?}");
     let nat = iface
         .plan
         .iter()
