@@ -208,6 +208,7 @@ mod tests {
                 original: OriginalSettings::default(),
                 applied: vec![],
                 netns_id: None,
+                ipv6_off: None,
             },
             ops: vec![],
             from_cache: false,

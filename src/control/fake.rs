@@ -216,6 +216,7 @@ pub fn sample_network() -> NetworkReport {
             plan,
             dhcp: Some(dhcp),
             ipv6: None,
+            ipv6_off: None,
             anti_spoofing: Some(AntiSpoofReport {
                 table: "vmpod-as-eth0".into(),
                 dropped: Some(

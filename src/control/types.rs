@@ -273,6 +273,9 @@ pub struct InterfaceReport {
     /// absent in an IPv4-only pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<crate::dhcp::v6::service::Ipv6Report>,
+    /// Why the pod has IPv6 but the VM gets none ([`CachedInterface::ipv6_off`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_off: Option<String>,
     /// The tap's anti-spoofing rules and what they dropped; absent when the plan
     /// installed none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -297,6 +300,7 @@ impl InterfaceReport {
             plan: cached.applied.clone(),
             dhcp,
             ipv6: None,
+            ipv6_off: cached.ipv6_off.clone(),
             anti_spoofing: None,
         }
     }

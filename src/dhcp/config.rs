@@ -200,7 +200,8 @@ impl DhcpConfig {
             // search domains, hostname and MTU.
             crate::net::Binding::Masquerade => {
                 let m = &entry.options.masquerade;
-                Self::from_facts(&m.vm_facts(&entry.facts), &bridge, m.gateway(), extras)?
+                let facts = m.vm_facts(&entry.planned_facts());
+                Self::from_facts(&facts, &bridge, m.gateway(), extras)?
             }
         };
         Ok(DhcpConfig {
@@ -356,6 +357,7 @@ mod tests {
             original: crate::net::OriginalSettings::default(),
             applied: vec![],
             netns_id: None,
+            ipv6_off: None,
         };
         let pod_mac = entry.facts.mac;
         let cfg = DhcpConfig::for_cached(&entry, &DhcpExtras::default()).unwrap();
@@ -388,6 +390,7 @@ mod tests {
             original: crate::net::OriginalSettings::default(),
             applied: vec![],
             netns_id: None,
+            ipv6_off: None,
         };
         let cfg = DhcpConfig::for_cached(&entry, &DhcpExtras::default()).unwrap();
         let gw = Ipv4Addr::new(10, 0, 2, 1);

@@ -243,6 +243,17 @@ async fn apply_one(
 /// The one sysctl a plan writes through `/proc/sys` (see [`NetOp::Ipv6Forwarding`]).
 pub(crate) const IPV6_FORWARDING: &str = "net/ipv6/conf/all/forwarding";
 
+/// Whether this process may write sysctl `key` (`access(2)`: a read-only `/proc/sys`,
+/// as container runtimes mount it, says no).
+pub(crate) fn sysctl_writable(key: &str) -> bool {
+    let path = Path::new("/proc/sys").join(key);
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; access(2) reads nothing else.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
 /// Write a sysctl of the current thread's namespace unless it already has `value`.
 fn set_sysctl(key: &str, value: u32) -> Result<(), NetError> {
     if read_sysctl(key)?.and_then(|v| v.parse::<u32>().ok()) == Some(value) {

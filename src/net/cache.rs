@@ -34,6 +34,11 @@ pub struct CachedInterface {
     /// after a node reboot, and the state directory survived) is stale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_id: Option<(u64, u64)>,
+    /// Why the VM gets no IPv6 in a pod that has it, decided at discovery: with the
+    /// masquerade binding, IPv6 forwarding is off and cannot be written (see
+    /// [`super::masquerade::ipv6_off`]). `None`: the VM gets the pod's IPv6 side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_off: Option<String>,
 }
 
 impl CachedInterface {
@@ -42,6 +47,19 @@ impl CachedInterface {
     /// launcher and `vmpod-launcher dhcp serve` agree with the first launcher.
     pub fn vm_mac(&self) -> MacAddr {
         self.options.vm_mac(self.binding, self.facts.mac)
+    }
+
+    /// The facts the plan and the DHCP servers work from: the discovered ones, without
+    /// the IPv6 addresses when the VM's IPv6 side is off ([`Self::ipv6_off`]), so no
+    /// IPv6 address, NAT66 rule, forwarding write, DHCPv6 lease or router advertisement
+    /// comes of them.
+    pub fn planned_facts(&self) -> std::borrow::Cow<'_, InterfaceFacts> {
+        if self.ipv6_off.is_none() {
+            return std::borrow::Cow::Borrowed(&self.facts);
+        }
+        let mut facts = self.facts.clone();
+        facts.addresses.retain(|a| a.addr.is_ipv4());
+        std::borrow::Cow::Owned(facts)
     }
 
     /// The bridge the net phase built for this pod interface.
@@ -163,6 +181,7 @@ mod tests {
             original: OriginalSettings::default(),
             applied: vec![NetOp::SetUp { link: iface.into() }],
             netns_id: Some((4, 4026531840)),
+            ipv6_off: None,
         }
     }
 

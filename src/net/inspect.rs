@@ -64,6 +64,9 @@ pub struct MasqueradeView {
     /// it stands behind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<masquerade::NatAddresses>,
+    /// Why a pod with IPv6 gives the VM none ([`CachedInterface::ipv6_off`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_off: Option<String>,
     pub vm_mac: super::facts::MacAddr,
     /// The forwarded ports (`tcp/80`), or `every port`.
     pub forwarded: Vec<String>,
@@ -187,7 +190,8 @@ fn masquerade_view(c: &CachedInterface) -> Result<Option<MasqueradeView>, NetErr
         interface: c.facts.interface.clone(),
         vm_address: IpCidr::new(IpAddr::V4(m.vm_address()), m.vm_network.prefix),
         gateway: m.gateway(),
-        ipv6: m.ipv6(&c.facts),
+        ipv6: m.ipv6(&c.planned_facts()),
+        ipv6_off: c.ipv6_off.clone(),
         vm_mac: c.vm_mac(),
         forwarded: if m.ports.is_empty() {
             vec!["every port".to_owned()]

@@ -3,7 +3,7 @@
 //! Everything for one interface runs on one thread inside the pod's namespace with one
 //! netlink socket.
 
-use super::apply::{apply_with, read_sysctl};
+use super::apply::{IPV6_FORWARDING, apply_with, read_sysctl, sysctl_writable};
 use super::cache::{self, CachedInterface};
 use super::discover::{discover_with, with_handle};
 use super::error::NetError;
@@ -131,7 +131,7 @@ pub fn dry_run(o: &SetupOptions) -> Result<SetupOutcome, NetError> {
 }
 
 fn entry_plan(e: &CachedInterface) -> Result<Vec<NetOp>, NetError> {
-    Ok(plan(&e.facts, e.binding, &e.options, e.original)?)
+    Ok(plan(&e.planned_facts(), e.binding, &e.options, e.original)?)
 }
 
 /// The cached entry, or a fresh one from discovery. A cache made for another binding or
@@ -181,10 +181,19 @@ async fn facts_for(
         ipv4_forwarding: read_sysctl(&format!("net/ipv4/conf/{}/forwarding", o.interface))?
             .and_then(|n| n.parse().ok())
             .unwrap_or(0),
-        ipv6_forwarding: read_sysctl(super::apply::IPV6_FORWARDING)?
+        ipv6_forwarding: read_sysctl(IPV6_FORWARDING)?
             .and_then(|n| n.parse().ok())
             .unwrap_or(0),
     };
+    let ipv6_off = super::masquerade::ipv6_off(
+        &facts,
+        o.binding,
+        original.ipv6_forwarding,
+        sysctl_writable(IPV6_FORWARDING),
+    );
+    if let Some(why) = &ipv6_off {
+        tracing::warn!(interface = %o.interface, "the VM's IPv6 side is off: {why}");
+    }
     let entry = CachedInterface {
         facts,
         binding: o.binding,
@@ -192,6 +201,7 @@ async fn facts_for(
         original,
         applied: Vec::new(),
         netns_id: here,
+        ipv6_off,
     };
     Ok((entry, false))
 }

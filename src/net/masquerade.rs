@@ -264,6 +264,34 @@ impl MasqueradeOptions {
     }
 }
 
+/// The sysctl NAT66 needs, as a Pod's `securityContext.sysctls` names it.
+pub const IPV6_FORWARDING_SYSCTL: &str = "net.ipv6.conf.all.forwarding";
+
+/// Why the VM's IPv6 side stays off in a pod with IPv6, if it does: the masquerade
+/// binding routes IPv6 only with [`IPV6_FORWARDING_SYSCTL`] on, which has no per-link
+/// switch and no netlink verb; when it is off (`forwarding`) and `/proc/sys` cannot be
+/// written (`writable`: a container runtime mounts it read-only), the VM gets IPv4
+/// alone rather than an IPv6 default route that leads nowhere.
+pub fn ipv6_off(
+    facts: &InterfaceFacts,
+    binding: super::Binding,
+    forwarding: u32,
+    writable: bool,
+) -> Option<String> {
+    (binding == super::Binding::Masquerade
+        && facts.ipv6().next().is_some()
+        && forwarding != 1
+        && !writable)
+        .then(|| {
+            format!(
+                "{IPV6_FORWARDING_SYSCTL} is {forwarding} and /proc/sys is read-only, so the VM \
+                 gets IPv4 only: give the launcher Pod securityContext.sysctls \
+                 {IPV6_FORWARDING_SYSCTL}=1 (vmpod-handler --masquerade-ipv6-forwarding-sysctl; \
+                 the kubelet must list it in --allowed-unsafe-sysctls)"
+            )
+        })
+}
+
 /// The nftables table of a masquerade-bound pod interface.
 pub fn table_name(interface: &str) -> String {
     format!("vmpod_masq_{interface}")
@@ -626,6 +654,29 @@ mod tests {
             search: vec!["svc.cluster.local".into()],
             hostname: "vm-a".into(),
         }
+    }
+
+    /// IPv6 stays off only for masquerade in a pod with IPv6 whose forwarding is off
+    /// and read-only; the reason names the sysctl and how to allow it.
+    #[test]
+    fn ipv6_is_off_only_when_forwarding_is_off_and_read_only() {
+        use crate::net::Binding::{Bridge, Masquerade};
+        let f = dual_stack_facts();
+        let why = ipv6_off(&f, Masquerade, 0, false).expect("off");
+        for want in [
+            "net.ipv6.conf.all.forwarding is 0",
+            "securityContext.sysctls net.ipv6.conf.all.forwarding=1",
+            "--masquerade-ipv6-forwarding-sysctl",
+            "--allowed-unsafe-sysctls",
+        ] {
+            assert!(why.contains(want), "{want:?} not in {why:?}");
+        }
+        assert_eq!(ipv6_off(&f, Masquerade, 1, false), None);
+        assert_eq!(ipv6_off(&f, Masquerade, 0, true), None);
+        assert_eq!(ipv6_off(&f, Bridge, 0, false), None);
+        let mut v4 = f.clone();
+        v4.addresses.retain(|a| a.addr.is_ipv4());
+        assert_eq!(ipv6_off(&v4, Masquerade, 0, false), None);
     }
 
     fn json_rules(r: &NatRules) -> Vec<(String, Value)> {

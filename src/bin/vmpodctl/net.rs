@@ -193,6 +193,9 @@ fn render_inspection(v: &Inspection) -> String {
                 a.vm_ip, a.vm_network.prefix, a.gateway, a.pod_ip
             );
         }
+        if let Some(why) = &m.ipv6_off {
+            let _ = writeln!(s, "IPv6 off: {why}");
+        }
         let _ = writeln!(s, "nft table inet {}:", m.table);
         if m.rules.is_empty() {
             s.push_str("  (missing)\n");

@@ -88,9 +88,10 @@ impl DhcpV6Config {
     pub fn for_cached(entry: &CachedInterface) -> Option<Self> {
         let bridge = crate::net::bridge_name(&entry.facts.interface);
         let server_mac = crate::net::plan::derived_mac(entry.facts.mac, "bridge");
+        let facts = entry.planned_facts();
         let facts = match entry.binding {
-            crate::net::Binding::Bridge => entry.facts.clone(),
-            crate::net::Binding::Masquerade => entry.options.masquerade.vm_facts(&entry.facts),
+            crate::net::Binding::Bridge => facts.into_owned(),
+            crate::net::Binding::Masquerade => entry.options.masquerade.vm_facts(&facts),
         };
         Self::from_facts(&facts, &bridge, server_mac, entry.vm_mac()).ok()
     }
