@@ -42,8 +42,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HostPathVolumeSource, ImageVolumeSource, ObjectFieldSelector, Pod,
-    PodSpec, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Sysctl, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -120,13 +120,7 @@ pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[
 fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
     let mut args = vec!["net".to_string(), "setup".to_string()];
     let spec = &vmi.spec;
-    let Some(iface) = spec
-        .domain
-        .devices
-        .interfaces
-        .iter()
-        .find(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
-    else {
+    let Some(iface) = pod_interface(vmi) else {
         return args;
     };
     if let Some(mac) = &iface.mac_address {
@@ -150,6 +144,35 @@ fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
         }
     }
     args
+}
+
+/// The VMI's interface on the pod network, if it has one.
+fn pod_interface(vmi: &VirtualMachineInstance) -> Option<&vmpod::api::Interface> {
+    let spec = &vmi.spec;
+    spec.domain
+        .devices
+        .interfaces
+        .iter()
+        .find(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
+}
+
+/// The Pod's `securityContext`: with `--masquerade-ipv6-forwarding-sysctl` and a VMI
+/// masquerading its pod interface, the sysctls NAT66 needs (IPv6 forwarding, which only
+/// `/proc/sys` sets and a container cannot write; the runtime sets it in the pod's
+/// namespace before any container starts).
+fn pod_security_context(
+    vmi: &VirtualMachineInstance,
+    config: &LauncherPodConfig,
+) -> Option<PodSecurityContext> {
+    let masquerade =
+        pod_interface(vmi).is_some_and(|i| i.binding() == Ok(vmpod::net::Binding::Masquerade));
+    (config.masquerade_ipv6_forwarding_sysctl && masquerade).then(|| PodSecurityContext {
+        sysctls: Some(vec![Sysctl {
+            name: vmpod::net::masquerade::IPV6_FORWARDING_SYSCTL.into(),
+            value: "1".into(),
+        }]),
+        ..PodSecurityContext::default()
+    })
 }
 
 /// Capabilities the `net-setup` init container adds back after dropping ALL.
@@ -190,6 +213,12 @@ pub struct LauncherPodConfig {
     /// Extended resource giving /dev/vhost-net (default `vmpod.io/vhost-net`); `None`: none
     /// (libvirt then uses QEMU's userspace virtio-net).
     pub vhost_net_resource: Option<String>,
+    /// Give a masquerade VMI's pod `securityContext.sysctls`
+    /// `net.ipv6.conf.all.forwarding=1` (`--masquerade-ipv6-forwarding-sysctl`), so NAT66
+    /// works in a dual-stack cluster. Off by default: the kubelet rejects the Pod unless
+    /// its `--allowed-unsafe-sysctls` lists the sysctl. Without it, a dual-stack
+    /// masquerade VM gets IPv4 alone (see `vmpod::net::masquerade::ipv6_off`).
+    pub masquerade_ipv6_forwarding_sysctl: bool,
 }
 
 impl LauncherPodConfig {
@@ -212,6 +241,7 @@ impl Default for LauncherPodConfig {
             kvm_resource: Some(deviceplugin::KVM_RESOURCE.into()),
             tun_resource: Some(deviceplugin::TUN_RESOURCE.into()),
             vhost_net_resource: Some(deviceplugin::VHOST_NET_RESOURCE.into()),
+            masquerade_ipv6_forwarding_sysctl: false,
         }
     }
 }
@@ -793,6 +823,7 @@ pub fn launcher_objects(
                 ..launcher("compute", vec!["run".into()], COMPUTE_CAPABILITIES)
             }],
             volumes: Some(volumes),
+            security_context: pod_security_context(vmi, config),
             ..PodSpec::default()
         }),
         status: None,
@@ -893,6 +924,35 @@ mod tests {
             ]
         );
         assert_eq!(net_setup_args(&vmi("")), ["net", "setup"]);
+    }
+
+    /// With `--masquerade-ipv6-forwarding-sysctl`, a masquerade VMI's Pod asks for IPv6
+    /// forwarding; a bridge VMI's Pod, or any Pod without the flag, asks for no sysctl.
+    #[test]
+    fn the_ipv6_forwarding_sysctl_is_asked_for_masquerade_with_the_flag_only() {
+        let masq = vmi(
+            "    devices:\n      interfaces:\n        - name: default\n          masquerade: {}\n  \
+             networks:\n    - name: default\n      pod: {}\n",
+        );
+        let bridge = vmi(
+            "    devices:\n      interfaces:\n        - name: default\n          bridge: {}\n  \
+             networks:\n    - name: default\n      pod: {}\n",
+        );
+        let on = LauncherPodConfig {
+            masquerade_ipv6_forwarding_sysctl: true,
+            ..LauncherPodConfig::default()
+        };
+        let sysctls = |vmi: &VirtualMachineInstance, config: &LauncherPodConfig| {
+            let pod = launcher_objects(vmi, config).unwrap().pod;
+            let v = serde_json::to_value(pod.spec.unwrap()).unwrap();
+            v.get("securityContext").cloned()
+        };
+        assert_eq!(
+            sysctls(&masq, &on),
+            Some(json!({"sysctls": [{"name": "net.ipv6.conf.all.forwarding", "value": "1"}]}))
+        );
+        assert_eq!(sysctls(&masq, &LauncherPodConfig::default()), None);
+        assert_eq!(sysctls(&bridge, &on), None);
     }
 
     fn pod(vmi: &VirtualMachineInstance) -> Pod {

@@ -70,6 +70,13 @@ pub struct ControllerArgs {
     /// Where Prometheus scrapes `GET /metrics` (use 0.0.0.0:9153 to expose it off the host).
     #[arg(long, default_value = CONTROLLER_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
+    /// Give masquerade VMIs' launcher Pods `securityContext.sysctls`
+    /// net.ipv6.conf.all.forwarding=1, so their VMs get IPv6 behind NAT66 in a
+    /// dual-stack cluster. Only where every node's kubelet lists the sysctl in
+    /// `--allowed-unsafe-sysctls` (else it rejects the Pods); without it such VMs get IPv4
+    /// alone.
+    #[arg(long, env = "VMPOD_MASQUERADE_IPV6_FORWARDING_SYSCTL")]
+    pub masquerade_ipv6_forwarding_sysctl: bool,
 }
 
 impl ControllerArgs {
@@ -81,6 +88,7 @@ impl ControllerArgs {
             kvm_resource: Some(self.kvm_resource),
             tun_resource: Some(self.tun_resource),
             vhost_net_resource: Some(self.vhost_net_resource),
+            masquerade_ipv6_forwarding_sysctl: self.masquerade_ipv6_forwarding_sysctl,
         };
         if self.device_hostpath {
             config.with_hostpath_devices()

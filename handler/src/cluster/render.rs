@@ -26,6 +26,9 @@ pub struct RenderArgs {
     /// As the controller's `--device-hostpath`: hostPath devices, no device plugin resources.
     #[arg(long)]
     pub device_hostpath: bool,
+    /// As the controller's `--masquerade-ipv6-forwarding-sysctl`.
+    #[arg(long)]
+    pub masquerade_ipv6_forwarding_sysctl: bool,
 }
 
 /// The YAML documents `render-pod` prints for `args`.
@@ -51,6 +54,7 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
     let config = LauncherPodConfig {
         image: args.image.clone(),
         state_root: args.state_root.clone(),
+        masquerade_ipv6_forwarding_sysctl: args.masquerade_ipv6_forwarding_sysctl,
         ..LauncherPodConfig::default()
     };
     let config = if args.device_hostpath {
@@ -93,6 +97,7 @@ mod tests {
             image: "reg/vmpod:1".into(),
             state_root: "/srv/vmpod".into(),
             device_hostpath: false,
+            masquerade_ipv6_forwarding_sysctl: false,
         };
         let yaml = render(&args).unwrap();
         let docs: Vec<serde_json::Value> = vmpod::api::yaml::documents(&yaml).unwrap();
