@@ -2,7 +2,7 @@
 //! image: what it refuses, and that what it accepts reaches the container as the Pod says
 //! (capabilities, no-new-privileges, seccomp, user, read-only root, memory limit, downward
 //! API and Secret files, emptyDir sizeLimit, subPathExpr on a hostPath, init container
-//! order, the stop grace period).
+//! order, the pod's sysctls, the stop grace period).
 mod cluster;
 mod support;
 
@@ -70,6 +70,54 @@ fn the_runner_refuses_what_it_cannot_honour() {
     let mut p = minimal(c4);
     p["spec"]["volumes"] = json!([{"name": "h", "hostPath": {"path": "/tmp"}}]);
     assert!(plan_error(p).contains("undefined variable"));
+}
+
+/// Pod sysctls as the kubelet admits them: a safe one always, an unsafe one only when
+/// the node allows it (`--allowed-unsafe-sysctls`), a non-network one never (the runner
+/// sets sysctls in the pod's network namespace only).
+#[test]
+fn pod_sysctls_are_planned_as_the_kubelet_admits_them() {
+    let with = |sysctls: Value| {
+        let mut p = minimal(json!({"name": "c", "image": IMAGE}));
+        p["spec"]["securityContext"] = json!({ "sysctls": sysctls });
+        p
+    };
+    let forwarding = json!([{"name": "net.ipv6.conf.all.forwarding", "value": "1"}]);
+    let e = plan_error(with(forwarding.clone()));
+    assert!(
+        e.starts_with(
+            "spec.securityContext.sysctls[0].name: net.ipv6.conf.all.forwarding is unsafe"
+        ) && e.contains("--allowed-unsafe-sysctls"),
+        "{e}"
+    );
+    let allowing = NodeFacts {
+        allowed_unsafe_sysctls: vec!["net.ipv6.conf.all.forwarding".into()],
+        ..NodeFacts::default()
+    };
+    let plan = plan_pod(&with(forwarding), &facts(), &allowing, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        plan.sysctls,
+        [("net.ipv6.conf.all.forwarding".to_string(), "1".to_string())]
+    );
+    let safe = json!([{"name": "net.ipv4.tcp_syncookies", "value": "1"}]);
+    let plan = plan_pod(
+        &with(safe),
+        &facts(),
+        &NodeFacts::default(),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert_eq!(plan.sysctls.len(), 1);
+    let e = plan_error(with(
+        json!([{"name": "kernel.shm_rmid_forced", "value": "1"}]),
+    ));
+    assert!(e.contains("network sysctls only"), "{e}");
+    let mut p = minimal(json!({"name": "c", "image": IMAGE}));
+    p["spec"]["securityContext"] = json!({"runAsUser": 0});
+    assert_eq!(
+        plan_error(p),
+        "spec.securityContext.runAsUser: the runner cannot honour this field"
+    );
 }
 
 #[test]
@@ -212,10 +260,13 @@ fn a_pod_gets_what_its_spec_says() {
         return;
     }
     ensure_images();
-    let node = ClusterNode::create();
+    let mut node = ClusterNode::create();
+    node.facts.allowed_unsafe_sysctls = vec!["net.ipv6.conf.all.forwarding".into()];
     let host = tempfile::tempdir().unwrap();
     let script = r#"
 set -u
+echo "forwarding6=$(cat /proc/sys/net/ipv6/conf/all/forwarding)"
+if (echo 0 > /proc/sys/net/ipv6/conf/all/forwarding) 2>/dev/null; then echo procsys=rw; else echo procsys=ro; fi
 grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status
 echo "uid=$(id -u)"
 echo "marker=$(cat /work/order)"
@@ -237,6 +288,7 @@ echo hello > /state/file
         "spec": {
             "restartPolicy": "Never", "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 5,
+            "securityContext": {"sysctls": [{"name": "net.ipv6.conf.all.forwarding", "value": "1"}]},
             "initContainers": [{
                 "name": "first", "image": IMAGE, "command": ["sh", "-c"],
                 "args": ["echo init-ran > /work/order"],
@@ -304,6 +356,9 @@ echo hello > /state/file
     assert_eq!(status_field(&log, "secretmode="), "400");
     assert_eq!(status_field(&log, "memlimit="), (96u64 << 20).to_string());
     assert_eq!(status_field(&log, "rootfs="), "ro");
+    // The pod's sysctl, set in its namespace; the container cannot change it.
+    assert_eq!(status_field(&log, "forwarding6="), "1", "{log}");
+    assert_eq!(status_field(&log, "procsys="), "ro", "{log}");
     assert_eq!(status_field(&log, "info="), "ro");
     assert_eq!(
         status_field(&log, "emptydir="),

@@ -15,6 +15,9 @@
 //!   image volumes as
 //!   read-only image mounts, subPath and subPathExpr;
 //! - init containers in order, each to a zero exit, then the containers;
+//! - the Pod's `securityContext.sysctls` (network ones: safe, or in the node's
+//!   `allowed_unsafe_sysctls` as kubelet's `--allowed-unsafe-sysctls`), written in the
+//!   pod's network namespace before any container starts;
 //! - securityContext, env (values, `$(VAR)`, fieldRef), command/args, memory and CPU limits,
 //!   extended resources as kubelet's device manager does: the node offers what its
 //!   [`DeviceManager`] has healthy, and before the pod's containers are created each
@@ -192,6 +195,7 @@ impl ClusterNode {
             facts: NodeFacts {
                 extended_resources: BTreeMap::new(),
                 labels: BTreeMap::from([("kubernetes.io/hostname".into(), name.clone())]),
+                allowed_unsafe_sysctls: Vec::new(),
             },
             devices: None,
             name,
@@ -279,6 +283,13 @@ impl ClusterNode {
             spec.dns.push(CLUSTER_DNS6.into());
         }
         let sandbox = PodSandbox::create_on(&self.node, &spec)?;
+        // The pod's sysctls, in its network namespace before any container runs (the
+        // containers see /proc/sys read-only).
+        for (name, value) in &plan.sysctls {
+            let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+            vmpod::net::netns::run_in(Some(sandbox.netns_path()), || std::fs::write(&path, value))?
+                .with_context(|| format!("sysctl {name}={value} in the pod's namespace"))?;
+        }
         let mut running = RunningPod {
             uid: uid.clone(),
             name,

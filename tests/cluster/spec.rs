@@ -89,6 +89,9 @@ pub struct PodPlan {
     pub init_containers: Vec<ContainerPlan>,
     pub containers: Vec<ContainerPlan>,
     pub grace_seconds: u64,
+    /// `spec.securityContext.sysctls` (name, value): set in the pod's network namespace
+    /// before any container starts, as the runtime does for the pod sandbox.
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// The node's answers to what a Pod may ask beyond the plain runtime: its allocatable
@@ -98,6 +101,55 @@ pub struct PodPlan {
 pub struct NodeFacts {
     pub extended_resources: BTreeMap<String, u64>,
     pub labels: BTreeMap<String, String>,
+    /// The kubelet's `--allowed-unsafe-sysctls`: sysctls beyond [`SAFE_SYSCTLS`] a Pod
+    /// may set.
+    pub allowed_unsafe_sysctls: Vec<String>,
+}
+
+/// The sysctls the kubelet lets every Pod set (its "safe" set), the network ones: the
+/// runner sets sysctls in the pod's network namespace only.
+pub const SAFE_SYSCTLS: &[&str] = &[
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+/// `spec.securityContext`: its `sysctls`, each a network sysctl the node allows (the
+/// kubelet rejects a Pod asking for an unsafe one its `--allowed-unsafe-sysctls` does not
+/// list).
+fn pod_sysctls(sc: Option<&Value>, node: &NodeFacts) -> Result<Vec<(String, String)>> {
+    let Some(sc) = sc else {
+        return Ok(Vec::new());
+    };
+    only(sc, "spec.securityContext", &["sysctls"])?;
+    let mut out = Vec::new();
+    for (i, s) in sc["sysctls"].as_array().into_iter().flatten().enumerate() {
+        let path = format!("spec.securityContext.sysctls[{i}]");
+        only(s, &path, &["name", "value"])?;
+        let name = s["name"]
+            .as_str()
+            .with_context(|| format!("{path}.name: not a string"))?;
+        let value = s["value"]
+            .as_str()
+            .with_context(|| format!("{path}.value: not a string"))?;
+        if !name.starts_with("net.") {
+            bail!("{path}.name: {name}: the runner sets network sysctls only");
+        }
+        if !SAFE_SYSCTLS.contains(&name) && !node.allowed_unsafe_sysctls.iter().any(|a| a == name) {
+            bail!(
+                "{path}.name: {name} is unsafe and the node's kubelet does not list it in \
+                 --allowed-unsafe-sysctls (SysctlForbidden)"
+            );
+        }
+        out.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(out)
 }
 
 fn obj<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>> {
@@ -690,8 +742,10 @@ pub fn plan_pod(
             "nodeSelector",
             "automountServiceAccountToken",
             "enableServiceLinks",
+            "securityContext",
         ],
     )?;
+    let sysctls = pod_sysctls(spec.get("securityContext"), node)?;
     match spec["restartPolicy"].as_str() {
         Some("Never") => {}
         other => bail!("spec.restartPolicy: {other:?}: the runner runs Never pods only"),
@@ -744,5 +798,6 @@ pub fn plan_pod(
         init_containers,
         containers,
         grace_seconds: grace,
+        sysctls,
     })
 }
