@@ -13,6 +13,7 @@ use cluster::launcher::{
     run_to_guest_power_off, testguest_vmi,
 };
 use cluster::{CLUSTER_DNS6, ClusterNode, NODE_GATEWAY6, ensure_images, parse_documents};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 use support::guest::{DualStackWant, GuestReport};
@@ -26,6 +27,11 @@ const CAP_SYS_ADMIN: u64 = 1 << 21;
 /// `--device-hostpath`: /dev/net/tun as a hostPath (the runner here has no device plugin;
 /// the handler's controller-to-runner test gets it from the real one's Allocate).
 fn render(vmi: &str, state_root: &Path) -> String {
+    render_with(vmi, state_root, &[])
+}
+
+/// [`render`] with more `render-pod` flags.
+fn render_with(vmi: &str, state_root: &Path, flags: &[&str]) -> String {
     let dir = support::cargo_build::build_bins(&["vmpod-handler"], &["vmpod-handler"]);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), vmi).unwrap();
@@ -35,7 +41,8 @@ fn render(vmi: &str, state_root: &Path) -> String {
             .arg(file.path())
             .arg("--state-root")
             .arg(state_root)
-            .arg("--device-hostpath"),
+            .arg("--device-hostpath")
+            .args(flags),
         "render-pod",
     );
     String::from_utf8(out).unwrap()
@@ -219,4 +226,120 @@ fn rendered_launcher_pod_gives_the_guest_the_pods_ipv6_on_a_dual_stack_node() {
     let (exit, _) = lp.pod.stop().unwrap();
     assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
     assert_nothing_left(&node, lp.remove(pids));
+}
+
+/// The test guest with the masquerade binding on a dual-stack node, running dhcpcd
+/// (`vmpod.ipv6=1`) and pinging the node's gateways (IPv4 and IPv6, both outside the
+/// pod: through the NAT), from a Pod rendered with `flags`. `check` sees the guest's
+/// report and `/v1/network` before the pod is stopped and checked gone.
+fn masquerade_on_a_dual_stack_node(
+    node: &ClusterNode,
+    name: &str,
+    flags: &[&str],
+    check: impl FnOnce(&GuestReport, &vmpod::control::NetworkReport, &LauncherPod),
+) {
+    let state_root = tempfile::tempdir().unwrap();
+    let vmi = testguest_vmi(name, "#cloud-config\n", true, 20, None)
+        .replacen("          bridge: {}\n", "          masquerade: {}\n", 1)
+        .replacen(
+            "vmpod.hold=1",
+            &format!(
+                "vmpod.hold=1 vmpod.ping={} vmpod.ipv6=1 vmpod.ping6={NODE_GATEWAY6}",
+                node.gateway
+            ),
+            1,
+        );
+    assert!(
+        vmi.contains("masquerade: {}") && vmi.contains("vmpod.ipv6=1"),
+        "{vmi}"
+    );
+    let (pod, secrets) = parse_documents(&render_with(&vmi, state_root.path(), flags)).unwrap();
+    let lp = LauncherPod::start(node, &pod, &secrets, state_root.path());
+    let report = lp.wait_report(BOOT, GuestReport::ipv6_settled);
+    let network = control_call(&lp.state_dir, "network report", |c| async move {
+        c.network().await
+    });
+    check(&report, &network, &lp);
+    let pids = lp.pod.pids("compute");
+    let (exit, _) = lp.pod.stop().unwrap();
+    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
+    assert_nothing_left(node, lp.remove(pids));
+}
+
+/// Masquerade on a dual-stack node, as a cluster runs it (`/proc/sys` read-only in the
+/// containers). Rendered with `--masquerade-ipv6-forwarding-sysctl` (the node's kubelet
+/// allowing the sysctl), the Pod asks for IPv6 forwarding and the guest leases
+/// `fd10:0:2::2` by DHCPv6, routes by the bridge's RA, gets the cluster's IPv6
+/// nameserver and pings the node's IPv6 gateway through NAT66 (the node has no route to
+/// `fd10:0:2::/120`: only the pod's address can be answered). Rendered without it, the
+/// guest keeps its IPv4 lease and reaches the node, gets no IPv6 address or default
+/// route, and `/v1/network` says why, naming the sysctl.
+#[test]
+fn rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl() {
+    if !support::privileged(
+        "rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl",
+    ) {
+        return;
+    }
+    ensure_images();
+    let mut node = ClusterNode::create_dual_stack();
+    node.facts.allowed_unsafe_sysctls = vec!["net.ipv6.conf.all.forwarding".into()];
+    let vm_ip = Ipv4Addr::new(10, 0, 2, 2);
+    let flag = ["--masquerade-ipv6-forwarding-sysctl"];
+    masquerade_on_a_dual_stack_node(&node, "e2e-masq6", &flag, |report, network, lp| {
+        let iface = &network.interfaces[0];
+        assert_eq!(iface.ipv6_off, None, "{}", lp.diagnostics());
+        let want = DualStackWant {
+            ipv4: vm_ip,
+            prefix4: 24,
+            ipv6: "fd10:0:2::2".parse().unwrap(),
+            router6: vmpod::net::ipv6::bridge_link_local(&iface.facts),
+            dns6: vec![CLUSTER_DNS6],
+            ping6: NODE_GATEWAY6,
+        };
+        let got = report
+            .dual_stack(&want)
+            .unwrap_or_else(|e| panic!("{e}\n{}", lp.diagnostics()));
+        assert_eq!(got.ping.target, node.gateway);
+    });
+    masquerade_on_a_dual_stack_node(&node, "e2e-masq4", &[], |report, network, lp| {
+        let iface = &network.interfaces[0];
+        let why = iface.ipv6_off.as_deref().unwrap_or_else(|| {
+            panic!(
+                "no reason for IPv6 being off: {iface:?}\n{}",
+                lp.diagnostics()
+            )
+        });
+        assert!(
+            why.contains("net.ipv6.conf.all.forwarding is 0")
+                && why.contains("--masquerade-ipv6-forwarding-sysctl"),
+            "{why}"
+        );
+        assert!(
+            iface.ipv6.is_none(),
+            "an IPv6 service runs: {:?}",
+            iface.ipv6
+        );
+        let lease = report.lease.clone().expect("an IPv4 lease");
+        assert_eq!(
+            (lease.ip, lease.router()),
+            (vm_ip, Some(Ipv4Addr::new(10, 0, 2, 1)))
+        );
+        let ping = report.ping.clone().expect("a ping report");
+        assert!(
+            ping.ok && ping.target == node.gateway,
+            "the node through the NAT: {ping:?}\n{}",
+            lp.diagnostics()
+        );
+        assert!(
+            report.ra.is_none(),
+            "a router advertisement: {:?}",
+            report.ra
+        );
+        let ipv6 = report.ipv6.clone().expect("a VMPOD-IPV6 report");
+        assert!(
+            ipv6.addresses.is_empty() && ipv6.routers.is_empty(),
+            "IPv6 without forwarding: {ipv6:?}"
+        );
+    });
 }
