@@ -214,6 +214,42 @@ mod tests {
         assert_eq!(load(d.path(), "eth0").unwrap(), None);
     }
 
+    /// A dual-stack masquerade pod whose IPv6 side is off plans and serves IPv4 alone:
+    /// no IPv6 address or forwarding op, one NAT family, no DHCPv6 configuration; the
+    /// facts themselves keep the pod's IPv6 address.
+    #[test]
+    fn with_ipv6_off_the_plan_and_the_servers_see_no_ipv6() {
+        let mut e = entry("eth0");
+        e.binding = Binding::Masquerade;
+        e.facts
+            .addresses
+            .push(IpCidr::new("fd00::5".parse().unwrap(), 64));
+        let on = crate::net::plan(&e.planned_facts(), e.binding, &e.options, e.original).unwrap();
+        assert!(on.iter().any(|o| matches!(o, NetOp::Ipv6Forwarding { .. })));
+        assert!(crate::dhcp::v6::DhcpV6Config::for_cached(&e).is_some());
+        e.ipv6_off = Some("why".into());
+        let off = crate::net::plan(&e.planned_facts(), e.binding, &e.options, e.original).unwrap();
+        assert!(
+            !off.iter()
+                .any(|o| matches!(o, NetOp::Ipv6Forwarding { .. }))
+        );
+        assert!(!off.iter().any(|o| matches!(o,
+            NetOp::AddAddress { address, .. } if address.addr.is_ipv6())));
+        let nat = off
+            .iter()
+            .find_map(|o| match o {
+                NetOp::Nat(n) => Some(n),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(nat.families.len(), 1, "{nat:?}");
+        assert!(crate::dhcp::v6::DhcpV6Config::for_cached(&e).is_none());
+        assert_eq!(e.facts.ipv6().count(), 1);
+        let back: CachedInterface =
+            serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
+        assert_eq!(back.ipv6_off.as_deref(), Some("why"));
+    }
+
     #[test]
     fn a_corrupt_cache_is_an_error_naming_the_file() {
         let d = tempfile::tempdir().unwrap();
