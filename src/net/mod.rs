@@ -104,7 +104,12 @@
 //! the router advertisements come from ([`ipv6::bridge_link_local`]), the NAT table
 //! (family `inet`) holds the IPv6 rules made by the same code as the IPv4 ones, and
 //! IPv6 forwarding, which has no per-link switch and no netlink verb, is the one
-//! `/proc/sys` write ([`NetOp::Ipv6Forwarding`]), put back on teardown.
+//! `/proc/sys` write ([`NetOp::Ipv6Forwarding`]), put back on teardown. Where it is off
+//! and `/proc/sys` is read-only (a container; only the runtime can set it, from the
+//! Pod's `securityContext.sysctls`), discovery records why
+//! ([`CachedInterface::ipv6_off`], [`masquerade::ipv6_off`]) and the plan and the DHCP
+//! servers work from the facts without IPv6 ([`CachedInterface::planned_facts`]): the VM
+//! gets IPv4 alone, as in an IPv4-only pod.
 //!
 //! # Next bindings
 //!
