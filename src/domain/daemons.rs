@@ -293,8 +293,10 @@ impl RunAs {
 }
 
 /// Environment: `1` runs the pod's processes with the settings from before they were
-/// trimmed for density (libvirtd with 4 RPC workers and 16 clients, a malloc arena per
-/// thread everywhere), so `benches/density.sh` can show before and after in one run.
+/// trimmed for density and start time (libvirtd with 4 RPC workers and 16 clients, a
+/// malloc arena per thread everywhere, libcurl's global init in `vmpod-virt`, libvirtd
+/// started after the network set-up instead of beside it), so `benches/density.sh` and
+/// `benches/run_to_lease.sh` can show before and after in one run.
 pub const UNTUNED_ENV: &str = "VMPOD_DAEMONS_UNTUNED";
 
 /// Whether [`UNTUNED_ENV`] asks for the settings from before.
@@ -408,8 +410,50 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DaemonError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
 }
 
-/// Copy the `*.xml` files of `from` into `to` (creating it); missing `from` copies
-/// nothing. Returns how many files were written.
+/// Which way [`copy_caps`] copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapsCopy {
+    /// The node's seed into a pod's cache: each file as [`lean_caps`] makes it.
+    IntoPod,
+    /// A pod's cache back into the node's seed: a file [`lean_caps`] made from the seed's
+    /// own is not a change.
+    BackToSeed,
+}
+
+/// The capability flag that sends libvirt's guest CPU check at every domain start down
+/// its generic path: `qom-list` of the vCPU, then one `qom-get` per property, ~400 QMP
+/// round trips (0.1-0.4 s here under TCG) while QEMU waits paused. Without it libvirt
+/// reads the same CPUID words on x86 with two `qom-get`s (`feature-words`,
+/// `filtered-features`). The flag's other use is refusing MSR features named in a
+/// domain's `<cpu>`, which vmpod's domain XML never names.
+pub const SLOW_CPU_CHECK_FLAG: &str = "<flag name='cpu-unavailable-features'/>";
+
+/// A QEMU capabilities file as a pod's libvirtd gets it: without
+/// [`SLOW_CPU_CHECK_FLAG`]'s line (unchanged when [`untuned`], or when it has none).
+/// libvirt validates a cache file by QEMU's and its own ctimes, never by its contents,
+/// and keeps using it.
+pub fn lean_caps(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let flag = SLOW_CPU_CHECK_FLAG.as_bytes();
+    let Some(at) = body.windows(flag.len()).position(|w| w == flag) else {
+        return body.into();
+    };
+    if untuned() {
+        return body.into();
+    }
+    // The whole line: its indentation and its newline.
+    let start = body[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let end = body[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(body.len(), |i| at + i + 1);
+    [&body[..start], &body[end..]].concat().into()
+}
+
+/// Copy the `*.xml` files of `from` into `to` (creating it), the way `how` says; missing
+/// `from` copies nothing. Returns how many files were written.
 ///
 /// `to` may be a node directory that other pods read and write at the same time (the
 /// seed): each file is written beside its destination under a name no other writer uses
@@ -417,7 +461,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DaemonError> {
 /// renamed over it, so a reader sees the old file or the new one, never a mix; a
 /// destination already equal to its source is left alone (every pod after the first
 /// would otherwise rewrite the same bytes).
-pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
+pub fn copy_caps(from: &Path, to: &Path, how: CapsCopy) -> Result<usize, DaemonError> {
     let entries = match fs::read_dir(from) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -431,9 +475,14 @@ pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
         if p.extension().is_none_or(|e| e != "xml") {
             continue;
         }
-        let body = fs::read(&p).map_err(io_err("read", &p))?;
+        let mut body = fs::read(&p).map_err(io_err("read", &p))?;
+        if how == CapsCopy::IntoPod {
+            body = lean_caps(&body).into_owned();
+        }
         let dst = to.join(entry.file_name());
-        if fs::read(&dst).is_ok_and(|old| old == body) {
+        if fs::read(&dst).is_ok_and(|old| {
+            old == body || (how == CapsCopy::BackToSeed && *lean_caps(&old) == *body)
+        }) {
             continue;
         }
         // Replaced atomically, so a concurrent reader never sees half a file.
@@ -448,7 +497,7 @@ pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
 /// libvirtd's first call takes milliseconds instead of seconds of QEMU probing. The
 /// copies (and the directories made for them) belong to `user`, the daemon's.
 pub fn seed_caps(layout: &LibvirtLayout, seed: &Path, user: &RunAs) -> Result<usize, DaemonError> {
-    let n = copy_caps(seed, &layout.caps_cache())?;
+    let n = copy_caps(seed, &layout.caps_cache(), CapsCopy::IntoPod)?;
     let cache = layout.dir("cache");
     user.chown_tree(&cache).map_err(io_err("chown", &cache))?;
     Ok(n)
@@ -457,7 +506,7 @@ pub fn seed_caps(layout: &LibvirtLayout, seed: &Path, user: &RunAs) -> Result<us
 /// Copy what libvirtd cached back into the node's `seed` directory for the next pod.
 /// libvirtd replaces stale entries itself (it checks QEMU's and its own ctime).
 pub fn refresh_caps_seed(layout: &LibvirtLayout, seed: &Path) -> Result<usize, DaemonError> {
-    copy_caps(&layout.caps_cache(), seed)
+    copy_caps(&layout.caps_cache(), seed, CapsCopy::BackToSeed)
 }
 
 /// The last `n` lines of a log file (empty when unreadable), for error messages.
@@ -582,12 +631,23 @@ impl Daemons {
     /// Start libvirtd as `user` and wait until its socket answers. The caller has
     /// already run [`prepare`].
     pub async fn start(layout: &LibvirtLayout, user: RunAs) -> Result<Daemons, DaemonError> {
+        let mut d = Daemons::spawn(layout, user)?;
+        if let Err(e) = d.ready().await {
+            let _ = d.libvirtd.child.start_kill();
+            return Err(e);
+        }
+        Ok(d)
+    }
+
+    /// Start libvirtd as `user` without waiting for it: the launcher does its network
+    /// set-up meanwhile, then waits with [`Daemons::ready`]. The caller has already run
+    /// [`prepare`]. The daemon dies with the returned value (kill on drop).
+    pub fn spawn(layout: &LibvirtLayout, user: RunAs) -> Result<Daemons, DaemonError> {
         user.check_account()?;
         let os = |s: &'static str| std::ffi::OsStr::new(s);
         let conf = layout.libvirtd_conf();
-        let log = layout.log("libvirtd");
         let pid = layout.root.join("libvirtd.pid");
-        let mut libvirtd = spawn(
+        let libvirtd = spawn(
             "libvirtd",
             Path::new(LIBVIRTD),
             &[
@@ -597,17 +657,19 @@ impl Daemons {
                 pid.as_os_str(),
             ],
             &layout.env(),
-            &log,
+            &layout.log("libvirtd"),
             user,
         )?;
-        if let Err(e) = libvirtd.ready(&layout.socket(), &log, READY_TIMEOUT).await {
-            let _ = libvirtd.child.start_kill();
-            return Err(e);
-        }
         Ok(Daemons {
             libvirtd,
             layout: layout.clone(),
         })
+    }
+
+    /// Wait until libvirtd's socket answers (or it exits, or [`READY_TIMEOUT`] passes).
+    pub async fn ready(&mut self) -> Result<(), DaemonError> {
+        let (socket, log) = (self.layout.socket(), self.layout.log("libvirtd"));
+        self.libvirtd.ready(&socket, &log, READY_TIMEOUT).await
     }
 
     /// Stop libvirtd (QEMU is gone by then, or dies with it).
@@ -712,11 +774,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let from = dir.path().join("seed");
         let to = dir.path().join("cache/qemu/capabilities");
-        assert_eq!(copy_caps(&from, &to).unwrap(), 0);
+        assert_eq!(copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(), 0);
         fs::create_dir_all(&from).unwrap();
         fs::write(from.join("abc.xml"), "<qemuCaps/>").unwrap();
         fs::write(from.join("notes.txt"), "x").unwrap();
-        assert_eq!(copy_caps(&from, &to).unwrap(), 1);
+        assert_eq!(copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(), 1);
         assert_eq!(
             fs::read_to_string(to.join("abc.xml")).unwrap(),
             "<qemuCaps/>"
@@ -731,16 +793,57 @@ mod tests {
         let (from, to) = (dir.path().join("cache"), dir.path().join("seed"));
         fs::create_dir_all(&from).unwrap();
         fs::write(from.join("abc.xml"), "<qemuCaps/>").unwrap();
-        assert_eq!(copy_caps(&from, &to).unwrap(), 1);
+        assert_eq!(copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(), 1);
         let inode = fs::metadata(to.join("abc.xml")).unwrap().ino();
-        assert_eq!(copy_caps(&from, &to).unwrap(), 0, "unchanged: not written");
+        assert_eq!(
+            copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(),
+            0,
+            "unchanged: not written"
+        );
         assert_eq!(fs::metadata(to.join("abc.xml")).unwrap().ino(), inode);
         fs::write(from.join("abc.xml"), "<qemuCaps v='2'/>").unwrap();
-        assert_eq!(copy_caps(&from, &to).unwrap(), 1, "changed: written");
+        assert_eq!(
+            copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(),
+            1,
+            "changed: written"
+        );
         assert_eq!(
             fs::read_to_string(to.join("abc.xml")).unwrap(),
             "<qemuCaps v='2'/>"
         );
+    }
+
+    /// The pod's libvirtd gets the capabilities without the flag of the slow CPU check;
+    /// that copy, unchanged by libvirtd, is not written back over the node's seed, and a
+    /// file libvirtd rewrote (a new probe) is.
+    #[test]
+    fn pods_get_the_caps_without_the_slow_cpu_check_and_do_not_write_that_back() {
+        let body = format!(
+            "<qemuCaps>\n  <flag name='x86-max-cpu'/>\n  {SLOW_CPU_CHECK_FLAG}\n  <flag name='canonical-cpu-features'/>\n</qemuCaps>\n"
+        );
+        let lean = String::from_utf8(lean_caps(body.as_bytes()).into_owned()).unwrap();
+        assert_eq!(
+            lean,
+            "<qemuCaps>\n  <flag name='x86-max-cpu'/>\n  <flag name='canonical-cpu-features'/>\n</qemuCaps>\n"
+        );
+        assert_eq!(
+            *lean_caps(lean.as_bytes()),
+            *lean.as_bytes(),
+            "nothing else goes"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (seed, pod) = (dir.path().join("seed"), dir.path().join("pod"));
+        fs::create_dir_all(&seed).unwrap();
+        fs::write(seed.join("caps.xml"), &body).unwrap();
+        assert_eq!(copy_caps(&seed, &pod, CapsCopy::IntoPod).unwrap(), 1);
+        assert_eq!(fs::read_to_string(pod.join("caps.xml")).unwrap(), lean);
+        assert_eq!(copy_caps(&pod, &seed, CapsCopy::BackToSeed).unwrap(), 0);
+        assert_eq!(fs::read_to_string(seed.join("caps.xml")).unwrap(), body);
+        let probed = body.replace("x86-max-cpu", "x86-max-cpu-v2");
+        fs::write(pod.join("caps.xml"), &probed).unwrap();
+        assert_eq!(copy_caps(&pod, &seed, CapsCopy::BackToSeed).unwrap(), 1);
+        assert_eq!(fs::read_to_string(seed.join("caps.xml")).unwrap(), probed);
     }
 
     /// Pods writing the node's seed back while others copy it: writers with the same pid
@@ -760,7 +863,7 @@ mod tests {
                 c
             })
             .collect();
-        copy_caps(&caches[0], &seed).unwrap();
+        copy_caps(&caches[0], &seed, CapsCopy::BackToSeed).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             let writers: Vec<_> = caches
@@ -768,7 +871,7 @@ mod tests {
                 .map(|c| {
                     s.spawn(|| {
                         for _ in 0..200 {
-                            copy_caps(c, &seed).unwrap();
+                            copy_caps(c, &seed, CapsCopy::BackToSeed).unwrap();
                         }
                     })
                 })
@@ -778,7 +881,7 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let pod = dir.path().join("pod");
                     let _ = fs::remove_dir_all(&pod);
-                    copy_caps(&seed, &pod).unwrap();
+                    copy_caps(&seed, &pod, CapsCopy::IntoPod).unwrap();
                     let got = fs::read(pod.join("caps.xml")).unwrap();
                     let first = got[0];
                     assert!(
