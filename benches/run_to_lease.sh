@@ -21,7 +21,8 @@
 #
 # BEFORE=1 adds a third run to each round: vmpodctl run with VMPOD_DAEMONS_UNTUNED=1, the
 # pod's processes as before the start-time work (libvirtd started after the network,
-# libvirt's slow guest CPU check), reported beside the others.
+# libvirt's slow guest CPU check), with the launcher and vmpod-virt of BEFORE_BIN (a
+# directory; default this tree's), reported beside the others.
 #
 # Needs root (local pods, on a bridge, subnet and local root of the run's own); builds
 # the binaries of PROFILE (default release). The capabilities seed is the run's own,
@@ -131,7 +132,7 @@ LABELS=vm; : > "$WORK/vm.tsv"
 for i in $(seq "$N"); do
   vm_run vm
   # The pod's processes as before the start-time and density work (VMPOD_DAEMONS_UNTUNED=1).
-  [ "${BEFORE:-0}" = 1 ] && vm_run before VMPOD_DAEMONS_UNTUNED=1
+  [ "${BEFORE:-0}" = 1 ] && vm_run before VMPOD_DAEMONS_UNTUNED=1 VMPOD_LAUNCHER="${BEFORE_BIN:-$PWD/target/$PROFILE}/vmpod-launcher"
   read -r l _ _ qa < <(QEMU_PIDFILE=$WORK/qemu.pid time_to_lease qemu_direct)
   echo "run $i: plain qemu   -> lease ${l} ms (QEMU start -> lease ${qa} ms)" >&2
   echo "$l $qa" >> "$WORK/q.tsv"

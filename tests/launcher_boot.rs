@@ -111,6 +111,20 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         agent_maps.contains("libvirt.so"),
         "vmpod-virt holds libvirt"
     );
+    // Both processes that load libvirt get the preload that skips its libcurl init.
+    let libvirtd = processes_mentioning(&state.to_string_lossy())
+        .into_iter()
+        .find(|p| p.contains("libvirtd --config"))
+        .expect("a libvirtd for this pod");
+    let libvirtd_pid = libvirtd.split(':').next().unwrap();
+    for (what, pid) in [("vmpod-virt", agent_pid), ("libvirtd", libvirtd_pid)] {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            maps.contains(vmpod::domain::daemons::PRELOAD_LIB),
+            "{what} has no {}",
+            vmpod::domain::daemons::PRELOAD_LIB
+        );
+    }
 
     // The rewired pod: bridge and tap exist while the VM runs.
     let links = pod_links(&sb);

@@ -294,8 +294,9 @@ impl RunAs {
 
 /// Environment: `1` runs the pod's processes with the settings from before they were
 /// trimmed for density and start time (libvirtd with 4 RPC workers and 16 clients, a
-/// malloc arena per thread everywhere, libcurl's global init in `vmpod-virt`, libvirtd
-/// started after the network set-up instead of beside it), so `benches/density.sh` and
+/// malloc arena per thread everywhere, libcurl's global init in libvirtd and
+/// `vmpod-virt` (no [`PRELOAD_LIB`]), libvirtd started after the network set-up instead
+/// of beside it, libvirt's slow guest CPU check), so `benches/density.sh` and
 /// `benches/run_to_lease.sh` can show before and after in one run.
 pub const UNTUNED_ENV: &str = "VMPOD_DAEMONS_UNTUNED";
 
@@ -310,13 +311,41 @@ pub fn untuned() -> bool {
 /// libvirtd alone).
 pub const MALLOC_ARENA_MAX: &str = "1";
 
-/// The environment that trims a pod process's memory (none when [`untuned`]).
-pub fn lean_env() -> Vec<(&'static str, &'static str)> {
-    if untuned() {
-        Vec::new()
-    } else {
-        vec![("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)]
+/// The library preloaded into libvirtd and `vmpod-virt` (crate `vmpod-preload`: it
+/// skips libvirt's libcurl initialisation, ~1.4 MiB in each), looked for beside the
+/// launcher's binary, as `vmpod-virt` is.
+pub const PRELOAD_LIB: &str = "libvmpod_preload.so";
+/// Environment: the path of [`PRELOAD_LIB`] instead (empty: preload nothing).
+pub const PRELOAD_ENV: &str = "VMPOD_PRELOAD";
+
+/// Where [`PRELOAD_LIB`] is: `$VMPOD_PRELOAD`, else beside this binary; none when
+/// neither names one (the processes then run without it).
+pub fn preload_lib() -> Option<PathBuf> {
+    locate_preload(
+        std::env::var_os(PRELOAD_ENV),
+        std::env::current_exe().ok().as_deref(),
+    )
+}
+
+fn locate_preload(env: Option<std::ffi::OsString>, exe: Option<&Path>) -> Option<PathBuf> {
+    match env {
+        Some(p) => (!p.is_empty()).then(|| PathBuf::from(p)),
+        None => exe
+            .and_then(Path::parent)
+            .map(|d| d.join(PRELOAD_LIB))
+            .filter(|p| p.is_file()),
     }
+}
+
+/// The environment that trims the memory of a pod process that loads libvirt (none when
+/// [`untuned`]): one malloc arena, and [`PRELOAD_LIB`] when there is one.
+pub fn lean_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    if untuned() {
+        return Vec::new();
+    }
+    let mut env = vec![("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX.into())];
+    env.extend(preload_lib().map(|p| ("LD_PRELOAD", p.into_os_string())));
+    env
 }
 
 /// Limit this process to one malloc arena (see [`MALLOC_ARENA_MAX`]); call before the
@@ -714,6 +743,25 @@ mod tests {
             !qemu_conf().contains("user ="),
             "QEMU runs as the daemon's user"
         );
+    }
+
+    #[test]
+    fn the_preload_library_is_the_env_s_or_the_one_beside_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("vmpod-launcher");
+        let env = |v: &str| Some(std::ffi::OsString::from(v));
+        assert_eq!(locate_preload(None, Some(&exe)), None, "none beside it");
+        std::fs::write(dir.path().join(PRELOAD_LIB), "").unwrap();
+        assert_eq!(
+            locate_preload(None, Some(&exe)),
+            Some(dir.path().join(PRELOAD_LIB))
+        );
+        assert_eq!(
+            locate_preload(env("/opt/p.so"), Some(&exe)),
+            Some(PathBuf::from("/opt/p.so"))
+        );
+        assert_eq!(locate_preload(env(""), Some(&exe)), None, "empty: none");
+        assert_eq!(locate_preload(None, None), None);
     }
 
     #[test]

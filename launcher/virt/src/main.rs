@@ -19,30 +19,6 @@ struct Cli {
     socket: PathBuf,
 }
 
-/// libvirt's global initialisation (`virInitialize`, run by the first call) calls
-/// `curl_global_init` for its ESX and Hyper-V drivers, which talk HTTPS to remote
-/// hypervisors; curl initialises libssh2 and through it OpenSSL: ~1.5 MiB of resident
-/// library text and heap in every pod, for a process that only talks to the pod's
-/// libvirtd over a Unix socket. A definition in the executable comes first in the dynamic
-/// linker's symbol lookup (`build.rs` exports it), so libvirt's call lands here and does
-/// nothing (`CURLE_OK`): `vmpod-virt` never opens an `esx://`, `vpx://` or `hyperv://`
-/// connection, curl's only users in libvirt. Under `VMPOD_DAEMONS_UNTUNED=1` (the
-/// density benchmark's before) it calls libcurl's own.
-#[unsafe(no_mangle)]
-pub extern "C" fn curl_global_init(flags: std::ffi::c_long) -> std::ffi::c_int {
-    if vmpod::domain::daemons::untuned() {
-        // SAFETY: looks up the next definition of this very symbol (libcurl's) by name.
-        let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"curl_global_init".as_ptr()) };
-        if !real.is_null() {
-            // SAFETY: libcurl's curl_global_init has this signature.
-            let real: extern "C" fn(std::ffi::c_long) -> std::ffi::c_int =
-                unsafe { std::mem::transmute(real) };
-            return real(flags);
-        }
-    }
-    0
-}
-
 fn main() {
     vmpod::init_logging("info");
     let cli = Cli::parse();

@@ -205,7 +205,10 @@ async fn private_libvirtd_runs_a_domain_and_reports_events() {
     // unchanged by libvirtd, is not written back.
     for (entry, _) in &cache {
         let read = |dir: &Path| std::fs::read_to_string(dir.join(entry)).unwrap();
-        assert!(read(&seed).contains(daemons::SLOW_CPU_CHECK_FLAG), "{entry}");
+        assert!(
+            read(&seed).contains(daemons::SLOW_CPU_CHECK_FLAG),
+            "{entry}"
+        );
         assert!(!read(&next.layout.caps_cache()).contains(daemons::SLOW_CPU_CHECK_FLAG));
     }
     assert_eq!(daemons::refresh_caps_seed(&next.layout, &seed).unwrap(), 0);
