@@ -125,6 +125,21 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
             vmpod::domain::daemons::PRELOAD_LIB
         );
     }
+    // libvirtd alone runs its heap trimmer.
+    let threads = |pid: &str| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    assert!(
+        threads(libvirtd_pid).iter().any(|t| t == "vmpod-trim"),
+        "libvirtd's threads: {:?}",
+        threads(libvirtd_pid)
+    );
+    assert!(!threads(agent_pid).iter().any(|t| t == "vmpod-trim"));
 
     // The rewired pod: bridge and tap exist while the VM runs.
     let links = pod_links(&sb);

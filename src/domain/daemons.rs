@@ -337,14 +337,25 @@ fn locate_preload(env: Option<std::ffi::OsString>, exe: Option<&Path>) -> Option
     }
 }
 
+/// Seconds between two trims of libvirtd's heap by [`PRELOAD_LIB`] (its
+/// `VMPOD_MALLOC_TRIM_S`): what libvirtd's parse of the QEMU capabilities left free,
+/// ~1.4 MiB, goes back to the kernel within this long of the domain's start.
+pub const LIBVIRTD_TRIM_S: &str = "10";
+
 /// The environment that trims the memory of a pod process that loads libvirt (none when
-/// [`untuned`]): one malloc arena, and [`PRELOAD_LIB`] when there is one.
-pub fn lean_env() -> Vec<(&'static str, std::ffi::OsString)> {
+/// [`untuned`]): one malloc arena, and [`PRELOAD_LIB`] when there is one, with its heap
+/// trimmer when `trim_heap`.
+pub fn lean_env(trim_heap: bool) -> Vec<(&'static str, std::ffi::OsString)> {
     if untuned() {
         return Vec::new();
     }
     let mut env = vec![("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX.into())];
-    env.extend(preload_lib().map(|p| ("LD_PRELOAD", p.into_os_string())));
+    if let Some(lib) = preload_lib() {
+        env.push(("LD_PRELOAD", lib.into_os_string()));
+        if trim_heap {
+            env.push(("VMPOD_MALLOC_TRIM_S", LIBVIRTD_TRIM_S.into()));
+        }
+    }
     env
 }
 
@@ -583,7 +594,8 @@ fn spawn(
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.envs(lean_env());
+    // Only libvirtd is spawned here: it keeps the garbage of its capabilities parse.
+    cmd.envs(lean_env(true));
     // SAFETY: the closure only makes syscalls on data prepared before the fork
     // (async-signal-safe), as required between fork and exec. The daemon dies with the
     // launcher (parent-death signal): no orphans even on SIGKILL.
