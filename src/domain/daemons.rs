@@ -340,7 +340,7 @@ fn locate_preload(env: Option<std::ffi::OsString>, exe: Option<&Path>) -> Option
 /// Seconds between two trims of libvirtd's heap by [`PRELOAD_LIB`] (its
 /// `VMPOD_MALLOC_TRIM_S`): what libvirtd's parse of the QEMU capabilities left free,
 /// ~1.4 MiB, goes back to the kernel within this long of the domain's start.
-pub const LIBVIRTD_TRIM_S: &str = "10";
+pub const LIBVIRTD_TRIM_S: &str = "5";
 
 /// The environment that trims the memory of a pod process that loads libvirt (none when
 /// [`untuned`]): one malloc arena, and [`PRELOAD_LIB`] when there is one, with its heap
