@@ -23,8 +23,10 @@
 //! supplementary group, so such a device is unusable to them, which is what the old
 //! read-only cover mount achieved. With KVM they get the device's group.
 //!
-//! Owns that directory tree, the daemon process and the QEMU capabilities cache seed;
-//! does not talk the libvirt API (see `libvirt`).
+//! Owns that directory tree, the daemon process, the QEMU capabilities cache seed (and
+//! the pod's trimmed copy of it) and the environment that keeps the pod's libvirt
+//! processes lean (one malloc arena, `libvmpod_preload.so`); does not talk the libvirt
+//! API (see `libvirt`).
 //!
 //! No virtlogd: QEMU writes its serial console to the launcher's FIFO (libvirtd opens it
 //! and passes QEMU the descriptor; `control::console_log` copies and rotates it) and
