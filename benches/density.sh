@@ -19,7 +19,8 @@
 #     N=3 PROFILE=debug bash benches/density.sh         # the dev-profile binaries
 #
 # Settings: N (10), SHAPES ("burst staggered"; "untuned" is a burst with the pods'
-# processes set up as before the density work, VMPOD_DAEMONS_UNTUNED=1), GAP_MS (100, staggered), MEM (128Mi),
+# processes set up as before the density work, VMPOD_DAEMONS_UNTUNED=1, with the
+# launcher and vmpod-virt of BEFORE_BIN, default this tree's), GAP_MS (100, staggered), MEM (128Mi),
 # PROFILE (release), POLL_MS (the handler's directory scan, 100), TIMEOUT (s per shape,
 # 120 + 10 N), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
 # empty at first, a warm-up pod fills it, so every measured pod starts seeded (as every
@@ -37,6 +38,7 @@ POLL_MS=${POLL_MS:-100}
 TIMEOUT=${TIMEOUT:-$((120 + 10 * N))}
 bench_build --workspace
 BIN=$PWD/target/$PROFILE
+BEFORE_BIN=${BEFORE_BIN:-$BIN}
 CORES=$(nproc)
 KERNEL=$PWD/target/guest/vmlinuz INITRD=$PWD/target/guest/initramfs.img
 TICK=$(getconf CLK_TCK)
@@ -126,8 +128,8 @@ shape() {
   done
   local load_before mem_before
   load_before=$(loadavg); mem_before=$(mem_used_kib)
-  env "$@" VMPOD_LOCAL_ROOT=$root VMPOD_BRIDGE=$BR VMPOD_SUBNET=$SUBNET VMPOD_CAPS_SEED=$SEED \
-    VMPOD_LAUNCHER=$BIN/vmpod-launcher \
+  env VMPOD_LAUNCHER="$BIN/vmpod-launcher" "$@" VMPOD_LOCAL_ROOT=$root VMPOD_BRIDGE=$BR \
+    VMPOD_SUBNET=$SUBNET VMPOD_CAPS_SEED=$SEED \
     "$BIN/vmpod-handler" local --manifests "$m" --poll-ms "$POLL_MS" 2> "$dir/handler.log" &
   HANDLER_PID=$!
   for _ in $(seq 300); do grep -qs "watching manifests" "$dir/handler.log" && break; sleep 0.05; done
@@ -349,8 +351,9 @@ for s in $SHAPES; do
     burst) shape burst b "$N" 0 ;;
     staggered) shape staggered g "$N" "$GAP_MS" ;;
     # The pods' processes with their settings from before the density work (libvirtd's
-    # workers and clients, malloc arenas): the "before" of the per-pod overhead.
-    untuned) shape untuned u "$N" 0 VMPOD_DAEMONS_UNTUNED=1 ;;
+    # workers and clients, malloc arenas, the preload that skips libvirt's libcurl init,
+    # libvirtd started after the network, libvirt's slow guest CPU check): the "before".
+    untuned) shape untuned u "$N" 0 VMPOD_DAEMONS_UNTUNED=1 VMPOD_LAUNCHER="$BEFORE_BIN/vmpod-launcher" ;;
     *) echo "SHAPES: unknown shape $s (burst, staggered, untuned)" >&2; exit 1 ;;
   esac
 done

@@ -21,8 +21,8 @@ PROFILE=${PROFILE:-release}
 IMG=${IMG:-localhost/vmpod:dev}
 podman image exists "$IMG" || { echo "no image $IMG: bash manifests/build-image.sh" >&2; exit 1; }
 BIN=$PWD/target/$PROFILE
-[ -x "$BIN/vmpod-launcher" ] && [ -x "$BIN/vmpod-virt" ] || {
-  echo "build first: cargo build --${PROFILE/debug/profile dev} -p vmpod-launcher -p vmpod-virt" >&2; exit 1; }
+[ -x "$BIN/vmpod-launcher" ] && [ -x "$BIN/vmpod-virt" ] && [ -f "$BIN/libvmpod_preload.so" ] || {
+  echo "build first: cargo build --${PROFILE/debug/profile dev} -p vmpod-launcher -p vmpod-virt -p vmpod-preload" >&2; exit 1; }
 GUEST=$PWD/target/guest
 NS=vmpod-bench-podman; HOSTIF=vpb-host; D=$(mktemp -d /tmp/vmpod-bench-podman.XXXXXX)
 chmod 755 "$D"
@@ -65,6 +65,7 @@ run_once() {
     --network ns:/run/netns/$NS --cap-drop ALL --security-opt no-new-privileges
     -v "$D/state:/var/run/vmpod" -v "$D/vmi:/etc/vmpod/vmi:ro" -v "$D/resolv.conf:/etc/resolv.conf:ro"
     -v "$BIN/vmpod-launcher:/usr/local/bin/vmpod-launcher:ro" -v "$BIN/vmpod-virt:/usr/local/bin/vmpod-virt:ro"
+    -v "$BIN/libvmpod_preload.so:/usr/local/bin/libvmpod_preload.so:ro"
     --device /dev/net/tun -e VMPOD_VMI=/etc/vmpod/vmi/vmi.yaml)
   local out
   out=$(podman run --rm --name vpb-net "${common[@]}" --cap-add NET_ADMIN "$IMG" net setup 2>&1) ||

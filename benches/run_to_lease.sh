@@ -17,6 +17,12 @@
 #     bash benches/run_to_lease.sh            # N=5 runs each
 #     N=9 bash benches/run_to_lease.sh
 #     PROFILE=debug bash benches/run_to_lease.sh   # the dev-profile binaries
+#     BEFORE=1 N=5 bash benches/run_to_lease.sh    # and the before, in the same run
+#
+# BEFORE=1 adds a third run to each round: vmpodctl run with VMPOD_DAEMONS_UNTUNED=1, the
+# pod's processes as before the start-time work (libvirtd started after the network,
+# libvirt's slow guest CPU check), with the launcher and vmpod-virt of BEFORE_BIN (a
+# directory; default this tree's), reported beside the others.
 #
 # Needs root (local pods, on a bridge, subnet and local root of the run's own); builds
 # the binaries of PROFILE (default release). The capabilities seed is the run's own,
@@ -109,15 +115,24 @@ launcher_ms() { sed -nE "s/.*$1.* elapsed_ms=([0-9]+).*/\\1/p" "$WORK/launcher.l
 
 echo "warm-up run (fills the run's capabilities seed)" >&2
 time_to_lease timeout 300 "target/$PROFILE/vmpodctl" run "$MANIFEST" --console > /dev/null
-: > "$WORK/vm.tsv"; : > "$WORK/q.tsv"
-for i in $(seq "$N"); do
-  read -r l t la qa < <(QEMU_PIDFILE= time_to_lease timeout 300 "target/$PROFILE/vmpodctl" run "$MANIFEST" --console)
-  parts="- - - -"
+: > "$WORK/q.tsv"
+# One vmpodctl run with the environment "$@" (VAR=value ...), its figures appended to
+# $WORK/$label.tsv: lease, exit, pod made, network / libvirtd / domain started, QEMU age.
+vm_run() {
+  local label=$1 l t la qa parts="- - - -"; shift
+  read -r l t la qa < <(QEMU_PIDFILE= time_to_lease timeout 300 env "$@" "target/$PROFILE/vmpodctl" run "$MANIFEST" --console)
   if [ "$l" != - ]; then
     parts="$(( l - la )) $(launcher_ms "network ready") $(launcher_ms "libvirtd ready") $(launcher_ms "domain started")"
   fi
-  echo "run $i: vmpodctl run -> lease ${l} ms (exit ${t} ms); pod made in $(cut -d' ' -f1 <<< "$parts") ms, launcher -> network / libvirtd / domain started $(cut -d' ' -f2-4 <<< "$parts" | sed 's/ / \/ /g') ms, QEMU start -> lease ${qa} ms" >&2
-  echo "$l $t $parts $qa" >> "$WORK/vm.tsv"
+  echo "run $i: vmpodctl run${*:+ ($*)} -> lease ${l} ms (exit ${t} ms); pod made in $(cut -d' ' -f1 <<< "$parts") ms, launcher -> network / libvirtd / domain started $(cut -d' ' -f2-4 <<< "$parts" | sed 's/ / \/ /g') ms, QEMU start -> lease ${qa} ms" >&2
+  echo "$l $t $parts $qa" >> "$WORK/$label.tsv"
+}
+LABELS=vm; : > "$WORK/vm.tsv"
+[ "${BEFORE:-0}" = 1 ] && { LABELS="vm before"; : > "$WORK/before.tsv"; }
+for i in $(seq "$N"); do
+  vm_run vm
+  # The pod's processes as before the start-time and density work (VMPOD_DAEMONS_UNTUNED=1).
+  [ "${BEFORE:-0}" = 1 ] && vm_run before VMPOD_DAEMONS_UNTUNED=1 VMPOD_LAUNCHER="${BEFORE_BIN:-$PWD/target/$PROFILE}/vmpod-launcher"
   read -r l _ _ qa < <(QEMU_PIDFILE=$WORK/qemu.pid time_to_lease qemu_direct)
   echo "run $i: plain qemu   -> lease ${l} ms (QEMU start -> lease ${qa} ms)" >&2
   echo "$l $qa" >> "$WORK/q.tsv"
@@ -126,8 +141,12 @@ done
 col() { awk -v c="$1" '$c != "-" {print $c}' "$2" | median; }
 leased() { awk '$1 != "-"' "$1" | wc -l; }
 echo "runs: $N, alternating (TCG, $PROFILE binaries, $(basename "$MANIFEST")); load average $(loadavg)"
-echo "vmpodctl run -> guest lease, median: $(col 1 "$WORK/vm.tsv") ms  (leases: $(leased "$WORK/vm.tsv")/$N; all: $(cut -d' ' -f1 "$WORK/vm.tsv" | tr '\n' ' '))"
-echo "plain qemu   -> guest lease, median: $(col 1 "$WORK/q.tsv") ms  (leases: $(leased "$WORK/q.tsv")/$N; all: $(cut -d' ' -f1 "$WORK/q.tsv" | tr '\n' ' '))"
-echo "gap, median of the pairs: $(paste -d' ' "$WORK/vm.tsv" "$WORK/q.tsv" | awk '$1 != "-" && $8 != "-" {print $1 - $8}' | median) ms"
-echo "vmpod's path, medians: pod made (vmpodctl start -> launcher exec) $(col 3 "$WORK/vm.tsv") ms; launcher start -> network ready $(col 4 "$WORK/vm.tsv"), -> libvirtd ready $(col 5 "$WORK/vm.tsv"), -> domain started $(col 6 "$WORK/vm.tsv") ms; QEMU start -> lease $(col 7 "$WORK/vm.tsv") ms (plain QEMU: $(col 2 "$WORK/q.tsv") ms)"
-echo "vmpodctl run -> exit, median:        $(col 2 "$WORK/vm.tsv") ms"
+echo "plain qemu   -> guest lease, median: $(col 1 "$WORK/q.tsv") ms  (leases: $(leased "$WORK/q.tsv")/$N; all: $(cut -d' ' -f1 "$WORK/q.tsv" | tr '\n' ' '); QEMU start -> lease $(col 2 "$WORK/q.tsv") ms)"
+for label in $LABELS; do
+  f=$WORK/$label.tsv
+  what="vmpodctl run"; [ "$label" = before ] && what="vmpodctl run, before (VMPOD_DAEMONS_UNTUNED=1)"
+  echo "$what -> guest lease, median: $(col 1 "$f") ms  (leases: $(leased "$f")/$N; all: $(cut -d' ' -f1 "$f" | tr '\n' ' '))"
+  echo "  gap to plain qemu, median of the pairs: $(paste -d' ' "$f" "$WORK/q.tsv" | awk '$1 != "-" && $8 != "-" {print $1 - $8}' | median) ms"
+  echo "  vmpod's path, medians: pod made (vmpodctl start -> launcher exec) $(col 3 "$f") ms; launcher start -> network ready $(col 4 "$f"), -> libvirtd ready $(col 5 "$f"), -> domain started $(col 6 "$f") ms; QEMU start -> lease $(col 7 "$f") ms"
+  echo "  vmpodctl run -> exit, median: $(col 2 "$f") ms"
+done

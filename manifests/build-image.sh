@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the vmpod images with no container registry:
 #
-#   localhost/vmpod:dev            vmpod-launcher, vmpod-virt, vmpod-handler, vmpodctl on
+#   localhost/vmpod:dev            vmpod-launcher, vmpod-virt (+ libvmpod_preload.so), vmpod-handler, vmpodctl on
 #                                  Debian 12 with libvirtd, QEMU and qemu-img, the QEMU
 #                                  capabilities seed filled at build time
 #   localhost/vmpod-testguest:dev  FROM scratch: the test guest's kernel and initramfs under
@@ -90,10 +90,11 @@ fi
 echo "build-image: base $base"
 
 # --- 2. localhost/vmpod:dev ----------------------------------------------------------------
-bins=(vmpod-launcher vmpod-virt vmpod-handler vmpodctl)
+bins=(vmpod-launcher vmpod-virt libvmpod_preload.so vmpod-handler vmpodctl)
 echo "build-image: cargo build --profile $profile"
 cargo build --quiet --profile "$profile" -p vmpod-launcher -p vmpod-virt -p vmpod-handler -p vmpod \
     --bin vmpod-launcher --bin vmpod-virt --bin vmpod-handler --bin vmpodctl
+cargo build --quiet --profile "$profile" -p vmpod-preload
 ctx=$cache/context
 rm -rf "$ctx"; mkdir -p "$ctx/out"
 for b in "${bins[@]}"; do

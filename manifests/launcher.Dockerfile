@@ -23,7 +23,7 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --workspace --locked \
  && install -D -t /out target/release/vmpod-launcher target/release/vmpod-virt \
-      target/release/vmpod-handler target/release/vmpodctl
+      target/release/libvmpod_preload.so target/release/vmpod-handler target/release/vmpodctl
 
 FROM scratch AS prebuilt
 COPY out/ /out/

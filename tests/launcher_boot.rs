@@ -111,6 +111,35 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         agent_maps.contains("libvirt.so"),
         "vmpod-virt holds libvirt"
     );
+    // Both processes that load libvirt get the preload that skips its libcurl init.
+    let libvirtd = processes_mentioning(&state.to_string_lossy())
+        .into_iter()
+        .find(|p| p.contains("libvirtd --config"))
+        .expect("a libvirtd for this pod");
+    let libvirtd_pid = libvirtd.split(':').next().unwrap();
+    for (what, pid) in [("vmpod-virt", agent_pid), ("libvirtd", libvirtd_pid)] {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            maps.contains(vmpod::domain::daemons::PRELOAD_LIB),
+            "{what} has no {}",
+            vmpod::domain::daemons::PRELOAD_LIB
+        );
+    }
+    // libvirtd alone runs its heap trimmer.
+    let threads = |pid: &str| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    assert!(
+        threads(libvirtd_pid).iter().any(|t| t == "vmpod-trim"),
+        "libvirtd's threads: {:?}",
+        threads(libvirtd_pid)
+    );
+    assert!(!threads(agent_pid).iter().any(|t| t == "vmpod-trim"));
 
     // The rewired pod: bridge and tap exist while the VM runs.
     let links = pod_links(&sb);

@@ -174,7 +174,7 @@ impl VirtAgent {
         let mut cmd = Command::new(binary);
         cmd.arg("--socket")
             .arg(socket)
-            .envs(super::daemons::lean_env())
+            .envs(super::daemons::lean_env(false))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);

@@ -23,8 +23,10 @@
 //! supplementary group, so such a device is unusable to them, which is what the old
 //! read-only cover mount achieved. With KVM they get the device's group.
 //!
-//! Owns that directory tree, the daemon process and the QEMU capabilities cache seed;
-//! does not talk the libvirt API (see `libvirt`).
+//! Owns that directory tree, the daemon process, the QEMU capabilities cache seed (and
+//! the pod's trimmed copy of it) and the environment that keeps the pod's libvirt
+//! processes lean (one malloc arena, `libvmpod_preload.so`); does not talk the libvirt
+//! API (see `libvirt`).
 //!
 //! No virtlogd: QEMU writes its serial console to the launcher's FIFO (libvirtd opens it
 //! and passes QEMU the descriptor; `control::console_log` copies and rotates it) and
@@ -293,8 +295,11 @@ impl RunAs {
 }
 
 /// Environment: `1` runs the pod's processes with the settings from before they were
-/// trimmed for density (libvirtd with 4 RPC workers and 16 clients, a malloc arena per
-/// thread everywhere), so `benches/density.sh` can show before and after in one run.
+/// trimmed for density and start time (libvirtd with 4 RPC workers and 16 clients, a
+/// malloc arena per thread everywhere, libcurl's global init in libvirtd and
+/// `vmpod-virt` (no [`PRELOAD_LIB`]), libvirtd started after the network set-up instead
+/// of beside it, libvirt's slow guest CPU check), so `benches/density.sh` and
+/// `benches/run_to_lease.sh` can show before and after in one run.
 pub const UNTUNED_ENV: &str = "VMPOD_DAEMONS_UNTUNED";
 
 /// Whether [`UNTUNED_ENV`] asks for the settings from before.
@@ -308,13 +313,52 @@ pub fn untuned() -> bool {
 /// libvirtd alone).
 pub const MALLOC_ARENA_MAX: &str = "1";
 
-/// The environment that trims a pod process's memory (none when [`untuned`]).
-pub fn lean_env() -> Vec<(&'static str, &'static str)> {
-    if untuned() {
-        Vec::new()
-    } else {
-        vec![("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)]
+/// The library preloaded into libvirtd and `vmpod-virt` (crate `vmpod-preload`: it
+/// skips libvirt's libcurl initialisation, ~1.4 MiB in each), looked for beside the
+/// launcher's binary, as `vmpod-virt` is.
+pub const PRELOAD_LIB: &str = "libvmpod_preload.so";
+/// Environment: the path of [`PRELOAD_LIB`] instead (empty: preload nothing).
+pub const PRELOAD_ENV: &str = "VMPOD_PRELOAD";
+
+/// Where [`PRELOAD_LIB`] is: `$VMPOD_PRELOAD`, else beside this binary; none when
+/// neither names one (the processes then run without it).
+pub fn preload_lib() -> Option<PathBuf> {
+    locate_preload(
+        std::env::var_os(PRELOAD_ENV),
+        std::env::current_exe().ok().as_deref(),
+    )
+}
+
+fn locate_preload(env: Option<std::ffi::OsString>, exe: Option<&Path>) -> Option<PathBuf> {
+    match env {
+        Some(p) => (!p.is_empty()).then(|| PathBuf::from(p)),
+        None => exe
+            .and_then(Path::parent)
+            .map(|d| d.join(PRELOAD_LIB))
+            .filter(|p| p.is_file()),
     }
+}
+
+/// Seconds between two trims of libvirtd's heap by [`PRELOAD_LIB`] (its
+/// `VMPOD_MALLOC_TRIM_S`): what libvirtd's parse of the QEMU capabilities left free,
+/// ~1.4 MiB, goes back to the kernel within this long of the domain's start.
+pub const LIBVIRTD_TRIM_S: &str = "5";
+
+/// The environment that trims the memory of a pod process that loads libvirt (none when
+/// [`untuned`]): one malloc arena, and [`PRELOAD_LIB`] when there is one, with its heap
+/// trimmer when `trim_heap`.
+pub fn lean_env(trim_heap: bool) -> Vec<(&'static str, std::ffi::OsString)> {
+    if untuned() {
+        return Vec::new();
+    }
+    let mut env = vec![("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX.into())];
+    if let Some(lib) = preload_lib() {
+        env.push(("LD_PRELOAD", lib.into_os_string()));
+        if trim_heap {
+            env.push(("VMPOD_MALLOC_TRIM_S", LIBVIRTD_TRIM_S.into()));
+        }
+    }
+    env
 }
 
 /// Limit this process to one malloc arena (see [`MALLOC_ARENA_MAX`]); call before the
@@ -408,8 +452,50 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DaemonError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
 }
 
-/// Copy the `*.xml` files of `from` into `to` (creating it); missing `from` copies
-/// nothing. Returns how many files were written.
+/// Which way [`copy_caps`] copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapsCopy {
+    /// The node's seed into a pod's cache: each file as [`lean_caps`] makes it.
+    IntoPod,
+    /// A pod's cache back into the node's seed: a file [`lean_caps`] made from the seed's
+    /// own is not a change.
+    BackToSeed,
+}
+
+/// The capability flag that sends libvirt's guest CPU check at every domain start down
+/// its generic path: `qom-list` of the vCPU, then one `qom-get` per property, ~400 QMP
+/// round trips (0.1-0.4 s here under TCG) while QEMU waits paused. Without it libvirt
+/// reads the same CPUID words on x86 with two `qom-get`s (`feature-words`,
+/// `filtered-features`). The flag's other use is refusing MSR features named in a
+/// domain's `<cpu>`, which vmpod's domain XML never names.
+pub const SLOW_CPU_CHECK_FLAG: &str = "<flag name='cpu-unavailable-features'/>";
+
+/// A QEMU capabilities file as a pod's libvirtd gets it: without
+/// [`SLOW_CPU_CHECK_FLAG`]'s line (unchanged when [`untuned`], or when it has none).
+/// libvirt validates a cache file by QEMU's and its own ctimes, never by its contents,
+/// and keeps using it.
+pub fn lean_caps(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let flag = SLOW_CPU_CHECK_FLAG.as_bytes();
+    let Some(at) = body.windows(flag.len()).position(|w| w == flag) else {
+        return body.into();
+    };
+    if untuned() {
+        return body.into();
+    }
+    // The whole line: its indentation and its newline.
+    let start = body[..at]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let end = body[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(body.len(), |i| at + i + 1);
+    [&body[..start], &body[end..]].concat().into()
+}
+
+/// Copy the `*.xml` files of `from` into `to` (creating it), the way `how` says; missing
+/// `from` copies nothing. Returns how many files were written.
 ///
 /// `to` may be a node directory that other pods read and write at the same time (the
 /// seed): each file is written beside its destination under a name no other writer uses
@@ -417,7 +503,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), DaemonError> {
 /// renamed over it, so a reader sees the old file or the new one, never a mix; a
 /// destination already equal to its source is left alone (every pod after the first
 /// would otherwise rewrite the same bytes).
-pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
+pub fn copy_caps(from: &Path, to: &Path, how: CapsCopy) -> Result<usize, DaemonError> {
     let entries = match fs::read_dir(from) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -431,9 +517,14 @@ pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
         if p.extension().is_none_or(|e| e != "xml") {
             continue;
         }
-        let body = fs::read(&p).map_err(io_err("read", &p))?;
+        let mut body = fs::read(&p).map_err(io_err("read", &p))?;
+        if how == CapsCopy::IntoPod {
+            body = lean_caps(&body).into_owned();
+        }
         let dst = to.join(entry.file_name());
-        if fs::read(&dst).is_ok_and(|old| old == body) {
+        if fs::read(&dst).is_ok_and(|old| {
+            old == body || (how == CapsCopy::BackToSeed && *lean_caps(&old) == *body)
+        }) {
             continue;
         }
         // Replaced atomically, so a concurrent reader never sees half a file.
@@ -448,7 +539,7 @@ pub fn copy_caps(from: &Path, to: &Path) -> Result<usize, DaemonError> {
 /// libvirtd's first call takes milliseconds instead of seconds of QEMU probing. The
 /// copies (and the directories made for them) belong to `user`, the daemon's.
 pub fn seed_caps(layout: &LibvirtLayout, seed: &Path, user: &RunAs) -> Result<usize, DaemonError> {
-    let n = copy_caps(seed, &layout.caps_cache())?;
+    let n = copy_caps(seed, &layout.caps_cache(), CapsCopy::IntoPod)?;
     let cache = layout.dir("cache");
     user.chown_tree(&cache).map_err(io_err("chown", &cache))?;
     Ok(n)
@@ -457,7 +548,7 @@ pub fn seed_caps(layout: &LibvirtLayout, seed: &Path, user: &RunAs) -> Result<us
 /// Copy what libvirtd cached back into the node's `seed` directory for the next pod.
 /// libvirtd replaces stale entries itself (it checks QEMU's and its own ctime).
 pub fn refresh_caps_seed(layout: &LibvirtLayout, seed: &Path) -> Result<usize, DaemonError> {
-    copy_caps(&layout.caps_cache(), seed)
+    copy_caps(&layout.caps_cache(), seed, CapsCopy::BackToSeed)
 }
 
 /// The last `n` lines of a log file (empty when unreadable), for error messages.
@@ -505,7 +596,8 @@ fn spawn(
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.envs(lean_env());
+    // Only libvirtd is spawned here: it keeps the garbage of its capabilities parse.
+    cmd.envs(lean_env(true));
     // SAFETY: the closure only makes syscalls on data prepared before the fork
     // (async-signal-safe), as required between fork and exec. The daemon dies with the
     // launcher (parent-death signal): no orphans even on SIGKILL.
@@ -582,12 +674,23 @@ impl Daemons {
     /// Start libvirtd as `user` and wait until its socket answers. The caller has
     /// already run [`prepare`].
     pub async fn start(layout: &LibvirtLayout, user: RunAs) -> Result<Daemons, DaemonError> {
+        let mut d = Daemons::spawn(layout, user)?;
+        if let Err(e) = d.ready().await {
+            let _ = d.libvirtd.child.start_kill();
+            return Err(e);
+        }
+        Ok(d)
+    }
+
+    /// Start libvirtd as `user` without waiting for it: the launcher does its network
+    /// set-up meanwhile, then waits with [`Daemons::ready`]. The caller has already run
+    /// [`prepare`]. The daemon dies with the returned value (kill on drop).
+    pub fn spawn(layout: &LibvirtLayout, user: RunAs) -> Result<Daemons, DaemonError> {
         user.check_account()?;
         let os = |s: &'static str| std::ffi::OsStr::new(s);
         let conf = layout.libvirtd_conf();
-        let log = layout.log("libvirtd");
         let pid = layout.root.join("libvirtd.pid");
-        let mut libvirtd = spawn(
+        let libvirtd = spawn(
             "libvirtd",
             Path::new(LIBVIRTD),
             &[
@@ -597,17 +700,19 @@ impl Daemons {
                 pid.as_os_str(),
             ],
             &layout.env(),
-            &log,
+            &layout.log("libvirtd"),
             user,
         )?;
-        if let Err(e) = libvirtd.ready(&layout.socket(), &log, READY_TIMEOUT).await {
-            let _ = libvirtd.child.start_kill();
-            return Err(e);
-        }
         Ok(Daemons {
             libvirtd,
             layout: layout.clone(),
         })
+    }
+
+    /// Wait until libvirtd's socket answers (or it exits, or [`READY_TIMEOUT`] passes).
+    pub async fn ready(&mut self) -> Result<(), DaemonError> {
+        let (socket, log) = (self.layout.socket(), self.layout.log("libvirtd"));
+        self.libvirtd.ready(&socket, &log, READY_TIMEOUT).await
     }
 
     /// Stop libvirtd (QEMU is gone by then, or dies with it).
@@ -652,6 +757,25 @@ mod tests {
             !qemu_conf().contains("user ="),
             "QEMU runs as the daemon's user"
         );
+    }
+
+    #[test]
+    fn the_preload_library_is_the_env_s_or_the_one_beside_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("vmpod-launcher");
+        let env = |v: &str| Some(std::ffi::OsString::from(v));
+        assert_eq!(locate_preload(None, Some(&exe)), None, "none beside it");
+        std::fs::write(dir.path().join(PRELOAD_LIB), "").unwrap();
+        assert_eq!(
+            locate_preload(None, Some(&exe)),
+            Some(dir.path().join(PRELOAD_LIB))
+        );
+        assert_eq!(
+            locate_preload(env("/opt/p.so"), Some(&exe)),
+            Some(PathBuf::from("/opt/p.so"))
+        );
+        assert_eq!(locate_preload(env(""), Some(&exe)), None, "empty: none");
+        assert_eq!(locate_preload(None, None), None);
     }
 
     #[test]
@@ -712,11 +836,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let from = dir.path().join("seed");
         let to = dir.path().join("cache/qemu/capabilities");
-        assert_eq!(copy_caps(&from, &to).unwrap(), 0);
+        assert_eq!(copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(), 0);
         fs::create_dir_all(&from).unwrap();
         fs::write(from.join("abc.xml"), "<qemuCaps/>").unwrap();
         fs::write(from.join("notes.txt"), "x").unwrap();
-        assert_eq!(copy_caps(&from, &to).unwrap(), 1);
+        assert_eq!(copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(), 1);
         assert_eq!(
             fs::read_to_string(to.join("abc.xml")).unwrap(),
             "<qemuCaps/>"
@@ -731,16 +855,57 @@ mod tests {
         let (from, to) = (dir.path().join("cache"), dir.path().join("seed"));
         fs::create_dir_all(&from).unwrap();
         fs::write(from.join("abc.xml"), "<qemuCaps/>").unwrap();
-        assert_eq!(copy_caps(&from, &to).unwrap(), 1);
+        assert_eq!(copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(), 1);
         let inode = fs::metadata(to.join("abc.xml")).unwrap().ino();
-        assert_eq!(copy_caps(&from, &to).unwrap(), 0, "unchanged: not written");
+        assert_eq!(
+            copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(),
+            0,
+            "unchanged: not written"
+        );
         assert_eq!(fs::metadata(to.join("abc.xml")).unwrap().ino(), inode);
         fs::write(from.join("abc.xml"), "<qemuCaps v='2'/>").unwrap();
-        assert_eq!(copy_caps(&from, &to).unwrap(), 1, "changed: written");
+        assert_eq!(
+            copy_caps(&from, &to, CapsCopy::IntoPod).unwrap(),
+            1,
+            "changed: written"
+        );
         assert_eq!(
             fs::read_to_string(to.join("abc.xml")).unwrap(),
             "<qemuCaps v='2'/>"
         );
+    }
+
+    /// The pod's libvirtd gets the capabilities without the flag of the slow CPU check;
+    /// that copy, unchanged by libvirtd, is not written back over the node's seed, and a
+    /// file libvirtd rewrote (a new probe) is.
+    #[test]
+    fn pods_get_the_caps_without_the_slow_cpu_check_and_do_not_write_that_back() {
+        let body = format!(
+            "<qemuCaps>\n  <flag name='x86-max-cpu'/>\n  {SLOW_CPU_CHECK_FLAG}\n  <flag name='canonical-cpu-features'/>\n</qemuCaps>\n"
+        );
+        let lean = String::from_utf8(lean_caps(body.as_bytes()).into_owned()).unwrap();
+        assert_eq!(
+            lean,
+            "<qemuCaps>\n  <flag name='x86-max-cpu'/>\n  <flag name='canonical-cpu-features'/>\n</qemuCaps>\n"
+        );
+        assert_eq!(
+            *lean_caps(lean.as_bytes()),
+            *lean.as_bytes(),
+            "nothing else goes"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (seed, pod) = (dir.path().join("seed"), dir.path().join("pod"));
+        fs::create_dir_all(&seed).unwrap();
+        fs::write(seed.join("caps.xml"), &body).unwrap();
+        assert_eq!(copy_caps(&seed, &pod, CapsCopy::IntoPod).unwrap(), 1);
+        assert_eq!(fs::read_to_string(pod.join("caps.xml")).unwrap(), lean);
+        assert_eq!(copy_caps(&pod, &seed, CapsCopy::BackToSeed).unwrap(), 0);
+        assert_eq!(fs::read_to_string(seed.join("caps.xml")).unwrap(), body);
+        let probed = body.replace("x86-max-cpu", "x86-max-cpu-v2");
+        fs::write(pod.join("caps.xml"), &probed).unwrap();
+        assert_eq!(copy_caps(&pod, &seed, CapsCopy::BackToSeed).unwrap(), 1);
+        assert_eq!(fs::read_to_string(seed.join("caps.xml")).unwrap(), probed);
     }
 
     /// Pods writing the node's seed back while others copy it: writers with the same pid
@@ -760,7 +925,7 @@ mod tests {
                 c
             })
             .collect();
-        copy_caps(&caches[0], &seed).unwrap();
+        copy_caps(&caches[0], &seed, CapsCopy::BackToSeed).unwrap();
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             let writers: Vec<_> = caches
@@ -768,7 +933,7 @@ mod tests {
                 .map(|c| {
                     s.spawn(|| {
                         for _ in 0..200 {
-                            copy_caps(c, &seed).unwrap();
+                            copy_caps(c, &seed, CapsCopy::BackToSeed).unwrap();
                         }
                     })
                 })
@@ -778,7 +943,7 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let pod = dir.path().join("pod");
                     let _ = fs::remove_dir_all(&pod);
-                    copy_caps(&seed, &pod).unwrap();
+                    copy_caps(&seed, &pod, CapsCopy::IntoPod).unwrap();
                     let got = fs::read(pod.join("caps.xml")).unwrap();
                     let first = got[0];
                     assert!(

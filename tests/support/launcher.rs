@@ -9,11 +9,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use vmpod::sandbox::PodSandbox;
 
-/// The launcher binary of this workspace and its libvirt client `vmpod-virt` (found
-/// beside it), built on first use in this test's profile.
+/// The launcher binary of this workspace, its libvirt client `vmpod-virt` and the
+/// library it preloads into that and libvirtd (both found beside it), built on first
+/// use in this test's profile.
 pub fn launcher_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        super::cargo_build::build_bins(&["vmpod-preload"], &[]);
         super::cargo_build::build_bins(
             &["vmpod-launcher", "vmpod-virt"],
             &["vmpod-launcher", "vmpod-virt"],
