@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use vmpod::api::{self, AccelerationRequest, VirtualMachineInstance};
+use vmpod::api::{self, AccelerationRequest, ValidVmi};
 use vmpod::control::{
     self, Acceleration, BackendError, ControlServer, LauncherStatus, LifecycleAction,
     NetworkReport, PauseReason, Phase,
@@ -124,14 +124,14 @@ fn read_vmi_text(arg: &str) -> anyhow::Result<String> {
 }
 
 /// Load, validate and default the VMI; relative file paths resolve against the cwd.
-pub fn load(arg: &str) -> anyhow::Result<VirtualMachineInstance> {
+pub fn load(arg: &str) -> anyhow::Result<ValidVmi> {
     let text = read_vmi_text(arg)?;
     let mut vmi = api::load_valid_vmi(&text).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid VMI: {}", list.join("; "))
     })?;
     let cwd = std::env::current_dir().context("current directory")?;
-    api::resolve_relative_paths(&mut vmi.spec, &cwd);
+    vmi.resolve_relative_paths(&cwd);
     Ok(vmi)
 }
 
@@ -239,7 +239,7 @@ struct Acquired {
 
 struct Ctx {
     args: RunArgs,
-    vmi: VirtualMachineInstance,
+    vmi: ValidVmi,
     accel: Accel,
     shared: Arc<Mutex<Shared>>,
     started: Instant,
@@ -284,7 +284,7 @@ impl StatusBoard for Ctx {
 
 async fn run_pod(
     args: RunArgs,
-    vmi: VirtualMachineInstance,
+    vmi: ValidVmi,
     accel: Accel,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
@@ -420,16 +420,15 @@ async fn network_phase(
     acquired: &mut Acquired,
 ) -> anyhow::Result<BTreeMap<String, Attachment>> {
     let mut attachments = BTreeMap::new();
-    let Some(iface) = decide::pod_interface(&ctx.vmi.spec)? else {
+    let Some(iface) = ctx.vmi.pod_interface() else {
         return Ok(attachments);
     };
     let opts = decide::setup_options(
-        &ctx.vmi.spec,
         iface,
         &ctx.args.pod_interface,
         &ctx.args.state_dir,
         &ctx.args.resolv_conf,
-    )?;
+    );
     // Set before: a setup failing halfway is undone too.
     acquired.net_rewired = true;
     let outcome = tokio::task::spawn_blocking(move || net::setup_or_reuse(&opts))
@@ -447,7 +446,7 @@ async fn network_phase(
     // The VM's identity (hostname, subdomain) comes from the VMI, never from the pod.
     let mut vm = outcome.cached.clone();
     vm.facts = decide::vm_identity(&ctx.vmi, &vm.facts);
-    let config = DhcpConfig::for_cached(&vm, &decide::dhcp_extras(iface)?)?;
+    let config = DhcpConfig::for_cached(&vm, &iface.dhcp)?;
     let server = DhcpServer::bind(config)?;
     let stats: StatsHandle = server.stats();
     acquired.dhcp_tasks.push(tokio::spawn(async move {

@@ -20,7 +20,7 @@ use super::SandboxError;
 use super::ipam::{gateway_of, parse_subnet, pick_address};
 use super::pod::{Node, PodSandbox, remove_host_pod};
 use super::spec::{NodeSide, NodeSpec, PodSpec};
-use crate::api::VirtualMachineInstance;
+use crate::api::ValidVmi;
 use crate::control::{
     ControlClient, LauncherStatus, Peer, PodIdentity, local_root, local_state_dir, status_from_dir,
 };
@@ -71,8 +71,6 @@ pub enum RuntimeError {
     AlreadyRunning { name: String, pid: u32 },
     #[error("VMI {name}: no free address left in {subnet}")]
     NoAddress { name: String, subnet: IpCidr },
-    #[error("VMI {0}: the manifest has no metadata.name")]
-    NoName(String),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -114,14 +112,14 @@ fn invalid_lines(file: &Path, errors: &[crate::api::FieldError]) -> String {
 
 /// Read, validate and default a VMI manifest, and make its local file paths absolute
 /// (relative ones are taken from the current directory): what a local pod's launcher gets.
-pub fn load_manifest(file: &Path) -> Result<VirtualMachineInstance> {
+pub fn load_manifest(file: &Path) -> Result<ValidVmi> {
     let text = fs::read_to_string(file).map_err(io_err("read manifest", file))?;
     let mut vmi = crate::api::load_valid_vmi(&text).map_err(|errors| RuntimeError::Invalid {
         file: file.to_path_buf(),
         errors,
     })?;
     let cwd = std::env::current_dir().map_err(io_err("find the current directory", "."))?;
-    crate::api::resolve_relative_paths(&mut vmi.spec, &cwd);
+    vmi.resolve_relative_paths(&cwd);
     Ok(vmi)
 }
 
@@ -537,13 +535,8 @@ impl LocalRuntime {
     /// Make the pod for `vmi`: state dir, an address, the network namespace with `eth0`
     /// on the bridge, resolv.conf, hostname, and `pod/vmi.json` for the launcher. A dead
     /// pod of the same name is removed first; a live one is an error.
-    pub fn create_pod(&self, vmi: &VirtualMachineInstance) -> Result<LocalPod> {
-        let name = vmi
-            .metadata
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| RuntimeError::NoName(String::new()))?;
+    pub fn create_pod(&self, vmi: &ValidVmi) -> Result<LocalPod> {
+        let name = vmi.name().to_string();
         let state_dir = self.state_dir(&name)?;
         if let Some(old) = self.find(&name)? {
             if old.launcher_alive() {
