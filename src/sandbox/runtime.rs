@@ -24,6 +24,7 @@ use crate::api::ValidVmi;
 use crate::control::{
     ControlClient, LauncherStatus, Peer, PodIdentity, local_root, local_state_dir, status_from_dir,
 };
+use crate::file::{PathIoError, io_err};
 use crate::net::{IpCidr, MacAddr};
 use crate::statedir::StateDir;
 use nix::sys::signal::{Signal, kill};
@@ -71,13 +72,8 @@ pub enum RuntimeError {
     AlreadyRunning { name: String, pid: u32 },
     #[error("VMI {name}: no free address left in {subnet}")]
     NoAddress { name: String, subnet: IpCidr },
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{}: {source}", path.display())]
     Json {
         path: PathBuf,
@@ -121,11 +117,6 @@ pub fn load_manifest(file: &Path) -> Result<ValidVmi> {
     let cwd = std::env::current_dir().map_err(io_err("find the current directory", "."))?;
     vmi.resolve_relative_paths(&cwd);
     Ok(vmi)
-}
-
-fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> RuntimeError {
-    let path = path.into();
-    move |source| RuntimeError::Io { what, path, source }
 }
 
 /// Where and how local pods are made.
@@ -231,7 +222,7 @@ fn read_record(state_dir: &Path) -> Result<Option<PodRecord>> {
             .map(Some)
             .map_err(|source| RuntimeError::Json { path, source }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("read", path)(e)),
+        Err(e) => Err(io_err("read", path)(e).into()),
     }
 }
 
@@ -241,7 +232,8 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
         source,
     })?;
     crate::file::write_atomic(path, &json, crate::file::Durability::Rename)
-        .map_err(io_err("write", path))
+        .map_err(io_err("write", path))?;
+    Ok(())
 }
 
 /// The inode of a network namespace file (`/run/netns/X` or `/proc/PID/ns/net`).
@@ -422,7 +414,7 @@ impl LocalPod {
         remove_host_pod(&self.record.node_veth, &self.record.netns)?;
         match fs::remove_dir_all(&self.state_dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(io_err("remove state dir", &self.state_dir)(e))
+                Err(io_err("remove state dir", &self.state_dir)(e).into())
             }
             _ => Ok(()),
         }
