@@ -84,14 +84,9 @@ pub struct RunArgs {
     /// stand-in); a remembered KVM failure on the node still counts.
     #[arg(long, hide = true)]
     pub skip_kvm_probe: bool,
-    /// A node directory hostDisk volumes may be in (repeatable; VMPOD_HOST_DISK_DIRS holds
-    /// them ':'-separated). Without one, every hostDisk volume is refused.
-    #[arg(
-        long = "host-disk-dir",
-        env = "VMPOD_HOST_DISK_DIRS",
-        value_delimiter = ':'
-    )]
-    pub host_disk_dirs: Vec<PathBuf>,
+    // None: every hostDisk volume is refused.
+    #[command(flatten)]
+    pub host_disks: vmpod::domain::HostDiskDirArgs,
 }
 
 impl RunArgs {
@@ -142,7 +137,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .context("no VMI: pass --vmi FILE|- or set VMPOD_VMI")?;
     let vmi = load(&arg)?;
-    let outside = vmpod::domain::host_disks_outside(&vmi, &args.host_disk_dirs);
+    let outside = vmpod::domain::host_disks_outside(&vmi, &args.host_disks.host_disk_dirs);
     if !outside.is_empty() {
         let list: Vec<String> = outside.iter().map(ToString::to_string).collect();
         bail!("invalid VMI: {}", list.join("; "));
