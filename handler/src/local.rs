@@ -249,7 +249,7 @@ async fn run_manifest(
     stop: watch::Receiver<StopLevel>,
 ) -> anyhow::Result<()> {
     let vmi = load_manifest(manifest)?;
-    let name = vmi.metadata.name.clone().unwrap_or_default();
+    let name = vmi.name().to_string();
     let rt = Arc::clone(runtime);
     let found = tokio::task::spawn_blocking(move || rt.find(&name)).await??;
     let (pod, child) = match found.filter(|p| p.launcher_alive()) {

@@ -7,7 +7,7 @@
 //! the cache (`DhcpConfig::for_cached`), never from here.
 
 use std::path::Path;
-use vmpod::api::{PodInterface, VirtualMachineInstance};
+use vmpod::api::{PodInterface, ValidVmi, VirtualMachineInstance};
 use vmpod::control::{Acceleration, InterfaceReport, InterfaceStatus, LauncherStatus, Phase};
 use vmpod::domain::Attachment;
 use vmpod::net::{self, SetupOptions, SetupOutcome};
@@ -100,11 +100,11 @@ pub fn attachment(outcome: &SetupOutcome) -> Attachment {
 /// The status before anything is done: `Pending`, with the acceleration chosen and why
 /// KVM is not used when it was allowed.
 pub fn initial_status(
-    vmi: &VirtualMachineInstance,
+    vmi: &ValidVmi,
     booted: Acceleration,
     why_not_kvm: Option<&str>,
 ) -> LauncherStatus {
-    let mut status = LauncherStatus::pending(vmi.metadata.name.clone().unwrap_or_default());
+    let mut status = LauncherStatus::pending(vmi.name());
     status.namespace.clone_from(&vmi.metadata.namespace);
     status.acceleration = Some(booted);
     status.acceleration_reason = why_not_kvm.map(str::to_string);
@@ -130,7 +130,7 @@ pub fn final_phase(
 mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
-    use vmpod::api::{self, ValidVmi};
+    use vmpod::api;
     use vmpod::domain::{DomainState, StopReason};
     use vmpod::net::{Binding, CachedInterface, MacAddr, OriginalSettings, PlanOptions};
 
