@@ -1,12 +1,34 @@
 //! Atomic file replacement, the one implementation: [`write_atomic`] writes a temporary
 //! file beside the target (mode 0600: state files are for root and the pod's own user)
 //! and renames it over the target, so a reader sees the old content or the new, never
-//! half of it. How much of it a crash keeps is the caller's [`Durability`].
+//! half of it. How much of it a crash keeps is the caller's [`Durability`]. And
+//! [`PathIoError`], an I/O failure named by what was done on which path.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// An I/O failure naming what was being done and on which file, namespace or directory:
+/// `read manifest /x/vm.yaml: No such file or directory`. Error enums wrap it
+/// (`Io(#[from] PathIoError)`) rather than repeat its fields and message.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct PathIoError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The error mapper for doing `what` on `path`: `.map_err(io_err("read manifest", file))?`.
+pub fn io_err(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> PathIoError {
+    let path = path.into();
+    move |source| PathIoError { what, path, source }
+}
 
 /// What survives a crash (a power loss; a process crash keeps the rename in every case).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -93,6 +93,23 @@ fn arp(sha: MacAddr, spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
     a
 }
 
+/// A VLAN tag (VLAN 5) in front of an IPv4 `packet`: the VM's own addresses inside, only
+/// the tag is wrong.
+fn vlan_tagged(packet: Vec<u8>) -> Vec<u8> {
+    let mut vlan = vec![0x00, 0x05, 0x08, 0x00];
+    vlan.extend(packet);
+    vlan
+}
+
+/// A UDP-over-IPv6 packet from fd81::66, an address the VM does not have, to ff02::1.
+fn foreign_ipv6() -> Vec<u8> {
+    let mut ipv6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+    ipv6.extend("fd81::66".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    ipv6.extend("ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    ipv6.extend(b"BAD-IPV6");
+    ipv6
+}
+
 fn dhcp_discover(xid: u32, chaddr: MacAddr, giaddr: Ipv4Addr) -> Vec<u8> {
     let mut m = v4::Message::new_with_id(
         xid,
@@ -425,13 +442,7 @@ fn forged_frames_from_the_vm_never_leave_the_bridge() {
     let mut vm = f.vm();
     let (mac, ip, gw) = (f.vm_mac, f.vm_ip, f.gateway);
     let marked = |tag: &str, src: Ipv4Addr| udp4(src, gw, 4000, 9, tag.as_bytes());
-    let mut vlan = vec![0x00, 0x05, 0x08, 0x00];
-    // The VM's own addresses inside: only the tag is wrong.
-    vlan.extend(marked("BAD-VLAN", ip));
-    let mut ipv6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
-    ipv6.extend("fd81::66".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    ipv6.extend("ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    ipv6.extend(b"BAD-IPV6");
+    let (vlan, ipv6) = (vlan_tagged(marked("BAD-VLAN", ip)), foreign_ipv6());
     let forged: Vec<(&str, Vec<u8>)> = vec![
         (
             "foreign MAC",
@@ -543,12 +554,7 @@ fn forged_frames_from_a_masqueraded_vm_never_leave_the_pod() {
     let mut vm = f.vm();
     let (mac, ip, gw, to) = (f.vm_mac, f.vm_ip, f.gateway, f.next_hop);
     let marked = |tag: &str, src: Ipv4Addr| udp4(src, gw, 4000, 9, tag.as_bytes());
-    let mut ipv6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
-    ipv6.extend("fd81::66".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    ipv6.extend("ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    ipv6.extend(b"BAD-IPV6");
-    let mut vlan = vec![0x00, 0x05, 0x08, 0x00];
-    vlan.extend(marked("BAD-VLAN", ip));
+    let (vlan, ipv6) = (vlan_tagged(marked("BAD-VLAN", ip)), foreign_ipv6());
     let vm_gateway = Ipv4Addr::new(10, 0, 2, 1);
     let forged: Vec<Vec<u8>> = vec![
         eth(to, FOREIGN_MAC, 0x0800, &marked("BAD-MAC", ip)),

@@ -329,7 +329,7 @@ fn restart_reads_the_cache_and_never_discovers_again() {
     let first = net::setup(&f.opts()).unwrap();
     // After the rewire, discovery cannot see the pod IP any more.
     match f.discover() {
-        Err(NetError::NoIpv4 { interface, .. }) => assert_eq!(interface, "eth0"),
+        Err(NetError::NoIpv4(e)) => assert_eq!(e.interface, "eth0"),
         other => panic!("discovery on a rewired pod: {other:?}"),
     }
     // A restarted launcher takes everything from the cache: mark it to prove it.

@@ -30,20 +30,15 @@ use vmpod::sandbox::{
 
 #[derive(Args)]
 pub struct LocalArgs {
-    /// The directory of VirtualMachineInstance manifests (`*.yaml`, `*.yml`, `*.json`).
+    /// The directory of VirtualMachineInstance manifests (`*.yaml`, `*.yml`, `*.json`);
+    /// hostDisk volumes may always be in it.
     #[arg(long)]
     pub manifests: PathBuf,
     /// How often the directory is scanned, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
-    /// Another node directory hostDisk volumes may be in (repeatable; VMPOD_HOST_DISK_DIRS
-    /// holds them ':'-separated). The manifests directory always is.
-    #[arg(
-        long = "host-disk-dir",
-        env = "VMPOD_HOST_DISK_DIRS",
-        value_delimiter = ':'
-    )]
-    pub host_disk_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub host_disks: vmpod::domain::HostDiskDirArgs,
 }
 
 impl LocalArgs {
@@ -51,7 +46,7 @@ impl LocalArgs {
     fn host_disk_dirs(&self) -> Vec<PathBuf> {
         let manifests = std::path::absolute(&self.manifests).unwrap_or(self.manifests.clone());
         std::iter::once(manifests)
-            .chain(self.host_disk_dirs.iter().cloned())
+            .chain(self.host_disks.host_disk_dirs.iter().cloned())
             .collect()
     }
 }
@@ -254,7 +249,7 @@ async fn run_manifest(
     stop: watch::Receiver<StopLevel>,
 ) -> anyhow::Result<()> {
     let vmi = load_manifest(manifest)?;
-    let name = vmi.metadata.name.clone().unwrap_or_default();
+    let name = vmi.name().to_string();
     let rt = Arc::clone(runtime);
     let found = tokio::task::spawn_blocking(move || rt.find(&name)).await??;
     let (pod, child) = match found.filter(|p| p.launcher_alive()) {

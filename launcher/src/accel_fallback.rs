@@ -39,12 +39,23 @@ pub struct Pause {
     pub message: String,
 }
 
+impl Pause {
+    /// The pause the launcher asked for (the control API's).
+    pub fn requested() -> Pause {
+        Pause {
+            reason: PauseReason::User,
+            message: "paused on request".to_string(),
+        }
+    }
+}
+
 /// Why the domain paused: `requested` when the launcher asked for it (the control API's
 /// pause), `libvirt` is libvirt's reason, `qemu_log` QEMU's log since the domain started.
 pub fn classify_pause(requested: bool, libvirt: PausedReason, qemu_log: &str) -> Pause {
-    let (reason, message) = if requested || libvirt == PausedReason::User {
-        (PauseReason::User, "paused on request".to_string())
-    } else if libvirt == PausedReason::IoError {
+    if requested || libvirt == PausedReason::User {
+        return Pause::requested();
+    }
+    let (reason, message) = if libvirt == PausedReason::IoError {
         (
             PauseReason::IoError,
             "paused by a disk I/O error (libvirt: ioerror)".to_string(),

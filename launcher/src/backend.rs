@@ -1,12 +1,13 @@
 //! The launcher's side of the control API: status, network report and domain XML read
-//! from shared state; lifecycle actions forwarded to the launcher's main loop, which owns
-//! the domain and the grace-period timer.
+//! from shared state; lifecycle actions forwarded, undecided, to the launcher's main task,
+//! which owns the phase, the domain and the grace-period timer (`lifecycle::PhaseOwner`).
 
+use crate::lifecycle::SHUTTING_DOWN;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 use vmpod::control::{
-    AntiSpoofReport, Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport,
+    AntiSpoofReport, Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport, Phase,
 };
 use vmpod::dhcp::StatsHandle;
 use vmpod::dhcp::v6::service::Ipv6Handle;
@@ -22,8 +23,12 @@ pub struct Shared {
     pub domain_xml: String,
 }
 
-/// A lifecycle request with the channel its answer goes back on.
-pub type ActionRequest = (LifecycleAction, oneshot::Sender<Result<(), BackendError>>);
+/// A lifecycle request with the channel its answer goes back on: the phase the action
+/// led to, or why it was refused or failed.
+pub type ActionRequest = (
+    LifecycleAction,
+    oneshot::Sender<Result<Phase, BackendError>>,
+);
 
 pub struct LauncherBackend {
     pub shared: Arc<Mutex<Shared>>,
@@ -80,15 +85,15 @@ impl Backend for LauncherBackend {
     }
 
     async fn lifecycle(&self, action: LifecycleAction) -> Result<(), BackendError> {
-        // The one lifecycle table; the phase it reads is the one the main loop publishes.
-        lock(&self.shared).status.phase.apply(action)?;
+        // Not decided here: the owner of the phase decides, does it and answers.
         let (tx, rx) = oneshot::channel();
         self.actions
             .send((action, tx))
             .await
-            .map_err(|_| BackendError::Conflict("the launcher is shutting down".into()))?;
+            .map_err(|_| BackendError::Conflict(SHUTTING_DOWN.into()))?;
         rx.await
             .map_err(|_| BackendError::Failed("the launcher dropped the request".into()))?
+            .map(drop)
     }
 
     fn console_log(&self) -> PathBuf {

@@ -1,59 +1,36 @@
 //! The launcher's pure decisions, taken out of the `run` orchestrator so they can be unit
-//! tested: which VMI interface is on the pod network and with which net-phase options
-//! (binding, the VMI's own MAC, masquerade), the VM's DHCP identity and extras, and the
-//! status entries and domain attachment made from the net phase's outcome. No I/O: the
+//! tested: the net-phase options for the VMI's pod interface (validation found the one
+//! interface and read its binding, MAC, masquerade options and DHCP extras:
+//! [`PodInterface`]), the VM's DHCP identity, and the status entries and domain
+//! attachment made from the net phase's outcome. No I/O: the
 //! names of the bridge and tap come from the [`SetupOutcome`], the server address from
 //! the cache (`DhcpConfig::for_cached`), never from here.
 
-use anyhow::{Context, bail};
 use std::path::Path;
-use vmpod::api::{self, VirtualMachineInstance};
+use vmpod::api::{PodInterface, ValidVmi, VirtualMachineInstance};
 use vmpod::control::{Acceleration, InterfaceReport, InterfaceStatus, LauncherStatus, Phase};
-use vmpod::dhcp::DhcpExtras;
 use vmpod::domain::Attachment;
 use vmpod::net::{self, SetupOptions, SetupOutcome};
 
-/// The VMI's one interface on the pod network, if it has one; more than one is refused.
-pub fn pod_interface(
-    spec: &api::VirtualMachineInstanceSpec,
-) -> anyhow::Result<Option<&api::Interface>> {
-    let mut on_pod = spec
-        .domain
-        .devices
-        .interfaces
-        .iter()
-        .filter(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()));
-    let first = on_pod.next();
-    if on_pod.next().is_some() {
-        bail!("spec.domain.devices.interfaces: only one interface can use the pod network");
-    }
-    Ok(first)
-}
-
-/// The net phase's options for `iface` on pod interface `pod_interface`: its binding,
-/// the VMI's `macAddress` (none: the cache falls back to the pod's MAC, see
-/// `CachedInterface::vm_mac`) and, with masquerade, the VM network and forwarded ports.
+/// The net phase's options for the VMI's pod interface `iface` on pod interface
+/// `pod_interface`: its binding, the VMI's `macAddress` (none: the cache falls back to
+/// the pod's MAC, see `CachedInterface::vm_mac`) and, with masquerade, the VM network and
+/// forwarded ports.
 pub fn setup_options(
-    spec: &api::VirtualMachineInstanceSpec,
-    iface: &api::Interface,
+    iface: &PodInterface,
     pod_interface: &str,
     state_dir: &Path,
     resolv_conf: &Path,
-) -> anyhow::Result<SetupOptions> {
-    let binding = iface
-        .binding()
-        .with_context(|| format!("interface {}", iface.name))?;
+) -> SetupOptions {
     let mut opts = SetupOptions::new(pod_interface);
-    opts.binding = binding;
-    opts.plan.vm_mac = iface.mac_address;
-    if binding == net::Binding::Masquerade {
-        opts.plan.masquerade = spec
-            .masquerade_options(iface)
-            .map_err(|e| anyhow::anyhow!("interface {}: {e}", iface.name))?;
+    opts.binding = iface.binding;
+    opts.plan.vm_mac = iface.mac;
+    if let Some(m) = &iface.masquerade {
+        opts.plan.masquerade = m.clone();
     }
     opts.state_dir = state_dir.to_path_buf();
     opts.resolv_conf = resolv_conf.to_path_buf();
-    Ok(opts)
+    opts
 }
 
 /// The VM's DHCP hostname and search domains, as KubeVirt gives them: `spec.hostname`,
@@ -93,21 +70,6 @@ pub fn vm_identity(
     vm
 }
 
-/// The DHCP extras of a VMI interface (KubeVirt's `dhcpOptions`), validated with the VMI.
-pub fn dhcp_extras(iface: &api::Interface) -> anyhow::Result<DhcpExtras> {
-    let Some(o) = &iface.dhcp_options else {
-        return Ok(DhcpExtras::default());
-    };
-    DhcpExtras::try_from(o).map_err(|errors| {
-        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!(
-            "interface {} dhcpOptions: {}",
-            iface.name,
-            errors.join("; ")
-        )
-    })
-}
-
 /// The status of a VMI interface once its net phase is done: the VM's MAC and the pod's
 /// addresses, which the VM takes over.
 pub fn interface_status(name: &str, outcome: &SetupOutcome) -> InterfaceStatus {
@@ -138,11 +100,11 @@ pub fn attachment(outcome: &SetupOutcome) -> Attachment {
 /// The status before anything is done: `Pending`, with the acceleration chosen and why
 /// KVM is not used when it was allowed.
 pub fn initial_status(
-    vmi: &VirtualMachineInstance,
+    vmi: &ValidVmi,
     booted: Acceleration,
     why_not_kvm: Option<&str>,
 ) -> LauncherStatus {
-    let mut status = LauncherStatus::pending(vmi.metadata.name.clone().unwrap_or_default());
+    let mut status = LauncherStatus::pending(vmi.name());
     status.namespace.clone_from(&vmi.metadata.namespace);
     status.acceleration = Some(booted);
     status.acceleration_reason = why_not_kvm.map(str::to_string);
@@ -168,11 +130,11 @@ pub fn final_phase(
 mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
-    use vmpod::dhcp::config::PrivateOption;
+    use vmpod::api;
     use vmpod::domain::{DomainState, StopReason};
     use vmpod::net::{Binding, CachedInterface, MacAddr, OriginalSettings, PlanOptions};
 
-    fn vmi(interfaces: &str, networks: &str, extra: &str) -> VirtualMachineInstance {
+    fn vmi(interfaces: &str, networks: &str, extra: &str) -> ValidVmi {
         let yaml = format!(
             "apiVersion: vmpod.io/v1alpha1\nkind: VirtualMachineInstance\n\
              metadata: {{name: web, namespace: shop}}\n\
@@ -217,44 +179,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_pod_interface_is_the_one_on_the_pod_network() {
-        let mut v = vmi(
-            "[{name: default, bridge: {}}]",
-            "[{name: default, pod: {}}]",
-            "",
-        );
-        // An interface on another (non-pod) network comes first and is passed over.
-        let mut other = v.spec.domain.devices.interfaces[0].clone();
-        other.name = "other".into();
-        v.spec.domain.devices.interfaces.insert(0, other);
-        let mut net = v.spec.networks[0].clone();
-        (net.name, net.pod) = ("other".into(), None);
-        v.spec.networks.push(net);
-        assert_eq!(pod_interface(&v.spec).unwrap().unwrap().name, "default");
-        v.spec.networks.retain(|n| n.pod.is_none());
-        assert!(pod_interface(&v.spec).unwrap().is_none(), "no pod network");
-    }
-
-    #[test]
-    fn two_interfaces_on_the_pod_network_are_refused() {
-        let mut v = vmi("[{name: a, bridge: {}}]", "[{name: a, pod: {}}]", "");
-        // Validation refuses this shape too; the launcher does not rely on it.
-        let mut second = v.spec.domain.devices.interfaces[0].clone();
-        second.name = "b".into();
-        v.spec.domain.devices.interfaces.push(second);
-        let mut net = v.spec.networks[0].clone();
-        net.name = "b".into();
-        v.spec.networks.push(net);
-        let e = pod_interface(&v.spec).unwrap_err().to_string();
-        assert!(e.contains("only one interface"), "{e}");
-    }
-
     /// The VMI with `interface` on the pod network, and the net phase's options for it.
-    fn options_for(interface: &str) -> (VirtualMachineInstance, SetupOptions) {
+    fn options_for(interface: &str) -> (ValidVmi, SetupOptions) {
         let v = vmi(&format!("[{interface}]"), "[{name: default, pod: {}}]", "");
-        let iface = pod_interface(&v.spec).unwrap().unwrap();
-        let o = setup_options(&v.spec, iface, "eth1", Path::new("/s"), Path::new("/r")).unwrap();
+        let iface = v.pod_interface().expect("a pod interface");
+        let o = setup_options(iface, "eth1", Path::new("/s"), Path::new("/r"));
         (v, o)
     }
 
@@ -315,30 +244,6 @@ mod tests {
         assert_eq!(vm.hostname, "db");
         assert_eq!(vm.search[0], "backends.shop.svc.cluster.local");
         assert_eq!(vm.search[1..], facts().search[..]);
-    }
-
-    #[test]
-    fn dhcp_extras_come_from_dhcp_options() {
-        let v = vmi(
-            "[{name: default, bridge: {}, dhcpOptions: {bootFileName: pxe.0, tftpServerName: tftp, \
-             ntpServers: [10.0.0.1], privateOptions: [{option: 240, value: hi}]}}]",
-            "[{name: default, pod: {}}]",
-            "",
-        );
-        let e = dhcp_extras(pod_interface(&v.spec).unwrap().unwrap()).unwrap();
-        assert_eq!(e.boot_file_name.as_deref(), Some("pxe.0"));
-        assert_eq!(e.tftp_server_name.as_deref(), Some("tftp"));
-        assert_eq!(e.ntp_servers, [std::net::Ipv4Addr::new(10, 0, 0, 1)]);
-        assert_eq!(e.private_options, [PrivateOption::new(240, "hi").unwrap()]);
-        let none = vmi(
-            "[{name: default, bridge: {}}]",
-            "[{name: default, pod: {}}]",
-            "",
-        );
-        assert_eq!(
-            dhcp_extras(pod_interface(&none.spec).unwrap().unwrap()).unwrap(),
-            DhcpExtras::default()
-        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::accel_fallback::{self, Interruption, Next, classify_pause, kvm_failure_in};
 use crate::backend::{ActionRequest, LauncherBackend, Shared, lock};
 use crate::decide;
-use crate::lifecycle::{phase_of, reason_of};
+use crate::lifecycle::{self, PhaseOwner, StatusBoard, phase_of, reason_of};
 use crate::status_file::StatusWriter;
 use anyhow::{Context, bail};
 use clap::Args;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use vmpod::api::{self, AccelerationRequest, VirtualMachineInstance};
+use vmpod::api::{self, AccelerationRequest, ValidVmi};
 use vmpod::control::{
     self, Acceleration, BackendError, ControlServer, LauncherStatus, LifecycleAction,
     NetworkReport, PauseReason, Phase,
@@ -84,14 +84,9 @@ pub struct RunArgs {
     /// stand-in); a remembered KVM failure on the node still counts.
     #[arg(long, hide = true)]
     pub skip_kvm_probe: bool,
-    /// A node directory hostDisk volumes may be in (repeatable; VMPOD_HOST_DISK_DIRS holds
-    /// them ':'-separated). Without one, every hostDisk volume is refused.
-    #[arg(
-        long = "host-disk-dir",
-        env = "VMPOD_HOST_DISK_DIRS",
-        value_delimiter = ':'
-    )]
-    pub host_disk_dirs: Vec<PathBuf>,
+    // None: every hostDisk volume is refused.
+    #[command(flatten)]
+    pub host_disks: vmpod::domain::HostDiskDirArgs,
 }
 
 impl RunArgs {
@@ -124,14 +119,14 @@ fn read_vmi_text(arg: &str) -> anyhow::Result<String> {
 }
 
 /// Load, validate and default the VMI; relative file paths resolve against the cwd.
-pub fn load(arg: &str) -> anyhow::Result<VirtualMachineInstance> {
+pub fn load(arg: &str) -> anyhow::Result<ValidVmi> {
     let text = read_vmi_text(arg)?;
     let mut vmi = api::load_valid_vmi(&text).map_err(|errors| {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid VMI: {}", list.join("; "))
     })?;
     let cwd = std::env::current_dir().context("current directory")?;
-    api::resolve_relative_paths(&mut vmi.spec, &cwd);
+    vmi.resolve_relative_paths(&cwd);
     Ok(vmi)
 }
 
@@ -142,7 +137,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .context("no VMI: pass --vmi FILE|- or set VMPOD_VMI")?;
     let vmi = load(&arg)?;
-    let outside = vmpod::domain::host_disks_outside(&vmi, &args.host_disk_dirs);
+    let outside = vmpod::domain::host_disks_outside(&vmi, &args.host_disks.host_disk_dirs);
     if !outside.is_empty() {
         let list: Vec<String> = outside.iter().map(ToString::to_string).collect();
         bail!("invalid VMI: {}", list.join("; "));
@@ -239,7 +234,7 @@ struct Acquired {
 
 struct Ctx {
     args: RunArgs,
-    vmi: VirtualMachineInstance,
+    vmi: ValidVmi,
     accel: Accel,
     shared: Arc<Mutex<Shared>>,
     started: Instant,
@@ -271,9 +266,20 @@ impl Ctx {
     }
 }
 
+/// The phase the lifecycle owner decides on is the one this task publishes.
+impl StatusBoard for Ctx {
+    fn phase(&self) -> Phase {
+        lock(&self.shared).status.phase
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut LauncherStatus)) {
+        Ctx::publish(self, f);
+    }
+}
+
 async fn run_pod(
     args: RunArgs,
-    vmi: VirtualMachineInstance,
+    vmi: ValidVmi,
     accel: Accel,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
@@ -303,8 +309,10 @@ async fn run_pod(
     };
     ctx.publish(|_| {});
 
-    // The control API answers from the start (status while booting).
-    let (act_tx, mut act_rx) = mpsc::channel::<ActionRequest>(8);
+    // The control API answers from the start (status while booting); its lifecycle
+    // actions come here, to the task that owns the phase.
+    let (act_tx, act_rx) = mpsc::channel::<ActionRequest>(8);
+    let mut owner = PhaseOwner::new(act_rx);
     let socket = ctx.state_dir().control_socket();
     let backend = Arc::new(LauncherBackend {
         shared: ctx.shared.clone(),
@@ -333,17 +341,26 @@ async fn run_pod(
         let interfaces = network_phase(&ctx, &mut acquired).await?;
         // The rest of boot is raced against SIGTERM/SIGINT: libvirtd's start and the
         // domain's can take long, and kubelet's grace runs meanwhile. `acquired` records what
-        // was acquired so far; teardown gives it back.
-        tokio::select! {
-            r = boot(&ctx, &mut acquired, interfaces) => r?,
-            signal = first_signal(&mut sigterm, &mut sigint) => {
-                tracing::info!("{signal} during boot: tearing down");
-                bail!("stopped by {signal} during boot");
+        // was acquired so far; teardown gives it back. Lifecycle actions meanwhile are
+        // refused by the phase, or held until the domain is there.
+        {
+            let booting = boot(&ctx, &mut acquired, interfaces);
+            tokio::pin!(booting);
+            loop {
+                tokio::select! {
+                    r = &mut booting => break r?,
+                    signal = first_signal(&mut sigterm, &mut sigint) => {
+                        tracing::info!("{signal} during boot: tearing down");
+                        bail!("stopped by {signal} during boot");
+                    }
+                    Some(request) = owner.recv() => owner.hold(&ctx, request),
+                }
             }
         }
-        supervise(&ctx, &mut acquired, &mut sigterm, &mut sigint, &mut act_rx).await
+        supervise(&ctx, &mut acquired, &mut sigterm, &mut sigint, &mut owner).await
     }
     .await;
+    owner.close();
     teardown(&ctx, &mut acquired).await;
 
     let code = match decide::final_phase(&result) {
@@ -405,16 +422,15 @@ async fn network_phase(
     acquired: &mut Acquired,
 ) -> anyhow::Result<BTreeMap<String, Attachment>> {
     let mut attachments = BTreeMap::new();
-    let Some(iface) = decide::pod_interface(&ctx.vmi.spec)? else {
+    let Some(iface) = ctx.vmi.pod_interface() else {
         return Ok(attachments);
     };
     let opts = decide::setup_options(
-        &ctx.vmi.spec,
         iface,
         &ctx.args.pod_interface,
         &ctx.args.state_dir,
         &ctx.args.resolv_conf,
-    )?;
+    );
     // Set before: a setup failing halfway is undone too.
     acquired.net_rewired = true;
     let outcome = tokio::task::spawn_blocking(move || net::setup_or_reuse(&opts))
@@ -432,7 +448,7 @@ async fn network_phase(
     // The VM's identity (hostname, subdomain) comes from the VMI, never from the pod.
     let mut vm = outcome.cached.clone();
     vm.facts = decide::vm_identity(&ctx.vmi, &vm.facts);
-    let config = DhcpConfig::for_cached(&vm, &decide::dhcp_extras(iface)?)?;
+    let config = DhcpConfig::for_cached(&vm, &iface.dhcp)?;
     let server = DhcpServer::bind(config)?;
     let stats: StatsHandle = server.stats();
     acquired.dhcp_tasks.push(tokio::spawn(async move {
@@ -689,30 +705,35 @@ async fn request_shutdown(agent: &VirtAgent, grace: Duration) -> Instant {
     Instant::now() + grace
 }
 
-async fn lifecycle(
-    agent: &VirtAgent,
-    action: LifecycleAction,
+/// The domain as the lifecycle owner sees it: the libvirt client, and the grace period
+/// a shutdown starts (the earliest deadline asked for wins).
+struct Libvirt<'a> {
+    agent: &'a VirtAgent,
     default_grace: Duration,
-    deadline: &mut Option<Instant>,
-) -> Result<(), BackendError> {
-    let request = match action {
-        LifecycleAction::Shutdown {
-            grace_period_seconds,
-        } => {
-            let grace =
-                grace_period_seconds.map_or(default_grace, |s| Duration::from_secs(s.into()));
-            let until = request_shutdown(agent, grace).await;
-            *deadline = Some(deadline.map_or(until, |d| d.min(until)));
-            return Ok(());
-        }
-        LifecycleAction::Pause => Request::Pause,
-        LifecycleAction::Resume => Request::Resume,
-        LifecycleAction::Kill => Request::Destroy,
-    };
-    agent
-        .act(request)
-        .await
-        .map_err(|e| BackendError::Failed(e.to_string()))
+    deadline: &'a mut Option<Instant>,
+}
+
+impl lifecycle::Domain for Libvirt<'_> {
+    async fn act(&mut self, action: LifecycleAction) -> Result<(), BackendError> {
+        let request = match action {
+            LifecycleAction::Shutdown {
+                grace_period_seconds,
+            } => {
+                let grace = grace_period_seconds
+                    .map_or(self.default_grace, |s| Duration::from_secs(s.into()));
+                let until = request_shutdown(self.agent, grace).await;
+                *self.deadline = Some(self.deadline.map_or(until, |d| d.min(until)));
+                return Ok(());
+            }
+            LifecycleAction::Pause => Request::Pause,
+            LifecycleAction::Resume => Request::Resume,
+            LifecycleAction::Kill => Request::Destroy,
+        };
+        self.agent
+            .act(request)
+            .await
+            .map_err(|e| BackendError::Failed(e.to_string()))
+    }
 }
 
 /// Follow the domain until it is gone; returns its final state.
@@ -721,7 +742,7 @@ async fn supervise(
     acquired: &mut Acquired,
     sigterm: &mut Signal,
     sigint: &mut Signal,
-    actions: &mut mpsc::Receiver<ActionRequest>,
+    owner: &mut PhaseOwner,
 ) -> anyhow::Result<DomainState> {
     let agent = acquired.agent.as_ref().context("no libvirt agent")?;
     let mut events = acquired.events.take().context("no event stream")?;
@@ -737,6 +758,17 @@ async fn supervise(
         Duration::from_secs(u64::try_from(ctx.vmi.spec.grace_period_seconds()).unwrap_or(0));
     let mut state = DomainState::Pending;
     let mut deadline: Option<Instant> = None;
+    // What was asked while the domain was being started.
+    owner
+        .serve_held(
+            ctx,
+            &mut Libvirt {
+                agent,
+                default_grace: grace,
+                deadline: &mut deadline,
+            },
+        )
+        .await;
     loop {
         let sleep = deadline.map(|d| tokio::time::sleep_until(d.into()));
         tokio::select! {
@@ -803,12 +835,12 @@ async fn supervise(
                     deadline = Some(request_shutdown(agent, grace).await);
                 }
             }
-            Some((action, reply)) = actions.recv() => {
+            Some(request) = owner.recv() => {
+                let action = request.0;
                 tracing::info!(action = action.name(), "control API");
-                let pause = matches!(action, LifecycleAction::Pause);
-                let result = lifecycle(agent, action, grace, &mut deadline).await;
-                pause_requested |= pause && result.is_ok();
-                let _ = reply.send(result);
+                let mut domain = Libvirt { agent, default_grace: grace, deadline: &mut deadline };
+                let result = lifecycle::serve(ctx, &mut domain, request).await;
+                pause_requested |= action == LifecycleAction::Pause && result.is_ok();
             }
             () = async { if let Some(s) = sleep { s.await } }, if deadline.is_some() => {
                 tracing::warn!("grace period over: destroying the domain");

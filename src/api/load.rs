@@ -10,7 +10,7 @@
 //! cannot say, again with a path. Pure: text in, value or errors out.
 
 use super::types::VirtualMachineInstance;
-use super::validate::{FieldError, child_path, index_path};
+use super::validate::{FieldError, ValidVmi, child_path, index_path};
 use super::yaml::YamlErrorKind;
 use super::{API_VERSION, KIND, KUBEVIRT_API_VERSION, KUBEVIRT_API_VERSION_V1ALPHA3};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -96,17 +96,12 @@ fn prune_nulls(value: &mut Value) {
 
 /// Load, validate and default a manifest: what a launcher or `vmpodctl run` wants. Every
 /// problem is returned, with its field path.
-pub fn load_valid_vmi(text: &str) -> Result<VirtualMachineInstance, Vec<FieldError>> {
+pub fn load_valid_vmi(text: &str) -> Result<ValidVmi, Vec<FieldError>> {
     let vmi = load_vmi(text).map_err(|e| match e {
         LoadError::Syntax(msg) => vec![FieldError::new("", msg)],
         LoadError::Fields(errors) => errors,
     })?;
-    let errors = super::validate::validate(&vmi);
-    if errors.is_empty() {
-        Ok(vmi.with_defaults())
-    } else {
-        Err(errors)
-    }
+    super::validate::check(vmi)
 }
 
 /// `missing field `x`` at `p` becomes `p.x: required`; anything else keeps serde's words.

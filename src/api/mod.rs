@@ -29,7 +29,7 @@ pub use defaults::{
 pub use load::{LoadError, load_valid_vmi, load_vmi};
 pub use quantity::{ParsedQuantity, QuantityError, parse_quantity, quantity_bytes};
 pub use types::*;
-pub use validate::{FieldError, validate};
+pub use validate::{FieldError, PodInterface, ValidVmi, check, validate};
 
 /// The API group.
 pub const GROUP: &str = "vmpod.io";

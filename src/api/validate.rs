@@ -5,15 +5,23 @@
 //! yet). Every error names its field path, e.g. `spec.domain.memory.guest: "lots" is not a
 //! quantity`. Works on the manifest as written: absent fields are judged by their defaults
 //! (a volume no disk names is fine: defaulting gives it a virtio disk). Pure.
+//!
+//! [`check`] is the one way to a [`ValidVmi`]: the defaulted VMI with what validation
+//! proved carried in types (its one pod interface, binding, MAC, masquerade options, DHCP
+//! extras). Code that takes a `ValidVmi` reads those facts and checks nothing again.
 
 use super::quantity::{QuantityError, parse_quantity, quantity_bytes};
 use super::types::*;
 use crate::dhcp::DhcpExtras;
 use crate::dhcp::config::PrivateOption;
-use crate::net::Binding;
+use crate::net::masquerade::MasqueradeOptions;
+use crate::net::{Binding, MacAddr};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::ops::Deref;
+use std::path::Path;
 
 /// One problem in a manifest and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +92,125 @@ impl TryFrom<&DhcpOptions> for DhcpExtras {
             private_options,
         })
     }
+}
+
+/// A VMI that passed validation, defaulted, and the facts validation proved about it.
+/// Only [`check`] makes one (the fields are private), so holding one is the proof: code
+/// downstream takes it and does not check again. Reads as the [`VirtualMachineInstance`]
+/// it holds; the changes it allows keep it valid.
+#[derive(Clone, Debug)]
+pub struct ValidVmi {
+    vmi: VirtualMachineInstance,
+    pod_interface: Option<PodInterface>,
+}
+
+/// The VMI's one interface on the pod network, as validation read it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodInterface {
+    /// Its name (`spec.domain.devices.interfaces[].name`, also its network's).
+    pub name: String,
+    pub binding: Binding,
+    /// `macAddress`: the VM's own MAC; none takes the pod's (or a derived one).
+    pub mac: Option<MacAddr>,
+    /// With the masquerade binding: the VM network and the forwarded ports.
+    pub masquerade: Option<MasqueradeOptions>,
+    /// `dhcpOptions` as the DHCP server serves them (NTP servers as addresses, private
+    /// options within 224-254); empty without.
+    pub dhcp: DhcpExtras,
+}
+
+impl ValidVmi {
+    /// The VMI's `metadata.name` (validation requires one).
+    pub fn name(&self) -> &str {
+        self.vmi.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// The one interface on the pod network, if the VMI has a pod network.
+    pub fn pod_interface(&self) -> Option<&PodInterface> {
+        self.pod_interface.as_ref()
+    }
+
+    /// Make relative local file paths (hostDisk, kernelBoot) absolute against `base`.
+    pub fn resolve_relative_paths(&mut self, base: &Path) {
+        super::resolve_relative_paths(&mut self.vmi.spec, base);
+    }
+
+    /// The VMI's metadata, to fill in what the API server would (namespace, uid).
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.vmi.metadata
+    }
+
+    pub fn into_inner(self) -> VirtualMachineInstance {
+        self.vmi
+    }
+}
+
+impl Deref for ValidVmi {
+    type Target = VirtualMachineInstance;
+
+    fn deref(&self) -> &VirtualMachineInstance {
+        &self.vmi
+    }
+}
+
+/// Written as the VMI it holds (what a launcher reads back).
+impl serde::Serialize for ValidVmi {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.vmi.serialize(serializer)
+    }
+}
+
+/// Validate `vmi` ([`validate`]), default it, and read the facts a [`ValidVmi`] carries;
+/// every problem with its field path.
+pub fn check(vmi: VirtualMachineInstance) -> Result<ValidVmi, Vec<FieldError>> {
+    let errors = validate(&vmi);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Read from the defaulted spec: defaulting may add the pod network and interface.
+    let vmi = vmi.with_defaults();
+    let pod_interface = pod_interface(&vmi.spec)?;
+    Ok(ValidVmi { vmi, pod_interface })
+}
+
+/// The interface on the pod network and its facts, by the same conversions validation
+/// reports with their paths (validated, they succeed).
+fn pod_interface(
+    spec: &VirtualMachineInstanceSpec,
+) -> Result<Option<PodInterface>, Vec<FieldError>> {
+    let on_pod = spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .enumerate()
+        .find(|(_, i)| spec.network(&i.name).is_some_and(|n| n.pod.is_some()));
+    let Some((i, iface)) = on_pod else {
+        return Ok(None);
+    };
+    let path = index_path("spec.domain.devices.interfaces", i);
+    let at_path = |message: String| vec![FieldError::new(&path, message)];
+    let binding = iface.binding().map_err(|e| at_path(e.to_string()))?;
+    let masquerade = match binding {
+        Binding::Masquerade => Some(spec.masquerade_options(iface).map_err(at_path)?),
+        Binding::Bridge => None,
+    };
+    let dhcp = match &iface.dhcp_options {
+        None => DhcpExtras::default(),
+        Some(d) => DhcpExtras::try_from(d).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| FieldError::new(format!("{path}.dhcpOptions.{}", e.path), e.message))
+                .collect::<Vec<_>>()
+        })?,
+    };
+    Ok(Some(PodInterface {
+        name: iface.name.clone(),
+        binding,
+        mac: iface.mac_address,
+        masquerade,
+        dhcp,
+    }))
 }
 
 /// `parent.key`; a key that is not a plain identifier is written `parent["key"]`.
@@ -724,6 +851,76 @@ mod tests {
                 "privateOptions[0].option: 300 is not a private option (224 to 254)",
                 "privateOptions[1].option: 223 is not a private option (224 to 254)",
             ]
+        );
+    }
+
+    /// A manifest with `interfaces` and `networks` (YAML flow lists).
+    fn manifest(interfaces: &str, networks: &str) -> VirtualMachineInstance {
+        super::super::load_vmi(&format!(
+            "apiVersion: vmpod.io/v1alpha1\nkind: VirtualMachineInstance\n\
+             metadata: {{name: web}}\n\
+             spec:\n  domain:\n    devices: {{interfaces: {interfaces}}}\n\
+             \x20 networks: {networks}\n"
+        ))
+        .expect("a manifest")
+    }
+
+    /// What a ValidVmi carries about its pod interface, read once by validation.
+    #[test]
+    fn a_valid_vmi_carries_its_pod_interface_typed() {
+        // Neither interfaces nor networks: defaulting adds the pod network, bridged.
+        let plain = check(manifest("[]", "[]")).unwrap();
+        let iface = plain.pod_interface().expect("the default pod interface");
+        assert_eq!(
+            (iface.name.as_str(), iface.binding, iface.mac),
+            ("default", Binding::Bridge, None)
+        );
+        assert_eq!(
+            (&iface.masquerade, &iface.dhcp),
+            (&None, &DhcpExtras::default())
+        );
+        assert_eq!(plain.name(), "web");
+
+        let masq = check(manifest(
+            "[{name: n1, masquerade: {}, macAddress: '02:00:00:00:00:07', ports: [{port: 80}], \
+             dhcpOptions: {ntpServers: [10.0.0.1], privateOptions: [{option: 240, value: hi}]}}]",
+            "[{name: n1, pod: {vmNetworkCIDR: 10.9.0.0/24}}]",
+        ))
+        .unwrap();
+        let iface = masq.pod_interface().unwrap();
+        assert_eq!(iface.binding, Binding::Masquerade);
+        assert_eq!(iface.mac, Some("02:00:00:00:00:07".parse().unwrap()));
+        let m = iface.masquerade.as_ref().expect("masquerade options");
+        assert_eq!(m.vm_network.to_string(), "10.9.0.0/24");
+        assert_eq!(m.ports.len(), 1);
+        assert_eq!(iface.dhcp.ntp_servers, [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(
+            iface.dhcp.private_options,
+            [PrivateOption::new(240, "hi").unwrap()]
+        );
+    }
+
+    /// The launcher trusts this: a ValidVmi has at most one interface on the pod network.
+    #[test]
+    fn no_valid_vmi_has_two_pod_interfaces() {
+        let errors = check(manifest(
+            "[{name: a}, {name: b}]",
+            "[{name: a, pod: {}}, {name: b, pod: {}}]",
+        ))
+        .unwrap_err();
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            ["spec.networks[1].pod: only one pod network is allowed"]
+        );
+        let bad_ntp = check(manifest(
+            "[{name: a, dhcpOptions: {ntpServers: [ntp.example]}}]",
+            "[{name: a, pod: {}}]",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            bad_ntp[0].to_string(),
+            r#"spec.domain.devices.interfaces[0].dhcpOptions.ntpServers[0]: "ntp.example" is not an IPv4 address"#
         );
     }
 

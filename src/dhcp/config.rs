@@ -124,8 +124,9 @@ pub struct DhcpConfig {
 /// Facts or extras that cannot become a DHCP configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpConfigError {
-    #[error("interface {interface}: no IPv4 address to serve by DHCP")]
-    NoIpv4 { interface: String },
+    /// The pod's IPv4 address is what DHCP serves (or NATs behind, with masquerade).
+    #[error(transparent)]
+    NoIpv4(#[from] crate::net::NoIpv4),
     #[error("interface {interface}: MTU {mtu} does not fit DHCP option 26 (16 bits)")]
     Mtu { interface: String, mtu: u32 },
 }
@@ -140,12 +141,8 @@ impl DhcpConfig {
         extras: &DhcpExtras,
     ) -> Result<Self, DhcpConfigError> {
         let interface = facts.interface.clone();
-        let cidr = facts.ipv4().ok_or_else(|| DhcpConfigError::NoIpv4 {
-            interface: interface.clone(),
-        })?;
-        let IpAddr::V4(client_ip) = cidr.addr else {
-            return Err(DhcpConfigError::NoIpv4 { interface });
-        };
+        let ipv4 = facts.pod_ipv4()?;
+        let (client_ip, cidr) = (ipv4.addr(), IpCidr::from(ipnet::IpNet::V4(ipv4)));
         let mtu = u16::try_from(facts.mtu).map_err(|_| DhcpConfigError::Mtu {
             interface: interface.clone(),
             mtu: facts.mtu,
@@ -480,7 +477,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "interface eth0: no IPv4 address to serve by DHCP"
+            "pod interface eth0 has no IPv4 address (found: fd00::5/64)"
         );
     }
 

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
@@ -137,21 +136,7 @@ pub struct RaStats {
 }
 
 /// The live RA counters, shared between the sender and readers.
-#[derive(Clone, Debug, Default)]
-pub struct RaStatsHandle(Arc<Mutex<RaStats>>);
-
-impl RaStatsHandle {
-    pub fn snapshot(&self) -> RaStats {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut RaStats)) {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-}
+pub type RaStatsHandle = crate::dhcp::StatsHandle<RaStats>;
 
 /// A failure of the RA sender's socket.
 #[derive(Debug, thiserror::Error)]

@@ -2,13 +2,13 @@
 //! [`crate::dhcp::v4::handle`] decide, send, count. Nothing here decides anything.
 
 use crate::dhcp::config::DhcpConfig;
-use crate::dhcp::socket::udp_on_device;
+use crate::dhcp::socket::{recv_retrying, udp_on_device};
 use crate::dhcp::stats::{DhcpStats, StatsHandle};
 use crate::dhcp::v4::{self, Decision, Destination, LeaseEvent};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 /// Server (67) and client (68) ports.
@@ -79,15 +79,7 @@ impl DhcpServer {
             mac = %cfg.client_mac, ip = %cfg.client_ip, prefix = cfg.prefix, "DHCP server listening");
         let mut buf = vec![0u8; 65536];
         loop {
-            let (n, from) = match socket.recv_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // The bridge going down and up again must not end the server.
-                    warn!(interface = %cfg.interface, error = %e, "DHCP receive failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (n, from) = recv_retrying(&socket, &mut buf, "DHCP", &cfg.interface).await;
             let handled = v4::handle(&cfg, &buf[..n]);
             let mut send_failed = false;
             match &handled.decision {

@@ -1,6 +1,6 @@
 //! The UDP sockets both ends use: bound to one device (SO_BINDTODEVICE), any address,
 //! with SO_REUSEADDR; DHCPv4's with SO_BROADCAST, DHCPv6's IPv6-only. Created in the
-//! current thread's network namespace.
+//! current thread's network namespace. And how both servers receive on them.
 
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, bind, setsockopt,
@@ -8,8 +8,29 @@ use nix::sys::socket::{
 };
 use std::ffi::OsString;
 use std::io;
-use std::net::{Ipv6Addr, SocketAddrV6};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+/// The next datagram into `buf` and its sender, for the server `what` on `interface`. A
+/// failed receive is logged and retried after 100 ms: the bridge going down and up
+/// again must not end the server.
+pub async fn recv_retrying(
+    socket: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+    what: &str,
+    interface: &str,
+) -> (usize, SocketAddr) {
+    loop {
+        match socket.recv_from(buf).await {
+            Ok(r) => return r,
+            Err(e) => {
+                tracing::warn!(interface, error = %e, "{what} receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
 
 /// A non-blocking UDP socket on 0.0.0.0:`port` that only sees `device`'s traffic.
 pub fn udp_on_device(device: &str, port: u16) -> io::Result<std::net::UdpSocket> {

@@ -94,12 +94,13 @@ pub struct DhcpLease {
     pub expires_at: Option<u64>,
 }
 
-/// The last client heard from, answered or not.
+/// The last client heard from, answered or not: what the DHCP server saw of it
+/// ([`ClientSeen`]; the DHCPv6 server's own for it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LastClient {
+pub struct LastClient<S = ClientSeen> {
     #[serde(flatten)]
-    pub seen: ClientSeen,
+    pub seen: S,
     /// Unix seconds.
     pub at: u64,
     /// False when the packet was dropped (e.g. another MAC).
@@ -193,17 +194,18 @@ impl DhcpStats {
     }
 }
 
-/// A shared, cheaply cloned handle on a server's [`DhcpStats`].
-#[derive(Clone, Debug)]
-pub struct StatsHandle(Arc<Mutex<DhcpStats>>);
+/// A shared, cheaply cloned handle on a server's counters: [`DhcpStats`] by default, the
+/// DHCPv6 server's and the router advertisements' too.
+#[derive(Clone, Debug, Default)]
+pub struct StatsHandle<T = DhcpStats>(Arc<Mutex<T>>);
 
-impl StatsHandle {
-    pub fn new(stats: DhcpStats) -> Self {
+impl<T: Clone> StatsHandle<T> {
+    pub fn new(stats: T) -> Self {
         StatsHandle(Arc::new(Mutex::new(stats)))
     }
 
     /// A copy of the current counters and lease.
-    pub fn snapshot(&self) -> DhcpStats {
+    pub fn snapshot(&self) -> T {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -211,7 +213,7 @@ impl StatsHandle {
     }
 
     /// Apply `f` to the stats (short: the server holds the lock per packet).
-    pub fn update(&self, f: impl FnOnce(&mut DhcpStats)) {
+    pub fn update(&self, f: impl FnOnce(&mut T)) {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
     }
 }

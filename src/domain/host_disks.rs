@@ -10,6 +10,15 @@ use std::path::{Path, PathBuf};
 /// The environment form of the allow list: directories separated by `:`.
 pub const HOST_DISK_DIRS_ENV: &str = "VMPOD_HOST_DISK_DIRS";
 
+/// The node's allow list as the launcher and the handler's local mode take it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct HostDiskDirArgs {
+    /// A node directory hostDisk volumes may be in (repeatable; VMPOD_HOST_DISK_DIRS holds
+    /// them ':'-separated). A hostDisk volume outside every allowed directory is refused.
+    #[arg(long = "host-disk-dir", env = HOST_DISK_DIRS_ENV, value_delimiter = ':')]
+    pub host_disk_dirs: Vec<PathBuf>,
+}
+
 /// `path` through symlinks: the file itself if it exists, else its directory (a
 /// DiskOrCreate file yet to be made) joined with its name; as written when neither exists.
 fn resolved(path: &Path) -> PathBuf {

@@ -18,6 +18,6 @@ pub use accel::{
 pub use agent::{AgentError, Events, Request, VirtAgent};
 pub use cloudinit::{NoCloudData, write_nocloud_disk};
 pub use events::{DomainEvent, DomainState, PausedReason, StopReason};
-pub use host_disks::{HOST_DISK_DIRS_ENV, host_disks_outside};
+pub use host_disks::{HOST_DISK_DIRS_ENV, HostDiskDirArgs, host_disks_outside};
 pub use volumes::{VolumeError, prepare_volumes};
 pub use xml::{Attachment, DomainEnv, DomainXml, XmlError, domain_name, domain_xml};

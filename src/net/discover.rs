@@ -62,17 +62,7 @@ pub fn facts_from_snapshot(
         .map(|a| a.address)
         .filter(|a| !is_ipv6_link_local(a.addr))
         .collect();
-    if !addresses.iter().any(|a| a.addr.is_ipv4()) {
-        let found: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-        return Err(NetError::NoIpv4 {
-            interface: interface.to_owned(),
-            found: if found.is_empty() {
-                "none".into()
-            } else {
-                found.join(", ")
-            },
-        });
-    }
+    super::facts::pod_ipv4(interface, &addresses)?;
     let routes = snap
         .routes
         .iter()

@@ -10,9 +10,9 @@ pub enum NetError {
     /// The pod interface is not in the namespace.
     #[error("pod interface {interface} not found in network namespace {netns}")]
     InterfaceNotFound { interface: String, netns: String },
-    /// The bridge binding needs an IPv4 address to hand to the VM.
-    #[error("pod interface {interface} has no IPv4 address (found: {found})")]
-    NoIpv4 { interface: String, found: String },
+    /// Every binding needs the pod's IPv4 address.
+    #[error(transparent)]
+    NoIpv4(#[from] super::facts::NoIpv4),
     /// A netlink request failed.
     #[error("netlink: {what}: {source}")]
     Netlink {

@@ -1,6 +1,6 @@
 //! Plain data: what discovery finds and the cache stores. No I/O here.
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -194,10 +194,46 @@ pub struct InterfaceFacts {
     pub hostname: String,
 }
 
+/// The pod interface has no IPv4 address. Every binding needs one (the bridge binding
+/// hands it to the VM, masquerade NATs behind it) and so does the DHCP server: discovery,
+/// the plan and the DHCP configuration refuse such a pod with this one error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("pod interface {interface} has no IPv4 address (found: {found})")]
+pub struct NoIpv4 {
+    pub interface: String,
+    /// The addresses it has instead, or `none`.
+    pub found: String,
+}
+
+/// The first IPv4 address of `addresses` (of pod interface `interface`) with its prefix:
+/// the one rule for "the pod's IPv4 address", see [`NoIpv4`].
+pub fn pod_ipv4(interface: &str, addresses: &[IpCidr]) -> Result<Ipv4Net, NoIpv4> {
+    let first = addresses.iter().find_map(|a| match a.addr {
+        IpAddr::V4(v4) => Ipv4Net::new(v4, a.prefix).ok(),
+        IpAddr::V6(_) => None,
+    });
+    first.ok_or_else(|| {
+        let found: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        NoIpv4 {
+            interface: interface.to_owned(),
+            found: if found.is_empty() {
+                "none".into()
+            } else {
+                found.join(", ")
+            },
+        }
+    })
+}
+
 impl InterfaceFacts {
     /// The first IPv4 address: the one the VM gets with the bridge binding.
     pub fn ipv4(&self) -> Option<IpCidr> {
         self.addresses.iter().copied().find(|a| a.addr.is_ipv4())
+    }
+
+    /// The pod's IPv4 address with its prefix, or the [`NoIpv4`] that refuses the pod.
+    pub fn pod_ipv4(&self) -> Result<Ipv4Net, NoIpv4> {
+        pod_ipv4(&self.interface, &self.addresses)
     }
 
     /// Global IPv6 addresses, kept for the bindings that will use them.

@@ -135,7 +135,7 @@ pub use apply::apply;
 pub use cache::CachedInterface;
 pub use discover::{discover, parse_resolv_conf};
 pub use error::NetError;
-pub use facts::{Binding, InterfaceFacts, IpCidr, MacAddr, ParseMacError, Route};
+pub use facts::{Binding, InterfaceFacts, IpCidr, MacAddr, NoIpv4, ParseMacError, Route};
 pub use lifecycle::{SetupOptions, SetupOutcome, dry_run, setup, setup_or_reuse, teardown};
 pub use plan::{
     NetOp, OriginalSettings, PlanError, PlanOptions, bridge_name, plan, plan_teardown, tap_name,

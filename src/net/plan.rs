@@ -324,9 +324,9 @@ pub struct OriginalSettings {
 /// Why no plan can be made for these facts.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    /// The bridge binding hands the pod's IPv4 address to the VM; there must be one.
-    #[error("pod interface {interface} has no IPv4 address for the VM to take over")]
-    NoIpv4 { interface: String },
+    /// Every binding needs the pod's IPv4 address.
+    #[error(transparent)]
+    NoIpv4(#[from] super::facts::NoIpv4),
     /// Linux link names are at most 15 bytes.
     #[error(
         "link name {name:?} derived from pod interface {interface} is longer than {MAX_IFNAME} bytes"
@@ -401,11 +401,7 @@ fn plan_bridge(
     opts: &PlanOptions,
     original: OriginalSettings,
 ) -> Result<Vec<NetOp>, PlanError> {
-    let Some(IpAddr::V4(ipv4)) = facts.ipv4().map(|a| a.addr) else {
-        return Err(PlanError::NoIpv4 {
-            interface: facts.interface.clone(),
-        });
-    };
+    let ipv4 = facts.pod_ipv4()?.addr();
     let (bridge, tap) = link_names(facts)?;
     let pod = facts.interface.as_str();
     let mut ops = create_bridge(facts, &bridge).to_vec();
@@ -517,11 +513,7 @@ fn create_tap(facts: &InterfaceFacts, opts: &PlanOptions, tap: &str) -> [NetOp; 
 /// the VM's private network, the tap is its only port, and the pod routes between them
 /// with NAT (see [`super::masquerade`]).
 fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<NetOp>, PlanError> {
-    let Some(IpAddr::V4(pod_ip)) = facts.ipv4().map(|a| a.addr) else {
-        return Err(PlanError::NoIpv4 {
-            interface: facts.interface.clone(),
-        });
-    };
+    let pod_ip = facts.pod_ipv4()?.addr();
     let m = &opts.masquerade;
     m.check().map_err(|(field, reason)| PlanError::VmNetwork {
         interface: facts.interface.clone(),
@@ -993,9 +985,10 @@ mod tests {
                 &PlanOptions::default(),
                 OriginalSettings::default()
             ),
-            Err(PlanError::NoIpv4 {
-                interface: "eth0".into()
-            })
+            Err(PlanError::NoIpv4(crate::net::NoIpv4 {
+                interface: "eth0".into(),
+                found: "fd00::5/64".into()
+            }))
         );
         let mut f = ipv4_only();
         f.interface = "averylongname".into();

@@ -59,9 +59,6 @@ pub use spec::{
     unique_link_name,
 };
 
-use std::io;
-use std::path::PathBuf;
-
 /// Why building or tearing down a sandbox failed, naming the object involved.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -77,11 +74,6 @@ pub enum SandboxError {
         source: rtnetlink::Error,
     },
     /// A file, namespace or thread operation failed.
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::file::PathIoError),
 }

@@ -3,6 +3,7 @@
 use super::SandboxError;
 use super::nl;
 use super::spec::{NodeSide, NodeSpec, PodSpec, node_additions, unique_link_name};
+use crate::file::io_err;
 use crate::net::{IpCidr, Route, netns};
 use std::ffi::{CStr, CString};
 use std::fs::{self, File};
@@ -16,14 +17,6 @@ type Result<T> = std::result::Result<T, SandboxError>;
 
 /// The pod end of the veth, as kubelet names it.
 pub const POD_INTERFACE: &str = "eth0";
-
-fn io_err(
-    what: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> SandboxError {
-    let path = path.into();
-    move |source| SandboxError::Io { what, path, source }
-}
 
 /// Run an async netlink job inside `ns` (the current namespace when `None`).
 fn in_netns<T: Send>(
@@ -202,7 +195,8 @@ impl PodSandbox {
         let resolv = self.resolv_conf_path();
         fs::write(&resolv, self.spec.resolv_conf()).map_err(io_err("write", &resolv))?;
         let host = self.hostname_path();
-        fs::write(&host, format!("{}\n", self.spec.hostname)).map_err(io_err("write", &host))
+        fs::write(&host, format!("{}\n", self.spec.hostname)).map_err(io_err("write", &host))?;
+        Ok(())
     }
 
     /// Node side: the veth (peer moved into the pod), enslaved; gateway addresses and
@@ -362,7 +356,8 @@ impl PodSandbox {
 /// already is fine.
 pub fn remove_host_pod(node_veth: &str, netns_name: &str) -> Result<()> {
     in_netns(None, async |h| nl::del_link(h, node_veth).await)?;
-    netns::delete(netns_name).map_err(io_err("delete pod netns", netns::path(netns_name)))
+    netns::delete(netns_name).map_err(io_err("delete pod netns", netns::path(netns_name)))?;
+    Ok(())
 }
 
 impl Drop for PodSandbox {

@@ -20,10 +20,11 @@ use super::SandboxError;
 use super::ipam::{gateway_of, parse_subnet, pick_address};
 use super::pod::{Node, PodSandbox, remove_host_pod};
 use super::spec::{NodeSide, NodeSpec, PodSpec};
-use crate::api::VirtualMachineInstance;
+use crate::api::ValidVmi;
 use crate::control::{
     ControlClient, LauncherStatus, Peer, PodIdentity, local_root, local_state_dir, status_from_dir,
 };
+use crate::file::{PathIoError, io_err};
 use crate::net::{IpCidr, MacAddr};
 use crate::statedir::StateDir;
 use nix::sys::signal::{Signal, kill};
@@ -71,15 +72,8 @@ pub enum RuntimeError {
     AlreadyRunning { name: String, pid: u32 },
     #[error("VMI {name}: no free address left in {subnet}")]
     NoAddress { name: String, subnet: IpCidr },
-    #[error("VMI {0}: the manifest has no metadata.name")]
-    NoName(String),
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{}: {source}", path.display())]
     Json {
         path: PathBuf,
@@ -114,20 +108,15 @@ fn invalid_lines(file: &Path, errors: &[crate::api::FieldError]) -> String {
 
 /// Read, validate and default a VMI manifest, and make its local file paths absolute
 /// (relative ones are taken from the current directory): what a local pod's launcher gets.
-pub fn load_manifest(file: &Path) -> Result<VirtualMachineInstance> {
+pub fn load_manifest(file: &Path) -> Result<ValidVmi> {
     let text = fs::read_to_string(file).map_err(io_err("read manifest", file))?;
     let mut vmi = crate::api::load_valid_vmi(&text).map_err(|errors| RuntimeError::Invalid {
         file: file.to_path_buf(),
         errors,
     })?;
     let cwd = std::env::current_dir().map_err(io_err("find the current directory", "."))?;
-    crate::api::resolve_relative_paths(&mut vmi.spec, &cwd);
+    vmi.resolve_relative_paths(&cwd);
     Ok(vmi)
-}
-
-fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> RuntimeError {
-    let path = path.into();
-    move |source| RuntimeError::Io { what, path, source }
 }
 
 /// Where and how local pods are made.
@@ -233,7 +222,7 @@ fn read_record(state_dir: &Path) -> Result<Option<PodRecord>> {
             .map(Some)
             .map_err(|source| RuntimeError::Json { path, source }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("read", path)(e)),
+        Err(e) => Err(io_err("read", path)(e).into()),
     }
 }
 
@@ -243,7 +232,8 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
         source,
     })?;
     crate::file::write_atomic(path, &json, crate::file::Durability::Rename)
-        .map_err(io_err("write", path))
+        .map_err(io_err("write", path))?;
+    Ok(())
 }
 
 /// The inode of a network namespace file (`/run/netns/X` or `/proc/PID/ns/net`).
@@ -424,7 +414,7 @@ impl LocalPod {
         remove_host_pod(&self.record.node_veth, &self.record.netns)?;
         match fs::remove_dir_all(&self.state_dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(io_err("remove state dir", &self.state_dir)(e))
+                Err(io_err("remove state dir", &self.state_dir)(e).into())
             }
             _ => Ok(()),
         }
@@ -537,13 +527,8 @@ impl LocalRuntime {
     /// Make the pod for `vmi`: state dir, an address, the network namespace with `eth0`
     /// on the bridge, resolv.conf, hostname, and `pod/vmi.json` for the launcher. A dead
     /// pod of the same name is removed first; a live one is an error.
-    pub fn create_pod(&self, vmi: &VirtualMachineInstance) -> Result<LocalPod> {
-        let name = vmi
-            .metadata
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| RuntimeError::NoName(String::new()))?;
+    pub fn create_pod(&self, vmi: &ValidVmi) -> Result<LocalPod> {
+        let name = vmi.name().to_string();
         let state_dir = self.state_dir(&name)?;
         if let Some(old) = self.find(&name)? {
             if old.launcher_alive() {

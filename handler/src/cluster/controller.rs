@@ -22,7 +22,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
-use vmpod::api::{VirtualMachineInstance, VmiPhase, validate};
+use vmpod::api::{VirtualMachineInstance, VmiPhase, check};
 
 /// How long before an unchanged VMI is looked at again anyway.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -95,17 +95,19 @@ async fn reconcile_vmi(
         VmiPhase::Scheduled,
     );
     if pod.is_none() && !started {
-        let errors = validate(vmi);
-        if !errors.is_empty() {
-            tracing::warn!(vmi = %format!("{ns}/{name}"), errors = errors.len(), "invalid VMI");
-            let now = Time(k8s_openapi::jiff::Timestamp::now());
-            update_status(&vmis, vmi, |v| invalid_status(v, &errors, &now)).await?;
-            return Ok(Action::await_change());
-        }
+        let valid = match check(vmi.clone()) {
+            Ok(valid) => valid,
+            Err(errors) => {
+                tracing::warn!(vmi = %format!("{ns}/{name}"), errors = errors.len(), "invalid VMI");
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
+                update_status(&vmis, vmi, |v| invalid_status(v, &errors, &now)).await?;
+                return Ok(Action::await_change());
+            }
+        };
         let LauncherObjects {
             pod: desired,
             secrets,
-        } = launcher_objects(vmi, &ctx.config)?;
+        } = launcher_objects(&valid, &ctx.config)?;
         let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         for secret in &secrets {
             match create_secret(&secrets_api, secret, vmi).await {

@@ -51,8 +51,8 @@ use kube::Resource;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use vmpod::api::{
-    AccelerationRequest, CloudInitNoCloudSource, KernelBoot, LocalObjectReference, QuantityError,
-    VirtualMachineInstance, quantity_bytes,
+    AccelerationRequest, CloudInitNoCloudSource, KernelBoot, LocalObjectReference, PodInterface,
+    QuantityError, ValidVmi, VirtualMachineInstance, quantity_bytes,
 };
 use vmpod::statedir::{DEFAULT_NODE_STATE_ROOT, DEFAULT_STATE_DIR};
 
@@ -114,23 +114,19 @@ pub const COMPUTE_CAPABILITIES: &[(&str, &str)] = &[
         "router advertisements for the VM's IPv6 go out on a raw ICMPv6 socket on the pod bridge",
     ),
 ];
-/// `net setup`'s arguments: with the VMI's own `macAddress` on its pod interface, that MAC
-/// is cached with the facts, so the DHCP server (reading the cache) answers the MAC the
-/// VM really has; with the masquerade binding, its VM network and forwarded ports.
-fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
+/// `net setup`'s arguments for the VMI's pod interface (as validation read it): with the
+/// VMI's own `macAddress`, that MAC is cached with the facts, so the DHCP server (reading
+/// the cache) answers the MAC the VM really has; with the masquerade binding, its VM
+/// network and forwarded ports.
+fn net_setup_args(iface: Option<&PodInterface>) -> Vec<String> {
     let mut args = vec!["net".to_string(), "setup".to_string()];
-    let spec = &vmi.spec;
-    let Some(iface) = pod_interface(vmi) else {
+    let Some(iface) = iface else {
         return args;
     };
-    if let Some(mac) = &iface.mac_address {
+    if let Some(mac) = &iface.mac {
         args.extend(["--vm-mac".to_string(), mac.to_string()]);
     }
-    // Validated before rendering: a binding or masquerade option that does not parse
-    // here has already been refused.
-    if iface.binding() == Ok(vmpod::net::Binding::Masquerade)
-        && let Ok(m) = spec.masquerade_options(iface)
-    {
+    if let Some(m) = &iface.masquerade {
         args.extend([
             "--binding".to_string(),
             "masquerade".to_string(),
@@ -139,21 +135,11 @@ fn net_setup_args(vmi: &VirtualMachineInstance) -> Vec<String> {
             "--vm-ipv6-network".to_string(),
             m.vm_network6.to_string(),
         ]);
-        for p in m.ports {
+        for p in &m.ports {
             args.extend(["--port".to_string(), p.to_string()]);
         }
     }
     args
-}
-
-/// The VMI's interface on the pod network, if it has one.
-fn pod_interface(vmi: &VirtualMachineInstance) -> Option<&vmpod::api::Interface> {
-    let spec = &vmi.spec;
-    spec.domain
-        .devices
-        .interfaces
-        .iter()
-        .find(|i| spec.network(&i.name).is_some_and(|n| n.pod.is_some()))
 }
 
 /// The Pod's `securityContext`: with `--masquerade-ipv6-forwarding-sysctl` and a VMI
@@ -161,11 +147,10 @@ fn pod_interface(vmi: &VirtualMachineInstance) -> Option<&vmpod::api::Interface>
 /// `/proc/sys` sets and a container cannot write; the runtime sets it in the pod's
 /// namespace before any container starts).
 fn pod_security_context(
-    vmi: &VirtualMachineInstance,
+    iface: Option<&PodInterface>,
     config: &LauncherPodConfig,
 ) -> Option<PodSecurityContext> {
-    let masquerade =
-        pod_interface(vmi).is_some_and(|i| i.binding() == Ok(vmpod::net::Binding::Masquerade));
+    let masquerade = iface.is_some_and(|i| i.masquerade.is_some());
     (config.masquerade_ipv6_forwarding_sysctl && masquerade).then(|| PodSecurityContext {
         sysctls: Some(vec![Sysctl {
             name: vmpod::net::masquerade::IPV6_FORWARDING_SYSCTL.into(),
@@ -532,9 +517,10 @@ fn join_in_image(mount: &str, inner: &str) -> String {
 
 /// The launcher pod for `vmi` and the Secret holding its cloud-init data.
 pub fn launcher_objects(
-    vmi: &VirtualMachineInstance,
+    valid: &ValidVmi,
     config: &LauncherPodConfig,
 ) -> Result<LauncherObjects, LauncherPodError> {
+    let vmi: &VirtualMachineInstance = valid;
     let meta = &vmi.metadata;
     let name = meta
         .name
@@ -810,7 +796,11 @@ pub fn launcher_objects(
                 env: Some(env),
                 resources: Some(init_resources),
                 volume_mounts: Some(init_mounts),
-                ..launcher("net-setup", net_setup_args(vmi), NET_SETUP_CAPABILITIES)
+                ..launcher(
+                    "net-setup",
+                    net_setup_args(valid.pod_interface()),
+                    NET_SETUP_CAPABILITIES,
+                )
             }]),
             containers: vec![Container {
                 env: Some(compute_env),
@@ -823,7 +813,7 @@ pub fn launcher_objects(
                 ..launcher("compute", vec!["run".into()], COMPUTE_CAPABILITIES)
             }],
             volumes: Some(volumes),
-            security_context: pod_security_context(vmi, config),
+            security_context: pod_security_context(valid.pod_interface(), config),
             ..PodSpec::default()
         }),
         status: None,
@@ -886,7 +876,12 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Container, Volume};
     use serde_json::json;
-    use vmpod::api::load_vmi;
+    use vmpod::api::{check, load_vmi};
+
+    /// `vmi` through validation, as the controller hands it to [`launcher_objects`].
+    fn valid(vmi: &VirtualMachineInstance) -> ValidVmi {
+        check(vmi.clone()).unwrap_or_else(|e| panic!("{e:?}"))
+    }
 
     pub(crate) fn vmi(extra_spec: &str) -> VirtualMachineInstance {
         let text = format!(
@@ -907,7 +902,7 @@ mod tests {
              \"fd10:9::/64\"}\n",
         );
         assert_eq!(
-            net_setup_args(&masq),
+            net_setup_args(valid(&masq).pod_interface()),
             [
                 "net",
                 "setup",
@@ -923,7 +918,10 @@ mod tests {
                 "udp/53"
             ]
         );
-        assert_eq!(net_setup_args(&vmi("")), ["net", "setup"]);
+        assert_eq!(
+            net_setup_args(valid(&vmi("")).pod_interface()),
+            ["net", "setup"]
+        );
     }
 
     /// With `--masquerade-ipv6-forwarding-sysctl`, a masquerade VMI's Pod asks for IPv6
@@ -943,7 +941,7 @@ mod tests {
             ..LauncherPodConfig::default()
         };
         let sysctls = |vmi: &VirtualMachineInstance, config: &LauncherPodConfig| {
-            let pod = launcher_objects(vmi, config).unwrap().pod;
+            let pod = launcher_objects(&valid(vmi), config).unwrap().pod;
             let v = serde_json::to_value(pod.spec.unwrap()).unwrap();
             v.get("securityContext").cloned()
         };
@@ -956,7 +954,7 @@ mod tests {
     }
 
     fn pod(vmi: &VirtualMachineInstance) -> Pod {
-        launcher_objects(vmi, &LauncherPodConfig::default())
+        launcher_objects(&valid(vmi), &LauncherPodConfig::default())
             .unwrap()
             .pod
     }
@@ -1022,7 +1020,7 @@ mod tests {
     fn pod_carries_memory_devices_state_dir_and_owner() {
         let vmi = vmi("    resources: {requests: {cpu: 500m}, limits: {memory: 1Gi}}\n");
         let hostpath = LauncherPodConfig::default().with_hostpath_devices();
-        let pod = launcher_objects(&vmi, &hostpath).unwrap().pod;
+        let pod = launcher_objects(&valid(&vmi), &hostpath).unwrap().pod;
         assert_eq!(pod.metadata.name.as_deref(), Some("vmpod-launcher-vm1"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ns1"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
@@ -1060,7 +1058,7 @@ mod tests {
         assert!(!init.contains_key("scratch"));
         let mut vmi_kvm = vmi.clone();
         set_acceleration(&mut vmi_kvm, "auto");
-        let pod = launcher_objects(&vmi_kvm, &hostpath).unwrap().pod;
+        let pod = launcher_objects(&valid(&vmi_kvm), &hostpath).unwrap().pod;
         assert_eq!(mounts(container(&pod))["kvm"], "/dev/kvm");
         assert!(!mounts(init_container(&pod)).contains_key("kvm"));
         let kvm = volume(&pod, "kvm");
@@ -1210,7 +1208,8 @@ mod tests {
 
     #[test]
     fn the_vmi_is_handed_over_as_a_projected_file_without_user_data() {
-        let objects = launcher_objects(&vmi(CLOUD_INIT), &LauncherPodConfig::default()).unwrap();
+        let objects =
+            launcher_objects(&valid(&vmi(CLOUD_INIT)), &LauncherPodConfig::default()).unwrap();
         let pod = &objects.pod;
         let c = container(pod);
         assert_eq!(env(c, "VMPOD_VMI"), Some("/etc/vmpod/vmi/vmi.yaml"));
@@ -1328,7 +1327,7 @@ mod tests {
             tun_resource: Some("devices.kubevirt.io/tun".into()),
             ..Default::default()
         };
-        let pod = launcher_objects(&vmi, &cfg).unwrap().pod;
+        let pod = launcher_objects(&valid(&vmi), &cfg).unwrap().pod;
         let image_of = |name: &str| {
             volume(&pod, name)
                 .image
@@ -1397,7 +1396,7 @@ mod tests {
             "    devices: {disks: [{name: kernel-boot}]}\n",
             "  volumes: [{name: kernel-boot, containerDisk: {image: reg/disk:1}}]\n",
         ));
-        let err = launcher_objects(&vmi, &LauncherPodConfig::default())
+        let err = launcher_objects(&valid(&vmi), &LauncherPodConfig::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("spec.volumes[0].name"), "{err}");
@@ -1409,9 +1408,14 @@ mod tests {
             "    devices: {disks: [{name: ci}]}\n",
             "  volumes: [{name: ci, cloudInitNoCloud: {userDataBase64: \"not base64!\"}}]\n",
         ));
-        let err = launcher_objects(&vmi, &LauncherPodConfig::default())
-            .unwrap_err()
-            .to_string();
+        // Validation refuses it before the controller builds a pod; the plan, reading
+        // the data, names the field too.
+        let refused = check(vmi.clone()).unwrap_err();
+        assert_eq!(
+            refused[0].to_string(),
+            "spec.volumes[0].cloudInitNoCloud.userDataBase64: is not base64"
+        );
+        let err = cloud_init_plan(&vmi, "s").unwrap_err().to_string();
         assert!(
             err.contains("spec.volumes[0].cloudInitNoCloud.userDataBase64: not base64"),
             "{err}"
@@ -1423,7 +1427,7 @@ mod tests {
         let mut v = vmi("");
         v.metadata.uid = None;
         assert!(matches!(
-            launcher_objects(&v, &LauncherPodConfig::default()),
+            launcher_objects(&valid(&v), &LauncherPodConfig::default()),
             Err(LauncherPodError::MissingMetadata("uid"))
         ));
     }

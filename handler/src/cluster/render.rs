@@ -39,17 +39,16 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("{}: invalid VMI: {}", args.vmi.display(), list.join("; "))
     })?;
+    let meta = vmi.metadata_mut();
     if let Some(ns) = &args.namespace {
-        vmi.metadata.namespace = Some(ns.clone());
+        meta.namespace = Some(ns.clone());
     }
-    vmi.metadata
-        .namespace
-        .get_or_insert_with(|| "default".into());
-    if vmi.metadata.uid.is_none() {
+    meta.namespace.get_or_insert_with(|| "default".into());
+    if meta.uid.is_none() {
         // What the API server would assign on create.
         let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
             .context("read a fresh UUID from /proc/sys/kernel/random/uuid")?;
-        vmi.metadata.uid = Some(uuid.trim().to_string());
+        meta.uid = Some(uuid.trim().to_string());
     }
     let config = LauncherPodConfig {
         image: args.image.clone(),

@@ -32,7 +32,7 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Validate before touching the system.
     let vmi = load_manifest(&args.file)?;
-    let name = vmi.metadata.name.clone().unwrap_or_default();
+    let name = vmi.name().to_string();
     let cfg = LocalConfig::from_env()?;
     anyhow::ensure!(
         cfg.launcher.is_file(),

@@ -28,7 +28,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let file = args.file.display();
     match vmpod::api::load_valid_vmi(&text) {
         Ok(vmi) => {
-            let name = vmi.metadata.name.as_deref().unwrap_or_default();
+            let name = vmi.name();
             println!("{file}: VirtualMachineInstance {name:?} is valid");
             Ok(ExitCode::SUCCESS)
         }

@@ -7,14 +7,14 @@ use super::{
     ALL_SERVERS, CLIENT_PORT, ClientSeen, Decision, DhcpV6Config, DropReason, Handled, LeaseEvent,
     ReplyKind, RequestKind, SERVER_PORT,
 };
-use crate::dhcp::socket::udp6_on_device;
+use crate::dhcp::socket::{recv_retrying, udp6_on_device};
 use crate::dhcp::stats::LeaseState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 /// A failure of the DHCPv6 server's socket.
@@ -52,15 +52,7 @@ pub struct DhcpV6Lease {
 }
 
 /// The last client heard from, answered or not.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LastV6Client {
-    #[serde(flatten)]
-    pub seen: ClientSeen,
-    /// Unix seconds.
-    pub at: u64,
-    pub answered: bool,
-}
+pub type LastV6Client = crate::dhcp::stats::LastClient<ClientSeen>;
 
 /// Everything the control API reports about one DHCPv6 server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,21 +141,7 @@ impl DhcpV6Stats {
 }
 
 /// The live DHCPv6 counters, shared between the serving task and readers.
-#[derive(Clone, Debug)]
-pub struct V6StatsHandle(Arc<Mutex<DhcpV6Stats>>);
-
-impl V6StatsHandle {
-    pub fn snapshot(&self) -> DhcpV6Stats {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut DhcpV6Stats)) {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-}
+pub type V6StatsHandle = crate::dhcp::StatsHandle<DhcpV6Stats>;
 
 /// A DHCPv6 server for one VM interface, bound and ready to [`run`](Self::run).
 pub struct DhcpV6Server {
@@ -191,7 +169,7 @@ impl DhcpV6Server {
                     format!("join {ALL_SERVERS} on {}: {e}", config.bridge),
                 ))
             })?;
-        let stats = V6StatsHandle(Arc::new(Mutex::new(DhcpV6Stats::new(&config))));
+        let stats = V6StatsHandle::new(DhcpV6Stats::new(&config));
         Ok(DhcpV6Server {
             socket,
             ifindex,
@@ -219,14 +197,7 @@ impl DhcpV6Server {
             address = %cfg.address, prefix = cfg.prefix, "DHCPv6 server listening");
         let mut buf = vec![0u8; 65536];
         loop {
-            let (n, from) = match socket.recv_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(interface = %cfg.interface, error = %e, "DHCPv6 receive failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (n, from) = recv_retrying(&socket, &mut buf, "DHCPv6", &cfg.interface).await;
             let SocketAddr::V6(from) = from else { continue };
             let handled = super::handle(&cfg, *from.ip(), &buf[..n]);
             let mut send_failed = false;
