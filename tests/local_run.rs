@@ -531,6 +531,43 @@ fn fake_run(site: &Site, hold: bool) -> (Command, PathBuf) {
     (cmd, seen)
 }
 
+/// A VMI name too long for libvirt's monitor socket under the local root is refused
+/// before any pod is made, naming the longest name that fits (it used to fail in the
+/// launcher, after the pod was made, with libvirt's "UNIX socket path ... too long").
+#[test]
+fn run_refuses_a_name_too_long_for_the_monitor_socket_before_making_a_pod() {
+    if !support::privileged(
+        "run_refuses_a_name_too_long_for_the_monitor_socket_before_making_a_pod",
+    ) {
+        return;
+    }
+    let site = Site::new("llong");
+    let name = format!("{}-{}", site.name, "n".repeat(50));
+    let manifest = site.dir.path().join("long.yaml");
+    site.manifest(&manifest, &name, false);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
+    site.env(&mut cmd);
+    let started = Instant::now();
+    let out = cmd.arg("run").arg(&manifest).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("too long for a local pod"), "{log}");
+    assert!(log.contains("monitor.sock"), "{log}");
+    let max: usize = log
+        .split("at most ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the longest name that fits: {log}"));
+    assert!(max < name.len() && max >= site.name.len(), "{max}: {log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at once"
+    );
+    assert!(!site.root().join(&name).exists(), "no state dir made");
+    assert!(!log.contains("pod IP"), "no pod made: {log}");
+}
+
 #[test]
 fn run_gives_the_launcher_its_pod_and_passes_its_exit_status() {
     if !support::privileged("run_gives_the_launcher_its_pod_and_passes_its_exit_status") {

@@ -155,6 +155,31 @@ impl LibvirtLayout {
             .join("run")
             .join(format!("{domain}.pid"))
     }
+    /// The QEMU monitor socket libvirt makes for domain `name` when it starts it with
+    /// domain id `id`: `$XDG_CONFIG_HOME/libvirt/qemu/lib/domain-<id>-<name, first 20
+    /// characters>/monitor.sock` (libvirt's short domain name).
+    pub fn monitor_socket(&self, name: &str, id: u32) -> PathBuf {
+        let short: String = name.chars().take(20).collect();
+        self.dir("config")
+            .join("libvirt")
+            .join("qemu")
+            .join("lib")
+            .join(format!("domain-{id}-{short}"))
+            .join("monitor.sock")
+    }
+
+    /// Refuse a domain whose monitor socket path would not fit a UNIX socket address
+    /// (107 bytes): libvirt refuses to start it. Checked with domain id 9 (a pod's own
+    /// libvirtd starts its domain once, twice after a KVM fallback).
+    pub fn check_monitor_socket(&self, name: &str) -> Result<(), SocketPathTooLong> {
+        let path = self.monitor_socket(name, 9);
+        let len = path.as_os_str().len();
+        if len <= UNIX_PATH_MAX {
+            return Ok(());
+        }
+        Err(SocketPathTooLong { path, len })
+    }
+
     /// The session daemon's environment: every directory it uses is under the layout.
     pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
         vec![
@@ -166,6 +191,17 @@ impl LibvirtLayout {
             ("LIBVIRT_DRIVER_DIR", self.drivers()),
         ]
     }
+}
+
+/// The longest path a UNIX socket address holds (`sun_path` less its NUL).
+pub const UNIX_PATH_MAX: usize = 107;
+
+/// A socket libvirt would make has a path longer than [`UNIX_PATH_MAX`].
+#[derive(Debug, thiserror::Error)]
+#[error("libvirt's monitor socket would be {path:?}, {len} bytes; a socket path has at most 107")]
+pub struct SocketPathTooLong {
+    pub path: PathBuf,
+    pub len: usize,
 }
 
 /// The uid QEMU runs as, as in KubeVirt (`qemu`, 107).
@@ -724,6 +760,35 @@ impl Daemons {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// libvirt's monitor socket: the domain dir holds the first 20 characters of the
+    /// domain name; a path of 107 bytes passes, 108 does not.
+    #[test]
+    fn the_monitor_socket_path_is_checked_against_the_socket_limit() {
+        let l = LibvirtLayout::new(Path::new("/s"));
+        assert_eq!(
+            l.monitor_socket("ns_a-name-longer-than-twenty", 1),
+            Path::new(
+                "/s/libvirt/config/libvirt/qemu/lib/domain-1-ns_a-name-longer-tha/monitor.sock"
+            )
+        );
+        let base = l.monitor_socket("", 9).as_os_str().len();
+        let fits = |dir_len: usize| {
+            let dir = format!("/{}", "d".repeat(dir_len - 1));
+            let l = LibvirtLayout::new(Path::new(&dir));
+            (
+                l.monitor_socket("vm", 9).as_os_str().len(),
+                l.check_monitor_socket("vm"),
+            )
+        };
+        let at_limit = UNIX_PATH_MAX - (base - 2) - 2;
+        let (len, ok) = fits(at_limit);
+        assert_eq!((len, ok.is_ok()), (UNIX_PATH_MAX, true));
+        let (len, too_long) = fits(at_limit + 1);
+        let err = too_long.unwrap_err();
+        assert_eq!((len, err.len), (UNIX_PATH_MAX + 1, UNIX_PATH_MAX + 1));
+        assert!(err.to_string().contains("108 bytes"), "{err}");
+    }
 
     #[test]
     fn configs_point_into_the_scratch_dir() {

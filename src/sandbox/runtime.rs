@@ -70,6 +70,16 @@ pub enum RuntimeError {
     },
     #[error("VMI {name}: already running in a local pod (launcher pid {pid})")]
     AlreadyRunning { name: String, pid: u32 },
+    #[error(
+        "VMI {name}: the name is too long for a local pod under {root:?}: use a name of at \
+         most {max} characters or a shorter VMPOD_LOCAL_ROOT"
+    )]
+    NameTooLong {
+        name: String,
+        root: PathBuf,
+        max: usize,
+        source: crate::domain::daemons::SocketPathTooLong,
+    },
     #[error("VMI {name}: no free address left in {subnet}")]
     NoAddress { name: String, subnet: IpCidr },
     #[error(transparent)]
@@ -503,6 +513,32 @@ impl LocalRuntime {
         Ok(read_record(&state_dir)?.map(|record| LocalPod { record, state_dir }))
     }
 
+    /// The pod's libvirt lives in its state dir (local pods have no separate scratch
+    /// dir), so the VMI's name is in libvirt's monitor socket path twice (the state dir,
+    /// and the first 20 characters of the domain name in libvirt's domain dir): refuse a
+    /// name that makes it too long before anything is made, naming the longest that fits.
+    fn check_name_fits(&self, vmi: &ValidVmi, state_dir: &Path) -> Result<()> {
+        let layout = crate::domain::daemons::LibvirtLayout::new(state_dir);
+        let name = vmi.name();
+        let domain = crate::domain::domain_name(vmi);
+        layout.check_monitor_socket(&domain).map_err(|source| {
+            // The path with a name of `n` characters: the state dir shortens by as much,
+            // the domain dir's short name (at most 20) with it.
+            let short = |n: usize| (domain.len() - name.len() + n).min(20);
+            let fixed = source.len - name.len() - short(name.len());
+            let max = (0..name.len())
+                .rev()
+                .find(|&n| fixed + n + short(n) <= crate::domain::daemons::UNIX_PATH_MAX)
+                .unwrap_or(0);
+            RuntimeError::NameTooLong {
+                name: name.to_string(),
+                root: self.cfg.root.clone(),
+                max,
+                source,
+            }
+        })
+    }
+
     /// Hold the IPAM lock while `f` runs.
     fn with_ipam_lock<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         use nix::fcntl::{Flock, FlockArg};
@@ -530,6 +566,7 @@ impl LocalRuntime {
     pub fn create_pod(&self, vmi: &ValidVmi) -> Result<LocalPod> {
         let name = vmi.name().to_string();
         let state_dir = self.state_dir(&name)?;
+        self.check_name_fits(vmi, &state_dir)?;
         if let Some(old) = self.find(&name)? {
             if old.launcher_alive() {
                 return Err(RuntimeError::AlreadyRunning {
