@@ -45,6 +45,7 @@ pub struct DropCounters {
     pub other_server_chosen: u64,
     pub inform_without_address: u64,
     pub encode_failed: u64,
+    pub reply_too_large: u64,
 }
 
 impl DropCounters {
@@ -60,6 +61,7 @@ impl DropCounters {
             DropReason::OtherServerChosen => &mut self.other_server_chosen,
             DropReason::InformWithoutAddress => &mut self.inform_without_address,
             DropReason::EncodeFailed => &mut self.encode_failed,
+            DropReason::ReplyTooLarge => &mut self.reply_too_large,
         };
         *c += 1;
     }

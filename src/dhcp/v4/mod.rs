@@ -63,6 +63,11 @@ pub enum DropReason {
     InformWithoutAddress,
     /// The reply could not be encoded (a bug; counted, never a panic).
     EncodeFailed,
+    /// The options a reply cannot go without (message type, server identifier, lease
+    /// time and the client identifier it must echo, RFC 6842) do not fit the client's
+    /// size limit: a client identifier of hundreds of bytes (repeated option 61s are
+    /// concatenated, RFC 3396) against 576 bytes. No reply beats one it cannot take.
+    ReplyTooLarge,
 }
 
 /// What happened to a lease without a reply.
@@ -338,11 +343,11 @@ fn encode_reply(
         return Decision::Drop(DropReason::EncodeFailed);
     }
     let opts = reply_options(config, what, client_id);
-    bytes.extend(lay_out(
-        &opts,
-        &requested,
-        payload_budget(max_size, config.mtu),
-    ));
+    let budget = payload_budget(max_size, config.mtu);
+    bytes.extend(lay_out(&opts, &requested, budget));
+    if bytes.len() > budget {
+        return Decision::Drop(DropReason::ReplyTooLarge);
+    }
     Decision::Reply(Reply { kind, to, bytes })
 }
 
