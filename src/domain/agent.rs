@@ -139,11 +139,15 @@ fn locate_agent(env: Option<std::ffi::OsString>, launcher_exe: Option<&Path>) ->
     if let Some(p) = env.filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    launcher_exe
-        .and_then(Path::parent)
-        .map(|d| d.join(AGENT_BINARY))
+    beside(launcher_exe, AGENT_BINARY).unwrap_or_else(|| PathBuf::from(AGENT_BINARY))
+}
+
+/// The file `name` in the directory of `exe` (the running launcher), if it is there:
+/// where the pod's helpers (`vmpod-virt`, the preload library) ship.
+pub(crate) fn beside(exe: Option<&Path>, name: &str) -> Option<PathBuf> {
+    exe.and_then(Path::parent)
+        .map(|d| d.join(name))
         .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(AGENT_BINARY))
 }
 
 /// The launcher's side: a running agent.

@@ -368,10 +368,7 @@ pub fn preload_lib() -> Option<PathBuf> {
 fn locate_preload(env: Option<std::ffi::OsString>, exe: Option<&Path>) -> Option<PathBuf> {
     match env {
         Some(p) => (!p.is_empty()).then(|| PathBuf::from(p)),
-        None => exe
-            .and_then(Path::parent)
-            .map(|d| d.join(PRELOAD_LIB))
-            .filter(|p| p.is_file()),
+        None => super::agent::beside(exe, PRELOAD_LIB),
     }
 }
 
