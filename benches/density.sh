@@ -90,6 +90,24 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 busy_ms() { awk -v t="$TICK" '/^cpu / {print int(($2 + $3 + $4 + $7 + $8 + $9) * 1000 / t)}' /proc/stat; }
 mem_used_kib() { awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {print t - a}' /proc/meminfo; }
 
+# Waits for the guest's VMPOD-LEASE line in console file $1 (tail follows it by inotify,
+# also before it exists) and writes "<ms since the epoch> <its QEMU's CPU ms>" to $3,
+# QEMU's pid read from the launcher's status file $2. One per VMI, in the background: a
+# loop re-reading every console 10 times a second cost seconds of the CPU the guests
+# share, counted against the floor. tail ends with this script (--pid).
+watch_lease() {
+  local console q=0
+  exec {console}< <(exec tail -n +1 -F -s 0.1 --pid=$$ "$1" 2>/dev/null)
+  local tail_pid=$!
+  grep -m1 -qF 'VMPOD-LEASE ' <&"$console" || return 0
+  now
+  local at=$NOW
+  kill "$tail_pid" 2>/dev/null || true
+  slurp "$2"
+  [[ $FILE =~ \"qemuPid\":\ *([0-9]+) ]] && q=${BASH_REMATCH[1]}
+  echo "$at $(qemu_cpu_ms "$q")" > "$3.tmp" && mv "$3.tmp" "$3"
+}
+
 # The files of VMI $2 under local root $1 (the local runtime's layout, README "Per-pod
 # state and scratch directories"): state dir, launcher status, console, pod record.
 state_dir() { echo "$1/$2"; }
@@ -135,7 +153,12 @@ shape() {
   for _ in $(seq 300); do grep -qs "watching manifests" "$dir/handler.log" && break; sleep 0.05; done
 
   declare -A created running leased cpu qpid
-  local t0 name busy0
+  local t0 name busy0 sd watchers=()
+  for name in "${names[@]}"; do
+    sd=$(state_dir "$root" "$name")
+    watch_lease "$sd/console.log" "$sd/status.json" "$dir/lease.$name" &
+    watchers+=($!)
+  done
   now; t0=$NOW; busy0=$(busy_ms)
   if [ "$gap" = 0 ]; then
     for name in "${names[@]}"; do created[$name]=$NOW; done
@@ -182,17 +205,14 @@ shape() {
         slurp "$sd/status.json"
         [[ $FILE =~ \"qemuPid\":\ *([0-9]+) ]] && qpid[$name]=${BASH_REMATCH[1]}
       fi
-      if [ -z "${leased[$name]:-}" ]; then
-        slurp "$sd/console.log"
-        if [[ $FILE == *VMPOD-LEASE\ * ]]; then
-          leased[$name]=$NOW
-          cpu[$name]=$(qemu_cpu_ms "${qpid[$name]:-0}")
-        fi
+      if [ -z "${leased[$name]:-}" ] && [ -e "$dir/lease.$name" ]; then
+        read -r "leased[$name]" "cpu[$name]" < "$dir/lease.$name"
       fi
     done
     [ "$done_count" -lt "$count" ] && sleep 0.1
   done
   now; local all_leased=$NOW busy1
+  wait "${watchers[@]}"
   busy1=$(busy_ms)
   local guests_cpu=0 handler_cpu
   for name in "${names[@]}"; do
