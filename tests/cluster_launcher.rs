@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use support::guest::{DualStackWant, GuestReport};
-use support::launcher::control_call;
+use support::launcher::network_report;
 use tempfile::TempDir;
 use vmpod::control::Phase;
 
@@ -75,13 +75,6 @@ fn stop_succeeded(node: &ClusterNode, lp: LauncherPod) -> (Duration, String) {
     let console = lp.console();
     assert_nothing_left(node, lp.remove(pids));
     (took, console)
-}
-
-/// The `/v1/network` report of the launcher Pod's control API.
-fn network_report(lp: &LauncherPod) -> vmpod::control::NetworkReport {
-    control_call(&lp.state_dir, "network report", |c| async move {
-        c.network().await
-    })
 }
 
 #[test]
@@ -228,7 +221,7 @@ fn rendered_launcher_pod_gives_the_guest_the_pods_ipv6_on_a_dual_stack_node() {
     let rendered = render(&vmi, &[]);
     let lp = rendered.start(&node);
     let report = lp.wait_report(BOOT, GuestReport::ipv6_settled);
-    let network = network_report(&lp);
+    let network = network_report(&lp.state_dir);
     let want = DualStackWant {
         ipv4: lp.pod.pod_ip,
         prefix4: 24,
@@ -270,7 +263,7 @@ fn masquerade_on_a_dual_stack_node(
     let rendered = render(&vmi, flags);
     let lp = rendered.start(node);
     let report = lp.wait_report(BOOT, GuestReport::ipv6_settled);
-    check(&report, &network_report(&lp), &lp);
+    check(&report, &network_report(&lp.state_dir), &lp);
     stop_succeeded(node, lp);
 }
 

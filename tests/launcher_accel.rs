@@ -240,9 +240,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
     let here = KvmKey::of_this_node(Path::new(vmpod::domain::xml::EMULATOR)).unwrap();
     assert_eq!(v[0].key, here);
     assert!(v[0].reason.contains("KVM internal error"), "{v:?}");
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 
     // 2. The next launcher on this node goes straight to TCG and says why; a pause it
     //    asks for is a user's pause.
@@ -264,9 +262,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
         Some(Acceleration::Tcg),
         "a user's pause is no KVM failure"
     );
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 
     // 3. kvm required on this node: refused up front with the remembered reason.
     let mut l = node.launch(&sb, "third", "kvm", &[]);
@@ -387,9 +383,7 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
     );
     // The guest takes the power button once it holds.
     l.wait_report(Duration::from_secs(120), |r| r.holding);
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
     drop(l);
 
     // Where /dev/kvm answers its ioctls but QEMU fails with it (refused up front above),
@@ -426,9 +420,7 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
         to_lease.as_millis()
     );
     l.wait_report(Duration::from_secs(120), |r| r.holding);
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 }
 
 #[link(name = "virt-qemu")]
@@ -494,9 +486,7 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     let s = wait_status(&mut l, "Running again", |s| s.phase == Phase::Running);
     assert_eq!(s.pause_reason, None);
     drop(conn);
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 }
 
 /// SIGTERM to `l`, which must exit inside the time kubelet gives the pod (the VMI's

@@ -148,9 +148,7 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         "{links:?}"
     );
 
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
     assert!(
         l.console().contains("VMPOD-POWER-BUTTON"),
         "guest saw no power button:\n{}",
