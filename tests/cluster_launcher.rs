@@ -312,11 +312,7 @@ fn rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl(
                 && why.contains("--masquerade-ipv6-forwarding-sysctl"),
             "{why}"
         );
-        assert!(
-            iface.ipv6.is_none(),
-            "an IPv6 service runs: {:?}",
-            iface.ipv6
-        );
+        assert_eq!(iface.ipv6, None, "an IPv6 service runs");
         let lease = report.lease.clone().expect("an IPv4 lease");
         assert_eq!(
             (lease.ip, lease.router()),
@@ -328,11 +324,7 @@ fn rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl(
             "the node through the NAT: {ping:?}\n{}",
             lp.diagnostics()
         );
-        assert!(
-            report.ra.is_none(),
-            "a router advertisement: {:?}",
-            report.ra
-        );
+        assert_eq!(report.ra, None, "a router advertisement");
         let ipv6 = report.ipv6.clone().expect("a VMPOD-IPV6 report");
         assert!(
             ipv6.addresses.is_empty() && ipv6.routers.is_empty(),

@@ -65,6 +65,23 @@ impl Site {
             _dir: dir,
         }
     }
+
+    /// `vmpodctl net inspect` of the pod (with the cache in the state dir) shows each of
+    /// `wants`.
+    fn assert_inspect_shows(&self, wants: &[&str]) {
+        let out = support::stdout_of(
+            std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+                .args(["net", "inspect", "--netns"])
+                .arg(self.sb.netns_path())
+                .arg("--state-dir")
+                .arg(&self.state),
+            "vmpodctl net inspect",
+        );
+        let text = String::from_utf8_lossy(&out);
+        for want in wants {
+            assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
+        }
+    }
 }
 
 /// The test guest's VMI with the masquerade binding, `ports` as a YAML flow list (empty:
@@ -129,19 +146,6 @@ fn nft_ruleset(netns: &Path) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `vmpodctl net inspect` of the pod with the cache in `state`, as text.
-fn net_inspect(sb: &PodSandbox, state: &Path) -> String {
-    let out = support::stdout_of(
-        std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-            .args(["net", "inspect", "--netns"])
-            .arg(sb.netns_path())
-            .arg("--state-dir")
-            .arg(state),
-        "vmpodctl net inspect",
-    );
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The guest is up with its private lease, pinged the node through the NAT and serves.
@@ -249,8 +253,7 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
 
     // `vmpodctl net inspect` shows the binding, the VM's address and the live rules,
     // counted.
-    let text = net_inspect(&site.sb, &site.state);
-    for want in [
+    site.assert_inspect_shows(&[
         "MASQUERADE eth0",
         "vm 10.0.2.2/24",
         "gateway 10.0.2.1; forwarded: tcp/80",
@@ -259,9 +262,7 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
         ),
         "output: ip daddr 127.0.0.1, tcp dport 80 -> dnat to 10.0.2.2 [1 packets]",
         "postrouting: oifname eth0, ip saddr 10.0.2.0/24 -> masquerade",
-    ] {
-        assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
-    }
+    ]);
 
     l.stop_gracefully(Duration::from_secs(30));
     nothing_left(&site.sb, &site.state, &site.forwarding_before);
@@ -510,15 +511,12 @@ fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
     assert_eq!(vm_ips, ["10.0.2.2", "fd10:0:2::2"]);
     assert_eq!(ipv6_forwarding(), "1");
 
-    let text = net_inspect(&site.sb, &site.state);
-    for want in [
+    site.assert_inspect_shows(&[
         "vm fd10:0:2::2/120 gateway fd10:0:2::1 (NAT66 behind fd77::5)",
         "prerouting: iifname eth0, ip6 daddr fd77::5, tcp dport 80 -> dnat to fd10:0:2::2",
         "postrouting: oifname eth0, ip6 saddr fd10:0:2::/120 -> masquerade",
         "IPV6 eth0\nvm fd10:0:2::2/120",
-    ] {
-        assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
-    }
+    ]);
 
     l.stop_gracefully(Duration::from_secs(30));
     assert_no_vmpod_table(&site.sb);
