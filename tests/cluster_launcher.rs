@@ -160,12 +160,9 @@ fn a_guest_power_off_ends_the_launcher_pod_succeeded() {
         return;
     };
     let vmi = testguest_vmi("e2e-off", "#cloud-config\n", false, 20, None);
-    let Rendered {
-        pod,
-        secrets,
-        state_root,
-    } = render(&vmi, &[]);
-    run_to_guest_power_off(&node, &pod, &secrets, state_root.path());
+    let rendered = render(&vmi, &[]);
+    let state_root = rendered.state_root.path();
+    run_to_guest_power_off(&node, &rendered.pod, &rendered.secrets, state_root);
 }
 
 /// The masquerade binding under the kubelet-shaped runner: render-pod passes the
