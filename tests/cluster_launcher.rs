@@ -12,26 +12,24 @@ use cluster::launcher::{
     BOOT, GUEST_MAC, LauncherPod, assert_nothing_left, effective_caps, ping_from_node,
     run_to_guest_power_off, testguest_vmi,
 };
-use cluster::{CLUSTER_DNS6, ClusterNode, NODE_GATEWAY6, ensure_images, parse_documents};
+use cluster::{CLUSTER_DNS6, ClusterNode, NODE_GATEWAY6, parse_documents, privileged_node};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 use support::guest::{DualStackWant, GuestReport};
-use support::launcher::control_call;
+use support::launcher::network_report;
+use tempfile::TempDir;
 use vmpod::control::Phase;
 
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_SYS_ADMIN: u64 = 1 << 21;
 
-/// `vmpod-handler render-pod` for `vmi` (YAML), with the state hostPath at `state_root` and
-/// `--device-hostpath`: /dev/net/tun as a hostPath (the runner here has no device plugin;
-/// the handler's controller-to-runner test gets it from the real one's Allocate).
-fn render(vmi: &str, state_root: &Path) -> String {
-    render_with(vmi, state_root, &[])
-}
-
-/// [`render`] with more `render-pod` flags.
-fn render_with(vmi: &str, state_root: &Path, flags: &[&str]) -> String {
+/// `vmpod-handler render-pod` for `vmi` (YAML) with `flags`, with the state hostPath at
+/// a new state root and `--device-hostpath`: /dev/net/tun as a hostPath (the runner here
+/// has no device plugin; the handler's controller-to-runner test gets it from the real
+/// one's Allocate).
+fn render(vmi: &str, flags: &[&str]) -> Rendered {
+    let state_root = tempfile::tempdir().unwrap();
     let dir = support::cargo_build::build_bins(&["vmpod-handler"], &["vmpod-handler"]);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), vmi).unwrap();
@@ -40,24 +38,50 @@ fn render_with(vmi: &str, state_root: &Path, flags: &[&str]) -> String {
             .args(["render-pod", "--namespace", "e2e", "--vmi"])
             .arg(file.path())
             .arg("--state-root")
-            .arg(state_root)
+            .arg(state_root.path())
             .arg("--device-hostpath")
             .args(flags),
         "render-pod",
     );
-    String::from_utf8(out).unwrap()
+    let (pod, secrets) = parse_documents(&String::from_utf8(out).unwrap()).unwrap();
+    Rendered {
+        pod,
+        secrets,
+        state_root,
+    }
+}
+
+/// What `render-pod` printed, and the state root its hostPath points at (removed when
+/// dropped).
+struct Rendered {
+    pod: Pod,
+    secrets: Vec<Secret>,
+    state_root: TempDir,
+}
+
+impl Rendered {
+    /// The Pod and Secrets started on `node`.
+    fn start(&self, node: &ClusterNode) -> LauncherPod {
+        LauncherPod::start(node, &self.pod, &self.secrets, self.state_root.path())
+    }
+}
+
+/// Stop the launcher Pod as kubelet does: it must end Succeeded and leave nothing on the
+/// node. Returns how long the stop took and the guest's console as it was then.
+fn stop_succeeded(node: &ClusterNode, lp: LauncherPod) -> (Duration, String) {
+    let pids = lp.pod.pids("compute");
+    let (exit, took) = lp.pod.stop().unwrap();
+    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
+    let console = lp.console();
+    assert_nothing_left(node, lp.remove(pids));
+    (took, console)
 }
 
 #[test]
 fn rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefully() {
-    if !support::privileged(
-        "rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefully",
-    ) {
+    let Some(node) = privileged_node(ClusterNode::create) else {
         return;
-    }
-    ensure_images();
-    let node = ClusterNode::create();
-    let state_root = tempfile::tempdir().unwrap();
+    };
     let marker = format!("vmpod-e2e-{}", std::process::id());
     let vmi = testguest_vmi(
         "e2e-hold",
@@ -66,14 +90,15 @@ fn rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefull
         20,
         Some(GUEST_MAC),
     );
-    let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
-    let grace = pod
+    let rendered = render(&vmi, &[]);
+    let grace = rendered
+        .pod
         .spec
         .as_ref()
         .unwrap()
         .termination_grace_period_seconds
         .unwrap();
-    let lp = LauncherPod::start(&node, &pod, &secrets, state_root.path());
+    let lp = rendered.start(&node);
 
     let report = lp.wait_report(BOOT, |r| r.holding);
     let lease = report
@@ -109,13 +134,12 @@ fn rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefull
     }
     assert_eq!(lp.lasting_zombies(), Vec::<String>::new());
 
-    let (exit, took) = lp.pod.stop().unwrap();
-    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
+    let state_dir = lp.state_dir.clone();
+    let (took, console) = stop_succeeded(&node, lp);
     assert!(
         took < Duration::from_secs(u64::try_from(grace).unwrap()),
         "stopped in {took:?}, grace {grace} s"
     );
-    let console = lp.console();
     assert!(
         console.contains("VMPOD-POWER-BUTTON"),
         "no ACPI power button:\n{console}"
@@ -124,24 +148,21 @@ fn rendered_launcher_pod_boots_from_images_leases_the_pod_ip_and_stops_gracefull
         console.contains("VMPOD-POWEROFF"),
         "no guest power-off:\n{console}"
     );
-    let status = vmpod::control::read_status(&lp.state_dir).unwrap();
+    let status = vmpod::control::read_status(&state_dir).unwrap();
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
     assert_eq!(status.name, "e2e-hold");
     assert_eq!(status.namespace.as_deref(), Some("e2e"));
-    assert_nothing_left(&node, lp.remove(pids));
 }
 
 #[test]
 fn a_guest_power_off_ends_the_launcher_pod_succeeded() {
-    if !support::privileged("a_guest_power_off_ends_the_launcher_pod_succeeded") {
+    let Some(node) = privileged_node(ClusterNode::create) else {
         return;
-    }
-    ensure_images();
-    let node = ClusterNode::create();
-    let state_root = tempfile::tempdir().unwrap();
+    };
     let vmi = testguest_vmi("e2e-off", "#cloud-config\n", false, 20, None);
-    let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
-    run_to_guest_power_off(&node, &pod, &secrets, state_root.path());
+    let rendered = render(&vmi, &[]);
+    let state_root = rendered.state_root.path();
+    run_to_guest_power_off(&node, &rendered.pod, &rendered.secrets, state_root);
 }
 
 /// The masquerade binding under the kubelet-shaped runner: render-pod passes the
@@ -150,12 +171,9 @@ fn a_guest_power_off_ends_the_launcher_pod_succeeded() {
 /// 10.0.2.2, and the node reaches its page through the pod IP on the listed port only.
 #[test]
 fn rendered_launcher_pod_with_masquerade_forwards_the_listed_port() {
-    if !support::privileged("rendered_launcher_pod_with_masquerade_forwards_the_listed_port") {
+    let Some(node) = privileged_node(ClusterNode::create) else {
         return;
-    }
-    ensure_images();
-    let node = ClusterNode::create();
-    let state_root = tempfile::tempdir().unwrap();
+    };
     let vmi = testguest_vmi("e2e-masq", "#cloud-config\n", true, 20, None)
         .replacen(
             "          bridge: {}\n",
@@ -164,8 +182,8 @@ fn rendered_launcher_pod_with_masquerade_forwards_the_listed_port() {
         )
         .replacen("vmpod.hold=1", "vmpod.http=1", 1);
     assert!(vmi.contains("masquerade: {}") && vmi.contains("vmpod.http=1"));
-    let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
-    let lp = LauncherPod::start(&node, &pod, &secrets, state_root.path());
+    let rendered = render(&vmi, &[]);
+    let lp = rendered.start(&node);
     let report = lp.wait_report(BOOT, |r| r.http.is_some());
     let lease = report
         .lease
@@ -178,10 +196,7 @@ fn rendered_launcher_pod_with_masquerade_forwards_the_listed_port() {
         .unwrap_or_else(|e| panic!("node -> pod IP:80: {e}\n{}", lp.diagnostics()));
     assert_eq!(page.trim(), "vmpod test guest page");
     assert!(support::http::fetch(node.netns(), &ip, 8080).is_err());
-    let pids = lp.pod.pids("compute");
-    let (exit, _) = lp.pod.stop().unwrap();
-    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
-    assert_nothing_left(&node, lp.remove(pids));
+    stop_succeeded(&node, lp);
 }
 
 /// IPv6 under the kubelet-shaped runner, on a dual-stack node: the Pod render-pod prints
@@ -191,26 +206,19 @@ fn rendered_launcher_pod_with_masquerade_forwards_the_listed_port() {
 /// keeps the IPv4 lease of the pod IP.
 #[test]
 fn rendered_launcher_pod_gives_the_guest_the_pods_ipv6_on_a_dual_stack_node() {
-    if !support::privileged(
-        "rendered_launcher_pod_gives_the_guest_the_pods_ipv6_on_a_dual_stack_node",
-    ) {
+    let Some(node) = privileged_node(ClusterNode::create_dual_stack) else {
         return;
-    }
-    ensure_images();
-    let node = ClusterNode::create_dual_stack();
-    let state_root = tempfile::tempdir().unwrap();
+    };
     let vmi = testguest_vmi("e2e-ipv6", "#cloud-config\n", true, 20, Some(GUEST_MAC)).replacen(
         "vmpod.hold=1",
         &format!("vmpod.hold=1 vmpod.ipv6=1 vmpod.ping6={NODE_GATEWAY6}"),
         1,
     );
     assert!(vmi.contains("vmpod.ipv6=1"), "{vmi}");
-    let (pod, secrets) = parse_documents(&render(&vmi, state_root.path())).unwrap();
-    let lp = LauncherPod::start(&node, &pod, &secrets, state_root.path());
+    let rendered = render(&vmi, &[]);
+    let lp = rendered.start(&node);
     let report = lp.wait_report(BOOT, GuestReport::ipv6_settled);
-    let network = control_call(&lp.state_dir, "network report", |c| async move {
-        c.network().await
-    });
+    let network = network_report(&lp.state_dir);
     let want = DualStackWant {
         ipv4: lp.pod.pod_ip,
         prefix4: 24,
@@ -222,10 +230,7 @@ fn rendered_launcher_pod_gives_the_guest_the_pods_ipv6_on_a_dual_stack_node() {
     report
         .dual_stack(&want)
         .unwrap_or_else(|e| panic!("{e}\n{}", lp.diagnostics()));
-    let pids = lp.pod.pids("compute");
-    let (exit, _) = lp.pod.stop().unwrap();
-    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
-    assert_nothing_left(&node, lp.remove(pids));
+    stop_succeeded(&node, lp);
 }
 
 /// The test guest with the masquerade binding on a dual-stack node, running dhcpcd
@@ -238,7 +243,6 @@ fn masquerade_on_a_dual_stack_node(
     flags: &[&str],
     check: impl FnOnce(&GuestReport, &vmpod::control::NetworkReport, &LauncherPod),
 ) {
-    let state_root = tempfile::tempdir().unwrap();
     let vmi = testguest_vmi(name, "#cloud-config\n", true, 20, None)
         .replacen("          bridge: {}\n", "          masquerade: {}\n", 1)
         .replacen(
@@ -253,17 +257,11 @@ fn masquerade_on_a_dual_stack_node(
         vmi.contains("masquerade: {}") && vmi.contains("vmpod.ipv6=1"),
         "{vmi}"
     );
-    let (pod, secrets) = parse_documents(&render_with(&vmi, state_root.path(), flags)).unwrap();
-    let lp = LauncherPod::start(node, &pod, &secrets, state_root.path());
+    let rendered = render(&vmi, flags);
+    let lp = rendered.start(node);
     let report = lp.wait_report(BOOT, GuestReport::ipv6_settled);
-    let network = control_call(&lp.state_dir, "network report", |c| async move {
-        c.network().await
-    });
-    check(&report, &network, &lp);
-    let pids = lp.pod.pids("compute");
-    let (exit, _) = lp.pod.stop().unwrap();
-    assert_eq!(exit.phase, "Succeeded", "{exit:?}\n{}", lp.diagnostics());
-    assert_nothing_left(node, lp.remove(pids));
+    check(&report, &network_report(&lp.state_dir), &lp);
+    stop_succeeded(node, lp);
 }
 
 /// Masquerade on a dual-stack node, as a cluster runs it (`/proc/sys` read-only in the
@@ -276,13 +274,9 @@ fn masquerade_on_a_dual_stack_node(
 /// route, and `/v1/network` says why, naming the sysctl.
 #[test]
 fn rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl() {
-    if !support::privileged(
-        "rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl",
-    ) {
+    let Some(mut node) = privileged_node(ClusterNode::create_dual_stack) else {
         return;
-    }
-    ensure_images();
-    let mut node = ClusterNode::create_dual_stack();
+    };
     node.facts.allowed_unsafe_sysctls = vec!["net.ipv6.conf.all.forwarding".into()];
     let vm_ip = Ipv4Addr::new(10, 0, 2, 2);
     let flag = ["--masquerade-ipv6-forwarding-sysctl"];
@@ -315,11 +309,7 @@ fn rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl(
                 && why.contains("--masquerade-ipv6-forwarding-sysctl"),
             "{why}"
         );
-        assert!(
-            iface.ipv6.is_none(),
-            "an IPv6 service runs: {:?}",
-            iface.ipv6
-        );
+        assert_eq!(iface.ipv6, None, "an IPv6 service runs");
         let lease = report.lease.clone().expect("an IPv4 lease");
         assert_eq!(
             (lease.ip, lease.router()),
@@ -331,11 +321,7 @@ fn rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl(
             "the node through the NAT: {ping:?}\n{}",
             lp.diagnostics()
         );
-        assert!(
-            report.ra.is_none(),
-            "a router advertisement: {:?}",
-            report.ra
-        );
+        assert_eq!(report.ra, None, "a router advertisement");
         let ipv6 = report.ipv6.clone().expect("a VMPOD-IPV6 report");
         assert!(
             ipv6.addresses.is_empty() && ipv6.routers.is_empty(),

@@ -7,7 +7,7 @@ mod cluster;
 mod support;
 
 use cluster::spec::{NodeFacts, PodFacts, plan_pod};
-use cluster::{ClusterNode, ensure_images};
+use cluster::{ClusterNode, ensure_images, privileged_node};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -256,11 +256,9 @@ done
 
 #[test]
 fn a_pod_gets_what_its_spec_says() {
-    if !support::privileged("a_pod_gets_what_its_spec_says") {
+    let Some(mut node) = privileged_node(ClusterNode::create) else {
         return;
-    }
-    ensure_images();
-    let mut node = ClusterNode::create();
+    };
     node.facts.allowed_unsafe_sysctls = vec!["net.ipv6.conf.all.forwarding".into()];
     let host = tempfile::tempdir().unwrap();
     let script = r#"
@@ -342,29 +340,27 @@ echo hello > /state/file
     assert_eq!(cap_eff & (1 << CAP_NET_ADMIN | 1 << CAP_SYS_ADMIN), 0);
     assert_eq!(status_field(&log, "NoNewPrivs:"), "1", "{log}");
     assert_eq!(status_field(&log, "Seccomp:"), "2", "filter mode: {log}");
-    assert_eq!(status_field(&log, "uid="), "0");
-    assert_eq!(
-        status_field(&log, "marker="),
-        "init-ran",
-        "init container first"
-    );
-    assert_eq!(status_field(&log, "vmi="), "{\"x\":1}");
-    assert_eq!(status_field(&log, "uidfile="), running.uid);
-    assert_eq!(status_field(&log, "env_uid="), running.uid);
-    assert_eq!(status_field(&log, "ip="), running.pod_ip.to_string());
-    assert_eq!(status_field(&log, "secret="), "t0k3n");
-    assert_eq!(status_field(&log, "secretmode="), "400");
-    assert_eq!(status_field(&log, "memlimit="), (96u64 << 20).to_string());
-    assert_eq!(status_field(&log, "rootfs="), "ro");
-    // The pod's sysctl, set in its namespace; the container cannot change it.
-    assert_eq!(status_field(&log, "forwarding6="), "1", "{log}");
-    assert_eq!(status_field(&log, "procsys="), "ro", "{log}");
-    assert_eq!(status_field(&log, "info="), "ro");
-    assert_eq!(
-        status_field(&log, "emptydir="),
-        "full",
-        "sizeLimit 2Mi holds no 3Mi"
-    );
+    let (pod_ip, memlimit) = (running.pod_ip.to_string(), (96u64 << 20).to_string());
+    let want = [
+        ("uid=", "0", ""),
+        ("marker=", "init-ran", "init container first"),
+        ("vmi=", "{\"x\":1}", ""),
+        ("uidfile=", &running.uid, ""),
+        ("env_uid=", &running.uid, ""),
+        ("ip=", &pod_ip, ""),
+        ("secret=", "t0k3n", ""),
+        ("secretmode=", "400", ""),
+        ("memlimit=", &memlimit, ""),
+        ("rootfs=", "ro", ""),
+        // The pod's sysctl, set in its namespace; the container cannot change it.
+        ("forwarding6=", "1", ""),
+        ("procsys=", "ro", ""),
+        ("info=", "ro", ""),
+        ("emptydir=", "full", "sizeLimit 2Mi holds no 3Mi"),
+    ];
+    for (key, value, why) in want {
+        assert_eq!(status_field(&log, key), value, "{key} {why}\n{log}");
+    }
     let written = host.path().join("pods").join(&running.uid).join("file");
     assert_eq!(std::fs::read_to_string(&written).unwrap(), "hello\n");
 
@@ -378,11 +374,9 @@ echo hello > /state/file
 
 #[test]
 fn stop_sends_sigterm_then_kills_after_the_grace_period() {
-    if !support::privileged("stop_sends_sigterm_then_kills_after_the_grace_period") {
+    let Some(node) = privileged_node(ClusterNode::create) else {
         return;
-    }
-    ensure_images();
-    let node = ClusterNode::create();
+    };
     let pod = |name: &str, script: &str| -> Pod {
         serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},

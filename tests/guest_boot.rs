@@ -8,7 +8,9 @@ use std::io::{Seek, Write};
 use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
-use support::guest::{GuestDisk, GuestNet, GuestOptions, GuestReport, QemuGuest};
+use support::guest::{
+    GuestDisk, GuestLease, GuestNet, GuestOptions, GuestPing, GuestReport, QemuGuest,
+};
 use vmpod::net::IpCidr;
 use vmpod::sandbox::{Node, NodeSpec, command_in};
 
@@ -20,6 +22,30 @@ static CPU: RwLock<()> = RwLock::new(());
 
 fn shared_cpu() -> RwLockReadGuard<'static, ()> {
     CPU.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A privileged guest test's [`shared_cpu`]; `None` where [`support::privileged_test`]
+/// skips the test.
+fn privileged_cpu() -> Option<RwLockReadGuard<'static, ()>> {
+    support::privileged_test().then(shared_cpu)
+}
+
+/// Wait (up to [`BOOT_TIMEOUT`]) until the guest's report satisfies `done`: the report
+/// and the console then.
+fn wait_report(vm: &QemuGuest, done: impl Fn(&GuestReport) -> bool) -> (GuestReport, String) {
+    let report = vm.wait_for(BOOT_TIMEOUT, done).unwrap();
+    (report, vm.console())
+}
+
+/// Wait until the guest pinged its router (or gave up leasing): the lease it must have
+/// got, its ping and the console.
+fn wait_lease_and_ping(vm: &QemuGuest) -> (GuestLease, GuestPing, String) {
+    let (report, console) = wait_report(vm, |r| r.ping.is_some() || r.lease_failed);
+    let lease = report
+        .lease
+        .unwrap_or_else(|| panic!("no lease:\n{console}"));
+    let ping = report.ping.unwrap_or_else(|| panic!("no ping:\n{console}"));
+    (lease, ping, console)
 }
 
 const USER_DATA: &str =
@@ -54,18 +80,11 @@ fn vfat_cidata(path: &Path) {
 
 #[test]
 fn guest_leases_from_slirp_and_pings_the_router() {
-    if !support::privileged("guest_leases_from_slirp_and_pings_the_router") {
+    let Some(_cpu) = privileged_cpu() else {
         return;
-    }
-    let _cpu = shared_cpu();
+    };
     let mut vm = QemuGuest::boot(&GuestOptions::default());
-    let report = vm
-        .wait_for(BOOT_TIMEOUT, |r| r.ping.is_some() || r.lease_failed)
-        .unwrap();
-    let lease = report
-        .lease
-        .as_ref()
-        .unwrap_or_else(|| panic!("no lease:\n{}", vm.console()));
+    let (lease, ping, console) = wait_lease_and_ping(&vm);
     assert_eq!(lease.iface, "eth0");
     assert_eq!(
         (lease.ip.to_string().as_str(), lease.prefix),
@@ -78,13 +97,8 @@ fn guest_leases_from_slirp_and_pings_the_router() {
     assert_eq!(lease.dns, ["10.0.2.3".parse::<std::net::IpAddr>().unwrap()]);
     assert_eq!(lease.mac, "52:54:00:12:34:56");
     assert_eq!(lease.link_mtu, 1500);
-    let ping = report.ping.unwrap();
     assert_eq!(ping.target.to_string(), "10.0.2.2");
-    assert!(
-        ping.ok,
-        "guest could not ping its router:\n{}",
-        vm.console()
-    );
+    assert!(ping.ok, "guest could not ping its router:\n{console}");
     eprintln!(
         "boot-to-lease: {:.2} s guest uptime, {:.2?} from QEMU start",
         lease.uptime,
@@ -96,67 +110,71 @@ fn guest_leases_from_slirp_and_pings_the_router() {
     assert!(GuestReport::parse(&vm.console()).unwrap().powered_off);
 }
 
-/// Boot with `disk` attached; the guest must print `USER_DATA` from it and power off.
-fn boot_with_cidata(disk: GuestDisk) -> GuestReport {
+/// Boot with the disk `make_disk` writes in a temporary directory; the guest must find
+/// it on `want_source` (device, filesystem), print `USER_DATA` from it and power off.
+fn boot_with_cidata(
+    want_source: (&str, &str),
+    make_disk: impl FnOnce(&Path) -> GuestDisk,
+) -> GuestReport {
+    let dir = tempfile::tempdir().unwrap();
     let mut vm = QemuGuest::boot(&GuestOptions {
-        disks: vec![disk],
+        disks: vec![make_disk(dir.path())],
         ..GuestOptions::default()
     });
-    let report = vm.wait_for(BOOT_TIMEOUT, |r| r.powered_off).unwrap();
-    let console = vm.console();
+    let (report, console) = wait_report(&vm, |r| r.powered_off);
     assert_eq!(report.user_data(), Some(USER_DATA), "console:\n{console}");
+    let source = Some((want_source.0.to_string(), want_source.1.to_string()));
+    assert_eq!(
+        report.cidata_source, source,
+        "the cidata device and filesystem"
+    );
     vm.wait_exit(BOOT_TIMEOUT).unwrap();
     report
 }
 
 #[test]
 fn guest_prints_user_data_from_a_vfat_cidata_disk() {
-    if !support::privileged("guest_prints_user_data_from_a_vfat_cidata_disk") {
+    let Some(_cpu) = privileged_cpu() else {
         return;
-    }
-    let _cpu = shared_cpu();
-    let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("cidata.img");
-    vfat_cidata(&img);
-    let report = boot_with_cidata(GuestDisk::Virtio(img));
+    };
+    let report = boot_with_cidata(("/dev/vda", "vfat"), |dir| {
+        let img = dir.join("cidata.img");
+        vfat_cidata(&img);
+        GuestDisk::Virtio(img)
+    });
     let meta = report.cidata.get("meta-data").map(String::as_str);
     assert_eq!(meta, Some("instance-id: iid-vmpod-1\n"));
-    let source = Some(("/dev/vda".to_string(), "vfat".to_string()));
-    assert_eq!(report.cidata_source, source);
 }
 
 #[test]
 fn guest_prints_user_data_from_an_iso9660_cidata_cdrom() {
-    if !support::privileged("guest_prints_user_data_from_an_iso9660_cidata_cdrom") {
+    let Some(_cpu) = privileged_cpu() else {
         return;
-    }
-    let _cpu = shared_cpu();
-    let dir = tempfile::tempdir().unwrap();
-    let seed = dir.path().join("seed");
-    std::fs::create_dir(&seed).unwrap();
-    std::fs::write(seed.join("user-data"), USER_DATA).unwrap();
-    std::fs::write(seed.join("meta-data"), "instance-id: iid-vmpod-2\n").unwrap();
-    let iso = dir.path().join("cidata.iso");
-    let out = std::process::Command::new("genisoimage")
-        .args(["-quiet", "-output"])
-        .arg(&iso)
-        .args(["-volid", "cidata", "-joliet", "-rock"])
-        .arg(&seed)
-        .output()
-        .expect("genisoimage (tests/setup.sh installs it)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "genisoimage: {stderr}");
-    let report = boot_with_cidata(GuestDisk::Cdrom(iso));
-    let source = Some(("/dev/sr0".to_string(), "iso9660".to_string()));
-    assert_eq!(report.cidata_source, source);
+    };
+    boot_with_cidata(("/dev/sr0", "iso9660"), |dir| {
+        let seed = dir.join("seed");
+        std::fs::create_dir(&seed).unwrap();
+        std::fs::write(seed.join("user-data"), USER_DATA).unwrap();
+        std::fs::write(seed.join("meta-data"), "instance-id: iid-vmpod-2\n").unwrap();
+        let iso = dir.join("cidata.iso");
+        let out = std::process::Command::new("genisoimage")
+            .args(["-quiet", "-output"])
+            .arg(&iso)
+            .args(["-volid", "cidata", "-joliet", "-rock"])
+            .arg(&seed)
+            .output()
+            .expect("genisoimage (tests/setup.sh installs it)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "genisoimage: {stderr}");
+        GuestDisk::Cdrom(iso)
+    });
 }
 
 #[test]
 fn held_guest_powers_off_on_acpi_system_powerdown() {
-    if !support::privileged("held_guest_powers_off_on_acpi_system_powerdown") {
+    let Some(_cpu) = privileged_cpu() else {
         return;
-    }
-    let _cpu = shared_cpu();
+    };
     let mut vm = QemuGuest::boot(&GuestOptions {
         hold: true,
         ..GuestOptions::default()
@@ -291,10 +309,9 @@ impl Drop for Killed {
 /// node bridge in a namespace of its own, the guest on a tap enslaved to that bridge.
 #[test]
 fn guest_reports_every_option_from_a_full_dhcp_server() {
-    if !support::privileged("guest_reports_every_option_from_a_full_dhcp_server") {
+    let Some(_cpu) = privileged_cpu() else {
         return;
-    }
-    let _cpu = shared_cpu();
+    };
     let node = Node::create(&NodeSpec::isolated(vec![
         "10.99.0.1/24".parse::<IpCidr>().unwrap(),
     ]))
@@ -314,13 +331,7 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
         ],
         false,
     );
-    let report = vm
-        .wait_for(BOOT_TIMEOUT, |r| r.ping.is_some() || r.lease_failed)
-        .unwrap();
-    let console = vm.console();
-    let lease = report
-        .lease
-        .unwrap_or_else(|| panic!("no lease:\n{console}"));
+    let (lease, ping, console) = wait_lease_and_ping(&vm);
     assert_eq!(
         (lease.ip.to_string(), lease.prefix),
         ("10.99.0.50".to_string(), 24)
@@ -344,7 +355,6 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
         .map(|(d, v)| (d.to_string(), v.to_string()));
     assert_eq!(routes, want);
     assert_eq!(lease.server.unwrap().to_string(), "10.99.0.1");
-    let ping = report.ping.unwrap();
     assert!(
         ping.ok && ping.target.to_string() == "10.99.0.1",
         "ping {ping:?}:\n{console}"
@@ -356,10 +366,9 @@ fn guest_reports_every_option_from_a_full_dhcp_server() {
 /// pings the advertising router.
 #[test]
 fn guest_reports_slaac_ipv6_from_router_advertisements() {
-    if !support::privileged("guest_reports_slaac_ipv6_from_router_advertisements") {
+    let Some(_cpu) = privileged_cpu() else {
         return;
-    }
-    let _cpu = shared_cpu();
+    };
     let spec = NodeSpec::isolated(vec![
         "10.99.0.1/24".parse::<IpCidr>().unwrap(),
         "fd99::1/64".parse::<IpCidr>().unwrap(),
@@ -372,10 +381,7 @@ fn guest_reports_slaac_ipv6_from_router_advertisements() {
         "--ra-param=*,1,600",
     ];
     let (_dnsmasq, vm) = guest_behind_dnsmasq(&node, mac, &ra, true);
-    let report = vm
-        .wait_for(BOOT_TIMEOUT, |r| r.ping6.is_some() || r.powered_off)
-        .unwrap();
-    let console = vm.console();
+    let (report, console) = wait_report(&vm, |r| r.ping6.is_some() || r.powered_off);
     let v6 = report
         .ipv6
         .unwrap_or_else(|| panic!("no IPv6 report:\n{console}"));

@@ -77,6 +77,12 @@ struct Node {
     agent: PathBuf,
 }
 
+/// A privileged test's pod ([`support::own_node_pod`] `name` in `10.<net>.0.0/24`) and
+/// node; `None` where [`support::privileged_test`] skips the test.
+fn privileged_site(name: &str, net: u8) -> Option<(PodSandbox, Node)> {
+    support::privileged_test().then(|| (support::own_node_pod(name, net), Node::new()))
+}
+
 impl Node {
     fn new() -> Node {
         let dir = tempfile::tempdir().unwrap();
@@ -103,6 +109,12 @@ impl Node {
     /// so whether this machine's /dev/kvm works is beside the point: no probe.
     fn launch(&self, sb: &PodSandbox, run: &str, accel: &str, extra: &[&str]) -> Launcher {
         self.launch_with_env(sb, run, accel, extra, &[])
+    }
+
+    /// [`Node::launch`] under emulation, with the stand-in's misbehaviour `flag` (e.g.
+    /// `STANDIN_STUCK`) set.
+    fn launch_misbehaving(&self, sb: &PodSandbox, run: &str, flag: &str) -> Launcher {
+        self.launch_with_env(sb, run, "emulation", &[], &[(flag, OsStr::new("1"))])
     }
 
     /// [`Node::launch`] with more environment for the stand-in.
@@ -190,12 +202,9 @@ fn verdicts(node: &Node) -> Vec<vmpod::domain::KvmFailure> {
 
 #[test]
 fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
-    if !support::privileged("kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers")
-    {
+    let Some((sb, node)) = privileged_site("kvmlate", 93) else {
         return;
-    }
-    let sb = support::own_node_pod("kvmlate", 93);
-    let node = Node::new();
+    };
 
     // 1. auto, KVM taken as usable: the domain starts under KVM, KVM fails, the launcher
     //    destroys it and boots it again under TCG, in the same pod.
@@ -240,9 +249,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
     let here = KvmKey::of_this_node(Path::new(vmpod::domain::xml::EMULATOR)).unwrap();
     assert_eq!(v[0].key, here);
     assert!(v[0].reason.contains("KVM internal error"), "{v:?}");
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 
     // 2. The next launcher on this node goes straight to TCG and says why; a pause it
     //    asks for is a user's pause.
@@ -264,9 +271,7 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
         Some(Acceleration::Tcg),
         "a user's pause is no KVM failure"
     );
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 
     // 3. kvm required on this node: refused up front with the remembered reason.
     let mut l = node.launch(&sb, "third", "kvm", &[]);
@@ -283,11 +288,9 @@ fn kvm_failing_late_in_auto_boots_again_under_tcg_and_the_node_remembers() {
 
 #[test]
 fn kvm_required_and_failing_late_fails_the_vmi_with_the_reason() {
-    if !support::privileged("kvm_required_and_failing_late_fails_the_vmi_with_the_reason") {
+    let Some((sb, node)) = privileged_site("kvmreq", 93) else {
         return;
-    }
-    let sb = support::own_node_pod("kvmreq", 93);
-    let node = Node::new();
+    };
     // The verdicts where the node keeps them (not beside the seed).
     let file = node.root.join("node-state").join("verdicts.json");
     let mut l = node.launch(
@@ -324,13 +327,11 @@ fn kvm_required_and_failing_late_fails_the_vmi_with_the_reason() {
 /// console.log.1, the verdict on the node). Prints the time from launcher start to lease.
 #[test]
 fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
-    if !support::privileged("auto_reaches_the_guests_lease_whatever_this_machines_kvm_does") {
-        return;
-    }
-    let sb = support::own_node_pod("kvmauto", 94);
     // A node of its own: the shared capabilities seed (so libvirtd starts fast) without
     // any verdict an earlier run left.
-    let node = Node::new();
+    let Some((sb, node)) = privileged_site("kvmauto", 94) else {
+        return;
+    };
     let seed = node.caps_seed();
     std::fs::create_dir_all(&seed).unwrap();
     for e in std::fs::read_dir(vmpod::domain::daemons::DEFAULT_CAPS_SEED)
@@ -387,9 +388,7 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
     );
     // The guest takes the power button once it holds.
     l.wait_report(Duration::from_secs(120), |r| r.holding);
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
     drop(l);
 
     // Where /dev/kvm answers its ioctls but QEMU fails with it (refused up front above),
@@ -426,9 +425,7 @@ fn auto_reaches_the_guests_lease_whatever_this_machines_kvm_does() {
         to_lease.as_millis()
     );
     l.wait_report(Duration::from_secs(120), |r| r.holding);
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 }
 
 #[link(name = "virt-qemu")]
@@ -494,9 +491,7 @@ fn a_pause_nobody_asked_for_is_reported_with_its_reason() {
     let s = wait_status(&mut l, "Running again", |s| s.phase == Phase::Running);
     assert_eq!(s.pause_reason, None);
     drop(conn);
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 }
 
 /// SIGTERM to `l`, which must exit inside the time kubelet gives the pod (the VMI's
@@ -524,18 +519,10 @@ fn sigterm_inside_the_grace(l: &mut Launcher) -> (ExitStatus, Duration, String, 
 /// (none here) killed directly, the network restored and the final status written.
 #[test]
 fn libvirt_stuck_in_destroy_still_tears_down_inside_the_grace() {
-    if !support::privileged("libvirt_stuck_in_destroy_still_tears_down_inside_the_grace") {
+    let Some((sb, node)) = privileged_site("stuck", 96) else {
         return;
-    }
-    let sb = support::own_node_pod("stuck", 96);
-    let node = Node::new();
-    let mut l = node.launch_with_env(
-        &sb,
-        "stuck",
-        "emulation",
-        &[],
-        &[("STANDIN_STUCK", OsStr::new("1"))],
-    );
+    };
+    let mut l = node.launch_misbehaving(&sb, "stuck", "STANDIN_STUCK");
     wait_status(&mut l, "Running", |s| s.phase == Phase::Running);
     let (st, took, log, status) = sigterm_inside_the_grace(&mut l);
     let requests = node.requests("stuck");
@@ -559,18 +546,10 @@ fn libvirt_stuck_in_destroy_still_tears_down_inside_the_grace() {
 /// timeout), the network is restored and the final status written, inside the grace.
 #[test]
 fn sigterm_during_boot_leads_to_an_orderly_teardown() {
-    if !support::privileged("sigterm_during_boot_leads_to_an_orderly_teardown") {
+    let Some((sb, node)) = privileged_site("bootterm", 97) else {
         return;
-    }
-    let sb = support::own_node_pod("bootterm", 97);
-    let node = Node::new();
-    let mut l = node.launch_with_env(
-        &sb,
-        "bootterm",
-        "emulation",
-        &[],
-        &[("STANDIN_SLOW_START", OsStr::new("1"))],
-    );
+    };
+    let mut l = node.launch_misbehaving(&sb, "bootterm", "STANDIN_SLOW_START");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !node
         .requests("bootterm")

@@ -27,6 +27,21 @@ fn pod(name: &str) -> PodSandbox {
 
 const BOOT: Duration = Duration::from_secs(150);
 
+/// The pid of the pod's process (one mentioning the state dir `state`) whose command line
+/// contains `cmdline`.
+fn pod_process(state: &Path, cmdline: &str) -> u32 {
+    let p = processes_mentioning(&state.to_string_lossy())
+        .into_iter()
+        .find(|p| p.contains(cmdline))
+        .unwrap_or_else(|| panic!("no {cmdline:?} process for this pod"));
+    p.split(':').next().unwrap().parse().unwrap()
+}
+
+/// `/proc/<pid>/maps`: what process `pid` has mapped.
+fn maps_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
+}
+
 #[test]
 fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
     if !support::privileged("launcher_boots_guest_with_pod_network_and_stops_on_sigterm") {
@@ -85,16 +100,12 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
     );
     // libvirt stays out of the launcher's process: its client is the vmpod-virt child.
     let launcher_pid = l.child.id();
-    let maps = std::fs::read_to_string(format!("/proc/{launcher_pid}/maps")).unwrap();
+    let maps = maps_of(launcher_pid);
     assert!(
         !maps.contains("libvirt"),
         "the launcher maps libvirt:\n{maps}"
     );
-    let agent = processes_mentioning(&state.to_string_lossy())
-        .into_iter()
-        .find(|p| p.contains("vmpod-virt --socket"))
-        .expect("a vmpod-virt process for this pod");
-    let agent_pid = agent.split(':').next().unwrap();
+    let agent_pid = pod_process(&state, "vmpod-virt --socket");
     let agent_stat = std::fs::read_to_string(format!("/proc/{agent_pid}/stat")).unwrap();
     let agent_ppid: u32 = agent_stat[agent_stat.rfind(')').unwrap() + 1..]
         .split_whitespace()
@@ -106,27 +117,21 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         agent_ppid, launcher_pid,
         "vmpod-virt is the launcher's child"
     );
-    let agent_maps = std::fs::read_to_string(format!("/proc/{agent_pid}/maps")).unwrap();
     assert!(
-        agent_maps.contains("libvirt.so"),
+        maps_of(agent_pid).contains("libvirt.so"),
         "vmpod-virt holds libvirt"
     );
     // Both processes that load libvirt get the preload that skips its libcurl init.
-    let libvirtd = processes_mentioning(&state.to_string_lossy())
-        .into_iter()
-        .find(|p| p.contains("libvirtd --config"))
-        .expect("a libvirtd for this pod");
-    let libvirtd_pid = libvirtd.split(':').next().unwrap();
+    let libvirtd_pid = pod_process(&state, "libvirtd --config");
     for (what, pid) in [("vmpod-virt", agent_pid), ("libvirtd", libvirtd_pid)] {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         assert!(
-            maps.contains(vmpod::domain::daemons::PRELOAD_LIB),
+            maps_of(pid).contains(vmpod::domain::daemons::PRELOAD_LIB),
             "{what} has no {}",
             vmpod::domain::daemons::PRELOAD_LIB
         );
     }
     // libvirtd alone runs its heap trimmer.
-    let threads = |pid: &str| -> Vec<String> {
+    let threads = |pid: u32| -> Vec<String> {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .flatten()
@@ -148,9 +153,7 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         "{links:?}"
     );
 
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
     assert!(
         l.console().contains("VMPOD-POWER-BUTTON"),
         "guest saw no power button:\n{}",
@@ -303,13 +306,7 @@ fn launcher_ends_qemu_and_exits_nonzero_when_its_libvirt_client_dies() {
     }
     launcher_fails_cleanly_when_killed(
         "lagent",
-        |state, _| {
-            let p = processes_mentioning(&state.to_string_lossy())
-                .into_iter()
-                .find(|p| p.contains("vmpod-virt --socket"))
-                .expect("vmpod-virt");
-            p.split(':').next().unwrap().parse().unwrap()
-        },
+        |state, _| pod_process(state, "vmpod-virt --socket"),
         "vmpod-virt",
     );
 }

@@ -75,9 +75,7 @@ fn console_log_rotates_at_boot_and_past_4_mib_losing_nothing() {
     }
     drop(fifo);
 
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(60));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(60));
     let (old, new) = (read(&previous), read(&log));
     for (name, f) in [("console.log.1", &old), ("console.log", &new)] {
         assert!(f.len() as u64 <= max, "{name}: {} bytes", f.len());

@@ -9,7 +9,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use support::guest::{DualStackWant, GuestReport};
-use support::launcher::{Launcher, control_call, testguest_vmi};
+use support::launcher::{Launcher, testguest_vmi};
 use vmpod::dhcp::stats::LeaseState;
 use vmpod::sandbox::PodSandbox;
 
@@ -38,11 +38,7 @@ fn launcher_gives_the_guest_the_pods_ipv6_by_ra_and_dhcpv6() {
     let mut l = Launcher::start(&sb, &state, &vmi, &[]);
     let report = l.wait_report(BOOT, GuestReport::ipv6_settled);
 
-    let network = control_call(
-        &state,
-        "network report",
-        |c| async move { c.network().await },
-    );
+    let network = support::launcher::network_report(&state);
     let eth0 = &network.interfaces[0];
     let want = DualStackWant {
         ipv4: Ipv4Addr::new(10, 77, 0, 5),
@@ -72,7 +68,5 @@ fn launcher_gives_the_guest_the_pods_ipv6_by_ra_and_dhcpv6() {
     );
     assert!(ipv6.router_advertisements.solicitations >= 1, "{ipv6:?}");
 
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
 }

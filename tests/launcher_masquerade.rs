@@ -7,7 +7,7 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::guest::{DualStackWant, GuestReport};
 use support::http::{fetch, get};
@@ -32,6 +32,56 @@ fn pod(name: &str) -> PodSandbox {
     spec.dns = vec!["10.96.0.10".parse().unwrap()];
     spec.search = vec!["default.svc.cluster.local".into()];
     PodSandbox::create(&node, &spec).unwrap()
+}
+
+/// A test's pod on a node of its own, the node's namespace, the launcher's state dir (in
+/// a temporary directory, removed when dropped) and eth0's forwarding before the test.
+struct Site {
+    sb: PodSandbox,
+    node_ns: PathBuf,
+    state: PathBuf,
+    forwarding_before: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// The site of a privileged test around the pod `make` creates; `None` where
+    /// [`support::privileged_test`] skips the test.
+    fn privileged(make: impl FnOnce() -> PodSandbox) -> Option<Site> {
+        support::privileged_test().then(|| Site::new(make()))
+    }
+
+    fn new(sb: PodSandbox) -> Site {
+        let node_ns = sb
+            .node_netns_path()
+            .expect("an isolated node")
+            .to_path_buf();
+        let dir = tempfile::tempdir().unwrap();
+        Site {
+            forwarding_before: eth0_forwarding(&sb),
+            state: dir.path().join("state"),
+            sb,
+            node_ns,
+            _dir: dir,
+        }
+    }
+
+    /// `vmpodctl net inspect` of the pod (with the cache in the state dir) shows each of
+    /// `wants`.
+    fn assert_inspect_shows(&self, wants: &[&str]) {
+        let out = support::stdout_of(
+            std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
+                .args(["net", "inspect", "--netns"])
+                .arg(self.sb.netns_path())
+                .arg("--state-dir")
+                .arg(&self.state),
+            "vmpodctl net inspect",
+        );
+        let text = String::from_utf8_lossy(&out);
+        for want in wants {
+            assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
+        }
+    }
 }
 
 /// The test guest's VMI with the masquerade binding, `ports` as a YAML flow list (empty:
@@ -65,12 +115,8 @@ fn nft_tables(netns: &Path) -> Vec<String> {
             .args(["-j", "list", "tables"]),
         "nft list tables",
     );
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
+    nft_objects(&out, "table")
         .iter()
-        .filter_map(|o| o.get("table"))
         .map(|t| {
             format!(
                 "{} {}",
@@ -78,6 +124,17 @@ fn nft_tables(netns: &Path) -> Vec<String> {
                 t["name"].as_str().unwrap()
             )
         })
+        .collect()
+}
+
+/// The `kind` objects (`table`, `rule`, ...) of `nft -j` output `out`.
+fn nft_objects(out: &[u8], kind: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_slice(out).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get(kind).cloned())
         .collect()
 }
 
@@ -89,19 +146,6 @@ fn nft_ruleset(netns: &Path) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `vmpodctl net inspect` of the pod with the cache in `state`, as text.
-fn net_inspect(sb: &PodSandbox, state: &Path) -> String {
-    let out = support::stdout_of(
-        std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-            .args(["net", "inspect", "--netns"])
-            .arg(sb.netns_path())
-            .arg("--state-dir")
-            .arg(state),
-        "vmpodctl net inspect",
-    );
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The guest is up with its private lease, pinged the node through the NAT and serves.
@@ -138,8 +182,8 @@ fn eth0_forwarding(sb: &PodSandbox) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// No nft table, bridge, tap or process left, and eth0's forwarding as it was before.
-fn nothing_left(sb: &PodSandbox, state: &Path, forwarding_before: &str) {
+/// No vmpod nft table in the pod.
+fn assert_no_vmpod_table(sb: &PodSandbox) {
     assert!(
         !nft_tables(sb.netns_path())
             .iter()
@@ -147,6 +191,11 @@ fn nothing_left(sb: &PodSandbox, state: &Path, forwarding_before: &str) {
         "nft ruleset left behind:\n{}",
         nft_ruleset(sb.netns_path())
     );
+}
+
+/// No nft table, bridge, tap or process left, and eth0's forwarding as it was before.
+fn nothing_left(sb: &PodSandbox, state: &Path, forwarding_before: &str) {
+    assert_no_vmpod_table(sb);
     let links = pod_links(sb);
     assert!(
         !links.iter().any(|l| l == "k6t-eth0" || l == "tap-eth0"),
@@ -158,23 +207,15 @@ fn nothing_left(sb: &PodSandbox, state: &Path, forwarding_before: &str) {
 
 #[test]
 fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
-    if !support::privileged("masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out") {
+    let Some(site) = Site::privileged(|| pod("lmasq")) else {
         return;
-    }
-    let sb = pod("lmasq");
-    let node_ns = sb
-        .node_netns_path()
-        .expect("an isolated node")
-        .to_path_buf();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let forwarding_before = eth0_forwarding(&sb);
+    };
     let vmi = masquerade_vmi("lmasq", "[{name: http, port: 80}]");
-    let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+    let mut l = Launcher::start(&site.sb, &site.state, &vmi, &[]);
     wait_serving(&mut l);
 
     // The pod keeps its IP; the bridge holds the gateway.
-    let addrs = pod_addresses(&sb);
+    let addrs = pod_addresses(&site.sb);
     assert!(
         addrs.contains(&format!("{POD_IP}/24").parse::<IpCidr>().unwrap()),
         "{addrs:?}"
@@ -183,29 +224,36 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
         addrs.contains(&"10.0.2.1/24".parse::<IpCidr>().unwrap()),
         "{addrs:?}"
     );
-    assert!(nft_tables(sb.netns_path()).contains(&"inet vmpod_masq_eth0".to_string()));
-    assert_eq!(eth0_forwarding(&sb), "1");
+    assert!(nft_tables(site.sb.netns_path()).contains(&"inet vmpod_masq_eth0".to_string()));
+    assert_eq!(eth0_forwarding(&site.sb), "1");
 
     // From inside the pod, through 127.0.0.1.
-    let page = fetch(sb.netns_path(), "127.0.0.1", 80)
-        .unwrap_or_else(|e| panic!("pod -> 127.0.0.1:80: {e}\n{}", nft_ruleset(sb.netns_path())));
+    let page = fetch(site.sb.netns_path(), "127.0.0.1", 80).unwrap_or_else(|e| {
+        panic!(
+            "pod -> 127.0.0.1:80: {e}\n{}",
+            nft_ruleset(site.sb.netns_path())
+        )
+    });
     assert_eq!(page.trim(), PAGE);
     // From the guest's own address inside the pod (the bridge route).
-    let page = fetch(sb.netns_path(), "10.0.2.2", 80)
+    let page = fetch(site.sb.netns_path(), "10.0.2.2", 80)
         .unwrap_or_else(|e| panic!("pod -> 10.0.2.2:80: {e}"));
     assert_eq!(page.trim(), PAGE);
     // From the node, through the pod IP, on the listed port.
-    let page = fetch(&node_ns, POD_IP, 80)
-        .unwrap_or_else(|e| panic!("node -> pod IP:80: {e}\n{}", nft_ruleset(sb.netns_path())));
+    let page = fetch(&site.node_ns, POD_IP, 80).unwrap_or_else(|e| {
+        panic!(
+            "node -> pod IP:80: {e}\n{}",
+            nft_ruleset(site.sb.netns_path())
+        )
+    });
     assert_eq!(page.trim(), PAGE);
     // A port not listed is not forwarded (the guest listens on 8080 too).
-    let closed = fetch(&node_ns, POD_IP, 8080);
+    let closed = fetch(&site.node_ns, POD_IP, 8080);
     assert!(closed.is_err(), "8080 was forwarded: {closed:?}");
 
     // `vmpodctl net inspect` shows the binding, the VM's address and the live rules,
     // counted.
-    let text = net_inspect(&sb, &state);
-    for want in [
+    site.assert_inspect_shows(&[
         "MASQUERADE eth0",
         "vm 10.0.2.2/24",
         "gateway 10.0.2.1; forwarded: tcp/80",
@@ -214,15 +262,11 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
         ),
         "output: ip daddr 127.0.0.1, tcp dport 80 -> dnat to 10.0.2.2 [1 packets]",
         "postrouting: oifname eth0, ip saddr 10.0.2.0/24 -> masquerade",
-    ] {
-        assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
-    }
+    ]);
 
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
-    nothing_left(&sb, &state, &forwarding_before);
-    let addrs = pod_addresses(&sb);
+    l.stop_gracefully(Duration::from_secs(30));
+    nothing_left(&site.sb, &site.state, &site.forwarding_before);
+    let addrs = pod_addresses(&site.sb);
     assert!(
         addrs.contains(&format!("{POD_IP}/24").parse::<IpCidr>().unwrap()),
         "{addrs:?}"
@@ -234,31 +278,22 @@ fn masquerade_forwards_listed_ports_to_the_guest_and_nats_it_out() {
 /// the pod IP reaches the guest; `net teardown` leaves nothing behind.
 #[test]
 fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
-    if !support::privileged(
-        "masquerade_set_up_by_init_container_forwards_every_port_when_none_listed",
-    ) {
+    let Some(site) = Site::privileged(|| pod("lmasqall")) else {
         return;
-    }
-    let sb = pod("lmasqall");
-    let node_ns = sb
-        .node_netns_path()
-        .expect("an isolated node")
-        .to_path_buf();
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let forwarding_before = eth0_forwarding(&sb);
+    };
     let net = |args: &[&str]| {
         support::stdout_of(
-            sb.command(support::launcher::launcher_bin())
+            site.sb
+                .command(support::launcher::launcher_bin())
                 .unwrap()
                 .arg("net")
                 .args(args)
                 .arg("--state-dir")
-                .arg(&state),
+                .arg(&site.state),
             &format!("net {args:?}"),
         );
     };
-    let resolv = sb.resolv_conf_path();
+    let resolv = site.sb.resolv_conf_path();
     // `vmpodctl net plan` shows the NAT op with the ports asked for, changing nothing.
     let mut plan = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
     plan.args([
@@ -271,9 +306,9 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
         "--json",
     ])
     .args(["--resolv-conf", resolv.to_str().unwrap(), "--netns"])
-    .arg(sb.netns_path())
+    .arg(site.sb.netns_path())
     .arg("--state-dir")
-    .arg(&state);
+    .arg(&site.state);
     let plan: serde_json::Value =
         serde_json::from_slice(&support::stdout_of(&mut plan, "vmpodctl net plan")).unwrap();
     let nat = plan["ops"].as_array().unwrap().last().unwrap();
@@ -289,27 +324,22 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
         serde_json::json!([{"protocol": "tcp", "port": 80}])
     );
     assert!(
-        nft_tables(sb.netns_path()).is_empty(),
+        nft_tables(site.sb.netns_path()).is_empty(),
         "plan changed nothing"
     );
-    net(&[
+    let setup = [
         "setup",
         "--binding",
         "masquerade",
         "--resolv-conf",
         resolv.to_str().unwrap(),
-    ]);
+    ];
+    net(&setup);
     // Setup again converges (idempotent) instead of failing on what exists.
-    net(&[
-        "setup",
-        "--binding",
-        "masquerade",
-        "--resolv-conf",
-        resolv.to_str().unwrap(),
-    ]);
+    net(&setup);
 
     let vmi = masquerade_vmi("lmasqall", "");
-    let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+    let mut l = Launcher::start(&site.sb, &site.state, &vmi, &[]);
     wait_serving(&mut l);
     assert!(
         l.log().contains("already rewired"),
@@ -317,18 +347,16 @@ fn masquerade_set_up_by_init_container_forwards_every_port_when_none_listed() {
         l.log()
     );
     for port in [80, 8080] {
-        let page =
-            fetch(&node_ns, POD_IP, port).unwrap_or_else(|e| panic!("node -> pod IP:{port}: {e}"));
+        let page = fetch(&site.node_ns, POD_IP, port)
+            .unwrap_or_else(|e| panic!("node -> pod IP:{port}: {e}"));
         assert_eq!(page.trim(), PAGE);
     }
 
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
+    l.stop_gracefully(Duration::from_secs(30));
     // The launcher leaves the init container's setup alone; `net teardown` undoes it.
-    assert!(nft_tables(sb.netns_path()).contains(&"inet vmpod_masq_eth0".to_string()));
+    assert!(nft_tables(site.sb.netns_path()).contains(&"inet vmpod_masq_eth0".to_string()));
     net(&["teardown"]);
-    nothing_left(&sb, &state, &forwarding_before);
+    nothing_left(&site.sb, &site.state, &site.forwarding_before);
 }
 
 /// The node's IPv6 gateway in [`support::dual_stack_spec`]: outside the pod, so the
@@ -377,12 +405,9 @@ fn node_echo_requests(node_ns: &Path, name: &str) -> u64 {
         ]),
         "nft list table in the node",
     );
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    v["nftables"]
-        .as_array()
-        .unwrap()
+    let rules = nft_objects(&out, "rule");
+    rules
         .iter()
-        .filter_map(|o| o.get("rule"))
         .find(|r| r["comment"] == name)
         .and_then(|r| {
             r["expr"]
@@ -390,7 +415,7 @@ fn node_echo_requests(node_ns: &Path, name: &str) -> u64 {
                 .iter()
                 .find_map(|e| e["counter"]["packets"].as_u64())
         })
-        .unwrap_or_else(|| panic!("no counter {name:?} in the node's table: {v}"))
+        .unwrap_or_else(|| panic!("no counter {name:?} in the node's table: {rules:?}"))
 }
 
 /// The real launcher, masquerade, in a dual-stack pod, the guest running dhcpcd
@@ -402,21 +427,20 @@ fn node_echo_requests(node_ns: &Path, name: &str) -> u64 {
 /// inspect` shows the IPv6 rules; SIGTERM restores IPv6 forwarding.
 #[test]
 fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
-    if !support::privileged("masquerade_in_a_dual_stack_pod_reports_its_ipv6_side") {
+    let Some(site) = Site::privileged(|| {
+        let (node, mut spec) = support::dual_stack_spec("lmasq6");
+        spec.dns.push(IpAddr::V6(DNS6));
+        PodSandbox::create(&node, &spec).unwrap()
+    }) else {
         return;
-    }
-    let (node, mut spec) = support::dual_stack_spec("lmasq6");
-    spec.dns.push(IpAddr::V6(DNS6));
-    let sb = PodSandbox::create(&node, &spec).unwrap();
-    let node_ns = sb
-        .node_netns_path()
-        .expect("an isolated node")
-        .to_path_buf();
-    count_node_echo_requests(&node_ns, &[("pod", "fd77::5"), ("vm", "fd10:0:2::/120")]);
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    };
+    count_node_echo_requests(
+        &site.node_ns,
+        &[("pod", "fd77::5"), ("vm", "fd10:0:2::/120")],
+    );
     let ipv6_forwarding = || {
-        let out = sb
+        let out = site
+            .sb
             .command("cat")
             .unwrap()
             .arg("/proc/sys/net/ipv6/conf/all/forwarding")
@@ -431,15 +455,10 @@ fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
         1,
     );
     assert!(vmi.contains("vmpod.ipv6=1"), "{vmi}");
-    let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+    let mut l = Launcher::start(&site.sb, &site.state, &vmi, &[]);
     let report = l.wait_report(BOOT, GuestReport::ipv6_settled);
 
-    let network =
-        support::launcher::control_call(
-            &state,
-            "network report",
-            |c| async move { c.network().await },
-        );
+    let network = support::launcher::network_report(&site.state);
     let iface = &network.interfaces[0];
     let want = DualStackWant {
         ipv4: Ipv4Addr::new(10, 0, 2, 2),
@@ -453,7 +472,7 @@ fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
         panic!(
             "{e}\n{:?}\n{}\n{}",
             iface.ipv6,
-            nft_ruleset(sb.netns_path()),
+            nft_ruleset(site.sb.netns_path()),
             l.console()
         )
     });
@@ -464,11 +483,11 @@ fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
     assert_eq!(got.ra.prefixes, ["fd10:0:2::/120"]);
     // The node saw the echo requests from the pod's address: NAT66, not routed.
     assert!(
-        node_echo_requests(&node_ns, "pod") >= 1,
+        node_echo_requests(&site.node_ns, "pod") >= 1,
         "the node saw no echo request from fd77::5"
     );
     assert_eq!(
-        node_echo_requests(&node_ns, "vm"),
+        node_echo_requests(&site.node_ns, "vm"),
         0,
         "the VM's address leaked"
     );
@@ -492,26 +511,15 @@ fn masquerade_in_a_dual_stack_pod_reports_its_ipv6_side() {
     assert_eq!(vm_ips, ["10.0.2.2", "fd10:0:2::2"]);
     assert_eq!(ipv6_forwarding(), "1");
 
-    let text = net_inspect(&sb, &state);
-    for want in [
+    site.assert_inspect_shows(&[
         "vm fd10:0:2::2/120 gateway fd10:0:2::1 (NAT66 behind fd77::5)",
         "prerouting: iifname eth0, ip6 daddr fd77::5, tcp dport 80 -> dnat to fd10:0:2::2",
         "postrouting: oifname eth0, ip6 saddr fd10:0:2::/120 -> masquerade",
         "IPV6 eth0\nvm fd10:0:2::2/120",
-    ] {
-        assert!(text.contains(want), "no {want:?} in net inspect:\n{text}");
-    }
+    ]);
 
-    l.sigterm();
-    let st = l.wait_exit(Duration::from_secs(30));
-    assert!(st.success(), "launcher exit {st}\n{}", l.log());
-    assert!(
-        !nft_tables(sb.netns_path())
-            .iter()
-            .any(|t| t.contains("vmpod")),
-        "{}",
-        nft_ruleset(sb.netns_path())
-    );
+    l.stop_gracefully(Duration::from_secs(30));
+    assert_no_vmpod_table(&site.sb);
     assert_eq!(ipv6_forwarding(), before);
 }
 
@@ -526,18 +534,15 @@ fn bench_bridge_vs_masquerade_connect_and_10mib_from_the_node() {
     }
     for binding in ["bridge", "masquerade"] {
         let name = format!("lbench{}", &binding[..1]);
-        let sb = pod(&name);
-        let node_ns = sb.node_netns_path().unwrap().to_path_buf();
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
+        let site = Site::new(pod(&name));
         let mut vmi = masquerade_vmi(&name, "");
         if binding == "bridge" {
             vmi = vmi.replacen("masquerade: {}", "bridge: {}", 1);
         }
-        let mut l = Launcher::start(&sb, &state, &vmi, &[]);
+        let mut l = Launcher::start(&site.sb, &site.state, &vmi, &[]);
         l.wait_report(BOOT, |r| r.http.is_some());
         let target: std::net::SocketAddr = format!("{POD_IP}:80").parse().unwrap();
-        let mut connects: Vec<Duration> = vmpod::net::netns::run_in(Some(&node_ns), || {
+        let mut connects: Vec<Duration> = vmpod::net::netns::run_in(Some(&site.node_ns), || {
             (0..50)
                 .map(|_| {
                     let t = std::time::Instant::now();
@@ -552,7 +557,7 @@ fn bench_bridge_vs_masquerade_connect_and_10mib_from_the_node() {
         .unwrap();
         connects.sort();
         let t = std::time::Instant::now();
-        let body = get(&node_ns, POD_IP, 80, "/10m").unwrap();
+        let body = get(&site.node_ns, POD_IP, 80, "/10m").unwrap();
         let transfer = t.elapsed();
         assert_eq!(body.len(), 10 << 20);
         println!(

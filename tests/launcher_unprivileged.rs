@@ -89,8 +89,8 @@ fn processes() -> Vec<(u32, u32, char)> {
     out
 }
 
-/// The processes of the PID namespace `pid` is in, with their states.
-fn namespace_members(pid: u32) -> Vec<(u32, char)> {
+/// The zombies (state Z) among the processes of the PID namespace `pid` is in.
+fn namespace_zombies(pid: u32) -> Vec<u32> {
     let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) else {
         return Vec::new();
     };
@@ -102,7 +102,8 @@ fn namespace_members(pid: u32) -> Vec<(u32, char)> {
                 .as_ref()
                 == Some(&ns)
         })
-        .map(|(p, _, s)| (p, s))
+        .filter(|(_, _, s)| *s == 'Z')
+        .map(|(p, _, _)| p)
         .collect()
 }
 
@@ -319,12 +320,7 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
 
     let mut zombies_seen = Vec::new();
     let report = wait_for("the guest's lease", Duration::from_secs(150), || {
-        zombies_seen.extend(
-            namespace_members(pid1)
-                .into_iter()
-                .filter(|(_, s)| *s == 'Z')
-                .map(|(p, _)| p),
-        );
+        zombies_seen.extend(namespace_zombies(pid1));
         if let Ok(Some(st)) = run.try_wait() {
             panic!("launcher exited ({st}) before the guest held\n{}", diag());
         }
@@ -414,12 +410,7 @@ fn launcher_runs_with_container_privileges_as_pid1_and_leaves_nothing() {
     )
     .unwrap();
     let status = wait_for("the pod to stop", Duration::from_secs(60), || {
-        zombies_seen.extend(
-            namespace_members(pid1)
-                .into_iter()
-                .filter(|(_, s)| *s == 'Z')
-                .map(|(p, _)| p),
-        );
+        zombies_seen.extend(namespace_zombies(pid1));
         run.try_wait().unwrap()
     });
     guard.0 = None;

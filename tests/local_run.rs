@@ -17,9 +17,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use support::guest::{GuestReport, guest_artifacts};
+use support::guest::{GuestLease, GuestReport, guest_artifacts};
 
 const VM_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a pipe stays quiet before [`drain`] takes it as read to the end.
+const QUIET: Duration = Duration::from_millis(500);
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn bin(name: &str) -> PathBuf {
@@ -41,15 +43,20 @@ struct Site {
 }
 
 impl Site {
-    fn new(base: &str) -> Site {
+    /// The site of a privileged test, its VMI named after `base`; `None` where
+    /// [`support::privileged_test`] skips the test.
+    fn privileged(base: &str) -> Option<Site> {
+        if !support::privileged_test() {
+            return None;
+        }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        Site {
+        Some(Site {
             dir: tempfile::tempdir().unwrap(),
             bridge: format!("vpl{:06x}{n:x}", pid & 0xff_ffff),
             subnet_octet: 100 + (pid * 7 + n * 13) % 150,
             name: format!("{base}-{pid:x}x{n}"),
-        }
+        })
     }
 
     fn root(&self) -> PathBuf {
@@ -94,10 +101,16 @@ impl Site {
         path
     }
 
-    /// `vmpodctl run --console`, and its stdout (the console) and stderr, line by line.
-    fn vmpodctl_run(&self, manifest: &Path, extra_env: &[(&str, &Path)]) -> Running {
+    /// `vmpodctl` in this site's environment.
+    fn vmpodctl(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
         self.env(&mut cmd);
+        cmd
+    }
+
+    /// `vmpodctl run --console`, and its stdout (the console) and stderr, line by line.
+    fn vmpodctl_run(&self, manifest: &Path, extra_env: &[(&str, &Path)]) -> Running {
+        let mut cmd = self.vmpodctl();
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -109,9 +122,12 @@ impl Site {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = lines_of(child.stdout.take().unwrap());
-        let err = lines_of(child.stderr.take().unwrap());
-        (child, out, err)
+        Running {
+            out: lines_of(child.stdout.take().unwrap()),
+            err: lines_of(child.stderr.take().unwrap()),
+            child,
+            console: String::new(),
+        }
     }
 
     /// `vmpod-handler local` on `dir` (with `extra_env`), and its stderr, line by line.
@@ -155,26 +171,21 @@ impl Site {
     }
 
     fn run_to_the_end(&self, manifest: &Path, extra_env: &[(&str, &Path)]) -> Finished {
-        let (mut child, out, err) = self.vmpodctl_run(manifest, extra_env);
-        let status = wait_or_kill(&mut child, VM_TIMEOUT);
-        let (mut console, mut log) = (String::new(), String::new());
-        drain(&out, &mut console);
-        drain(&err, &mut log);
+        let run = self.vmpodctl_run(manifest, extra_env).end(VM_TIMEOUT);
         assert!(
-            status.success(),
-            "vmpodctl run: {status}\nstderr:\n{log}\nconsole:\n{console}"
+            run.status.success(),
+            "vmpodctl run: {}\nstderr:\n{}\nconsole:\n{}",
+            run.status,
+            run.log,
+            run.console
         );
-        let report = GuestReport::parse(&console).unwrap();
         assert!(
-            report.lease.is_some(),
-            "no lease on the console:\n{console}\n{log}"
+            run.report.lease.is_some(),
+            "no lease on the console:\n{}\n{}",
+            run.console,
+            run.log
         );
-        Finished {
-            pod: parse_pod_line(&log),
-            report,
-            console,
-            log,
-        }
+        run
     }
 
     /// Nothing of the run is left: namespace, veth, bridge, process, mount, state dir.
@@ -216,12 +227,53 @@ impl Site {
     }
 }
 
-/// A running `vmpodctl run`: the process, its stdout and its stderr, line by line.
-type Running = (Child, mpsc::Receiver<String>, mpsc::Receiver<String>);
+/// A running `vmpodctl run --console`: the process, its stdout (the guest's console) and
+/// its stderr, line by line, and the console read so far.
+struct Running {
+    child: Child,
+    out: mpsc::Receiver<String>,
+    err: mpsc::Receiver<String>,
+    console: String,
+}
 
-/// What a `vmpodctl run` that ran to the end showed.
+impl Running {
+    /// Read the console until a line contains `needle`; when none does within `timeout`,
+    /// kill the run and fail naming `what`, with the console and vmpodctl's stderr.
+    fn wait_console(&mut self, timeout: Duration, needle: &str, what: &str) {
+        let deadline = Instant::now() + timeout;
+        if !collect_until(&self.out, &mut self.console, deadline, |l| {
+            l.contains(needle)
+        }) {
+            let _ = self.child.kill();
+            let mut log = String::new();
+            drain(&self.err, &mut log, QUIET);
+            panic!("{what}:\n{}\n{log}", self.console);
+        }
+    }
+
+    /// Send `sig` to vmpodctl.
+    fn signal(&self, sig: Signal) {
+        signal(&self.child, sig);
+    }
+
+    /// Wait for the run to end, killing it (and failing) after `timeout`; what it showed.
+    fn end(mut self, timeout: Duration) -> Finished {
+        let status = wait_or_kill(&mut self.child, timeout);
+        let mut log = String::new();
+        drain(&self.out, &mut self.console, QUIET);
+        drain(&self.err, &mut log, QUIET);
+        Finished {
+            status,
+            report: GuestReport::parse(&self.console).unwrap(),
+            console: self.console,
+            log,
+        }
+    }
+}
+
+/// What a `vmpodctl run` that ended showed.
 struct Finished {
-    pod: PodLine,
+    status: ExitStatus,
     report: GuestReport,
     /// The guest's console (stdout).
     console: String,
@@ -230,22 +282,24 @@ struct Finished {
 }
 
 impl Finished {
-    /// The guest leased the pod IP, with the pod's gateway as its router.
-    fn assert_the_pod_ip_leased(&self) {
-        let lease = self
-            .report
+    /// The pod vmpodctl made, as it printed it.
+    fn pod(&self) -> PodLine {
+        parse_pod_line(&self.log)
+    }
+
+    /// The guest's first lease.
+    fn lease(&self) -> &GuestLease {
+        self.report
             .lease
             .as_ref()
-            .expect("checked by run_to_the_end");
-        assert_eq!(
-            lease.ip.to_string(),
-            self.pod.ip,
-            "the guest leased the pod IP"
-        );
-        assert_eq!(
-            lease.router().map(|r| r.to_string()),
-            Some(self.pod.gateway.clone())
-        );
+            .expect("checked by run_to_the_end")
+    }
+
+    /// The guest leased the pod IP, with the pod's gateway as its router.
+    fn assert_the_pod_ip_leased(&self) {
+        let (lease, pod) = (self.lease(), self.pod());
+        assert_eq!(lease.ip.to_string(), pod.ip, "the guest leased the pod IP");
+        assert_eq!(lease.router().map(|r| r.to_string()), Some(pod.gateway));
     }
 }
 
@@ -342,21 +396,19 @@ fn signal(child: &Child, signal: Signal) {
     .unwrap();
 }
 
-fn sigint(child: &Child) {
-    signal(child, Signal::SIGINT);
-}
-
 /// `signal` to a handler, which must stop its VMs and exit 0 within 90 s; the rest of
 /// its stderr (`err`) goes to `log`.
 fn stop_handler(handler: &mut Child, sig: Signal, err: &mpsc::Receiver<String>, log: &mut String) {
     signal(handler, sig);
     let code = wait_or_kill(handler, Duration::from_secs(90));
-    drain(err, log);
+    drain(err, log, QUIET);
     assert!(code.success(), "{code}\n{log}");
 }
 
-fn drain(rx: &mpsc::Receiver<String>, into: &mut String) {
-    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+/// Move the lines of `rx` into `into` until none comes within `quiet` (zero: those
+/// already there).
+fn drain(rx: &mpsc::Receiver<String>, into: &mut String, quiet: Duration) {
+    while let Ok(l) = rx.recv_timeout(quiet) {
         into.push_str(&l);
         into.push('\n');
     }
@@ -364,16 +416,15 @@ fn drain(rx: &mpsc::Receiver<String>, into: &mut String) {
 
 #[test]
 fn run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left() {
-    if !support::privileged("run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left") {
+    let Some(site) = Site::privileged("lrun") else {
         return;
-    }
-    let site = Site::new("lrun");
+    };
     let manifest = site.vm_yaml(false);
     // VMPOD_CAPS_SEED naming a seed of this run's own, empty: filled once the VM runs.
     let seed = site.dir.path().join("caps-seed");
     let run = site.run_to_the_end(&manifest, &[("VMPOD_CAPS_SEED", &seed)]);
     run.assert_the_pod_ip_leased();
-    assert_eq!(run.pod.gateway, site.gateway());
+    assert_eq!(run.pod().gateway, site.gateway());
     assert!(
         run.report.ping.as_ref().is_some_and(|p| p.ok),
         "the guest pings its gateway:\n{}",
@@ -393,39 +444,32 @@ fn run_boots_the_guest_which_leases_the_pod_ip_and_nothing_is_left() {
         "VMPOD_CAPS_SEED {} not written back: {seeded:?}",
         seed.display()
     );
-    site.assert_nothing_left(&run.pod);
+    site.assert_nothing_left(&run.pod());
 }
 
 #[test]
 fn sigint_stops_a_holding_guest_gracefully() {
-    if !support::privileged("sigint_stops_a_holding_guest_gracefully") {
+    let Some(site) = Site::privileged("lint") else {
         return;
-    }
-    let site = Site::new("lint");
-    let (mut child, out, err) = site.vmpodctl_run(&site.vm_yaml(true), &[]);
-    let mut console = String::new();
-    let held = collect_until(&out, &mut console, Instant::now() + VM_TIMEOUT, |l| {
-        l.contains("VMPOD-HOLD")
-    });
-    if !held {
-        let _ = child.kill();
-        let mut log = String::new();
-        drain(&err, &mut log);
-        panic!("the guest never held:\n{console}\n{log}");
-    }
-    sigint(&child);
-    let status = wait_or_kill(&mut child, Duration::from_secs(90));
-    let mut log = String::new();
-    drain(&out, &mut console);
-    drain(&err, &mut log);
-    let report = GuestReport::parse(&console).unwrap();
+    };
+    let mut running = site.vmpodctl_run(&site.vm_yaml(true), &[]);
+    running.wait_console(VM_TIMEOUT, "VMPOD-HOLD", "the guest never held");
+    running.signal(Signal::SIGINT);
+    let run = running.end(Duration::from_secs(90));
     assert!(
-        report.power_button && report.powered_off,
-        "ACPI power-off, not a kill:\n{console}\n{log}"
+        run.report.power_button && run.report.powered_off,
+        "ACPI power-off, not a kill:\n{}\n{}",
+        run.console,
+        run.log
     );
-    assert!(status.success(), "graceful stop exits 0: {status}\n{log}");
-    assert!(log.contains("stopping gracefully"), "{log}");
-    site.assert_nothing_left(&parse_pod_line(&log));
+    assert!(
+        run.status.success(),
+        "graceful stop exits 0: {}\n{}",
+        run.status,
+        run.log
+    );
+    assert!(run.log.contains("stopping gracefully"), "{}", run.log);
+    site.assert_nothing_left(&run.pod());
 }
 
 /// Ctrl-C asks the guest to power off; a guest that ignores the power button
@@ -433,10 +477,9 @@ fn sigint_stops_a_holding_guest_gracefully() {
 /// its 60 s grace period.
 #[test]
 fn a_second_ctrl_c_kills_a_guest_that_ignores_the_first() {
-    if !support::privileged("a_second_ctrl_c_kills_a_guest_that_ignores_the_first") {
+    let Some(site) = Site::privileged("lkill") else {
         return;
-    }
-    let site = Site::new("lkill");
+    };
     let manifest = site.vm_yaml(true);
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(
@@ -444,51 +487,34 @@ fn a_second_ctrl_c_kills_a_guest_that_ignores_the_first() {
         text.replace("vmpod.hold=1", "vmpod.hold=1 vmpod.deaf=1"),
     )
     .unwrap();
-    let (mut child, out, err) = site.vmpodctl_run(&manifest, &[]);
-    let mut console = String::new();
-    let fail = |child: &mut Child, console: &str, what: &str| -> ! {
-        let _ = child.kill();
-        let mut log = String::new();
-        drain(&err, &mut log);
-        panic!("{what}:\n{console}\n{log}");
-    };
-    if !collect_until(&out, &mut console, Instant::now() + VM_TIMEOUT, |l| {
-        l.contains("VMPOD-HOLD")
-    }) {
-        fail(&mut child, &console, "the guest never held");
-    }
-    sigint(&child);
-    if !collect_until(
-        &out,
-        &mut console,
-        Instant::now() + Duration::from_secs(60),
-        |l| l.contains("VMPOD-POWER-BUTTON"),
-    ) {
-        fail(
-            &mut child,
-            &console,
-            "the first Ctrl-C did not reach the guest",
-        );
-    }
+    let mut running = site.vmpodctl_run(&manifest, &[]);
+    running.wait_console(VM_TIMEOUT, "VMPOD-HOLD", "the guest never held");
+    running.signal(Signal::SIGINT);
+    running.wait_console(
+        Duration::from_secs(60),
+        "VMPOD-POWER-BUTTON",
+        "the first Ctrl-C did not reach the guest",
+    );
     let second = Instant::now();
-    sigint(&child);
+    running.signal(Signal::SIGINT);
     // The grace period is 60 s: only a kill ends the run well before that.
-    let status = wait_or_kill(&mut child, Duration::from_secs(40));
+    let run = running.end(Duration::from_secs(40));
     let took = second.elapsed();
-    let mut log = String::new();
-    drain(&out, &mut console);
-    drain(&err, &mut log);
-    let report = GuestReport::parse(&console).unwrap();
     assert!(
-        report.power_button && !report.powered_off,
-        "the guest never powered off itself:\n{console}"
+        run.report.power_button && !run.report.powered_off,
+        "the guest never powered off itself:\n{}",
+        run.console
     );
     assert!(
-        log.contains("stopping gracefully") && log.contains("killing"),
-        "{log}"
+        run.log.contains("stopping gracefully") && run.log.contains("killing"),
+        "{}",
+        run.log
     );
-    eprintln!("second Ctrl-C -> vmpodctl exited ({status}) in {took:?}");
-    site.assert_nothing_left(&parse_pod_line(&log));
+    eprintln!(
+        "second Ctrl-C -> vmpodctl exited ({}) in {took:?}",
+        run.status
+    );
+    site.assert_nothing_left(&run.pod());
 }
 
 /// A stand-in launcher: records what it sees of the pod in `$FAKE_OUT` and `start PID` in
@@ -519,8 +545,7 @@ fn fake_launcher(dir: &Path) -> PathBuf {
 fn fake_run(site: &Site, hold: bool) -> (Command, PathBuf) {
     let manifest = site.vm_yaml(false);
     let seen = site.dir.path().join("seen");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
-    site.env(&mut cmd);
+    let mut cmd = site.vmpodctl();
     cmd.env("VMPOD_LAUNCHER", fake_launcher(site.dir.path()))
         .env("FAKE_OUT", &seen)
         .arg("run")
@@ -536,19 +561,14 @@ fn fake_run(site: &Site, hold: bool) -> (Command, PathBuf) {
 /// launcher, after the pod was made, with libvirt's "UNIX socket path ... too long").
 #[test]
 fn run_refuses_a_name_too_long_for_the_monitor_socket_before_making_a_pod() {
-    if !support::privileged(
-        "run_refuses_a_name_too_long_for_the_monitor_socket_before_making_a_pod",
-    ) {
+    let Some(site) = Site::privileged("llong") else {
         return;
-    }
-    let site = Site::new("llong");
+    };
     let name = format!("{}-{}", site.name, "n".repeat(50));
     let manifest = site.dir.path().join("long.yaml");
     site.manifest(&manifest, &name, false);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmpodctl"));
-    site.env(&mut cmd);
     let started = Instant::now();
-    let out = cmd.arg("run").arg(&manifest).output().unwrap();
+    let out = site.vmpodctl().arg("run").arg(&manifest).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{log}");
     assert!(log.contains("too long for a local pod"), "{log}");
@@ -570,10 +590,9 @@ fn run_refuses_a_name_too_long_for_the_monitor_socket_before_making_a_pod() {
 
 #[test]
 fn run_gives_the_launcher_its_pod_and_passes_its_exit_status() {
-    if !support::privileged("run_gives_the_launcher_its_pod_and_passes_its_exit_status") {
+    let Some(site) = Site::privileged("lfake") else {
         return;
-    }
-    let site = Site::new("lfake");
+    };
     let (mut cmd, seen) = fake_run(&site, false);
     let out = cmd.output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
@@ -632,10 +651,9 @@ fn run_gives_the_launcher_its_pod_and_passes_its_exit_status() {
 
 #[test]
 fn sigint_terms_a_launcher_that_has_no_control_socket_yet() {
-    if !support::privileged("sigint_terms_a_launcher_that_has_no_control_socket_yet") {
+    let Some(site) = Site::privileged("lterm") else {
         return;
-    }
-    let site = Site::new("lterm");
+    };
     let (mut cmd, seen) = fake_run(&site, true);
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -643,7 +661,7 @@ fn sigint_terms_a_launcher_that_has_no_control_socket_yet() {
         assert!(Instant::now() < deadline, "the fake launcher never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    sigint(&child);
+    signal(&child, Signal::SIGINT);
     let status = wait_or_kill(&mut child, Duration::from_secs(20));
     let mut log = String::new();
     child
@@ -676,39 +694,18 @@ fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
-    if !support::privileged("handler_local_starts_an_added_manifest_and_stops_a_removed_one") {
+    let Some(site) = Site::privileged("lhand") else {
         return;
-    }
-    let site = Site::new("lhand");
+    };
     let dir = site.manifests_dir();
     let (mut handler, err) = site.handler(&dir, &[]);
     let manifest = dir.join("vm.yaml");
     site.manifest(&manifest, &site.name, true);
     let status_file = dir.join("vm.status.json");
-    let status = || read_json(&status_file);
     let mut log = String::new();
-    let running = (|| {
-        let deadline = Instant::now() + VM_TIMEOUT;
-        while Instant::now() < deadline {
-            drain_now(&err, &mut log);
-            if status().is_some_and(|s| {
-                s["phase"] == "Running" && s["interfaces"][0]["ipAddress"].is_string()
-            }) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
-    })();
-    if !running {
-        let _ = handler.kill();
-        panic!(
-            "no Running status with an IP in {}: {:?}\n{log}",
-            status_file.display(),
-            status()
-        );
-    }
-    let s = status().unwrap();
+    let s = wait_running(&mut handler, &err, &mut log, &status_file, "an IP", |s| {
+        s["interfaces"][0]["ipAddress"].is_string()
+    });
     let ip = s["interfaces"][0]["ipAddress"]
         .as_str()
         .unwrap()
@@ -729,7 +726,7 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
         Duration::from_secs(90),
         "the removed manifest's VM to stop",
         || {
-            drain_now(&err, &mut log);
+            drain(&err, &mut log, Duration::ZERO);
             !status_file.exists() && !state_dir.exists()
         },
     );
@@ -739,19 +736,39 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
     site.assert_nothing_left(&pod);
 }
 
-fn drain_now(rx: &mpsc::Receiver<String>, into: &mut String) {
-    while let Ok(l) = rx.try_recv() {
-        into.push_str(&l);
-        into.push('\n');
+/// Wait (up to [`VM_TIMEOUT`]) until the handler writes a Running `status_file` that
+/// also has `with` (`has` says whether it has); its stderr (`err`) goes to `log`. Kills
+/// the handler and fails when none comes.
+fn wait_running(
+    handler: &mut Child,
+    err: &mpsc::Receiver<String>,
+    log: &mut String,
+    status_file: &Path,
+    with: &str,
+    has: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + VM_TIMEOUT;
+    loop {
+        drain(err, log, Duration::ZERO);
+        match read_json(status_file) {
+            Some(s) if s["phase"] == "Running" && has(&s) => return s,
+            s if Instant::now() > deadline => {
+                let _ = handler.kill();
+                panic!(
+                    "no Running status with {with} in {}: {s:?}\n{log}",
+                    status_file.display()
+                );
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
     }
 }
 
 #[test]
 fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
-    if !support::privileged("handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm") {
+    let Some(site) = Site::privileged("lchg") else {
         return;
-    }
-    let site = Site::new("lchg");
+    };
     let dir = site.manifests_dir();
     let seen = site.dir.path().join("seen");
     let events_file = site.dir.path().join("seen.events");
@@ -817,12 +834,9 @@ fn handler_local_restarts_a_changed_manifest_and_stops_all_on_sigterm() {
 /// the guest's DHCP client leases the pod IP with.
 #[test]
 fn run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease() {
-    if !support::privileged(
-        "run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease",
-    ) {
+    let Some(site) = Site::privileged("lka3") else {
         return;
-    }
-    let site = Site::new("lka3");
+    };
     let (kernel, initrd) = guest_artifacts();
     let shape =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kubevirt-shapes/v1alpha3-chassis.yaml");
@@ -849,12 +863,7 @@ fn run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease() {
     let manifest = site.dir.path().join("vm.yaml");
     std::fs::write(&manifest, text).unwrap();
     let run = site.run_to_the_end(&manifest, &[]);
-    let lease = run
-        .report
-        .lease
-        .as_ref()
-        .expect("checked by run_to_the_end");
-    assert_eq!(lease.mac, "02:5a:00:0a:0b:0c", "the VMI's MAC leased");
+    assert_eq!(run.lease().mac, "02:5a:00:0a:0b:0c", "the VMI's MAC leased");
     run.assert_the_pod_ip_leased();
     assert!(
         run.report
@@ -880,7 +889,7 @@ fn run_boots_the_kubevirt_v1alpha3_shape_and_its_mac_address_gets_the_lease() {
         "the guest reads the VMI's SMBIOS chassis"
     );
     assert!(run.report.powered_off, "{}\n{}", run.console, run.log);
-    site.assert_nothing_left(&run.pod);
+    site.assert_nothing_left(&run.pod());
 }
 
 /// SIGTERM to a launcher still running when the test ends (it stops its VM).
@@ -901,28 +910,23 @@ impl Drop for StopOnDrop {
 /// the VM again, reports its status, and stops it on SIGTERM.
 #[test]
 fn handler_local_adopts_running_launchers_after_a_restart() {
-    if !support::privileged("handler_local_adopts_running_launchers_after_a_restart") {
+    let Some(site) = Site::privileged("ladopt") else {
         return;
-    }
-    let site = Site::new("ladopt");
+    };
     let dir = site.manifests_dir();
     let status_file = dir.join("vm.status.json");
     let status = || read_json(&status_file);
     let (mut first, err) = site.handler(&dir, &[]);
     site.manifest(&dir.join("vm.yaml"), &site.name, true);
     let mut log = String::new();
-    let deadline = Instant::now() + VM_TIMEOUT;
-    let running = loop {
-        drain_now(&err, &mut log);
-        match status() {
-            Some(s) if s["phase"] == "Running" && s["qemuPid"].is_u64() => break s,
-            _ if Instant::now() > deadline => {
-                let _ = first.kill();
-                panic!("no Running status with a QEMU pid: {:?}\n{log}", status());
-            }
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    };
+    let running = wait_running(
+        &mut first,
+        &err,
+        &mut log,
+        &status_file,
+        "a QEMU pid",
+        |s| s["qemuPid"].is_u64(),
+    );
     let launcher_pid = running["pid"].as_u64().unwrap();
     let qemu_pid = running["qemuPid"].as_u64().unwrap();
     // A failed run leaves no VM behind: no handler would stop it.
@@ -934,7 +938,7 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
     });
     first.kill().unwrap();
     first.wait().unwrap();
-    drain(&err, &mut log);
+    drain(&err, &mut log, QUIET);
     // Orphans are reaped by init, or linger as zombies where it does not reap.
     let alive = |pid: u64| {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
@@ -959,7 +963,7 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
             "the new handler did not adopt the launcher within 30 s:\n{log2}\n\
              --- first handler ---\n{log}"
         );
-        drain_now(&err, &mut log2);
+        drain(&err, &mut log2, Duration::ZERO);
         std::thread::sleep(Duration::from_millis(100));
     }
     eventually(Duration::from_secs(30), "the adopted VM's status", || {
@@ -989,12 +993,9 @@ fn handler_local_adopts_running_launchers_after_a_restart() {
 /// nothing is left afterwards.
 #[test]
 fn run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address() {
-    if !support::privileged(
-        "run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address",
-    ) {
+    let Some(site) = Site::privileged("lmasq") else {
         return;
-    }
-    let site = Site::new("lmasq");
+    };
     let manifest = site.vm_yaml(false);
     let text = std::fs::read_to_string(&manifest)
         .unwrap()
@@ -1012,11 +1013,7 @@ fn run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address() {
     assert!(text.contains("masquerade: {}") && text.contains("kubevirt.io/v1"));
     std::fs::write(&manifest, text).unwrap();
     let run = site.run_to_the_end(&manifest, &[]);
-    let lease = run
-        .report
-        .lease
-        .as_ref()
-        .expect("checked by run_to_the_end");
+    let lease = run.lease();
     assert_eq!(lease.ip.to_string(), "10.0.2.2", "{}", run.console);
     assert_eq!(lease.prefix, 24);
     assert_eq!(
@@ -1031,5 +1028,5 @@ fn run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address() {
         run.console
     );
     assert!(run.report.powered_off, "{}\n{}", run.console, run.log);
-    site.assert_nothing_left(&run.pod);
+    site.assert_nothing_left(&run.pod());
 }

@@ -86,6 +86,16 @@ fn run(mut cmd: Command, what: &str) -> Result<Output> {
     Ok(out)
 }
 
+/// The node of a privileged runner test, made by `create` once the images are in podman's
+/// storage; `None` where [`crate::support::privileged_test`] skips the test.
+pub fn privileged_node(create: fn() -> ClusterNode) -> Option<ClusterNode> {
+    if !crate::support::privileged_test() {
+        return None;
+    }
+    ensure_images();
+    Some(create())
+}
+
 /// Build the images (`manifests/build-image.sh`, a no-op when they are up to date) from this
 /// test profile's binaries, once per test process.
 pub fn ensure_images() {

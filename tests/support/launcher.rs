@@ -201,6 +201,15 @@ where
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
+/// The launcher's `/v1/network` report, through its control socket in `state_dir`.
+pub fn network_report(state_dir: &Path) -> vmpod::control::NetworkReport {
+    control_call(
+        state_dir,
+        "network report",
+        |c| async move { c.network().await },
+    )
+}
+
 /// What runs the test guest (a launcher process, a launcher pod): its console, what to
 /// show when a wait fails, and whether it has ended.
 pub trait GuestHost {
@@ -410,6 +419,13 @@ impl Launcher {
     pub fn sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
+    /// SIGTERM, and the launcher must exit 0 within `timeout`.
+    pub fn stop_gracefully(&mut self, timeout: Duration) {
+        self.sigterm();
+        let st = self.wait_exit(timeout);
+        assert!(st.success(), "launcher exit {st}\n{}", self.log());
     }
 }
 

@@ -99,6 +99,12 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// [`privileged`] for the running test, named by its thread (the test harness names each
+/// test's thread after the test).
+pub fn privileged_test() -> bool {
+    privileged(std::thread::current().name().unwrap_or("this test"))
+}
+
 /// True under CI: `CI` set to anything but empty, `false` or `0` (CI systems set `true`,
 /// `1`, `yes` or their own name).
 pub fn ci() -> bool {
