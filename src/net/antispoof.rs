@@ -36,12 +36,12 @@
 //! (nfnetlink checks it even for reads).
 
 use super::facts::MacAddr;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem};
+use super::nft::{eq, meta, ne, payload, text};
+use nftables::expr::{Expression, MetaKey, NamedExpression, SetItem};
 use nftables::schema::{self, Chain, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Table};
-use nftables::stmt::{Counter, Match, Operator, Statement};
+use nftables::stmt::{Counter, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -215,7 +215,7 @@ impl AntiSpoof {
             (
                 FROM_VM,
                 [
-                    vec![ne(field("ether", "saddr"), text(&mac))],
+                    vec![ne(payload("ether", "saddr"), text(&mac))],
                     drop(DropKind::Mac),
                 ]
                 .concat(),
@@ -226,7 +226,7 @@ impl AntiSpoof {
             (
                 FROM_VM,
                 [
-                    vec![eq(field("ether", "type"), vlan_ethertypes())],
+                    vec![eq(payload("ether", "type"), vlan_ethertypes())],
                     drop(DropKind::Ethertype),
                 ]
                 .concat(),
@@ -234,7 +234,7 @@ impl AntiSpoof {
             (
                 FROM_VM,
                 [
-                    vec![ne(field("arp", "saddr ether"), text(&mac))],
+                    vec![ne(payload("arp", "saddr ether"), text(&mac))],
                     drop(DropKind::Arp),
                 ]
                 .concat(),
@@ -243,7 +243,7 @@ impl AntiSpoof {
                 FROM_VM,
                 [
                     vec![ne(
-                        field("arp", "saddr ip"),
+                        payload("arp", "saddr ip"),
                         set([ip.clone(), Ipv4Addr::UNSPECIFIED.to_string()]),
                     )],
                     drop(DropKind::Arp),
@@ -253,27 +253,30 @@ impl AntiSpoof {
             (
                 FROM_VM,
                 vec![
-                    eq(field("ether", "type"), text("arp")),
+                    eq(payload("ether", "type"), text("arp")),
                     Statement::Accept(None),
                 ],
             ),
             (
                 FROM_VM,
-                vec![eq(field("ip", "saddr"), text(&ip)), Statement::Accept(None)],
+                vec![
+                    eq(payload("ip", "saddr"), text(&ip)),
+                    Statement::Accept(None),
+                ],
             ),
             (
                 FROM_VM,
                 vec![
-                    eq(field("ip", "saddr"), text("0.0.0.0")),
-                    eq(field("udp", "sport"), Expression::Number(68)),
-                    eq(field("udp", "dport"), Expression::Number(67)),
+                    eq(payload("ip", "saddr"), text("0.0.0.0")),
+                    eq(payload("udp", "sport"), Expression::Number(68)),
+                    eq(payload("udp", "dport"), Expression::Number(67)),
                     Statement::Accept(None),
                 ],
             ),
             (
                 FROM_VM,
                 [
-                    vec![eq(field("ether", "type"), text("ip"))],
+                    vec![eq(payload("ether", "type"), text("ip"))],
                     drop(DropKind::Ipv4),
                 ]
                 .concat(),
@@ -286,7 +289,7 @@ impl AntiSpoof {
                 FROM_VM,
                 vec![
                     eq(
-                        field("ip6", "saddr"),
+                        payload("ip6", "saddr"),
                         set([eui64_link_local(self.mac), Ipv6Addr::UNSPECIFIED]
                             .into_iter()
                             .chain(self.ipv6.iter().copied())
@@ -298,7 +301,7 @@ impl AntiSpoof {
             (
                 FROM_VM,
                 [
-                    vec![eq(field("ether", "type"), text("ip6"))],
+                    vec![eq(payload("ether", "type"), text("ip6"))],
                     drop(DropKind::Ipv6),
                 ]
                 .concat(),
@@ -307,7 +310,7 @@ impl AntiSpoof {
             (
                 FORWARD,
                 [
-                    vec![eq(field("udp", "dport"), dhcp_ports())],
+                    vec![eq(payload("udp", "dport"), dhcp_ports())],
                     drop(DropKind::DhcpForward),
                 ]
                 .concat(),
@@ -317,7 +320,7 @@ impl AntiSpoof {
                 [
                     vec![
                         eq(meta(MetaKey::Iifname), text(&self.pod)),
-                        eq(field("udp", "dport"), dhcp_ports()),
+                        eq(payload("udp", "dport"), dhcp_ports()),
                     ],
                     drop(DropKind::DhcpInput),
                 ]
@@ -328,7 +331,7 @@ impl AntiSpoof {
                 [
                     vec![
                         eq(meta(MetaKey::Oifname), text(&self.pod)),
-                        eq(field("udp", "dport"), dhcp_ports()),
+                        eq(payload("udp", "dport"), dhcp_ports()),
                     ],
                     drop(DropKind::DhcpOutput),
                 ]
@@ -562,23 +565,6 @@ fn add(obj: NfListObject<'static>) -> NfObject<'static> {
     NfObject::CmdObject(NfCmd::Add(obj))
 }
 
-fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: Cow::Borrowed(protocol),
-            field: Cow::Borrowed(name),
-        },
-    )))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn text(s: &str) -> Expression<'static> {
-    Expression::String(s.to_owned().into())
-}
-
 fn set(items: impl IntoIterator<Item = String>) -> Expression<'static> {
     Expression::Named(NamedExpression::Set(
         items
@@ -608,25 +594,9 @@ fn dhcp_ports() -> Expression<'static> {
     ))
 }
 
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
-}
-
 /// Matches an ICMPv6 router advertisement.
 fn router_advertisement() -> Statement<'static> {
-    eq(field("icmpv6", "type"), text("nd-router-advert"))
-}
-
-fn ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::NEQ,
-    })
+    eq(payload("icmpv6", "type"), text("nd-router-advert"))
 }
 
 #[cfg(test)]

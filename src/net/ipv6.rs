@@ -5,7 +5,7 @@
 //! IPv6 (see the module docs of [`super`]).
 
 use super::antispoof::eui64_link_local;
-use super::facts::{InterfaceFacts, IpCidr};
+use super::facts::{InterfaceFacts, IpCidr, v6};
 use super::plan::{NetOp, derived_mac};
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -27,14 +27,7 @@ pub fn bridge_link_local_op(facts: &InterfaceFacts, bridge: &str) -> Option<NetO
 /// one, which DHCPv6 leases it ([`crate::dhcp::v6::DhcpV6Config::from_facts`]) and the
 /// anti-spoofing rules let through from the tap. Empty in an IPv4-only pod.
 pub fn vm_addresses(facts: &InterfaceFacts) -> Vec<Ipv6Addr> {
-    facts
-        .ipv6()
-        .find_map(|a| match a.addr {
-            IpAddr::V6(v6) => Some(v6),
-            IpAddr::V4(_) => None,
-        })
-        .into_iter()
-        .collect()
+    facts.ipv6().find_map(|a| v6(a.addr)).into_iter().collect()
 }
 
 #[cfg(test)]

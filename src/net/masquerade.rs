@@ -20,9 +20,10 @@
 //! Replies need no rule: conntrack reverses the translation.
 
 use super::facts::{InterfaceFacts, IpCidr, Route};
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use super::nft::{eq, meta, payload, text};
+use nftables::expr::{Expression, MetaKey, NamedExpression, Payload, Prefix};
 use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
-use nftables::stmt::{Counter, Match, NAT, NATFamily, Operator, Statement};
+use nftables::stmt::{Counter, NAT, NATFamily, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -369,31 +370,6 @@ impl fmt::Display for NatRules {
 
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-fn s(v: impl ToString) -> Expression<'static> {
-    Expression::String(Cow::Owned(v.to_string()))
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: Cow::Borrowed(protocol),
-            field: Cow::Borrowed(field),
-        },
-    )))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
-}
-
 /// Counted, so `vmpod-launcher net inspect` and `nft list` show what each rule matched.
 fn counter() -> Statement<'static> {
     Statement::Counter(Counter::Anonymous(None))
@@ -401,7 +377,7 @@ fn counter() -> Statement<'static> {
 
 fn nat_to(family: NATFamily, addr: IpAddr) -> Option<NAT<'static>> {
     Some(NAT {
-        addr: Some(s(addr)),
+        addr: Some(text(addr)),
         family: Some(family),
         port: None,
         flags: None,
@@ -499,8 +475,8 @@ fn family_rules(r: &NatRules, a: &NatAddresses) -> Vec<(&'static str, Vec<Statem
     let mut rules = Vec::new();
     for ports in port_matches(&r.ports) {
         let mut inbound = vec![
-            eq(meta(MetaKey::Iifname), s(&r.pod_interface)),
-            eq(payload(ip, "daddr"), s(a.pod_ip)),
+            eq(meta(MetaKey::Iifname), text(&r.pod_interface)),
+            eq(payload(ip, "daddr"), text(a.pod_ip)),
         ];
         inbound.extend(ports);
         inbound.extend([counter(), dnat()]);
@@ -510,7 +486,7 @@ fn family_rules(r: &NatRules, a: &NatAddresses) -> Vec<(&'static str, Vec<Statem
         // Loopback forwarding only for listed ports: with none listed, taking every
         // 127.0.0.1 port would cut the pod's own processes off from each other.
         for ports in port_matches(&r.ports).into_iter().filter(|p| !p.is_empty()) {
-            let mut local = vec![eq(payload(ip, "daddr"), s(lo))];
+            let mut local = vec![eq(payload(ip, "daddr"), text(lo))];
             local.extend(ports);
             local.extend([counter(), dnat()]);
             rules.push(("output", local));
@@ -519,11 +495,11 @@ fn family_rules(r: &NatRules, a: &NatAddresses) -> Vec<(&'static str, Vec<Statem
     rules.push((
         "postrouting",
         vec![
-            eq(meta(MetaKey::Oifname), s(&r.pod_interface)),
+            eq(meta(MetaKey::Oifname), text(&r.pod_interface)),
             eq(
                 payload(ip, "saddr"),
                 Expression::Named(NamedExpression::Prefix(Prefix {
-                    addr: Box::new(s(a.vm_network.network())),
+                    addr: Box::new(text(a.vm_network.network())),
                     len: u32::from(a.vm_network.prefix),
                 })),
             ),
@@ -535,8 +511,8 @@ fn family_rules(r: &NatRules, a: &NatAddresses) -> Vec<(&'static str, Vec<Statem
         rules.push((
             "postrouting",
             vec![
-                eq(meta(MetaKey::Oifname), s(&r.bridge)),
-                eq(payload(ip, "saddr"), s(lo)),
+                eq(meta(MetaKey::Oifname), text(&r.bridge)),
+                eq(payload(ip, "saddr"), text(lo)),
                 counter(),
                 Statement::SNAT(nat_to(a.nat_family(), a.gateway)),
             ],

@@ -127,6 +127,7 @@ pub mod ipv6;
 mod lifecycle;
 pub mod masquerade;
 pub mod netns;
+mod nft;
 pub mod plan;
 pub mod snapshot;
 pub mod tap;

@@ -7,7 +7,7 @@
 //! `NetOp` variants, and the rest is shared.
 
 use super::antispoof::{self, AntiSpoof};
-use super::facts::{Binding, InterfaceFacts, IpCidr, MacAddr, Route};
+use super::facts::{Binding, InterfaceFacts, IpCidr, MacAddr, Route, v6};
 use super::masquerade::{self, MasqueradeOptions, NatRules};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -531,10 +531,7 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
     });
     // The VM's private addresses (IPv6 too in a dual-stack pod) are the only ones the
     // tap lets through, besides the link-local and `::`.
-    let vm_ipv6 = families.iter().filter_map(|a| match a.vm_ip {
-        IpAddr::V6(v6) => Some(v6),
-        IpAddr::V4(_) => None,
-    });
+    let vm_ipv6 = families.iter().filter_map(|a| v6(a.vm_ip));
     ops.push(anti_spoof(
         facts,
         Binding::Masquerade,
