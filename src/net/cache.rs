@@ -235,13 +235,9 @@ mod tests {
         );
         assert!(!off.iter().any(|o| matches!(o,
             NetOp::AddAddress { address, .. } if address.addr.is_ipv6())));
-        let nat = off
-            .iter()
-            .find_map(|o| match o {
-                NetOp::Nat(n) => Some(n),
-                _ => None,
-            })
-            .unwrap();
+        let Some(NetOp::Nat(nat)) = off.iter().find(|o| matches!(o, NetOp::Nat(_))) else {
+            panic!("no NAT op in {off:?}");
+        };
         assert_eq!(nat.families.len(), 1, "{nat:?}");
         assert!(crate::dhcp::v6::DhcpV6Config::for_cached(&e).is_none());
         assert_eq!(e.facts.ipv6().count(), 1);

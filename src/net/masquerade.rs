@@ -599,6 +599,7 @@ pub fn describe_rule(r: &Rule<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::plan::tests::{dual_stack, ipv4_only};
     use serde_json::{Value, json};
 
     fn rules(ports: Vec<ForwardPort>) -> NatRules {
@@ -616,28 +617,12 @@ mod tests {
         }
     }
 
-    fn dual_stack_facts() -> InterfaceFacts {
-        InterfaceFacts {
-            interface: "eth0".into(),
-            mac: "0a:58:0a:f4:00:05".parse().unwrap(),
-            mtu: 1450,
-            addresses: vec![
-                IpCidr::new("10.244.0.5".parse().unwrap(), 24),
-                IpCidr::new("fd00:10:244::5".parse().unwrap(), 64),
-            ],
-            routes: vec![],
-            dns: vec!["10.96.0.10".parse().unwrap(), "fd00:96::a".parse().unwrap()],
-            search: vec!["svc.cluster.local".into()],
-            hostname: "vm-a".into(),
-        }
-    }
-
     /// IPv6 stays off only for masquerade in a pod with IPv6 whose forwarding is off
     /// and read-only; the reason names the sysctl and how to allow it.
     #[test]
     fn ipv6_is_off_only_when_forwarding_is_off_and_read_only() {
         use crate::net::Binding::{Bridge, Masquerade};
-        let f = dual_stack_facts();
+        let f = dual_stack();
         let why = ipv6_off(&f, Masquerade, 0, false).expect("off");
         for want in [
             "net.ipv6.conf.all.forwarding is 0",
@@ -858,7 +843,7 @@ mod tests {
             ports: vec![HTTP],
             ..MasqueradeOptions::default()
         };
-        let facts = dual_stack_facts();
+        let facts = dual_stack();
         let families = o.nat_addresses("10.244.0.5".parse().unwrap(), &facts);
         assert_eq!(families.len(), 2);
         let v6 = families[1];
@@ -925,14 +910,8 @@ mod tests {
     #[test]
     fn the_vm_sees_its_private_address_and_the_pods_dns() {
         let facts = InterfaceFacts {
-            interface: "eth0".into(),
-            mac: "0a:58:0a:f4:00:05".parse().unwrap(),
             mtu: 1450,
-            addresses: vec![IpCidr::new("10.244.0.5".parse().unwrap(), 24)],
-            routes: vec![],
-            dns: vec!["10.96.0.10".parse().unwrap()],
-            search: vec!["svc.cluster.local".into()],
-            hostname: "vm-a".into(),
+            ..ipv4_only()
         };
         let vm = MasqueradeOptions::default().vm_facts(&facts);
         assert_eq!(vm.ipv4().unwrap().to_string(), "10.0.2.2/24");
@@ -943,10 +922,10 @@ mod tests {
         );
         assert_eq!(vm.hostname, "vm-a");
         // A dual-stack pod: the VM's IPv6 address joins; the IPv6 nameserver stays.
-        let vm = MasqueradeOptions::default().vm_facts(&dual_stack_facts());
+        let vm = MasqueradeOptions::default().vm_facts(&dual_stack());
         let v6: Vec<String> = vm.ipv6().map(|a| a.to_string()).collect();
         assert_eq!(v6, ["fd10:0:2::2/120"]);
         assert_eq!(vm.ipv4().unwrap().to_string(), "10.0.2.2/24");
-        assert_eq!(vm.dns, dual_stack_facts().dns);
+        assert_eq!(vm.dns, dual_stack().dns);
     }
 }

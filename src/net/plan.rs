@@ -673,7 +673,7 @@ pub fn derived_mac(original: MacAddr, purpose: &str) -> MacAddr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn route(dst: &str, gw: Option<&str>, metric: Option<u32>) -> Route {
@@ -684,7 +684,9 @@ mod tests {
         }
     }
 
-    fn ipv4_only() -> InterfaceFacts {
+    /// The pod interface the net tests plan for: `eth0` with one IPv4 address, a
+    /// default route and one nameserver.
+    pub(crate) fn ipv4_only() -> InterfaceFacts {
         InterfaceFacts {
             interface: "eth0".into(),
             mac: "0a:58:0a:f4:00:05".parse().unwrap(),
@@ -697,7 +699,27 @@ mod tests {
         }
     }
 
-    fn ops_of(facts: &InterfaceFacts) -> Vec<NetOp> {
+    /// [`ipv4_only`] in a dual-stack pod: an IPv6 address and nameserver too.
+    pub(crate) fn dual_stack() -> InterfaceFacts {
+        let mut f = ipv4_only();
+        f.addresses
+            .push("fd00:10:244::5/64".parse::<IpCidr>().unwrap());
+        f.dns.push("fd00:96::a".parse().unwrap());
+        f
+    }
+
+    /// The anti-spoofing op of a plan.
+    pub(crate) fn anti_spoof_op(ops: &[NetOp]) -> &AntiSpoof {
+        ops.iter()
+            .find_map(|o| match o {
+                NetOp::AntiSpoof(a) => Some(a),
+                _ => None,
+            })
+            .expect("no anti-spoofing op in the plan")
+    }
+
+    /// The bridge binding's plan for `facts`, with default options.
+    pub(crate) fn ops_of(facts: &InterfaceFacts) -> Vec<NetOp> {
         plan(
             facts,
             Binding::Bridge,
@@ -1176,9 +1198,7 @@ mod tests {
     /// address through, the NAT covers both families; teardown restores forwarding.
     #[test]
     fn masquerade_in_a_dual_stack_pod_adds_the_ipv6_side() {
-        let mut f = ipv4_only();
-        f.addresses
-            .push("fd00:10:244::5/64".parse::<IpCidr>().unwrap());
+        let f = dual_stack();
         let opts = PlanOptions::default();
         let ops = plan(&f, Binding::Masquerade, &opts, OriginalSettings::default()).unwrap();
         let bridge_addrs: Vec<String> = ops
@@ -1202,13 +1222,7 @@ mod tests {
         let forwarding = position(&ops, |o| *o == NetOp::Ipv6Forwarding { value: 1 });
         let nat = position(&ops, |o| matches!(o, NetOp::Nat(_)));
         assert!(forwarding < nat);
-        let spoof = ops
-            .iter()
-            .find_map(|o| match o {
-                NetOp::AntiSpoof(a) => Some(a),
-                _ => None,
-            })
-            .unwrap();
+        let spoof = anti_spoof_op(&ops);
         assert_eq!(
             spoof.ipv6,
             ["fd10:0:2::2".parse::<std::net::Ipv6Addr>().unwrap()]
