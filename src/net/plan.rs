@@ -57,16 +57,8 @@ pub enum NetOp {
         mtu: u32,
         mac: MacAddr,
     },
-    /// Create a persistent tap with vnet headers owned by `owner` (and `group`), or set
-    /// the MTU of an existing one.
-    CreateTap {
-        name: String,
-        mtu: u32,
-        owner: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        group: Option<u32>,
-        multiqueue: bool,
-    },
+    /// Create a persistent tap with vnet headers, or set the MTU of an existing one.
+    CreateTap(TapConfig),
     /// Remove an address from a link; absent already is fine.
     DelAddress { link: String, address: IpCidr },
     /// Add an address to a link (IPv6 without duplicate address detection); present
@@ -119,22 +111,7 @@ impl fmt::Display for NetOp {
             NetOp::CreateBridge { name, mtu, mac } => {
                 write!(f, "create bridge {name} (mtu {mtu}, mac {mac})")
             }
-            NetOp::CreateTap {
-                name,
-                mtu,
-                owner,
-                group,
-                multiqueue,
-            } => {
-                write!(f, "create tap {name} (mtu {mtu}, owner uid {owner}")?;
-                if let Some(g) = group {
-                    write!(f, ", gid {g}")?;
-                }
-                if *multiqueue {
-                    write!(f, ", multiqueue")?;
-                }
-                write!(f, ", vnet_hdr)")
-            }
+            NetOp::CreateTap(tap) => write!(f, "create {tap}"),
             NetOp::DelAddress { link, address } => write!(f, "remove {address} from {link}"),
             NetOp::AddAddress { link, address } => write!(f, "add {address} to {link}"),
             NetOp::SetMac { link, mac } => write!(f, "set mac of {link} to {mac}"),
@@ -165,6 +142,35 @@ impl fmt::Display for NetOp {
                 write!(f, "set ipv6 forwarding = {value} (net/ipv6/conf/all)")
             }
         }
+    }
+}
+
+/// The tap [`NetOp::CreateTap`] makes: owned by `owner` (and `group`), with vnet headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TapConfig {
+    pub name: String,
+    pub mtu: u32,
+    pub owner: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    pub multiqueue: bool,
+}
+
+impl fmt::Display for TapConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tap {} (mtu {}, owner uid {}",
+            self.name, self.mtu, self.owner
+        )?;
+        if let Some(g) = self.group {
+            write!(f, ", gid {g}")?;
+        }
+        if self.multiqueue {
+            write!(f, ", multiqueue")?;
+        }
+        write!(f, ", vnet_hdr)")
     }
 }
 
@@ -498,13 +504,13 @@ fn create_bridge(facts: &InterfaceFacts, bridge: &str) -> [NetOp; 2] {
 /// The VM's tap, owned by QEMU's user, without an IPv6 link-local address.
 fn create_tap(facts: &InterfaceFacts, opts: &PlanOptions, tap: &str) -> [NetOp; 2] {
     [
-        NetOp::CreateTap {
+        NetOp::CreateTap(TapConfig {
             name: tap.to_owned(),
             mtu: facts.mtu,
             owner: opts.tap_owner,
             group: opts.tap_group,
             multiqueue: opts.multiqueue,
-        },
+        }),
         addr_gen_mode(tap, AddrGenMode::None),
     ]
 }
@@ -750,13 +756,13 @@ pub(crate) mod tests {
                 addr_gen_mode("k6t-eth0", AddrGenMode::None),
                 ipv4_conf("k6t-eth0", Ipv4Setting::ArpIgnore, 1),
                 ipv4_conf("k6t-eth0", Ipv4Setting::ArpAnnounce, 2),
-                NetOp::CreateTap {
+                NetOp::CreateTap(TapConfig {
                     name: "tap-eth0".into(),
                     mtu: 1500,
                     owner: 107,
                     group: None,
                     multiqueue: false
-                },
+                }),
                 addr_gen_mode("tap-eth0", AddrGenMode::None),
                 NetOp::DelAddress {
                     link: "eth0".into(),
@@ -934,13 +940,14 @@ pub(crate) mod tests {
             let mut f = ipv4_only();
             f.mtu = mtu;
             let ops = ops_of(&f);
-            let mtus: Vec<u32> = ops
-                .iter()
-                .filter_map(|o| match o {
-                    NetOp::CreateBridge { mtu, .. } | NetOp::CreateTap { mtu, .. } => Some(*mtu),
-                    _ => None,
-                })
-                .collect();
+            let mtus: Vec<u32> =
+                ops.iter()
+                    .filter_map(|o| match o {
+                        NetOp::CreateBridge { mtu, .. }
+                        | NetOp::CreateTap(TapConfig { mtu, .. }) => Some(*mtu),
+                        _ => None,
+                    })
+                    .collect();
             assert_eq!(mtus, vec![mtu, mtu]);
         }
     }
@@ -976,13 +983,13 @@ pub(crate) mod tests {
             OriginalSettings::default(),
         )
         .unwrap();
-        assert!(ops.contains(&NetOp::CreateTap {
+        assert!(ops.contains(&NetOp::CreateTap(TapConfig {
             name: "tap-eth0".into(),
             mtu: 1500,
             owner: 107,
             group: Some(107),
             multiqueue: true
-        }));
+        })));
         assert!(ops.contains(&NetOp::AddAddress {
             link: "k6t-eth0".into(),
             address: "169.254.99.1/32".parse::<IpCidr>().unwrap()
@@ -1073,6 +1080,15 @@ pub(crate) mod tests {
         assert_eq!(
             addr_gen_mode("eth0", AddrGenMode::None).to_string(),
             "set ipv6 addrgenmode none on eth0"
+        );
+        let [tap, _] = create_tap(&ipv4_only(), &PlanOptions::default(), "tap-eth0");
+        assert_eq!(
+            serde_json::to_value(&tap).unwrap(),
+            serde_json::json!({"op": "createTap", "name": "tap-eth0", "mtu": 1500, "owner": 107, "multiqueue": false})
+        );
+        assert_eq!(
+            tap.to_string(),
+            "create tap tap-eth0 (mtu 1500, owner uid 107, vnet_hdr)"
         );
     }
 
