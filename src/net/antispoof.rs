@@ -196,10 +196,22 @@ impl AntiSpoof {
         }
         let mac = self.mac.to_string();
         let ip = self.ipv4.to_string();
-        let drop = |kind: DropKind| {
+        // The rule that counts what `matches` in `kind` and drops it.
+        let drop = |kind: DropKind, matches: Vec<Statement<'static>>| {
+            [
+                matches,
+                vec![
+                    Statement::Counter(Counter::Named(kind.counter().into())),
+                    Statement::Drop(None),
+                ],
+            ]
+            .concat()
+        };
+        // DHCP coming in (`Iifname`) or going out (`Oifname`) through the pod interface.
+        let dhcp_via_pod = |direction: MetaKey| {
             vec![
-                Statement::Counter(Counter::Named(kind.counter().into())),
-                Statement::Drop(None),
+                eq(meta(direction), text(&self.pod)),
+                eq(payload("udp", "dport"), dhcp_ports()),
             ]
         };
         let rules: Vec<(&str, Vec<Statement<'static>>)> = vec![
@@ -214,41 +226,37 @@ impl AntiSpoof {
             ),
             (
                 FROM_VM,
-                [
+                drop(
+                    DropKind::Mac,
                     vec![ne(payload("ether", "saddr"), text(&mac))],
-                    drop(DropKind::Mac),
-                ]
-                .concat(),
+                ),
             ),
             // A VLAN tag first: the kernel strips it before the bridge, so the ARP and IP
             // rules below (whose `meta protocol` dependency sees the inner type) would
             // judge the inner frame, and an allowed one would leave tagged.
             (
                 FROM_VM,
-                [
+                drop(
+                    DropKind::Ethertype,
                     vec![eq(payload("ether", "type"), vlan_ethertypes())],
-                    drop(DropKind::Ethertype),
-                ]
-                .concat(),
+                ),
             ),
             (
                 FROM_VM,
-                [
+                drop(
+                    DropKind::Arp,
                     vec![ne(payload("arp", "saddr ether"), text(&mac))],
-                    drop(DropKind::Arp),
-                ]
-                .concat(),
+                ),
             ),
             (
                 FROM_VM,
-                [
+                drop(
+                    DropKind::Arp,
                     vec![ne(
                         payload("arp", "saddr ip"),
                         set([ip.clone(), Ipv4Addr::UNSPECIFIED.to_string()]),
                     )],
-                    drop(DropKind::Arp),
-                ]
-                .concat(),
+                ),
             ),
             (
                 FROM_VM,
@@ -275,15 +283,14 @@ impl AntiSpoof {
             ),
             (
                 FROM_VM,
-                [
+                drop(
+                    DropKind::Ipv4,
                     vec![eq(payload("ether", "type"), text("ip"))],
-                    drop(DropKind::Ipv4),
-                ]
-                .concat(),
+                ),
             ),
             (
                 FROM_VM,
-                [vec![router_advertisement()], drop(DropKind::RouterAdvert)].concat(),
+                drop(DropKind::RouterAdvert, vec![router_advertisement()]),
             ),
             (
                 FROM_VM,
@@ -300,53 +307,36 @@ impl AntiSpoof {
             ),
             (
                 FROM_VM,
-                [
+                drop(
+                    DropKind::Ipv6,
                     vec![eq(payload("ether", "type"), text("ip6"))],
-                    drop(DropKind::Ipv6),
-                ]
-                .concat(),
+                ),
             ),
-            (FROM_VM, drop(DropKind::Ethertype)),
+            (FROM_VM, drop(DropKind::Ethertype, vec![])),
             (
                 FORWARD,
-                [
+                drop(
+                    DropKind::DhcpForward,
                     vec![eq(payload("udp", "dport"), dhcp_ports())],
-                    drop(DropKind::DhcpForward),
-                ]
-                .concat(),
+                ),
             ),
             (
                 INPUT,
-                [
-                    vec![
-                        eq(meta(MetaKey::Iifname), text(&self.pod)),
-                        eq(payload("udp", "dport"), dhcp_ports()),
-                    ],
-                    drop(DropKind::DhcpInput),
-                ]
-                .concat(),
+                drop(DropKind::DhcpInput, dhcp_via_pod(MetaKey::Iifname)),
             ),
             (
                 OUTPUT,
-                [
-                    vec![
-                        eq(meta(MetaKey::Oifname), text(&self.pod)),
-                        eq(payload("udp", "dport"), dhcp_ports()),
-                    ],
-                    drop(DropKind::DhcpOutput),
-                ]
-                .concat(),
+                drop(DropKind::DhcpOutput, dhcp_via_pod(MetaKey::Oifname)),
             ),
             (
                 OUTPUT,
-                [
+                drop(
+                    DropKind::RouterAdvertOutput,
                     vec![
                         eq(meta(MetaKey::Oifname), text(&self.pod)),
                         router_advertisement(),
                     ],
-                    drop(DropKind::RouterAdvertOutput),
-                ]
-                .concat(),
+                ),
             ),
         ];
         for (chain, expr) in rules {
