@@ -421,18 +421,36 @@ fn controller_objects(
     )
 }
 
-/// A runner node whose devices come from `vmpod-handler node`'s device plugins (the real
-/// /dev paths, 4 slots each) through a kubelet that asks their Allocate.
-fn node_with_device_plugins() -> (
-    crate::test_runner::ClusterNode,
-    Arc<crate::deviceplugin::test_kubelet::NodeDevicePlugins>,
-) {
+/// What a runner test starts from: the test images built, the controller's Pod (no
+/// device by hostPath) and Secret for `acceleration` with their state under
+/// `state_root`, and a runner node whose devices come from `vmpod-handler node`'s device
+/// plugins (the real /dev paths, 4 slots each) through a kubelet that asks their Allocate.
+/// Fields drop in this order: the state root goes last.
+struct RunnerSetup {
+    plugins: Arc<crate::deviceplugin::test_kubelet::NodeDevicePlugins>,
+    node: crate::test_runner::ClusterNode,
+    pod: k8s_openapi::api::core::v1::Pod,
+    secret: k8s_openapi::api::core::v1::Secret,
+    state_root: tempfile::TempDir,
+}
+
+fn runner_setup(acceleration: &str) -> RunnerSetup {
+    crate::test_runner::ensure_images();
+    let state_root = tempfile::tempdir().unwrap();
+    let (pod, secret) = controller_objects(acceleration, state_root.path());
+    assert_no_hostpath_devices(&pod);
     let plugins = Arc::new(crate::deviceplugin::test_kubelet::NodeDevicePlugins::start(
         crate::deviceplugin::node_devices(4),
     ));
     let mut node = crate::test_runner::ClusterNode::create();
     node.devices = Some(plugins.clone());
-    (node, plugins)
+    RunnerSetup {
+        plugins,
+        node,
+        pod,
+        secret,
+        state_root,
+    }
 }
 
 /// No volume of `pod` is a hostPath device: its devices come from the device plugin.
@@ -459,14 +477,10 @@ fn the_pod_the_controller_creates_runs_under_the_runner() {
     if !crate::support::privileged("the_pod_the_controller_creates_runs_under_the_runner") {
         return;
     }
-    crate::test_runner::ensure_images();
-    let state_root = tempfile::tempdir().unwrap();
-    let (pod, secret) = controller_objects("emulation", state_root.path());
-    assert_no_hostpath_devices(&pod);
-    let (node, plugins) = node_with_device_plugins();
-    run_to_guest_power_off(&node, &pod, &[secret], state_root.path());
+    let s = runner_setup("emulation");
+    run_to_guest_power_off(&s.node, &s.pod, &[s.secret], s.state_root.path());
     assert_eq!(
-        *plugins.allocations.lock().unwrap(),
+        *s.plugins.allocations.lock().unwrap(),
         [
             ("vmpod.io/tun".to_string(), 1),
             ("vmpod.io/tun".to_string(), 1)
@@ -494,12 +508,8 @@ fn a_launcher_pod_given_kvm_by_the_device_plugin_runs_its_guest_under_kvm() {
         eprintln!("SKIPPED {test}: KVM is unusable on this host ({why}); not a failure");
         return;
     }
-    crate::test_runner::ensure_images();
-    let state_root = tempfile::tempdir().unwrap();
-    let (pod, secret) = controller_objects("kvm", state_root.path());
-    assert_no_hostpath_devices(&pod);
-    let (node, plugins) = node_with_device_plugins();
-    let lp = LauncherPod::start(&node, &pod, &[secret], state_root.path());
+    let s = runner_setup("kvm");
+    let lp = LauncherPod::start(&s.node, &s.pod, &[s.secret], s.state_root.path());
     lp.wait_report(BOOT, |r| r.lease.is_some());
     let status = vmpod::control::read_status(&lp.state_dir).unwrap();
     assert_eq!(
@@ -508,7 +518,7 @@ fn a_launcher_pod_given_kvm_by_the_device_plugin_runs_its_guest_under_kvm() {
         "{status:?}\n{}",
         lp.diagnostics()
     );
-    let mut allocated = plugins.allocations.lock().unwrap().clone();
+    let mut allocated = s.plugins.allocations.lock().unwrap().clone();
     allocated.sort();
     assert_eq!(
         allocated,
