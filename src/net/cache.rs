@@ -163,18 +163,13 @@ pub fn remove(state_dir: &Path, interface: &str) -> Result<(), NetError> {
 mod tests {
     use super::*;
     use crate::net::IpCidr;
+    use crate::net::plan::tests::ipv4_only;
 
     fn entry(iface: &str) -> CachedInterface {
         CachedInterface {
             facts: InterfaceFacts {
                 interface: iface.into(),
-                mac: "02:00:00:00:00:05".parse().unwrap(),
-                mtu: 1500,
-                addresses: vec![IpCidr::new("10.0.0.5".parse().unwrap(), 24)],
-                routes: vec![],
-                dns: vec![],
-                search: vec![],
-                hostname: "h".into(),
+                ..ipv4_only()
             },
             binding: Binding::Bridge,
             options: PlanOptions::default(),

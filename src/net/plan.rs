@@ -368,10 +368,26 @@ pub fn plan_teardown(
     binding: Binding,
     original: OriginalSettings,
 ) -> Result<Vec<NetOp>, PlanError> {
-    match binding {
-        Binding::Bridge => teardown_bridge(facts, original),
-        Binding::Masquerade => teardown_masquerade(facts, original),
+    let (bridge, tap) = link_names(facts)?;
+    let pod = facts.interface.as_str();
+    let mut ops = vec![NetOp::DelNftTable {
+        table: antispoof::table_name(pod),
+    }];
+    if binding == Binding::Masquerade {
+        ops.push(NetOp::DelNatTable {
+            table: masquerade::table_name(pod),
+        });
     }
+    // With the bridge binding, deleting the bridge releases the pod interface.
+    ops.extend([
+        NetOp::DelLink { name: tap },
+        NetOp::DelLink { name: bridge },
+    ]);
+    ops.extend(match binding {
+        Binding::Bridge => restore_pod_interface(facts, original),
+        Binding::Masquerade => restore_forwarding(facts, original),
+    });
+    Ok(ops)
 }
 
 fn link_names(facts: &InterfaceFacts) -> Result<(String, String), PlanError> {
@@ -576,52 +592,29 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
     Ok(ops)
 }
 
-fn teardown_masquerade(
-    facts: &InterfaceFacts,
-    original: OriginalSettings,
-) -> Result<Vec<NetOp>, PlanError> {
-    let (bridge, tap) = link_names(facts)?;
-    let mut ops = vec![
-        NetOp::DelNftTable {
-            table: antispoof::table_name(&facts.interface),
-        },
-        NetOp::DelNatTable {
-            table: masquerade::table_name(&facts.interface),
-        },
-        NetOp::DelLink { name: tap },
-        NetOp::DelLink { name: bridge },
-        ipv4_conf(
-            &facts.interface,
-            Ipv4Setting::Forwarding,
-            original.ipv4_forwarding,
-        ),
-    ];
+/// Masquerade's teardown after the links: the forwarding it turned on, as it was.
+fn restore_forwarding(facts: &InterfaceFacts, original: OriginalSettings) -> Vec<NetOp> {
+    let mut ops = vec![ipv4_conf(
+        &facts.interface,
+        Ipv4Setting::Forwarding,
+        original.ipv4_forwarding,
+    )];
     if facts.ipv6().next().is_some() {
         ops.push(NetOp::Ipv6Forwarding {
             value: original.ipv6_forwarding,
         });
     }
-    Ok(ops)
+    ops
 }
 
-fn teardown_bridge(
-    facts: &InterfaceFacts,
-    original: OriginalSettings,
-) -> Result<Vec<NetOp>, PlanError> {
-    let (bridge, tap) = link_names(facts)?;
+/// The bridge binding's teardown after the links: the pod interface gets back its MAC,
+/// link-local address, addresses and routes.
+fn restore_pod_interface(facts: &InterfaceFacts, original: OriginalSettings) -> Vec<NetOp> {
     let pod = facts.interface.as_str();
-    let mut ops = vec![
-        NetOp::DelNftTable {
-            table: antispoof::table_name(pod),
-        },
-        NetOp::DelLink { name: tap },
-        // Deleting the bridge releases the pod interface.
-        NetOp::DelLink { name: bridge },
-        NetOp::SetMac {
-            link: pod.to_owned(),
-            mac: facts.mac,
-        },
-    ];
+    let mut ops = vec![NetOp::SetMac {
+        link: pod.to_owned(),
+        mac: facts.mac,
+    }];
     if !original.ipv6_disabled {
         // The kernel makes a link-local address when a link comes up: down and up again
         // with the original mode and MAC gives back the original one.
@@ -647,7 +640,7 @@ fn teardown_bridge(
                 route: route.clone(),
             }),
     );
-    Ok(ops)
+    ops
 }
 
 /// Routes in an order the kernel accepts: on-link routes (e.g. Calico's
