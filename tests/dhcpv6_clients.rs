@@ -252,15 +252,7 @@ fn vmpodctl_probes_dhcpv6() {
     let stats = server.stats.snapshot();
     assert_eq!(stats.lease.state, vmpod::dhcp::stats::LeaseState::Bound);
     // `vmpodctl net inspect` shows the same IPv6 side, from the cache and the kernel.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args(["net", "inspect", "--netns"])
-        .arg(t.pod_path())
-        .arg("--state-dir")
-        .arg(t.state_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let shown = net_inspect(&t, env!("CARGO_BIN_EXE_vmpodctl"));
     let router = vmpod::net::ipv6::bridge_link_local(&t.cached.facts);
     let want = format!(
         "IPV6 eth0\nvm fd77:9::23/64 (mac {}) by DHCPv6 from server DUID {}; router {router}",

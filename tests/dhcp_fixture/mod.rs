@@ -538,6 +538,21 @@ pub fn start_server(t: &Topology, config: DhcpConfig) -> RunningServer {
     Running::new(server.stats(), async move { server.run().await.unwrap() })
 }
 
+/// What `vmpodctl net inspect` shows of the pod of `t`, which it must show.
+/// `vmpodctl` is the binary, `env!("CARGO_BIN_EXE_vmpodctl")` (only the vmpod package's
+/// tests have it).
+pub fn net_inspect(t: &Topology, vmpodctl: &str) -> String {
+    let out = Command::new(vmpodctl)
+        .args(["net", "inspect", "--netns"])
+        .arg(t.pod_path())
+        .arg("--state-dir")
+        .arg(t.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The `KEY=value` lines a client script wrote with `env | sort`, quotes removed.
 pub fn read_env(path: &Path) -> std::collections::BTreeMap<String, String> {
     std::fs::read_to_string(path)
