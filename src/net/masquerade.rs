@@ -651,6 +651,28 @@ mod tests {
             .collect()
     }
 
+    /// A rule's JSON: `iifname eth0, <ip> daddr <pod_ip>, <proto> dport <port>`, counted,
+    /// DNATed to `vm_ip`.
+    fn dnat_json(ip: &str, pod_ip: &str, proto: &str, port: u16, vm_ip: &str) -> Value {
+        json!([
+            {"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0", "op": "=="}},
+            {"match": {"left": {"payload": {"protocol": ip, "field": "daddr"}}, "right": pod_ip, "op": "=="}},
+            {"match": {"left": {"payload": {"protocol": proto, "field": "dport"}}, "right": port, "op": "=="}},
+            {"counter": null},
+            {"dnat": {"addr": vm_ip, "family": ip}}
+        ])
+    }
+
+    /// A rule's JSON: `oifname eth0, <ip> saddr <network>/<len>`, counted, masqueraded.
+    fn masquerade_json(ip: &str, network: &str, len: u8) -> Value {
+        json!([
+            {"match": {"left": {"meta": {"key": "oifname"}}, "right": "eth0", "op": "=="}},
+            {"match": {"left": {"payload": {"protocol": ip, "field": "saddr"}}, "right": {"prefix": {"addr": network, "len": len}}, "op": "=="}},
+            {"counter": null},
+            {"masquerade": null}
+        ])
+    }
+
     const HTTP: ForwardPort = ForwardPort {
         protocol: Protocol::Tcp,
         port: 80,
@@ -680,13 +702,7 @@ mod tests {
         );
         assert_eq!(
             got[0].1,
-            json!([
-                {"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.244.0.5", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80, "op": "=="}},
-                {"counter": null},
-                {"dnat": {"addr": "10.0.2.2", "family": "ip"}}
-            ])
+            dnat_json("ip", "10.244.0.5", "tcp", 80, "10.0.2.2")
         );
         assert_eq!(
             got[3].1,
@@ -697,15 +713,7 @@ mod tests {
                 {"dnat": {"addr": "10.0.2.2", "family": "ip"}}
             ])
         );
-        assert_eq!(
-            got[4].1,
-            json!([
-                {"match": {"left": {"meta": {"key": "oifname"}}, "right": "eth0", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.0.2.0", "len": 24}}, "op": "=="}},
-                {"counter": null},
-                {"masquerade": null}
-            ])
-        );
+        assert_eq!(got[4].1, masquerade_json("ip", "10.0.2.0", 24));
         assert_eq!(
             got[5].1,
             json!([
@@ -873,23 +881,9 @@ mod tests {
         );
         assert_eq!(
             got[4].1,
-            json!([
-                {"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "fd00:10:244::5", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80, "op": "=="}},
-                {"counter": null},
-                {"dnat": {"addr": "fd10:0:2::2", "family": "ip6"}}
-            ])
+            dnat_json("ip6", "fd00:10:244::5", "tcp", 80, "fd10:0:2::2")
         );
-        assert_eq!(
-            got[5].1,
-            json!([
-                {"match": {"left": {"meta": {"key": "oifname"}}, "right": "eth0", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd10:0:2::", "len": 120}}, "op": "=="}},
-                {"counter": null},
-                {"masquerade": null}
-            ])
-        );
+        assert_eq!(got[5].1, masquerade_json("ip6", "fd10:0:2::", 120));
         assert_eq!(
             r.to_string(),
             "nft table inet vmpod_masq_eth0: forward tcp/80 of 10.244.0.5 (and 127.0.0.1) to \
