@@ -112,7 +112,7 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     discover
         .opts_mut()
         .insert(DhcpOption::ParameterRequestList(REQUESTED.to_vec()));
-    let offer = exchange(&socket, opts, &discover, "OFFER").await?;
+    let offer = exchange(&socket, opts, sock_err, &discover, "OFFER").await?;
     let server = match offer.0.opts().get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(s)) => *s,
         _ => {
@@ -131,7 +131,7 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     request
         .opts_mut()
         .insert(DhcpOption::ServerIdentifier(server));
-    let ack = exchange(&socket, opts, &request, "ACK or NAK").await?;
+    let ack = exchange(&socket, opts, sock_err, &request, "ACK or NAK").await?;
     Ok(ProbeReport {
         interface: opts.interface.clone(),
         mac: opts.mac,
@@ -140,10 +140,12 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     })
 }
 
-/// Send `msg` broadcast and wait for the reply to its xid.
+/// Send `msg` broadcast and wait for the reply to its xid; `sock_err` names a failed
+/// send or receive.
 async fn exchange(
     socket: &tokio::net::UdpSocket,
     opts: &ProbeOptions,
+    sock_err: impl Fn(io::Error) -> ProbeError,
     msg: &Message,
     waiting_for: &'static str,
 ) -> Result<(Message, ProbeReply), ProbeError> {
@@ -177,10 +179,7 @@ async fn exchange(
         Some((reply, described))
     })
     .await
-    .map_err(|source| ProbeError::Socket {
-        interface: opts.interface.clone(),
-        source,
-    })?;
+    .map_err(sock_err)?;
     answer.ok_or_else(|| ProbeError::Timeout {
         interface: opts.interface.clone(),
         mac: opts.mac,

@@ -99,6 +99,7 @@ pub async fn probe_v6(opts: &ProbeOptions) -> Result<ProbeV6Report, ProbeV6Error
     let (advertise, server_id) = exchange(
         &socket,
         opts,
+        sock_err,
         to,
         &message(MessageType::Solicit, None),
         MessageType::Advertise,
@@ -107,6 +108,7 @@ pub async fn probe_v6(opts: &ProbeOptions) -> Result<ProbeV6Report, ProbeV6Error
     let (reply, _) = exchange(
         &socket,
         opts,
+        sock_err,
         to,
         &message(MessageType::Request, Some(&server_id)),
         MessageType::Reply,
@@ -120,10 +122,12 @@ pub async fn probe_v6(opts: &ProbeOptions) -> Result<ProbeV6Report, ProbeV6Error
     })
 }
 
-/// Send `msg`, wait for an answer of type `want` with the same transaction ID.
+/// Send `msg`, wait for an answer of type `want` with the same transaction ID; `sock_err`
+/// names a failed send or receive.
 async fn exchange(
     socket: &tokio::net::UdpSocket,
     opts: &ProbeOptions,
+    sock_err: impl Fn(io::Error) -> ProbeV6Error,
     to: SocketAddrV6,
     msg: &Message,
     want: MessageType,
@@ -146,10 +150,7 @@ async fn exchange(
         })
     })
     .await
-    .map_err(|source| ProbeV6Error::Socket {
-        interface: opts.interface.clone(),
-        source,
-    })?;
+    .map_err(sock_err)?;
     answer.ok_or_else(|| ProbeV6Error::Timeout {
         interface: opts.interface.clone(),
         mac: opts.mac,
