@@ -112,6 +112,21 @@ fn status_conflict() -> Exchange {
     Exchange::error(Method::PATCH, STATUS_PATH, 409, "Conflict", "modified")
 }
 
+/// The VMI read again after a conflict: resourceVersion 11, no status.
+fn status_reread() -> Exchange {
+    Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({})))
+}
+
+/// A status patch accepted, the VMI now at `resource_version`.
+fn status_patched(resource_version: &str) -> Exchange {
+    Exchange::json(
+        Method::PATCH,
+        STATUS_PATH,
+        200,
+        vmi_json(resource_version, json!({})),
+    )
+}
+
 /// The requests the mock server saw, as `METHOD PATH`, in order.
 fn requests(server: &MockApiServer) -> Vec<String> {
     server
@@ -136,7 +151,7 @@ async fn controller_creates_the_pod_and_retries_a_status_conflict() {
         pod_not_found(),
         pod_created(),
         status_conflict(),
-        Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        status_reread(),
         Exchange::json(
             Method::PATCH,
             STATUS_PATH,
@@ -194,7 +209,7 @@ async fn controller_creates_the_cloud_init_secret_before_the_pod() {
         pod_not_found(),
         secret_created(),
         pod_created(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        status_patched("11"),
     ]);
     let vmi: VirtualMachineInstance =
         serde_json::from_value(vmi_with_cloud_init("#cloud-config\npassword: s3cret\n")).unwrap();
@@ -259,7 +274,6 @@ async fn controller_waits_for_an_older_vmis_secret_to_go() {
 
 #[tokio::test]
 async fn controller_gives_up_after_repeated_conflicts() {
-    let reread = || Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({})));
     let mut script = vec![Exchange::json(
         Method::GET,
         POD_PATH,
@@ -268,7 +282,7 @@ async fn controller_gives_up_after_repeated_conflicts() {
     )];
     for _ in 0..4 {
         script.push(status_conflict());
-        script.push(reread());
+        script.push(status_reread());
     }
     let (client, server) = MockApiServer::start(script);
     let ctx = controller_ctx(client);
@@ -297,10 +311,7 @@ async fn an_invalid_vmi_fails_with_its_errors_and_gets_no_pod() {
     bad.spec.domain.memory.as_mut().unwrap().guest = Some(
         k8s_openapi::apimachinery::pkg::api::resource::Quantity("lots".into()),
     );
-    let (client, server) = MockApiServer::start(vec![
-        pod_not_found(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
-    ]);
+    let (client, server) = MockApiServer::start(vec![pod_not_found(), status_patched("11")]);
     controller::reconcile(Arc::new(bad), controller_ctx(client))
         .await
         .unwrap();
@@ -322,7 +333,7 @@ async fn controller_follows_watch_events() {
         // ADDED VMI: no pod yet -> create it -> Scheduling.
         pod_not_found(),
         pod_created(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        status_patched("11"),
         // MODIFIED pod (Running on n1) -> Scheduled with the node.
         Exchange::json(
             Method::GET,
@@ -330,7 +341,7 @@ async fn controller_follows_watch_events() {
             200,
             pod_json(Some("Running"), Some("n1")),
         ),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+        status_patched("12"),
     ]);
     let metrics = Arc::new(Metrics::default());
     let run = tokio::spawn(controller::run(
@@ -397,7 +408,7 @@ fn controller_objects(
             pod_not_found(),
             secret_created(),
             pod_created(),
-            Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+            status_patched("11"),
         ]);
         let ctx = Arc::new(ControllerContext {
             client,
@@ -608,7 +619,7 @@ async fn node_reports_launcher_status_into_the_vmi() {
             "30",
             json!({"phase": "Scheduled", "nodeName": "n1"}),
         )),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("31", json!({}))),
+        status_patched("31"),
     ]);
     let ctx = Arc::new(node_ctx(client, Ok(running_launcher())));
     node::reconcile(running_pod(), ctx.clone()).await.unwrap();
@@ -635,7 +646,7 @@ async fn node_reports_launcher_status_into_the_vmi() {
 async fn node_marks_an_unreachable_launcher_not_ready() {
     let (client, server) = MockApiServer::start(vec![
         vmi_read(vmi_json("30", json!({"phase": "Running"}))),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("31", json!({}))),
+        status_patched("31"),
     ]);
     let ctx = Arc::new(node_ctx(client, Err("connection refused".into())));
     node::reconcile(running_pod(), ctx).await.unwrap();
@@ -1012,7 +1023,7 @@ async fn a_pod_the_api_server_refuses_fails_the_vmi_with_the_reason() {
     let (client, server) = MockApiServer::start(vec![
         pod_not_found(),
         Exchange::error(Method::POST, PODS_PATH, 422, "Invalid", refusal),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        status_patched("11"),
     ]);
     let ctx = controller_ctx(client);
     let action = controller::reconcile(Arc::new(vmi("10")), ctx.clone())
@@ -1057,11 +1068,8 @@ async fn controller_backs_off_per_vmi_and_resets_on_success() {
     );
     assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
 
-    let (client, server) = MockApiServer::start(vec![
-        pod_not_found(),
-        pod_created(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
-    ]);
+    let (client, server) =
+        MockApiServer::start(vec![pod_not_found(), pod_created(), status_patched("11")]);
     let ctx = controller_ctx(client);
     let err = super::ReconcileError::Unaddressable("VirtualMachineInstance");
     let delays: Vec<Action> = (0..3)
@@ -1173,8 +1181,8 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
         ),
         pod_created(),
         status_conflict(),
-        Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+        status_reread(),
+        status_patched("12"),
     ]);
     let run = tokio::spawn(controller::run(
         client,
@@ -1204,7 +1212,7 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
             200,
             vmi_json("42", json!({"phase": "Scheduled"})),
         ),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("43", json!({}))),
+        status_patched("43"),
     ]);
     let ctx = node_ctx(client.clone(), Ok(running_launcher()));
     let run = tokio::spawn(async move { node::run(client, "n1", ctx).await });
