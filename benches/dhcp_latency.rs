@@ -14,7 +14,7 @@ mod dhcp_fixture;
 use dhcp_fixture::*;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use vmpod::dhcp::probe::{ProbeOptions, probe};
 use vmpod::net::netns;
@@ -23,14 +23,6 @@ use vmpod::net::netns;
 const VM_IP: &str = "10.244.7.23";
 /// dnsmasq and udhcpd only serve a subnet the interface has an address in.
 const BRIDGE_IN_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 244, 7, 2);
-
-struct Peer(Child);
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Figures {
     offer: Vec<u64>,
@@ -81,7 +73,7 @@ fn wait_ready(t: &Topology) {
     assert!(ok, "server never answered");
 }
 
-fn dnsmasq(t: &Topology, dir: &Path) -> Peer {
+fn dnsmasq(t: &Topology, dir: &Path) -> Reap {
     let child = dnsmasq_command(t, dir, VM_IP)
         .args([
             "--dhcp-option=3,10.244.7.1",
@@ -95,10 +87,10 @@ fn dnsmasq(t: &Topology, dir: &Path) -> Peer {
         .stderr(Stdio::null())
         .spawn()
         .expect("start dnsmasq");
-    Peer(child)
+    Reap(child)
 }
 
-fn udhcpd(t: &Topology, dir: &Path) -> Peer {
+fn udhcpd(t: &Topology, dir: &Path) -> Reap {
     let conf = dir.join("udhcpd.conf");
     std::fs::write(
         &conf,
@@ -123,7 +115,7 @@ fn udhcpd(t: &Topology, dir: &Path) -> Peer {
         .stderr(Stdio::null())
         .spawn()
         .expect("start udhcpd");
-    Peer(child)
+    Reap(child)
 }
 
 fn row(name: &str, f: &mut Figures) {

@@ -15,8 +15,9 @@ use dhcp_fixture::*;
 use std::net::IpAddr;
 use std::process::{Child, Stdio};
 use std::time::Duration;
+use vmpod::dhcp::probe::ProbeOptions;
 use vmpod::dhcp::v6::DhcpV6Config;
-use vmpod::dhcp::v6::probe::{ProbeV6Options, probe_v6};
+use vmpod::dhcp::v6::probe::probe_v6;
 use vmpod::dhcp::v6::server::DhcpV6Server;
 use vmpod::net::netns;
 
@@ -34,7 +35,7 @@ impl Drop for Peer {
 /// `rounds` probes from the VM side (after `warmup` unrecorded ones): Solicit->Advertise
 /// and Request->Reply round trips in µs. `None` when the server never answered.
 fn measure(t: &Topology, rounds: usize, warmup: usize) -> (Vec<u64>, Vec<u64>) {
-    let opts = ProbeV6Options {
+    let opts = ProbeOptions {
         interface: VM_IF.into(),
         mac: t.vm_mac,
         timeout: Duration::from_secs(3),
@@ -44,7 +45,7 @@ fn measure(t: &Topology, rounds: usize, warmup: usize) -> (Vec<u64>, Vec<u64>) {
         // the VM side's link-local address to pass DAD (until then a probe fails at once).
         let mut ready = false;
         for _ in 0..50 {
-            let quick = ProbeV6Options {
+            let quick = ProbeOptions {
                 timeout: Duration::from_millis(200),
                 ..opts.clone()
             };

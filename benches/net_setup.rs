@@ -16,7 +16,7 @@ mod cargo_build;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vmpod::net::{self, IpCidr, NetOp, Route, SetupOptions};
+use vmpod::net::{self, IpCidr, NetOp, Route, SetupOptions, TapConfig};
 use vmpod::sandbox::{NodeSpec, PodSandbox, PodSpec};
 
 fn cidr(s: &str) -> IpCidr {
@@ -95,13 +95,13 @@ fn ip_commands(ns: &str, op: &NetOp) -> Vec<Vec<String>> {
             "type",
             "bridge",
         ])],
-        NetOp::CreateTap {
+        NetOp::CreateTap(TapConfig {
             name,
             mtu,
             owner,
             multiqueue,
             ..
-        } => {
+        }) => {
             let owner = owner.to_string();
             let mut add = vec![
                 "tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr", "user", &owner,

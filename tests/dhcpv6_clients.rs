@@ -12,47 +12,31 @@ mod support;
 use dhcp_fixture::*;
 use std::path::Path;
 use std::process::Stdio;
-use vmpod::dhcp::ra::{RaSender, RaStatsHandle};
-use vmpod::dhcp::v6::server::{DhcpV6Server, V6StatsHandle};
+use vmpod::dhcp::ra::{RaSender, RaStats};
+use vmpod::dhcp::v6::server::{DhcpV6Server, DhcpV6Stats};
 use vmpod::dhcp::v6::{DhcpV6Config, DropReason, ReplyKind};
 use vmpod::net::netns;
-
-/// A DHCPv6 server serving in the pod namespace on its own thread; stops on drop.
-struct RunningV6 {
-    stats: V6StatsHandle,
-    _serving: Serving,
-}
 
 fn v6_config(t: &Topology) -> DhcpV6Config {
     DhcpV6Config::for_cached(&t.cached).expect("a dual-stack pod has a DHCPv6 configuration")
 }
 
-fn start_v6(t: &Topology) -> RunningV6 {
+/// The DHCPv6 server of the pod.
+fn start_v6(t: &Topology) -> Running<DhcpV6Stats> {
     let config = v6_config(t);
     let server = netns::run_in(Some(&t.pod_path()), || DhcpV6Server::bind(config))
         .unwrap()
         .unwrap();
-    RunningV6 {
-        stats: server.stats(),
-        _serving: serve_on_thread(async move { server.run().await.unwrap() }),
-    }
+    Running::new(server.stats(), async move { server.run().await.unwrap() })
 }
 
-/// The RA sender on the pod's bridge, on its own thread; stops on drop.
-struct RunningRa {
-    stats: RaStatsHandle,
-    _serving: Serving,
-}
-
-fn start_ra(t: &Topology) -> RunningRa {
+/// The RA sender on the pod's bridge.
+fn start_ra(t: &Topology) -> Running<RaStats> {
     let config = v6_config(t);
     let sender = netns::run_in(Some(&t.pod_path()), || RaSender::bind(&config))
         .unwrap()
         .unwrap();
-    RunningRa {
-        stats: sender.stats(),
-        _serving: serve_on_thread(async move { sender.run().await.unwrap() }),
-    }
+    Running::new(sender.stats(), async move { sender.run().await.unwrap() })
 }
 
 fn vm_sysctl(t: &Topology, key: &str) -> String {
@@ -222,15 +206,12 @@ fn dhcpcd_takes_the_ra_and_the_lease() {
     let t = Topology::new("d6dc", Shape::DualStack);
     let ra = start_ra(&t);
     let server = start_v6(&t);
-    wait_link_local(&t);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path();
-    let _client = dhcpcd(
+    let (dir, _client) = dhcpcd(
         &t,
-        out,
         "ipv6only\nipv6rs\nia_na\noption dhcp6_name_servers, dhcp6_domain_search\npersistent\n",
         "-6",
     );
+    let out = dir.path();
     wait_recorded(out, &["BOUND6", "ROUTERADVERT"], 25, || {
         format!(
             "dhcpcd: RA {:?}, DHCPv6 {:?}",
@@ -271,15 +252,7 @@ fn vmpodctl_probes_dhcpv6() {
     let stats = server.stats.snapshot();
     assert_eq!(stats.lease.state, vmpod::dhcp::stats::LeaseState::Bound);
     // `vmpodctl net inspect` shows the same IPv6 side, from the cache and the kernel.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args(["net", "inspect", "--netns"])
-        .arg(t.pod_path())
-        .arg("--state-dir")
-        .arg(t.state_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let shown = net_inspect(&t, env!("CARGO_BIN_EXE_vmpodctl"));
     let router = vmpod::net::ipv6::bridge_link_local(&t.cached.facts);
     let want = format!(
         "IPV6 eth0\nvm fd77:9::23/64 (mac {}) by DHCPv6 from server DUID {}; router {router}",

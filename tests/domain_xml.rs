@@ -88,21 +88,38 @@ fn check_golden(name: &str, xml: &str) {
     assert_eq!(xml, want, "{} differs", path.display());
 }
 
+/// `manifest`'s domain XML under `accel`, its volumes prepared as `volumes` (name, path,
+/// format), is the golden file `golden`.
+fn check_domain_xml(
+    manifest: &str,
+    accel: Acceleration,
+    volumes: &[(&str, &str, DiskFormat)],
+    golden: &str,
+) {
+    let vmi = load_valid_vmi(manifest).unwrap();
+    let xml = domain_xml(&vmi, &env_for(&vmi, accel, volumes)).unwrap();
+    check_golden(golden, &xml.0);
+}
+
+/// Where the launcher writes the cloud-init image.
+const CLOUD_INIT_IMG: &str = "/var/run/vmpod/cloud-init.img";
+/// An emptyDisk `scratch` as the launcher prepares it.
+const SCRATCH: (&str, &str, DiskFormat) = (
+    "scratch",
+    "/var/run/vmpod/disks/scratch.img",
+    DiskFormat::Raw,
+);
+
 const TESTGUEST: &str = include_str!("../manifests/examples/testguest.yaml");
 
 #[test]
 fn testguest_example_under_tcg() {
-    let vmi = load_valid_vmi(TESTGUEST).unwrap();
-    let env = env(
+    check_domain_xml(
+        TESTGUEST,
         Acceleration::Tcg,
-        &[(
-            "cloudinit",
-            "/var/run/vmpod/cloud-init.img",
-            DiskFormat::Raw,
-        )],
+        &[("cloudinit", CLOUD_INIT_IMG, DiskFormat::Raw)],
+        "testguest-tcg.xml",
     );
-    let xml = domain_xml(&vmi, &env).unwrap();
-    check_golden("testguest-tcg.xml", &xml.0);
 }
 
 const KITCHEN_SINK: &str = r##"
@@ -159,27 +176,18 @@ spec:
 
 #[test]
 fn kitchen_sink_under_kvm() {
-    let vmi = load_valid_vmi(KITCHEN_SINK).unwrap();
-    let env = env_for(
-        &vmi,
+    let root = "/var/run/vmpod/container-disks/root/disk/disk.img";
+    check_domain_xml(
+        KITCHEN_SINK,
         Acceleration::Kvm,
         &[
-            (
-                "root",
-                "/var/run/vmpod/container-disks/root/disk/disk.img",
-                DiskFormat::Qcow2,
-            ),
-            (
-                "scratch",
-                "/var/run/vmpod/disks/scratch.img",
-                DiskFormat::Raw,
-            ),
+            ("root", root, DiskFormat::Qcow2),
+            SCRATCH,
             ("iso", "/data/tools.iso", DiskFormat::Raw),
-            ("ci", "/var/run/vmpod/cloud-init.img", DiskFormat::Raw),
+            ("ci", CLOUD_INIT_IMG, DiskFormat::Raw),
         ],
+        "kitchen-sink-kvm.xml",
     );
-    let xml = domain_xml(&vmi, &env).unwrap();
-    check_golden("kitchen-sink-kvm.xml", &xml.0);
 }
 
 #[test]
@@ -212,25 +220,12 @@ const V1ALPHA3_CHASSIS: &str = include_str!("kubevirt-shapes/v1alpha3-chassis.ya
 /// each volume that no disk named.
 #[test]
 fn kubevirt_v1alpha3_shape_with_chassis_under_tcg() {
-    let vmi = load_valid_vmi(V1ALPHA3_CHASSIS).unwrap();
-    let env = env_for(
-        &vmi,
+    check_domain_xml(
+        V1ALPHA3_CHASSIS,
         Acceleration::Tcg,
-        &[
-            (
-                "cloudinitdisk",
-                "/var/run/vmpod/cloud-init.img",
-                DiskFormat::Raw,
-            ),
-            (
-                "scratch",
-                "/var/run/vmpod/disks/scratch.img",
-                DiskFormat::Raw,
-            ),
-        ],
+        &[("cloudinitdisk", CLOUD_INIT_IMG, DiskFormat::Raw), SCRATCH],
+        "kubevirt-v1alpha3-chassis-tcg.xml",
     );
-    let xml = domain_xml(&vmi, &env).unwrap();
-    check_golden("kubevirt-v1alpha3-chassis-tcg.xml", &xml.0);
 }
 
 /// Under CI, `VMPOD_UPDATE_GOLDEN` fails the golden tests instead of rewriting the files

@@ -104,16 +104,13 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
     let v6 = service.handle();
     let _serving = serve_on_thread(async move { service.run().await.unwrap() });
 
-    wait_link_local(&t);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path();
-    let _client = dhcpcd(
+    let (dir, _client) = dhcpcd(
         &t,
-        out,
         "option domain_name_servers, routers\noption dhcp6_name_servers, dhcp6_domain_search\n\
          noipv4ll\nnoarp\nipv6rs\nia_na\npersistent\n",
         "",
     );
+    let out = dir.path();
     wait_recorded(out, &["BOUND", "BOUND6", "ROUTERADVERT"], 30, || {
         format!("dhcpcd, both leases and the RA: {:?}", v6.snapshot())
     });
@@ -146,15 +143,7 @@ fn dual_stack_masquerade_gives_the_vm_ipv6_behind_nat66() {
     assert!(closed.is_err(), "8080 was forwarded: {closed:?}");
 
     // `vmpodctl net inspect` shows the IPv6 side of the masquerade binding.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
-        .args(["net", "inspect", "--netns"])
-        .arg(&pod)
-        .arg("--state-dir")
-        .arg(t.state_dir())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let shown = String::from_utf8_lossy(&o.stdout);
+    let shown = net_inspect(&t, env!("CARGO_BIN_EXE_vmpodctl"));
     let snap = v6.snapshot();
     for want in [
         "MASQUERADE eth0\nvm 10.0.2.2/24".to_owned(),

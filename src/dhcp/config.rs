@@ -158,14 +158,7 @@ impl DhcpConfig {
             prefix: cidr.prefix,
             router,
             routes: static_routes(cidr, router, &facts.routes),
-            dns: facts
-                .dns
-                .iter()
-                .filter_map(|d| match d {
-                    IpAddr::V4(a) => Some(*a),
-                    IpAddr::V6(_) => None,
-                })
-                .collect(),
+            dns: facts.dns4(),
             domain_name: search.first().cloned(),
             search,
             hostname,

@@ -5,7 +5,7 @@
 
 use crate::dhcp::describe::{DescribedOption, describe_all};
 use crate::dhcp::server::{CLIENT_PORT, SERVER_PORT};
-use crate::dhcp::socket::udp_on_device;
+use crate::dhcp::socket::{send_and_await, udp_on_device};
 use crate::dhcp::v4::{client_message, decode};
 use crate::net::MacAddr;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
@@ -13,13 +13,14 @@ use dhcproto::{Encodable, Encoder};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// What to probe.
+/// What to probe, with DHCP or DHCPv6 ([`crate::dhcp::v6::probe::probe_v6`]).
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     pub interface: String,
-    /// The client MAC to ask for (the VM's); the interface's own MAC is not used.
+    /// The client MAC to ask for (the VM's; DHCPv6 makes the client's DUID-LL from it);
+    /// the interface's own MAC is not used.
     pub mac: MacAddr,
     /// How long to wait for each reply.
     pub timeout: Duration,
@@ -111,7 +112,7 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     discover
         .opts_mut()
         .insert(DhcpOption::ParameterRequestList(REQUESTED.to_vec()));
-    let offer = exchange(&socket, opts, &discover, "OFFER").await?;
+    let offer = exchange(&socket, opts, sock_err, &discover, "OFFER").await?;
     let server = match offer.0.opts().get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(s)) => *s,
         _ => {
@@ -130,7 +131,7 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     request
         .opts_mut()
         .insert(DhcpOption::ServerIdentifier(server));
-    let ack = exchange(&socket, opts, &request, "ACK or NAK").await?;
+    let ack = exchange(&socket, opts, sock_err, &request, "ACK or NAK").await?;
     Ok(ProbeReport {
         interface: opts.interface.clone(),
         mac: opts.mac,
@@ -139,10 +140,12 @@ pub async fn probe(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
     })
 }
 
-/// Send `msg` broadcast and wait for the reply to its xid.
+/// Send `msg` broadcast and wait for the reply to its xid; `sock_err` names a failed
+/// send or receive.
 async fn exchange(
     socket: &tokio::net::UdpSocket,
     opts: &ProbeOptions,
+    sock_err: impl Fn(io::Error) -> ProbeError,
     msg: &Message,
     waiting_for: &'static str,
 ) -> Result<(Message, ProbeReply), ProbeError> {
@@ -153,40 +156,15 @@ async fn exchange(
             what: waiting_for,
             detail: e.to_string(),
         })?;
-    let sock_err = |source| ProbeError::Socket {
-        interface: opts.interface.clone(),
-        source,
-    };
-    let started = Instant::now();
-    socket
-        .send_to(&out, SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT))
-        .await
-        .map_err(sock_err)?;
-    let mut buf = vec![0u8; 65536];
-    let deadline = started + opts.timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let received = tokio::time::timeout(left, socket.recv_from(&mut buf)).await;
-        let Ok(received) = received else {
-            return Err(ProbeError::Timeout {
-                interface: opts.interface.clone(),
-                mac: opts.mac,
-                waiting_for,
-                timeout: opts.timeout,
-            });
-        };
-        let (n, from) = received.map_err(sock_err)?;
-        let rtt = started.elapsed();
-        let raw = &buf[..n];
-        let Some(reply) = decode(raw) else { continue };
-        if reply.opcode() != Opcode::BootReply || reply.xid() != msg.xid() {
-            continue;
-        }
+    let to = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT));
+    let answer = send_and_await(socket, &out, to, opts.timeout, |raw, from, rtt| {
+        let reply =
+            decode(raw).filter(|r| r.opcode() == Opcode::BootReply && r.xid() == msg.xid())?;
         let message_type = match reply.opts().msg_type() {
             Some(t @ (MessageType::Offer | MessageType::Ack | MessageType::Nak)) => {
                 format!("{t:?}").to_uppercase()
             }
-            _ => continue,
+            _ => return None,
         };
         let described = ProbeReply {
             message_type,
@@ -195,11 +173,19 @@ async fn exchange(
             yiaddr: reply.yiaddr(),
             siaddr: reply.siaddr(),
             broadcast_flag: reply.flags().broadcast(),
-            size: n,
+            size: raw.len(),
             options: describe_all(&reply, raw),
         };
-        return Ok((reply, described));
-    }
+        Some((reply, described))
+    })
+    .await
+    .map_err(sock_err)?;
+    answer.ok_or_else(|| ProbeError::Timeout {
+        interface: opts.interface.clone(),
+        mac: opts.mac,
+        waiting_for,
+        timeout: opts.timeout,
+    })
 }
 
 impl std::fmt::Display for ProbeReport {

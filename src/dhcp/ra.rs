@@ -11,6 +11,7 @@
 //!
 //! The raw socket needs CAP_NET_RAW in the pod's network namespace.
 
+use crate::dhcp::stats::unix_now;
 use crate::dhcp::v6::DhcpV6Config;
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockProtocol, SockType, setsockopt, socket, sockopt,
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// ICMPv6 types.
@@ -251,9 +252,7 @@ impl RaSender {
             };
             let sent = socket.send_to(&self.packet, to).await;
             last_sent = Some(Instant::now());
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = unix_now();
             match &sent {
                 Ok(_) => debug!(%bridge, %to, solicited, "router advertisement sent"),
                 Err(e) => warn!(%bridge, %to, error = %e, "router advertisement not sent"),

@@ -3,12 +3,11 @@
 
 use crate::dhcp::config::DhcpConfig;
 use crate::dhcp::socket::{recv_retrying, udp_on_device};
-use crate::dhcp::stats::{DhcpStats, StatsHandle};
+use crate::dhcp::stats::{DhcpStats, StatsHandle, unix_now};
 use crate::dhcp::v4::{self, Decision, Destination, LeaseEvent};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 /// Server (67) and client (68) ports.
@@ -99,11 +98,8 @@ impl DhcpServer {
                 Decision::Drop(reason) => debug!(interface = %cfg.interface, %from, ?reason,
                     client = ?handled.client, "DHCP packet dropped"),
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             self.stats.update(|s| {
-                s.record(&handled, now);
+                s.record(&handled, unix_now());
                 s.replies.send_errors += u64::from(send_failed);
             });
         }

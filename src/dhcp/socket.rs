@@ -1,6 +1,7 @@
 //! The UDP sockets both ends use: bound to one device (SO_BINDTODEVICE), any address,
 //! with SO_REUSEADDR; DHCPv4's with SO_BROADCAST, DHCPv6's IPv6-only. Created in the
-//! current thread's network namespace. And how both servers receive on them.
+//! current thread's network namespace. And how both servers receive on them, and both
+//! probes exchange on them.
 
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, bind, setsockopt,
@@ -10,7 +11,7 @@ use std::ffi::OsString;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The next datagram into `buf` and its sender, for the server `what` on `interface`. A
 /// failed receive is logged and retried after 100 ms: the bridge going down and up
@@ -28,6 +29,32 @@ pub async fn recv_retrying(
                 tracing::warn!(interface, error = %e, "{what} receive failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// The client side of one probe exchange: send `bytes` to `to`, then receive until
+/// `accept` takes a datagram (given its bytes, sender and the time since sending) or
+/// `timeout` has passed since sending (`None`).
+pub async fn send_and_await<T>(
+    socket: &tokio::net::UdpSocket,
+    bytes: &[u8],
+    to: SocketAddr,
+    timeout: Duration,
+    mut accept: impl FnMut(&[u8], SocketAddr, Duration) -> Option<T>,
+) -> io::Result<Option<T>> {
+    let sent = Instant::now();
+    socket.send_to(bytes, to).await?;
+    let deadline = sent + timeout;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(received) = tokio::time::timeout(left, socket.recv_from(&mut buf)).await else {
+            return Ok(None);
+        };
+        let (n, from) = received?;
+        if let Some(taken) = accept(&buf[..n], from, sent.elapsed()) {
+            return Ok(Some(taken));
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::dhcp::v4::{
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Requests received, by message type.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +195,13 @@ impl DhcpStats {
             },
         }
     }
+}
+
+/// Unix seconds now: the time stamps the servers' stats record (0 on a clock before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A shared, cheaply cloned handle on a server's counters: [`DhcpStats`] by default, the

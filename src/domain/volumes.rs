@@ -364,6 +364,24 @@ mod tests {
         vmi
     }
 
+    /// A hostDisk volume `name` of `disk_type` at `path`.
+    fn host_disk(
+        name: &str,
+        path: &Path,
+        disk_type: HostDiskType,
+        capacity: Option<&str>,
+    ) -> Volume {
+        Volume {
+            name: name.into(),
+            host_disk: Some(HostDisk {
+                path: path.to_string_lossy().into(),
+                disk_type,
+                capacity: capacity.map(|c| Quantity(c.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn header_detection() {
         assert_eq!(format_of_header(b"QFI\xfb\0\0\0\x03"), DiskFormat::Qcow2);
@@ -386,24 +404,8 @@ mod tests {
                 }),
                 ..Default::default()
             },
-            Volume {
-                name: "root".into(),
-                host_disk: Some(HostDisk {
-                    path: q.to_string_lossy().into(),
-                    disk_type: HostDiskType::Disk,
-                    capacity: None,
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "data".into(),
-                host_disk: Some(HostDisk {
-                    path: created.to_string_lossy().into(),
-                    disk_type: HostDiskType::DiskOrCreate,
-                    capacity: Some(Quantity("10Mi".into())),
-                }),
-                ..Default::default()
-            },
+            host_disk("root", &q, HostDiskType::Disk, None),
+            host_disk("data", &created, HostDiskType::DiskOrCreate, Some("10Mi")),
         ]);
         let v = prepare_volumes(&vmi, &VolumeDirs::under(dir.path()), &RunAs::current()).unwrap();
         let scratch = &v["scratch"];
@@ -417,15 +419,12 @@ mod tests {
     #[test]
     fn missing_host_disk_names_field_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        let vmi = vmi_with(vec![Volume {
-            name: "root".into(),
-            host_disk: Some(HostDisk {
-                path: "/nonexistent/root.img".into(),
-                disk_type: HostDiskType::Disk,
-                capacity: None,
-            }),
-            ..Default::default()
-        }]);
+        let vmi = vmi_with(vec![host_disk(
+            "root",
+            Path::new("/nonexistent/root.img"),
+            HostDiskType::Disk,
+            None,
+        )]);
         let e = prepare_volumes(&vmi, &VolumeDirs::under(dir.path()), &RunAs::current())
             .unwrap_err()
             .to_string();
@@ -437,15 +436,12 @@ mod tests {
     fn disk_or_create_makes_no_directories() {
         let dir = tempfile::tempdir().unwrap();
         let wanted = dir.path().join("a/b/data.img");
-        let vmi = vmi_with(vec![Volume {
-            name: "data".into(),
-            host_disk: Some(HostDisk {
-                path: wanted.to_string_lossy().into(),
-                disk_type: HostDiskType::DiskOrCreate,
-                capacity: Some(Quantity("1Mi".into())),
-            }),
-            ..Default::default()
-        }]);
+        let vmi = vmi_with(vec![host_disk(
+            "data",
+            &wanted,
+            HostDiskType::DiskOrCreate,
+            Some("1Mi"),
+        )]);
         let e = prepare_volumes(&vmi, &VolumeDirs::under(dir.path()), &RunAs::current())
             .unwrap_err()
             .to_string();

@@ -36,12 +36,12 @@
 //! (nfnetlink checks it even for reads).
 
 use super::facts::MacAddr;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, SetItem};
+use super::nft::{eq, meta, ne, payload, text};
+use nftables::expr::{Expression, MetaKey, NamedExpression, SetItem};
 use nftables::schema::{self, Chain, FlushObject, NfCmd, NfListObject, NfObject, Nftables, Table};
-use nftables::stmt::{Counter, Match, Operator, Statement};
+use nftables::stmt::{Counter, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -196,10 +196,22 @@ impl AntiSpoof {
         }
         let mac = self.mac.to_string();
         let ip = self.ipv4.to_string();
-        let drop = |kind: DropKind| {
+        // The rule that counts what `matches` in `kind` and drops it.
+        let drop = |kind: DropKind, matches: Vec<Statement<'static>>| {
+            [
+                matches,
+                vec![
+                    Statement::Counter(Counter::Named(kind.counter().into())),
+                    Statement::Drop(None),
+                ],
+            ]
+            .concat()
+        };
+        // DHCP coming in (`Iifname`) or going out (`Oifname`) through the pod interface.
+        let dhcp_via_pod = |direction: MetaKey| {
             vec![
-                Statement::Counter(Counter::Named(kind.counter().into())),
-                Statement::Drop(None),
+                eq(meta(direction), text(&self.pod)),
+                eq(payload("udp", "dport"), dhcp_ports()),
             ]
         };
         let rules: Vec<(&str, Vec<Statement<'static>>)> = vec![
@@ -214,79 +226,77 @@ impl AntiSpoof {
             ),
             (
                 FROM_VM,
-                [
-                    vec![ne(field("ether", "saddr"), text(&mac))],
-                    drop(DropKind::Mac),
-                ]
-                .concat(),
+                drop(
+                    DropKind::Mac,
+                    vec![ne(payload("ether", "saddr"), text(&mac))],
+                ),
             ),
             // A VLAN tag first: the kernel strips it before the bridge, so the ARP and IP
             // rules below (whose `meta protocol` dependency sees the inner type) would
             // judge the inner frame, and an allowed one would leave tagged.
             (
                 FROM_VM,
-                [
-                    vec![eq(field("ether", "type"), vlan_ethertypes())],
-                    drop(DropKind::Ethertype),
-                ]
-                .concat(),
+                drop(
+                    DropKind::Ethertype,
+                    vec![eq(payload("ether", "type"), vlan_ethertypes())],
+                ),
             ),
             (
                 FROM_VM,
-                [
-                    vec![ne(field("arp", "saddr ether"), text(&mac))],
-                    drop(DropKind::Arp),
-                ]
-                .concat(),
+                drop(
+                    DropKind::Arp,
+                    vec![ne(payload("arp", "saddr ether"), text(&mac))],
+                ),
             ),
             (
                 FROM_VM,
-                [
+                drop(
+                    DropKind::Arp,
                     vec![ne(
-                        field("arp", "saddr ip"),
+                        payload("arp", "saddr ip"),
                         set([ip.clone(), Ipv4Addr::UNSPECIFIED.to_string()]),
                     )],
-                    drop(DropKind::Arp),
-                ]
-                .concat(),
+                ),
             ),
             (
                 FROM_VM,
                 vec![
-                    eq(field("ether", "type"), text("arp")),
+                    eq(payload("ether", "type"), text("arp")),
                     Statement::Accept(None),
                 ],
             ),
             (
                 FROM_VM,
-                vec![eq(field("ip", "saddr"), text(&ip)), Statement::Accept(None)],
-            ),
-            (
-                FROM_VM,
                 vec![
-                    eq(field("ip", "saddr"), text("0.0.0.0")),
-                    eq(field("udp", "sport"), Expression::Number(68)),
-                    eq(field("udp", "dport"), Expression::Number(67)),
+                    eq(payload("ip", "saddr"), text(&ip)),
                     Statement::Accept(None),
                 ],
             ),
             (
                 FROM_VM,
-                [
-                    vec![eq(field("ether", "type"), text("ip"))],
-                    drop(DropKind::Ipv4),
-                ]
-                .concat(),
+                vec![
+                    eq(payload("ip", "saddr"), text("0.0.0.0")),
+                    eq(payload("udp", "sport"), Expression::Number(68)),
+                    eq(payload("udp", "dport"), Expression::Number(67)),
+                    Statement::Accept(None),
+                ],
             ),
             (
                 FROM_VM,
-                [vec![router_advertisement()], drop(DropKind::RouterAdvert)].concat(),
+                drop(
+                    DropKind::Ipv4,
+                    vec![eq(payload("ether", "type"), text("ip"))],
+                ),
+            ),
+            (
+                FROM_VM,
+                drop(DropKind::RouterAdvert, vec![router_advertisement()]),
             ),
             (
                 FROM_VM,
                 vec![
                     eq(
-                        field("ip6", "saddr"),
+                        payload("ip6", "saddr"),
                         set([eui64_link_local(self.mac), Ipv6Addr::UNSPECIFIED]
                             .into_iter()
                             .chain(self.ipv6.iter().copied())
@@ -297,53 +307,36 @@ impl AntiSpoof {
             ),
             (
                 FROM_VM,
-                [
-                    vec![eq(field("ether", "type"), text("ip6"))],
-                    drop(DropKind::Ipv6),
-                ]
-                .concat(),
+                drop(
+                    DropKind::Ipv6,
+                    vec![eq(payload("ether", "type"), text("ip6"))],
+                ),
             ),
-            (FROM_VM, drop(DropKind::Ethertype)),
+            (FROM_VM, drop(DropKind::Ethertype, vec![])),
             (
                 FORWARD,
-                [
-                    vec![eq(field("udp", "dport"), dhcp_ports())],
-                    drop(DropKind::DhcpForward),
-                ]
-                .concat(),
+                drop(
+                    DropKind::DhcpForward,
+                    vec![eq(payload("udp", "dport"), dhcp_ports())],
+                ),
             ),
             (
                 INPUT,
-                [
-                    vec![
-                        eq(meta(MetaKey::Iifname), text(&self.pod)),
-                        eq(field("udp", "dport"), dhcp_ports()),
-                    ],
-                    drop(DropKind::DhcpInput),
-                ]
-                .concat(),
+                drop(DropKind::DhcpInput, dhcp_via_pod(MetaKey::Iifname)),
             ),
             (
                 OUTPUT,
-                [
-                    vec![
-                        eq(meta(MetaKey::Oifname), text(&self.pod)),
-                        eq(field("udp", "dport"), dhcp_ports()),
-                    ],
-                    drop(DropKind::DhcpOutput),
-                ]
-                .concat(),
+                drop(DropKind::DhcpOutput, dhcp_via_pod(MetaKey::Oifname)),
             ),
             (
                 OUTPUT,
-                [
+                drop(
+                    DropKind::RouterAdvertOutput,
                     vec![
                         eq(meta(MetaKey::Oifname), text(&self.pod)),
                         router_advertisement(),
                     ],
-                    drop(DropKind::RouterAdvertOutput),
-                ]
-                .concat(),
+                ),
             ),
         ];
         for (chain, expr) in rules {
@@ -562,23 +555,6 @@ fn add(obj: NfListObject<'static>) -> NfObject<'static> {
     NfObject::CmdObject(NfCmd::Add(obj))
 }
 
-fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: Cow::Borrowed(protocol),
-            field: Cow::Borrowed(name),
-        },
-    )))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn text(s: &str) -> Expression<'static> {
-    Expression::String(s.to_owned().into())
-}
-
 fn set(items: impl IntoIterator<Item = String>) -> Expression<'static> {
     Expression::Named(NamedExpression::Set(
         items
@@ -608,25 +584,9 @@ fn dhcp_ports() -> Expression<'static> {
     ))
 }
 
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
-}
-
 /// Matches an ICMPv6 router advertisement.
 fn router_advertisement() -> Statement<'static> {
-    eq(field("icmpv6", "type"), text("nd-router-advert"))
-}
-
-fn ne(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::NEQ,
-    })
+    eq(payload("icmpv6", "type"), text("nd-router-advert"))
 }
 
 #[cfg(test)]

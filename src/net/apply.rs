@@ -123,13 +123,8 @@ async fn apply_one(
                 .await
                 .map_err(|e| NetError::netlink(format!("create bridge {name}"), e)),
         },
-        NetOp::CreateTap {
-            name,
-            mtu,
-            owner,
-            group,
-            multiqueue,
-        } => {
+        NetOp::CreateTap(tap) => {
+            let (name, mtu) = (&tap.name, tap.mtu);
             let index = match find_link(h, name).await? {
                 Some(existing) => {
                     expect_kind(&existing, name, "tun")?;
@@ -138,9 +133,9 @@ async fn apply_one(
                 None => {
                     let spec = TapSpec {
                         name,
-                        owner: *owner,
-                        group: *group,
-                        multiqueue: *multiqueue,
+                        owner: tap.owner,
+                        group: tap.group,
+                        multiqueue: tap.multiqueue,
                     };
                     create_persistent(spec).map_err(|(what, source)| NetError::Tap {
                         name: name.clone(),
@@ -150,7 +145,7 @@ async fn apply_one(
                     link_index(h, known, name).await?
                 }
             };
-            let msg = LinkUnspec::new_with_index(index).mtu(*mtu).build();
+            let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
             change(h, msg, format!("set mtu {mtu} on tap {name}")).await
         }
         NetOp::AntiSpoof(rules) => {

@@ -163,18 +163,13 @@ pub fn remove(state_dir: &Path, interface: &str) -> Result<(), NetError> {
 mod tests {
     use super::*;
     use crate::net::IpCidr;
+    use crate::net::plan::tests::ipv4_only;
 
     fn entry(iface: &str) -> CachedInterface {
         CachedInterface {
             facts: InterfaceFacts {
                 interface: iface.into(),
-                mac: "02:00:00:00:00:05".parse().unwrap(),
-                mtu: 1500,
-                addresses: vec![IpCidr::new("10.0.0.5".parse().unwrap(), 24)],
-                routes: vec![],
-                dns: vec![],
-                search: vec![],
-                hostname: "h".into(),
+                ..ipv4_only()
             },
             binding: Binding::Bridge,
             options: PlanOptions::default(),
@@ -235,13 +230,9 @@ mod tests {
         );
         assert!(!off.iter().any(|o| matches!(o,
             NetOp::AddAddress { address, .. } if address.addr.is_ipv6())));
-        let nat = off
-            .iter()
-            .find_map(|o| match o {
-                NetOp::Nat(n) => Some(n),
-                _ => None,
-            })
-            .unwrap();
+        let Some(NetOp::Nat(nat)) = off.iter().find(|o| matches!(o, NetOp::Nat(_))) else {
+            panic!("no NAT op in {off:?}");
+        };
         assert_eq!(nat.families.len(), 1, "{nat:?}");
         assert!(crate::dhcp::v6::DhcpV6Config::for_cached(&e).is_none());
         assert_eq!(e.facts.ipv6().count(), 1);

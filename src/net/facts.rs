@@ -208,10 +208,9 @@ pub struct NoIpv4 {
 /// The first IPv4 address of `addresses` (of pod interface `interface`) with its prefix:
 /// the one rule for "the pod's IPv4 address", see [`NoIpv4`].
 pub fn pod_ipv4(interface: &str, addresses: &[IpCidr]) -> Result<Ipv4Net, NoIpv4> {
-    let first = addresses.iter().find_map(|a| match a.addr {
-        IpAddr::V4(v4) => Ipv4Net::new(v4, a.prefix).ok(),
-        IpAddr::V6(_) => None,
-    });
+    let first = addresses
+        .iter()
+        .find_map(|a| Ipv4Net::new(v4(a.addr)?, a.prefix).ok());
     first.ok_or_else(|| {
         let found: Vec<String> = addresses.iter().map(ToString::to_string).collect();
         NoIpv4 {
@@ -223,6 +222,22 @@ pub fn pod_ipv4(interface: &str, addresses: &[IpCidr]) -> Result<Ipv4Net, NoIpv4
             },
         }
     })
+}
+
+/// `a` if it is an IPv4 address.
+pub(crate) fn v4(a: IpAddr) -> Option<Ipv4Addr> {
+    match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// `a` if it is an IPv6 address.
+pub(crate) fn v6(a: IpAddr) -> Option<Ipv6Addr> {
+    match a {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    }
 }
 
 impl InterfaceFacts {
@@ -243,18 +258,22 @@ impl InterfaceFacts {
 
     /// The IPv4 default gateway, if the pod has one.
     pub fn gateway4(&self) -> Option<Ipv4Addr> {
-        self.default_gateways().find_map(|g| match g {
-            IpAddr::V4(g) => Some(g),
-            IpAddr::V6(_) => None,
-        })
+        self.default_gateways().find_map(v4)
     }
 
     /// The IPv6 default gateway, if the pod has one.
     pub fn gateway6(&self) -> Option<Ipv6Addr> {
-        self.default_gateways().find_map(|g| match g {
-            IpAddr::V6(g) => Some(g),
-            IpAddr::V4(_) => None,
-        })
+        self.default_gateways().find_map(v6)
+    }
+
+    /// The IPv4 nameservers, in resolv.conf order.
+    pub fn dns4(&self) -> Vec<Ipv4Addr> {
+        self.dns.iter().copied().filter_map(v4).collect()
+    }
+
+    /// The IPv6 nameservers, in resolv.conf order.
+    pub fn dns6(&self) -> Vec<Ipv6Addr> {
+        self.dns.iter().copied().filter_map(v6).collect()
     }
 
     /// The gateways of the default routes whose gateway is of the route's own family.

@@ -5,7 +5,7 @@
 //! IPv6 (see the module docs of [`super`]).
 
 use super::antispoof::eui64_link_local;
-use super::facts::{InterfaceFacts, IpCidr};
+use super::facts::{InterfaceFacts, IpCidr, v6};
 use super::plan::{NetOp, derived_mac};
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -27,55 +27,23 @@ pub fn bridge_link_local_op(facts: &InterfaceFacts, bridge: &str) -> Option<NetO
 /// one, which DHCPv6 leases it ([`crate::dhcp::v6::DhcpV6Config::from_facts`]) and the
 /// anti-spoofing rules let through from the tap. Empty in an IPv4-only pod.
 pub fn vm_addresses(facts: &InterfaceFacts) -> Vec<Ipv6Addr> {
-    facts
-        .ipv6()
-        .find_map(|a| match a.addr {
-            IpAddr::V6(v6) => Some(v6),
-            IpAddr::V4(_) => None,
-        })
-        .into_iter()
-        .collect()
+    facts.ipv6().find_map(|a| v6(a.addr)).into_iter().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::plan::{OriginalSettings, PlanOptions, plan};
-    use crate::net::{Binding, Route};
-
-    fn dual_stack() -> InterfaceFacts {
-        InterfaceFacts {
-            interface: "eth0".into(),
-            mac: "52:54:00:12:34:56".parse().unwrap(),
-            mtu: 1500,
-            addresses: vec![
-                IpCidr::new("10.244.0.5".parse().unwrap(), 24),
-                IpCidr::new("fd00::5".parse().unwrap(), 64),
-                IpCidr::new("fd00::6".parse().unwrap(), 64),
-            ],
-            routes: vec![Route {
-                destination: IpCidr::new("::".parse().unwrap(), 0),
-                gateway: Some("fd00::1".parse().unwrap()),
-                metric: None,
-            }],
-            dns: vec![],
-            search: vec![],
-            hostname: "vm".into(),
-        }
-    }
+    use crate::net::plan::tests::{anti_spoof_op, dual_stack, ops_of};
 
     /// A dual-stack pod: the bridge gets its link-local address before it goes up, and
     /// the tap's rules let the VM's leased address (the first) through, not the others.
     #[test]
     fn the_bridge_speaks_ipv6_and_the_vm_may_use_its_lease() {
-        let f = dual_stack();
-        let ops = plan(
-            &f,
-            Binding::Bridge,
-            &PlanOptions::default(),
-            OriginalSettings::default(),
-        )
-        .unwrap();
+        // A second global address, which the VM does not lease.
+        let mut f = dual_stack();
+        f.addresses
+            .push("fd00:10:244::6/64".parse::<IpCidr>().unwrap());
+        let ops = ops_of(&f);
         let ll = bridge_link_local(&f);
         assert!(ll.is_unicast_link_local());
         let add_ll = ops
@@ -87,14 +55,8 @@ mod tests {
             .position(|o| matches!(o, NetOp::SetUp { link } if link == "k6t-eth0"))
             .unwrap();
         assert!(add_ll < up);
-        let anti = ops
-            .iter()
-            .find_map(|o| match o {
-                NetOp::AntiSpoof(a) => Some(a),
-                _ => None,
-            })
-            .unwrap();
-        assert_eq!(anti.ipv6, ["fd00::5".parse::<Ipv6Addr>().unwrap()]);
+        let anti = anti_spoof_op(&ops);
+        assert_eq!(anti.ipv6, ["fd00:10:244::5".parse::<Ipv6Addr>().unwrap()]);
     }
 
     #[test]

@@ -20,9 +20,10 @@
 //! Replies need no rule: conntrack reverses the translation.
 
 use super::facts::{InterfaceFacts, IpCidr, Route};
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use super::nft::{eq, meta, payload, text};
+use nftables::expr::{Expression, MetaKey, NamedExpression, Payload, Prefix};
 use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Table};
-use nftables::stmt::{Counter, Match, NAT, NATFamily, Operator, Statement};
+use nftables::stmt::{Counter, NAT, NATFamily, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -369,31 +370,6 @@ impl fmt::Display for NatRules {
 
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-fn s(v: impl ToString) -> Expression<'static> {
-    Expression::String(Cow::Owned(v.to_string()))
-}
-
-fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-        PayloadField {
-            protocol: Cow::Borrowed(protocol),
-            field: Cow::Borrowed(field),
-        },
-    )))
-}
-
-fn meta(key: MetaKey) -> Expression<'static> {
-    Expression::Named(NamedExpression::Meta(Meta { key }))
-}
-
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
-    Statement::Match(Match {
-        left,
-        right,
-        op: Operator::EQ,
-    })
-}
-
 /// Counted, so `vmpod-launcher net inspect` and `nft list` show what each rule matched.
 fn counter() -> Statement<'static> {
     Statement::Counter(Counter::Anonymous(None))
@@ -401,7 +377,7 @@ fn counter() -> Statement<'static> {
 
 fn nat_to(family: NATFamily, addr: IpAddr) -> Option<NAT<'static>> {
     Some(NAT {
-        addr: Some(s(addr)),
+        addr: Some(text(addr)),
         family: Some(family),
         port: None,
         flags: None,
@@ -499,8 +475,8 @@ fn family_rules(r: &NatRules, a: &NatAddresses) -> Vec<(&'static str, Vec<Statem
     let mut rules = Vec::new();
     for ports in port_matches(&r.ports) {
         let mut inbound = vec![
-            eq(meta(MetaKey::Iifname), s(&r.pod_interface)),
-            eq(payload(ip, "daddr"), s(a.pod_ip)),
+            eq(meta(MetaKey::Iifname), text(&r.pod_interface)),
+            eq(payload(ip, "daddr"), text(a.pod_ip)),
         ];
         inbound.extend(ports);
         inbound.extend([counter(), dnat()]);
@@ -510,7 +486,7 @@ fn family_rules(r: &NatRules, a: &NatAddresses) -> Vec<(&'static str, Vec<Statem
         // Loopback forwarding only for listed ports: with none listed, taking every
         // 127.0.0.1 port would cut the pod's own processes off from each other.
         for ports in port_matches(&r.ports).into_iter().filter(|p| !p.is_empty()) {
-            let mut local = vec![eq(payload(ip, "daddr"), s(lo))];
+            let mut local = vec![eq(payload(ip, "daddr"), text(lo))];
             local.extend(ports);
             local.extend([counter(), dnat()]);
             rules.push(("output", local));
@@ -519,11 +495,11 @@ fn family_rules(r: &NatRules, a: &NatAddresses) -> Vec<(&'static str, Vec<Statem
     rules.push((
         "postrouting",
         vec![
-            eq(meta(MetaKey::Oifname), s(&r.pod_interface)),
+            eq(meta(MetaKey::Oifname), text(&r.pod_interface)),
             eq(
                 payload(ip, "saddr"),
                 Expression::Named(NamedExpression::Prefix(Prefix {
-                    addr: Box::new(s(a.vm_network.network())),
+                    addr: Box::new(text(a.vm_network.network())),
                     len: u32::from(a.vm_network.prefix),
                 })),
             ),
@@ -535,8 +511,8 @@ fn family_rules(r: &NatRules, a: &NatAddresses) -> Vec<(&'static str, Vec<Statem
         rules.push((
             "postrouting",
             vec![
-                eq(meta(MetaKey::Oifname), s(&r.bridge)),
-                eq(payload(ip, "saddr"), s(lo)),
+                eq(meta(MetaKey::Oifname), text(&r.bridge)),
+                eq(payload(ip, "saddr"), text(lo)),
                 counter(),
                 Statement::SNAT(nat_to(a.nat_family(), a.gateway)),
             ],
@@ -623,6 +599,7 @@ pub fn describe_rule(r: &Rule<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::plan::tests::{dual_stack, ipv4_only};
     use serde_json::{Value, json};
 
     fn rules(ports: Vec<ForwardPort>) -> NatRules {
@@ -640,28 +617,12 @@ mod tests {
         }
     }
 
-    fn dual_stack_facts() -> InterfaceFacts {
-        InterfaceFacts {
-            interface: "eth0".into(),
-            mac: "0a:58:0a:f4:00:05".parse().unwrap(),
-            mtu: 1450,
-            addresses: vec![
-                IpCidr::new("10.244.0.5".parse().unwrap(), 24),
-                IpCidr::new("fd00:10:244::5".parse().unwrap(), 64),
-            ],
-            routes: vec![],
-            dns: vec!["10.96.0.10".parse().unwrap(), "fd00:96::a".parse().unwrap()],
-            search: vec!["svc.cluster.local".into()],
-            hostname: "vm-a".into(),
-        }
-    }
-
     /// IPv6 stays off only for masquerade in a pod with IPv6 whose forwarding is off
     /// and read-only; the reason names the sysctl and how to allow it.
     #[test]
     fn ipv6_is_off_only_when_forwarding_is_off_and_read_only() {
         use crate::net::Binding::{Bridge, Masquerade};
-        let f = dual_stack_facts();
+        let f = dual_stack();
         let why = ipv6_off(&f, Masquerade, 0, false).expect("off");
         for want in [
             "net.ipv6.conf.all.forwarding is 0",
@@ -688,6 +649,28 @@ mod tests {
             .filter_map(|o| o.get("add")?.get("rule"))
             .map(|r| (r["chain"].as_str().unwrap().to_owned(), r["expr"].clone()))
             .collect()
+    }
+
+    /// A rule's JSON: `iifname eth0, <ip> daddr <pod_ip>, <proto> dport <port>`, counted,
+    /// DNATed to `vm_ip`.
+    fn dnat_json(ip: &str, pod_ip: &str, proto: &str, port: u16, vm_ip: &str) -> Value {
+        json!([
+            {"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0", "op": "=="}},
+            {"match": {"left": {"payload": {"protocol": ip, "field": "daddr"}}, "right": pod_ip, "op": "=="}},
+            {"match": {"left": {"payload": {"protocol": proto, "field": "dport"}}, "right": port, "op": "=="}},
+            {"counter": null},
+            {"dnat": {"addr": vm_ip, "family": ip}}
+        ])
+    }
+
+    /// A rule's JSON: `oifname eth0, <ip> saddr <network>/<len>`, counted, masqueraded.
+    fn masquerade_json(ip: &str, network: &str, len: u8) -> Value {
+        json!([
+            {"match": {"left": {"meta": {"key": "oifname"}}, "right": "eth0", "op": "=="}},
+            {"match": {"left": {"payload": {"protocol": ip, "field": "saddr"}}, "right": {"prefix": {"addr": network, "len": len}}, "op": "=="}},
+            {"counter": null},
+            {"masquerade": null}
+        ])
     }
 
     const HTTP: ForwardPort = ForwardPort {
@@ -719,13 +702,7 @@ mod tests {
         );
         assert_eq!(
             got[0].1,
-            json!([
-                {"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.244.0.5", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80, "op": "=="}},
-                {"counter": null},
-                {"dnat": {"addr": "10.0.2.2", "family": "ip"}}
-            ])
+            dnat_json("ip", "10.244.0.5", "tcp", 80, "10.0.2.2")
         );
         assert_eq!(
             got[3].1,
@@ -736,15 +713,7 @@ mod tests {
                 {"dnat": {"addr": "10.0.2.2", "family": "ip"}}
             ])
         );
-        assert_eq!(
-            got[4].1,
-            json!([
-                {"match": {"left": {"meta": {"key": "oifname"}}, "right": "eth0", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.0.2.0", "len": 24}}, "op": "=="}},
-                {"counter": null},
-                {"masquerade": null}
-            ])
-        );
+        assert_eq!(got[4].1, masquerade_json("ip", "10.0.2.0", 24));
         assert_eq!(
             got[5].1,
             json!([
@@ -882,7 +851,7 @@ mod tests {
             ports: vec![HTTP],
             ..MasqueradeOptions::default()
         };
-        let facts = dual_stack_facts();
+        let facts = dual_stack();
         let families = o.nat_addresses("10.244.0.5".parse().unwrap(), &facts);
         assert_eq!(families.len(), 2);
         let v6 = families[1];
@@ -912,23 +881,9 @@ mod tests {
         );
         assert_eq!(
             got[4].1,
-            json!([
-                {"match": {"left": {"meta": {"key": "iifname"}}, "right": "eth0", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "fd00:10:244::5", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80, "op": "=="}},
-                {"counter": null},
-                {"dnat": {"addr": "fd10:0:2::2", "family": "ip6"}}
-            ])
+            dnat_json("ip6", "fd00:10:244::5", "tcp", 80, "fd10:0:2::2")
         );
-        assert_eq!(
-            got[5].1,
-            json!([
-                {"match": {"left": {"meta": {"key": "oifname"}}, "right": "eth0", "op": "=="}},
-                {"match": {"left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd10:0:2::", "len": 120}}, "op": "=="}},
-                {"counter": null},
-                {"masquerade": null}
-            ])
-        );
+        assert_eq!(got[5].1, masquerade_json("ip6", "fd10:0:2::", 120));
         assert_eq!(
             r.to_string(),
             "nft table inet vmpod_masq_eth0: forward tcp/80 of 10.244.0.5 (and 127.0.0.1) to \
@@ -949,14 +904,8 @@ mod tests {
     #[test]
     fn the_vm_sees_its_private_address_and_the_pods_dns() {
         let facts = InterfaceFacts {
-            interface: "eth0".into(),
-            mac: "0a:58:0a:f4:00:05".parse().unwrap(),
             mtu: 1450,
-            addresses: vec![IpCidr::new("10.244.0.5".parse().unwrap(), 24)],
-            routes: vec![],
-            dns: vec!["10.96.0.10".parse().unwrap()],
-            search: vec!["svc.cluster.local".into()],
-            hostname: "vm-a".into(),
+            ..ipv4_only()
         };
         let vm = MasqueradeOptions::default().vm_facts(&facts);
         assert_eq!(vm.ipv4().unwrap().to_string(), "10.0.2.2/24");
@@ -967,10 +916,10 @@ mod tests {
         );
         assert_eq!(vm.hostname, "vm-a");
         // A dual-stack pod: the VM's IPv6 address joins; the IPv6 nameserver stays.
-        let vm = MasqueradeOptions::default().vm_facts(&dual_stack_facts());
+        let vm = MasqueradeOptions::default().vm_facts(&dual_stack());
         let v6: Vec<String> = vm.ipv6().map(|a| a.to_string()).collect();
         assert_eq!(v6, ["fd10:0:2::2/120"]);
         assert_eq!(vm.ipv4().unwrap().to_string(), "10.0.2.2/24");
-        assert_eq!(vm.dns, dual_stack_facts().dns);
+        assert_eq!(vm.dns, dual_stack().dns);
     }
 }

@@ -127,6 +127,7 @@ pub mod ipv6;
 mod lifecycle;
 pub mod masquerade;
 pub mod netns;
+mod nft;
 pub mod plan;
 pub mod snapshot;
 pub mod tap;
@@ -138,5 +139,6 @@ pub use error::NetError;
 pub use facts::{Binding, InterfaceFacts, IpCidr, MacAddr, NoIpv4, ParseMacError, Route};
 pub use lifecycle::{SetupOptions, SetupOutcome, dry_run, setup, setup_or_reuse, teardown};
 pub use plan::{
-    NetOp, OriginalSettings, PlanError, PlanOptions, bridge_name, plan, plan_teardown, tap_name,
+    NetOp, OriginalSettings, PlanError, PlanOptions, TapConfig, bridge_name, plan, plan_teardown,
+    tap_name,
 };

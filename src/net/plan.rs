@@ -7,7 +7,7 @@
 //! `NetOp` variants, and the rest is shared.
 
 use super::antispoof::{self, AntiSpoof};
-use super::facts::{Binding, InterfaceFacts, IpCidr, MacAddr, Route};
+use super::facts::{Binding, InterfaceFacts, IpCidr, MacAddr, Route, v6};
 use super::masquerade::{self, MasqueradeOptions, NatRules};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -57,16 +57,8 @@ pub enum NetOp {
         mtu: u32,
         mac: MacAddr,
     },
-    /// Create a persistent tap with vnet headers owned by `owner` (and `group`), or set
-    /// the MTU of an existing one.
-    CreateTap {
-        name: String,
-        mtu: u32,
-        owner: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        group: Option<u32>,
-        multiqueue: bool,
-    },
+    /// Create a persistent tap with vnet headers, or set the MTU of an existing one.
+    CreateTap(TapConfig),
     /// Remove an address from a link; absent already is fine.
     DelAddress { link: String, address: IpCidr },
     /// Add an address to a link (IPv6 without duplicate address detection); present
@@ -119,22 +111,7 @@ impl fmt::Display for NetOp {
             NetOp::CreateBridge { name, mtu, mac } => {
                 write!(f, "create bridge {name} (mtu {mtu}, mac {mac})")
             }
-            NetOp::CreateTap {
-                name,
-                mtu,
-                owner,
-                group,
-                multiqueue,
-            } => {
-                write!(f, "create tap {name} (mtu {mtu}, owner uid {owner}")?;
-                if let Some(g) = group {
-                    write!(f, ", gid {g}")?;
-                }
-                if *multiqueue {
-                    write!(f, ", multiqueue")?;
-                }
-                write!(f, ", vnet_hdr)")
-            }
+            NetOp::CreateTap(tap) => write!(f, "create {tap}"),
             NetOp::DelAddress { link, address } => write!(f, "remove {address} from {link}"),
             NetOp::AddAddress { link, address } => write!(f, "add {address} to {link}"),
             NetOp::SetMac { link, mac } => write!(f, "set mac of {link} to {mac}"),
@@ -165,6 +142,35 @@ impl fmt::Display for NetOp {
                 write!(f, "set ipv6 forwarding = {value} (net/ipv6/conf/all)")
             }
         }
+    }
+}
+
+/// The tap [`NetOp::CreateTap`] makes: owned by `owner` (and `group`), with vnet headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TapConfig {
+    pub name: String,
+    pub mtu: u32,
+    pub owner: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    pub multiqueue: bool,
+}
+
+impl fmt::Display for TapConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tap {} (mtu {}, owner uid {}",
+            self.name, self.mtu, self.owner
+        )?;
+        if let Some(g) = self.group {
+            write!(f, ", gid {g}")?;
+        }
+        if self.multiqueue {
+            write!(f, ", multiqueue")?;
+        }
+        write!(f, ", vnet_hdr)")
     }
 }
 
@@ -362,10 +368,26 @@ pub fn plan_teardown(
     binding: Binding,
     original: OriginalSettings,
 ) -> Result<Vec<NetOp>, PlanError> {
-    match binding {
-        Binding::Bridge => teardown_bridge(facts, original),
-        Binding::Masquerade => teardown_masquerade(facts, original),
+    let (bridge, tap) = link_names(facts)?;
+    let pod = facts.interface.as_str();
+    let mut ops = vec![NetOp::DelNftTable {
+        table: antispoof::table_name(pod),
+    }];
+    if binding == Binding::Masquerade {
+        ops.push(NetOp::DelNatTable {
+            table: masquerade::table_name(pod),
+        });
     }
+    // With the bridge binding, deleting the bridge releases the pod interface.
+    ops.extend([
+        NetOp::DelLink { name: tap },
+        NetOp::DelLink { name: bridge },
+    ]);
+    ops.extend(match binding {
+        Binding::Bridge => restore_pod_interface(facts, original),
+        Binding::Masquerade => restore_forwarding(facts, original),
+    });
+    Ok(ops)
 }
 
 fn link_names(facts: &InterfaceFacts) -> Result<(String, String), PlanError> {
@@ -498,13 +520,13 @@ fn create_bridge(facts: &InterfaceFacts, bridge: &str) -> [NetOp; 2] {
 /// The VM's tap, owned by QEMU's user, without an IPv6 link-local address.
 fn create_tap(facts: &InterfaceFacts, opts: &PlanOptions, tap: &str) -> [NetOp; 2] {
     [
-        NetOp::CreateTap {
+        NetOp::CreateTap(TapConfig {
             name: tap.to_owned(),
             mtu: facts.mtu,
             owner: opts.tap_owner,
             group: opts.tap_group,
             multiqueue: opts.multiqueue,
-        },
+        }),
         addr_gen_mode(tap, AddrGenMode::None),
     ]
 }
@@ -531,10 +553,7 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
     });
     // The VM's private addresses (IPv6 too in a dual-stack pod) are the only ones the
     // tap lets through, besides the link-local and `::`.
-    let vm_ipv6 = families.iter().filter_map(|a| match a.vm_ip {
-        IpAddr::V6(v6) => Some(v6),
-        IpAddr::V4(_) => None,
-    });
+    let vm_ipv6 = families.iter().filter_map(|a| v6(a.vm_ip));
     ops.push(anti_spoof(
         facts,
         Binding::Masquerade,
@@ -573,52 +592,29 @@ fn plan_masquerade(facts: &InterfaceFacts, opts: &PlanOptions) -> Result<Vec<Net
     Ok(ops)
 }
 
-fn teardown_masquerade(
-    facts: &InterfaceFacts,
-    original: OriginalSettings,
-) -> Result<Vec<NetOp>, PlanError> {
-    let (bridge, tap) = link_names(facts)?;
-    let mut ops = vec![
-        NetOp::DelNftTable {
-            table: antispoof::table_name(&facts.interface),
-        },
-        NetOp::DelNatTable {
-            table: masquerade::table_name(&facts.interface),
-        },
-        NetOp::DelLink { name: tap },
-        NetOp::DelLink { name: bridge },
-        ipv4_conf(
-            &facts.interface,
-            Ipv4Setting::Forwarding,
-            original.ipv4_forwarding,
-        ),
-    ];
+/// Masquerade's teardown after the links: the forwarding it turned on, as it was.
+fn restore_forwarding(facts: &InterfaceFacts, original: OriginalSettings) -> Vec<NetOp> {
+    let mut ops = vec![ipv4_conf(
+        &facts.interface,
+        Ipv4Setting::Forwarding,
+        original.ipv4_forwarding,
+    )];
     if facts.ipv6().next().is_some() {
         ops.push(NetOp::Ipv6Forwarding {
             value: original.ipv6_forwarding,
         });
     }
-    Ok(ops)
+    ops
 }
 
-fn teardown_bridge(
-    facts: &InterfaceFacts,
-    original: OriginalSettings,
-) -> Result<Vec<NetOp>, PlanError> {
-    let (bridge, tap) = link_names(facts)?;
+/// The bridge binding's teardown after the links: the pod interface gets back its MAC,
+/// link-local address, addresses and routes.
+fn restore_pod_interface(facts: &InterfaceFacts, original: OriginalSettings) -> Vec<NetOp> {
     let pod = facts.interface.as_str();
-    let mut ops = vec![
-        NetOp::DelNftTable {
-            table: antispoof::table_name(pod),
-        },
-        NetOp::DelLink { name: tap },
-        // Deleting the bridge releases the pod interface.
-        NetOp::DelLink { name: bridge },
-        NetOp::SetMac {
-            link: pod.to_owned(),
-            mac: facts.mac,
-        },
-    ];
+    let mut ops = vec![NetOp::SetMac {
+        link: pod.to_owned(),
+        mac: facts.mac,
+    }];
     if !original.ipv6_disabled {
         // The kernel makes a link-local address when a link comes up: down and up again
         // with the original mode and MAC gives back the original one.
@@ -644,7 +640,7 @@ fn teardown_bridge(
                 route: route.clone(),
             }),
     );
-    Ok(ops)
+    ops
 }
 
 /// Routes in an order the kernel accepts: on-link routes (e.g. Calico's
@@ -676,7 +672,7 @@ pub fn derived_mac(original: MacAddr, purpose: &str) -> MacAddr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn route(dst: &str, gw: Option<&str>, metric: Option<u32>) -> Route {
@@ -687,7 +683,9 @@ mod tests {
         }
     }
 
-    fn ipv4_only() -> InterfaceFacts {
+    /// The pod interface the net tests plan for: `eth0` with one IPv4 address, a
+    /// default route and one nameserver.
+    pub(crate) fn ipv4_only() -> InterfaceFacts {
         InterfaceFacts {
             interface: "eth0".into(),
             mac: "0a:58:0a:f4:00:05".parse().unwrap(),
@@ -700,7 +698,27 @@ mod tests {
         }
     }
 
-    fn ops_of(facts: &InterfaceFacts) -> Vec<NetOp> {
+    /// [`ipv4_only`] in a dual-stack pod: an IPv6 address and nameserver too.
+    pub(crate) fn dual_stack() -> InterfaceFacts {
+        let mut f = ipv4_only();
+        f.addresses
+            .push("fd00:10:244::5/64".parse::<IpCidr>().unwrap());
+        f.dns.push("fd00:96::a".parse().unwrap());
+        f
+    }
+
+    /// The anti-spoofing op of a plan.
+    pub(crate) fn anti_spoof_op(ops: &[NetOp]) -> &AntiSpoof {
+        ops.iter()
+            .find_map(|o| match o {
+                NetOp::AntiSpoof(a) => Some(a),
+                _ => None,
+            })
+            .expect("no anti-spoofing op in the plan")
+    }
+
+    /// The bridge binding's plan for `facts`, with default options.
+    pub(crate) fn ops_of(facts: &InterfaceFacts) -> Vec<NetOp> {
         plan(
             facts,
             Binding::Bridge,
@@ -731,13 +749,13 @@ mod tests {
                 addr_gen_mode("k6t-eth0", AddrGenMode::None),
                 ipv4_conf("k6t-eth0", Ipv4Setting::ArpIgnore, 1),
                 ipv4_conf("k6t-eth0", Ipv4Setting::ArpAnnounce, 2),
-                NetOp::CreateTap {
+                NetOp::CreateTap(TapConfig {
                     name: "tap-eth0".into(),
                     mtu: 1500,
                     owner: 107,
                     group: None,
                     multiqueue: false
-                },
+                }),
                 addr_gen_mode("tap-eth0", AddrGenMode::None),
                 NetOp::DelAddress {
                     link: "eth0".into(),
@@ -915,13 +933,14 @@ mod tests {
             let mut f = ipv4_only();
             f.mtu = mtu;
             let ops = ops_of(&f);
-            let mtus: Vec<u32> = ops
-                .iter()
-                .filter_map(|o| match o {
-                    NetOp::CreateBridge { mtu, .. } | NetOp::CreateTap { mtu, .. } => Some(*mtu),
-                    _ => None,
-                })
-                .collect();
+            let mtus: Vec<u32> =
+                ops.iter()
+                    .filter_map(|o| match o {
+                        NetOp::CreateBridge { mtu, .. }
+                        | NetOp::CreateTap(TapConfig { mtu, .. }) => Some(*mtu),
+                        _ => None,
+                    })
+                    .collect();
             assert_eq!(mtus, vec![mtu, mtu]);
         }
     }
@@ -957,13 +976,13 @@ mod tests {
             OriginalSettings::default(),
         )
         .unwrap();
-        assert!(ops.contains(&NetOp::CreateTap {
+        assert!(ops.contains(&NetOp::CreateTap(TapConfig {
             name: "tap-eth0".into(),
             mtu: 1500,
             owner: 107,
             group: Some(107),
             multiqueue: true
-        }));
+        })));
         assert!(ops.contains(&NetOp::AddAddress {
             link: "k6t-eth0".into(),
             address: "169.254.99.1/32".parse::<IpCidr>().unwrap()
@@ -1054,6 +1073,15 @@ mod tests {
         assert_eq!(
             addr_gen_mode("eth0", AddrGenMode::None).to_string(),
             "set ipv6 addrgenmode none on eth0"
+        );
+        let [tap, _] = create_tap(&ipv4_only(), &PlanOptions::default(), "tap-eth0");
+        assert_eq!(
+            serde_json::to_value(&tap).unwrap(),
+            serde_json::json!({"op": "createTap", "name": "tap-eth0", "mtu": 1500, "owner": 107, "multiqueue": false})
+        );
+        assert_eq!(
+            tap.to_string(),
+            "create tap tap-eth0 (mtu 1500, owner uid 107, vnet_hdr)"
         );
     }
 
@@ -1179,9 +1207,7 @@ mod tests {
     /// address through, the NAT covers both families; teardown restores forwarding.
     #[test]
     fn masquerade_in_a_dual_stack_pod_adds_the_ipv6_side() {
-        let mut f = ipv4_only();
-        f.addresses
-            .push("fd00:10:244::5/64".parse::<IpCidr>().unwrap());
+        let f = dual_stack();
         let opts = PlanOptions::default();
         let ops = plan(&f, Binding::Masquerade, &opts, OriginalSettings::default()).unwrap();
         let bridge_addrs: Vec<String> = ops
@@ -1205,13 +1231,7 @@ mod tests {
         let forwarding = position(&ops, |o| *o == NetOp::Ipv6Forwarding { value: 1 });
         let nat = position(&ops, |o| matches!(o, NetOp::Nat(_)));
         assert!(forwarding < nat);
-        let spoof = ops
-            .iter()
-            .find_map(|o| match o {
-                NetOp::AntiSpoof(a) => Some(a),
-                _ => None,
-            })
-            .unwrap();
+        let spoof = anti_spoof_op(&ops);
         assert_eq!(
             spoof.ipv6,
             ["fd10:0:2::2".parse::<std::net::Ipv6Addr>().unwrap()]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, StatsHandle};
+use vmpod::dhcp::{DhcpConfig, DhcpExtras, DhcpServer, DhcpStats, StatsHandle};
 use vmpod::net::masquerade::MasqueradeOptions;
 use vmpod::net::{self, Binding, CachedInterface, IpCidr, MacAddr, Route, SetupOptions, netns};
 use vmpod::sandbox::{CALICO_GATEWAY, NodeSpec, PodSandbox, PodSpec};
@@ -429,11 +429,28 @@ async fn index(h: &rtnetlink::Handle, name: &str) -> u32 {
         .index
 }
 
-/// A DHCP server serving in the pod namespace on its own thread; stops on drop.
-pub struct RunningServer {
-    pub stats: StatsHandle,
+/// A server (DHCP, DHCPv6, router advertisements) serving in the pod namespace on its
+/// own thread, and its counters; stops on drop.
+pub struct Running<T = DhcpStats> {
+    pub stats: StatsHandle<T>,
     _serving: Serving,
 }
+
+impl<T> Running<T> {
+    /// Run `serve` on a thread of its own ([`serve_on_thread`]).
+    pub fn new(
+        stats: StatsHandle<T>,
+        serve: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Running {
+            stats,
+            _serving: serve_on_thread(serve),
+        }
+    }
+}
+
+/// The DHCP server of a test.
+pub type RunningServer = Running<DhcpStats>;
 
 /// A future running on a thread of its own; dropped (and the thread joined) on drop.
 pub struct Serving {
@@ -518,10 +535,22 @@ pub fn start_server(t: &Topology, config: DhcpConfig) -> RunningServer {
     let server = netns::run_in(Some(&t.pod_path()), || DhcpServer::bind(config))
         .unwrap()
         .unwrap();
-    RunningServer {
-        stats: server.stats(),
-        _serving: serve_on_thread(async move { server.run().await.unwrap() }),
-    }
+    Running::new(server.stats(), async move { server.run().await.unwrap() })
+}
+
+/// What `vmpodctl net inspect` shows of the pod of `t`, which it must show.
+/// `vmpodctl` is the binary, `env!("CARGO_BIN_EXE_vmpodctl")` (only the vmpod package's
+/// tests have it).
+pub fn net_inspect(t: &Topology, vmpodctl: &str) -> String {
+    let out = Command::new(vmpodctl)
+        .args(["net", "inspect", "--netns"])
+        .arg(t.pod_path())
+        .arg("--state-dir")
+        .arg(t.state_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `KEY=value` lines a client script wrote with `env | sort`, quotes removed.
@@ -640,10 +669,15 @@ pub fn record_script(out: &Path, then: &str) -> PathBuf {
     script
 }
 
-/// dhcpcd in the VM namespace in the background with `conf` as its configuration and
-/// [`record_script`] as its script (one env file per reason in `out`); `flags` pick the
-/// families (`-6`, or none for both).
-pub fn dhcpcd(t: &Topology, out: &Path, conf: &str, flags: &str) -> Reap {
+/// dhcpcd in the VM namespace in the background, started once the VM side's link-local
+/// address is usable ([`wait_link_local`]), with `conf` as its configuration and
+/// [`record_script`] as its script (one env file per reason in the returned directory);
+/// `flags` pick the families (`-6`, or none for both). The client stops when its [`Reap`]
+/// drops; bound as `let (dir, _client) = ...` it stops before its directory goes.
+pub fn dhcpcd(t: &Topology, conf: &str, flags: &str) -> (tempfile::TempDir, Reap) {
+    wait_link_local(t);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
     let script = record_script(out, "");
     let conf_path = out.join("dhcpcd.conf");
     std::fs::write(&conf_path, conf).unwrap();
@@ -655,17 +689,17 @@ pub fn dhcpcd(t: &Topology, out: &Path, conf: &str, flags: &str) -> Reap {
         conf_path.display(),
         script.display()
     );
-    Reap(
-        t.in_vm("sh")
-            .args(["-c", &cmd])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    let client = t
+        .in_vm("sh")
+        .args(["-c", &cmd])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (dir, Reap(client))
 }
 
-/// What dhcpcd (run by [`dhcpcd`] with `out`) got over IPv6 in a [`Shape::DualStack`]
+/// What dhcpcd (run by [`dhcpcd`], recording in `out`) got over IPv6 in a [`Shape::DualStack`]
 /// pod: `address` by DHCPv6 with the pod's IPv6 nameserver, the router advertisement
 /// from the bridge's link-local address with RDNSS and DNSSL, the default route through
 /// that address, and `address` on the VM side's link, usable.

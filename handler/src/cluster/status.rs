@@ -345,46 +345,32 @@ mod tests {
 
     #[test]
     fn controller_phase_follows_the_pod() {
+        use VmiPhase::*;
         let cases = [
-            (None, None, None, VmiPhase::Pending),
-            (None, Some(None), None, VmiPhase::Scheduling),
+            (None, None, None, Pending),
+            (None, Some(None), None, Scheduling),
+            (None, Some(Some("Pending")), Some("n1"), Scheduling),
             (
-                None,
-                Some(Some("Pending")),
-                Some("n1"),
-                VmiPhase::Scheduling,
-            ),
-            (
-                Some(VmiPhase::Scheduling),
+                Some(Scheduling),
                 Some(Some("Running")),
                 Some("n1"),
-                VmiPhase::Scheduled,
+                Scheduled,
             ),
+            (Some(Running), Some(Some("Running")), Some("n1"), Running),
             (
-                Some(VmiPhase::Running),
-                Some(Some("Running")),
-                Some("n1"),
-                VmiPhase::Running,
-            ),
-            (
-                Some(VmiPhase::Running),
+                Some(Running),
                 Some(Some("Succeeded")),
                 Some("n1"),
-                VmiPhase::Succeeded,
+                Succeeded,
             ),
+            (Some(Running), Some(Some("Failed")), Some("n1"), Failed),
             (
-                Some(VmiPhase::Running),
-                Some(Some("Failed")),
-                Some("n1"),
-                VmiPhase::Failed,
-            ),
-            (
-                Some(VmiPhase::Scheduled),
+                Some(Scheduled),
                 Some(Some("Unknown")),
                 Some("n1"),
-                VmiPhase::Scheduled,
+                Scheduled,
             ),
-            (Some(VmiPhase::Running), None, None, VmiPhase::Failed),
+            (Some(Running), None, None, Failed),
         ];
         for (current, pod_phase, node, want) in cases {
             let p = pod_phase.map(|ph| pod(ph, node));
@@ -485,20 +471,18 @@ mod tests {
     fn launcher_pending_is_scheduled_and_never_regresses_running() {
         let now = time("2026-11-23T12:00:00Z");
         let p = pod(Some("Running"), Some("n1"));
-        let st = node_status(
-            &vmi_with(Some(VmiPhase::Scheduling)),
-            &p,
-            Ok(&launcher(Phase::Pending)),
-            &now,
-        );
-        assert_eq!(st.phase, Some(VmiPhase::Scheduled));
-        let st = node_status(
-            &vmi_with(Some(VmiPhase::Running)),
-            &p,
-            Ok(&launcher(Phase::Pending)),
-            &now,
-        );
-        assert_eq!(st.phase, Some(VmiPhase::Running));
+        for (current, want) in [
+            (VmiPhase::Scheduling, VmiPhase::Scheduled),
+            (VmiPhase::Running, VmiPhase::Running),
+        ] {
+            let pending = launcher(Phase::Pending);
+            let st = node_status(&vmi_with(Some(current)), &p, Ok(&pending), &now);
+            assert_eq!(
+                st.phase,
+                Some(want),
+                "{current:?} with the launcher pending"
+            );
+        }
         let mut failed = launcher(Phase::Failed);
         failed.reason = Some("qemu crashed".into());
         let st = node_status(&vmi_with(Some(VmiPhase::Running)), &p, Ok(&failed), &now);

@@ -112,6 +112,21 @@ fn status_conflict() -> Exchange {
     Exchange::error(Method::PATCH, STATUS_PATH, 409, "Conflict", "modified")
 }
 
+/// The VMI read again after a conflict: resourceVersion 11, no status.
+fn status_reread() -> Exchange {
+    Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({})))
+}
+
+/// A status patch accepted, the VMI now at `resource_version`.
+fn status_patched(resource_version: &str) -> Exchange {
+    Exchange::json(
+        Method::PATCH,
+        STATUS_PATH,
+        200,
+        vmi_json(resource_version, json!({})),
+    )
+}
+
 /// The requests the mock server saw, as `METHOD PATH`, in order.
 fn requests(server: &MockApiServer) -> Vec<String> {
     server
@@ -136,7 +151,7 @@ async fn controller_creates_the_pod_and_retries_a_status_conflict() {
         pod_not_found(),
         pod_created(),
         status_conflict(),
-        Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        status_reread(),
         Exchange::json(
             Method::PATCH,
             STATUS_PATH,
@@ -194,7 +209,7 @@ async fn controller_creates_the_cloud_init_secret_before_the_pod() {
         pod_not_found(),
         secret_created(),
         pod_created(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        status_patched("11"),
     ]);
     let vmi: VirtualMachineInstance =
         serde_json::from_value(vmi_with_cloud_init("#cloud-config\npassword: s3cret\n")).unwrap();
@@ -259,7 +274,6 @@ async fn controller_waits_for_an_older_vmis_secret_to_go() {
 
 #[tokio::test]
 async fn controller_gives_up_after_repeated_conflicts() {
-    let reread = || Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({})));
     let mut script = vec![Exchange::json(
         Method::GET,
         POD_PATH,
@@ -268,7 +282,7 @@ async fn controller_gives_up_after_repeated_conflicts() {
     )];
     for _ in 0..4 {
         script.push(status_conflict());
-        script.push(reread());
+        script.push(status_reread());
     }
     let (client, server) = MockApiServer::start(script);
     let ctx = controller_ctx(client);
@@ -297,10 +311,7 @@ async fn an_invalid_vmi_fails_with_its_errors_and_gets_no_pod() {
     bad.spec.domain.memory.as_mut().unwrap().guest = Some(
         k8s_openapi::apimachinery::pkg::api::resource::Quantity("lots".into()),
     );
-    let (client, server) = MockApiServer::start(vec![
-        pod_not_found(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
-    ]);
+    let (client, server) = MockApiServer::start(vec![pod_not_found(), status_patched("11")]);
     controller::reconcile(Arc::new(bad), controller_ctx(client))
         .await
         .unwrap();
@@ -322,7 +333,7 @@ async fn controller_follows_watch_events() {
         // ADDED VMI: no pod yet -> create it -> Scheduling.
         pod_not_found(),
         pod_created(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        status_patched("11"),
         // MODIFIED pod (Running on n1) -> Scheduled with the node.
         Exchange::json(
             Method::GET,
@@ -330,7 +341,7 @@ async fn controller_follows_watch_events() {
             200,
             pod_json(Some("Running"), Some("n1")),
         ),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+        status_patched("12"),
     ]);
     let metrics = Arc::new(Metrics::default());
     let run = tokio::spawn(controller::run(
@@ -397,7 +408,7 @@ fn controller_objects(
             pod_not_found(),
             secret_created(),
             pod_created(),
-            Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+            status_patched("11"),
         ]);
         let ctx = Arc::new(ControllerContext {
             client,
@@ -421,18 +432,36 @@ fn controller_objects(
     )
 }
 
-/// A runner node whose devices come from `vmpod-handler node`'s device plugins (the real
-/// /dev paths, 4 slots each) through a kubelet that asks their Allocate.
-fn node_with_device_plugins() -> (
-    crate::test_runner::ClusterNode,
-    Arc<crate::deviceplugin::test_kubelet::NodeDevicePlugins>,
-) {
+/// What a runner test starts from: the test images built, the controller's Pod (no
+/// device by hostPath) and Secret for `acceleration` with their state under
+/// `state_root`, and a runner node whose devices come from `vmpod-handler node`'s device
+/// plugins (the real /dev paths, 4 slots each) through a kubelet that asks their Allocate.
+/// Fields drop in this order: the state root goes last.
+struct RunnerSetup {
+    plugins: Arc<crate::deviceplugin::test_kubelet::NodeDevicePlugins>,
+    node: crate::test_runner::ClusterNode,
+    pod: k8s_openapi::api::core::v1::Pod,
+    secret: k8s_openapi::api::core::v1::Secret,
+    state_root: tempfile::TempDir,
+}
+
+fn runner_setup(acceleration: &str) -> RunnerSetup {
+    crate::test_runner::ensure_images();
+    let state_root = tempfile::tempdir().unwrap();
+    let (pod, secret) = controller_objects(acceleration, state_root.path());
+    assert_no_hostpath_devices(&pod);
     let plugins = Arc::new(crate::deviceplugin::test_kubelet::NodeDevicePlugins::start(
         crate::deviceplugin::node_devices(4),
     ));
     let mut node = crate::test_runner::ClusterNode::create();
     node.devices = Some(plugins.clone());
-    (node, plugins)
+    RunnerSetup {
+        plugins,
+        node,
+        pod,
+        secret,
+        state_root,
+    }
 }
 
 /// No volume of `pod` is a hostPath device: its devices come from the device plugin.
@@ -459,14 +488,10 @@ fn the_pod_the_controller_creates_runs_under_the_runner() {
     if !crate::support::privileged("the_pod_the_controller_creates_runs_under_the_runner") {
         return;
     }
-    crate::test_runner::ensure_images();
-    let state_root = tempfile::tempdir().unwrap();
-    let (pod, secret) = controller_objects("emulation", state_root.path());
-    assert_no_hostpath_devices(&pod);
-    let (node, plugins) = node_with_device_plugins();
-    run_to_guest_power_off(&node, &pod, &[secret], state_root.path());
+    let s = runner_setup("emulation");
+    run_to_guest_power_off(&s.node, &s.pod, &[s.secret], s.state_root.path());
     assert_eq!(
-        *plugins.allocations.lock().unwrap(),
+        *s.plugins.allocations.lock().unwrap(),
         [
             ("vmpod.io/tun".to_string(), 1),
             ("vmpod.io/tun".to_string(), 1)
@@ -494,12 +519,8 @@ fn a_launcher_pod_given_kvm_by_the_device_plugin_runs_its_guest_under_kvm() {
         eprintln!("SKIPPED {test}: KVM is unusable on this host ({why}); not a failure");
         return;
     }
-    crate::test_runner::ensure_images();
-    let state_root = tempfile::tempdir().unwrap();
-    let (pod, secret) = controller_objects("kvm", state_root.path());
-    assert_no_hostpath_devices(&pod);
-    let (node, plugins) = node_with_device_plugins();
-    let lp = LauncherPod::start(&node, &pod, &[secret], state_root.path());
+    let s = runner_setup("kvm");
+    let lp = LauncherPod::start(&s.node, &s.pod, &[s.secret], s.state_root.path());
     lp.wait_report(BOOT, |r| r.lease.is_some());
     let status = vmpod::control::read_status(&lp.state_dir).unwrap();
     assert_eq!(
@@ -508,7 +529,7 @@ fn a_launcher_pod_given_kvm_by_the_device_plugin_runs_its_guest_under_kvm() {
         "{status:?}\n{}",
         lp.diagnostics()
     );
-    let mut allocated = plugins.allocations.lock().unwrap().clone();
+    let mut allocated = s.plugins.allocations.lock().unwrap().clone();
     allocated.sort();
     assert_eq!(
         allocated,
@@ -598,7 +619,7 @@ async fn node_reports_launcher_status_into_the_vmi() {
             "30",
             json!({"phase": "Scheduled", "nodeName": "n1"}),
         )),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("31", json!({}))),
+        status_patched("31"),
     ]);
     let ctx = Arc::new(node_ctx(client, Ok(running_launcher())));
     node::reconcile(running_pod(), ctx.clone()).await.unwrap();
@@ -625,7 +646,7 @@ async fn node_reports_launcher_status_into_the_vmi() {
 async fn node_marks_an_unreachable_launcher_not_ready() {
     let (client, server) = MockApiServer::start(vec![
         vmi_read(vmi_json("30", json!({"phase": "Running"}))),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("31", json!({}))),
+        status_patched("31"),
     ]);
     let ctx = Arc::new(node_ctx(client, Err("connection refused".into())));
     node::reconcile(running_pod(), ctx).await.unwrap();
@@ -1002,7 +1023,7 @@ async fn a_pod_the_api_server_refuses_fails_the_vmi_with_the_reason() {
     let (client, server) = MockApiServer::start(vec![
         pod_not_found(),
         Exchange::error(Method::POST, PODS_PATH, 422, "Invalid", refusal),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
+        status_patched("11"),
     ]);
     let ctx = controller_ctx(client);
     let action = controller::reconcile(Arc::new(vmi("10")), ctx.clone())
@@ -1047,11 +1068,8 @@ async fn controller_backs_off_per_vmi_and_resets_on_success() {
     );
     assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
 
-    let (client, server) = MockApiServer::start(vec![
-        pod_not_found(),
-        pod_created(),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("11", json!({}))),
-    ]);
+    let (client, server) =
+        MockApiServer::start(vec![pod_not_found(), pod_created(), status_patched("11")]);
     let ctx = controller_ctx(client);
     let err = super::ReconcileError::Unaddressable("VirtualMachineInstance");
     let delays: Vec<Action> = (0..3)
@@ -1163,8 +1181,8 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
         ),
         pod_created(),
         status_conflict(),
-        Exchange::json(Method::GET, STATUS_PATH, 200, vmi_json("11", json!({}))),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("12", json!({}))),
+        status_reread(),
+        status_patched("12"),
     ]);
     let run = tokio::spawn(controller::run(
         client,
@@ -1194,7 +1212,7 @@ async fn rbac_grants_exactly_what_the_handlers_call() {
             200,
             vmi_json("42", json!({"phase": "Scheduled"})),
         ),
-        Exchange::json(Method::PATCH, STATUS_PATH, 200, vmi_json("43", json!({}))),
+        status_patched("43"),
     ]);
     let ctx = node_ctx(client.clone(), Ok(running_launcher()));
     let run = tokio::spawn(async move { node::run(client, "n1", ctx).await });

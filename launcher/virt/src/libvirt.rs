@@ -230,58 +230,42 @@ impl Libvirt {
 }
 
 impl RunningDomain {
+    /// `r`, its error naming what failed: `<verb> domain <name>`.
+    fn lv<T>(&self, verb: &str, r: Result<T, virt::error::Error>) -> Result<T, LibvirtError> {
+        lv(|| format!("{verb} domain {}", self.name), r)
+    }
+
     /// Ask the guest to power off (ACPI power button).
     pub fn shutdown(&self) -> Result<(), LibvirtError> {
-        lv(
-            || format!("shut down domain {}", self.name),
-            self.domain.shutdown(),
-        )
+        self.lv("shut down", self.domain.shutdown())
     }
 
     /// Stop QEMU now.
     pub fn destroy(&self) -> Result<(), LibvirtError> {
-        lv(
-            || format!("destroy domain {}", self.name),
-            self.domain.destroy(),
-        )
+        self.lv("destroy", self.domain.destroy())
     }
 
     pub fn pause(&self) -> Result<(), LibvirtError> {
-        lv(
-            || format!("pause domain {}", self.name),
-            self.domain.suspend(),
-        )
+        self.lv("pause", self.domain.suspend())
     }
 
     pub fn resume(&self) -> Result<(), LibvirtError> {
-        lv(
-            || format!("resume domain {}", self.name),
-            self.domain.resume(),
-        )
+        self.lv("resume", self.domain.resume())
     }
 
     /// The live domain XML as libvirt holds it.
     pub fn xml(&self) -> Result<String, LibvirtError> {
-        lv(
-            || format!("get the XML of domain {}", self.name),
-            self.domain.xml_desc(0),
-        )
+        self.lv("get the XML of", self.domain.xml_desc(0))
     }
 
     /// True while QEMU runs the domain.
     pub fn is_active(&self) -> Result<bool, LibvirtError> {
-        lv(
-            || format!("query domain {}", self.name),
-            self.domain.is_active(),
-        )
+        self.lv("query", self.domain.is_active())
     }
 
     /// Remove the persistent definition (the private libvirtd dies with the pod anyway).
     pub fn undefine(&self) -> Result<(), LibvirtError> {
-        lv(
-            || format!("undefine domain {}", self.name),
-            self.domain.undefine(),
-        )
+        self.lv("undefine", self.domain.undefine())
     }
 }
 

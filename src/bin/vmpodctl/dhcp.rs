@@ -6,7 +6,7 @@ use clap::Subcommand;
 use std::process::ExitCode;
 use std::time::Duration;
 use vmpod::dhcp::probe::{ProbeOptions, probe};
-use vmpod::dhcp::v6::probe::{ProbeV6Options, probe_v6};
+use vmpod::dhcp::v6::probe::probe_v6;
 use vmpod::net::{MacAddr, netns};
 
 #[derive(Subcommand)]
@@ -57,21 +57,16 @@ pub fn run(cmd: DhcpCommand) -> anyhow::Result<ExitCode> {
         let shown = |json: serde_json::Result<serde_json::Value>, text: String| {
             Ok::<_, anyhow::Error>((json?, text))
         };
+        let opts = ProbeOptions {
+            interface: interface.clone(),
+            mac,
+            timeout,
+        };
         if v6 {
-            let r = probe_v6(&ProbeV6Options {
-                interface: interface.clone(),
-                mac,
-                timeout,
-            })
-            .await?;
+            let r = probe_v6(&opts).await?;
             shown(serde_json::to_value(&r), r.to_string())
         } else {
-            let r = probe(&ProbeOptions {
-                interface: interface.clone(),
-                mac,
-                timeout,
-            })
-            .await?;
+            let r = probe(&opts).await?;
             shown(serde_json::to_value(&r), r.to_string())
         }
     })

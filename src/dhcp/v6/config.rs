@@ -68,14 +68,7 @@ impl DhcpV6Config {
             client_mac,
             address,
             prefix: cidr.prefix,
-            dns: facts
-                .dns
-                .iter()
-                .filter_map(|d| match d {
-                    IpAddr::V6(a) => Some(*a),
-                    IpAddr::V4(_) => None,
-                })
-                .collect(),
+            dns: facts.dns6(),
             search,
             mtu: facts.mtu,
             lease_secs: DEFAULT_LEASE_SECS,

@@ -5,7 +5,8 @@
 
 use super::{ALL_SERVERS, CLIENT_PORT, SERVER_PORT, duid_ll};
 use crate::dhcp::describe::hex;
-use crate::dhcp::socket::udp6_on_device;
+use crate::dhcp::probe::ProbeOptions;
+use crate::dhcp::socket::{send_and_await, udp6_on_device};
 use crate::net::MacAddr;
 use dhcproto::v6::{DhcpOption, DhcpOptions, IANA, Message, MessageType, ORO, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
@@ -13,17 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::time::{Duration, Instant};
-
-/// What to probe with.
-#[derive(Clone, Debug)]
-pub struct ProbeV6Options {
-    pub interface: String,
-    /// The client's DUID-LL is made from this MAC.
-    pub mac: MacAddr,
-    /// How long to wait for each answer.
-    pub timeout: Duration,
-}
+use std::time::Duration;
 
 /// One answer, decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +67,7 @@ pub enum ProbeV6Error {
 }
 
 /// Run Solicit/Advertise/Request/Reply on `opts.interface` in the current namespace.
-pub async fn probe_v6(opts: &ProbeV6Options) -> Result<ProbeV6Report, ProbeV6Error> {
+pub async fn probe_v6(opts: &ProbeOptions) -> Result<ProbeV6Report, ProbeV6Error> {
     let sock_err = |source| ProbeV6Error::Socket {
         interface: opts.interface.clone(),
         source,
@@ -108,6 +99,7 @@ pub async fn probe_v6(opts: &ProbeV6Options) -> Result<ProbeV6Report, ProbeV6Err
     let (advertise, server_id) = exchange(
         &socket,
         opts,
+        sock_err,
         to,
         &message(MessageType::Solicit, None),
         MessageType::Advertise,
@@ -116,6 +108,7 @@ pub async fn probe_v6(opts: &ProbeV6Options) -> Result<ProbeV6Report, ProbeV6Err
     let (reply, _) = exchange(
         &socket,
         opts,
+        sock_err,
         to,
         &message(MessageType::Request, Some(&server_id)),
         MessageType::Reply,
@@ -129,10 +122,12 @@ pub async fn probe_v6(opts: &ProbeV6Options) -> Result<ProbeV6Report, ProbeV6Err
     })
 }
 
-/// Send `msg`, wait for an answer of type `want` with the same transaction ID.
+/// Send `msg`, wait for an answer of type `want` with the same transaction ID; `sock_err`
+/// names a failed send or receive.
 async fn exchange(
     socket: &tokio::net::UdpSocket,
-    opts: &ProbeV6Options,
+    opts: &ProbeOptions,
+    sock_err: impl Fn(io::Error) -> ProbeV6Error,
     to: SocketAddrV6,
     msg: &Message,
     want: MessageType,
@@ -144,42 +139,28 @@ async fn exchange(
             what: "the request",
             detail: e.to_string(),
         })?;
-    let sock_err = |source| ProbeV6Error::Socket {
-        interface: opts.interface.clone(),
-        source,
-    };
-    let sent = Instant::now();
-    socket.send_to(&bytes, to).await.map_err(sock_err)?;
-    let deadline = sent + opts.timeout;
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let received = tokio::time::timeout(left, socket.recv_from(&mut buf)).await;
-        let Ok(received) = received else {
-            return Err(ProbeV6Error::Timeout {
-                interface: opts.interface.clone(),
-                mac: opts.mac,
-                waiting_for: if want == MessageType::Advertise {
-                    "ADVERTISE"
-                } else {
-                    "REPLY"
-                },
-                timeout: opts.timeout,
-            });
-        };
-        let (n, from) = received.map_err(sock_err)?;
-        let rtt_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let Ok(answer) = Message::decode(&mut Decoder::new(&buf[..n])) else {
-            continue;
-        };
-        if answer.xid() != msg.xid() || answer.msg_type() != want {
-            continue;
-        }
+    let answer = send_and_await(socket, &bytes, to.into(), opts.timeout, |raw, from, rtt| {
+        let answer = Message::decode(&mut Decoder::new(raw)).ok()?;
         let std::net::SocketAddr::V6(from) = from else {
-            continue;
+            return None;
         };
-        return Ok(describe(&answer, *from.ip(), rtt_us));
-    }
+        (answer.xid() == msg.xid() && answer.msg_type() == want).then(|| {
+            let rtt_us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+            describe(&answer, *from.ip(), rtt_us)
+        })
+    })
+    .await
+    .map_err(sock_err)?;
+    answer.ok_or_else(|| ProbeV6Error::Timeout {
+        interface: opts.interface.clone(),
+        mac: opts.mac,
+        waiting_for: if want == MessageType::Advertise {
+            "ADVERTISE"
+        } else {
+            "REPLY"
+        },
+        timeout: opts.timeout,
+    })
 }
 
 fn describe(m: &Message, from: Ipv6Addr, rtt_us: u64) -> (ProbeV6Answer, Vec<u8>) {

@@ -8,13 +8,12 @@ use super::{
     ReplyKind, RequestKind, SERVER_PORT,
 };
 use crate::dhcp::socket::{recv_retrying, udp6_on_device};
-use crate::dhcp::stats::LeaseState;
+use crate::dhcp::stats::{LeaseState, unix_now};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 /// A failure of the DHCPv6 server's socket.
@@ -226,11 +225,8 @@ impl DhcpV6Server {
                 Decision::Drop(reason) => debug!(interface = %cfg.interface, %from, ?reason,
                     client = ?handled.client, "DHCPv6 message dropped"),
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             self.stats.update(|s| {
-                s.record(&handled, now);
+                s.record(&handled, unix_now());
                 s.send_errors += u64::from(send_failed);
             });
         }
