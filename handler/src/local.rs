@@ -152,9 +152,9 @@ pub fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         "{} is not a directory",
         args.manifests.display()
     );
-    let boots = args
-        .max_concurrent_boots
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().try_into().unwrap_or(u32::MAX)));
+    let boots = args.max_concurrent_boots.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().try_into().unwrap_or(u32::MAX))
+    });
     // SAFETY: no other thread runs yet (the async runtime starts below, the runtime's
     // netlink work after this); the launchers started later inherit the environment.
     unsafe {

@@ -137,7 +137,12 @@ impl BootSlots {
         }
         waiting();
         let closes = CloseEvents::watch(&self.dir)
-            .map_err(|e| tracing::warn!("boot slots: no inotify on {} ({e}); polling", self.dir.display()))
+            .map_err(|e| {
+                tracing::warn!(
+                    "boot slots: no inotify on {} ({e}); polling",
+                    self.dir.display()
+                )
+            })
             .ok();
         loop {
             match &closes {
@@ -224,7 +229,10 @@ mod tests {
                 Ok(lock) => file = Some(lock.unlock().unwrap()),
                 Err((_, e)) => panic!("{e}"),
             }
-            assert!(std::time::Instant::now() < deadline, "flock(1) did not take {path:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock(1) did not take {path:?}"
+            );
             std::thread::yield_now();
         }
     }

@@ -8,8 +8,8 @@
 //! process started here is a child of the launcher.
 
 use crate::accel_fallback::{self, Interruption, Next, classify_pause, kvm_failure_in};
-use crate::boot_slots::{BootSlotArgs, Slot};
 use crate::backend::{ActionRequest, LauncherBackend, Shared, lock};
+use crate::boot_slots::{BootSlotArgs, Slot};
 use crate::decide;
 use crate::lifecycle::{self, PhaseOwner, StatusBoard, phase_of, reason_of};
 use crate::status_file::StatusWriter;
@@ -643,8 +643,11 @@ async fn take_boot_slot(ctx: &Ctx) -> anyhow::Result<Option<(Slot, StatsHandle)>
         ctx.publish(|s| s.set_phase(Phase::Pending, None));
     }
     tracing::info!(
-        slot = slot.index, slots = k, waited_ms = since.elapsed().as_millis(),
-        elapsed_ms = ctx.started.elapsed().as_millis(), "boot slot taken"
+        slot = slot.index,
+        slots = k,
+        waited_ms = since.elapsed().as_millis(),
+        elapsed_ms = ctx.started.elapsed().as_millis(),
+        "boot slot taken"
     );
     Ok(Some((slot, lease)))
 }
@@ -658,7 +661,8 @@ fn hold_boot_slot(ctx: &Ctx, slot: Slot, lease: StatsHandle) -> JoinHandle<()> {
         let leased = lease.wait_until(|s| s.lease.bound_at.is_some());
         match tokio::time::timeout(timeout, leased).await {
             Ok(()) => tracing::info!(
-                slot = slot.index, elapsed_ms = started.elapsed().as_millis(),
+                slot = slot.index,
+                elapsed_ms = started.elapsed().as_millis(),
                 "the guest leased: boot slot given back"
             ),
             Err(_) => tracing::warn!(
