@@ -265,7 +265,7 @@ shape() {
   for p in /proc/[0-9]*; do
     [[ $(tr '\0' ' ' 2>/dev/null < "$p/cmdline") == *"$root"* ]] && left+=" process:${p#/proc/}"
   done
-  [ -n "$(ls -A "$root" | grep -v '^\.ipam\.lock$' || true)" ] && left+=" root:$(ls -A "$root" | tr '\n' ',')"
+  [ -n "$(ls -A "$root" | grep -Ev '^(\.ipam|boot-slot-[0-9]+)\.lock$' || true)" ] && left+=" root:$(ls -A "$root" | tr '\n' ',')"
   [ -z "$left" ] || { echo "$label: after the handler's exit, left:$left" >&2; return 1; }
   [ "$code" = 0 ] || { echo "$label: handler exited $code" >&2; tail -20 "$dir/handler.log" >&2; return 1; }
 
