@@ -21,7 +21,9 @@
 # Settings: N (10), SHAPES ("burst staggered"; "untuned" is a burst with the pods'
 # processes set up as before the density work, VMPOD_DAEMONS_UNTUNED=1, with the
 # launcher and vmpod-virt of BEFORE_BIN, default this tree's), GAP_MS (100, staggered), MEM (128Mi),
-# PROFILE (release), POLL_MS (the handler's directory scan, 100), TIMEOUT (s per shape,
+# PROFILE (release), POLL_MS (the handler's directory scan, 100), BOOTS (the handler's
+# --max-concurrent-boots, how many guests boot at once; unset: its default, the CPU
+# count; 0: no limit), TIMEOUT (s per shape,
 # 120 + 10 N), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
 # empty at first, a warm-up pod fills it, so every measured pod starts seeded (as every
 # pod after a node's first). Needs root.
@@ -35,6 +37,7 @@ SHAPES=${SHAPES-burst staggered}
 GAP_MS=${GAP_MS:-100}
 MEM=${MEM:-128Mi}
 POLL_MS=${POLL_MS:-100}
+BOOTS=${BOOTS-}
 TIMEOUT=${TIMEOUT:-$((120 + 10 * N))}
 bench_build --workspace
 BIN=$PWD/target/$PROFILE
@@ -147,7 +150,7 @@ shape() {
   local load_before mem_before
   load_before=$(loadavg); mem_before=$(mem_used_kib)
   env VMPOD_LAUNCHER="$BIN/vmpod-launcher" "$@" VMPOD_LOCAL_ROOT=$root VMPOD_BRIDGE=$BR \
-    VMPOD_SUBNET=$SUBNET VMPOD_CAPS_SEED=$SEED \
+    VMPOD_SUBNET=$SUBNET VMPOD_CAPS_SEED=$SEED ${BOOTS:+VMPOD_MAX_CONCURRENT_BOOTS=$BOOTS} \
     "$BIN/vmpod-handler" local --manifests "$m" --poll-ms "$POLL_MS" 2> "$dir/handler.log" &
   HANDLER_PID=$!
   for _ in $(seq 300); do grep -qs "watching manifests" "$dir/handler.log" && break; sleep 0.05; done
@@ -282,7 +285,7 @@ shape() {
   for p in /proc/[0-9]*; do
     [[ $(tr '\0' ' ' 2>/dev/null < "$p/cmdline") == *"$root"* ]] && left+=" process:${p#/proc/}"
   done
-  [ -n "$(ls -A "$root" | grep -v '^\.ipam\.lock$' || true)" ] && left+=" root:$(ls -A "$root" | tr '\n' ',')"
+  [ -n "$(ls -A "$root" | grep -Ev '^(\.ipam|boot-slot-[0-9]+)\.lock$' || true)" ] && left+=" root:$(ls -A "$root" | tr '\n' ',')"
   [ -z "$left" ] || { echo "$label: after the handler's exit, left:$left" >&2; return 1; }
   [ "$code" = 0 ] || { echo "$label: handler exited $code" >&2; tail -20 "$dir/handler.log" >&2; return 1; }
 
@@ -298,7 +301,9 @@ shape() {
   [ "$count" = 1 ] && SOLO_CPU=$cpu_med
   local gaptext="at once"; [ "$gap" = 0 ] || gaptext="${gap} ms apart"
   echo
-  echo "== $label: $count VMI(s) created $gaptext${*:+ ($*)} ($MEM, TCG, $PROFILE binaries, $CORES cores); load average before $load_before, after $(loadavg)"
+  local boots
+  boots=$(sed -nE 's/.*boot slots max_concurrent_boots=([0-9]+).*/\1/p' "$dir/handler.log" | head -1)
+  echo "== $label: $count VMI(s) created $gaptext${*:+ ($*)} ($MEM, TCG, $PROFILE binaries, $CORES cores, boot slots ${boots:-?}${BOOTS:+ (BOOTS)}); load average before $load_before, after $(loadavg)"
   echo "creation -> Running:  P50 / P95 / max $(echo "$to_running" | sed 's/ / \/ /g') ms"
   echo "creation -> lease:    P50 / P95 / max $(echo "$to_lease" | sed 's/ / \/ /g') ms (all $count leased; first creation -> last lease $last_lease ms)"
   echo "QEMU CPU to its lease, per guest: median $cpu_med ms (sum $cpu_sum ms)"
@@ -317,16 +322,19 @@ shape() {
   done < <(sed -nE 's/^([^ ]+) .*manifest added: starting its VM manifest=.*\/([^/]+)\.yaml$/\1 added \2/p;
     s/^([^ ]+) .*launcher started vmi=([^ ]+) .*/\1 started \2/p' "$dir/handler.log")
   for name in "${names[@]}"; do
-    local ms=()
-    for what in "network ready" "libvirtd ready" "domain started" "domain running"; do
-      ms+=("$(sed -nE "s/.*$what.* elapsed_ms=([0-9]+).*/\1/p" "$dir/logs/$name.log" | head -1)")
+    local ms=() v
+    for what in "network ready" "libvirtd ready" "boot slot taken" "domain started" "domain running"; do
+      v=$(sed -nE "s/.*$what.* elapsed_ms=([0-9]+).*/\1/p" "$dir/logs/$name.log" | head -1)
+      # No boot slots (BOOTS=0): no wait, the step takes nothing.
+      [ -n "$v" ] || [ "$what" != "boot slot taken" ] || v=${ms[-1]}
+      ms+=("$v")
     done
     echo "$(( ${seen[$name]:-0} - ${created[$name]} )) $(( ${started[$name]:-0} - ${seen[$name]:-0} )) ${ms[*]}" \
-      "$(( ${running[$name]} - ${started[$name]:-0} - ${ms[3]:-0} ))"
+      "$(( ${running[$name]} - ${started[$name]:-0} - ${ms[4]:-0} ))"
   done > "$dir/path.txt"
   local col=1 line="the path to Running, P50 / max ms:" p
   for what in "creation -> the handler sees it" "-> pod made, launcher started" "launcher start -> network ready" \
-    "-> libvirtd ready" "-> domain started" "-> domain running" "domain running -> the status says Running"; do
+    "-> libvirtd ready" "-> boot slot taken" "-> domain started" "-> domain running" "domain running -> the status says Running"; do
     read -r p _ max < <(cut -d' ' -f$col "$dir/path.txt" | p50_p95_max)
     line+=" $what $p / $max;"; col=$((col + 1))
   done

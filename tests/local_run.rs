@@ -1030,3 +1030,205 @@ fn run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address() {
     assert!(run.report.powered_off, "{}\n{}", run.console, run.log);
     site.assert_nothing_left(&run.pod());
 }
+
+/// A launcher's status and the first lease time of its DHCP server (unix seconds), from
+/// its control API; None while it does not answer.
+fn status_and_lease(state_dir: &Path) -> Option<(vmpod::control::LauncherStatus, Option<u64>)> {
+    let client = vmpod::control::ControlClient::new(
+        vmpod::statedir::StateDir::new(state_dir).control_socket(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let status = client.status().await.ok()?;
+        let network = client.network().await.ok()?;
+        let bound = network
+            .interfaces
+            .first()
+            .and_then(|i| i.dhcp.as_ref())
+            .and_then(|d| d.lease.bound_at);
+        Some((status, bound))
+    })
+}
+
+/// With one boot slot (`--max-concurrent-boots 1`), two guests created at once boot one
+/// after the other: the second's domain starts only after the first guest's DHCP lease,
+/// and its status says why it waits meanwhile. Both lease; nothing is left.
+#[test]
+fn handler_local_with_one_boot_slot_starts_the_second_domain_after_the_first_lease() {
+    if !support::privileged(
+        "handler_local_with_one_boot_slot_starts_the_second_domain_after_the_first_lease",
+    ) {
+        return;
+    }
+    let site = Site::new("bs");
+    let dir = site.manifests_dir();
+    let names = [format!("{}a", site.name), format!("{}b", site.name)];
+    // Written before the handler starts: its first scan sees both at once.
+    for name in &names {
+        site.manifest(&dir.join(format!("{name}.yaml")), name, true);
+    }
+    let (mut handler, err) = site.handler(
+        &dir,
+        &[
+            ("VMPOD_MAX_CONCURRENT_BOOTS", OsStr::new("1")),
+            // Only the lease gives the slot back here, however slow the machine.
+            ("VMPOD_BOOT_SLOT_TIMEOUT", OsStr::new("600")),
+        ],
+    );
+    let mut log = String::new();
+    let mut waiting_seen = Vec::new();
+    let mut last: Vec<Option<(vmpod::control::LauncherStatus, Option<u64>)>>;
+    let deadline = Instant::now() + VM_TIMEOUT;
+    let done = loop {
+        drain_now(&err, &mut log);
+        last = names
+            .iter()
+            .map(|n| status_and_lease(&site.root().join(n)))
+            .collect();
+        for (name, s) in names.iter().zip(&last) {
+            if let Some((status, _)) = s
+                && status.reason.as_deref() == Some("waiting for a boot slot (1 of 1 busy)")
+                && !waiting_seen.contains(name)
+            {
+                assert_eq!(status.phase, vmpod::control::Phase::Pending, "{status:?}");
+                waiting_seen.push(name.clone());
+            }
+        }
+        let all: Option<Vec<_>> = last.iter().cloned().collect();
+        if let Some(all) = all.filter(|a| {
+            a.iter()
+                .all(|(s, bound)| s.running_at.is_some() && bound.is_some())
+        }) {
+            break Some(all);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let Some(mut both) = done else {
+        stop_handler(&mut handler, Signal::SIGTERM, &err, &mut log);
+        panic!("both guests did not run and lease: {last:?}\n{log}");
+    };
+    let running_at =
+        |s: &vmpod::control::LauncherStatus| s.running_at.as_ref().unwrap().0.as_second();
+    both.sort_by_key(|(s, _)| running_at(s));
+    let (first, second) = (&both[0], &both[1]);
+    // Both in whole seconds, rounded down: the order holds of them too.
+    let first_lease = i64::try_from(first.1.unwrap()).unwrap();
+    if running_at(&second.0) < first_lease || waiting_seen != std::slice::from_ref(&second.0.name) {
+        // The VMs go with the handler before the test fails.
+        stop_handler(&mut handler, Signal::SIGTERM, &err, &mut log);
+    }
+    assert!(
+        running_at(&second.0) >= first_lease,
+        "{} ran at {}, before {}'s lease at {first_lease} (it ran at {}):\n{log}",
+        second.0.name,
+        running_at(&second.0),
+        first.0.name,
+        running_at(&first.0),
+    );
+    assert_eq!(
+        waiting_seen,
+        std::slice::from_ref(&second.0.name),
+        "the status of the one that waited says so"
+    );
+    let pods: Vec<PodLine> = names
+        .iter()
+        .map(|n| {
+            let record: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(site.root().join(n).join("pod/pod.json")).unwrap(),
+            )
+            .unwrap();
+            PodLine {
+                ip: String::new(),
+                gateway: site.gateway(),
+                netns: record["netns"].as_str().unwrap().into(),
+                veth: record["nodeVeth"].as_str().unwrap().into(),
+            }
+        })
+        .collect();
+    stop_handler(&mut handler, Signal::SIGTERM, &err, &mut log);
+    for pod in &pods {
+        site.assert_nothing_left(pod);
+    }
+    for n in &names {
+        assert!(!site.root().join(n).exists(), "{n}'s state dir left");
+    }
+}
+
+/// SIGTERM to a launcher waiting for a boot slot (the one slot held by this test) ends
+/// the wait at once: the launcher tears down what it set up and exits, and nothing is
+/// left.
+#[test]
+fn sigterm_to_a_launcher_waiting_for_a_boot_slot_tears_down_at_once() {
+    if !support::privileged("sigterm_to_a_launcher_waiting_for_a_boot_slot_tears_down_at_once") {
+        return;
+    }
+    let site = Site::new("bsterm");
+    std::fs::create_dir_all(site.root()).unwrap();
+    let slot_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(site.root().join("boot-slot-0.lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(slot_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let manifest = site.vm_yaml(true);
+    let root = site.root();
+    let (mut run, _out, err) = site.vmpodctl_run(
+        &manifest,
+        &[
+            ("VMPOD_BOOT_SLOTS_DIR", root.as_path()),
+            ("VMPOD_BOOT_SLOTS", Path::new("1")),
+        ],
+    );
+    let state_dir = site.root().join(&site.name);
+    let mut log = String::new();
+    let waiting = (|| {
+        let deadline = Instant::now() + VM_TIMEOUT;
+        while Instant::now() < deadline {
+            drain_now(&err, &mut log);
+            if read_json(&state_dir.join("status.json"))
+                .is_some_and(|s| s["reason"] == "waiting for a boot slot (1 of 1 busy)")
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    })();
+    if !waiting {
+        let _ = run.kill();
+        panic!("the launcher did not wait for the boot slot:\n{log}");
+    }
+    let pod = site.recorded_pod();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("pod/pod.json")).unwrap()).unwrap();
+    let launcher = i32::try_from(record["launcherPid"].as_u64().unwrap()).unwrap();
+    let termed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(launcher), Signal::SIGTERM).unwrap();
+    let status = wait_or_kill(&mut run, Duration::from_secs(60));
+    let took = termed.elapsed();
+    drain(&err, &mut log);
+    assert!(
+        !status.success(),
+        "a boot stopped by SIGTERM is no success:\n{log}"
+    );
+    assert!(
+        log.contains("stopped by SIGTERM during boot"),
+        "the launcher's reason:\n{log}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "teardown took {took:?}:\n{log}"
+    );
+    site.assert_nothing_left(&pod);
+    drop(held);
+}

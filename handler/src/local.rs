@@ -8,6 +8,10 @@
 //! A restarted handler adopts the launchers still running for the VMIs in DIR (their
 //! records are under the local root) instead of starting them again.
 //!
+//! Boots are admitted node-wide: the launchers share K boot slots, lock files in the local
+//! root (`--max-concurrent-boots`; see the launcher's `boot_slots`), passed to them in
+//! their environment.
+//!
 //! Owns the directory scan, the per-manifest tasks and the status files. Everything about
 //! pods and launchers is the runtime's.
 
@@ -39,6 +43,11 @@ pub struct LocalArgs {
     pub poll_ms: u64,
     #[command(flatten)]
     pub host_disks: vmpod::domain::HostDiskDirArgs,
+    /// How many guests may boot at once, from their domain's start to their first DHCP
+    /// lease: the other launchers wait for a boot slot (status reason "waiting for a boot
+    /// slot"). Default: the node's CPU count (under TCG a boot is CPU-bound). 0: no limit.
+    #[arg(long, env = "VMPOD_MAX_CONCURRENT_BOOTS")]
+    pub max_concurrent_boots: Option<u32>,
 }
 
 impl LocalArgs {
@@ -143,6 +152,16 @@ pub fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         "{} is not a directory",
         args.manifests.display()
     );
+    let boots = args.max_concurrent_boots.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().try_into().unwrap_or(u32::MAX))
+    });
+    // SAFETY: no other thread runs yet (the async runtime starts below, the runtime's
+    // netlink work after this); the launchers started later inherit the environment.
+    unsafe {
+        std::env::set_var("VMPOD_BOOT_SLOTS_DIR", &cfg.root);
+        std::env::set_var("VMPOD_BOOT_SLOTS", boots.to_string());
+    }
+    tracing::info!(max_concurrent_boots = boots, slots = %cfg.root.display(), "boot slots");
     let runtime = Arc::new(LocalRuntime::new(cfg)?);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

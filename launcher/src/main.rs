@@ -4,6 +4,7 @@
 
 mod accel_fallback;
 mod backend;
+mod boot_slots;
 mod decide;
 mod dhcp_cmd;
 mod lifecycle;

@@ -9,6 +9,7 @@
 
 use crate::accel_fallback::{self, Interruption, Next, classify_pause, kvm_failure_in};
 use crate::backend::{ActionRequest, LauncherBackend, Shared, lock};
+use crate::boot_slots::{BootSlotArgs, Slot};
 use crate::decide;
 use crate::lifecycle::{self, PhaseOwner, StatusBoard, phase_of, reason_of};
 use crate::status_file::StatusWriter;
@@ -87,6 +88,8 @@ pub struct RunArgs {
     // None: every hostDisk volume is refused.
     #[command(flatten)]
     pub host_disks: vmpod::domain::HostDiskDirArgs,
+    #[command(flatten)]
+    pub boot_slots: BootSlotArgs,
 }
 
 impl RunArgs {
@@ -230,6 +233,8 @@ struct Acquired {
     qemu_log_from: u64,
     /// Copies the console FIFO to console.log.
     console: Option<control::ConsoleLog>,
+    /// Holds the node's boot slot until the guest's lease (see [`hold_boot_slot`]).
+    boot_slot: Option<JoinHandle<()>>,
 }
 
 struct Ctx {
@@ -562,6 +567,9 @@ async fn boot(
 
     libvirtd_ready(ctx, acquired).await?;
 
+    // The last wait before the domain starts: libvirtd started meanwhile.
+    let slot = take_boot_slot(ctx).await?;
+
     let agent = acquired.agent.as_ref().context("no libvirt agent")?;
     let env = acquired.env.as_mut().context("no domain environment")?;
     let console = acquired.console.as_ref().context("no console log")?;
@@ -593,6 +601,7 @@ async fn boot(
         }
     };
     acquired.domain = Some(name);
+    acquired.boot_slot = slot.map(|(slot, lease)| hold_boot_slot(ctx, slot, lease));
 
     let (layout, seed) = (ctx.libvirt(), ctx.args.caps_seed.clone());
     tokio::task::spawn_blocking(move || match daemons::refresh_caps_seed(&layout, &seed) {
@@ -600,6 +609,69 @@ async fn boot(
         Err(e) => tracing::warn!("refreshing the capabilities seed: {e}"),
     });
     Ok(())
+}
+
+/// Wait for one of the node's boot slots (see `boot_slots`), when boots are limited: the
+/// slot, with the DHCP server whose first lease gives it back. A VM without DHCP on its
+/// pod interface takes none: nothing would tell when its boot is over, and holding a
+/// slot for the whole timeout would serialise such VMs for nothing. While all slots are
+/// busy the status says so (phase Pending).
+async fn take_boot_slot(ctx: &Ctx) -> anyhow::Result<Option<(Slot, StatsHandle)>> {
+    let Some(slots) = ctx.args.boot_slots.slots() else {
+        return Ok(None);
+    };
+    let Some(lease) = lock(&ctx.shared).dhcp.iter().flatten().next().cloned() else {
+        tracing::info!("no DHCP on the pod interface: the domain starts without a boot slot");
+        return Ok(None);
+    };
+    let k = slots.count();
+    let since = Instant::now();
+    let mut waited = false;
+    let slot = slots
+        .take(|| {
+            waited = true;
+            tracing::info!(slots = k, "all boot slots busy: waiting");
+            ctx.publish(|s| {
+                s.set_phase(
+                    Phase::Pending,
+                    Some(format!("waiting for a boot slot ({k} of {k} busy)")),
+                );
+            });
+        })
+        .await?;
+    if waited {
+        ctx.publish(|s| s.set_phase(Phase::Pending, None));
+    }
+    tracing::info!(
+        slot = slot.index,
+        slots = k,
+        waited_ms = since.elapsed().as_millis(),
+        elapsed_ms = ctx.started.elapsed().as_millis(),
+        "boot slot taken"
+    );
+    Ok(Some((slot, lease)))
+}
+
+/// Hold `slot` until the guest's first DHCPv4 lease from `lease`'s server or the boot
+/// slot timeout, whichever comes first; teardown aborts the task when the domain ends
+/// first. The slot goes back when the task ends.
+fn hold_boot_slot(ctx: &Ctx, slot: Slot, lease: StatsHandle) -> JoinHandle<()> {
+    let (timeout, started) = (ctx.args.boot_slots.timeout(), ctx.started);
+    tokio::spawn(async move {
+        let leased = lease.wait_until(|s| s.lease.bound_at.is_some());
+        match tokio::time::timeout(timeout, leased).await {
+            Ok(()) => tracing::info!(
+                slot = slot.index,
+                elapsed_ms = started.elapsed().as_millis(),
+                "the guest leased: boot slot given back"
+            ),
+            Err(_) => tracing::warn!(
+                slot = slot.index,
+                "no lease within the boot slot timeout ({timeout:?}): boot slot given back"
+            ),
+        }
+        drop(slot);
+    })
 }
 
 /// Define and start the domain from `xml` and publish it; its name.
@@ -877,6 +949,9 @@ fn kill_qemu(pid: Option<u32>) {
 
 /// Give back everything boot acquired; never fails, logs what it cannot do.
 async fn teardown(ctx: &Ctx, acquired: &mut Acquired) {
+    if let Some(slot) = acquired.boot_slot.take() {
+        slot.abort();
+    }
     let agent = acquired.agent.take();
     if acquired.domain.take().is_some() {
         let stopped = match &agent {

@@ -205,18 +205,25 @@ pub fn unix_now() -> u64 {
 }
 
 /// A shared, cheaply cloned handle on a server's counters: [`DhcpStats`] by default, the
-/// DHCPv6 server's and the router advertisements' too.
+/// DHCPv6 server's and the router advertisements' too. Readers may wait for a condition
+/// on them ([`StatsHandle::wait_until`]): every update wakes the waiters.
 #[derive(Clone, Debug, Default)]
-pub struct StatsHandle<T = DhcpStats>(Arc<Mutex<T>>);
+pub struct StatsHandle<T = DhcpStats> {
+    stats: Arc<Mutex<T>>,
+    updated: Arc<tokio::sync::Notify>,
+}
 
 impl<T: Clone> StatsHandle<T> {
     pub fn new(stats: T) -> Self {
-        StatsHandle(Arc::new(Mutex::new(stats)))
+        StatsHandle {
+            stats: Arc::new(Mutex::new(stats)),
+            updated: Arc::default(),
+        }
     }
 
     /// A copy of the current counters and lease.
     pub fn snapshot(&self) -> T {
-        self.0
+        self.stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -224,7 +231,22 @@ impl<T: Clone> StatsHandle<T> {
 
     /// Apply `f` to the stats (short: the server holds the lock per packet).
     pub fn update(&self, f: impl FnOnce(&mut T)) {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        f(&mut self.stats.lock().unwrap_or_else(PoisonError::into_inner));
+        self.updated.notify_waiters();
+    }
+
+    /// Return once `done` holds of the stats: checked now and after every update.
+    pub async fn wait_until(&self, mut done: impl FnMut(&T) -> bool) {
+        loop {
+            // Registered before the check: an update between the two still wakes us.
+            let updated = self.updated.notified();
+            tokio::pin!(updated);
+            updated.as_mut().enable();
+            if done(&self.stats.lock().unwrap_or_else(PoisonError::into_inner)) {
+                return;
+            }
+            updated.await;
+        }
     }
 }
 
@@ -329,5 +351,22 @@ mod tests {
         assert_eq!(json["lease"]["state"], "released");
         assert_eq!(json["drops"]["foreignClient"], 0);
         assert_eq!(json["lastClient"]["chaddr"], "02:00:00:aa:bb:cc");
+    }
+
+    #[tokio::test]
+    async fn wait_until_returns_on_the_update_that_makes_it_true() {
+        let h = StatsHandle::new(0u32);
+        let waiter = tokio::spawn({
+            let h = h.clone();
+            async move { h.wait_until(|n| *n >= 2).await }
+        });
+        h.update(|n| *n = 1);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "1 is not enough");
+        h.update(|n| *n = 2);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter did not wake on the update")
+            .unwrap();
     }
 }
