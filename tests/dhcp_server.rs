@@ -15,16 +15,21 @@ use std::time::{Duration, Instant};
 use vmpod::dhcp::DhcpStats;
 use vmpod::dhcp::stats::LeaseState;
 
+/// A privileged test's topology with a plain subnet; `None` where
+/// [`support::privileged_test`] skips the test.
+fn privileged_subnet(tag: &str) -> Option<Topology> {
+    support::privileged_test().then(|| Topology::new(tag, Shape::Subnet))
+}
+
 fn vmpodctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vmpodctl"))
 }
 
 #[test]
 fn probe_sees_every_option_and_another_mac_gets_no_answer() {
-    if !support::privileged("probe_sees_every_option_and_another_mac_gets_no_answer") {
+    let Some(t) = privileged_subnet("probe") else {
         return;
-    }
-    let t = Topology::new("probe", Shape::Subnet);
+    };
     let server = start_server(&t, t.config());
 
     let probe = |extra: &[&str]| {
@@ -197,10 +202,9 @@ fn codes(msg: &Message) -> Vec<u8> {
 /// INFORM gets an ACK without lease data sent to the client's own address.
 #[test]
 fn release_decline_and_inform_through_the_socket_are_counted() {
-    if !support::privileged("release_decline_and_inform_through_the_socket_are_counted") {
+    let Some(t) = privileged_subnet("rdi") else {
         return;
-    }
-    let t = Topology::new("rdi", Shape::Subnet);
+    };
     let server = start_server(&t, t.config());
     let vm = VmWire::open(&t);
     let ip: Ipv4Addr = "10.244.7.23".parse().unwrap();
@@ -308,10 +312,9 @@ fn release_decline_and_inform_through_the_socket_are_counted() {
 /// the least important (the private options) first.
 #[test]
 fn replies_fit_the_clients_max_message_size_between_576_and_the_mtu() {
-    if !support::privileged("replies_fit_the_clients_max_message_size_between_576_and_the_mtu") {
+    let Some(t) = privileged_subnet("mms") else {
         return;
-    }
-    let t = Topology::new("mms", Shape::Subnet);
+    };
     let extras = vmpod::dhcp::DhcpExtras {
         private_options: (224..230)
             .map(|option| {

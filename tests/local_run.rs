@@ -1058,12 +1058,9 @@ fn status_and_lease(state_dir: &Path) -> Option<(vmpod::control::LauncherStatus,
 /// and its status says why it waits meanwhile. Both lease; nothing is left.
 #[test]
 fn handler_local_with_one_boot_slot_starts_the_second_domain_after_the_first_lease() {
-    if !support::privileged(
-        "handler_local_with_one_boot_slot_starts_the_second_domain_after_the_first_lease",
-    ) {
+    let Some(site) = Site::privileged("bs") else {
         return;
-    }
-    let site = Site::new("bs");
+    };
     let dir = site.manifests_dir();
     let names = [format!("{}a", site.name), format!("{}b", site.name)];
     // Written before the handler starts: its first scan sees both at once.
@@ -1083,7 +1080,7 @@ fn handler_local_with_one_boot_slot_starts_the_second_domain_after_the_first_lea
     let mut last: Vec<Option<(vmpod::control::LauncherStatus, Option<u64>)>>;
     let deadline = Instant::now() + VM_TIMEOUT;
     let done = loop {
-        drain_now(&err, &mut log);
+        drain(&err, &mut log, Duration::ZERO);
         last = names
             .iter()
             .map(|n| status_and_lease(&site.root().join(n)))
@@ -1165,10 +1162,9 @@ fn handler_local_with_one_boot_slot_starts_the_second_domain_after_the_first_lea
 /// left.
 #[test]
 fn sigterm_to_a_launcher_waiting_for_a_boot_slot_tears_down_at_once() {
-    if !support::privileged("sigterm_to_a_launcher_waiting_for_a_boot_slot_tears_down_at_once") {
+    let Some(site) = Site::privileged("bsterm") else {
         return;
-    }
-    let site = Site::new("bsterm");
+    };
     std::fs::create_dir_all(site.root()).unwrap();
     let slot_file = std::fs::OpenOptions::new()
         .read(true)
@@ -1182,7 +1178,11 @@ fn sigterm_to_a_launcher_waiting_for_a_boot_slot_tears_down_at_once() {
         .unwrap();
     let manifest = site.vm_yaml(true);
     let root = site.root();
-    let (mut run, _out, err) = site.vmpodctl_run(
+    let Running {
+        child: mut run,
+        err,
+        ..
+    } = site.vmpodctl_run(
         &manifest,
         &[
             ("VMPOD_BOOT_SLOTS_DIR", root.as_path()),
@@ -1194,7 +1194,7 @@ fn sigterm_to_a_launcher_waiting_for_a_boot_slot_tears_down_at_once() {
     let waiting = (|| {
         let deadline = Instant::now() + VM_TIMEOUT;
         while Instant::now() < deadline {
-            drain_now(&err, &mut log);
+            drain(&err, &mut log, Duration::ZERO);
             if read_json(&state_dir.join("status.json"))
                 .is_some_and(|s| s["reason"] == "waiting for a boot slot (1 of 1 busy)")
             {
@@ -1216,7 +1216,7 @@ fn sigterm_to_a_launcher_waiting_for_a_boot_slot_tears_down_at_once() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(launcher), Signal::SIGTERM).unwrap();
     let status = wait_or_kill(&mut run, Duration::from_secs(60));
     let took = termed.elapsed();
-    drain(&err, &mut log);
+    drain(&err, &mut log, Duration::from_millis(500));
     assert!(
         !status.success(),
         "a boot stopped by SIGTERM is no success:\n{log}"

@@ -44,6 +44,12 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The fixture of a privileged test on the pod `make` builds; `None` where
+    /// [`support::privileged_test`] skips the test.
+    fn privileged(make: fn() -> PodSandbox) -> Option<Self> {
+        support::privileged_test().then(|| Fixture::new(make()))
+    }
+
     fn new(pod: PodSandbox) -> Self {
         Fixture {
             pod,
@@ -224,10 +230,9 @@ fn assert_rewired(f: &Fixture, facts: &net::InterfaceFacts) {
 
 #[test]
 fn setup_rewires_a_dual_stack_pod_and_caches_its_facts_first() {
-    if !support::privileged("setup_rewires_a_dual_stack_pod_and_caches_its_facts_first") {
+    let Some(f) = Fixture::privileged(dual_stack_pod) else {
         return;
-    }
-    let f = Fixture::new(dual_stack_pod());
+    };
     let before = f.discover().unwrap();
     assert_eq!(
         before.addresses,
@@ -264,10 +269,9 @@ fn setup_rewires_a_dual_stack_pod_and_caches_its_facts_first() {
 
 #[test]
 fn second_setup_on_a_rewired_pod_converges_without_change() {
-    if !support::privileged("second_setup_on_a_rewired_pod_converges_without_change") {
+    let Some(f) = Fixture::privileged(dual_stack_pod) else {
         return;
-    }
-    let f = Fixture::new(dual_stack_pod());
+    };
     let first = net::setup(&f.opts()).unwrap();
     let after_first = observed(&f.snapshot());
     let second = net::setup(&f.opts()).unwrap();
@@ -322,10 +326,9 @@ fn setup_after_a_crash_halfway_converges_to_the_same_state() {
 
 #[test]
 fn restart_reads_the_cache_and_never_discovers_again() {
-    if !support::privileged("restart_reads_the_cache_and_never_discovers_again") {
+    let Some(f) = Fixture::privileged(dual_stack_pod) else {
         return;
-    }
-    let f = Fixture::new(dual_stack_pod());
+    };
     let first = net::setup(&f.opts()).unwrap();
     // After the rewire, discovery cannot see the pod IP any more.
     match f.discover() {
@@ -374,10 +377,9 @@ fn a_cache_from_another_network_namespace_is_stale() {
 
 #[test]
 fn teardown_restores_the_dual_stack_pod_exactly() {
-    if !support::privileged("teardown_restores_the_dual_stack_pod_exactly") {
+    let Some(f) = Fixture::privileged(dual_stack_pod) else {
         return;
-    }
-    let f = Fixture::new(dual_stack_pod());
+    };
     let before = pod_interface(&f.snapshot());
     net::setup(&f.opts()).unwrap();
     assert_ne!(pod_interface(&f.snapshot()), before);
@@ -426,10 +428,9 @@ fn teardown_restores_the_dual_stack_pod_exactly() {
 
 #[test]
 fn calico_slash32_pod_with_jumbo_mtu_and_multiqueue_tap_round_trips() {
-    if !support::privileged("calico_slash32_pod_with_jumbo_mtu_and_multiqueue_tap_round_trips") {
+    let Some(mut f) = Fixture::privileged(calico_pod) else {
         return;
-    }
-    let mut f = Fixture::new(calico_pod());
+    };
     // QEMU with a group allowed on the tap and several queues.
     f.plan = PlanOptions {
         tap_owner: 107,
@@ -463,10 +464,9 @@ fn calico_slash32_pod_with_jumbo_mtu_and_multiqueue_tap_round_trips() {
 
 #[test]
 fn discovery_names_a_missing_interface() {
-    if !support::privileged("discovery_names_a_missing_interface") {
+    let Some(f) = Fixture::privileged(calico_pod) else {
         return;
-    }
-    let f = Fixture::new(calico_pod());
+    };
     let e = discover(Some(f.ns()), "eth7", &f.pod.resolv_conf_path(), None).unwrap_err();
     assert!(
         matches!(e, NetError::InterfaceNotFound { ref interface, .. } if interface == "eth7"),
@@ -495,10 +495,9 @@ fn launcher() -> PathBuf {
 
 #[test]
 fn launcher_cli_sets_up_and_tears_down() {
-    if !support::privileged("launcher_cli_sets_up_and_tears_down") {
+    let Some(f) = Fixture::privileged(dual_stack_pod) else {
         return;
-    }
-    let f = Fixture::new(dual_stack_pod());
+    };
     let before = pod_interface(&f.snapshot());
     let facts = f.discover().unwrap();
     let run = |args: &[&str]| {
@@ -623,10 +622,9 @@ fn arp_through_tap(
 
 #[test]
 fn the_vm_behind_the_tap_reaches_the_gateway_with_the_pod_identity() {
-    if !support::privileged("the_vm_behind_the_tap_reaches_the_gateway_with_the_pod_identity") {
+    let Some(f) = Fixture::privileged(dual_stack_pod) else {
         return;
-    }
-    let f = Fixture::new(dual_stack_pod());
+    };
     let facts = net::setup(&f.opts()).unwrap().cached.facts;
     let IpAddr::V4(ip) = facts.ipv4().unwrap().addr else {
         unreachable!()

@@ -9,8 +9,8 @@
 //! records are under the local root) instead of starting them again.
 //!
 //! Boots are admitted node-wide: the launchers share K boot slots, lock files in the local
-//! root (`--max-concurrent-boots`; see the launcher's `boot_slots`), passed to them in
-//! their environment.
+//! root (`--max-concurrent-boots`; see the launcher's `boot_slots`), passed to them as
+//! arguments.
 //!
 //! Owns the directory scan, the per-manifest tasks and the status files. Everything about
 //! pods and launchers is the runtime's.
@@ -18,6 +18,7 @@
 use anyhow::Context;
 use clap::Args;
 use std::collections::{BTreeMap, hash_map::DefaultHasher};
+use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,12 +52,18 @@ pub struct LocalArgs {
 }
 
 impl LocalArgs {
-    /// Where hostDisk volumes may be: the manifests directory and `--host-disk-dir`s.
-    fn host_disk_dirs(&self) -> Vec<PathBuf> {
+    /// `vmpod-launcher run`'s arguments for every VM: where hostDisk volumes may be (the
+    /// manifests directory and `--host-disk-dir`s) and the node's `boots` boot slots in
+    /// `root`.
+    fn launcher_args(&self, root: &Path, boots: u32) -> Vec<OsString> {
         let manifests = std::path::absolute(&self.manifests).unwrap_or(self.manifests.clone());
-        std::iter::once(manifests)
+        let dirs: Vec<PathBuf> = std::iter::once(manifests)
             .chain(self.host_disks.host_disk_dirs.iter().cloned())
-            .collect()
+            .collect();
+        let mut args = vmpod::domain::HostDiskDirArgs::to_args(&dirs);
+        args.extend(["--boot-slots-dir".into(), root.into()]);
+        args.extend(["--boot-slots".into(), boots.to_string().into()]);
+        args
     }
 }
 
@@ -155,30 +162,28 @@ pub fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     let boots = args.max_concurrent_boots.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, |n| n.get().try_into().unwrap_or(u32::MAX))
     });
-    // SAFETY: no other thread runs yet (the async runtime starts below, the runtime's
-    // netlink work after this); the launchers started later inherit the environment.
-    unsafe {
-        std::env::set_var("VMPOD_BOOT_SLOTS_DIR", &cfg.root);
-        std::env::set_var("VMPOD_BOOT_SLOTS", boots.to_string());
-    }
     tracing::info!(max_concurrent_boots = boots, slots = %cfg.root.display(), "boot slots");
+    let launcher_args: Arc<[OsString]> = args.launcher_args(&cfg.root, boots).into();
     let runtime = Arc::new(LocalRuntime::new(cfg)?);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    tokio.block_on(reconcile_loop(Arc::clone(&runtime), args))?;
+    tokio.block_on(reconcile_loop(Arc::clone(&runtime), args, launcher_args))?;
     drop(tokio);
     drop(runtime);
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reconcile_loop(runtime: Arc<LocalRuntime>, args: LocalArgs) -> anyhow::Result<()> {
+async fn reconcile_loop(
+    runtime: Arc<LocalRuntime>,
+    args: LocalArgs,
+    launcher_args: Arc<[OsString]>,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tracked: BTreeMap<PathBuf, Tracked> = BTreeMap::new();
     let mut draining: Vec<JoinHandle<()>> = Vec::new();
-    let host_disk_dirs: Arc<[PathBuf]> = args.host_disk_dirs().into();
     tracing::info!(dir = %args.manifests.display(), "watching manifests");
     loop {
         let seen = scan(&args.manifests)?;
@@ -198,18 +203,12 @@ async fn reconcile_loop(runtime: Arc<LocalRuntime>, args: LocalArgs) -> anyhow::
             let old = tracked.remove(&path).expect("changed paths are tracked");
             tracing::info!(manifest = %path.display(), "manifest changed: restarting its VM");
             let _ = old.stop.send(StopLevel::Graceful);
-            let t = start(
-                &runtime,
-                &host_disk_dirs,
-                &path,
-                seen[&path],
-                Some(old.task),
-            );
+            let t = start(&runtime, &launcher_args, &path, seen[&path], Some(old.task));
             tracked.insert(path, t);
         }
         for path in changes.added {
             tracing::info!(manifest = %path.display(), "manifest added: starting its VM");
-            let t = start(&runtime, &host_disk_dirs, &path, seen[&path], None);
+            let t = start(&runtime, &launcher_args, &path, seen[&path], None);
             tracked.insert(path, t);
         }
         draining.retain(|t| !t.is_finished());
@@ -233,21 +232,21 @@ async fn reconcile_loop(runtime: Arc<LocalRuntime>, args: LocalArgs) -> anyhow::
 /// file, has stopped).
 fn start(
     runtime: &Arc<LocalRuntime>,
-    host_disk_dirs: &Arc<[PathBuf]>,
+    launcher_args: &Arc<[OsString]>,
     manifest: &Path,
     digest: u64,
     after: Option<JoinHandle<()>>,
 ) -> Tracked {
     let (stop, stop_rx) = watch::channel(StopLevel::Run);
     let (runtime, manifest) = (Arc::clone(runtime), manifest.to_path_buf());
-    let host_disk_dirs = Arc::clone(host_disk_dirs);
+    let launcher_args = Arc::clone(launcher_args);
     let task = tokio::spawn(async move {
         if let Some(previous) = after {
             let _ = previous.await;
         }
         let status_file = status_path(&manifest);
         if let Err(e) =
-            run_manifest(&runtime, &host_disk_dirs, &manifest, &status_file, stop_rx).await
+            run_manifest(&runtime, &launcher_args, &manifest, &status_file, stop_rx).await
         {
             tracing::warn!(manifest = %manifest.display(), error = %e, "VM failed");
             let mut s =
@@ -262,7 +261,7 @@ fn start(
 /// One VM from start (or adoption) to teardown, its status mirrored into `status_file`.
 async fn run_manifest(
     runtime: &Arc<LocalRuntime>,
-    host_disk_dirs: &[PathBuf],
+    launcher_args: &[OsString],
     manifest: &Path,
     status_file: &Path,
     stop: watch::Receiver<StopLevel>,
@@ -296,8 +295,7 @@ async fn run_manifest(
                 Err(e) => return Err(e.into()),
             };
             // No PR_SET_PDEATHSIG: VMs outlive a handler restart, which adopts them.
-            let child = match pod.spawn_launcher(&runtime.config().launcher, host_disk_dirs, false)
-            {
+            let child = match pod.spawn_launcher(&runtime.config().launcher, launcher_args, false) {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = tokio::task::spawn_blocking(move || pod.teardown()).await;

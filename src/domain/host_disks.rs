@@ -5,6 +5,7 @@
 //! node's own limit on top. An empty list allows no hostDisk at all.
 
 use crate::api::{FieldError, VirtualMachineInstance};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// The environment form of the allow list: directories separated by `:`.
@@ -17,6 +18,15 @@ pub struct HostDiskDirArgs {
     /// them ':'-separated). A hostDisk volume outside every allowed directory is refused.
     #[arg(long = "host-disk-dir", env = HOST_DISK_DIRS_ENV, value_delimiter = ':')]
     pub host_disk_dirs: Vec<PathBuf>,
+}
+
+impl HostDiskDirArgs {
+    /// `vmpod-launcher run`'s arguments for the allow list `dirs`.
+    pub fn to_args(dirs: &[PathBuf]) -> Vec<OsString> {
+        dirs.iter()
+            .flat_map(|d| [OsString::from("--host-disk-dir"), d.into()])
+            .collect()
+    }
 }
 
 /// `path` through symlinks: the file itself if it exists, else its directory (a

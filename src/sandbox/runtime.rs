@@ -31,7 +31,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::fs::{self, File};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -331,8 +331,8 @@ impl LocalPod {
         })
     }
 
-    /// Start `launcher run --vmi <vmi.json> --state-dir <state-dir>`, with a
-    /// `--host-disk-dir` for each of `host_disk_dirs`, inside the pod: its
+    /// Start `launcher run --vmi <vmi.json> --state-dir <state-dir> <launcher_args>`
+    /// (the node's settings: host disk directories, boot slots) inside the pod: its
     /// network namespace, a private mount namespace with the pod's resolv.conf and
     /// hostname bound over /etc's, a UTS namespace with the pod's hostname, and a process
     /// group of its own (a terminal's Ctrl-C reaches only whoever supervises it). With
@@ -341,7 +341,7 @@ impl LocalPod {
     pub fn spawn_launcher(
         &mut self,
         launcher: &Path,
-        host_disk_dirs: &[PathBuf],
+        launcher_args: &[OsString],
         die_with_parent: bool,
     ) -> Result<tokio::process::Child> {
         let netns = self.netns_path();
@@ -367,11 +367,7 @@ impl LocalPod {
             .arg(self.vmi_path())
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .args(
-                host_disk_dirs
-                    .iter()
-                    .flat_map(|d| [Path::new("--host-disk-dir"), d]),
-            )
+            .args(launcher_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

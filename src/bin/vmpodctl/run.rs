@@ -7,6 +7,7 @@
 
 use anyhow::Context;
 use clap::Args;
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +49,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let host_disk_dirs: Vec<PathBuf> = std::iter::once(manifest_dir)
         .chain(args.host_disk_dirs)
         .collect();
+    let launcher_args = vmpod::domain::HostDiskDirArgs::to_args(&host_disk_dirs);
     let runtime = LocalRuntime::new(cfg)?;
     let pod = runtime.create_pod(&vmi)?;
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -58,7 +60,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let code = tokio.block_on(foreground(
         pod,
         &launcher,
-        &host_disk_dirs,
+        &launcher_args,
         name,
         args.console,
     ));
@@ -69,7 +71,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn foreground(
     mut pod: LocalPod,
     launcher: &Path,
-    host_disk_dirs: &[PathBuf],
+    launcher_args: &[OsString],
     name: String,
     console: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -81,7 +83,7 @@ async fn foreground(
             r.ip, r.gateway, r.bridge, r.netns, r.node_veth
         ),
     );
-    let child = match pod.spawn_launcher(launcher, host_disk_dirs, true) {
+    let child = match pod.spawn_launcher(launcher, launcher_args, true) {
         Ok(c) => c,
         Err(e) => {
             let _ = pod.teardown();
