@@ -20,7 +20,8 @@
 #
 # Settings: N (10), SHAPES ("burst staggered"; "untuned" is a burst with the pods'
 # processes set up as before the density work, VMPOD_DAEMONS_UNTUNED=1, with the
-# launcher and vmpod-virt of BEFORE_BIN, default this tree's), GAP_MS (100, staggered), MEM (128Mi),
+# launcher and vmpod-virt of BEFORE_BIN, default this tree's; "unlimited" is a burst with
+# no boot slots, every guest booting at once), GAP_MS (100, staggered), MEM (128Mi),
 # PROFILE (release), POLL_MS (the handler's directory scan, 100), BOOTS (the handler's
 # --max-concurrent-boots, how many guests boot at once; unset: its default, the CPU
 # count; 0: no limit), TIMEOUT (s per shape,
@@ -382,6 +383,8 @@ for s in $SHAPES; do
     # workers and clients, malloc arenas, the preload that skips libvirt's libcurl init,
     # libvirtd started after the network, libvirt's slow guest CPU check): the "before".
     untuned) shape untuned u "$N" 0 VMPOD_DAEMONS_UNTUNED=1 VMPOD_LAUNCHER="$BEFORE_BIN/vmpod-launcher" ;;
-    *) echo "SHAPES: unknown shape $s (burst, staggered, untuned)" >&2; exit 1 ;;
+    # A burst with every guest booting at once (no boot slots): the "before" of the slots.
+    unlimited) shape unlimited n "$N" 0 VMPOD_MAX_CONCURRENT_BOOTS=0 ;;
+    *) echo "SHAPES: unknown shape $s (burst, staggered, untuned, unlimited)" >&2; exit 1 ;;
   esac
 done
