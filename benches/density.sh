@@ -25,7 +25,7 @@
 # PROFILE (release), POLL_MS (the handler's directory scan, 100), BOOTS (the handler's
 # --max-concurrent-boots, how many guests boot at once; unset: its default, the CPU
 # count; 0: no limit), TIMEOUT (s per shape,
-# 120 + 10 N), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
+# 120 + 10 N), SOLO (3: boots of one guest alone, the floor's median), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
 # empty at first, a warm-up pod fills it, so every measured pod starts seeded (as every
 # pod after a node's first). Needs root.
 set -euo pipefail
@@ -40,6 +40,7 @@ MEM=${MEM:-128Mi}
 POLL_MS=${POLL_MS:-100}
 BOOTS=${BOOTS-}
 TIMEOUT=${TIMEOUT:-$((120 + 10 * N))}
+SOLO=${SOLO:-3}
 bench_build --workspace
 BIN=$PWD/target/$PROFILE
 BEFORE_BIN=${BEFORE_BIN:-$BIN}
@@ -136,8 +137,8 @@ YAML
 }
 
 # One shape: COUNT VMIs, created GAP ms apart (0: at once), named after the letter KEY,
-# with the environment ENV... for the handler and its launchers. Sets SOLO_CPU for
-# COUNT=1. Prints its report; returns 1 when a VM did not lease or something was left.
+# with the environment ENV... for the handler and its launchers. Appends the guest's
+# QEMU CPU to its lease to SOLO_CPUS for COUNT=1. Prints its report; returns 1 when a VM did not lease or something was left.
 shape() {
   local label=$1 key=$2 count=$3 gap=$4; shift 4
   local dir=$WORK/$label root=$RUNROOT/$key
@@ -299,7 +300,7 @@ shape() {
   cpu_med=$(echo "$cpus" | median)
   cpu_sum=$(echo "$cpus" | awk '{s+=$1} END {print s+0}')
   last_lease=$(( all_leased - t0 ))
-  [ "$count" = 1 ] && SOLO_CPU=$cpu_med
+  [ "$count" = 1 ] && SOLO_CPUS+=("$cpu_med")
   local gaptext="at once"; [ "$gap" = 0 ] || gaptext="${gap} ms apart"
   echo
   local boots
@@ -311,7 +312,7 @@ shape() {
   if [ -n "${SOLO_CPU:-}" ] && [ "$count" -gt 1 ]; then
     awk -v n="$count" -v solo="$SOLO_CPU" -v c="$CORES" -v last="$last_lease" -v sum="$cpu_sum" 'BEGIN {
       f = n * solo / c; g = sum / c
-      printf "floor: %d x %d ms (one guest alone, this run) / %d cores = %.1f s; last lease at %.1f s = %.2fx the floor (%.2fx the in-run floor, sum of CPU to leases / cores = %.1f s)\n", n, solo, c, f / 1000, last / 1000, last / f, last / g, g / 1000 }'
+      printf "floor: %d x %d ms (one guest alone, median of this run'"'"'s solo boots) / %d cores = %.1f s; last lease at %.1f s = %.2fx the floor (%.2fx the in-run floor, sum of CPU to leases / cores = %.1f s)\n", n, solo, c, f / 1000, last / 1000, last / f, last / g, g / 1000 }'
   fi
   # Where the time to Running goes, per pod: the handler's log (wall clock) and the
   # launcher's (ms since its start).
@@ -373,8 +374,13 @@ if [ -z "$(ls -A "$SEED")" ]; then
   echo "warm-up: one pod fills the run's capabilities seed" >&2
   shape warmup w 1 0 > /dev/null
 fi
-SOLO_CPU=
-shape solo o 1 0
+# One guest alone, SOLO times (its QEMU CPU to the lease varies by ~10% from boot to
+# boot): the floor takes the median.
+SOLO_CPUS=()
+for i in $(seq "$SOLO"); do shape "solo-$i" "o$i" 1 0; done
+SOLO_CPU=$(printf '%s\n' "${SOLO_CPUS[@]}" | median)
+echo
+echo "one guest alone: QEMU CPU to its lease ${SOLO_CPUS[*]} ms, median $SOLO_CPU ms"
 for s in $SHAPES; do
   case "$s" in
     burst) shape burst b "$N" 0 ;;
