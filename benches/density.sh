@@ -186,7 +186,11 @@ shape() {
       echo "$label: timed out after ${TIMEOUT}s:" >&2
       for name in "${names[@]}"; do
         echo "  $name: running ${running[$name]:-no} lease ${leased[$name]:-no}" >&2
-        [ -n "${leased[$name]:-}" ] || tail -5 "$(state_dir "$root" "$name")/pod/launcher.log" >&2 || true
+        if [ -z "${leased[$name]:-}" ]; then
+          tail -5 "$(state_dir "$root" "$name")/pod/launcher.log" >&2 || true
+          echo "  $name: its console's end:" >&2
+          tail -c 1500 "$(state_dir "$root" "$name")/console.log" >&2 || true
+        fi
       done
       tail -20 "$dir/handler.log" >&2
       return 1
