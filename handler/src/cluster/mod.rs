@@ -91,8 +91,9 @@ pub struct BootSlotArgs {
     /// count (under TCG a boot is CPU-bound: about the nodes' core count suits).
     #[arg(long, env = "VMPOD_MAX_CONCURRENT_BOOTS", default_value_t = 0)]
     pub max_concurrent_boots: u32,
-    /// The node directory of the boot-slot lock files (a hostPath in launcher pods). Not
-    /// inside --state-root: the node daemon removes what there names no pod.
+    /// The node directory of the boot-slot lock files (a hostPath in launcher pods).
+    /// Neither inside --state-root (the node daemon removes what there names no pod) nor
+    /// holding it (each launcher pod would see the others' state dirs).
     #[arg(long, default_value = vmpod::statedir::DEFAULT_NODE_BOOT_SLOTS_DIR)]
     pub boot_slots_dir: String,
     /// The longest a guest holds its boot slot without leasing, in seconds.
@@ -117,6 +118,13 @@ impl BootSlotArgs {
             !dir.starts_with(state_root),
             "--boot-slots-dir {}: inside --state-root {state_root}, whose entries the node \
              daemon removes when they name no pod; use a directory beside it (default {})",
+            dir.display(),
+            vmpod::statedir::DEFAULT_NODE_BOOT_SLOTS_DIR
+        );
+        anyhow::ensure!(
+            !Path::new(state_root).starts_with(dir),
+            "--boot-slots-dir {}: holds --state-root {state_root}, so every launcher pod \
+             would mount every other pod's state dir; use a directory beside it (default {})",
             dir.display(),
             vmpod::statedir::DEFAULT_NODE_BOOT_SLOTS_DIR
         );
@@ -412,7 +420,8 @@ mod args_tests {
 
     /// No boot limit unless asked for (the controller cannot know a node's CPU count);
     /// `--max-concurrent-boots K` limits boots in the default slot directory beside the
-    /// state root; a slot directory the node daemon would clean up is refused.
+    /// state root; a slot directory the node daemon would clean up, or one holding the
+    /// state root, is refused.
     #[test]
     fn boot_slots_only_with_max_concurrent_boots_and_never_in_the_state_root() {
         assert_eq!(config(&[]).boot_slots, None);
@@ -460,6 +469,16 @@ mod args_tests {
         ]);
         assert!(
             err.contains("--boot-slots-dir /var/run/vmpod/pods/slots: inside --state-root"),
+            "{err}"
+        );
+        let err = refused(&[
+            "--max-concurrent-boots",
+            "1",
+            "--boot-slots-dir",
+            "/var/run/vmpod",
+        ]);
+        assert!(
+            err.contains("--boot-slots-dir /var/run/vmpod: holds --state-root /var/run/vmpod/pods"),
             "{err}"
         );
         let err = refused(&["--max-concurrent-boots", "1", "--boot-slots-dir", "slots"]);
