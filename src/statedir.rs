@@ -31,6 +31,10 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_STATE_DIR: &str = "/var/run/vmpod";
 /// Where the node daemon keeps launcher Pods' state dirs, one per pod UID.
 pub const DEFAULT_NODE_STATE_ROOT: &str = "/var/run/vmpod/pods";
+/// Where launcher Pods share the node's boot slots (the launcher's `boot_slots`) when the
+/// controller limits boots: beside the state root, never in it, since the node daemon
+/// removes what there names no pod.
+pub const DEFAULT_NODE_BOOT_SLOTS_DIR: &str = "/var/run/vmpod/boot-slots";
 
 /// Where local VMIs keep their state dirs unless [`LOCAL_ROOT_ENV`] says otherwise (see
 /// `control::local_root`); [`StateDir::local`] names one in it.

@@ -4,7 +4,8 @@
 //! guest, booted by kernelBoot.container with the image's disk as a containerDisk, leases
 //! the pod IP with its macAddress; the node reaches it; `podman stop` with the Pod's grace
 //! period powers it off by ACPI and the pod exits 0; a guest power-off ends the pod
-//! Succeeded; nothing of the pod is left on the host.
+//! Succeeded; nothing of the pod is left on the host. With the controller's boot slots,
+//! two pods on one node boot their guests one after the other.
 mod cluster;
 mod support;
 
@@ -15,9 +16,10 @@ use cluster::launcher::{
 use cluster::{CLUSTER_DNS6, ClusterNode, NODE_GATEWAY6, parse_documents, privileged_node};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
 use support::guest::{DualStackWant, GuestReport};
-use support::launcher::network_report;
+use support::launcher::{network_report, status_and_lease};
 use tempfile::TempDir;
 use vmpod::control::Phase;
 
@@ -328,4 +330,113 @@ fn rendered_masquerade_pod_gives_the_guest_ipv6_only_with_the_forwarding_sysctl(
             "IPv6 without forwarding: {ipv6:?}"
         );
     });
+}
+
+/// Boot slots in a cluster (`render-pod --max-concurrent-boots 1`, as the controller's
+/// flag): two launcher Pods started at once on one node share the node's slot directory,
+/// a hostPath the runner makes as kubelet does (DirectoryOrCreate: root's, 0755), in
+/// which the compute container (uid 0, no capability for it) makes and locks the slot
+/// file. Both guests lease; the second domain starts only after the first guest's lease
+/// (both read through the launchers' control APIs), and the second's status said
+/// Pending, "waiting for a boot slot (1 of 1 busy)", meanwhile. Both pods stop Succeeded
+/// and leave nothing; the slot is free again.
+#[test]
+fn two_launcher_pods_with_one_boot_slot_boot_their_guests_one_after_the_other() {
+    let Some(node) = privileged_node(ClusterNode::create) else {
+        return;
+    };
+    let slots = tempfile::tempdir().unwrap();
+    let slot_dir = slots.path().join("boot-slots");
+    let flags = [
+        "--max-concurrent-boots",
+        "1",
+        "--boot-slots-dir",
+        slot_dir.to_str().unwrap(),
+        // Only the lease gives the slot back here, however slow the machine.
+        "--boot-slot-timeout",
+        "600",
+    ];
+    let rendered = ["e2e-slot-a", "e2e-slot-b"].map(|name| {
+        render(
+            &testguest_vmi(name, "#cloud-config\n", true, 20, None),
+            &flags,
+        )
+    });
+    // Both at once, as a kubelet starts the pods bound to its node.
+    let pods: Vec<LauncherPod> = std::thread::scope(|s| {
+        let starts: Vec<_> = rendered
+            .iter()
+            .map(|r| s.spawn(|| r.start(&node)))
+            .collect();
+        starts.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let diagnostics = || {
+        pods.iter()
+            .map(|lp| format!("=== {} ===\n{}", lp.pod.name, lp.diagnostics()))
+            .collect::<String>()
+    };
+
+    const WAITING: &str = "waiting for a boot slot (1 of 1 busy)";
+    let mut waited: Vec<String> = Vec::new();
+    let deadline = Instant::now() + 2 * BOOT;
+    let mut both = loop {
+        let seen: Vec<_> = pods
+            .iter()
+            .map(|lp| status_and_lease(&lp.state_dir))
+            .collect();
+        for (status, _) in seen.iter().flatten() {
+            if status.reason.as_deref() == Some(WAITING) && !waited.contains(&status.name) {
+                assert_eq!(status.phase, Phase::Pending, "{status:?}");
+                waited.push(status.name.clone());
+            }
+        }
+        let leased: Option<Vec<_>> = seen
+            .into_iter()
+            .map(|s| s.filter(|(st, lease)| st.running_at.is_some() && lease.is_some()))
+            .collect();
+        if let Some(leased) = leased {
+            break leased;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both guests did not run and lease\n{}",
+            diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Whole seconds, rounded down: the order holds of them too.
+    let running_at =
+        |s: &vmpod::control::LauncherStatus| s.running_at.as_ref().unwrap().0.as_second();
+    both.sort_by_key(|(s, _)| running_at(s));
+    let [(first, first_lease), (second, _)] = &both[..] else {
+        unreachable!()
+    };
+    let first_lease = i64::try_from(first_lease.unwrap()).unwrap();
+    assert!(
+        running_at(second) >= first_lease,
+        "{}'s domain ran at {}, before {}'s lease at {first_lease} (its domain ran at {})\n{}",
+        second.name,
+        running_at(second),
+        first.name,
+        running_at(first),
+        diagnostics()
+    );
+    assert_eq!(
+        waited,
+        std::slice::from_ref(&second.name),
+        "the status of the one that waited says so"
+    );
+
+    // The slot file the launchers made in the directory the runner made.
+    let dir = std::fs::metadata(&slot_dir).unwrap();
+    assert_eq!((dir.uid(), dir.permissions().mode() & 0o7777), (0, 0o755));
+    let slot_file = slot_dir.join("boot-slot-0.lock");
+    assert_eq!(std::fs::metadata(&slot_file).unwrap().uid(), 0);
+    for lp in pods {
+        stop_succeeded(&node, lp);
+    }
+    let file = std::fs::File::open(&slot_file).unwrap();
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .expect("the slot is free once both pods are gone");
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::guest::{GuestLease, GuestReport, guest_artifacts};
+use support::launcher::status_and_lease;
 
 const VM_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a pipe stays quiet before [`drain`] takes it as read to the end.
@@ -1029,28 +1030,6 @@ fn run_boots_a_kubevirt_masquerade_shape_which_leases_the_private_address() {
     );
     assert!(run.report.powered_off, "{}\n{}", run.console, run.log);
     site.assert_nothing_left(&run.pod());
-}
-
-/// A launcher's status and the first lease time of its DHCP server (unix seconds), from
-/// its control API; None while it does not answer.
-fn status_and_lease(state_dir: &Path) -> Option<(vmpod::control::LauncherStatus, Option<u64>)> {
-    let client = vmpod::control::ControlClient::new(
-        vmpod::statedir::StateDir::new(state_dir).control_socket(),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let status = client.status().await.ok()?;
-        let network = client.network().await.ok()?;
-        let bound = network
-            .interfaces
-            .first()
-            .and_then(|i| i.dhcp.as_ref())
-            .and_then(|d| d.lease.bound_at);
-        Some((status, bound))
-    })
 }
 
 /// With one boot slot (`--max-concurrent-boots 1`), two guests created at once boot one

@@ -210,6 +210,28 @@ pub fn network_report(state_dir: &Path) -> vmpod::control::NetworkReport {
     )
 }
 
+/// A launcher's status and the first lease time of its DHCP server (unix seconds), from
+/// its control API; None while it does not answer.
+pub fn status_and_lease(state_dir: &Path) -> Option<(vmpod::control::LauncherStatus, Option<u64>)> {
+    let client = vmpod::control::ControlClient::new(
+        vmpod::statedir::StateDir::new(state_dir).control_socket(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let status = client.status().await.ok()?;
+        let network = client.network().await.ok()?;
+        let bound = network
+            .interfaces
+            .first()
+            .and_then(|i| i.dhcp.as_ref())
+            .and_then(|d| d.lease.bound_at);
+        Some((status, bound))
+    })
+}
+
 /// What runs the test guest (a launcher process, a launcher pod): its console, what to
 /// show when a wait fails, and whether it has ended.
 pub trait GuestHost {

@@ -21,6 +21,11 @@
 //! - Scratch (disks, overlays, cloud-init image, console log, libvirt's files): an emptyDir
 //!   at `/var/lib/vmpod/scratch` (`VMPOD_SCRATCH_DIR`) whose sizeLimit follows from the VMI
 //!   ([`scratch_size_bytes`]).
+//! - Boot slots (the controller's `--max-concurrent-boots K`, K > 0; [`BootSlotsConfig`]):
+//!   the node directory of the slot files, shared by every launcher pod on the node, as the
+//!   hostPath `boot-slots` (DirectoryOrCreate) at `/var/lib/vmpod/boot-slots` in `compute`,
+//!   which `vmpod-launcher run --boot-slots-dir ... --boot-slots K --boot-slot-timeout S`
+//!   names. Without K: none of these, the Pod as before.
 //! - memory = guest memory + [`memory_overhead_bytes`] (requests and limits);
 //! - /dev/kvm and /dev/vhost-net (compute) and /dev/net/tun (both containers) as the
 //!   extended resources `vmpod.io/kvm`, `vhost-net`, `tun` of the node daemon's device
@@ -50,6 +55,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use vmpod::api::{
     AccelerationRequest, CloudInitNoCloudSource, KernelBoot, LocalObjectReference, PodInterface,
     QuantityError, ValidVmi, VirtualMachineInstance, quantity_bytes,
@@ -76,6 +82,8 @@ pub const SECRETS_DIR_IN_POD: &str = "/etc/vmpod/secrets";
 pub const IMAGE_MOUNT_ROOT: &str = "/var/lib/vmpod/images";
 /// The image volume holding `kernelBoot.container.image`.
 pub const KERNEL_BOOT_IMAGE_VOLUME: &str = "kernel-boot";
+/// Where the node's boot-slot directory is mounted in `compute` (with boot slots).
+pub const BOOT_SLOTS_DIR_IN_POD: &str = "/var/lib/vmpod/boot-slots";
 /// Seconds the launcher gets beyond the VMI's grace period to tear down its network.
 pub const LAUNCHER_TEARDOWN_SECONDS: i64 = 15;
 /// Secret keys for cloud-init data (KubeVirt's `secretRef` keys).
@@ -204,6 +212,35 @@ pub struct LauncherPodConfig {
     /// its `--allowed-unsafe-sysctls` lists the sysctl. Without it, a dual-stack
     /// masquerade VM gets IPv4 alone (see `vmpod::net::masquerade::ipv6_off`).
     pub masquerade_ipv6_forwarding_sysctl: bool,
+    /// The node's boot slots (`--max-concurrent-boots` > 0); `None`: boots not limited.
+    pub boot_slots: Option<BootSlotsConfig>,
+}
+
+/// How launcher pods share a node's boot slots (the launcher's `boot_slots`): the slot
+/// files are in `host_dir` on each node, a hostPath every launcher pod there mounts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BootSlotsConfig {
+    /// The node directory of the slot files (hostPath, DirectoryOrCreate: the kubelet
+    /// makes it root's, 0755; `compute` runs as uid 0 and makes the files in it).
+    pub host_dir: String,
+    /// How many guests of a node boot at once.
+    pub count: NonZeroU32,
+    /// The longest a guest holds its slot without leasing, in seconds.
+    pub timeout_seconds: u64,
+}
+
+impl BootSlotsConfig {
+    /// `vmpod-launcher run`'s arguments naming the slots as mounted in the pod.
+    fn launcher_args(&self) -> [String; 6] {
+        [
+            "--boot-slots-dir".into(),
+            BOOT_SLOTS_DIR_IN_POD.into(),
+            "--boot-slots".into(),
+            self.count.to_string(),
+            "--boot-slot-timeout".into(),
+            self.timeout_seconds.to_string(),
+        ]
+    }
 }
 
 impl LauncherPodConfig {
@@ -227,6 +264,7 @@ impl Default for LauncherPodConfig {
             tun_resource: Some(deviceplugin::TUN_RESOURCE.into()),
             vhost_net_resource: Some(deviceplugin::VHOST_NET_RESOURCE.into()),
             masquerade_ipv6_forwarding_sysctl: false,
+            boot_slots: None,
         }
     }
 }
@@ -624,6 +662,18 @@ pub fn launcher_objects(
         mount("scratch", SCRATCH_DIR_IN_POD, false),
     ];
     let mut init_mounts = vec![state_mount, vmi_mount];
+    let mut compute_args = vec!["run".to_string()];
+    if let Some(slots) = &config.boot_slots {
+        volumes.push(Volume {
+            host_path: Some(HostPathVolumeSource {
+                path: slots.host_dir.clone(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..volume("boot-slots")
+        });
+        compute_mounts.push(mount("boot-slots", BOOT_SLOTS_DIR_IN_POD, false));
+        compute_args.extend(slots.launcher_args());
+    }
     let mut init_resources = ResourceRequirements::default();
     for (dev, host, resource, init_too) in [
         ("kvm", "/dev/kvm", &config.kvm_resource, false),
@@ -810,7 +860,7 @@ pub fn launcher_objects(
                     ..ResourceRequirements::default()
                 }),
                 volume_mounts: Some(compute_mounts),
-                ..launcher("compute", vec!["run".into()], COMPUTE_CAPABILITIES)
+                ..launcher("compute", compute_args, COMPUTE_CAPABILITIES)
             }],
             volumes: Some(volumes),
             security_context: pod_security_context(valid.pod_interface(), config),
@@ -953,6 +1003,76 @@ mod tests {
         assert_eq!(sysctls(&bridge, &on), None);
     }
 
+    /// With boot slots (`--max-concurrent-boots 3`), `compute` alone mounts the node's slot
+    /// directory (one hostPath shared by every launcher pod, no per-pod sub path) and
+    /// `run` names it; that is all that changes. Without, the Pod has none of it.
+    #[test]
+    fn boot_slots_add_the_node_directory_and_the_launcher_arguments_only_when_limited() {
+        let vmi = vmi("");
+        let limited = LauncherPodConfig {
+            boot_slots: Some(BootSlotsConfig {
+                host_dir: "/var/run/vmpod/boot-slots".into(),
+                count: NonZeroU32::new(3).unwrap(),
+                timeout_seconds: 45,
+            }),
+            ..LauncherPodConfig::default()
+        };
+        let mut with = launcher_objects(&valid(&vmi), &limited).unwrap().pod;
+        let dir = volume(&with, "boot-slots").host_path.as_ref().unwrap();
+        assert_eq!(dir.path, "/var/run/vmpod/boot-slots");
+        assert_eq!(dir.type_.as_deref(), Some("DirectoryOrCreate"));
+        let c = container(&with);
+        let slot_mount = volume_mount(c, "boot-slots");
+        assert_eq!(
+            (
+                slot_mount.mount_path.as_str(),
+                slot_mount.read_only,
+                &slot_mount.sub_path,
+                &slot_mount.sub_path_expr
+            ),
+            ("/var/lib/vmpod/boot-slots", None, &None, &None),
+            "read-write (the launcher locks and makes the files), the whole directory"
+        );
+        assert_eq!(
+            c.args.as_deref().unwrap(),
+            [
+                "run",
+                "--boot-slots-dir",
+                "/var/lib/vmpod/boot-slots",
+                "--boot-slots",
+                "3",
+                "--boot-slot-timeout",
+                "45"
+            ]
+        );
+        assert!(!mounts(init_container(&with)).contains_key("boot-slots"));
+
+        let without = pod(&vmi);
+        let spec = without.spec.as_ref().unwrap();
+        assert!(
+            spec.volumes
+                .iter()
+                .flatten()
+                .all(|v| v.name != "boot-slots")
+        );
+        assert!(!mounts(container(&without)).contains_key("boot-slots"));
+        assert_eq!(container(&without).args.as_deref().unwrap(), ["run"]);
+        // The rest is the same Pod.
+        let spec = with.spec.as_mut().unwrap();
+        spec.volumes
+            .as_mut()
+            .unwrap()
+            .retain(|v| v.name != "boot-slots");
+        let compute = &mut spec.containers[0];
+        compute
+            .volume_mounts
+            .as_mut()
+            .unwrap()
+            .retain(|m| m.name != "boot-slots");
+        compute.args = Some(vec!["run".into()]);
+        assert_eq!(with, without);
+    }
+
     fn pod(vmi: &VirtualMachineInstance) -> Pod {
         launcher_objects(&valid(vmi), &LauncherPodConfig::default())
             .unwrap()
@@ -972,6 +1092,14 @@ mod tests {
         vols.iter()
             .find(|v| v.name == name)
             .unwrap_or_else(|| panic!("no volume {name}"))
+    }
+
+    fn volume_mount<'a>(c: &'a Container, name: &str) -> &'a VolumeMount {
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        mounts
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{}: no mount {name}", c.name))
     }
 
     fn mounts(c: &Container) -> BTreeMap<&str, &str> {
@@ -1132,13 +1260,7 @@ mod tests {
         assert_eq!(state.path, DEFAULT_NODE_STATE_ROOT);
         assert_eq!(state.type_.as_deref(), Some("DirectoryOrCreate"));
         for c in [container(&pod), init_container(&pod)] {
-            let m = c
-                .volume_mounts
-                .as_ref()
-                .unwrap()
-                .iter()
-                .find(|m| m.name == "state")
-                .unwrap();
+            let m = volume_mount(c, "state");
             assert_eq!(m.mount_path, DEFAULT_STATE_DIR, "{}", c.name);
             assert_eq!(m.sub_path_expr.as_deref(), Some("$(POD_UID)"), "{}", c.name);
             let uid = c
@@ -1378,13 +1500,7 @@ mod tests {
             "the domain resolves it inside the mounted image"
         );
         let c = container(&pod);
-        let disk = c
-            .volume_mounts
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|m| m.name == "disk-root")
-            .unwrap();
+        let disk = volume_mount(c, "disk-root");
         assert_eq!(disk.mount_path, "/var/lib/vmpod/images/root");
         assert_eq!(disk.read_only, Some(true));
         assert_eq!(env(c, "VMPOD_IMAGES_DIR"), Some(IMAGE_MOUNT_ROOT));

@@ -30,12 +30,13 @@ use clap::Args;
 use futures::{Stream, StreamExt};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use launcher_pod::LauncherPodConfig;
+use launcher_pod::{BootSlotsConfig, LauncherPodConfig};
 use metrics::{CONTROLLER_METRICS_ADDR, Metrics, NODE_METRICS_ADDR};
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmpod::statedir::DEFAULT_NODE_STATE_ROOT;
@@ -77,11 +78,68 @@ pub struct ControllerArgs {
     /// alone.
     #[arg(long, env = "VMPOD_MASQUERADE_IPV6_FORWARDING_SYSCTL")]
     pub masquerade_ipv6_forwarding_sysctl: bool,
+    #[command(flatten)]
+    pub boot_slots: BootSlotArgs,
+}
+
+/// The node boot slots launcher pods share (controller and `render-pod`).
+#[derive(Args, Clone, Debug)]
+pub struct BootSlotArgs {
+    /// How many guests may boot at once on each node, from their domain's start to their
+    /// first DHCP lease (the others' launchers wait, status reason "waiting for a boot
+    /// slot"). 0: no limit, the default, since the controller cannot know each node's CPU
+    /// count (under TCG a boot is CPU-bound: about the nodes' core count suits).
+    #[arg(long, env = "VMPOD_MAX_CONCURRENT_BOOTS", default_value_t = 0)]
+    pub max_concurrent_boots: u32,
+    /// The node directory of the boot-slot lock files (a hostPath in launcher pods).
+    /// Neither inside --state-root (the node daemon removes what there names no pod) nor
+    /// holding it (each launcher pod would see the others' state dirs).
+    #[arg(long, default_value = vmpod::statedir::DEFAULT_NODE_BOOT_SLOTS_DIR)]
+    pub boot_slots_dir: String,
+    /// The longest a guest holds its boot slot without leasing, in seconds.
+    #[arg(long, env = "VMPOD_BOOT_SLOT_TIMEOUT", default_value_t = 30)]
+    pub boot_slot_timeout: u64,
+}
+
+impl BootSlotArgs {
+    /// The launcher pods' boot slots, with launcher pods' state dirs under `state_root`;
+    /// `None` without a limit.
+    pub fn config(&self, state_root: &str) -> anyhow::Result<Option<BootSlotsConfig>> {
+        let Some(count) = NonZeroU32::new(self.max_concurrent_boots) else {
+            return Ok(None);
+        };
+        let dir = Path::new(&self.boot_slots_dir);
+        anyhow::ensure!(
+            dir.is_absolute(),
+            "--boot-slots-dir {}: not an absolute path (a hostPath must be)",
+            dir.display()
+        );
+        anyhow::ensure!(
+            !dir.starts_with(state_root),
+            "--boot-slots-dir {}: inside --state-root {state_root}, whose entries the node \
+             daemon removes when they name no pod; use a directory beside it (default {})",
+            dir.display(),
+            vmpod::statedir::DEFAULT_NODE_BOOT_SLOTS_DIR
+        );
+        anyhow::ensure!(
+            !Path::new(state_root).starts_with(dir),
+            "--boot-slots-dir {}: holds --state-root {state_root}, so every launcher pod \
+             would mount every other pod's state dir; use a directory beside it (default {})",
+            dir.display(),
+            vmpod::statedir::DEFAULT_NODE_BOOT_SLOTS_DIR
+        );
+        Ok(Some(BootSlotsConfig {
+            host_dir: self.boot_slots_dir.clone(),
+            count,
+            timeout_seconds: self.boot_slot_timeout,
+        }))
+    }
 }
 
 impl ControllerArgs {
     /// How the controller builds launcher pods, from these options.
-    pub fn launcher_pod_config(self) -> LauncherPodConfig {
+    pub fn launcher_pod_config(self) -> anyhow::Result<LauncherPodConfig> {
+        let boot_slots = self.boot_slots.config(&self.state_root)?;
         let config = LauncherPodConfig {
             image: self.launcher_image,
             state_root: self.state_root,
@@ -89,12 +147,13 @@ impl ControllerArgs {
             tun_resource: Some(self.tun_resource),
             vhost_net_resource: Some(self.vhost_net_resource),
             masquerade_ipv6_forwarding_sysctl: self.masquerade_ipv6_forwarding_sysctl,
+            boot_slots,
         };
-        if self.device_hostpath {
+        Ok(if self.device_hostpath {
             config.with_hostpath_devices()
         } else {
             config
-        }
+        })
     }
 }
 
@@ -126,10 +185,11 @@ pub struct NodeArgs {
 
 /// Run the controller against the cluster in the environment (in-cluster or kubeconfig).
 pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let metrics = serve_metrics(args.metrics_addr).await?;
+    let metrics_addr = args.metrics_addr;
+    let config = args.launcher_pod_config()?;
+    let metrics = serve_metrics(metrics_addr).await?;
     let client = kube::Client::try_default().await?;
-    let config = args.launcher_pod_config();
-    tracing::info!(image = %config.image, "controller starting");
+    tracing::info!(image = %config.image, boot_slots = ?config.boot_slots, "controller starting");
     controller::run(client, config, metrics).await;
     Ok(())
 }
@@ -335,7 +395,7 @@ mod args_tests {
 
     fn config(argv: &[&str]) -> super::LauncherPodConfig {
         let argv = std::iter::once("controller").chain(argv.iter().copied());
-        Cli::parse_from(argv).args.launcher_pod_config()
+        Cli::parse_from(argv).args.launcher_pod_config().unwrap()
     }
 
     #[test]
@@ -355,6 +415,78 @@ mod args_tests {
         assert_eq!(
             [c.kvm_resource, c.tun_resource, c.vhost_net_resource],
             [None, None, None]
+        );
+    }
+
+    /// No boot limit unless asked for (the controller cannot know a node's CPU count);
+    /// `--max-concurrent-boots K` limits boots in the default slot directory beside the
+    /// state root; a slot directory the node daemon would clean up, or one holding the
+    /// state root, is refused.
+    #[test]
+    fn boot_slots_only_with_max_concurrent_boots_and_never_in_the_state_root() {
+        assert_eq!(config(&[]).boot_slots, None);
+        assert_eq!(config(&["--max-concurrent-boots", "0"]).boot_slots, None);
+        let slots = config(&["--max-concurrent-boots", "2"]).boot_slots.unwrap();
+        assert_eq!(
+            (
+                slots.host_dir.as_str(),
+                slots.count.get(),
+                slots.timeout_seconds
+            ),
+            ("/var/run/vmpod/boot-slots", 2, 30)
+        );
+        let slots = config(&[
+            "--max-concurrent-boots",
+            "4",
+            "--boot-slots-dir",
+            "/srv/slots",
+            "--boot-slot-timeout",
+            "90",
+        ])
+        .boot_slots
+        .unwrap();
+        assert_eq!(
+            (
+                slots.host_dir.as_str(),
+                slots.count.get(),
+                slots.timeout_seconds
+            ),
+            ("/srv/slots", 4, 90)
+        );
+        let refused = |argv: &[&str]| {
+            let argv = std::iter::once("controller").chain(argv.iter().copied());
+            Cli::parse_from(argv)
+                .args
+                .launcher_pod_config()
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused(&[
+            "--max-concurrent-boots",
+            "1",
+            "--boot-slots-dir",
+            "/var/run/vmpod/pods/slots",
+        ]);
+        assert!(
+            err.contains("--boot-slots-dir /var/run/vmpod/pods/slots: inside --state-root"),
+            "{err}"
+        );
+        let err = refused(&[
+            "--max-concurrent-boots",
+            "1",
+            "--boot-slots-dir",
+            "/var/run/vmpod",
+        ]);
+        assert!(
+            err.contains("--boot-slots-dir /var/run/vmpod: holds --state-root /var/run/vmpod/pods"),
+            "{err}"
+        );
+        let err = refused(&["--max-concurrent-boots", "1", "--boot-slots-dir", "slots"]);
+        assert!(err.contains("not an absolute path"), "{err}");
+        // Without a limit the directory is not used, so not checked.
+        assert_eq!(
+            config(&["--boot-slots-dir", "/var/run/vmpod/pods"]).boot_slots,
+            None
         );
     }
 

@@ -29,6 +29,9 @@ pub struct RenderArgs {
     /// As the controller's `--masquerade-ipv6-forwarding-sysctl`.
     #[arg(long)]
     pub masquerade_ipv6_forwarding_sysctl: bool,
+    /// As the controller's `--max-concurrent-boots`, `--boot-slots-dir`, `--boot-slot-timeout`.
+    #[command(flatten)]
+    pub boot_slots: super::BootSlotArgs,
 }
 
 /// The YAML documents `render-pod` prints for `args`.
@@ -54,6 +57,7 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         image: args.image.clone(),
         state_root: args.state_root.clone(),
         masquerade_ipv6_forwarding_sysctl: args.masquerade_ipv6_forwarding_sysctl,
+        boot_slots: args.boot_slots.config(&args.state_root)?,
         ..LauncherPodConfig::default()
     };
     let config = if args.device_hostpath {
@@ -97,6 +101,11 @@ mod tests {
             state_root: "/srv/vmpod".into(),
             device_hostpath: false,
             masquerade_ipv6_forwarding_sysctl: false,
+            boot_slots: super::super::BootSlotArgs {
+                max_concurrent_boots: 0,
+                boot_slots_dir: vmpod::statedir::DEFAULT_NODE_BOOT_SLOTS_DIR.into(),
+                boot_slot_timeout: 30,
+            },
         };
         let yaml = render(&args).unwrap();
         let docs: Vec<serde_json::Value> = vmpod::api::yaml::documents(&yaml).unwrap();
