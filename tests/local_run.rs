@@ -1184,7 +1184,10 @@ fn sigterm_to_a_launcher_waiting_for_a_boot_slot_tears_down_at_once() {
         false
     })();
     if !waiting {
-        let _ = run.kill();
+        // Ctrl-C: vmpodctl stops the launcher and removes the pod, so a failure here
+        // leaves no bridge or namespace behind to collide with a later test's subnet.
+        signal(&run, Signal::SIGINT);
+        wait_or_kill(&mut run, VM_TIMEOUT);
         panic!("the launcher did not wait for the boot slot:\n{log}");
     }
     let pod = site.recorded_pod();
