@@ -35,6 +35,16 @@ fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Whether the host has a route to `subnet` (`ip route show`).
+fn host_routes_to(subnet: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["route", "show", subnet])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip route show {subnet}: {out:?}");
+    !out.stdout.is_empty()
+}
+
 /// A bridge, subnet, local root and VMI name of this test's own.
 struct Site {
     dir: tempfile::TempDir,
@@ -50,12 +60,18 @@ impl Site {
         if !support::privileged_test() {
             return None;
         }
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
+        // A subnet no route on the host uses yet: a run killed before its teardown may
+        // have left its bridge (and its 10.222.X.1) behind.
+        let (n, subnet_octet) = std::iter::repeat_with(|| COUNTER.fetch_add(1, Ordering::Relaxed))
+            .map(|n| (n, 100 + (pid * 7 + n * 13) % 150))
+            .take(150)
+            .find(|(_, octet)| !host_routes_to(&format!("10.222.{octet}.0/24")))
+            .expect("a free 10.222.X.0/24 among 150");
         Some(Site {
             dir: tempfile::tempdir().unwrap(),
             bridge: format!("vpl{:06x}{n:x}", pid & 0xff_ffff),
-            subnet_octet: 100 + (pid * 7 + n * 13) % 150,
+            subnet_octet,
             name: format!("{base}-{pid:x}x{n}"),
         })
     }
