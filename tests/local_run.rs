@@ -750,6 +750,14 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
     assert!(!Path::new("/run/netns").join(&pod.netns).exists(), "{log}");
     stop_handler(&mut handler, Signal::SIGINT, &err, &mut log);
     assert!(log.contains("manifest removed: stopping its VM"), "{log}");
+    // Each phase the VMI went through, in the handler's log (what benches/density.sh reads).
+    for phase in ["Pending", "Running"] {
+        let line = format!("status vmi={} phase={phase}", site.name);
+        assert!(
+            log.contains(&line),
+            "no '{line}' in the handler's log:\n{log}"
+        );
+    }
     site.assert_nothing_left(&pod);
 }
 

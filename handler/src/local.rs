@@ -317,7 +317,17 @@ async fn finish(
     status_file: &Path,
 ) -> anyhow::Result<()> {
     let name = pod.name().to_string();
-    let exit = supervise(pod, child, stop, |s| write_status_file(status_file, s)).await?;
+    // Each change of phase or reason in the handler's log (with its time): what a person
+    // reading it, or a benchmark, needs to follow every VMI without polling its file.
+    let mut shown: Option<(Phase, Option<String>)> = None;
+    let exit = supervise(pod, child, stop, |s| {
+        if shown.as_ref() != Some(&(s.phase, s.reason.clone())) {
+            tracing::info!(vmi = %s.name, phase = %s.phase, reason = s.reason.as_deref().unwrap_or(""), "status");
+            shown = Some((s.phase, s.reason.clone()));
+        }
+        write_status_file(status_file, s)
+    })
+    .await?;
     if let Some(t) = &exit.log_tail {
         tracing::warn!(vmi = %name, code = exit.code(), "launcher failed; its log ends with:\n{t}");
     }
