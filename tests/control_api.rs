@@ -227,3 +227,87 @@ async fn many_concurrent_clients() {
     }
     fake.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_status_long_poll_is_answered_at_the_change_and_304_when_none_came() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLauncher::start(dir.path(), sample_status("vm1"), sample_network()).unwrap();
+    let client = ControlClient::new(&fake.socket);
+
+    // Every answer carries its version; without one to compare, at once.
+    let (status, version) = client
+        .status_change(None, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("an answer without If-None-Match");
+    assert_eq!(status.phase, Phase::Running);
+    let version = version.expect("an ETag");
+
+    // Unchanged: held for the wait, then 304 (the client's None).
+    let asked = std::time::Instant::now();
+    let held = client
+        .status_change(Some(version), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(held.is_none(), "{held:?}");
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // A change during the wait is answered as it happens, with a new version.
+    let poll = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let asked = std::time::Instant::now();
+            let got = client
+                .status_change(Some(version), Duration::from_secs(30))
+                .await;
+            (got, asked.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "answered before the status changed");
+    fake.backend.set_phase(Phase::Paused, Some("test"));
+    let (got, took) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the change ends the long poll")
+        .unwrap();
+    let (status, next) = got.unwrap().expect("the changed status");
+    assert_eq!(status.phase, Phase::Paused);
+    assert!(
+        next.is_some_and(|n| n != version),
+        "{next:?} after {version}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // An older version is answered at once; so is a lifecycle change's.
+    let stale = client
+        .status_change(Some(version), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(stale.map(|(s, _)| s.phase), Some(Phase::Paused));
+
+    // On the wire: the ETag, 304 with it, and a bad If-None-Match refused.
+    let tag = next.unwrap();
+    let (code, text) = raw(
+        &fake.socket,
+        &format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"{tag}\"\r\nPrefer: wait=0\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(code, 304, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("etag: \"{tag}\"")),
+        "{text}"
+    );
+    let (code, text) = raw(
+        &fake.socket,
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nIf-None-Match: soon\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(code, 400, "{text}");
+    assert!(body_of(&text).contains("If-None-Match"), "{text}");
+    fake.stop().await.unwrap();
+}

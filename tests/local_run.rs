@@ -715,7 +715,9 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
         return;
     };
     let dir = site.manifests_dir();
-    let (mut handler, err) = site.handler(&dir, &[]);
+    // The launcher (it inherits the handler's environment) logs each control request.
+    let log_filter = OsStr::new("info,vmpod::control::server=debug");
+    let (mut handler, err) = site.handler(&dir, &[("VMPOD_LOG", log_filter)]);
     let manifest = dir.join("vm.yaml");
     site.manifest(&manifest, &site.name, true);
     let status_file = dir.join("vm.status.json");
@@ -723,6 +725,28 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
     let s = wait_running(&mut handler, &err, &mut log, &status_file, "an IP", |s| {
         s["interfaces"][0]["ipAddress"].is_string()
     });
+    // The handler follows the status by long poll: a launcher whose status does not
+    // change is not asked again and again (polling every 200 ms asked 15 times in 3 s).
+    let launcher_log = site.root().join(&site.name).join("pod/launcher.log");
+    let status_reads = || {
+        std::fs::read_to_string(&launcher_log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("control request") && l.contains("GetStatus"))
+            .count()
+    };
+    let before = status_reads();
+    assert!(
+        before >= 1,
+        "no status read in the launcher's log (its filter?)"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let reads = status_reads() - before;
+    assert!(
+        reads <= 2,
+        "{reads} status reads in 3 s of a Running VM; the launcher's log:\n{}",
+        std::fs::read_to_string(&launcher_log).unwrap()
+    );
     let ip = s["interfaces"][0]["ipAddress"]
         .as_str()
         .unwrap()
@@ -751,7 +775,7 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
     stop_handler(&mut handler, Signal::SIGINT, &err, &mut log);
     assert!(log.contains("manifest removed: stopping its VM"), "{log}");
     // Each phase the VMI went through, in the handler's log (what benches/density.sh reads).
-    for phase in ["Pending", "Running"] {
+    for phase in ["Running", "Succeeded"] {
         let line = format!("status vmi={} phase={phase}", site.name);
         assert!(
             log.contains(&line),

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 use vmpod::control::{
     AntiSpoofReport, Backend, BackendError, LauncherStatus, LifecycleAction, NetworkReport, Phase,
+    StatusVersion,
 };
 use vmpod::dhcp::StatsHandle;
 use vmpod::dhcp::v6::service::Ipv6Handle;
@@ -15,6 +16,8 @@ use vmpod::dhcp::v6::service::Ipv6Handle;
 /// What the control API shows, updated by the main loop.
 pub struct Shared {
     pub status: LauncherStatus,
+    /// Bumped by each change of `status` (`Ctx::publish`): long polls wait on it.
+    pub status_version: StatusVersion,
     pub network: NetworkReport,
     /// One DHCP stats handle per entry of `network.interfaces`, same order.
     pub dhcp: Vec<Option<StatsHandle>>,
@@ -37,6 +40,14 @@ pub struct LauncherBackend {
     pub console_socket: PathBuf,
 }
 
+impl Shared {
+    /// Change the status, and tell the long polls.
+    pub fn update_status(&mut self, f: impl FnOnce(&mut LauncherStatus)) {
+        f(&mut self.status);
+        self.status_version.bump();
+    }
+}
+
 pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -44,6 +55,10 @@ pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 impl Backend for LauncherBackend {
     async fn status(&self) -> Result<LauncherStatus, BackendError> {
         Ok(lock(&self.shared).status.clone())
+    }
+
+    fn status_version(&self) -> tokio::sync::watch::Receiver<u64> {
+        lock(&self.shared).status_version.subscribe()
     }
 
     async fn network(&self) -> Result<NetworkReport, BackendError> {

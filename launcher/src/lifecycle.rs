@@ -167,7 +167,7 @@ mod tests {
             lock(&self.0).status.phase
         }
         fn publish(&self, f: impl FnOnce(&mut LauncherStatus)) {
-            f(&mut lock(&self.0).status);
+            lock(&self.0).update_status(f);
         }
     }
 
@@ -191,6 +191,7 @@ mod tests {
         status.set_phase(phase, None);
         let shared = Arc::new(Mutex::new(Shared {
             status,
+            status_version: Default::default(),
             network: NetworkReport { interfaces: vec![] },
             dhcp: vec![],
             ipv6: vec![],

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use vmpod::api::{self, AccelerationRequest, ValidVmi};
 use vmpod::control::{
     self, Acceleration, BackendError, ControlServer, LauncherStatus, LifecycleAction,
-    NetworkReport, PauseReason, Phase,
+    NetworkReport, PauseReason, Phase, StatusVersion,
 };
 use vmpod::dhcp::{DhcpConfig, DhcpServer, StatsHandle};
 use vmpod::domain::agent::{self, Events, Request, VirtAgent};
@@ -264,7 +264,7 @@ impl Ctx {
     fn publish(&self, f: impl FnOnce(&mut LauncherStatus)) {
         let status = {
             let mut s = lock(&self.shared);
-            f(&mut s.status);
+            s.update_status(f);
             s.status.clone()
         };
         self.status_file.write(status);
@@ -296,6 +296,7 @@ async fn run_pod(
     let status = decide::initial_status(&vmi, accel.booted, accel.why_not_kvm.as_deref());
     let shared = Arc::new(Mutex::new(Shared {
         status,
+        status_version: StatusVersion::default(),
         network: NetworkReport {
             interfaces: Vec::new(),
         },

@@ -10,8 +10,8 @@ pub const CONSOLE_UPGRADE: &str = "console";
 /// Everything a client can ask of the launcher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// `GET /v1/status`
-    GetStatus,
+    /// `GET /v1/status`; with `If-None-Match`, a long poll (see [`StatusWait`]).
+    GetStatus { wait: Option<StatusWait> },
     /// `GET /v1/network`
     GetNetwork,
     /// `GET /v1/domain`
@@ -23,6 +23,19 @@ pub enum Action {
     /// `POST /v1/{shutdown,pause,resume,kill}`
     Lifecycle(LifecycleAction),
 }
+
+/// A long poll of `GET /v1/status`: `If-None-Match: "<version>"` (the `ETag` of an
+/// earlier answer) with `Prefer: wait=<seconds>`. The answer comes once the status version
+/// differs from `seen`, or as `304 Not Modified` when it still is after `seconds` (0: at
+/// once). A watcher (the handler) learns of each change as it happens, without polling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusWait {
+    pub seen: u64,
+    pub seconds: u32,
+}
+
+/// The longest `Prefer: wait` honoured; a longer one is cut to this.
+pub const MAX_STATUS_WAIT_SECONDS: u32 = 300;
 
 /// What the lifecycle endpoints ask the launcher to do with the domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +154,10 @@ pub struct RequestParts<'a> {
     pub query: Option<&'a str>,
     /// The `Upgrade` header when `Connection` includes `upgrade`.
     pub upgrade: Option<&'a str>,
+    /// The `If-None-Match` header.
+    pub if_none_match: Option<&'a str>,
+    /// The `Prefer` header.
+    pub prefer: Option<&'a str>,
     pub body: &'a [u8],
 }
 
@@ -180,7 +197,9 @@ pub fn parse(req: RequestParts<'_>) -> Result<Action, ApiError> {
         }
     };
     let action = match path {
-        "/v1/status" => Action::GetStatus,
+        "/v1/status" => Action::GetStatus {
+            wait: parse_status_wait(req.if_none_match, req.prefer).map_err(bad)?,
+        },
         "/v1/network" => Action::GetNetwork,
         "/v1/domain" => Action::GetDomain,
         "/v1/console" => return parse_console(req.query, req.upgrade).map_err(bad),
@@ -201,6 +220,40 @@ pub fn parse(req: RequestParts<'_>) -> Result<Action, ApiError> {
     };
     empty_body()?;
     Ok(action)
+}
+
+/// `If-None-Match: "<version>"` and `Prefer: wait=<seconds>` (RFC 7240; other
+/// preferences ignored). Without `If-None-Match` there is nothing to wait for.
+fn parse_status_wait(
+    if_none_match: Option<&str>,
+    prefer: Option<&str>,
+) -> Result<Option<StatusWait>, String> {
+    let Some(tag) = if_none_match else {
+        return Ok(None);
+    };
+    let seen = tag
+        .trim()
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "If-None-Match {tag:?}: want a status version as an ETag gave it (\"<number>\")"
+            )
+        })?;
+    let mut seconds = 0;
+    for pref in prefer.unwrap_or("").split([',', ';']) {
+        if let Some((name, value)) = pref.split_once('=')
+            && name.trim().eq_ignore_ascii_case("wait")
+        {
+            let value = value.trim();
+            seconds = value
+                .parse::<u32>()
+                .map_err(|_| format!("Prefer wait={value:?}: want whole seconds"))?
+                .min(MAX_STATUS_WAIT_SECONDS);
+        }
+    }
+    Ok(Some(StatusWait { seen, seconds }))
 }
 
 fn parse_console(query: Option<&str>, upgrade: Option<&str>) -> Result<Action, String> {
@@ -233,6 +286,8 @@ mod tests {
             path,
             query: None,
             upgrade: None,
+            if_none_match: None,
+            prefer: None,
             body: b"",
         }
     }
@@ -240,7 +295,7 @@ mod tests {
     #[test]
     fn every_route_parses_to_its_action() {
         let expected = |path: &str| match path {
-            "/v1/status" => Action::GetStatus,
+            "/v1/status" => Action::GetStatus { wait: None },
             "/v1/network" => Action::GetNetwork,
             "/v1/domain" => Action::GetDomain,
             "/v1/console" => Action::GetConsole { follow: false },
@@ -304,6 +359,48 @@ mod tests {
         let e = parse(r).unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert!(e.to_string().contains("/v1/pause"), "{e}");
+    }
+
+    #[test]
+    fn status_long_poll_from_if_none_match_and_prefer_wait() {
+        let get = Method::GET;
+        let parse_with = |inm: Option<&str>, prefer: Option<&str>| {
+            let mut r = req(&get, "/v1/status");
+            r.if_none_match = inm;
+            r.prefer = prefer;
+            parse(r)
+        };
+        let wait = |seen, seconds| {
+            Ok(Action::GetStatus {
+                wait: Some(StatusWait { seen, seconds }),
+            })
+        };
+        assert_eq!(
+            parse_with(None, Some("wait=30")),
+            Ok(Action::GetStatus { wait: None })
+        );
+        assert_eq!(parse_with(Some("\"7\""), None), wait(7, 0));
+        assert_eq!(
+            parse_with(Some(" \"7\" "), Some("respond-async, wait=30")),
+            wait(7, 30)
+        );
+        assert_eq!(
+            parse_with(Some("\"7\""), Some("Wait = 5; handling=lenient")),
+            wait(7, 5)
+        );
+        assert_eq!(
+            parse_with(Some("\"7\""), Some("wait=86400")),
+            wait(7, MAX_STATUS_WAIT_SECONDS)
+        );
+        for (inm, prefer) in [
+            ("7", "wait=1"),
+            ("\"x\"", "wait=1"),
+            ("\"7\"", "wait=soon"),
+            ("\"7\"", "wait=-1"),
+        ] {
+            let e = parse_with(Some(inm), Some(prefer)).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{inm} {prefer}: {e}");
+        }
     }
 
     #[test]

@@ -130,6 +130,37 @@ impl ControlClient {
         self.get_json("/v1/status").await
     }
 
+    /// `GET /v1/status` as a long poll: with `seen` (the version an earlier answer
+    /// carried) the launcher answers once its status is another, waiting up to `wait`;
+    /// `Ok(None)` when it still is `seen` at the end. Each answer carries its version
+    /// (`None` from a launcher that tags none: then there is nothing to wait on).
+    pub async fn status_change(
+        &self,
+        seen: Option<u64>,
+        wait: std::time::Duration,
+    ) -> Result<Option<(LauncherStatus, Option<u64>)>, ClientError> {
+        const PATH: &str = "/v1/status";
+        let ctx = self.ctx(Method::GET, PATH);
+        let mut req = request(&ctx.method, PATH, Bytes::new());
+        if let Some(v) = seen {
+            let h = req.headers_mut();
+            let value = |s: String| header::HeaderValue::from_str(&s).expect("digits");
+            h.insert(header::IF_NONE_MATCH, value(format!("\"{v}\"")));
+            h.insert("prefer", value(format!("wait={}", wait.as_secs())));
+        }
+        let resp = self.send(&ctx, req, false).await?;
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let version = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_matches('"').parse().ok());
+        let body = body_of(&ctx, resp).await?;
+        Ok(Some((decode(&ctx, &body)?, version)))
+    }
+
     /// `GET /v1/network`
     pub async fn network(&self) -> Result<NetworkReport, ClientError> {
         self.get_json("/v1/network").await
@@ -225,11 +256,7 @@ impl ControlClient {
         path: &'static str,
     ) -> Result<T, ClientError> {
         let (ctx, body) = self.call(Method::GET, path, Bytes::new()).await?;
-        serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
-            method: ctx.method,
-            path,
-            source,
-        })
+        decode(&ctx, &body)
     }
 
     /// Send one request and collect a successful response's body.
@@ -242,15 +269,7 @@ impl ControlClient {
         let ctx = self.ctx(method, path);
         let req = request(&ctx.method, path, body);
         let resp = self.send(&ctx, req, false).await?;
-        if !resp.status().is_success() {
-            return Err(rejected(&ctx, resp).await);
-        }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ctx.http(e))?
-            .to_bytes();
+        let body = body_of(&ctx, resp).await?;
         Ok((ctx, body))
     }
 
@@ -316,6 +335,27 @@ fn request(method: &Method, uri: &str, body: Bytes) -> Request<Full<Bytes>> {
         );
     }
     req
+}
+
+/// A successful response's body; an unsuccessful one as [`ClientError::Api`].
+async fn body_of(ctx: &Ctx, resp: http::Response<Incoming>) -> Result<Bytes, ClientError> {
+    if !resp.status().is_success() {
+        return Err(rejected(ctx, resp).await);
+    }
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ctx.http(e))?
+        .to_bytes())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(ctx: &Ctx, body: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(body).map_err(|source| ClientError::Decode {
+        method: ctx.method.clone(),
+        path: ctx.path,
+        source,
+    })
 }
 
 /// An unsuccessful response as [`ClientError::Api`], with the server's message.

@@ -4,7 +4,7 @@
 //! No VM, no libvirt; the console files are whatever paths the test gives it.
 
 use super::action::LifecycleAction;
-use super::server::{Backend, BackendError, ControlServer, ServerError};
+use super::server::{Backend, BackendError, ControlServer, ServerError, StatusVersion};
 use super::types::{
     Acceleration, InterfaceReport, InterfaceStatus, LauncherStatus, NetworkReport, Phase,
 };
@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct FakeBackend {
     state: Mutex<FakeState>,
+    version: StatusVersion,
     console_log: PathBuf,
     console_socket: PathBuf,
 }
@@ -54,6 +55,7 @@ impl FakeBackend {
                 actions: Vec::new(),
                 fail_with: None,
             }),
+            version: StatusVersion::default(),
             console_log,
             console_socket,
         }
@@ -74,6 +76,7 @@ impl FakeBackend {
         self.lock()
             .status
             .set_phase(phase, reason.map(str::to_string));
+        self.version.bump();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
@@ -240,6 +243,10 @@ impl Backend for FakeBackend {
         self.read(|s| s.status.clone())
     }
 
+    fn status_version(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
     async fn network(&self) -> Result<NetworkReport, BackendError> {
         self.read(|s| s.network.clone())
     }
@@ -257,6 +264,8 @@ impl Backend for FakeBackend {
         let next = state.status.phase.apply(action)?;
         let reason = matches!(action, LifecycleAction::Kill).then(|| "killed".to_string());
         state.status.set_phase(next, reason);
+        drop(state);
+        self.version.bump();
         Ok(())
     }
 

@@ -24,12 +24,12 @@ pub mod server;
 pub mod state;
 pub mod types;
 
-pub use action::{Action, ApiError, LifecycleAction, ROUTES, Route};
+pub use action::{Action, ApiError, LifecycleAction, ROUTES, Route, StatusWait};
 pub use client::{ClientError, ConsoleFollow, ConsoleStream, ControlClient};
 pub use console_log::ConsoleLog;
 pub use guarded::{Refused, status_from_dir};
 pub use peer::{Peer, PodIdentity};
-pub use server::{Backend, BackendError, ControlServer, Limits, ServerError};
+pub use server::{Backend, BackendError, ControlServer, Limits, ServerError, StatusVersion};
 pub use state::{
     StatusSource, list_local, local_root, local_state_dir, read_status, status_of,
     write_json_atomic, write_status,

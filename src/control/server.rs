@@ -6,7 +6,7 @@
 //! request is in, no timeout applies, and an attached console leaves the count. VM state
 //! belongs to the backend (the launcher).
 
-use super::action::{self, Action, ApiError, LifecycleAction, RequestParts};
+use super::action::{self, Action, ApiError, LifecycleAction, RequestParts, StatusWait};
 use super::types::{ErrorBody, LauncherStatus, NetworkReport};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -82,6 +82,9 @@ impl From<BackendError> for ApiError {
 /// What the launcher provides to the control API.
 pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Result<LauncherStatus, BackendError>> + Send;
+    /// The status's version, told of each change ([`StatusVersion::subscribe`]): the
+    /// `ETag` of `GET /v1/status` and what its long poll waits on.
+    fn status_version(&self) -> watch::Receiver<u64>;
     fn network(&self) -> impl Future<Output = Result<NetworkReport, BackendError>> + Send;
     /// The libvirt domain XML as defined.
     fn domain_xml(&self) -> impl Future<Output = Result<String, BackendError>> + Send;
@@ -94,6 +97,32 @@ pub trait Backend: Send + Sync + 'static {
     fn console_log(&self) -> PathBuf;
     /// The serial console's unix socket (`<state-dir>/console.sock`, libvirt's).
     fn console_socket(&self) -> PathBuf;
+}
+
+/// The version of a backend's status. Bump it after each change, once the change is what
+/// [`Backend::status`] returns: a reader takes the version first and the status after, so
+/// the status it gets is never older than the version it tags it with. It starts at the
+/// clock's nanoseconds, so a restarted launcher does not reuse a version a client saw.
+#[derive(Debug)]
+pub struct StatusVersion(watch::Sender<u64>);
+
+impl Default for StatusVersion {
+    fn default() -> Self {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2));
+        StatusVersion(watch::Sender::new(start))
+    }
+}
+
+impl StatusVersion {
+    pub fn bump(&self) {
+        self.0.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// Failures of the server itself (not of a request).
@@ -265,6 +294,13 @@ async fn handle<B: Backend>(
     let path = req.uri().path().to_string();
     let result = async {
         let upgrade = upgrade_protocol(req.headers()).map(str::to_string);
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (if_none_match, prefer) = (header("if-none-match"), header("prefer"));
         let query = req.uri().query().map(str::to_string);
         let (parts, body) = req.into_parts();
         let body = read_body(body, &path, body_timeout).await?;
@@ -273,6 +309,8 @@ async fn handle<B: Backend>(
             path: &path,
             query: query.as_deref(),
             upgrade: upgrade.as_deref(),
+            if_none_match: if_none_match.as_deref(),
+            prefer: prefer.as_deref(),
             body: &body,
         })?;
         tracing::debug!(?action, "control request");
@@ -292,7 +330,7 @@ async fn act<B: Backend>(
     stop: watch::Receiver<bool>,
 ) -> Result<Response<Body>, ApiError> {
     match action {
-        Action::GetStatus => json(&backend.status().await?),
+        Action::GetStatus { wait } => status(&*backend, wait, stop).await,
         Action::GetNetwork => json(&backend.network().await?),
         Action::GetDomain => Ok(bytes_response(
             StatusCode::OK,
@@ -324,6 +362,40 @@ async fn act<B: Backend>(
         Action::GetConsole { follow: true } => Ok(follow_console(backend, stop)),
         Action::AttachConsole => attach_console(req, backend.console_socket(), stop).await,
     }
+}
+
+/// `GET /v1/status`, tagged with its version (`ETag`). A long poll ([`StatusWait`]) is
+/// answered once the version is not the one the client saw, `304` when it still is at the
+/// end of the wait; the server stopping answers it at once.
+async fn status<B: Backend>(
+    backend: &B,
+    wait: Option<StatusWait>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Response<Body>, ApiError> {
+    let mut version = backend.status_version();
+    if let Some(w) = wait {
+        let deadline = tokio::time::sleep(Duration::from_secs(w.seconds.into()));
+        tokio::pin!(deadline);
+        while *version.borrow_and_update() == w.seen {
+            tokio::select! {
+                changed = version.changed() => if changed.is_err() { break },
+                _ = stop.wait_for(|s| *s) => break,
+                () = &mut deadline => {
+                    let mut resp = empty_response(StatusCode::NOT_MODIFIED);
+                    resp.headers_mut().insert(header::ETAG, etag(w.seen));
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+    let tag = etag(*version.borrow());
+    let mut resp = json(&backend.status().await?)?;
+    resp.headers_mut().insert(header::ETAG, tag);
+    Ok(resp)
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes make a header")
 }
 
 /// `GET /v1/console?follow=true`: the log so far, then new output as it is written,

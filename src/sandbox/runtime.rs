@@ -54,7 +54,11 @@ pub const SUBNET_ENV: &str = "VMPOD_SUBNET";
 /// Environment: the `vmpod-launcher` binary.
 pub const LAUNCHER_ENV: &str = "VMPOD_LAUNCHER";
 const IPAM_LOCK: &str = ".ipam.lock";
-/// How often a supervised launcher's status is read.
+/// How long a supervised launcher is asked to hold a status read until its status
+/// changes (a long poll: each change is seen as it happens, nothing is read meanwhile).
+const LONG_POLL: Duration = Duration::from_secs(30);
+/// The pause before reading again after a read failed (the launcher not listening yet, or
+/// gone) or from a launcher that cannot hold a read.
 const POLL: Duration = Duration::from_millis(200);
 /// How long one status read (socket, or status.json) of a supervised launcher may take.
 const POLL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -688,6 +692,10 @@ pub async fn supervise(
     let mut last: Option<LauncherStatus> = None;
     let mut acted = StopLevel::Run;
     let mut stop_open = true;
+    // One status read in flight at a time, kept across the wake-ups for a stop or the
+    // launcher's exit (dropping it would leave the launcher holding it to its end).
+    let mut seen: Option<u64> = None;
+    let mut read = Box::pin(read_status(&client, seen, Duration::ZERO));
     let status = loop {
         let exited = match &mut child {
             Some(c) => c
@@ -699,20 +707,40 @@ pub async fn supervise(
         if let Some(status) = exited {
             break status;
         }
-        if let Ok(Ok(s)) = tokio::time::timeout(POLL_TIMEOUT, client.status()).await
-            && last.as_ref() != Some(&s)
-        {
-            on_status(&s);
-            last = Some(s);
-        }
         let wanted = *stop.borrow();
         if wanted > acted {
             acted = wanted;
             request_stop(&pod, &client, wanted, last.as_ref()).await;
         }
+        let child_exit = async {
+            match &mut child {
+                Some(c) => drop(c.wait().await),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            r = &mut read => {
+                let pause = match r {
+                    Some(Some((s, version))) => {
+                        if last.as_ref() != Some(&s) {
+                            on_status(&s);
+                            last = Some(s);
+                        }
+                        seen = version;
+                        version.is_none()
+                    }
+                    // Unchanged at the end of the wait: ask again with the same version.
+                    Some(None) => false,
+                    None => {
+                        seen = None;
+                        true
+                    }
+                };
+                let pause = if pause { POLL } else { Duration::ZERO };
+                read = Box::pin(read_status(&client, seen, pause));
+            }
             changed = stop.changed(), if stop_open => stop_open = changed.is_ok(),
+            () = child_exit => {}
         }
     };
     // The last status written, read without trusting the state dir (a FIFO there must not
@@ -735,6 +763,24 @@ pub async fn supervise(
         .await
         .map_err(|e| io_err("tear down pod", "")(io::Error::other(e)))??;
     Ok(exit)
+}
+
+/// After `pause`, the launcher's status once it is not version `seen` (any, without
+/// one): `Some(None)` when it still is at the end of the long poll, `None` when the read
+/// failed (not listening yet, gone, or not answering in time).
+async fn read_status(
+    client: &ControlClient,
+    seen: Option<u64>,
+    pause: Duration,
+) -> Option<Option<(LauncherStatus, Option<u64>)>> {
+    tokio::time::sleep(pause).await;
+    tokio::time::timeout(
+        LONG_POLL + POLL_TIMEOUT,
+        client.status_change(seen, LONG_POLL),
+    )
+    .await
+    .ok()?
+    .ok()
 }
 
 async fn request_stop(
