@@ -25,7 +25,7 @@
 # PROFILE (release), POLL_MS (the handler's directory scan, 100), BOOTS (the handler's
 # --max-concurrent-boots, how many guests boot at once; unset: its default, the CPU
 # count; 0: no limit), TIMEOUT (s per shape,
-# 120 + 10 N), SOLO (3: boots of one guest alone, the floor's median), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
+# 120 + 10 N), SOLO (5: boots of one guest alone, the floor's median), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
 # empty at first, a warm-up pod fills it, so every measured pod starts seeded (as every
 # pod after a node's first). Needs root.
 set -euo pipefail
@@ -40,7 +40,7 @@ MEM=${MEM:-128Mi}
 POLL_MS=${POLL_MS:-100}
 BOOTS=${BOOTS-}
 TIMEOUT=${TIMEOUT:-$((120 + 10 * N))}
-SOLO=${SOLO:-3}
+SOLO=${SOLO:-5}
 bench_build --workspace
 BIN=$PWD/target/$PROFILE
 BEFORE_BIN=${BEFORE_BIN:-$BIN}
