@@ -65,6 +65,13 @@ fn launcher_boots_guest_with_pod_network_and_stops_on_sigterm() {
         lease.dns,
         vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
     );
+    // The lease is in the launcher's log at the default level.
+    let log = l.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("DHCP lease acknowledged") && line.contains("ip=10.77.0.5")),
+        "no lease line in the launcher's log:\n{log}"
+    );
     let ping = report.ping.clone().expect("a ping report");
     assert!(ping.ok, "guest could not ping the gateway: {ping:?}");
     assert_eq!(

@@ -87,6 +87,10 @@ impl DhcpServer {
                     if let Err(e) = socket.send_to(&reply.bytes, to).await {
                         warn!(interface = %cfg.interface, %to, error = %e, "DHCP reply not sent");
                         send_failed = true;
+                    } else if reply.kind == v4::ReplyKind::Ack {
+                        // One line per lease and renewal: a launcher's log tells "the guest
+                        // never asked" from "it got its address" at the default level.
+                        info!(interface = %cfg.interface, ip = %cfg.client_ip, %to, "DHCP lease acknowledged");
                     } else {
                         debug!(interface = %cfg.interface, kind = ?reply.kind, %to, len = reply.bytes.len(), "DHCP reply sent");
                     }
