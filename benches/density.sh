@@ -25,7 +25,8 @@
 # PROFILE (release), POLL_MS (the handler's directory scan, 100), BOOTS (the handler's
 # --max-concurrent-boots, how many guests boot at once; unset: its default, the CPU
 # count; 0: no limit), TIMEOUT (s per shape,
-# 120 + 10 N), SOLO (5: boots of one guest alone, the floor's median), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
+# 120 + 10 N), SOLO (5: boots of one guest alone, the floor's median), REST (10: seconds
+# of rest before each measured shape, see below), KEEP=1 keeps the work directory. The capabilities seed is the run's own:
 # empty at first, a warm-up pod fills it, so every measured pod starts seeded (as every
 # pod after a node's first). Needs root.
 set -euo pipefail
@@ -41,6 +42,7 @@ POLL_MS=${POLL_MS:-100}
 BOOTS=${BOOTS-}
 TIMEOUT=${TIMEOUT:-$((120 + 10 * N))}
 SOLO=${SOLO:-5}
+REST=${REST:-10}
 bench_build --workspace
 BIN=$PWD/target/$PROFILE
 BEFORE_BIN=${BEFORE_BIN:-$BIN}
@@ -151,6 +153,13 @@ shape() {
     manifest "${names[-1]}" "$stage/${names[-1]}.yaml"
   done
   local load_before mem_before
+  # Rest first: memory freed moments ago (the last shape's guests) is still backed by
+  # this machine's host, memory freed long ago may have been given back to it (free page
+  # reporting, virtio_balloon here), and a guest that touches the latter pays the host's
+  # page faults: one guest's QEMU CPU to its lease was 1.88-2.01 s right after another's
+  # exit and 2.24-2.37 s after 10 s of rest (`bash benches/memory_rest.sh`). A burst's
+  # guests take gigabytes of long-freed memory; so, after the rest, does each solo boot.
+  [ "$key" = w ] || sleep "$REST"
   load_before=$(loadavg); mem_before=$(mem_used_kib)
   env VMPOD_LAUNCHER="$BIN/vmpod-launcher" "$@" VMPOD_LOCAL_ROOT=$root VMPOD_BRIDGE=$BR \
     VMPOD_SUBNET=$SUBNET VMPOD_CAPS_SEED=$SEED ${BOOTS:+VMPOD_MAX_CONCURRENT_BOOTS=$BOOTS} \
