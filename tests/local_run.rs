@@ -736,17 +736,17 @@ fn handler_local_starts_an_added_manifest_and_stops_a_removed_one() {
             .count()
     };
     let before = status_reads();
-    assert!(
-        before >= 1,
-        "no status read in the launcher's log (its filter?)"
-    );
     std::thread::sleep(Duration::from_secs(3));
     let reads = status_reads() - before;
-    assert!(
-        reads <= 2,
-        "{reads} status reads in 3 s of a Running VM; the launcher's log:\n{}",
-        std::fs::read_to_string(&launcher_log).unwrap()
-    );
+    if before == 0 || reads > 2 {
+        let launcher_log = std::fs::read_to_string(&launcher_log).unwrap_or_default();
+        // The handler stopped first: it takes the VM and its pod with it.
+        stop_handler(&mut handler, Signal::SIGTERM, &err, &mut log);
+        panic!(
+            "{reads} status reads in 3 s of a Running VM, {before} before (none: the log \
+             filter?); the launcher's log:\n{launcher_log}"
+        );
+    }
     let ip = s["interfaces"][0]["ipAddress"]
         .as_str()
         .unwrap()
