@@ -34,6 +34,20 @@ pub struct StatusWait {
     pub seconds: u32,
 }
 
+/// A status version as an `ETag`: the number, quoted.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The version an [`etag`] holds (surrounding whitespace allowed).
+pub fn parse_etag(tag: &str) -> Option<u64> {
+    tag.trim()
+        .strip_prefix('"')?
+        .strip_suffix('"')?
+        .parse()
+        .ok()
+}
+
 /// The longest `Prefer: wait` honoured; a longer one is cut to this.
 pub const MAX_STATUS_WAIT_SECONDS: u32 = 300;
 
@@ -231,16 +245,9 @@ fn parse_status_wait(
     let Some(tag) = if_none_match else {
         return Ok(None);
     };
-    let seen = tag
-        .trim()
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "If-None-Match {tag:?}: want a status version as an ETag gave it (\"<number>\")"
-            )
-        })?;
+    let seen = parse_etag(tag).ok_or_else(|| {
+        format!("If-None-Match {tag:?}: want a status version as an ETag gave it (\"<number>\")")
+    })?;
     let mut seconds = 0;
     for pref in prefer.unwrap_or("").split([',', ';']) {
         if let Some((name, value)) = pref.split_once('=')

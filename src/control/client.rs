@@ -1,7 +1,7 @@
 //! The typed client for `control.sock`, used by the handler and vmpodctl. One HTTP/1.1
 //! connection per call: unix sockets make that cheap and keeps no state between calls.
 
-use super::action::{CONSOLE_UPGRADE, LifecycleAction};
+use super::action::{CONSOLE_UPGRADE, LifecycleAction, etag, parse_etag};
 use super::peer::Peer;
 use super::types::{ErrorBody, LauncherStatus, NetworkReport, ShutdownRequest};
 use bytes::Bytes;
@@ -145,7 +145,7 @@ impl ControlClient {
         if let Some(v) = seen {
             let h = req.headers_mut();
             let value = |s: String| header::HeaderValue::from_str(&s).expect("digits");
-            h.insert(header::IF_NONE_MATCH, value(format!("\"{v}\"")));
+            h.insert(header::IF_NONE_MATCH, value(etag(v)));
             h.insert("prefer", value(format!("wait={}", wait.as_secs())));
         }
         let resp = self.send(&ctx, req, false).await?;
@@ -156,7 +156,7 @@ impl ControlClient {
             .headers()
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim_matches('"').parse().ok());
+            .and_then(parse_etag);
         let body = body_of(&ctx, resp).await?;
         Ok(Some((decode(&ctx, &body)?, version)))
     }

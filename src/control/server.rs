@@ -395,7 +395,7 @@ async fn status<B: Backend>(
 }
 
 fn etag(version: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes make a header")
+    HeaderValue::from_str(&action::etag(version)).expect("digits and quotes make a header")
 }
 
 /// `GET /v1/console?follow=true`: the log so far, then new output as it is written,

@@ -721,7 +721,8 @@ pub async fn supervise(
         tokio::select! {
             r = &mut read => {
                 let pause = match r {
-                    Some(Some((s, version))) => {
+                    StatusRead::Changed(s, version) => {
+                        let s = *s;
                         if last.as_ref() != Some(&s) {
                             on_status(&s);
                             last = Some(s);
@@ -729,9 +730,9 @@ pub async fn supervise(
                         seen = version;
                         version.is_none()
                     }
-                    // Unchanged at the end of the wait: ask again with the same version.
-                    Some(None) => false,
-                    None => {
+                    // Ask again with the same version.
+                    StatusRead::Unchanged => false,
+                    StatusRead::Failed => {
                         seen = None;
                         true
                     }
@@ -765,22 +766,28 @@ pub async fn supervise(
     Ok(exit)
 }
 
-/// After `pause`, the launcher's status once it is not version `seen` (any, without
-/// one): `Some(None)` when it still is at the end of the long poll, `None` when the read
-/// failed (not listening yet, gone, or not answering in time).
-async fn read_status(
-    client: &ControlClient,
-    seen: Option<u64>,
-    pause: Duration,
-) -> Option<Option<(LauncherStatus, Option<u64>)>> {
+/// What one long-poll read of a launcher's status came to.
+enum StatusRead {
+    /// Its status, not version `seen`, and its version (`None`: it tags none).
+    Changed(Box<LauncherStatus>, Option<u64>),
+    /// Still version `seen` at the end of the long poll.
+    Unchanged,
+    /// Not listening yet, gone, or not answering in time.
+    Failed,
+}
+
+/// After `pause`, the launcher's status once it is not version `seen` (any, without one).
+async fn read_status(client: &ControlClient, seen: Option<u64>, pause: Duration) -> StatusRead {
     tokio::time::sleep(pause).await;
-    tokio::time::timeout(
+    let read = tokio::time::timeout(
         LONG_POLL + POLL_TIMEOUT,
         client.status_change(seen, LONG_POLL),
-    )
-    .await
-    .ok()?
-    .ok()
+    );
+    match read.await {
+        Ok(Ok(Some((status, version)))) => StatusRead::Changed(Box::new(status), version),
+        Ok(Ok(None)) => StatusRead::Unchanged,
+        Ok(Err(_)) | Err(_) => StatusRead::Failed,
+    }
 }
 
 async fn request_stop(
